@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's quick start: `bash dev.sh demo` runs the demo migration in the lab,
+# `bash dev.sh test` runs the whole test suite. Each installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_debs=()
+command -v redis-server >/dev/null || need_debs+=(redis-server)
+command -v smbd >/dev/null || need_debs+=(samba)
+command -v smbclient >/dev/null || need_debs+=(smbclient)
+command -v pdbedit >/dev/null || need_debs+=(samba-common-bin)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_debs+=(python3-venv python3-pip)
+if [ ${#need_debs[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
+fi
+# Debian starts the packaged daemons on install; the lab runs its own on other ports.
+for svc in redis-server smbd nmbd samba-ad-dc; do
+  systemctl stop "$svc" >/dev/null 2>&1 || true
+done
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+case "${1:-}" in
+  demo) shift; exec quickmig demo "$@" ;;
+  test) shift; exec python -m pytest -q -p no:cacheprovider tests "$@" ;;
+  *) echo "usage: bash dev.sh demo|test [args]" >&2; exit 2 ;;
+esac

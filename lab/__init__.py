@@ -1,0 +1,1 @@
+"""The embedded lab: Redis, Samba and emulated Hyper-V hosts on this machine."""

@@ -1,0 +1,205 @@
+"""`quickmig lab up/down/add-vm`: a whole quickmig environment on this machine.
+
+Layout of a lab directory:
+  quickmig.toml, credentials.toml (0600)   what workers and the CLI read
+  lab.json                                  every process we started: pid, start time, log
+  redis/  hosts/<host>/share/  hosts/<host>/smbd/  hosts/<host>/emulator/
+  guests/  events.jsonl                     the guests' journals, VM start/stop events
+  metrics/  logs/
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from lab import processes, samba
+from lab.ports import free_port
+from workers.config import load_config, toml_str
+
+POOLS = {"snapshot": 2, "copy": 2, "cutover": 2}
+WINRM_USER = "quickmig-lab"
+DEFAULT_VM = {"memory_mb": 64, "disk_mb": 128, "write_rate_kbps": 64}
+
+
+class LabError(Exception):
+    pass
+
+
+def lab_file(lab_dir: Path) -> Path:
+    return lab_dir / "lab.json"
+
+
+def read_lab(lab_dir: Path) -> dict | None:
+    try:
+        return json.loads(lab_file(lab_dir).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def running(lab_dir: Path) -> list[str]:
+    lab = read_lab(lab_dir)
+    if not lab:
+        return []
+    return [name for name, entry in lab["processes"].items() if processes.alive(entry)]
+
+
+def vm_root(host: str) -> str:
+    return f"D:\\VMs\\{host}"
+
+
+def _write_config(lab_dir: Path, hosts: list[str], ports: dict) -> None:
+    lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
+             f"redis_url = {toml_str(f'redis://127.0.0.1:{ports['redis']}/0')}",
+             'credentials_file = "credentials.toml"', "",
+             "[lab]", f"dir = {toml_str(str(lab_dir))}", "",
+             "[metrics]", f"port = {ports['metrics']}", ""]
+    for h in hosts:
+        lines += [f"[hosts.{h}]",
+                  f"winrm_endpoint = {toml_str(f'http://127.0.0.1:{ports[h]['winrm']}/wsman')}",
+                  'winrm_transport = "basic"',
+                  f"vm_root = {toml_str(vm_root(h))}",
+                  'smb_server = "127.0.0.1"',
+                  f"smb_port = {ports[h]['smb']}",
+                  f"smb_share = {toml_str(h)}",
+                  "max_copies = 2", ""]
+    (lab_dir / "quickmig.toml").write_text("\n".join(lines))
+    cred = lab_dir / "credentials.toml"
+    fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# lab secrets: read by workers only, never sent to Redis\n[default]\n"
+                f"winrm_username = {toml_str(WINRM_USER)}\n"
+                f"winrm_password = {toml_str(secrets.token_urlsafe(18))}\n"
+                f"smb_username = {toml_str(getpass.getuser())}\n"
+                f"smb_password = {toml_str(secrets.token_urlsafe(18))}\n")
+
+
+def _save(lab_dir: Path, lab: dict) -> None:
+    tmp = lab_file(lab_dir).with_suffix(".tmp")
+    tmp.write_text(json.dumps(lab, indent=1))
+    tmp.replace(lab_file(lab_dir))
+
+
+def emulator_client(cfg, host: str):
+    from lab.emulator.client import EmulatorClient
+    c = cfg.credentials(host)
+    return EmulatorClient(cfg.host(host).winrm_endpoint, c.winrm_username, c.winrm_password)
+
+
+def _wait_redis(port: int, timeout_s: float) -> None:
+    import redis
+    r = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
+       say=print) -> dict:
+    lab_dir = Path(lab_dir).resolve()
+    alive = running(lab_dir)
+    if alive:
+        say(f"lab at {lab_dir} is already up ({len(alive)} processes); nothing changed")
+        return read_lab(lab_dir)
+    if hosts < 2:
+        raise LabError("a lab needs at least 2 hosts to migrate between")
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"hv{i}" for i in range(1, hosts + 1)]
+    ports = {"redis": free_port(), "metrics": free_port()}
+    for h in names:
+        ports[h] = {"winrm": free_port(), "smb": free_port()}
+    _write_config(lab_dir, names, ports)
+    cfg = load_config(lab_dir / "quickmig.toml")
+    logs = lab_dir / "logs"
+    lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time()}
+    procs = lab["processes"]
+    env = dict(os.environ, QUICKMIG_CONFIG=str(lab_dir / "quickmig.toml"),
+               PROMETHEUS_MULTIPROC_DIR=str(lab_dir / "metrics"))
+    try:
+        (lab_dir / "redis").mkdir(exist_ok=True)
+        procs["redis"] = processes.spawn(
+            [shutil.which("redis-server") or "redis-server", "--port", str(ports["redis"]),
+             "--bind", "127.0.0.1", "--dir", str(lab_dir / "redis"), "--appendonly", "yes",
+             "--maxmemory-policy", "noeviction", "--save", "", "--daemonize", "no"],
+            logs / "redis.log")
+        _save(lab_dir, lab)
+        for h in names:
+            share = lab_dir / "hosts" / h / "share"
+            share.mkdir(parents=True, exist_ok=True)
+            cred = cfg.credentials(h)
+            conf = samba.write_config(lab_dir / "hosts" / h / "smbd", h, share, ports[h]["smb"], cred.smb_username)
+            samba.set_password(conf, cred.smb_username, cred.smb_password)
+            procs[f"smbd-{h}"] = processes.spawn(samba.command(conf), logs / f"smbd-{h}.log")
+            procs[f"emulator-{h}"] = processes.spawn(
+                [sys.executable, "-m", "lab.emulator", "--lab-dir", str(lab_dir), "--host", h],
+                logs / f"emulator-{h}.log", env=env)
+            _save(lab_dir, lab)
+        metrics_dir = lab_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        procs["metrics"] = processes.spawn(
+            [sys.executable, "-m", "producer.cli", "metrics-exporter", "--port", str(ports["metrics"])],
+            logs / "metrics.log", env=env)
+        _wait_redis(ports["redis"], 20)
+        for h in names:
+            samba.wait_ready(ports[h]["smb"], 20)
+            emulator_client(cfg, h).wait_ready(20)
+        for pool, conc in POOLS.items():
+            log = logs / f"worker-{pool}.log"
+            procs[f"worker-{pool}"] = processes.spawn(
+                [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", pool,
+                 "-n", f"{pool}@quickmig-lab-{ports['redis']}", "-c", str(conc), "--loglevel", "INFO"],
+                log, env=env, cwd=lab_dir)
+            _save(lab_dir, lab)
+        for pool in POOLS:
+            processes.wait_for_log(logs / f"worker-{pool}.log", " ready.", 60, procs[f"worker-{pool}"])
+        n = 0
+        for h in names:
+            for _ in range(vms_per_host):
+                n += 1
+                emulator_client(cfg, h).create_vm(name=f"vm{n}", **{**DEFAULT_VM, **(vm_options or {})})
+    except BaseException:
+        down(lab_dir, say=lambda *_: None)
+        raise
+    say(f"lab up at {lab_dir}: hosts {', '.join(names)}, {n} VMs, redis on 127.0.0.1:{ports['redis']}, "
+        f"metrics on http://127.0.0.1:{ports['metrics']}/metrics")
+    say(f"config: {lab_dir / 'quickmig.toml'}")
+    return lab
+
+
+def down(lab_dir: Path, say=print) -> int:
+    lab_dir = Path(lab_dir).resolve()
+    lab = read_lab(lab_dir)
+    if not lab:
+        say(f"no lab at {lab_dir}")
+        return 0
+    # Workers first so nothing acts on a host that is going away, Redis last.
+    order = sorted(lab["processes"], key=lambda n: (not n.startswith("worker"), n == "redis"))
+    for name in order:
+        processes.stop(lab["processes"][name])
+    left = [n for n, e in lab["processes"].items() if processes.alive(e)]
+    if left:
+        raise LabError(f"could not stop: {', '.join(left)}")
+    lab_file(lab_dir).unlink()
+    say(f"lab at {lab_dir} is down ({len(order)} processes stopped)")
+    return len(order)
+
+
+def add_vm(cfg, name: str, host: str, **options) -> dict:
+    cfg.host(host)
+    for other in cfg.hosts:
+        for vm in emulator_client(cfg, other).state()["vms"]:
+            if vm["name"] == name:
+                raise LabError(f"a VM named {name!r} already exists on {other}")
+    return emulator_client(cfg, host).create_vm(name=name, **{**DEFAULT_VM, **options})

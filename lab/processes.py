@@ -1,0 +1,96 @@
+"""Start, find and stop the lab's processes by pid.
+
+Each process gets its own session (process group), so stopping it also stops whatever
+it forked (Celery's pool children, smbd's per-client children). A pid is only signalled
+while its start time still matches what we recorded, so a recycled pid is never hit.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def spawn(argv: list[str], log: Path, *, env: dict | None = None, cwd: Path | None = None) -> dict:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True)
+    return {"pid": proc.pid, "start": start_time(proc.pid), "log": str(log), "argv": argv}
+
+
+def alive(entry: dict) -> bool:
+    st = start_time(entry["pid"])
+    if st is None or st != entry.get("start"):
+        return False
+    try:
+        with open(f"/proc/{entry['pid']}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop(entry: dict, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after the timeout."""
+    pid = entry["pid"]
+    if alive(entry):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+    elif not _group_alive(pid):
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _group_alive(pid):
+        _reap(pid)
+        time.sleep(0.1)
+    if _group_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while _group_alive(pid) and time.monotonic() < deadline + 5:
+            _reap(pid)
+            time.sleep(0.05)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def wait_for_log(path: Path, needle: str, timeout_s: float, entry: dict) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if needle in path.read_text(errors="replace"):
+                return
+        except FileNotFoundError:
+            pass
+        if not alive(entry):
+            raise RuntimeError(f"{entry['argv'][0]} exited during start; see {path}")
+        time.sleep(0.2)
+    raise TimeoutError(f"no {needle!r} in {path} after {timeout_s}s")

@@ -1,0 +1,139 @@
+"""The Python front door: validate a request, take the VM's lease, enqueue.
+
+A request that is refused changes nothing: every check runs before the lease is taken,
+and the lease is released again if enqueueing fails.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from workers import config as config_mod
+from workers import states
+from workers.hyperv.errors import HyperVError, VMNotFound
+from workers.locks import LockHeld, VMLocks
+from workers.record import Store, new_record
+
+
+class RequestError(Exception):
+    """The request cannot be carried out as asked; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    vm: str
+    source: str
+    destination: str
+
+
+class Producer:
+    def __init__(self, cfg: config_mod.Config):
+        from workers.celery import app, configure
+        configure(cfg)
+        self.cfg, self.app = cfg, app
+        self.store = Store.from_url(cfg.redis_url)
+        self.locks = VMLocks(self.store.r)
+
+    @classmethod
+    def from_config(cls, path=None) -> "Producer":
+        return cls(config_mod.load_config(path))
+
+    def _driver(self, host: str):
+        from workers.hyperv.driver import HyperVDriver
+        return HyperVDriver(self.cfg.host(host), self.cfg.credentials(host), default_timeout_s=60)
+
+    def _find_vm(self, req: MigrationRequest) -> dict:
+        try:
+            return self._driver(req.source).run("describe_vm", {"name": req.vm})["vm"]
+        except VMNotFound:
+            pass
+        except HyperVError as e:
+            raise RequestError(f"cannot look up {req.vm!r} on {req.source}: {e}") from None
+        elsewhere = []
+        for host in self.cfg.hosts:
+            if host == req.source:
+                continue
+            try:
+                self._driver(host).run("describe_vm", {"name": req.vm})
+                elsewhere.append(host)
+            except HyperVError:
+                continue
+        if elsewhere:
+            raise RequestError(f"VM {req.vm!r} is not on {req.source}; it is on {', '.join(elsewhere)}")
+        raise RequestError(f"unknown VM {req.vm!r}: no host in the inventory has a VM of that name")
+
+    def validate(self, req: MigrationRequest) -> dict:
+        if not req.vm:
+            raise RequestError("VM name is empty")
+        for role, host in (("source", req.source), ("destination", req.destination)):
+            if host not in self.cfg.hosts:
+                known = ", ".join(sorted(self.cfg.hosts))
+                raise RequestError(f"unknown {role} host {host!r} (inventory has: {known})")
+        if req.source == req.destination:
+            raise RequestError(f"source and destination are both {req.source}; choose another destination")
+        vm = self._find_vm(req)
+        if vm["state"] != "Running":
+            raise RequestError(f"VM {req.vm!r} is {vm['state']} on {req.source}; "
+                               "quickmig moves running VMs (start it first)")
+        return vm
+
+    def enqueue(self, req: MigrationRequest) -> dict:
+        vm = self.validate(req)
+        rec = new_record(vm=req.vm, vm_id=vm["id"], source=req.source,
+                                 destination=req.destination, fence=0)
+        try:
+            token = self.locks.acquire(vm["id"], rec["id"])
+        except LockHeld as e:
+            try:
+                other = self.store.get(e.holder)
+                detail = f"migration {e.holder}, {other['state']}"
+            except Exception:  # noqa: BLE001 - the holder's record is only for the message
+                detail = f"migration {e.holder}"
+            raise RequestError(f"VM {req.vm!r} is already being migrated ({detail}); "
+                               "wait for it to end") from None
+        rec["fence"] = token
+        try:
+            self.store.create(rec)
+            self.app.send_task("quickmig.snapshot", args=[rec["id"]])
+        except Exception:
+            self.store.delete(rec["id"])
+            self.locks.release(vm["id"], rec["id"])
+            raise
+        return rec
+
+    def get(self, mid: str) -> dict:
+        return self.store.get(mid)
+
+    def list(self, limit: int = 100) -> list[dict]:
+        return self.store.list(limit)
+
+    def wait(self, mid: str, timeout_s: float | None = None, poll_s: float = 0.3, on_change=None) -> dict:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last = None
+        while True:
+            rec = self.store.get(mid)
+            if on_change and rec["state"] != last:
+                on_change(rec)
+            last = rec["state"]
+            if rec["state"] in states.ENDS:
+                return rec
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"migration {mid} still {rec['state']} after {timeout_s}s")
+            time.sleep(poll_s)
+
+
+def enqueue_migration(vm: str, source: str, destination: str, *, config=None) -> dict:
+    """Validate and enqueue one migration; returns the record as queued."""
+    return Producer.from_config(config).enqueue(MigrationRequest(vm, source, destination))
+
+
+def get_migration(mid: str, *, config=None) -> dict:
+    return Producer.from_config(config).get(mid)
+
+
+def list_migrations(*, config=None, limit: int = 100) -> list[dict]:
+    return Producer.from_config(config).list(limit)
+
+
+def wait_for(mid: str, *, config=None, timeout_s: float | None = None) -> dict:
+    return Producer.from_config(config).wait(mid, timeout_s)

@@ -1,0 +1,132 @@
+"""The `quickmig` command.
+
+Exit status: 0 success; 1 a migration that ended other than completed; 2 a request
+refused or a configuration problem (one line on stderr saying what to fix).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from workers.config import ConfigError
+
+EXIT_OK, EXIT_NOT_COMPLETED, EXIT_REFUSED = 0, 1, 2
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False, sort_keys=True))
+
+
+def cmd_migrate(args) -> int:
+    from producer import report
+    from producer.api import MigrationRequest, Producer
+    p = Producer.from_config(args.config)
+    rec = p.enqueue(MigrationRequest(args.vm, args.source, args.destination))
+    if not args.wait:
+        if args.json:
+            _print_json(rec)
+        else:
+            print(rec["id"])
+        return EXIT_OK
+    on_change = None if args.json else (lambda r: print(f"{r['id']}: {r['state']}", file=sys.stderr))
+    rec = p.wait(rec["id"], timeout_s=args.timeout, on_change=on_change)
+    if args.json:
+        _print_json(rec)
+    else:
+        print(report.summary(rec))
+    return EXIT_OK if rec["state"] == "completed" else EXIT_NOT_COMPLETED
+
+
+def cmd_status(args) -> int:
+    from producer import report
+    from producer.api import Producer
+    rec = Producer.from_config(args.config).get(args.id)
+    if args.json:
+        _print_json(rec)
+    else:
+        print(report.summary(rec))
+    return EXIT_OK
+
+
+def cmd_list(args) -> int:
+    from producer import report
+    from producer.api import Producer
+    recs = Producer.from_config(args.config).list(args.limit)
+    if args.json:
+        _print_json(recs)
+    else:
+        for rec in recs:
+            print(report.one_line(rec))
+    return EXIT_OK
+
+
+def cmd_metrics_exporter(args) -> int:
+    from workers import metrics
+    metrics.serve(args.port, args.addr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="quickmig.toml (default: $QUICKMIG_CONFIG, else ./quickmig.toml)")
+    parser = argparse.ArgumentParser(prog="quickmig", parents=[common],
+                                     description="Quick Migration of running Hyper-V VMs between hosts")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("migrate", parents=[common], help="migrate a running VM to another host")
+    m.add_argument("vm", help="VM name, exactly as Hyper-V shows it")
+    m.add_argument("--from", dest="source", required=True, metavar="SRC")
+    m.add_argument("--to", dest="destination", required=True, metavar="DST")
+    m.add_argument("--wait", action="store_true", help="follow the migration to its end")
+    m.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N s")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("status", parents=[common], help="show one migration")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    ls = sub.add_parser("list", parents=[common], help="list migrations, newest first")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    me = sub.add_parser("metrics-exporter", parents=[common],
+                        help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")
+    me.add_argument("--port", type=int, required=True)
+    me.add_argument("--addr", default="127.0.0.1")
+    me.set_defaults(func=cmd_metrics_exporter)
+
+    try:  # the lab ships in the same distribution; a production node may leave it out
+        from lab import cli as lab_cli
+    except ImportError:
+        pass
+    else:
+        lab_cli.register(sub, common)
+    return parser
+
+
+def main(argv=None) -> int:
+    from producer.api import RequestError
+    from workers.record import RecordNotFound
+    import redis
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):  # accepted before or after the subcommand
+        args.config = None
+    try:
+        return args.func(args)
+    except (RequestError, ConfigError, RecordNotFound) as e:
+        print(f"quickmig: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except redis.ConnectionError as e:
+        print(f"quickmig: cannot reach Redis: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Human-readable views of a migration record."""
+from __future__ import annotations
+
+import time
+
+PHASE_ORDER = ("snapshot", "copy", "prepare", "cutover", "finish", "rollback")
+
+
+def _mb(n) -> str:
+    return f"{(n or 0) / 2**20:.1f} MiB"
+
+
+def phase_seconds(rec: dict) -> dict[str, float]:
+    out = {}
+    for name in PHASE_ORDER:
+        span = rec.get("phases", {}).get(name)
+        if span and "start" in span:
+            out[name] = (span.get("end") or time.time()) - span["start"]
+    return out
+
+
+def summary(rec: dict) -> str:
+    lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
+    if rec.get("downtime_seconds") is not None:
+        lines.append(f"  downtime        {rec['downtime_seconds']:.2f} s")
+    total = sum(phase_seconds(rec).values())
+    copied = rec.get("bytes_copied") or 0
+    lines.append(f"  bytes copied    {_mb(copied)}")
+    copy_s = sum(f.get("seconds", 0) for f in rec.get("copied", []))
+    if copy_s > 0:
+        lines.append(f"  throughput      {copied / copy_s / 1e6:.1f} MB/s (while copying)")
+    for name, secs in phase_seconds(rec).items():
+        lines.append(f"  {name:<15} {secs:.2f} s")
+    if total:
+        lines.append(f"  total           {total:.2f} s")
+    prog = rec.get("progress")
+    if prog and rec["state"] == "copying":
+        lines.append(f"  progress        {_mb(prog.get('bytes_done'))} copied")
+    if rec.get("error"):
+        lines.append(f"  error           {rec['error']}")
+    return "\n".join(lines)
+
+
+def one_line(rec: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["created_at"]))
+    down = f"{rec['downtime_seconds']:.2f}s" if rec.get("downtime_seconds") is not None else "-"
+    return f"{rec['id']}  {when}  {rec['state']:<13} {down:>8}  {rec['source']}->{rec['destination']}  {rec['vm']}"

@@ -1,0 +1,86 @@
+"""Fixtures that start real parts: redis-server, and a whole lab (Redis, smbd per host,
+emulated Hyper-V hosts over WinRM, the three Celery worker pools)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import processes
+from lab.ports import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    d = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    entry = processes.spawn([shutil.which("redis-server") or "redis-server", "--port", str(port),
+                             "--bind", "127.0.0.1", "--dir", str(d), "--save", "", "--appendonly", "no"],
+                            d / "redis.log")
+    import redis
+    r = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            import time
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    processes.stop(entry)
+
+
+class Lab:
+    def __init__(self, lab_dir: Path):
+        from workers.config import load_config
+        self.dir = lab_dir
+        self.config_path = lab_dir / "quickmig.toml"
+        self.cfg = load_config(self.config_path)
+
+    def env(self) -> dict:
+        return dict(os.environ, QUICKMIG_CONFIG=str(self.config_path))
+
+    def cli(self, *args, timeout=300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=self.env(), cwd=self.dir,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def cli_json(self, *args, timeout=300):
+        res = self.cli(*args, timeout=timeout)
+        assert res.stdout.strip(), f"no output from {args}: rc={res.returncode} stderr={res.stderr}"
+        return res, json.loads(res.stdout)
+
+    def emulator(self, host: str):
+        from lab.orchestrator import emulator_client
+        return emulator_client(self.cfg, host)
+
+    def add_vm(self, name: str, host: str = "hv1", **opts):
+        from lab.orchestrator import add_vm
+        opts.setdefault("disk_mb", 16)
+        opts.setdefault("memory_mb", 16)
+        return add_vm(self.cfg, name, host, **opts)
+
+    def verify(self, name: str) -> dict:
+        res, out = self.cli_json("lab", "verify", name, "--json")
+        return out
+
+    def redis(self):
+        import redis
+        return redis.Redis.from_url(self.cfg.redis_url, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    from lab import orchestrator
+    lab_dir = tmp_path_factory.mktemp("lab")
+    orchestrator.up(lab_dir, hosts=3, vms_per_host=0, say=lambda *_: None)
+    try:
+        yield Lab(lab_dir)
+    finally:
+        orchestrator.down(lab_dir, say=lambda *_: None)

@@ -1,0 +1,1 @@
+"""The engine: Celery app (workers.celery), migration record, pools, drivers, metrics."""

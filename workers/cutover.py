@@ -1,0 +1,115 @@
+"""The cutover pool: the only steps that hold a VM down, and the rollback.
+
+Downtime runs from the start of Save-VM to the destination VM's heartbeat. The source
+is never changed destructively here: a failure anywhere before the heartbeat turns off
+and removes what we made on the destination, then resumes the source from its saved state.
+"""
+from __future__ import annotations
+
+import time
+
+from workers import context, metrics, states
+from workers.copy import transfer
+from workers.hyperv.errors import VMNotFound
+from workers.locks import LeaseKeeper
+from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
+from workers.plan import PathMap, chain_paths, downtime_files
+from workers.record import StaleState
+from workers.snapshot import ours
+
+HEARTBEAT_TIMEOUT_S = 120
+
+
+def _rollback_now(mid: str, error: str) -> None:
+    """Called by the cutover itself: the VM is down, so roll back in this process."""
+    try:
+        context.store().transition(mid, {states.CUTTING_OVER}, states.ROLLING_BACK, error=error)
+    except StaleState:  # someone else already moved it; their step owns it
+        return
+    rollback.__wrapped_step__(mid, mlog(mid, "rollback"))
+
+
+# No retries: while the VM is down, rolling back beats waiting out a backoff.
+@pipeline_task("quickmig.cutover", on_hard_failure=_rollback_now, retry_transient=False)
+def cutover(mid: str, lg) -> None:
+    rec = resume(mid, states.CUTTING_OVER)
+    if rec is None:
+        return
+    if rec.get("save_started_at"):
+        # A previous delivery died inside the downtime; we cannot know how far it got.
+        raise HardFailure("cutover was interrupted (worker lost); rolling back")
+    cfg = context.config()
+    pm = PathMap(cfg, rec["source"], rec["destination"])
+    src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
+        fence(rec)
+        t0 = time.time()
+        rec = context.store().update(mid, lambda r: r.update(save_started_at=t0))
+        vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
+        t_saved = time.time()
+        lg.info("saved in %.2fs", t_saved - t0)
+        transfer(rec, downtime_files(vm), lg)
+        t_copied = time.time()
+        fence(rec)
+        context.store().update(mid, lambda r: r.update(import_started_at=time.time()))
+        dst.run("import_vm", {
+            "config_path": pm.dest(vm["config_path"]),
+            "disk_paths": pm.mapping(chain_paths(vm)),
+            "iso_paths": pm.mapping(vm.get("isos", [])),
+            "parent_fixes": pm.parent_fixes(vm),
+        })
+        t_imported = time.time()
+        fence(rec)
+        dst.run("start_vm", {"vm_id": rec["vm_id"]})
+        dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
+        t1 = time.time()
+    downtime = t1 - t0
+    metrics.SWITCHOVER.observe(downtime)
+    lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,
+            t_saved - t0, t_copied - t_saved, t_imported - t_copied, t1 - t_imported)
+    context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
+                               downtime_breakdown={"save": round(t_saved - t0, 3),
+                                                   "copy": round(t_copied - t_saved, 3),
+                                                   "import": round(t_imported - t_copied, 3),
+                                                   "start": round(t1 - t_imported, 3)})
+    send("quickmig.finish", mid)
+
+
+def _fail_rollback(mid: str, error: str) -> None:
+    end(mid, states.FAILED, error=f"rollback incomplete: {error}")
+
+
+@pipeline_task("quickmig.rollback", on_hard_failure=_fail_rollback)
+def rollback(mid: str, lg) -> None:
+    rec = resume(mid, states.ROLLING_BACK)
+    if rec is None:
+        return
+    t0 = time.time()
+    src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    created = rec.get("created_files", [])
+    fence(rec)
+    if rec.get("import_started_at"):
+        try:
+            dst.run("describe_vm", {"vm_id": rec["vm_id"]})
+            registered = True
+        except VMNotFound:
+            registered = False
+        if registered:  # turn it off before the source runs again: never two
+            dst.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": True, "delete_paths": created})
+    if created:
+        dst.run("delete_files", {"paths": created})
+    lg.info("removed %d files from %s", len(created), rec["destination"])
+    vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if vm["state"] != "Running":
+        fence(rec)
+        vm = src.run("start_vm", {"vm_id": rec["vm_id"]})["vm"]
+        lg.info("source VM started again from its %s state", "saved" if rec.get("save_started_at") else "off")
+    snaps = ours(vm, mid)
+    if snaps:
+        fence(rec)
+        src.run("remove_snapshots", {"vm_id": rec["vm_id"], "snapshot_ids": [s["id"] for s in snaps]})
+    took = time.time() - t0
+    extra = {}
+    if rec.get("save_started_at"):
+        extra["downtime_seconds"] = round(time.time() - rec["save_started_at"], 3)
+    end(mid, states.ROLLED_BACK, rollback_seconds=round(took, 3), **extra)

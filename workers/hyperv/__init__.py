@@ -1,0 +1,1 @@
+"""Hyper-V driver: WinRM session and the shipped operation scripts."""

@@ -1,0 +1,101 @@
+"""Per-VM lease with a fencing token.
+
+Acquire sets the lease and increments the VM's fencing counter in one step; a
+destructive step proceeds only while the lease is still ours and the counter still
+equals the token we were given (DESIGN section 3.3).
+"""
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from workers import keys
+
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return {1, redis.call('INCR', KEYS[2])}
+end
+return {0, redis.call('GET', KEYS[1])}
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_CHECK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
+  return 1
+end
+return 0
+"""
+
+
+class LockHeld(Exception):
+    def __init__(self, vm_id: str, holder: str):
+        self.holder = holder
+        super().__init__(f"VM {vm_id} is already being migrated by {holder}")
+
+
+class Fenced(Exception):
+    """Our lease or token is no longer current: another actor owns this VM now."""
+
+
+class VMLocks:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._extend = client.register_script(_EXTEND)
+        self._release = client.register_script(_RELEASE)
+        self._check = client.register_script(_CHECK)
+
+    def acquire(self, vm_id: str, mid: str, ttl_s: int = keys.VM_LOCK_TTL_S) -> int:
+        ok, value = self._acquire(keys=[keys.vm_lock(vm_id), keys.vm_fence(vm_id)], args=[mid, ttl_s])
+        if not ok:
+            raise LockHeld(vm_id, value)
+        return int(value)
+
+    def holder(self, vm_id: str) -> str | None:
+        return self.r.get(keys.vm_lock(vm_id))
+
+    def extend(self, vm_id: str, mid: str, ttl_s: int = keys.VM_LOCK_TTL_S) -> bool:
+        return bool(self._extend(keys=[keys.vm_lock(vm_id)], args=[mid, ttl_s]))
+
+    def release(self, vm_id: str, mid: str) -> bool:
+        return bool(self._release(keys=[keys.vm_lock(vm_id)], args=[mid]))
+
+    def check(self, vm_id: str, mid: str, token: int) -> None:
+        if not self._check(keys=[keys.vm_lock(vm_id), keys.vm_fence(vm_id)], args=[mid, str(token)]):
+            raise Fenced(f"migration {mid} no longer holds VM {vm_id} (token {token})")
+
+
+class LeaseKeeper:
+    """Extends a lease every `every_s` while a long step runs."""
+
+    def __init__(self, locks: VMLocks, vm_id: str, mid: str, every_s: float = 30.0):
+        self.locks, self.vm_id, self.mid, self.every_s = locks, vm_id, mid, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"lease-{mid}")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.locks.extend(self.vm_id, self.mid)
+            except redis.RedisError:
+                pass  # the next beat retries; the lease TTL is far longer than a beat
+
+    def __enter__(self) -> "LeaseKeeper":
+        self.locks.extend(self.vm_id, self.mid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,1 @@
+"""Copy engine over SMB3 (smbprotocol)."""

@@ -1,0 +1,97 @@
+"""The control pool: short WinRM steps that never hold a VM down.
+
+snapshot (phase 1), prepare (phase 3) and finish (phase 5) of DESIGN section 1.
+"""
+from __future__ import annotations
+
+from workers import context, states
+from workers.hyperv.errors import VMNotFound
+from workers.pipeline import HardFailure, end, enter, fence, pipeline_task, resume, send, start_rollback
+from workers.plan import PathMap, chain_paths, frozen_files
+
+
+def snapshot_name(mid: str) -> str:
+    return f"quickmig-{mid}"
+
+
+def ours(vm: dict, mid: str) -> list[dict]:
+    return [s for s in vm.get("snapshots", []) if s["name"] == snapshot_name(mid)]
+
+
+@pipeline_task("quickmig.snapshot", on_hard_failure=start_rollback)
+def snapshot(mid: str, lg) -> None:
+    rec = enter(mid, {states.QUEUED}, states.SNAPSHOTTING)
+    if rec is None:
+        return
+    src = context.driver(rec["source"])
+    vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if vm["state"] != "Running":
+        raise HardFailure(f"{rec['vm']} is {vm['state']} on {rec['source']}; quickmig moves running VMs")
+    mine = ours(vm, mid)
+    if mine:  # a redelivery after the checkpoint was taken
+        snap = mine[0]
+    else:
+        fence(rec)
+        res = src.run("checkpoint_vm", {"vm_id": rec["vm_id"], "snapshot_name": snapshot_name(mid)})
+        snap, vm = res["snapshot"], res["vm"]
+    lg.info("checkpoint %s taken; active disks now %s", snap["id"], [d["path"] for d in vm["disks"]])
+    context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING,
+                               snapshot=snap, plan={"frozen": frozen_files(vm, snap["id"])})
+    send("quickmig.copy", mid)
+
+
+@pipeline_task("quickmig.prepare", on_hard_failure=start_rollback)
+def prepare(mid: str, lg) -> None:
+    rec = resume(mid, states.PREPARING)
+    if rec is None:
+        return
+    cfg = context.config()
+    dst = context.driver(rec["destination"])
+    try:
+        dst.run("describe_vm", {"vm_id": rec["vm_id"]})
+    except VMNotFound:
+        pass
+    else:
+        raise HardFailure(f"{rec['destination']} already has a VM with id {rec['vm_id']}; "
+                          "Import-VM -Register cannot register it twice")
+    pm = PathMap(cfg, rec["source"], rec["destination"])
+    report = dst.run("compare_vm", {"config_path": pm.dest(rec["snapshot"]["config_path"]),
+                                    "vm_root": cfg.host(rec["destination"]).vm_root})
+    problems = report.get("incompatibilities") or []
+    if problems:
+        raise HardFailure("destination cannot run this VM: " +
+                          "; ".join(f"{p.get('message_id')}: {p.get('message')}" for p in problems))
+    lg.info("destination validated the VM configuration")
+    context.store().transition(mid, {states.PREPARING}, states.CUTTING_OVER)
+    send("quickmig.cutover", mid)
+
+
+def _fail_finish(mid: str, error: str) -> None:
+    end(mid, states.FAILED, error=f"{error} (the VM runs on the destination; clean the source by hand)")
+
+
+@pipeline_task("quickmig.finish", on_hard_failure=_fail_finish)
+def finish(mid: str, lg) -> None:
+    rec = resume(mid, states.FINISHING)
+    if rec is None:
+        return
+    dst = context.driver(rec["destination"])
+    vm = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    snaps = ours(vm, mid)
+    if snaps:
+        fence(rec)
+        dst.run("remove_snapshots", {"vm_id": rec["vm_id"], "snapshot_ids": [s["id"] for s in snaps]})
+        lg.info("merged checkpoint on %s", rec["destination"])
+    src = context.driver(rec["source"])
+    try:
+        old = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    except VMNotFound:
+        old = None
+    if old is not None:
+        if old["state"] == "Running":
+            raise HardFailure(f"{rec['vm']} is Running on the source too; not removing it")
+        fence(rec)
+        paths = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
+        src.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": False, "delete_paths": paths})
+        lg.info("removed the VM and %d files from %s", len(paths), rec["source"])
+    end(mid, states.COMPLETED)
