@@ -1,0 +1,238 @@
+"""The SMB copy engine against two real smbd on loopback."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from workers.smb import connections, files
+from workers.smb.copy import (
+    PARTIAL_SUFFIX,
+    CopyVerificationError,
+    SmbConnectionError,
+    SmbEndpoint,
+    SmbFileNotFoundError,
+    SourceChangedError,
+    copy_file,
+    delete_file,
+    exists,
+    file_size,
+    partial_name,
+    sha256_of,
+)
+from workers.smb.files import MAX_CHUNK
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+
+
+def put(share, rel: str, data: bytes) -> None:
+    path = share.local(rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_copies_a_40_mib_random_file_between_two_servers_byte_for_byte(smb_servers, smb_dir, record_property):
+    src, dst = smb_servers
+    data = os.urandom(40 * MiB + 12345)  # not a multiple of the chunk size
+    put(src, rf"{smb_dir}\disk.vhdx", data)
+    calls = []
+
+    result = copy_file(src.endpoint, rf"{smb_dir}\disk.vhdx", dst.endpoint, rf"{smb_dir}\disk.vhdx",
+                       progress=lambda done, total: calls.append((done, total)))
+
+    assert dst.local(rf"{smb_dir}\disk.vhdx").read_bytes() == data
+    assert result.bytes == len(data)
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert calls and calls[-1] == (len(data), len(data))
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert all(t == len(data) for _, t in calls)
+    record_property("copy_mb_per_s", round(result.mb_per_s, 1))
+    print(f"\n40 MiB copy: {result.seconds:.2f}s, {result.mb_per_s:.0f} MB/s (read + write + verify read-back)")
+
+
+def test_reads_and_writes_in_requests_as_large_as_negotiated(smb_servers, smb_dir, monkeypatch):
+    src, dst = smb_servers
+    put(src, rf"{smb_dir}\big.bin", os.urandom(3 * MAX_CHUNK))
+    reads, writes = [], []
+    real_read, real_write = files.read_chunk, files.write_chunk
+    monkeypatch.setattr(files, "read_chunk", lambda fh, off, want: reads.append(want) or real_read(fh, off, want))
+    monkeypatch.setattr(files, "write_chunk", lambda fh, off, data: writes.append(len(data)) or real_write(fh, off, data))
+
+    copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin")
+
+    # 3 source reads + 3 read-back reads (+ a 1-byte probe at the end), each 8 MiB
+    assert sum(1 for r in reads if r >= MAX_CHUNK) >= 3
+    assert writes == [MAX_CHUNK] * 3
+
+
+def test_creates_nested_folders_and_keeps_names_with_spaces_and_non_ascii(smb_servers, smb_dir):
+    src, dst = smb_servers
+    data = os.urandom(3 * MiB + 7)
+    src_rel = rf"{smb_dir}\Virtual Hard Disks\Prüfung VM\disk é 東京.vhdx"
+    dst_rel = rf"{smb_dir}\Hyper-V\Virtual Hard Disks\Ünïcødé folder\disk é 東京 (copy).vhdx"
+    put(src, src_rel, data)
+
+    result = copy_file(src.endpoint, src_rel, dst.endpoint, dst_rel)
+
+    assert dst.local(dst_rel).read_bytes() == data
+    assert file_size(dst.endpoint, dst_rel) == len(data)
+    assert sha256_of(dst.endpoint, dst_rel) == result.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_copies_an_empty_file(smb_servers, smb_dir):
+    src, dst = smb_servers
+    put(src, rf"{smb_dir}\empty.vmgs", b"")
+
+    result = copy_file(src.endpoint, rf"{smb_dir}\empty.vmgs", dst.endpoint, rf"{smb_dir}\empty.vmgs")
+
+    assert dst.local(rf"{smb_dir}\empty.vmgs").read_bytes() == b""
+    assert result.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_never_leaves_the_partial_name_behind_on_success(smb_servers, smb_dir):
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\Virtual Machines\vm.vmcx"
+    put(src, rel, os.urandom(MiB))
+    put(dst, partial_name(rel), b"stale partial file from an interrupted attempt, longer than nothing")
+    put(dst, rel, b"an older copy that a redelivered task replaces")
+
+    copy_file(src.endpoint, rel, dst.endpoint, rel)
+
+    assert sorted(p.name for p in dst.local(rel).parent.iterdir()) == ["vm.vmcx"]
+    assert dst.local(rel).read_bytes() == src.local(rel).read_bytes()
+    assert not exists(dst.endpoint, partial_name(rel))
+
+
+def test_a_corrupted_landing_raises_verification_error_and_leaves_no_file(smb_servers, smb_dir, monkeypatch):
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\disk.avhdx"
+    put(src, rel, os.urandom(5 * MiB))
+    real_write = files.write_chunk
+
+    def flip_one_byte(fh, offset, data):
+        if offset == 0:
+            data = bytearray(data)
+            data[1234] ^= 0x01
+            data = bytes(data)
+        return real_write(fh, offset, data)
+
+    monkeypatch.setattr(files, "write_chunk", flip_one_byte)
+
+    with pytest.raises(CopyVerificationError) as err:
+        copy_file(src.endpoint, rel, dst.endpoint, rel)
+
+    assert "disk.avhdx" in str(err.value)
+    assert not dst.local(rel).exists()
+    assert not dst.local(rel + PARTIAL_SUFFIX).exists()
+    assert not exists(dst.endpoint, rel)
+
+
+def test_a_source_that_grows_during_the_copy_raises_source_changed(smb_servers, smb_dir, monkeypatch):
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\active.avhdx"
+    put(src, rel, os.urandom(2 * MAX_CHUNK))
+    real_read = files.read_chunk
+    grown = []
+
+    def read_then_grow(fh, offset, want):
+        data = real_read(fh, offset, want)
+        if not grown:  # a guest write lands right after the first chunk was read
+            with open(src.local(rel), "ab") as f:
+                f.write(b"new guest write")
+            grown.append(True)
+        return data
+
+    monkeypatch.setattr(files, "read_chunk", read_then_grow)
+
+    with pytest.raises(SourceChangedError) as err:
+        copy_file(src.endpoint, rel, dst.endpoint, rel)
+
+    assert "active.avhdx" in str(err.value)
+    assert not dst.local(rel).exists()
+    assert not dst.local(rel + PARTIAL_SUFFIX).exists()
+
+
+def test_a_missing_source_is_reported_by_its_path(smb_servers, smb_dir):
+    src, dst = smb_servers
+
+    with pytest.raises(SmbFileNotFoundError) as err:
+        copy_file(src.endpoint, rf"{smb_dir}\no such.vhdx", dst.endpoint, rf"{smb_dir}\x.vhdx")
+
+    assert "no such.vhdx" in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
+    assert not dst.local(rf"{smb_dir}\x.vhdx").exists()
+
+
+def test_a_refused_connection_is_a_retryable_error(smb_servers):
+    from lab.ports import free_port
+
+    src, _ = smb_servers
+    nobody = SmbEndpoint("127.0.0.1", free_port(), "vms", src.endpoint.username, src.endpoint.password)
+
+    with pytest.raises(SmbConnectionError) as err:
+        file_size(nobody, "x.vhdx")
+
+    assert err.value.retryable
+
+
+def test_file_helpers_size_exists_sha256_and_delete(smb_servers, smb_dir):
+    src, _ = smb_servers
+    rel = rf"{smb_dir}\iso\install media.iso"
+    data = os.urandom(MiB + 1)
+    put(src, rel, data)
+
+    assert exists(src.endpoint, rel) and exists(src.endpoint, smb_dir)
+    assert file_size(src.endpoint, rel) == len(data)
+    assert sha256_of(src.endpoint, rel) == hashlib.sha256(data).hexdigest()
+    delete_file(src.endpoint, rel)
+    delete_file(src.endpoint, rel)  # already gone: no error
+    assert not exists(src.endpoint, rel)
+    assert not src.local(rel).exists()
+
+
+def test_the_endpoint_repr_hides_the_password(smb_servers):
+    ep = smb_servers[0].endpoint
+    assert ep.password not in repr(ep) and ep.password not in str(ep)
+
+
+def test_a_forked_process_gets_its_own_connections_and_leaves_the_parents_alone(smb_servers, smb_dir):
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\fork.vhdx"
+    data = os.urandom(2 * MiB)
+    put(src, rel, data)
+    copy_file(src.endpoint, rel, dst.endpoint, rel)  # fills this process's cache
+    parent_tree = connections.tree(src.endpoint)
+    assert connections.connection_count() >= 2
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and leave without running any pytest teardown
+        report = {}
+        try:
+            report["inherited"] = connections.connection_count()
+            connections.reset_connections()  # what worker_process_init calls; must be harmless
+            result = copy_file(src.endpoint, rel, dst.endpoint, rel + ".child")
+            report["sha256"] = result.sha256
+            report["own_tree"] = connections.tree(src.endpoint) is not parent_tree
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+            report["error"] = repr(e)
+        finally:
+            os.write(w, json.dumps(report).encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        report = json.loads(f.read() or "{}")
+    os.waitpid(pid, 0)
+
+    assert "error" not in report, report["error"]
+    assert report["inherited"] == 0
+    assert report["own_tree"] is True
+    assert report["sha256"] == hashlib.sha256(data).hexdigest()
+    # the parent's cached connection survived the child's exit and still works, unchanged
+    assert connections.tree(src.endpoint) is parent_tree
+    assert sha256_of(src.endpoint, rel) == hashlib.sha256(data).hexdigest()
+    assert connections.tree(src.endpoint) is parent_tree

@@ -1,0 +1,169 @@
+"""Per-process SMB connection cache.
+
+One authenticated connection per (server, port, username) — and per password digest and
+security options, so differing settings never share a session — created
+lazily on first use, with one tree connect per share on it. A connection never crosses a
+fork: the cache remembers the pid that filled it, `os.register_at_fork` empties it in
+every child, and every lookup checks the pid again. A forked child drops the inherited
+sockets *without a word on the wire* (the parent still owns those sessions); it opens
+its own on first use. Celery workers may also call `reset_connections()` from
+`worker_process_init`.
+
+One connection carries one stream at a time (credits are planned per request); parallel
+streams use separate connections.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from smbprotocol.connection import Connection
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+from workers.smb.endpoint import SmbEndpoint
+from workers.smb.errors import SmbConnectionError, smb_errors
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 30
+
+
+@dataclass
+class _Link:
+    connection: Connection
+    session: Session
+    trees: dict[str, TreeConnect] = field(default_factory=dict)
+
+
+_lock = threading.Lock()
+_links: dict[tuple, _Link] = {}
+_owner_pid = os.getpid()
+
+
+def _key(ep: SmbEndpoint) -> tuple:
+    # (server, port, username), plus the security options and a digest of the password, so
+    # a wrong or rotated password is never masked by a session opened with the old one.
+    secret = hashlib.sha256(ep.password.encode("utf-8")).hexdigest()[:16]
+    return (ep.server.lower(), ep.port, ep.username.lower(), ep.require_signing, ep.encrypt, secret)
+
+
+def _alive(link: _Link) -> bool:
+    conn = link.connection
+    worker = getattr(conn, "_t_worker", None)
+    return bool(
+        conn.transport is not None and conn.transport.connected
+        and worker is not None and worker.is_alive()
+        and getattr(conn, "_t_exc", None) is None
+    )
+
+
+def _drop_inherited() -> None:
+    """In a forked child: forget the parent's connections, closing only our copies of the fds."""
+    global _lock, _owner_pid
+    _lock = threading.Lock()  # the parent's lock may have been held by another thread at fork time
+    for link in _links.values():
+        sock = getattr(link.connection.transport, "_sock", None)
+        if sock is not None:
+            try:
+                sock.close()  # close(2) on our fd only; no shutdown(), so the parent's socket lives on
+            except OSError:
+                pass
+    _links.clear()
+    _owner_pid = os.getpid()
+
+
+def _close_quietly(link: _Link) -> None:
+    try:
+        if _alive(link):
+            link.connection.disconnect(close=True, timeout=5)
+        elif link.connection.transport is not None:
+            link.connection.disconnect(close=False)
+    except Exception as e:  # already broken; nothing more to do
+        log.debug("closing SMB connection to %s failed: %s", link.connection.server_name, e)
+
+
+def _check_pid() -> None:
+    if os.getpid() != _owner_pid:
+        _drop_inherited()
+
+
+def reset_connections() -> None:
+    """Forget every cached connection of this process.
+
+    After a fork (Celery's `worker_process_init`) this drops the inherited connections
+    without touching them on the wire; in the process that opened them it logs off and
+    closes them.
+    """
+    global _owner_pid
+    if os.getpid() != _owner_pid:
+        _drop_inherited()
+        return
+    with _lock:
+        links = list(_links.values())
+        _links.clear()
+    for link in links:
+        _close_quietly(link)
+
+
+def connection_count() -> int:
+    """How many connections this process has cached (0 right after a fork)."""
+    _check_pid()
+    return len(_links)
+
+
+def evict(ep: SmbEndpoint) -> None:
+    """Drop (and close) the cached connection for `ep`, e.g. after it broke."""
+    _check_pid()
+    with _lock:
+        link = _links.pop(_key(ep), None)
+    if link is not None:
+        _close_quietly(link)
+
+
+def _connect(ep: SmbEndpoint) -> _Link:
+    conn = Connection(uuid.uuid4(), ep.server, ep.port, require_signing=ep.require_signing)
+    try:
+        conn.connect(timeout=CONNECT_TIMEOUT_S)
+    except ValueError as e:  # smbprotocol's transport wraps refused/unreachable as ValueError
+        raise SmbConnectionError(f"{ep.unc_root}: cannot connect: {e}") from e
+    try:
+        session = Session(conn, ep.username, ep.password, require_encryption=ep.encrypt)
+        session.connect()
+    except BaseException:
+        _close_quietly(_Link(conn, None))  # type: ignore[arg-type]
+        raise
+    log.debug("SMB connection to %s:%s as %s (dialect 0x%04x, max read %d, max write %d, "
+              "signing %s, encryption %s)", ep.server, ep.port, ep.username, conn.dialect,
+              conn.max_read_size, conn.max_write_size, session.signing_required, session.encrypt_data)
+    return _Link(conn, session)
+
+
+def tree(ep: SmbEndpoint) -> TreeConnect:
+    """The tree connect for ep's share on this process's cached connection (made on demand)."""
+    _check_pid()
+    key = _key(ep)
+    with smb_errors(ep.unc_root, on_connection_error=lambda: evict(ep)):
+        with _lock:
+            link = _links.get(key)
+            if link is not None and not _alive(link):
+                _links.pop(key)
+                _close_quietly(link)
+                link = None
+            if link is None:
+                link = _connect(ep)
+                _links[key] = link
+            share = ep.share.lower()
+            tc = link.trees.get(share)
+            if tc is None:
+                tc = TreeConnect(link.session, f"\\\\{ep.server}\\{ep.share}")
+                tc.connect()
+                link.trees[share] = tc
+            return tc
+
+
+os.register_at_fork(after_in_child=_drop_inherited)

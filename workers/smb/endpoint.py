@@ -1,0 +1,53 @@
+"""Where a share is and how to log on to it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workers.config import Credentials, Host
+
+
+@dataclass(frozen=True)
+class SmbEndpoint:
+    """One share on one SMB server, with the account that opens it.
+
+    `require_signing` and `encrypt` are the client's security floor: signing (AES-GMAC on
+    SMB 3.1.1) is on by default; encryption (AES-GCM) is off by default and can be turned
+    on per endpoint (a server that demands it encrypts anyway). The password never
+    appears in repr().
+    """
+
+    server: str
+    port: int
+    share: str
+    username: str
+    password: str = field(repr=False)
+    require_signing: bool = True
+    encrypt: bool = False
+
+    @classmethod
+    def for_host(cls, host: "Host", credentials: "Credentials", **options) -> "SmbEndpoint":
+        """The endpoint of an inventory host's VM share."""
+        return cls(host.smb_server, host.smb_port, host.smb_share,
+                   credentials.smb_username, credentials.smb_password, **options)
+
+    @property
+    def unc_root(self) -> str:
+        """\\\\server\\share, with :port when it is not 445 (for messages; not a real UNC)."""
+        server = self.server if self.port == 445 else f"{self.server}:{self.port}"
+        return f"\\\\{server}\\{self.share}"
+
+    def unc(self, rel: str) -> str:
+        return f"{self.unc_root}\\{rel}" if rel else self.unc_root
+
+
+def normalize_rel(rel: str) -> str:
+    """A share-relative path with backslashes; refuses '..', empty parts and absolute paths."""
+    if not isinstance(rel, str):
+        raise TypeError(f"share-relative path must be str, not {type(rel).__name__}")
+    norm = rel.replace("/", "\\")
+    parts = norm.split("\\")
+    if not norm or norm.startswith("\\") or any(p in ("", ".", "..") for p in parts) or ":" in norm:
+        raise ValueError(f"{rel!r} is not a path relative to a share root (backslashes, no '..')")
+    return norm

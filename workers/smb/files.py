@@ -1,0 +1,205 @@
+"""File operations on one open tree connect, on smbprotocol's low-level API.
+
+Reads and writes move up to the negotiated max_read_size / max_write_size (capped at
+`MAX_CHUNK`) per request. A request may be no larger than the credits held (one credit
+per 64 KiB) and a fresh session holds 64 (4 MiB); smbprotocol's Open.read/write only
+ask for the credits they consume, so each request here also asks for enough extra
+credits that the next one can be full size.
+
+Nothing here translates errors or knows about endpoints; `workers.smb.copy` does.
+"""
+from __future__ import annotations
+
+import time
+
+from smbprotocol.exceptions import SMBException, SMBResponseException
+from smbprotocol.file_info import (
+    FileDispositionInformation,
+    FileRenameInformation,
+    FileStandardInformation,
+)
+from smbprotocol.header import NtStatus
+from smbprotocol.open import (
+    CreateDisposition,
+    CreateOptions,
+    DirectoryAccessMask,
+    FileAttributes,
+    FilePipePrinterAccessMask as Access,
+    ImpersonationLevel,
+    Open,
+    ShareAccess,
+    SMB2QueryInfoRequest,
+    SMB2QueryInfoResponse,
+    SMB2ReadResponse,
+    SMB2SetInfoRequest,
+    SMB2SetInfoResponse,
+    SMB2WriteResponse,
+)
+from smbprotocol.tree import TreeConnect
+
+MAX_CHUNK = 8 * 1024 * 1024  # bytes per READ/WRITE request, whatever the server allows beyond it
+CREDIT_BYTES = 65536  # one SMB2 credit pays for 64 KiB of payload
+REQUEST_TIMEOUT_S = 300  # one request (up to MAX_CHUNK bytes) may take this long
+CREDIT_WAIT_S = 30
+
+SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+
+READ_ACCESS = Access.FILE_READ_DATA | Access.FILE_READ_ATTRIBUTES | Access.SYNCHRONIZE
+WRITE_ACCESS = (Access.FILE_READ_DATA | Access.FILE_WRITE_DATA | Access.FILE_APPEND_DATA
+                | Access.FILE_READ_ATTRIBUTES | Access.FILE_WRITE_ATTRIBUTES | Access.DELETE | Access.SYNCHRONIZE)
+
+
+def open_for_read(tree: TreeConnect, rel: str) -> Open:
+    """Open an existing file to read it, letting everyone else read, write and delete it meanwhile."""
+    fh = Open(tree, rel)
+    fh.create(ImpersonationLevel.Impersonation, READ_ACCESS, FileAttributes.FILE_ATTRIBUTE_NORMAL, SHARE_ALL,
+              CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_SEQUENTIAL_ONLY)
+    return fh
+
+
+def open_for_write(tree: TreeConnect, rel: str) -> Open:
+    """Create (or truncate) a file to write, read back, rename or delete it through this handle."""
+    fh = Open(tree, rel)
+    fh.create(ImpersonationLevel.Impersonation, WRITE_ACCESS, FileAttributes.FILE_ATTRIBUTE_NORMAL,
+              ShareAccess.FILE_SHARE_READ, CreateDisposition.FILE_OVERWRITE_IF,
+              CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_SEQUENTIAL_ONLY)
+    return fh
+
+
+def open_for_delete(tree: TreeConnect, rel: str) -> Open:
+    fh = Open(tree, rel)
+    fh.create(ImpersonationLevel.Impersonation, Access.DELETE | Access.FILE_READ_ATTRIBUTES,
+              FileAttributes.FILE_ATTRIBUTE_NORMAL, SHARE_ALL, CreateDisposition.FILE_OPEN,
+              CreateOptions.FILE_NON_DIRECTORY_FILE)
+    return fh
+
+
+def open_attributes(tree: TreeConnect, rel: str) -> Open:
+    """Open a file or folder just to look at it."""
+    fh = Open(tree, rel)
+    fh.create(ImpersonationLevel.Impersonation, Access.FILE_READ_ATTRIBUTES, FileAttributes.FILE_ATTRIBUTE_NORMAL,
+              SHARE_ALL, CreateDisposition.FILE_OPEN, 0)
+    return fh
+
+
+def close(fh: Open) -> None:
+    if fh.connected:
+        fh.close(get_attributes=False)
+
+
+def make_dirs(tree: TreeConnect, rel_dir: str) -> None:
+    """Create rel_dir and its parents (backslash separated) if they do not exist yet."""
+    parts = rel_dir.split("\\")
+    for i in range(1, len(parts) + 1):
+        d = Open(tree, "\\".join(parts[:i]))
+        d.create(ImpersonationLevel.Impersonation,
+                 DirectoryAccessMask.FILE_READ_ATTRIBUTES | DirectoryAccessMask.SYNCHRONIZE,
+                 FileAttributes.FILE_ATTRIBUTE_DIRECTORY, SHARE_ALL, CreateDisposition.FILE_OPEN_IF,
+                 CreateOptions.FILE_DIRECTORY_FILE)
+        close(d)
+
+
+def _credits(fh: Open, want: int, max_size: int) -> tuple[int, int]:
+    """(bytes to move in the next request, credits to ask for in it).
+
+    The request may only be as large as the credits we hold; we ask for what it consumes
+    plus what makes the next request full size again.
+    """
+    conn = fh.connection
+    limit = min(max_size, MAX_CHUNK)
+    if not conn.supports_multi_credit:
+        return min(want, limit, CREDIT_BYTES), 1
+    deadline = time.monotonic() + CREDIT_WAIT_S
+    while (available := conn.sequence_window["high"] - conn.sequence_window["low"]) < 1:
+        if time.monotonic() > deadline:
+            raise SMBException("no SMB credits granted by the server: connection timeout")
+        time.sleep(0.001)
+    size = max(1, min(want, limit, available * CREDIT_BYTES))
+    charge = (size - 1) // CREDIT_BYTES + 1
+    full = (limit - 1) // CREDIT_BYTES + 1
+    top_up = max(0, full - (available - charge))
+    return size, min(charge + top_up, 8192)
+
+
+def read_chunk(fh: Open, offset: int, want: int) -> bytes:
+    """One READ of up to `want` bytes at `offset` (fewer when credits are short, b"" at end of file)."""
+    size, credit_request = _credits(fh, want, fh.connection.max_read_size)
+    msg, _ = fh.read(offset, size, send=False)
+    tc = fh.tree_connect
+    req = fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+    try:
+        resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
+    except SMBResponseException as e:
+        if e.status == NtStatus.STATUS_END_OF_FILE:
+            return b""
+        raise
+    out = SMB2ReadResponse()
+    out.unpack(resp["data"].get_value())
+    return out["buffer"].get_value()
+
+
+def write_chunk(fh: Open, offset: int, data: bytes | memoryview) -> int:
+    """One WRITE of (a prefix of) `data` at `offset`; returns the bytes the server took."""
+    size, credit_request = _credits(fh, len(data), fh.connection.max_write_size)
+    chunk = data if isinstance(data, bytes) and size == len(data) else bytes(data[:size])
+    msg, _ = fh.write(chunk, offset, send=False)
+    tc = fh.tree_connect
+    req = fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+    resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
+    out = SMB2WriteResponse()
+    out.unpack(resp["data"].get_value())
+    return out["count"].get_value()
+
+
+def flush(fh: Open) -> None:
+    msg, recv = fh.flush(send=False)
+    tc = fh.tree_connect
+    req = fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id)
+    fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
+
+
+def _query(fh: Open, info_class):
+    info = info_class()
+    q = SMB2QueryInfoRequest()
+    q["info_type"] = info.INFO_TYPE
+    q["file_info_class"] = info.INFO_CLASS
+    q["file_id"] = fh.file_id
+    q["output_buffer_length"] = len(info)
+    tc = fh.tree_connect
+    req = fh.connection.send(q, sid=tc.session.session_id, tid=tc.tree_connect_id)
+    resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
+    out = SMB2QueryInfoResponse()
+    out.unpack(resp["data"].get_value())
+    return out.parse_buffer(info_class)
+
+
+def _set(fh: Open, info) -> None:
+    s = SMB2SetInfoRequest()
+    s["info_type"] = info.INFO_TYPE
+    s["file_info_class"] = info.INFO_CLASS
+    s["file_id"] = fh.file_id
+    s["buffer"] = info
+    tc = fh.tree_connect
+    req = fh.connection.send(s, sid=tc.session.session_id, tid=tc.tree_connect_id)
+    resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
+    SMB2SetInfoResponse().unpack(resp["data"].get_value())
+
+
+def current_size(fh: Open) -> int:
+    """The open file's size as the server sees it now (not as it was at CREATE)."""
+    return _query(fh, FileStandardInformation)["end_of_file"].get_value()
+
+
+def rename(fh: Open, new_rel: str, replace: bool = True) -> None:
+    """Rename the open file to `new_rel` (relative to the share root), replacing what is there."""
+    info = FileRenameInformation()
+    info["replace_if_exists"] = replace
+    info["file_name"] = new_rel
+    _set(fh, info)
+
+
+def mark_delete(fh: Open) -> None:
+    """Delete the open file once its last handle closes (needs DELETE access)."""
+    info = FileDispositionInformation()
+    info["delete_pending"] = True
+    _set(fh, info)
