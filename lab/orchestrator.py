@@ -55,13 +55,13 @@ def vm_root(host: str) -> str:
 
 def _write_config(lab_dir: Path, hosts: list[str], ports: dict) -> None:
     lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
-             f"redis_url = {toml_str(f'redis://127.0.0.1:{ports['redis']}/0')}",
+             f"redis_url = {toml_str('redis://127.0.0.1:%d/0' % ports['redis'])}",
              'credentials_file = "credentials.toml"', "",
              "[lab]", f"dir = {toml_str(str(lab_dir))}", "",
              "[metrics]", f"port = {ports['metrics']}", ""]
     for h in hosts:
         lines += [f"[hosts.{h}]",
-                  f"winrm_endpoint = {toml_str(f'http://127.0.0.1:{ports[h]['winrm']}/wsman')}",
+                  f"winrm_endpoint = {toml_str('http://127.0.0.1:%d/wsman' % ports[h]['winrm'])}",
                   'winrm_transport = "basic"',
                   f"vm_root = {toml_str(vm_root(h))}",
                   'smb_server = "127.0.0.1"',
