@@ -1,0 +1,326 @@
+"""The Hyper-V driver: run one operation script on one host over WinRM, get one JSON document back.
+
+Per operation: open a WinRM cmd shell (codepage 65001, no profile), start powershell.exe with
+a fixed bootstrap (POWERSHELL_COMMAND), send the rendered script on its stdin, receive
+stdout/stderr until the command is done or our own deadline passes, then signal the
+command and delete the shell, always. Exit code 0 is success and stdout holds the JSON
+result; anything else is the CLIXML error on stderr, turned into a typed exception.
+"""
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import logging
+import time
+import xml.etree.ElementTree as ET
+from urllib.parse import urlsplit
+
+import requests
+from winrm.exceptions import (
+    InvalidCredentialsError,
+    WinRMError,
+    WinRMOperationTimeoutError,
+    WinRMTransportError,
+    WSManFaultError,
+)
+from winrm.protocol import Protocol
+
+from workers.config import ConfigError, Credentials, Host
+from workers.hyperv import scripts
+from workers.hyperv.errors import (
+    AccessDenied,
+    HyperVError,
+    OperationTimeout,
+    TransportError,
+    error_from_stderr,
+)
+
+log = logging.getLogger(__name__)
+
+# Why not `powershell -NoProfile -NonInteractive -Command -` (what DESIGN section 4 first
+# suggested): with `-Command -`, powershell.exe treats stdin like an interactive prompt and
+# runs it statement by statement. A multi-line statement needs an extra blank line or it
+# is silently never run, $ErrorActionPreference = 'Stop' stops only the current statement
+# (the next ones still run: a failed Get-VM would not stop a later Remove-VM), and the exit
+# code is that of the last statement (PowerShell/PowerShell#3223, #15331, #21808).
+# So the command line carries a small fixed bootstrap as -EncodedCommand; it joins all of
+# stdin (the rendered script, delivered line by line as $input, the way Ansible's WinRM
+# bootstrap reads its payload) and runs it as ONE script block: a terminating error ends
+# the whole script, exit code 1, and -EncodedCommand makes powershell.exe write that error
+# to the redirected stderr as CLIXML. The command line stays a few hundred characters, far
+# below cmd.exe's 8 KB limit that `run_ps` (-EncodedCommand of the whole script) runs into.
+# The lab emulator may ignore this line: it only reads stdin.
+BOOTSTRAP = ("$ProgressPreference = 'SilentlyContinue'; "
+             "$qmScript = [string]::Join([string][char]10, [string[]]@($input)); "
+             "& ([scriptblock]::Create($qmScript))")
+POWERSHELL_COMMAND = ("powershell.exe -NoProfile -NonInteractive -EncodedCommand "
+                      + base64.b64encode(BOOTSTRAP.encode("utf-16-le")).decode("ascii"))
+
+SHELL_CODEPAGE = 65001          # UTF-8 stdin/stdout in the WinRM shell
+OPERATION_TIMEOUT_S = 20        # WS-Man OperationTimeout: how long one Receive may block
+READ_TIMEOUT_S = OPERATION_TIMEOUT_S + 10   # HTTP read timeout, must exceed the above
+SEND_CHUNK_BYTES = 48 * 1024    # stdin per Send message (base64 keeps it under MaxEnvelopeSize)
+HEARTBEAT_MARGIN_S = 30         # wait_heartbeat's deadline: its own timeout_s plus this
+
+# Deadlines for operations that can take long on a real host (seconds). The others use
+# default_timeout_s. wait_heartbeat gets at least its timeout_s + HEARTBEAT_MARGIN_S.
+OP_TIMEOUT_S = {
+    "checkpoint_vm": 600,
+    "save_vm": 900,          # writes the VM's memory to disk
+    "import_vm": 900,
+    "compare_vm": 300,
+    "remove_snapshots": 3600,  # waits for the merge of each differencing disk
+    "remove_vm": 900,
+    "delete_files": 600,
+    "start_vm": 600,         # restores the memory from the saved state
+}
+
+TRANSPORTS = ("basic", "ntlm", "kerberos", "credssp")
+CERT_VALIDATION = ("validate", "ignore")
+
+
+def _is_loopback(hostname: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(hostname or "").is_loopback
+    except ValueError:
+        return False
+
+
+class HyperVDriver:
+    """Runs the operation scripts on one Hyper-V host. Safe to share; each call has its own shell."""
+
+    def __init__(self, host: Host, creds: Credentials, *, default_timeout_s: float = 120,
+                 op_timeouts_s: dict[str, float] | None = None):
+        self.host = host
+        self._creds = creds
+        self.default_timeout_s = float(default_timeout_s)
+        self.op_timeouts_s = {**OP_TIMEOUT_S, **(op_timeouts_s or {})}
+        self._endpoint = host.winrm_endpoint
+        self._protocol_kwargs = self._transport_settings(host)
+
+    def __repr__(self) -> str:
+        return f"HyperVDriver(host={self.host.name!r}, endpoint={self._endpoint!r})"
+
+    @staticmethod
+    def _transport_settings(host: Host) -> dict:
+        """pywinrm Protocol settings for a host; refuses what would send credentials in the clear."""
+        url = urlsplit(host.winrm_endpoint)
+        scheme = (url.scheme or "").lower()
+        if scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"host {host.name}: winrm_endpoint {host.winrm_endpoint!r} is not an "
+                              "http:// or https:// URL (e.g. https://hv1.example:5986/wsman)")
+        transport = (host.winrm_transport or "").lower()
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"host {host.name}: winrm_transport {host.winrm_transport!r} is not one of "
+                              f"{', '.join(TRANSPORTS)}")
+        if transport == "basic" and scheme != "https" and not _is_loopback(url.hostname):
+            raise ConfigError(f"host {host.name}: winrm_transport 'basic' sends the password in the clear "
+                              f"over {host.winrm_endpoint}; use an https:// endpoint, or ntlm/kerberos/"
+                              "credssp (message encryption); plain http with basic is only for "
+                              "loopback (127.0.0.0/8) lab hosts")
+        if transport == "basic":
+            encryption = "never"
+        else:
+            # Over http the WinRM messages themselves are encrypted by the auth protocol;
+            # over https, TLS does it.
+            encryption = "always" if scheme == "http" else "auto"
+        kwargs = {
+            "transport": transport,
+            "message_encryption": encryption,
+            "read_timeout_sec": READ_TIMEOUT_S,
+            "operation_timeout_sec": OPERATION_TIMEOUT_S,
+            "proxy": None,  # never route WinRM through a proxy from the environment
+        }
+        validation = host.winrm_cert_validation or "validate"
+        if validation in CERT_VALIDATION:
+            kwargs["server_cert_validation"] = validation
+        elif validation.endswith((".pem", ".crt", ".cer")):  # a CA bundle to validate against
+            kwargs["server_cert_validation"] = "validate"
+            kwargs["ca_trust_path"] = validation
+        else:
+            raise ConfigError(f"host {host.name}: winrm_cert_validation {validation!r} is not 'validate', "
+                              "'ignore' or the path of a CA bundle (.pem/.crt)")
+        return kwargs
+
+    def _new_protocol(self) -> Protocol:
+        return Protocol(self._endpoint, username=self._creds.winrm_username,
+                        password=self._creds.winrm_password, **self._protocol_kwargs)
+
+    def timeout_for(self, op: str, args: dict) -> float:
+        t = float(self.op_timeouts_s.get(op, self.default_timeout_s))
+        if op == "wait_heartbeat":
+            t = max(t, float(args.get("timeout_s") or 0) + HEARTBEAT_MARGIN_S)
+        return t
+
+    # -- the one way in -----------------------------------------------------------------
+
+    def run(self, op: str, args: dict | None = None, *, timeout_s: float | None = None) -> dict:
+        """Run operation `op` with `args` (see OPERATIONS.md) and return its JSON result."""
+        args = {} if args is None else args
+        text = scripts.render(op, args)
+        timeout = float(timeout_s) if timeout_s is not None else self.timeout_for(op, args)
+        t0 = time.monotonic()
+        outcome = "ok"
+        try:
+            rc, stdout, stderr = self._execute(op, text, t0 + timeout)
+            if rc != 0:
+                raise error_from_stderr(stderr, op, host=self.host.name, exit_code=rc)
+            return self._result(op, stdout)
+        except HyperVError as e:
+            outcome = type(e).__name__
+            if e.host is None:
+                e.host = self.host.name
+            if e.op is None:
+                e.op = op
+            raise
+        except BaseException as e:
+            outcome = type(e).__name__
+            raise
+        finally:
+            took = time.monotonic() - t0
+            level = logging.INFO if outcome == "ok" else logging.WARNING
+            log.log(level, "hyperv op=%s host=%s took=%.2fs outcome=%s", op, self.host.name, took, outcome)
+
+    def _result(self, op: str, stdout: bytes) -> dict:
+        out = stdout.decode("utf-8", "replace").lstrip("\ufeff").strip()
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        for candidate in (out, lines[-1] if lines else "", "".join(lines)):
+            try:
+                doc = json.loads(candidate)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                return doc
+        shown = out[-300:] if out else "nothing"
+        raise HyperVError(f"{op} on {self.host.name} succeeded but printed no JSON object (got {shown!r})",
+                          op=op, host=self.host.name)
+
+    def _execute(self, op: str, text: str, deadline: float) -> tuple[int, bytes, bytes]:
+        """(exit code, stdout, stderr) of the script; transport faults become TransportError."""
+        proto = self._new_protocol()
+        shell_id = command_id = None
+        try:
+            try:
+                shell_id = proto.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
+                # console_mode_stdin=False: stdin is a pipe we write, as Ansible's WinRM plugin does.
+                command_id = proto.run_command(shell_id, POWERSHELL_COMMAND, console_mode_stdin=False)
+                data = text.encode("utf-8")
+                for i in range(0, len(data), SEND_CHUNK_BYTES):
+                    last = i + SEND_CHUNK_BYTES >= len(data)
+                    proto.send_command_input(shell_id, command_id, data[i:i + SEND_CHUNK_BYTES], end=last)
+                return self._receive(proto, shell_id, command_id, op, deadline)
+            except HyperVError:
+                raise
+            except Exception as e:  # noqa: BLE001 - transport faults are mapped, anything else re-raised
+                mapped = self._transport_error(op, e)
+                if mapped is None:
+                    raise
+                raise mapped from e
+        finally:
+            self._cleanup(proto, shell_id, command_id)
+
+    def _receive(self, proto: Protocol, shell_id: str, command_id: str, op: str,
+                 deadline: float) -> tuple[int, bytes, bytes]:
+        # Not Protocol.get_command_output: it retries Receive timeouts forever. One Receive
+        # blocks up to the WS-Man OperationTimeout, which we shorten to what is left of the
+        # deadline (read_timeout_sec stays above it).
+        raw = getattr(proto, "get_command_output_raw", None) or proto._raw_get_command_output
+        out, err = [], []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OperationTimeout(f"{op} on {self.host.name} did not finish within its deadline; "
+                                       "it may still be running there", op=op, host=self.host.name)
+            proto.operation_timeout_sec = max(1, min(OPERATION_TIMEOUT_S, int(left + 0.999)))
+            try:
+                o, e, rc, done = raw(shell_id, command_id)
+            except WinRMOperationTimeoutError:
+                continue  # no output yet
+            out.append(o)
+            err.append(e)
+            if done:
+                return rc, b"".join(out), b"".join(err)
+
+    def _transport_error(self, op: str, e: Exception) -> HyperVError | None:
+        where = f"{op} on {self.host.name} ({self._endpoint})"
+        if isinstance(e, InvalidCredentialsError):
+            return TransportError(f"{where}: the WinRM credentials were rejected (HTTP 401)", op=op,
+                                  host=self.host.name)
+        if isinstance(e, WSManFaultError):
+            reason = " ".join(str(e.reason).split())
+            cls = AccessDenied if "access is denied" in reason.lower() else TransportError
+            return cls(f"{where}: WS-Management fault: {reason}", op=op, host=self.host.name)
+        if isinstance(e, WinRMTransportError):
+            return TransportError(f"{where}: HTTP {e.code} from the WinRM service", op=op, host=self.host.name)
+        if isinstance(e, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+            return TransportError(f"{where}: cannot reach the WinRM service: {type(e).__name__}: {e}",
+                                  op=op, host=self.host.name)
+        if isinstance(e, (ET.ParseError, StopIteration)):
+            return TransportError(f"{where}: malformed WinRM response ({type(e).__name__})", op=op,
+                                  host=self.host.name)
+        if isinstance(e, WinRMError):  # e.g. an auth library that is not installed
+            return HyperVError(f"{where}: {e}", op=op, host=self.host.name)
+        return None
+
+    def _cleanup(self, proto: Protocol, shell_id: str | None, command_id: str | None) -> None:
+        """Terminate the command and delete the shell; never hides the operation's own outcome."""
+        proto.operation_timeout_sec = OPERATION_TIMEOUT_S
+        if shell_id is not None and command_id is not None:
+            try:
+                proto.cleanup_command(shell_id, command_id)
+            except Exception as e:  # noqa: BLE001
+                log.warning("hyperv host=%s: could not signal command end: %s", self.host.name, type(e).__name__)
+        if shell_id is not None:
+            try:
+                proto.close_shell(shell_id, close_session=True)
+                return
+            except Exception as e:  # noqa: BLE001
+                log.warning("hyperv host=%s: could not delete WinRM shell: %s", self.host.name, type(e).__name__)
+        try:
+            proto.transport.close_session()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- one thin method per operation (results as in OPERATIONS.md) ---------------------
+
+    def list_vms(self) -> dict:
+        return self.run("list_vms", {})
+
+    def describe_vm(self, name: str | None = None, vm_id: str | None = None) -> dict:
+        if (name is None) == (vm_id is None):
+            raise ValueError("describe_vm needs exactly one of name or vm_id")
+        return self.run("describe_vm", {"name": name} if vm_id is None else {"vm_id": vm_id})
+
+    def host_info(self) -> dict:
+        return self.run("host_info", {})
+
+    def checkpoint_vm(self, vm_id: str, snapshot_name: str) -> dict:
+        return self.run("checkpoint_vm", {"vm_id": vm_id, "snapshot_name": snapshot_name})
+
+    def save_vm(self, vm_id: str) -> dict:
+        return self.run("save_vm", {"vm_id": vm_id})
+
+    def start_vm(self, vm_id: str) -> dict:
+        return self.run("start_vm", {"vm_id": vm_id})
+
+    def wait_heartbeat(self, vm_id: str, timeout_s: float) -> dict:
+        return self.run("wait_heartbeat", {"vm_id": vm_id, "timeout_s": timeout_s})
+
+    def compare_vm(self, config_path: str, vm_root: str | None = None) -> dict:
+        return self.run("compare_vm", {"config_path": config_path, "vm_root": vm_root or self.host.vm_root})
+
+    def import_vm(self, config_path: str, disk_paths: dict[str, str], iso_paths: dict[str, str],
+                  parent_fixes: list[dict]) -> dict:
+        return self.run("import_vm", {"config_path": config_path, "disk_paths": dict(disk_paths),
+                                      "iso_paths": dict(iso_paths), "parent_fixes": list(parent_fixes)})
+
+    def remove_snapshots(self, vm_id: str, snapshot_ids: list[str]) -> dict:
+        return self.run("remove_snapshots", {"vm_id": vm_id, "snapshot_ids": list(snapshot_ids)})
+
+    def remove_vm(self, vm_id: str, turn_off: bool = False, delete_paths: list[str] = ()) -> dict:
+        return self.run("remove_vm", {"vm_id": vm_id, "turn_off": bool(turn_off),
+                                      "delete_paths": list(delete_paths)})
+
+    def delete_files(self, paths: list[str]) -> dict:
+        return self.run("delete_files", {"paths": list(paths)})

@@ -1,0 +1,116 @@
+# quickmig-op: import_vm
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$Req = @'
+__QUICKMIG_ARGS__
+'@ | ConvertFrom-Json
+
+function Get-QmVM([string]$Id) {
+    # One VM by its id. Get-VM -Name would take a wildcard pattern, -Id cannot.
+    $vm = Get-VM -Id $Id
+    if (-not $vm) {
+        Write-Error -Message ('Hyper-V was unable to find a virtual machine with ID "' + $Id + '".') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $Id
+    }
+    $vm
+}
+
+function Get-QmVMInfo($VM) {
+    # The VMInfo shape of OPERATIONS.md; this function is identical in every script that has it.
+    $id = $VM.Id.ToString()
+    $base = Join-Path -Path $VM.ConfigurationLocation -ChildPath ('Virtual Machines\' + $id.ToUpperInvariant())
+    $disks = @(foreach ($d in @(Get-VMHardDiskDrive -VM $VM)) {
+        $chain = @()
+        $p = [string]$d.Path
+        while ($p -and $null -eq $d.DiskNumber -and $chain.Count -lt 64) {
+            $chain += $p
+            $vhd = $null
+            try { $vhd = Get-VHD -Path $p }
+            catch {
+                Write-Error -Message ('Cannot read virtual disk ' + $p + ' of VM ' + $id + ': ' + $_.Exception.Message) -Category ReadError -ErrorId 'DiskChainUnreadable'
+            }
+            $p = [string]$vhd.ParentPath
+        }
+        [ordered]@{
+            controller_type = [string]$d.ControllerType; controller_number = [int]$d.ControllerNumber
+            controller_location = [int]$d.ControllerLocation; path = [string]$d.Path; chain = $chain
+        }
+    })
+    $isos = @(foreach ($dvd in @(Get-VMDvdDrive -VM $VM)) { if ($dvd.Path -like '*.iso') { [string]$dvd.Path } })
+    $snapshots = @(foreach ($s in @(Get-VMSnapshot -VM $VM)) {
+        $sid = $s.Id.ToString()
+        [ordered]@{
+            id = $sid; name = [string]$s.Name
+            config_path = Join-Path -Path $VM.SnapshotFileLocation -ChildPath ('Snapshots\' + $sid.ToUpperInvariant() + '.vmcx')
+        }
+    })
+    $switches = @(foreach ($n in @(Get-VMNetworkAdapter -VM $VM)) { if ($n.SwitchName) { [string]$n.SwitchName } })
+    $stateFiles = @(foreach ($ext in '.vmcx', '.vmgs', '.vmrs') {
+        if (Test-Path -LiteralPath ($base + $ext) -PathType Leaf) { $base + $ext }
+    })
+    [ordered]@{
+        id = $id; name = [string]$VM.Name; state = [string]$VM.State; generation = [int]$VM.Generation
+        version = [string]$VM.Version; memory_startup_bytes = [int64]$VM.MemoryStartup
+        checkpoint_type = [string]$VM.CheckpointType; path = [string]$VM.ConfigurationLocation
+        config_path = $base + '.vmcx'; state_files = $stateFiles
+        disks = $disks; isos = $isos; snapshots = $snapshots; switches = @($switches | Select-Object -Unique)
+    }
+}
+
+function ConvertTo-QmMap($Object) {
+    # JSON object -> case-insensitive hashtable (Windows paths compare without case).
+    $map = @{}
+    if ($Object) {
+        foreach ($p in $Object.PSObject.Properties) { $map[$p.Name] = [string]$p.Value }
+    }
+    $map
+}
+
+function Grant-QmVMAccess([string]$Path, [string]$Account, [string]$Rights) {
+    # Copied files lost the per-VM ACE; Hyper-V's worker process runs as NT VIRTUAL MACHINE\<VMId>.
+    $out = & icacls.exe $Path /grant ($Account + ':' + $Rights) /Q
+    if ($LASTEXITCODE -ne 0) {
+        Write-Error -Message ('icacls could not grant ' + $Account + ' ' + $Rights + ' on ' + $Path + ': ' + (@($out) -join ' ')) -Category WriteError -ErrorId 'GrantFailed' -TargetObject $Path
+    }
+}
+
+$configPath = [string]$Req.config_path
+$diskMap = ConvertTo-QmMap $Req.disk_paths
+$isoMap = ConvertTo-QmMap $Req.iso_paths
+
+# 1. Differencing disks point at their parents by path: re-point them at the copies.
+foreach ($fix in $Req.parent_fixes) {
+    Set-VHD -Path ([string]$fix.path) -ParentPath ([string]$fix.parent_path)
+}
+
+# 2. Compare, fix and import in this one process: a compatibility report does not outlive it.
+$report = Compare-VM -Path $configPath -Register
+foreach ($drive in @(Get-VMHardDiskDrive -VM $report.VM)) {
+    $old = [string]$drive.Path
+    if ($old -and $diskMap.ContainsKey($old)) {
+        Set-VMHardDiskDrive -VMHardDiskDrive $drive -Path $diskMap[$old]
+    }
+}
+foreach ($drive in @(Get-VMDvdDrive -VM $report.VM)) {
+    $old = [string]$drive.Path
+    if ($old -and $isoMap.ContainsKey($old)) {
+        Set-VMDvdDrive -VMDvdDrive $drive -Path $isoMap[$old]
+    }
+}
+$report = Compare-VM -CompatibilityReport $report
+$left = @(foreach ($i in $report.Incompatibilities) { [string]$i.MessageId + ': ' + [string]$i.Message })
+if ($left.Count -gt 0) {
+    Write-Error -Message ('Cannot register ' + $configPath + ' on this host: ' + ($left -join '; ')) -Category InvalidData -ErrorId 'IncompatibleVM' -TargetObject $configPath
+}
+$imported = Import-VM -CompatibilityReport $report
+
+# 3. Give the VM's own account its files back before anyone starts it.
+$info = Get-QmVMInfo (Get-QmVM $imported.Id.ToString())
+$account = 'NT VIRTUAL MACHINE\' + $info.id.ToUpperInvariant()
+foreach ($f in $info.state_files) { Grant-QmVMAccess $f $account '(F)' }
+foreach ($disk in $info.disks) {
+    foreach ($f in $disk.chain) { Grant-QmVMAccess $f $account '(F)' }
+}
+foreach ($f in $info.isos) { Grant-QmVMAccess $f $account '(R)' }
+$result = [ordered]@{ vm = $info }
+
+$result | ConvertTo-Json -Compress -Depth 8

@@ -1,0 +1,42 @@
+# quickmig-op: wait_heartbeat
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$Req = @'
+__QUICKMIG_ARGS__
+'@ | ConvertFrom-Json
+
+function Get-QmVM([string]$Id) {
+    # One VM by its id. Get-VM -Name would take a wildcard pattern, -Id cannot.
+    $vm = Get-VM -Id $Id
+    if (-not $vm) {
+        Write-Error -Message ('Hyper-V was unable to find a virtual machine with ID "' + $Id + '".') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $Id
+    }
+    $vm
+}
+
+# The Heartbeat integration service, found by its component id so a localized name does not matter.
+$heartbeatId = '84EAAE65-2F2E-45F5-9BB5-0E857DC8EB47'
+$limit = [double]$Req.timeout_s
+$clock = [System.Diagnostics.Stopwatch]::StartNew()
+$status = 'unknown'
+while ($true) {
+    $vm = Get-QmVM $Req.vm_id
+    if ([string]$vm.State -ne 'Running') {
+        Write-Error -Message ('VM ' + $Req.vm_id + ' is ' + $vm.State + '; its heartbeat cannot come up.') -Category InvalidOperation -ErrorId 'InvalidStateForHeartbeat' -TargetObject $Req.vm_id
+    }
+    $hb = @(Get-VMIntegrationService -VM $vm | Where-Object { ([string]$_.Id).EndsWith($heartbeatId, [System.StringComparison]::OrdinalIgnoreCase) -or $_.Name -eq 'Heartbeat' })
+    if ($hb.Count -eq 0) {
+        Write-Error -Message ('VM ' + $Req.vm_id + ' has no Heartbeat integration service.') -Category NotEnabled -ErrorId 'NoHeartbeatService' -TargetObject $Req.vm_id
+    }
+    $status = [string]$hb[0].PrimaryStatusDescription
+    if ([string]$hb[0].PrimaryOperationalStatus -eq 'Ok') {
+        break
+    }
+    if ($clock.Elapsed.TotalSeconds -ge $limit) {
+        Write-Error -Message ('Heartbeat of VM ' + $Req.vm_id + ' is "' + $status + '", not OK, after ' + [int]$clock.Elapsed.TotalSeconds + ' s.') -Category OperationTimeout -ErrorId 'HeartbeatTimeout' -TargetObject $Req.vm_id
+    }
+    Start-Sleep -Milliseconds 500
+}
+$result = [ordered]@{ heartbeat = 'OK'; waited_s = [math]::Round($clock.Elapsed.TotalSeconds, 3) }
+
+$result | ConvertTo-Json -Compress -Depth 8
