@@ -1,0 +1,627 @@
+"""The emulated host's HTTP server: WS-Management (the WinRS shell subset) and the lab control API.
+
+WS-Management: exactly what `winrm.protocol.Protocol` sends, on POST /wsman with
+Content-Type application/soap+xml:
+
+    Create   (ws-transfer)  new shell; reply carries w:Selector Name="ShellId" (and rsp:ShellId)
+    Command  (rsp)          new command in a shell; reply rsp:CommandId. The command line
+                            itself is logged and otherwise ignored (the operation is on stdin)
+    Send     (rsp)          base64 stdin chunks; End="true" closes stdin and starts the operation
+    Receive  (rsp)          base64 stdout/stderr streams and CommandState Done + ExitCode; while
+                            the command still runs after the request's OperationTimeout, HTTP 500
+                            with the WS-Man fault w:TimedOut / WSManFault Code 2150858793, which
+                            pywinrm turns into WinRMOperationTimeoutError and polls again
+    Signal   (rsp)          terminate: the command is forgotten (an operation already running
+                            finishes, its output is dropped); an unknown command is not an error
+    Delete   (ws-transfer)  the shell and its commands are forgotten
+
+Output larger than one envelope is split over several Receive replies (CommandState
+Running, then Done). stdin is decoded and stdout/stderr encoded with the shell's
+WINRS_CODEPAGE (65001 = UTF-8; anything else is treated as 437, where characters outside it
+become '?', as on a real host).
+
+The stdin text must be exactly a shipped operation script with its arguments line filled
+in (`workers.hyperv.scripts.parse`); otherwise exit 1 with a CLIXML error. Operation
+failures are CLIXML errors on stderr with exit 1 (`workers.hyperv.errors.format_clixml_error`);
+success is one JSON line on stdout, exit 0, with a CLIXML progress record on stderr.
+
+Lab control API (JSON, same Basic credentials):
+
+    GET    /lab/ping     {"ok": true, "host", "pid", "endpoint"}
+    GET    /lab/state    {"host", "vm_root", "vms": [VMInfo + "lab": {counter, write_rate_kbps, ...}]}
+    POST   /lab/vms      {"name", "memory_mb"=64, "disk_mb"=128, "write_rate_kbps"=64, "iso"=true,
+                          "checkpoint_type"="Standard", "start"=true} -> {"vm": VMInfo}
+    GET    /lab/faults   {"faults": [...]}
+    POST   /lab/faults   one rule or a list (see faults.py) -> {"faults": [...]}
+    DELETE /lab/faults   {"cleared": n}
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import importlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from xml.sax.saxutils import escape
+
+from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
+from lab.emulator.model import HyperVHost, OpError
+
+log = logging.getLogger("lab.emulator.wsman")
+
+NS = {
+    "s": "http://www.w3.org/2003/05/soap-envelope",
+    "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
+    "w": "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd",
+    "rsp": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell",
+    "x": "http://schemas.xmlsoap.org/ws/2004/09/transfer",
+    "f": "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault",
+}
+SHELL_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
+ACT_CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
+ACT_DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
+ACT_COMMAND = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Command"
+ACT_SEND = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Send"
+ACT_RECEIVE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Receive"
+ACT_SIGNAL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/Signal"
+ACT_FAULT = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
+STATE_DONE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Done"
+STATE_RUNNING = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Running"
+SIGNAL_TERMINATE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/terminate"
+
+FAULT_TIMEOUT = 2150858793      # ERROR_WSMAN_OPERATION_TIMEDOUT: "poll again"
+FAULT_SHELL_NOT_FOUND = 2150858843
+MAX_BODY = 8 * 1024 * 1024
+MAX_STDIN = 4 * 1024 * 1024
+MAX_SHELLS = 128
+SHELL_IDLE_S = 900.0
+MAX_OPERATION_TIMEOUT_S = 120.0
+OUTPUT_CHUNK = 96 * 1024          # raw bytes per Receive reply (base64 stays under 153600)
+
+
+# ---- CLIXML (from workers.hyperv.errors when present) ---------------------------------
+
+def _clixml_escape(s: str) -> str:
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == "\r":
+            out.append("_x000D_")
+        elif ch == "\n":
+            out.append("_x000A_")
+        elif o < 0x20:
+            out.append(f"_x{o:04X}_")
+        else:
+            out.append(escape(ch))
+    return "".join(out)
+
+
+def _fallback_clixml_error(message: str, category: str, fqid: str, target: str = "") -> str:
+    lines = [message, f"    + CategoryInfo          : {category}: ({target}:String) [], Exception",
+             f"    + FullyQualifiedErrorId : {fqid}"]
+    body = "".join(f'<S S="Error">{_clixml_escape(line + chr(13) + chr(10))}</S>' for line in lines)
+    return '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">' \
+           + body + "</Objs>"
+
+
+def clixml_error(message: str, category: str, fqid: str, target: str = "") -> str:
+    try:
+        errors = importlib.import_module("workers.hyperv.errors")
+        fn = getattr(errors, "format_clixml_error")
+    except (ImportError, AttributeError):
+        return _fallback_clixml_error(message, category, fqid, target)
+    return fn(message, category, fqid, target=target)
+
+
+def clixml_progress() -> str:
+    try:
+        errors = importlib.import_module("workers.hyperv.errors")
+        fn = getattr(errors, "format_clixml_progress")
+    except (ImportError, AttributeError):
+        return ""
+    try:
+        return fn()
+    except TypeError:
+        return ""
+
+
+class ScriptsUnavailable(Exception):
+    pass
+
+
+def parse_script(text: str):
+    """(op, args) via workers.hyperv.scripts.parse; raises its ScriptMismatch."""
+    try:
+        scripts = importlib.import_module("workers.hyperv.scripts")
+    except ImportError as e:
+        raise ScriptsUnavailable(f"workers.hyperv.scripts cannot be imported: {e}") from None
+    return scripts.parse(text), scripts
+
+
+# ---- shells and commands ----------------------------------------------------------------
+
+class Command:
+    def __init__(self, shell: "Shell", command_line: str):
+        self.id = str(uuid.uuid4()).upper()
+        self.shell = shell
+        self.command_line = command_line
+        self.stdin = bytearray()
+        self.stdin_closed = False
+        self.done = threading.Event()
+        self.stdout = b""
+        self.stderr = b""
+        self.out_pos = 0
+        self.err_pos = 0
+        self.exit_code = 0
+        self.drop = False
+        self.terminated = False
+        self.op = ""
+
+
+class Shell:
+    def __init__(self, codepage: int, owner: str):
+        self.id = str(uuid.uuid4()).upper()
+        self.codepage = codepage
+        self.owner = owner
+        self.commands: dict[str, Command] = {}
+        self.last_used = time.monotonic()
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8" if self.codepage == 65001 else "cp437"
+
+
+class WSManFault(Exception):
+    def __init__(self, subcode: str, reason: str, wsman_code: int | None = None, code: str = "s:Sender",
+                 status: int = 500):
+        super().__init__(reason)
+        self.subcode, self.reason, self.wsman_code, self.code, self.status = subcode, reason, wsman_code, code, status
+
+
+class DropConnection(Exception):
+    pass
+
+
+def _duration_s(text: str | None, default: float) -> float:
+    if not text:
+        return default
+    m = re.fullmatch(r"P(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", text.strip())
+    if not m:
+        return default
+    h, mi, s = m.groups()
+    return int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+
+
+# ---- the server -------------------------------------------------------------------------
+
+class EmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: HyperVHost | None, port: int, username: str, password: str,
+                 bind: str = "127.0.0.1", faults: FaultTable | None = None, host_name: str | None = None):
+        self.model = host  # may be set after binding (see __main__), before serve_forever
+        self.host_name = host_name or (host.name if host else "")
+        self.username = username
+        self.password = password
+        self.faults = faults or FaultTable()
+        self.shells: dict[str, Shell] = {}
+        self.shells_lock = threading.Lock()
+        self.endpoint = f"http://{bind}:{port}/wsman"
+        super().__init__((bind, port), Handler)
+        self.endpoint = f"http://{bind}:{self.server_address[1]}/wsman"
+
+    # -- auth ------------------------------------------------------------------------
+    def authorized(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            raw = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, sep, pw = raw.partition(":")
+        ok_user = hmac.compare_digest(user.encode(), self.username.encode())
+        ok_pw = hmac.compare_digest(pw.encode(), self.password.encode())
+        return bool(sep) and ok_user and ok_pw
+
+    # -- shells ----------------------------------------------------------------------
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for sid, sh in list(self.shells.items()):
+            if now - sh.last_used > SHELL_IDLE_S:
+                del self.shells[sid]
+
+    def new_shell(self, codepage: int, owner: str) -> Shell:
+        with self.shells_lock:
+            self._reap()
+            if len(self.shells) >= MAX_SHELLS:
+                raise WSManFault("w:QuotaLimit", "The WS-Management service cannot process the request. "
+                                 "The maximum number of concurrent shells for this user has been exceeded.",
+                                 2150859174, code="s:Receiver")
+            sh = Shell(codepage, owner)
+            self.shells[sh.id] = sh
+            return sh
+
+    def shell(self, shell_id: str | None) -> Shell:
+        with self.shells_lock:
+            sh = self.shells.get(shell_id or "")
+            if sh is None:
+                raise WSManFault("w:InvalidSelectors", f"The request for the Windows Remote Shell with ShellId "
+                                 f"{shell_id} failed because the shell was not found on the server.",
+                                 FAULT_SHELL_NOT_FOUND)
+            sh.last_used = time.monotonic()
+            return sh
+
+    def command(self, shell: Shell, command_id: str | None) -> Command:
+        cmd = shell.commands.get(command_id or "")
+        if cmd is None:
+            raise WSManFault("w:InvalidParameter", "The Windows Remote Shell received a request to perform an "
+                             "operation on a command identifier that does not exist.", 2150858869)
+        return cmd
+
+    # -- running an operation ----------------------------------------------------------
+    def start_command(self, cmd: Command) -> None:
+        threading.Thread(target=self._execute, args=(cmd,), name=f"op-{cmd.id[:8]}", daemon=True).start()
+
+    def _finish(self, cmd: Command, code: int, stdout: str = "", stderr: str = "") -> None:
+        enc = cmd.shell.encoding
+        cmd.stdout = stdout.encode(enc, errors="replace")
+        cmd.stderr = stderr.encode(enc, errors="replace")
+        cmd.exit_code = code
+        cmd.done.set()
+
+    def _execute(self, cmd: Command) -> None:
+        text = bytes(cmd.stdin).decode(cmd.shell.encoding, errors="replace")
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        try:
+            try:
+                (op, args), scripts = parse_script(text)
+            except ScriptsUnavailable as e:
+                log.error("%s", e)
+                self._finish(cmd, 1, stderr=clixml_error(f"The emulator cannot check scripts: {e}",
+                                                         "NotInstalled", "QuickmigScriptsUnavailable"))
+                return
+            except Exception as e:
+                if type(e).__name__ != "ScriptMismatch":
+                    log.exception("script check failed unexpectedly")
+                log.warning("refused a script that is not a shipped operation: %s", e)
+                self._finish(cmd, 1, stderr=clixml_error(
+                    f"The script is not a shipped quickmig operation script: {e}", "ParserError",
+                    "QuickmigScriptMismatch"))
+                return
+            cmd.op = op
+            fault = self.faults.take(op)
+            if fault is not None:
+                log.warning("fault injection: %s %s (%.1fs)", fault.action, op, fault.seconds)
+                if fault.action == "delay":
+                    time.sleep(fault.seconds)
+                elif fault.action == "fail":
+                    self._finish(cmd, 1, stderr=clixml_error(fault.message, "NotSpecified", "QuickmigInjectedFault"))
+                    return
+                elif fault.action == "drop":
+                    cmd.drop = True
+            t0 = time.monotonic()
+            try:
+                result = self.model.run(op, args)
+            except OpError as e:
+                log.info("op %s failed: %s [%s / %s]", op, e.message, e.category, e.fqid)
+                self._finish(cmd, 1, stderr=clixml_error(e.message, e.category, e.fqid, target=e.target))
+                return
+            log.info("op %s ok in %.3fs", op, time.monotonic() - t0)
+            out = json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\r\n"
+            self._finish(cmd, 0, stdout=out, stderr=clixml_progress())
+        except Exception as e:  # a bug in the emulator: still answer like a failed script
+            log.exception("op failed unexpectedly")
+            self._finish(cmd, 1, stderr=clixml_error(f"Unexpected emulator error: {type(e).__name__}: {e}",
+                                                     "NotSpecified", "QuickmigEmulatorError"))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-HTTPAPI/2.0"
+    sys_version = ""
+    server: EmulatorServer
+
+    def setup(self) -> None:
+        super().setup()
+        try:  # one reply = headers + body in one segment; no Nagle/delayed-ACK stalls
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def log_message(self, fmt: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self._headers_buffer.append(b"\r\n" + body)  # headers and body in one write
+        self.flush_headers()
+
+    def _json(self, status: int, doc: object) -> None:
+        self._send(status, json.dumps(doc, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+    def _body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding"):
+            self._send(411, b"", "text/plain", {"Connection": "close"})
+            self.close_connection = True
+            return None
+        try:
+            n = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            n = -1
+        if n < 0 or n > MAX_BODY:
+            self._send(413, b"", "text/plain", {"Connection": "close"})
+            self.close_connection = True
+            return None
+        return self.rfile.read(n)
+
+    def _auth(self) -> bool:
+        if self.server.authorized(self.headers.get("Authorization")):
+            return True
+        body = self._body()  # read it, so the connection stays usable
+        if body is None:
+            return False
+        self._send(401, b"", "text/plain", {"WWW-Authenticate": 'Basic realm="WSMAN"'})
+        return False
+
+    def do_GET(self) -> None:
+        self._lab("GET")
+
+    def do_DELETE(self) -> None:
+        self._lab("DELETE")
+
+    def do_POST(self) -> None:
+        if self.path.split("?")[0] == "/wsman":
+            self._wsman()
+        else:
+            self._lab("POST")
+
+    # -- lab control API ---------------------------------------------------------------
+    def _lab(self, method: str) -> None:
+        if not self._auth():
+            return
+        path = self.path.split("?")[0].rstrip("/")
+        body = self._body() if method in ("POST", "DELETE") else b""
+        if body is None:
+            return
+        doc = None
+        if body:
+            try:
+                doc = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                self._json(400, {"error": "the body is not JSON"})
+                return
+        srv = self.server
+        try:
+            if method == "GET" and path == "/lab/ping":
+                self._json(200, {"ok": True, "host": srv.model.name, "pid": os.getpid(), "endpoint": srv.endpoint})
+            elif method == "GET" and path == "/lab/state":
+                self._json(200, srv.model.lab_state())
+            elif method == "POST" and path == "/lab/vms":
+                if not isinstance(doc, dict):
+                    self._json(400, {"error": "POST /lab/vms takes a JSON object"})
+                    return
+                unknown = set(doc) - {"name", "memory_mb", "disk_mb", "write_rate_kbps", "iso",
+                                      "checkpoint_type", "start"}
+                if unknown:
+                    self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
+                    return
+                self._json(200, srv.model.create_vm(**doc))
+            elif method == "GET" and path == "/lab/faults":
+                self._json(200, {"faults": srv.faults.list()})
+            elif method == "POST" and path == "/lab/faults":
+                rules = doc if isinstance(doc, list) else [doc]
+                parsed = [parse_fault(r) for r in rules]
+                for f in parsed:
+                    srv.faults.add(f)
+                    log.warning("fault armed: %s", f.describe())
+                self._json(200, {"faults": srv.faults.list()})
+            elif method == "DELETE" and path == "/lab/faults":
+                self._json(200, {"cleared": srv.faults.clear()})
+            else:
+                self._json(404, {"error": f"no such lab endpoint: {method} {path}"})
+        except FaultSpecError as e:
+            self._json(400, {"error": str(e)})
+        except OpError as e:
+            self._json(400, {"error": e.message, "category": e.category, "fqid": e.fqid})
+        except TypeError as e:
+            self._json(400, {"error": str(e)})
+
+    # -- WS-Management -----------------------------------------------------------------
+    def _wsman(self) -> None:
+        if not self._auth():
+            return
+        body = self._body()
+        if body is None:
+            return
+        msg_id = ""
+        action = ""
+        try:
+            if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+                raise WSManFault("w:InvalidMessageInformationHeader", "Document type declarations are not accepted.")
+            try:
+                root = ET.fromstring(body)
+            except ET.ParseError as e:
+                raise WSManFault("w:InvalidMessageInformationHeader", f"The request is not well-formed XML: {e}")
+            header = root.find("s:Header", NS)
+            soap_body = root.find("s:Body", NS)
+            if header is None or soap_body is None:
+                raise WSManFault("w:InvalidMessageInformationHeader", "The request is not a SOAP 1.2 envelope.")
+            action = (header.findtext("a:Action", "", NS) or "").strip()
+            msg_id = (header.findtext("a:MessageID", "", NS) or "").strip()
+            resource = (header.findtext("w:ResourceURI", "", NS) or "").strip()
+            if resource != SHELL_URI:
+                raise WSManFault("w:DestinationUnreachable", f"The resource URI {resource!r} is not supported.",
+                                 2150858770)
+            timeout = min(_duration_s(header.findtext("w:OperationTimeout", None, NS), 60.0), MAX_OPERATION_TIMEOUT_S)
+            shell_id = None
+            for sel in header.findall("w:SelectorSet/w:Selector", NS):
+                if sel.get("Name") == "ShellId":
+                    shell_id = (sel.text or "").strip()
+            options = {o.get("Name"): (o.text or "").strip() for o in header.findall("w:OptionSet/w:Option", NS)}
+            if action == ACT_CREATE:
+                reply = self._create(options)
+            elif action == ACT_COMMAND:
+                reply = self._command(shell_id, soap_body)
+            elif action == ACT_SEND:
+                reply = self._send_input(shell_id, soap_body)
+            elif action == ACT_RECEIVE:
+                reply = self._receive(shell_id, soap_body, timeout)
+            elif action == ACT_SIGNAL:
+                reply = self._signal(shell_id, soap_body)
+            elif action == ACT_DELETE:
+                reply = self._delete(shell_id)
+            else:
+                raise WSManFault("a:ActionNotSupported", f"The action {action!r} is not supported by the service.",
+                                 2150858818)
+        except DropConnection:
+            log.warning("fault injection: dropping the connection instead of answering")
+            self.close_connection = True
+            try:
+                self.connection.shutdown(2)
+            except OSError:
+                pass
+            return
+        except WSManFault as f:
+            self._send(f.status, self._fault(f, msg_id).encode("utf-8"), "application/soap+xml;charset=UTF-8")
+            return
+        self._send(200, self._envelope(action + "Response", msg_id, reply).encode("utf-8"),
+                   "application/soap+xml;charset=UTF-8")
+
+    @staticmethod
+    def _envelope(action: str, relates_to: str, body: str) -> str:
+        return ('<s:Envelope xml:lang="en-US" xmlns:s="{s}" xmlns:a="{a}" xmlns:x="{x}" xmlns:w="{w}" '
+                'xmlns:rsp="{rsp}"><s:Header><a:Action>{act}</a:Action>'
+                '<a:MessageID>uuid:{mid}</a:MessageID>'
+                '<a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>'
+                '<a:RelatesTo>{rel}</a:RelatesTo></s:Header><s:Body>{body}</s:Body></s:Envelope>').format(
+            act=escape(action), mid=str(uuid.uuid4()).upper(), rel=escape(relates_to), body=body, **NS)
+
+    def _fault(self, f: WSManFault, relates_to: str) -> str:
+        detail = ""
+        if f.wsman_code is not None:
+            detail = (f'<s:Detail><f:WSManFault xmlns:f="{NS["f"]}" Code="{f.wsman_code}" '
+                      f'Machine="{escape(self.server.host_name)}"><f:Message>{escape(f.reason)}</f:Message>'
+                      f'</f:WSManFault></s:Detail>')
+        body = (f'<s:Fault><s:Code><s:Value>{f.code}</s:Value><s:Subcode><s:Value>{f.subcode}</s:Value>'
+                f'</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">{escape(f.reason)}</s:Text></s:Reason>'
+                f'{detail}</s:Fault>')
+        return self._envelope(ACT_FAULT, relates_to, body)
+
+    def _create(self, options: dict) -> str:
+        try:
+            codepage = int(options.get("WINRS_CODEPAGE") or 437)
+        except ValueError:
+            raise WSManFault("w:InvalidOptions", "WINRS_CODEPAGE must be a number.")
+        sh = self.server.new_shell(codepage, self.server.username)
+        log.debug("shell %s created (codepage %d)", sh.id, codepage)
+        return (f'<x:ResourceCreated><a:Address>{escape(self.server.endpoint)}</a:Address><a:ReferenceParameters>'
+                f'<w:ResourceURI>{SHELL_URI}</w:ResourceURI><w:SelectorSet><w:Selector Name="ShellId">{sh.id}'
+                f'</w:Selector></w:SelectorSet></a:ReferenceParameters></x:ResourceCreated>'
+                f'<rsp:Shell><rsp:ShellId>{sh.id}</rsp:ShellId><rsp:ResourceUri>{SHELL_URI}</rsp:ResourceUri>'
+                f'<rsp:Owner>{escape(sh.owner)}</rsp:Owner><rsp:InputStreams>stdin</rsp:InputStreams>'
+                f'<rsp:OutputStreams>stdout stderr</rsp:OutputStreams></rsp:Shell>')
+
+    def _command(self, shell_id: str | None, body: ET.Element) -> str:
+        sh = self.server.shell(shell_id)
+        line = body.find("rsp:CommandLine", NS)
+        if line is None:
+            raise WSManFault("w:InvalidParameter", "The Command request has no rsp:CommandLine.")
+        text = (line.findtext("rsp:Command", "", NS) or "") + " " + (line.findtext("rsp:Arguments", "", NS) or "")
+        if len(sh.commands) >= 16:
+            raise WSManFault("w:QuotaLimit", "Too many commands in this shell.", 2150859174, code="s:Receiver")
+        cmd = Command(sh, text.strip())
+        sh.commands[cmd.id] = cmd
+        log.debug("command %s in shell %s: %s", cmd.id, sh.id, cmd.command_line[:200])
+        return f"<rsp:CommandResponse><rsp:CommandId>{cmd.id}</rsp:CommandId></rsp:CommandResponse>"
+
+    def _send_input(self, shell_id: str | None, body: ET.Element) -> str:
+        sh = self.server.shell(shell_id)
+        for stream in body.findall("rsp:Send/rsp:Stream", NS):
+            if stream.get("Name") != "stdin":
+                raise WSManFault("w:InvalidParameter", f"Unknown input stream {stream.get('Name')!r}.")
+            cmd = self.server.command(sh, stream.get("CommandId"))
+            if cmd.stdin_closed:
+                raise WSManFault("w:InvalidParameter", "The input stream of this command is already closed.")
+            try:
+                chunk = base64.b64decode((stream.text or "").strip(), validate=True)
+            except binascii.Error:
+                raise WSManFault("w:InvalidParameter", "The stdin stream is not valid base64.")
+            if len(cmd.stdin) + len(chunk) > MAX_STDIN:
+                raise WSManFault("w:InvalidParameter", "The script is too large.")
+            cmd.stdin += chunk
+            if (stream.get("End") or "").lower() == "true":
+                cmd.stdin_closed = True
+                self.server.start_command(cmd)
+        return "<rsp:SendResponse/>"
+
+    def _receive(self, shell_id: str | None, body: ET.Element, timeout: float) -> str:
+        sh = self.server.shell(shell_id)
+        desired = body.find("rsp:Receive/rsp:DesiredStream", NS)
+        if desired is None:
+            raise WSManFault("w:InvalidParameter", "The Receive request has no rsp:DesiredStream.")
+        cmd = self.server.command(sh, desired.get("CommandId"))
+        if not cmd.done.wait(timeout):
+            raise WSManFault("w:TimedOut", "The WS-Management service cannot complete the operation within the "
+                             "time specified in OperationTimeout.", FAULT_TIMEOUT, code="s:Receiver")
+        sh.last_used = time.monotonic()
+        if cmd.drop:
+            sh.commands.pop(cmd.id, None)
+            raise DropConnection()
+        # hand out at most OUTPUT_CHUNK bytes per reply; Done only once everything is out
+        budget = OUTPUT_CHUNK
+        parts = []
+        out = cmd.stdout[cmd.out_pos:cmd.out_pos + budget]
+        cmd.out_pos += len(out)
+        budget -= len(out)
+        err = cmd.stderr[cmd.err_pos:cmd.err_pos + budget]
+        cmd.err_pos += len(err)
+        out_end = cmd.out_pos >= len(cmd.stdout)
+        err_end = cmd.err_pos >= len(cmd.stderr)
+        for name, data, end in (("stdout", out, out_end), ("stderr", err, err_end)):
+            if data:
+                parts.append(f'<rsp:Stream Name="{name}" CommandId="{cmd.id}">'
+                             f'{base64.b64encode(data).decode()}</rsp:Stream>')
+        if out_end and err_end:
+            parts.append(f'<rsp:Stream Name="stdout" CommandId="{cmd.id}" End="true"></rsp:Stream>'
+                         f'<rsp:Stream Name="stderr" CommandId="{cmd.id}" End="true"></rsp:Stream>'
+                         f'<rsp:CommandState CommandId="{cmd.id}" State="{STATE_DONE}">'
+                         f'<rsp:ExitCode>{cmd.exit_code}</rsp:ExitCode></rsp:CommandState>')
+        else:
+            parts.append(f'<rsp:CommandState CommandId="{cmd.id}" State="{STATE_RUNNING}"/>')
+        return "<rsp:ReceiveResponse>" + "".join(parts) + "</rsp:ReceiveResponse>"
+
+    def _signal(self, shell_id: str | None, body: ET.Element) -> str:
+        sh = self.server.shell(shell_id)
+        sig = body.find("rsp:Signal", NS)
+        if sig is None:
+            raise WSManFault("w:InvalidParameter", "The Signal request has no rsp:Signal.")
+        code = (sig.findtext("rsp:Code", "", NS) or "").strip()
+        cmd = sh.commands.get(sig.get("CommandId") or "")
+        if cmd is None:
+            return "<rsp:SignalResponse/>"  # already gone (e.g. its answer was dropped): nothing to stop
+        if code == SIGNAL_TERMINATE or code.endswith("/ctrl_c") or code.endswith("/ctrl_break"):
+            cmd.terminated = True
+            sh.commands.pop(cmd.id, None)
+        return "<rsp:SignalResponse/>"
+
+    def _delete(self, shell_id: str | None) -> str:
+        sh = self.server.shell(shell_id)
+        with self.server.shells_lock:
+            self.server.shells.pop(sh.id, None)
+        return ""

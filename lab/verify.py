@@ -1,0 +1,280 @@
+"""Check one lab VM after (or during) migrations: where it is, and that no write and no memory was lost.
+
+`verify_vm(lab_dir, name)` reads, without talking to any process (so it works while a host
+is down): every host's registry `DIR/hosts/<h>/emulator/state.json` (hosts listed in
+`DIR/quickmig.toml`), the guest journal `DIR/guests/<vm_id>.journal` and the disk chain on
+the host that holds the VM. It returns
+
+    {"vm": name, "vm_id": id|None, "running_on": [hosts], "state_by_host": {host: state},
+     "integrity": "ok" | "<what is missing or wrong>", "writes_checked": int,
+     "host": the host whose disks were checked, "problems": [str, ...]}
+
+and checks, in that order:
+- exactly one host has the VM registered, and at most one runs it;
+- the journal tells one consistent story: acknowledged seqs strictly increase by one; every
+  `start resumed_from=N` after a `save counter=N` resumes exactly N (the memory state came
+  back), after a power-off the start is cold, nobody starts the VM while it runs elsewhere,
+  a save records the last acknowledged write; gaps are allowed only across a `recover`
+  (the emulator restarted; the writer continues after the highest record on disk);
+- every acknowledged seq is a valid record (magic, CRC, VM id) in the disk chain of the host
+  where the VM runs now (or sits Saved/Off), with no duplicate records;
+- a Saved VM's .vmrs holds the counter of the last save.
+The journal is read before the disks (a write is on the disk before it is acknowledged), and
+a running VM is checked up to three times, so a checkpoint or merge racing the check is not
+reported as a loss.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from lab.emulator import disk
+from lab.emulator.model import HostPaths, OpError
+from workers.config import load_config
+
+MAX_LISTED = 5
+
+
+def _load_states(lab_dir: Path, hosts: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for h in hosts:
+        try:
+            doc = json.loads((lab_dir / "hosts" / h / "emulator" / "state.json").read_text())
+            out[h] = [v for v in doc.get("vms", []) if isinstance(v, dict)]
+        except (FileNotFoundError, json.JSONDecodeError):
+            out[h] = []
+    return out
+
+
+def parse_journal(path: Path) -> list[tuple]:
+    """Entries: ("w", seq) | (kind, fields: dict) for start/save/stop/recover/error lines."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    elif lines:
+        lines.pop()  # a line still being written
+    out: list[tuple] = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if line.isdigit():
+            out.append(("w", int(line)))
+            continue
+        kind, _, rest = line.partition(" ")
+        fields = {}
+        for tok in rest.split():
+            k, sep, v = tok.partition("=")
+            if sep:
+                fields[k] = v
+        if kind == "error":
+            fields["text"] = rest
+        out.append((kind, fields))
+    return out
+
+
+def _int(v: str | None) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _fmt(seqs) -> str:
+    seqs = sorted(seqs)
+    shown = ", ".join(str(s) for s in seqs[:MAX_LISTED])
+    return shown + (f", ... ({len(seqs)} in all)" if len(seqs) > MAX_LISTED else "")
+
+
+def check_journal(entries: list[tuple]) -> tuple[list[int], list[str], dict]:
+    """(acknowledged seqs, problems, final story {"running_host", "expect_resume"})."""
+    problems: list[str] = []
+    acked: list[int] = []
+    seen: set[int] = set()
+    running: str | None = None
+    expect: int | str | None = None  # counter after a save, "cold" after a power-off
+    last = 0
+    next_seq: int | None = None
+    for kind, val in entries:
+        if kind == "w":
+            seq = val
+            if seq in seen:
+                problems.append(f"seq {seq} acknowledged twice (two writers?)")
+            elif seq <= last:
+                problems.append(f"seq {seq} acknowledged after {last} (the counter went backwards)")
+            elif next_seq is not None and seq != next_seq:
+                problems.append(f"first write after a start/recover was {seq}, expected {next_seq}")
+            elif next_seq is None and seq != last + 1:
+                problems.append(f"gap in acknowledged writes: {seq} after {last}")
+            if running is None:
+                problems.append(f"seq {seq} acknowledged while the journal says the VM was not running")
+            seen.add(seq)
+            acked.append(seq)
+            last = max(last, seq)
+            next_seq = None
+            continue
+        host = val.get("host", "?")
+        if kind == "start":
+            resumed = val.get("resumed_from")
+            if running is not None:
+                problems.append(f"started on {host} while running on {running}")
+            if resumed == "cold":
+                if isinstance(expect, int):
+                    problems.append(f"cold boot on {host} after save counter={expect}: the saved memory was lost")
+                disk_seq = _int(val.get("disk_seq"))
+                next_seq = (disk_seq if disk_seq is not None else last) + 1
+                if disk_seq is not None and disk_seq < last:
+                    problems.append(f"cold boot on {host} found records only up to {disk_seq}, "
+                                    f"but {last} was acknowledged")
+            else:
+                n = _int(resumed)
+                if n is None:
+                    problems.append(f"unreadable start line on {host}: resumed_from={resumed}")
+                elif isinstance(expect, int) and n != expect:
+                    problems.append(f"start on {host} resumed_from={n} but the last save had counter={expect}")
+                elif expect == "cold":
+                    problems.append(f"start on {host} resumed from memory ({n}) after a power-off")
+                elif expect is None and running is None and acked:
+                    problems.append(f"start on {host} resumed_from={n} without a save before it")
+                next_seq = (n if n is not None else last) + 1
+            running, expect = host, None
+        elif kind == "save":
+            n = _int(val.get("counter"))
+            if running is None:
+                problems.append(f"save on {host} while the VM was not running")
+            elif running != host:
+                problems.append(f"save on {host} while running on {running}")
+            if n != last:
+                problems.append(f"save on {host} recorded counter={n}, but the last acknowledged write was {last}")
+            running, expect = None, n
+        elif kind == "stop":
+            running, expect = None, "cold"
+        elif kind == "recover":
+            n = _int(val.get("resumed_from"))
+            if running is not None and running != host:
+                problems.append(f"recovered on {host} while running on {running}")
+            if n is None or n < last:
+                problems.append(f"recover on {host} resumed_from={n} below the last acknowledged write {last}")
+            next_seq = (n if n is not None else last) + 1
+            running = host
+        elif kind == "error":
+            problems.append(f"guest write error on {host}: {val.get('text', '')[:200]}")
+        else:
+            problems.append(f"unknown journal line kind {kind!r}")
+    return acked, problems, {"running_host": running, "expect_resume": expect}
+
+
+def _check_once(lab_dir: Path, cfg, name: str) -> dict:
+    states = _load_states(lab_dir, cfg.hosts)
+    by_name = {}
+    for h, vms in states.items():
+        for v in vms:
+            if v.get("name") == name or v.get("id") == name.lower():
+                by_name.setdefault(v["id"], {})[h] = v
+    result: dict = {"vm": name, "vm_id": None, "running_on": [], "state_by_host": {}, "integrity": "",
+                    "writes_checked": 0, "host": None, "problems": []}
+    problems: list[str] = result["problems"]
+    if not by_name:
+        result["integrity"] = f"VM {name!r} is not registered on any host ({', '.join(cfg.hosts) or 'no hosts'})"
+        return result
+    if len(by_name) > 1:
+        problems.append(f"the name {name!r} is held by {len(by_name)} different VMs ({', '.join(sorted(by_name))})")
+    vm_id = sorted(by_name, key=lambda i: -len(by_name[i]))[0]
+    holders = by_name[vm_id]
+    result["vm_id"] = vm_id
+    result["state_by_host"] = {h: v.get("state") for h, v in holders.items()}
+    result["running_on"] = [h for h, v in holders.items() if v.get("state") == "Running"]
+    if len(holders) > 1:
+        problems.append("registered on " + ", ".join(f"{h} ({v.get('state')})" for h, v in holders.items())
+                        + ": exactly one host must have it")
+    if len(result["running_on"]) > 1:
+        problems.append(f"running on {len(result['running_on'])} hosts at once: {', '.join(result['running_on'])}")
+
+    # journal first, then the disks
+    entries = parse_journal(lab_dir / "guests" / f"{vm_id}.journal")
+    acked, jproblems, story = check_journal(entries)
+    problems.extend(jproblems)
+    result["writes_checked"] = len(acked)
+    home = result["running_on"][0] if result["running_on"] else sorted(holders)[0]
+    result["host"] = home
+    rec = holders[home]
+    paths = HostPaths(cfg.hosts[home].vm_root, lab_dir / "hosts" / home / "share")
+
+    if rec.get("state") == "Running" and story["running_host"] not in (None, home):
+        problems.append(f"the journal says the guest last started on {story['running_host']}, "
+                        f"but {home} reports it Running")
+    if rec.get("state") != "Running" and story["running_host"] is not None:
+        problems.append(f"the journal says the guest is running on {story['running_host']}, "
+                        f"but {home} reports it {rec.get('state')}")
+
+    disk_seqs: list[int] = []
+    for d in rec.get("disks", []):
+        try:
+            chain = disk.read_chain(d["path"], paths.local)
+        except FileNotFoundError as e:
+            problems.append(f"disk chain of {d['path']} on {home} is incomplete: {e.args[0]} is missing")
+            continue
+        except (disk.DiskFormatError, OpError) as e:
+            problems.append(f"disk chain of {d['path']} on {home} is broken: {e}")
+            continue
+        for link in reversed(chain):
+            scan = disk.scan_records(link.local)
+            disk_seqs.extend(scan.seqs)
+            if scan.bad:
+                problems.append(f"{len(scan.bad)} damaged records in {link.host_path}")
+            other = scan.vm_ids - {vm_id}
+            if other:
+                problems.append(f"{link.host_path} holds records of other VMs: {', '.join(sorted(other))}")
+    result["disk_records"] = len(disk_seqs)
+    on_disk = set(disk_seqs)
+    if len(on_disk) != len(disk_seqs):
+        dups = {s for s in disk_seqs if disk_seqs.count(s) > 1} if len(disk_seqs) < 200000 else set()
+        problems.append(f"duplicate records on disk on {home}: {_fmt(dups) if dups else 'several'}")
+    missing = [s for s in acked if s not in on_disk]
+    if missing:
+        problems.append(f"{len(missing)} acknowledged writes missing from the disk chain on {home}: {_fmt(missing)}")
+
+    if rec.get("state") == "Saved":
+        vmrs_hp = rec["config_path"].rsplit("\\", 1)[0] + f"\\{vm_id}.vmrs"
+        try:
+            counter = disk.read_vmrs(paths.local(vmrs_hp))["counter"]
+            if isinstance(story["expect_resume"], int) and counter != story["expect_resume"]:
+                problems.append(f"the saved memory on {home} holds counter={counter}, "
+                                f"the last save recorded {story['expect_resume']}")
+        except (OSError, disk.DiskFormatError, OpError) as e:
+            problems.append(f"{home} reports the VM Saved but its saved state {vmrs_hp} is unreadable: {e}")
+    result["integrity"] = "ok" if not problems else "; ".join(problems)
+    return result
+
+
+def verify_vm(lab_dir: Path, name: str) -> dict:
+    """See the module docstring. `name` may also be the VM id."""
+    lab_dir = Path(lab_dir)
+    cfg = load_config(lab_dir / "quickmig.toml")
+    result: dict = {}
+    for attempt in range(3):
+        result = _check_once(lab_dir, cfg, name)
+        if result["integrity"] == "ok" or not result["running_on"]:
+            break
+        time.sleep(0.2)  # a checkpoint/merge may have moved the active disk under us
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m lab.verify")
+    ap.add_argument("--lab-dir", required=True, type=Path)
+    ap.add_argument("name")
+    ns = ap.parse_args(argv)
+    res = verify_vm(ns.lab_dir, ns.name)
+    print(json.dumps(res, indent=1, ensure_ascii=False))
+    return 0 if res["integrity"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,459 @@
+"""The emulated Hyper-V host's model and disk format, in process (no network)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.emulator import disk
+from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
+from lab.emulator.model import HyperVHost, OpError
+from lab.verify import check_journal, parse_journal, verify_vm
+
+RATE = 400  # KiB/s = 100 records/s: enough records in a few tenths of a second
+
+TOML = """redis_url = "redis://127.0.0.1:1/0"
+credentials_file = "credentials.toml"
+[hosts.hv1]
+winrm_endpoint = "http://127.0.0.1:1/wsman"
+vm_root = 'D:\\VMs\\hv1'
+smb_server = "127.0.0.1"
+smb_share = "hv1"
+[hosts.hv2]
+winrm_endpoint = "http://127.0.0.1:2/wsman"
+vm_root = 'D:\\VMs\\hv2'
+smb_server = "127.0.0.1"
+smb_share = "hv2"
+"""
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    (tmp_path / "quickmig.toml").write_text(TOML)
+    hosts: list[HyperVHost] = []
+
+    def make(name: str) -> HyperVHost:
+        h = HyperVHost(tmp_path, name, f"D:\\VMs\\{name}")
+        hosts.append(h)
+        return h
+
+    yield tmp_path, make
+    for h in hosts:
+        h.shutdown()
+
+
+def new_vm(h: HyperVHost, name: str = "vm1", **kw) -> dict:
+    kw.setdefault("memory_mb", 1)
+    kw.setdefault("disk_mb", 1)
+    kw.setdefault("write_rate_kbps", RATE)
+    return h.create_vm(name, **kw)["vm"]
+
+
+def wait_counter(h: HyperVHost, vm_id: str, at_least: int, timeout: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout
+    while h.vms[vm_id].live_counter < at_least:
+        assert time.monotonic() < deadline, "guest writer made no progress"
+        time.sleep(0.02)
+    return h.vms[vm_id].live_counter
+
+
+def expect_error(category: str, fqid_prefix: str = ""):
+    class Ctx:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, et, e, tb):
+            assert et is OpError, f"expected OpError, got {et}"
+            assert e.category == category, (e.category, e.message)
+            assert e.fqid.startswith(fqid_prefix), e.fqid
+            self.error = e
+            return True
+    return Ctx()
+
+
+# ---- disk format ----------------------------------------------------------------------
+
+def test_disk_records_round_trip_and_torn_tail_is_ignored(tmp_path):
+    vm_id = "6f1c2d9e-0000-4000-8000-000000000001"
+    base = tmp_path / "disk0.vhdx"
+    hdr = disk.create_base(base, 1)
+    assert base.stat().st_size == disk.HEADER_BYTES + disk.MiB
+    assert disk.read_header(base).uid == hdr.uid
+    disk.append_records(base, vm_id, [1, 2, 3])
+    with open(base, "ab") as f:
+        f.write(b"partial")
+    scan = disk.scan_records(base)
+    assert scan.seqs == [1, 2, 3] and scan.torn_bytes == 7 and scan.vm_ids == {vm_id}
+
+
+def test_disk_detects_a_damaged_record(tmp_path):
+    vm_id = "6f1c2d9e-0000-4000-8000-000000000001"
+    base = tmp_path / "disk0.vhdx"
+    disk.create_base(base, 0)
+    disk.append_records(base, vm_id, [1, 2])
+    with open(base, "r+b") as f:
+        f.seek(disk.HEADER_BYTES + disk.RECORD_BYTES + 100)
+        f.write(b"\xff\xff")
+    scan = disk.scan_records(base)
+    assert scan.seqs == [1] and len(scan.bad) == 1
+
+
+def test_chain_follows_parents_and_set_parent_checks_identity(tmp_path):
+    vm_id = "6f1c2d9e-0000-4000-8000-000000000001"
+    files = {"D:\\r\\base.vhdx": tmp_path / "base.vhdx", "D:\\r\\c1.avhdx": tmp_path / "c1.avhdx",
+             "D:\\r\\moved.vhdx": tmp_path / "moved.vhdx", "D:\\r\\other.vhdx": tmp_path / "other.vhdx"}
+    resolve = files.__getitem__
+    h = disk.create_base(files["D:\\r\\base.vhdx"], 0)
+    disk.append_records(files["D:\\r\\base.vhdx"], vm_id, [1, 2])
+    disk.create_child(files["D:\\r\\c1.avhdx"], "D:\\r\\base.vhdx", h)
+    disk.append_records(files["D:\\r\\c1.avhdx"], vm_id, [3])
+    assert disk.chain_records("D:\\r\\c1.avhdx", resolve) == [1, 2, 3]
+    # the parent moves: Set-VHD -ParentPath to the copy works, to another disk is refused
+    shutil.copyfile(files["D:\\r\\base.vhdx"], files["D:\\r\\moved.vhdx"])
+    other = disk.create_base(files["D:\\r\\other.vhdx"], 0)
+    with pytest.raises(disk.DiskFormatError, match="identifier"):
+        disk.set_parent(files["D:\\r\\c1.avhdx"], "D:\\r\\other.vhdx", other.uid)
+    disk.set_parent(files["D:\\r\\c1.avhdx"], "D:\\r\\moved.vhdx", h.uid)
+    os.unlink(files["D:\\r\\base.vhdx"])
+    assert [l.host_path for l in disk.read_chain("D:\\r\\c1.avhdx", resolve)] == ["D:\\r\\c1.avhdx", "D:\\r\\moved.vhdx"]
+    assert disk.merge_into_parent(files["D:\\r\\c1.avhdx"], files["D:\\r\\moved.vhdx"]) == 1
+    assert disk.read_records(files["D:\\r\\moved.vhdx"]) == [1, 2, 3]
+
+
+def test_vmrs_holds_the_counter(tmp_path):
+    p = tmp_path / "x.vmrs"
+    disk.write_vmrs(p, "6f1c2d9e-0000-4000-8000-000000000001", 42, 2 * disk.MiB, "hv1", 1.0)
+    assert p.stat().st_size == disk.HEADER_BYTES + 2 * disk.MiB
+    assert disk.read_vmrs(p)["counter"] == 42
+
+
+# ---- faults ---------------------------------------------------------------------------
+
+def test_fault_table_counts_down_and_matches_wildcards():
+    t = FaultTable()
+    t.add(parse_fault({"op": "save_vm", "action": "fail", "times": 2}))
+    t.add(parse_fault({"op": "*", "action": "delay", "seconds": 1, "times": 0}))
+    assert t.take("save_vm").action == "fail"
+    assert t.take("save_vm").action == "fail"
+    assert t.take("save_vm").action == "delay"  # the unlimited wildcard rule stays
+    assert t.take("list_vms").action == "delay"
+    assert t.clear() == 1 and t.take("save_vm") is None
+    with pytest.raises(FaultSpecError):
+        parse_fault({"op": "save_vm", "action": "explode"})
+
+
+# ---- model rules ----------------------------------------------------------------------
+
+def test_create_lays_out_files_like_hyperv_and_any_name_is_data(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    name = "x'; Remove-VM * -Force; '  ünï \"q\""
+    vm = new_vm(h, name)
+    vid = vm["id"]
+    assert vm["name"] == name and vm["state"] == "Running" and vm["version"] == "10.0"
+    assert vm["path"] == f"D:\\VMs\\hv1\\{vid}"
+    assert vm["disks"][0]["path"] == f"D:\\VMs\\hv1\\{vid}\\Virtual Hard Disks\\disk0.vhdx"
+    assert vm["isos"] == ["D:\\VMs\\hv1\\ISO\\lab-tools.iso"]
+    share = lab_dir / "hosts/hv1/share"
+    assert (share / vid / "Virtual Machines" / f"{vid.upper()}.vmcx").is_file()
+    assert (share / vid / "Virtual Machines" / f"{vid.upper()}.vmgs").is_file()
+    assert (share / "ISO/lab-tools.iso").stat().st_size == 4 * disk.MiB
+    assert h.run("describe_vm", {"name": name})["vm"]["id"] == vid
+    with expect_error("ObjectNotFound"):  # exact name, as the shipped script compares (-ceq)
+        h.run("describe_vm", {"name": name.upper()})
+    # host paths compare without case, as on Windows
+    assert h.paths.local(vm["config_path"].lower()) == h.paths.local(vm["config_path"])
+    assert (lab_dir / "hosts/hv1/emulator/state.json").is_file()
+
+
+def test_save_requires_running_and_start_resumes_the_counter_from_the_vmrs(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vid = new_vm(h)["id"]
+    wait_counter(h, vid, 5)
+    saved = h.run("save_vm", {"vm_id": vid})["vm"]
+    assert saved["state"] == "Saved" and any(p.endswith(".vmrs") for p in saved["state_files"])
+    counter = h.vms[vid].counter
+    with expect_error("InvalidOperation", "InvalidState,"):
+        h.run("save_vm", {"vm_id": vid})
+    started = h.run("start_vm", {"vm_id": vid})["vm"]
+    assert started["state"] == "Running" and not any(p.endswith(".vmrs") for p in started["state_files"])
+    assert h.run("wait_heartbeat", {"vm_id": vid, "timeout_s": 5})["heartbeat"] == "OK"
+    wait_counter(h, vid, counter + 3)
+    journal = (lab_dir / "guests" / f"{vid}.journal").read_text()
+    assert f"save counter={counter} " in journal and f"start resumed_from={counter} " in journal
+    assert verify_vm(lab_dir, "vm1")["integrity"] == "ok"
+
+
+def test_remove_of_a_running_vm_fails_unless_turned_off(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vid = new_vm(h)["id"]
+    with expect_error("InvalidOperation", "InvalidState"):
+        h.run("remove_vm", {"vm_id": vid, "turn_off": False, "delete_paths": []})
+    base = f"D:\\VMs\\hv1\\{vid}\\Virtual Hard Disks\\disk0.vhdx"
+    assert h.run("remove_vm", {"vm_id": vid, "turn_off": True, "delete_paths": [base]}) == \
+        {"removed": True, "deleted": [base]}
+    assert not (lab_dir / "hosts/hv1/share" / vid).exists()  # folders left empty are gone
+    assert h.run("remove_vm", {"vm_id": vid, "turn_off": True, "delete_paths": []})["removed"] is False
+    with expect_error("ObjectNotFound"):
+        h.run("describe_vm", {"vm_id": vid})
+
+
+def test_checkpoint_makes_parents_read_only_and_merge_keeps_every_record(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vid = new_vm(h)["id"]
+    wait_counter(h, vid, 3)
+    s1 = h.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": "m1"})
+    wait_counter(h, vid, h.vms[vid].live_counter + 3)
+    s2 = h.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": "m2"})
+    chain = s2["vm"]["disks"][0]["chain"]
+    assert len(chain) == 3 and chain[0].endswith(f"disk0_{s2['snapshot']['id']}.avhdx")
+    for hp in chain[1:]:
+        assert stat.S_IMODE(h.paths.local(hp).stat().st_mode) == 0o444
+    assert (lab_dir / "hosts/hv1/share" / vid / "Snapshots" / f"{s1['snapshot']['id'].upper()}.vmcx").is_file()
+    wait_counter(h, vid, h.vms[vid].live_counter + 3)
+    vm = h.run("remove_snapshots", {"vm_id": vid, "snapshot_ids": [s1["snapshot"]["id"], s2["snapshot"]["id"],
+                                                                   "00000000-0000-4000-8000-000000000000"]})["vm"]
+    assert vm["snapshots"] == [] and vm["disks"][0]["chain"] == [f"D:\\VMs\\hv1\\{vid}\\Virtual Hard Disks\\disk0.vhdx"]
+    assert stat.S_IMODE(h.paths.local(vm["disks"][0]["path"]).stat().st_mode) == 0o644
+    wait_counter(h, vid, h.vms[vid].live_counter + 3)  # the writer follows the merged disk
+    res = verify_vm(lab_dir, "vm1")
+    assert res["integrity"] == "ok" and res["writes_checked"] >= 12, res
+
+
+def test_checkpoint_is_refused_when_checkpoints_are_disabled(lab):
+    _, make = lab
+    h = make("hv1")
+    vid = new_vm(h, checkpoint_type="Disabled", write_rate_kbps=0)["id"]
+    with expect_error("InvalidOperation"):
+        h.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": "m1"})
+
+
+def test_describe_reports_unknown_and_ambiguous_names(lab):
+    _, make = lab
+    h = make("hv1")
+    a = new_vm(h, "twin", write_rate_kbps=0)["id"]
+    b = new_vm(h, "twin", write_rate_kbps=0)["id"]
+    with expect_error("ObjectNotFound") as e:
+        h.run("describe_vm", {"name": "nobody"})
+    assert "unable to find a virtual machine" in e.error.message
+    with expect_error("InvalidResult", "AmbiguousVMName") as e:
+        h.run("describe_vm", {"name": "twin"})
+    assert a in e.error.message and b in e.error.message
+
+
+@pytest.mark.parametrize("path,category", [
+    ("D:\\VMs\\hv1\\..\\hv2\\x.vhdx", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a/../../etc\\passwd", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a\\.\\b", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a\\b. ", "InvalidArgument"),
+    ("D:\\VMs\\hv2\\x.vhdx", "PermissionDenied"),
+    ("C:\\Windows\\System32\\config\\SAM", "PermissionDenied"),
+    ("D:\\VMs\\hv1", "PermissionDenied"),
+])
+def test_paths_from_the_network_are_checked_strictly(lab, path, category):
+    _, make = lab
+    h = make("hv1")
+    with expect_error(category):
+        h.run("delete_files", {"paths": [path]})
+
+
+def test_delete_refuses_a_symlink_escape_and_files_in_use(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vm = new_vm(h, write_rate_kbps=0)
+    outside = lab_dir / "outside.txt"
+    outside.write_text("keep")
+    (lab_dir / "hosts/hv1/share/link").symlink_to(lab_dir)
+    with expect_error("PermissionDenied"):
+        h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\link\\outside.txt"]})
+    assert outside.exists()
+    with expect_error("WriteError"):
+        h.run("delete_files", {"paths": [vm["disks"][0]["path"]]})
+    assert h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\nothing.txt"]}) == {"deleted": []}
+
+
+def test_host_info_reports_versions_switches_and_room(lab):
+    _, make = lab
+    info = make("hv1").run("host_info", {})
+    assert info["supported_versions"] == ["9.0", "10.0"] and info["switches"] == ["lab-switch"]
+    assert info["cpu_vendor"] == "GenuineIntel" and info["free_bytes"] > 0 and info["name"] == "hv1"
+
+
+def _copy(src_host: HyperVHost, dst_host: HyperVHost, hp: str) -> str:
+    rel = hp[len(src_host.paths.vm_root) + 1:]
+    dst_hp = dst_host.paths.vm_root + "\\" + rel
+    dst = dst_host.paths.local(dst_hp)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src_host.paths.local(hp), dst)
+    return dst_hp
+
+
+def test_a_full_quick_migration_between_two_hosts_loses_nothing(lab):
+    lab_dir, make = lab
+    h1, h2 = make("hv1"), make("hv2")
+    vm = new_vm(h1, "mover ☃")
+    vid = vm["id"]
+    wait_counter(h1, vid, 5)
+    # 1 checkpoint, 2 copy the frozen chain + checkpoint config + ISO
+    snap = h1.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": "quickmig"})
+    leaf, base = snap["vm"]["disks"][0]["chain"]
+    dmap = {base: _copy(h1, h2, base)}
+    iso = vm["isos"][0]
+    imap = {iso: _copy(h1, h2, iso)}
+    snap_cfg = _copy(h1, h2, snap["snapshot"]["config_path"])
+    # 3 prepare: Compare-VM on the copied checkpoint config
+    assert h2.run("compare_vm", {"config_path": snap_cfg, "vm_root": "D:\\VMs\\hv2"})["incompatibilities"] == []
+    wait_counter(h1, vid, h1.vms[vid].live_counter + 3)
+    # 4 cutover
+    saved = h1.run("save_vm", {"vm_id": vid})["vm"]
+    dmap[leaf] = _copy(h1, h2, leaf)
+    for f in saved["state_files"]:
+        _copy(h1, h2, f)
+    cfg = saved["config_path"].replace("hv1", "hv2", 1)
+    with expect_error("InvalidData", "IncompatibleVM"):  # parent still points at hv1
+        h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap, "parent_fixes": []})
+    imported = h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap,
+                                    "parent_fixes": [{"path": dmap[leaf], "parent_path": dmap[base]}]})["vm"]
+    assert imported["state"] == "Saved" and imported["disks"][0]["chain"] == [dmap[leaf], dmap[base]]
+    with expect_error("ResourceExists"):
+        h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap, "parent_fixes": []})
+    mid = verify_vm(lab_dir, "mover ☃")
+    assert mid["state_by_host"] == {"hv1": "Saved", "hv2": "Saved"} and mid["integrity"] != "ok"
+    h2.run("start_vm", {"vm_id": vid})
+    assert h2.run("wait_heartbeat", {"vm_id": vid, "timeout_s": 5})["heartbeat"] == "OK"
+    # 5 finish
+    h2.run("remove_snapshots", {"vm_id": vid, "snapshot_ids": [snap["snapshot"]["id"]]})
+    src_files = [leaf, base] + saved["state_files"] + [snap["snapshot"]["config_path"]]
+    assert h1.run("remove_vm", {"vm_id": vid, "turn_off": False, "delete_paths": src_files})["removed"]
+    wait_counter(h2, vid, h2.vms[vid].live_counter + 3)
+    res = verify_vm(lab_dir, "mover ☃")
+    assert res["integrity"] == "ok", res
+    assert res["running_on"] == ["hv2"] and res["state_by_host"] == {"hv2": "Running"}
+    assert res["writes_checked"] >= 10
+    events = [json.loads(line) for line in (lab_dir / "events.jsonl").read_text().splitlines()]
+    kinds = [(e["host"], e["event"]) for e in events]
+    assert ("hv1", "save") in kinds and ("hv2", "import") in kinds and ("hv2", "start") in kinds \
+        and ("hv1", "remove") in kinds
+
+
+def test_pre_copy_rounds_import_with_only_the_leaf_mapped_and_merge_every_checkpoint(lab):
+    lab_dir, make = lab
+    h1, h2 = make("hv1"), make("hv2")
+    vm = new_vm(h1, "rounds")
+    vid = vm["id"]
+    snaps, copied = [], {}
+    for i in range(3):  # checkpoint, then copy what that froze
+        wait_counter(h1, vid, h1.vms[vid].live_counter + 3)
+        s = h1.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": f"round {i}"})
+        snaps.append(s["snapshot"]["id"])
+        frozen = s["vm"]["disks"][0]["chain"][1]
+        copied[frozen] = _copy(h1, h2, frozen)
+    _copy(h1, h2, vm["isos"][0])
+    saved = h1.run("save_vm", {"vm_id": vid})["vm"]
+    chain = saved["disks"][0]["chain"]
+    copied[chain[0]] = _copy(h1, h2, chain[0])
+    for f in saved["state_files"]:
+        _copy(h1, h2, f)
+    fixes = [{"path": copied[chain[k]], "parent_path": copied[chain[k + 1]]} for k in range(len(chain) - 1)]
+    cfg = saved["config_path"].replace("hv1", "hv2", 1)
+    iso = vm["isos"][0]
+    h2.run("import_vm", {"config_path": cfg, "disk_paths": {chain[0]: copied[chain[0]]},
+                         "iso_paths": {iso: iso.replace("hv1", "hv2")}, "parent_fixes": fixes})
+    h2.run("start_vm", {"vm_id": vid})
+    assert len(h2.run("describe_vm", {"vm_id": vid})["vm"]["snapshots"]) == 3
+    merged = h2.run("remove_snapshots", {"vm_id": vid, "snapshot_ids": snaps})["vm"]
+    assert merged["disks"][0]["chain"] == [copied[chain[-1]]] and merged["snapshots"] == []
+    h1.run("remove_vm", {"vm_id": vid, "turn_off": False, "delete_paths": chain})
+    wait_counter(h2, vid, h2.vms[vid].live_counter + 3)
+    res = verify_vm(lab_dir, "rounds")
+    assert res["integrity"] == "ok" and res["running_on"] == ["hv2"], res
+
+
+def test_heartbeat_of_a_vm_that_is_not_running_fails_at_once(lab):
+    _, make = lab
+    h = make("hv1")
+    vid = new_vm(h, start=False, write_rate_kbps=0)["id"]
+    t0 = time.monotonic()
+    with expect_error("InvalidOperation", "InvalidState"):
+        h.run("wait_heartbeat", {"vm_id": vid, "timeout_s": 30})
+    assert time.monotonic() - t0 < 1
+
+
+def test_compare_reports_what_the_destination_lacks(lab):
+    lab_dir, make = lab
+    h1, h2 = make("hv1"), make("hv2")
+    vm = new_vm(h1, write_rate_kbps=0)
+    h1.vms[vm["id"]].switches = ["corp-switch"]
+    h1.write_vmcx(h1.vms[vm["id"]])
+    cfg = _copy(h1, h2, vm["config_path"])
+    inc = h2.run("compare_vm", {"config_path": cfg, "vm_root": "D:\\VMs\\hv2"})["incompatibilities"]
+    ids = sorted(i["message_id"] for i in inc)
+    assert 33012 in ids and len(inc) == 3, inc  # switch, disk, ISO
+    assert h2.run("list_vms", {}) == {"vms": []}
+
+
+def test_import_names_the_missing_files(lab):
+    lab_dir, make = lab
+    h1, h2 = make("hv1"), make("hv2")
+    vm = new_vm(h1, write_rate_kbps=0)
+    cfg = _copy(h1, h2, vm["config_path"])
+    with expect_error("InvalidData", "IncompatibleVM") as e:
+        h2.run("import_vm", {"config_path": cfg, "disk_paths": {}, "iso_paths": {}, "parent_fixes": []})
+    assert "disk0.vhdx" in e.error.message and "lab-tools.iso" in e.error.message
+
+
+def test_a_restarted_host_brings_running_vms_back_and_verify_still_agrees(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vid = new_vm(h)["id"]
+    wait_counter(h, vid, 5)
+    h.shutdown()
+    again = make("hv1")
+    assert again.vms[vid].state == "Running"
+    wait_counter(again, vid, again.vms[vid].live_counter + 3)
+    assert "recover resumed_from=" in (lab_dir / "guests" / f"{vid}.journal").read_text()
+    assert verify_vm(lab_dir, "vm1")["integrity"] == "ok"
+
+
+def test_verify_reports_lost_writes_and_two_running_copies(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vm = new_vm(h)
+    vid = vm["id"]
+    wait_counter(h, vid, 5)
+    h.run("save_vm", {"vm_id": vid})
+    base = h.paths.local(vm["disks"][0]["path"])
+    with open(base, "r+b") as f:  # lose the last two records
+        f.truncate(base.stat().st_size - 2 * disk.RECORD_BYTES)
+    res = verify_vm(lab_dir, "vm1")
+    assert "acknowledged writes missing" in res["integrity"] and res["running_on"] == []
+
+
+def test_journal_rules_catch_a_resume_from_stale_memory():
+    entries = parse_journal_text("start resumed_from=cold disk_seq=0 host=hv1\n1\n2\nsave counter=2 host=hv1\n"
+                                 "start resumed_from=1 host=hv2\n2\n")
+    acked, problems, _ = check_journal(entries)
+    assert acked == [1, 2, 2]
+    assert any("resumed_from=1 but the last save had counter=2" in p for p in problems)
+    assert any("acknowledged twice" in p for p in problems)
+    _, problems, _ = check_journal(parse_journal_text(
+        "start resumed_from=cold disk_seq=0 host=hv1\n1\nstart resumed_from=1 host=hv2\n2\n"))
+    assert any("while running on hv1" in p for p in problems)
+
+
+def parse_journal_text(text: str):
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".journal", delete=False) as f:
+        f.write(text)
+    try:
+        return parse_journal(Path(f.name))
+    finally:
+        os.unlink(f.name)
