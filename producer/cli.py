@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 
 from workers.config import ConfigError
@@ -114,6 +116,8 @@ def main(argv=None) -> int:
     from workers.record import RecordNotFound
     import redis
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("QUICKMIG_LOG_LEVEL", "WARNING").upper(),
+                        format="quickmig: %(levelname)s %(name)s: %(message)s")
     if not hasattr(args, "config"):  # accepted before or after the subcommand
         args.config = None
     try:

@@ -10,7 +10,6 @@ import time
 
 from workers import context, metrics, states
 from workers.copy import transfer
-from workers.hyperv.errors import VMNotFound
 from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
 from workers.plan import PathMap, chain_paths, downtime_files
@@ -88,17 +87,12 @@ def rollback(mid: str, lg) -> None:
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
     created = rec.get("created_files", [])
     fence(rec)
-    if rec.get("import_started_at"):
-        try:
-            dst.run("describe_vm", {"vm_id": rec["vm_id"]})
-            registered = True
-        except VMNotFound:
-            registered = False
-        if registered:  # turn it off before the source runs again: never two
-            dst.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": True, "delete_paths": created})
-    if created:
-        dst.run("delete_files", {"paths": created})
-    lg.info("removed %d files from %s", len(created), rec["destination"])
+    if rec.get("import_started_at") or created:
+        # remove_vm also deletes what we copied and the folders that leaves empty; a copy that
+        # was registered is turned off before the source runs again: never two
+        out = dst.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": True, "delete_paths": created})
+        lg.info("removed %d files%s from %s", len(created),
+                " and the imported VM" if out.get("removed") else "", rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     if vm["state"] != "Running":
         fence(rec)

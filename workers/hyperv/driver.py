@@ -179,7 +179,8 @@ class HyperVDriver:
             raise
         finally:
             took = time.monotonic() - t0
-            level = logging.INFO if outcome == "ok" else logging.WARNING
+            # "no such VM" is an answer (lookups ask every host), not a fault of the host
+            level = logging.INFO if outcome in ("ok", "VMNotFound") else logging.WARNING
             log.log(level, "hyperv op=%s host=%s took=%.2fs outcome=%s", op, self.host.name, took, outcome)
 
     def _result(self, op: str, stdout: bytes) -> dict:
