@@ -13,7 +13,7 @@ def _cfg(args):
 
 def cmd_up(args) -> int:
     from lab import orchestrator
-    orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host)
+    orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port)
     return 0
 
 
@@ -60,6 +60,7 @@ def register(sub, common) -> None:
     u.add_argument("--dir", required=True)
     u.add_argument("--hosts", type=int, default=2)
     u.add_argument("--vms-per-host", type=int, default=1)
+    u.add_argument("--metrics-port", type=int, default=None, help="the lab's /metrics port (default: a free one)")
     u.set_defaults(func=_guard(cmd_up, LabError))
 
     d = lsub.add_parser("down", parents=[common], help="stop everything the lab started")

@@ -79,6 +79,16 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict) -> None:
                 f"smb_password = {toml_str(secrets.token_urlsafe(18))}\n")
 
 
+def write_endpoints(lab_dir: Path, ports: dict) -> dict:
+    """endpoints.json: every scrape endpoint of the lab, for Prometheus or a person."""
+    endpoints = {"redis": "redis://127.0.0.1:%d/0" % ports["redis"],
+                 "metrics": [{"url": "http://127.0.0.1:%d/metrics" % ports["metrics"],
+                              "target": "127.0.0.1:%d" % ports["metrics"], "node": "lab",
+                              "serves": "node+fleet"}]}
+    (lab_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1))
+    return endpoints
+
+
 def _save(lab_dir: Path, lab: dict) -> None:
     tmp = lab_file(lab_dir).with_suffix(".tmp")
     tmp.write_text(json.dumps(lab, indent=1))
@@ -106,7 +116,7 @@ def _wait_redis(port: int, timeout_s: float) -> None:
 
 
 def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
-       say=print) -> dict:
+       metrics_port: int | None = None, say=print) -> dict:
     lab_dir = Path(lab_dir).resolve()
     alive = running(lab_dir)
     if alive:
@@ -116,7 +126,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         raise LabError("a lab needs at least 2 hosts to migrate between")
     lab_dir.mkdir(parents=True, exist_ok=True)
     names = [f"hv{i}" for i in range(1, hosts + 1)]
-    ports = {"redis": free_port(), "metrics": free_port()}
+    ports = {"redis": free_port(), "metrics": metrics_port or free_port()}
     for h in names:
         ports[h] = {"winrm": free_port(), "smb": free_port()}
     _write_config(lab_dir, names, ports)
@@ -149,7 +159,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir()
         procs["metrics"] = processes.spawn(
-            [sys.executable, "-m", "producer.cli", "metrics-exporter", "--port", str(ports["metrics"])],
+            # One node, so its exporter also serves the fleet's state (read from Redis).
+            [sys.executable, "-m", "producer.cli", "metrics-exporter", "--port", str(ports["metrics"]), "--fleet"],
             logs / "metrics.log", env=env)
         _wait_redis(ports["redis"], 20)
         for h in names:
@@ -172,8 +183,10 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
     except BaseException:
         down(lab_dir, say=lambda *_: None)
         raise
-    say(f"lab up at {lab_dir}: hosts {', '.join(names)}, {n} VMs, redis on 127.0.0.1:{ports['redis']}, "
-        f"metrics on http://127.0.0.1:{ports['metrics']}/metrics")
+    endpoints = write_endpoints(lab_dir, ports)
+    say(f"lab up at {lab_dir}: hosts {', '.join(names)}, {n} VMs, redis on 127.0.0.1:{ports['redis']}")
+    for e in endpoints["metrics"]:
+        say(f"metrics ({e['serves']}): {e['url']}")
     say(f"config: {lab_dir / 'quickmig.toml'}")
     return lab
 

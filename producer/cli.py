@@ -65,7 +65,24 @@ def cmd_list(args) -> int:
 
 def cmd_metrics_exporter(args) -> int:
     from workers import metrics
-    metrics.serve(args.port, args.addr)
+    fleet_redis = None
+    port, addr = args.port, args.addr
+    if args.fleet or port is None or addr is None:
+        from workers.config import load_config
+        cfg = load_config(args.config)
+        section = cfg.raw.get("metrics", {})
+        port = port if port is not None else cfg.metrics_port
+        addr = addr or section.get("addr", "127.0.0.1")
+        if args.fleet:
+            import redis
+            fleet_redis = redis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=10,
+                                               socket_connect_timeout=5)
+    if port is None:
+        raise ConfigError("no metrics port: pass --port or set [metrics] port in quickmig.toml")
+    try:
+        metrics.serve(port, addr, fleet_redis=fleet_redis)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return EXIT_OK
 
 
@@ -98,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("metrics-exporter", parents=[common],
                         help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")
-    me.add_argument("--port", type=int, required=True)
-    me.add_argument("--addr", default="127.0.0.1")
+    me.add_argument("--port", type=int, default=None, help="default: [metrics] port in quickmig.toml")
+    me.add_argument("--addr", default=None, help="default: [metrics] addr, else 127.0.0.1")
+    me.add_argument("--fleet", action="store_true",
+                    help="also export the fleet's state from Redis (in progress, queue depth, live workers); "
+                         "run exactly one such exporter per fleet")
     me.set_defaults(func=cmd_metrics_exporter)
 
     try:  # the lab ships in the same distribution; a production node may leave it out

@@ -72,3 +72,22 @@ def _after_fork(**_):
 def _child_exit(pid=None, **_):
     from workers import metrics
     metrics.mark_dead(pid or os.getpid())
+
+
+_liveness = None
+
+
+@signals.worker_ready.connect
+def _ready(sender=None, **_):
+    # The main process beats for its pool; children come and go without touching it.
+    global _liveness
+    from workers import context, liveness
+    pools = [q.name for q in sender.task_consumer.queues]
+    _liveness = liveness.start(context.new_redis, sender.hostname, pools)
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**_):
+    from workers import liveness
+    if _liveness is not None:
+        liveness.stop(_liveness)

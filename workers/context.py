@@ -19,10 +19,15 @@ def config() -> config_mod.Config:
     return config_mod.load_config()
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
+def new_redis() -> redis.Redis:
+    """A client of its own, for a thread that must not share this process's cached one."""
     return redis.Redis.from_url(config().redis_url, decode_responses=True, socket_timeout=30,
                                 socket_connect_timeout=10, health_check_interval=30)
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return new_redis()
 
 
 def store() -> Store:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from workers import context, metrics, states
+from workers import context, states
 from workers.copy import transfer
 from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
@@ -63,7 +63,6 @@ def cutover(mid: str, lg) -> None:
         dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
         t1 = time.time()
     downtime = t1 - t0
-    metrics.SWITCHOVER.observe(downtime)
     lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,
             t_saved - t0, t_copied - t_saved, t_imported - t_copied, t1 - t_imported)
     context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),

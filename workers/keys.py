@@ -31,3 +31,16 @@ def vm_lock(vm_id: str) -> str:
 # an older lease can never equal the current one.
 def vm_fence(vm_id: str) -> str:
     return f"{PREFIX}fence:vm:{vm_id}"
+
+# Set of the ids of migrations not yet in an end state; kept in the same MULTI as the
+# record, so `quickmig watch` and the metrics never scan the whole history.
+ACTIVE_MIGRATIONS = f"{PREFIX}active"
+
+# Per pool, a sorted set of worker node names scored by their last heartbeat (Unix time).
+# A member is alive while its score is within WORKER_ALIVE_S; older ones are trimmed.
+WORKER_HEARTBEAT_EVERY_S = 10
+WORKER_ALIVE_S = 3 * WORKER_HEARTBEAT_EVERY_S
+
+
+def workers(pool: str) -> str:
+    return f"{PREFIX}workers:{pool}"

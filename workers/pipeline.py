@@ -77,10 +77,7 @@ def end(mid: str, to: str, **fields) -> dict:
     rec = store.get(mid)
     rec = store.transition(mid, {rec["state"]}, to, **fields)
     context.locks().release(rec["vm_id"], mid)
-    metrics.MIGRATIONS.labels(result=to).inc()
-    for phase, span in rec["phases"].items():
-        if "start" in span and "end" in span:
-            metrics.PHASE_DURATION.labels(phase=phase).observe(span["end"] - span["start"])
+    metrics.observe_end(rec)
     return rec
 
 
@@ -91,13 +88,15 @@ def pipeline_task(name: str, *, on_hard_failure, retry_transient: bool = True):
     def deco(fn):
         @app.task(name=name, bind=True, max_retries=MAX_RETRIES, acks_late=True)
         def task(self, mid: str):
-            lg = mlog(mid, name.split(".")[-1])
+            step = name.split(".")[-1]
+            lg = mlog(mid, step)
             t0 = time.monotonic()
             try:
                 fn(mid, lg)
             except (Fenced, RecordNotFound) as e:
                 lg.warning("dropped: %s", e)
             except Exception as e:  # noqa: BLE001 - every failure must route somewhere
+                metrics.task_failed(step, e)
                 if retry_transient and is_retryable(e) and self.request.retries < MAX_RETRIES:
                     delay = min(60, 2 ** self.request.retries)
                     lg.warning("transient failure, retry %d in %ds: %s", self.request.retries + 1, delay, e)

@@ -65,12 +65,14 @@ class Store:
         with self.r.pipeline() as p:
             p.set(key, json.dumps(rec), nx=True)
             p.zadd(keys.MIGRATIONS_INDEX, {rec["id"]: rec["created_at"]})
+            p.sadd(keys.ACTIVE_MIGRATIONS, rec["id"])
             p.execute()
 
     def delete(self, mid: str) -> None:
         with self.r.pipeline() as p:
             p.delete(keys.migration(mid))
             p.zrem(keys.MIGRATIONS_INDEX, mid)
+            p.srem(keys.ACTIVE_MIGRATIONS, mid)
             p.execute()
 
     def get(self, mid: str) -> dict:
@@ -89,6 +91,18 @@ class Store:
             self.r.zrem(keys.MIGRATIONS_INDEX, *gone)
         return [json.loads(raw) for raw in raws if raw is not None]
 
+    def active(self) -> list[dict]:
+        """Every migration not yet in an end state, oldest first."""
+        ids = sorted(self.r.smembers(keys.ACTIVE_MIGRATIONS))
+        if not ids:
+            return []
+        raws = self.r.mget([keys.migration(i) for i in ids])
+        gone = [i for i, raw in zip(ids, raws) if raw is None]
+        if gone:
+            self.r.srem(keys.ACTIVE_MIGRATIONS, *gone)
+        recs = [json.loads(raw) for raw in raws if raw is not None]
+        return sorted((r for r in recs if r["state"] not in states.ENDS), key=lambda r: r["created_at"])
+
     def update(self, mid: str, change: Callable[[dict], None]) -> dict:
         """Apply `change` to the record atomically (optimistic, retried on conflict)."""
         key = keys.migration(mid)
@@ -105,6 +119,7 @@ class Store:
                     p.multi()
                     if rec["state"] in states.ENDS:
                         p.set(key, json.dumps(rec), ex=keys.RECORD_TTL_S)
+                        p.srem(keys.ACTIVE_MIGRATIONS, mid)
                     else:
                         p.set(key, json.dumps(rec))
                     p.execute()
