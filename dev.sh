@@ -9,6 +9,7 @@ command -v redis-server >/dev/null || need_debs+=(redis-server)
 command -v smbd >/dev/null || need_debs+=(samba)
 command -v smbclient >/dev/null || need_debs+=(smbclient)
 command -v pdbedit >/dev/null || need_debs+=(samba-common-bin)
+command -v promtool >/dev/null || need_debs+=(prometheus)  # promtool + the server the monitoring tests run
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_debs+=(python3-venv python3-pip)
 if [ ${#need_debs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -16,7 +17,7 @@ if [ ${#need_debs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
 fi
 # Debian starts the packaged daemons on install; the lab runs its own on other ports.
-for svc in redis-server smbd nmbd samba-ad-dc; do
+for svc in redis-server smbd nmbd samba-ad-dc prometheus prometheus-node-exporter; do
   systemctl stop "$svc" >/dev/null 2>&1 || true
 done
 

@@ -64,8 +64,9 @@ if os.environ.get(config_mod.CONFIG_ENV) or os.path.exists(config_mod.DEFAULT_CO
 @signals.worker_process_init.connect
 def _after_fork(**_):
     # Connections made before the fork are not safe to share with the parent.
-    from workers import context
+    from workers import context, metrics
     context.reset()
+    metrics.init_labels()
 
 
 @signals.worker_process_shutdown.connect
