@@ -1,0 +1,168 @@
+"""`quickmig watch`: a live view of active migrations, read from their records in Redis.
+
+Progress comes from the record's `progress` ({file, bytes_done, bytes_total, rate_bps,
+eta_seconds, at}) and `bytes_total` when the copy step writes them; without a rate the
+view derives one from successive polls, and without a total it shows bytes only.
+On a terminal the view redraws in place; otherwise it prints plain lines, one per change.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from workers import states
+
+BAR_WIDTH = 20
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def _size(n: float | None) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = max(0, int(round(s)))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
+    if fraction is None:
+        return "[" + "?" * width + "]"
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def phase_label(rec: dict) -> str:
+    return states.PHASE_OF.get(rec["state"], rec["state"])
+
+
+def downtime_so_far(rec: dict, now: float) -> float | None:
+    """Seconds the VM has been down: final once known, else counting since Save-VM."""
+    if rec.get("downtime_seconds") is not None:
+        return rec["downtime_seconds"]
+    if rec.get("save_started_at") and rec["state"] in (states.CUTTING_OVER, states.ROLLING_BACK):
+        return now - rec["save_started_at"]
+    return None
+
+
+@dataclass
+class Progress:
+    done: float
+    total: float | None
+    rate_bps: float | None
+    eta_s: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        return self.done / self.total if self.total else None
+
+
+@dataclass
+class RateMeter:
+    """Derives bytes/s per migration from successive polls when the record has no rate."""
+    last: dict = field(default_factory=dict)
+
+    def rate(self, mid: str, done: float, at: float) -> float | None:
+        prev = self.last.get(mid)
+        if prev is None or done < prev[0] or at <= prev[1]:
+            self.last[mid] = (done, at)
+            return None
+        if done == prev[0]:
+            return prev[2] if len(prev) > 2 else None
+        r = (done - prev[0]) / (at - prev[1])
+        self.last[mid] = (done, at, r)
+        return r
+
+
+def progress(rec: dict, now: float, meter: RateMeter | None = None) -> Progress:
+    p = rec.get("progress") or {}
+    done = p.get("bytes_done", rec.get("bytes_copied") or 0) or 0
+    total = rec.get("bytes_total") or p.get("bytes_total")
+    rate = p.get("rate_bps")
+    if rate is None and meter is not None:
+        rate = meter.rate(rec["id"], done, p.get("at") or now)
+    eta = p.get("eta_seconds")
+    if eta is None and rate and total:
+        eta = max(0.0, (total - done) / rate)
+    if rec["state"] != states.COPYING:
+        rate, eta = None, None
+        if rec["state"] in (states.PREPARING, states.CUTTING_OVER, states.FINISHING) and total:
+            done = max(done, total)  # the frozen set is across; what is left moves in the downtime
+    return Progress(done, total, rate, eta)
+
+
+def line(rec: dict, now: float, meter: RateMeter | None = None) -> str:
+    p = progress(rec, now, meter)
+    frac = p.fraction
+    pct = f"{frac * 100:3.0f}%" if frac is not None else "   -"
+    size = f"{_size(p.done)}/{_size(p.total)}" if p.total else _size(p.done)
+    rate = f"{p.rate_bps / 1e6:.1f} MB/s" if p.rate_bps else "-"
+    down = downtime_so_far(rec, now)
+    return (f"{rec['id']}  {rec['vm'][:20]:<20} {rec['source']}->{rec['destination']}  {phase_label(rec):<9}"
+            f"{bar(frac)} {pct}  {size:<21} {rate:>11}  eta {_duration(p.eta_s):>7}"
+            f"  down {(f'{down:.1f}s' if down is not None else '-'):>7}")
+
+
+HEADER = (f"{'ID':<16}  {'VM':<20} {'ROUTE':<10} {'PHASE':<9}{'PROGRESS':<{BAR_WIDTH + 2}} {'%':>4}  "
+          f"{'BYTES':<21} {'RATE':>11}  {'ETA':>11}  {'DOWNTIME':>12}")
+
+
+def screen(recs: list[dict], now: float, meter: RateMeter | None = None) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(now))
+    head = f"quickmig watch  {stamp}  {len(recs)} active"
+    if not recs:
+        return head + "\n(no active migrations)"
+    return "\n".join([head, HEADER] + [line(r, now, meter) for r in recs])
+
+
+def watch_all(store, *, interval_s: float = 1.0, once: bool = False, out=sys.stdout,
+              tty: bool | None = None, iterations: int | None = None) -> int:
+    tty = out.isatty() if tty is None else tty
+    meter = RateMeter()
+    n = 0
+    while True:
+        now = time.time()
+        text = screen(store.active(), now, meter)
+        if tty and not once:
+            out.write(CLEAR + text + "\n")
+        else:
+            out.write(text + "\n\n" if not once else text + "\n")
+        out.flush()
+        n += 1
+        if once or (iterations is not None and n >= iterations):
+            return 0
+        time.sleep(interval_s)
+
+
+def watch_one(store, mid: str, *, interval_s: float = 1.0, out=sys.stdout, tty: bool | None = None) -> dict:
+    """Follow one migration to its end state and return its final record."""
+    tty = out.isatty() if tty is None else tty
+    meter = RateMeter()
+    last_plain = None
+    while True:
+        rec = store.get(mid)
+        now = time.time()
+        if tty:
+            out.write("\r\x1b[K" + line(rec, now, meter))
+        else:
+            # plain output: one line per change of phase or of whole percent/MiB
+            p = progress(rec, now, meter)
+            key = (rec["state"], int((p.fraction or 0) * 100) if p.total else int(p.done) >> 20)
+            if key != last_plain:
+                out.write(time.strftime("%H:%M:%S ", time.localtime(now)) + line(rec, now, meter) + "\n")
+                last_plain = key
+        out.flush()
+        if rec["state"] in states.ENDS:
+            if tty:
+                out.write("\n")
+            return rec
+        time.sleep(interval_s)
