@@ -61,6 +61,27 @@ if os.environ.get(config_mod.CONFIG_ENV) or os.path.exists(config_mod.DEFAULT_CO
         pass  # the CLI reports config errors itself; a worker fails on first use
 
 
+@signals.setup_logging.connect
+def _setup_logging(loglevel=None, logfile=None, **_):
+    # Connected, so Celery leaves logging to us: one handler whose lines carry mid and phase.
+    from workers import logs
+    logs.configure(loglevel or "INFO", logfile)
+
+
+@signals.task_prerun.connect
+def _bind_migration(task=None, args=None, **_):
+    # Every line a quickmig task logs, its libraries' included, belongs to its migration.
+    from workers import logs
+    if task is not None and task.name.startswith("quickmig.") and args:
+        logs.bind(str(args[0]), task.name.split(".")[-1])
+
+
+@signals.task_postrun.connect
+def _unbind_migration(**_):
+    from workers import logs
+    logs.clear()
+
+
 @signals.worker_process_init.connect
 def _after_fork(**_):
     # Connections made before the fork are not safe to share with the parent.

@@ -23,13 +23,9 @@ class HardFailure(Exception):
     """A failure that retrying cannot fix: roll back (or fail) with this message."""
 
 
-class MigrationLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"[{self.extra['mid']} {self.extra['phase']}] {msg}", kwargs
-
-
-def mlog(mid: str, phase: str) -> MigrationLog:
-    return MigrationLog(log, {"mid": mid, "phase": phase})
+def mlog(mid: str, phase: str) -> logging.LoggerAdapter:
+    """A step's logger: its lines carry `mid` and `phase` as fields (see workers.logs)."""
+    return logging.LoggerAdapter(log, {"mid": mid, "phase": phase})
 
 
 def send(task: str, mid: str) -> None:
