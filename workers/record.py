@@ -82,25 +82,22 @@ class Store:
         return json.loads(raw)
 
     def list(self, limit: int = 100) -> list[dict]:
-        ids = self.r.zrevrange(keys.MIGRATIONS_INDEX, 0, limit - 1)
+        return self._load(self.r.zrevrange(keys.MIGRATIONS_INDEX, 0, limit - 1), self.r.zrem,
+                          keys.MIGRATIONS_INDEX)
+
+    def _load(self, ids: list[str], drop, index: str) -> list[dict]:
+        """The records of `ids`, dropping from `index` those that have expired."""
         if not ids:
             return []
         raws = self.r.mget([keys.migration(i) for i in ids])
         gone = [i for i, raw in zip(ids, raws) if raw is None]
         if gone:
-            self.r.zrem(keys.MIGRATIONS_INDEX, *gone)
+            drop(index, *gone)
         return [json.loads(raw) for raw in raws if raw is not None]
 
     def active(self) -> list[dict]:
         """Every migration not yet in an end state, oldest first."""
-        ids = sorted(self.r.smembers(keys.ACTIVE_MIGRATIONS))
-        if not ids:
-            return []
-        raws = self.r.mget([keys.migration(i) for i in ids])
-        gone = [i for i, raw in zip(ids, raws) if raw is None]
-        if gone:
-            self.r.srem(keys.ACTIVE_MIGRATIONS, *gone)
-        recs = [json.loads(raw) for raw in raws if raw is not None]
+        recs = self._load(sorted(self.r.smembers(keys.ACTIVE_MIGRATIONS)), self.r.srem, keys.ACTIVE_MIGRATIONS)
         return sorted((r for r in recs if r["state"] not in states.ENDS), key=lambda r: r["created_at"])
 
     def update(self, mid: str, change: Callable[[dict], None]) -> dict:
