@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from workers import states
 
 BAR_WIDTH = 20
+MOVING = (states.COPYING, states.CUTTING_OVER)  # the states in which bytes flow
+PLAIN_EVERY_S = 10.0  # piped `watch ID`: a line at least this often, so downtime visibly ticks
+PLAIN_STEP_PCT = 5
+PLAIN_STEP_BYTES = 256 * 2**20
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -90,10 +94,13 @@ def progress(rec: dict, now: float, meter: RateMeter | None = None) -> Progress:
     rate = p.get("rate_bps")
     if rate is None and meter is not None:
         rate = meter.rate(rec["id"], done, p.get("at") or now)
+    started = rec.get("phases", {}).get(phase_label(rec), {}).get("start")
+    if rate is None and p and started and (p.get("at") or now) > started and rec["state"] == states.COPYING:
+        rate = done / ((p.get("at") or now) - started)  # average since the copy began
     eta = p.get("eta_seconds")
     if eta is None and rate and total:
         eta = max(0.0, (total - done) / rate)
-    if rec["state"] != states.COPYING:
+    if rec["state"] not in MOVING:
         rate, eta = None, None
         if rec["state"] in (states.PREPARING, states.CUTTING_OVER, states.FINISHING) and total:
             done = max(done, total)  # the frozen set is across; what is left moves in the downtime
@@ -107,12 +114,13 @@ def line(rec: dict, now: float, meter: RateMeter | None = None) -> str:
     size = f"{_size(p.done)}/{_size(p.total)}" if p.total else _size(p.done)
     rate = f"{p.rate_bps / 1e6:.1f} MB/s" if p.rate_bps else "-"
     down = downtime_so_far(rec, now)
-    return (f"{rec['id']}  {rec['vm'][:20]:<20} {rec['source']}->{rec['destination']}  {phase_label(rec):<9}"
+    route = f"{rec['source']}->{rec['destination']}"
+    return (f"{rec['id']}  {rec['vm'][:20]:<20} {route:<12} {phase_label(rec):<10}"
             f"{bar(frac)} {pct}  {size:<21} {rate:>11}  eta {_duration(p.eta_s):>7}"
             f"  down {(f'{down:.1f}s' if down is not None else '-'):>7}")
 
 
-HEADER = (f"{'ID':<16}  {'VM':<20} {'ROUTE':<10} {'PHASE':<9}{'PROGRESS':<{BAR_WIDTH + 2}} {'%':>4}  "
+HEADER = (f"{'ID':<16}  {'VM':<20} {'ROUTE':<12} {'PHASE':<10}{'PROGRESS':<{BAR_WIDTH + 2}} {'%':>4}  "
           f"{'BYTES':<21} {'RATE':>11}  {'ETA':>11}  {'DOWNTIME':>12}")
 
 
@@ -147,19 +155,20 @@ def watch_one(store, mid: str, *, interval_s: float = 1.0, out=sys.stdout, tty: 
     """Follow one migration to its end state and return its final record."""
     tty = out.isatty() if tty is None else tty
     meter = RateMeter()
-    last_plain = None
+    last_plain, last_at = None, 0.0
     while True:
         rec = store.get(mid)
         now = time.time()
         if tty:
             out.write("\r\x1b[K" + line(rec, now, meter))
         else:
-            # plain output: one line per change of phase or of whole percent/MiB
+            # plain output: a line per change of state or progress step, and every PLAIN_EVERY_S
             p = progress(rec, now, meter)
-            key = (rec["state"], int((p.fraction or 0) * 100) if p.total else int(p.done) >> 20)
-            if key != last_plain:
+            step = int((p.fraction or 0) * 100) // PLAIN_STEP_PCT if p.total else int(p.done) // PLAIN_STEP_BYTES
+            key = (rec["state"], step)
+            if key != last_plain or now - last_at >= PLAIN_EVERY_S:
                 out.write(time.strftime("%H:%M:%S ", time.localtime(now)) + line(rec, now, meter) + "\n")
-                last_plain = key
+                last_plain, last_at = key, now
         out.flush()
         if rec["state"] in states.ENDS:
             if tty:

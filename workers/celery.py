@@ -104,6 +104,8 @@ def _ready(sender=None, **_):
     # The main process beats for its pool; children come and go without touching it.
     global _liveness
     from workers import context, liveness
+    if _liveness is not None and _liveness.is_alive():  # ready again after a broker reconnect
+        return
     pools = [q.name for q in sender.task_consumer.queues]
     _liveness = liveness.start(context.new_redis, sender.hostname, pools)
 
