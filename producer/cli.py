@@ -80,7 +80,7 @@ def cmd_metrics_exporter(args) -> int:
     from workers import metrics
     fleet_redis = None
     port, addr = args.port, args.addr
-    if args.fleet or port is None or addr is None:
+    if args.fleet or port is None:
         from workers.config import load_config
         cfg = load_config(args.config)
         section = cfg.raw.get("metrics", {})
@@ -90,6 +90,7 @@ def cmd_metrics_exporter(args) -> int:
             import redis
             fleet_redis = redis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=10,
                                                socket_connect_timeout=5)
+    addr = addr or "127.0.0.1"
     if port is None:
         raise ConfigError("no metrics port: pass --port or set [metrics] port in quickmig.toml")
     try:
