@@ -32,9 +32,9 @@ def vm_lock(vm_id: str) -> str:
 def vm_fence(vm_id: str) -> str:
     return f"{PREFIX}fence:vm:{vm_id}"
 
-# Set of the ids of migrations not yet in an end state; kept in the same MULTI as the
-# record, so `quickmig watch` and the metrics never scan the whole history.
-ACTIVE_MIGRATIONS = f"{PREFIX}active"
+
+# Ids of migrations not yet at an end state, for the reconciler (members leave on their end).
+ACTIVE_SET = f"{PREFIX}active"
 
 # Per pool, a sorted set of worker node names scored by their last heartbeat (Unix time).
 # A member is alive while its score is within WORKER_ALIVE_S; older ones are trimmed.

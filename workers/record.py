@@ -65,14 +65,14 @@ class Store:
         with self.r.pipeline() as p:
             p.set(key, json.dumps(rec), nx=True)
             p.zadd(keys.MIGRATIONS_INDEX, {rec["id"]: rec["created_at"]})
-            p.sadd(keys.ACTIVE_MIGRATIONS, rec["id"])
+            p.sadd(keys.ACTIVE_SET, rec["id"])
             p.execute()
 
     def delete(self, mid: str) -> None:
         with self.r.pipeline() as p:
             p.delete(keys.migration(mid))
             p.zrem(keys.MIGRATIONS_INDEX, mid)
-            p.srem(keys.ACTIVE_MIGRATIONS, mid)
+            p.srem(keys.ACTIVE_SET, mid)
             p.execute()
 
     def get(self, mid: str) -> dict:
@@ -82,23 +82,21 @@ class Store:
         return json.loads(raw)
 
     def list(self, limit: int = 100) -> list[dict]:
-        return self._load(self.r.zrevrange(keys.MIGRATIONS_INDEX, 0, limit - 1), self.r.zrem,
-                          keys.MIGRATIONS_INDEX)
-
-    def _load(self, ids: list[str], drop, index: str) -> list[dict]:
-        """The records of `ids`, dropping from `index` those that have expired."""
+        ids = self.r.zrevrange(keys.MIGRATIONS_INDEX, 0, limit - 1)
         if not ids:
             return []
         raws = self.r.mget([keys.migration(i) for i in ids])
         gone = [i for i, raw in zip(ids, raws) if raw is None]
         if gone:
-            drop(index, *gone)
+            self.r.zrem(keys.MIGRATIONS_INDEX, *gone)
         return [json.loads(raw) for raw in raws if raw is not None]
 
-    def active(self) -> list[dict]:
-        """Every migration not yet in an end state, oldest first."""
-        recs = self._load(sorted(self.r.smembers(keys.ACTIVE_MIGRATIONS)), self.r.srem, keys.ACTIVE_MIGRATIONS)
-        return sorted((r for r in recs if r["state"] not in states.ENDS), key=lambda r: r["created_at"])
+    def active_ids(self) -> list[str]:
+        """Migrations not yet at an end state (what the reconciler watches)."""
+        return sorted(self.r.smembers(keys.ACTIVE_SET))
+
+    def forget_active(self, mid: str) -> None:
+        self.r.srem(keys.ACTIVE_SET, mid)
 
     def update(self, mid: str, change: Callable[[dict], None]) -> dict:
         """Apply `change` to the record atomically (optimistic, retried on conflict)."""
@@ -116,7 +114,7 @@ class Store:
                     p.multi()
                     if rec["state"] in states.ENDS:
                         p.set(key, json.dumps(rec), ex=keys.RECORD_TTL_S)
-                        p.srem(keys.ACTIVE_MIGRATIONS, mid)
+                        p.srem(keys.ACTIVE_SET, mid)
                     else:
                         p.set(key, json.dumps(rec))
                     p.execute()
@@ -145,3 +143,10 @@ class Store:
             rec.update(fields)
 
         return self.update(mid, change)
+
+    def active(self) -> list[dict]:
+        """Every migration not yet at an end state, oldest first (for watch and the metrics)."""
+        ids = self.active_ids()
+        raws = self.r.mget([keys.migration(i) for i in ids]) if ids else []
+        recs = [json.loads(raw) for raw in raws if raw is not None]
+        return sorted((r for r in recs if r["state"] not in states.ENDS), key=lambda r: r["created_at"])

@@ -56,7 +56,7 @@ def test_in_progress_counts_active_records_by_phase_and_forgets_ended_ones(r):
     store.transition(recs[2]["id"], {"queued"}, "failed", error="x")
     m = collect(r)
     assert m[("quickmig_migrations_in_progress", (("phase", "queued"),))] == 0
-    assert r.scard(keys.ACTIVE_MIGRATIONS) == 2
+    assert r.scard(keys.ACTIVE_SET) == 2
 
 
 def test_a_pool_counts_only_workers_with_a_recent_heartbeat(r):
