@@ -77,22 +77,35 @@ def end(mid: str, to: str, **fields) -> dict:
     return rec
 
 
+def _counting_failures(step: str, fn):
+    """Count every failed run of a step by exception type (a dropped duplicate is no failure)."""
+    def run(mid: str, lg) -> None:
+        try:
+            fn(mid, lg)
+        except (Fenced, RecordNotFound):
+            raise
+        except Exception as e:
+            metrics.task_failed(step, e)
+            raise
+    return run
+
+
 def pipeline_task(name: str, *, on_hard_failure, retry_transient: bool = True):
     """Wrap a step: drop duplicates and fenced deliveries, retry transient faults with
     backoff, hand hard failures to `on_hard_failure(mid, message)`."""
 
     def deco(fn):
+        fn = _counting_failures(name.split(".")[-1], fn)
+
         @app.task(name=name, bind=True, max_retries=MAX_RETRIES, acks_late=True)
         def task(self, mid: str):
-            step = name.split(".")[-1]
-            lg = mlog(mid, step)
+            lg = mlog(mid, name.split(".")[-1])
             t0 = time.monotonic()
             try:
                 fn(mid, lg)
             except (Fenced, RecordNotFound) as e:
                 lg.warning("dropped: %s", e)
             except Exception as e:  # noqa: BLE001 - every failure must route somewhere
-                metrics.task_failed(step, e)
                 if retry_transient and is_retryable(e) and self.request.retries < MAX_RETRIES:
                     delay = min(60, 2 ** self.request.retries)
                     lg.warning("transient failure, retry %d in %ds: %s", self.request.retries + 1, delay, e)
