@@ -63,19 +63,6 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
-def cmd_watch(args) -> int:
-    from producer import report, watch
-    from producer.api import Producer
-    store = Producer.from_config(args.config).store
-    if args.interval <= 0:
-        raise ConfigError("--interval must be a positive number of seconds")
-    if args.id is None:
-        return watch.watch_all(store, interval_s=args.interval, once=args.once)
-    rec = watch.watch_one(store, args.id, interval_s=args.interval)
-    print(report.summary(rec))
-    return EXIT_OK if rec["state"] == "completed" else EXIT_NOT_COMPLETED
-
-
 def cmd_metrics_exporter(args) -> int:
     from workers import metrics
     fleet_redis = None
@@ -98,6 +85,19 @@ def cmd_metrics_exporter(args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return EXIT_OK
+
+
+def cmd_watch(args) -> int:
+    from producer import report, watch
+    from producer.api import Producer
+    store = Producer.from_config(args.config).store
+    if args.interval <= 0:
+        raise ConfigError("--interval must be a positive number of seconds")
+    if args.id is None:
+        return watch.watch_all(store, interval_s=args.interval, once=args.once)
+    rec = watch.watch_one(store, args.id, interval_s=args.interval)
+    print(report.summary(rec))
+    return EXIT_OK if rec["state"] == "completed" else EXIT_NOT_COMPLETED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,13 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
 
-    w = sub.add_parser("watch", parents=[common],
-                       help="live view of active migrations; with ID, follow one to its end (exit 0 if completed)")
-    w.add_argument("id", nargs="?", default=None)
-    w.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
-    w.add_argument("--once", action="store_true", help="without ID: print the current view once and exit")
-    w.set_defaults(func=cmd_watch)
-
     me = sub.add_parser("metrics-exporter", parents=[common],
                         help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")
     me.add_argument("--port", type=int, default=None, help="default: [metrics] port in quickmig.toml")
@@ -142,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also export the fleet's state from Redis (in progress, queue depth, live workers); "
                          "run exactly one such exporter per fleet")
     me.set_defaults(func=cmd_metrics_exporter)
+
+    w = sub.add_parser("watch", parents=[common],
+                       help="live view of active migrations; with ID, follow one to its end (exit 0 if completed)")
+    w.add_argument("id", nargs="?", default=None)
+    w.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    w.add_argument("--once", action="store_true", help="without ID: print the current view once and exit")
+    w.set_defaults(func=cmd_watch)
 
     try:  # the lab ships in the same distribution; a production node may leave it out
         from lab import cli as lab_cli

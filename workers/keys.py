@@ -18,6 +18,15 @@ def migration(mid: str) -> str:
 # Members whose record has expired are dropped when listed.
 MIGRATIONS_INDEX = f"{PREFIX}migrations"
 
+# Per pool, a sorted set of worker node names scored by their last heartbeat (Unix time).
+# A member is alive while its score is within WORKER_ALIVE_S; older ones are trimmed.
+WORKER_HEARTBEAT_EVERY_S = 10
+WORKER_ALIVE_S = 3 * WORKER_HEARTBEAT_EVERY_S
+
+
+def workers(pool: str) -> str:
+    return f"{PREFIX}workers:{pool}"
+
 # Per-VM lease: value is the holding migration id. Set at enqueue, extended by every task
 # while it works, deleted when the migration ends.
 VM_LOCK_TTL_S = 3600
@@ -35,12 +44,3 @@ def vm_fence(vm_id: str) -> str:
 
 # Ids of migrations not yet at an end state, for the reconciler (members leave on their end).
 ACTIVE_SET = f"{PREFIX}active"
-
-# Per pool, a sorted set of worker node names scored by their last heartbeat (Unix time).
-# A member is alive while its score is within WORKER_ALIVE_S; older ones are trimmed.
-WORKER_HEARTBEAT_EVERY_S = 10
-WORKER_ALIVE_S = 3 * WORKER_HEARTBEAT_EVERY_S
-
-
-def workers(pool: str) -> str:
-    return f"{PREFIX}workers:{pool}"
