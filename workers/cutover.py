@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from workers import context, metrics, states  # noqa: F401 - metrics: see pipeline.end
+from workers import context, metrics, states
 from workers.copy import transfer
 from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send

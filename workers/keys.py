@@ -27,6 +27,11 @@ WORKER_ALIVE_S = 3 * WORKER_HEARTBEAT_EVERY_S
 def workers(pool: str) -> str:
     return f"{PREFIX}workers:{pool}"
 
+
+# Ids of migrations not yet at an end state, for the reconciler (members leave on their end).
+ACTIVE_SET = f"{PREFIX}active"
+
+
 # Per-VM lease: value is the holding migration id. Set at enqueue, extended by every task
 # while it works, deleted when the migration ends.
 VM_LOCK_TTL_S = 3600
@@ -40,7 +45,3 @@ def vm_lock(vm_id: str) -> str:
 # an older lease can never equal the current one.
 def vm_fence(vm_id: str) -> str:
     return f"{PREFIX}fence:vm:{vm_id}"
-
-
-# Ids of migrations not yet at an end state, for the reconciler (members leave on their end).
-ACTIVE_SET = f"{PREFIX}active"
