@@ -77,11 +77,11 @@ class RateMeter:
 
     def rate(self, mid: str, done: float, at: float) -> float | None:
         prev = self.last.get(mid)
+        if prev is not None and done == prev[0]:  # the same sample again, or no progress yet
+            return prev[2] if len(prev) > 2 else None
         if prev is None or done < prev[0] or at <= prev[1]:
             self.last[mid] = (done, at)
             return None
-        if done == prev[0]:
-            return prev[2] if len(prev) > 2 else None
         r = (done - prev[0]) / (at - prev[1])
         self.last[mid] = (done, at, r)
         return r
@@ -132,18 +132,32 @@ def screen(recs: list[dict], now: float, meter: RateMeter | None = None) -> str:
     return "\n".join([head, HEADER] + [line(r, now, meter) for r in recs])
 
 
+def _plain_key(rec: dict, now: float, meter: RateMeter) -> tuple:
+    """What must change before piped output prints again: state, or a step of progress."""
+    p = progress(rec, now, meter)
+    step = int((p.fraction or 0) * 100) // PLAIN_STEP_PCT if p.total else int(p.done) // PLAIN_STEP_BYTES
+    return rec["id"], rec["state"], step
+
+
 def watch_all(store, *, interval_s: float = 1.0, once: bool = False, out=sys.stdout,
               tty: bool | None = None, iterations: int | None = None) -> int:
     tty = out.isatty() if tty is None else tty
     meter = RateMeter()
     n = 0
+    last_plain, last_at = None, 0.0
     while True:
         now = time.time()
-        text = screen(store.active(), now, meter)
-        if tty and not once:
+        recs = store.active()
+        text = screen(recs, now, meter)
+        if once:
+            out.write(text + "\n")
+        elif tty:
             out.write(CLEAR + text + "\n")
         else:
-            out.write(text + "\n\n" if not once else text + "\n")
+            key = [_plain_key(r, now, meter) for r in recs]
+            if key != last_plain or now - last_at >= PLAIN_EVERY_S:
+                out.write(text + "\n\n")
+                last_plain, last_at = key, now
         out.flush()
         n += 1
         if once or (iterations is not None and n >= iterations):
@@ -163,9 +177,7 @@ def watch_one(store, mid: str, *, interval_s: float = 1.0, out=sys.stdout, tty: 
             out.write("\r\x1b[K" + line(rec, now, meter))
         else:
             # plain output: a line per change of state or progress step, and every PLAIN_EVERY_S
-            p = progress(rec, now, meter)
-            step = int((p.fraction or 0) * 100) // PLAIN_STEP_PCT if p.total else int(p.done) // PLAIN_STEP_BYTES
-            key = (rec["state"], step)
+            key = _plain_key(rec, now, meter)
             if key != last_plain or now - last_at >= PLAIN_EVERY_S:
                 out.write(time.strftime("%H:%M:%S ", time.localtime(now)) + line(rec, now, meter) + "\n")
                 last_plain, last_at = key, now

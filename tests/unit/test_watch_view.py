@@ -73,3 +73,18 @@ def test_watch_all_once_lists_every_active_migration():
     text = out.getvalue()
     assert "2 active" in text and "abcdef0123456789" in text and "1111111111111111" in text
     assert "cutover" in text
+
+
+def test_piped_watch_all_prints_again_only_when_something_changed():
+    out = io.StringIO()
+    store = FakeStore([rec(state="queued")])
+    watch.watch_all(store, interval_s=0, out=out, tty=False, iterations=5)
+    assert out.getvalue().count("1 active") == 1
+
+
+def test_reading_the_same_sample_twice_keeps_the_derived_rate():
+    meter = watch.RateMeter()
+    meter.rate("m", 0, 10.0)
+    assert meter.rate("m", 20e6, 12.0) == 10e6
+    assert meter.rate("m", 20e6, 12.0) == 10e6
+    assert meter.rate("m", 40e6, 14.0) == 10e6
