@@ -88,3 +88,13 @@ def test_reading_the_same_sample_twice_keeps_the_derived_rate():
     assert meter.rate("m", 20e6, 12.0) == 10e6
     assert meter.rate("m", 20e6, 12.0) == 10e6
     assert meter.rate("m", 40e6, 14.0) == 10e6
+
+
+def test_on_a_terminal_the_view_redraws_in_place():
+    out = io.StringIO()
+    watch.watch_all(FakeStore([rec()]), interval_s=0, out=out, tty=True, iterations=2)
+    assert out.getvalue().count(watch.CLEAR) == 2
+    out = io.StringIO()
+    watch.watch_one(FakeStore([rec(), rec(state="rolled_back")]), "abcdef0123456789", interval_s=0, out=out,
+                    tty=True)
+    assert out.getvalue().count("\r\x1b[K") == 2 and out.getvalue().endswith("\n")
