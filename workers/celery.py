@@ -24,12 +24,18 @@ ROUTES = {
     "quickmig.copy": "copy",
     "quickmig.cutover": "cutover",
     "quickmig.rollback": "cutover",
+    "quickmig.reconcile": "snapshot",
 }
 
 # Above the longest single step (a copy of a large disk), or Redis redelivers it mid-run.
 VISIBILITY_TIMEOUT_S = 12 * 3600
 
-app = Celery("quickmig", include=["workers.snapshot", "workers.copy", "workers.cutover"])
+# How often beat asks for a reconciler pass (workers/reconciler.py); a pass that waits
+# longer than a few periods in a backlog is stale, the next one will come.
+RECONCILE_EVERY_S = 10
+
+app = Celery("quickmig", include=["workers.snapshot", "workers.copy", "workers.cutover",
+                                       "workers.reconciler"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -47,6 +53,11 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_send_task_events=False,
     worker_hijack_root_logger=False,
+    # run by `celery -A workers beat` (one beat per deployment)
+    beat_schedule={
+        "reconcile": {"task": "quickmig.reconcile", "schedule": RECONCILE_EVERY_S,
+                      "options": {"expires": 3 * RECONCILE_EVERY_S}},
+    },
 )
 
 

@@ -14,6 +14,7 @@ from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
 from workers.plan import PathMap, chain_paths, downtime_files
 from workers.record import StaleState
+from workers.smb.copy import PARTIAL_SUFFIX
 from workers.snapshot import ours
 
 HEARTBEAT_TIMEOUT_S = 120
@@ -85,13 +86,15 @@ def rollback(mid: str, lg) -> None:
         return
     t0 = time.time()
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    # an interrupted copy leaves `<file>.partial` beside the file it was making
     created = rec.get("created_files", [])
+    created = created + [p + PARTIAL_SUFFIX for p in created]
     fence(rec)
     if rec.get("import_started_at") or created:
         # remove_vm also deletes what we copied and the folders that leaves empty; a copy that
         # was registered is turned off before the source runs again: never two
         out = dst.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": True, "delete_paths": created})
-        lg.info("removed %d files%s from %s", len(created),
+        lg.info("removed %d files%s from %s", len(out.get("deleted") or []),
                 " and the imported VM" if out.get("removed") else "", rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     if vm["state"] != "Running":

@@ -65,12 +65,14 @@ class Store:
         with self.r.pipeline() as p:
             p.set(key, json.dumps(rec), nx=True)
             p.zadd(keys.MIGRATIONS_INDEX, {rec["id"]: rec["created_at"]})
+            p.sadd(keys.ACTIVE_SET, rec["id"])
             p.execute()
 
     def delete(self, mid: str) -> None:
         with self.r.pipeline() as p:
             p.delete(keys.migration(mid))
             p.zrem(keys.MIGRATIONS_INDEX, mid)
+            p.srem(keys.ACTIVE_SET, mid)
             p.execute()
 
     def get(self, mid: str) -> dict:
@@ -89,6 +91,13 @@ class Store:
             self.r.zrem(keys.MIGRATIONS_INDEX, *gone)
         return [json.loads(raw) for raw in raws if raw is not None]
 
+    def active_ids(self) -> list[str]:
+        """Migrations not yet at an end state (what the reconciler watches)."""
+        return sorted(self.r.smembers(keys.ACTIVE_SET))
+
+    def forget_active(self, mid: str) -> None:
+        self.r.srem(keys.ACTIVE_SET, mid)
+
     def update(self, mid: str, change: Callable[[dict], None]) -> dict:
         """Apply `change` to the record atomically (optimistic, retried on conflict)."""
         key = keys.migration(mid)
@@ -105,6 +114,7 @@ class Store:
                     p.multi()
                     if rec["state"] in states.ENDS:
                         p.set(key, json.dumps(rec), ex=keys.RECORD_TTL_S)
+                        p.srem(keys.ACTIVE_SET, mid)
                     else:
                         p.set(key, json.dumps(rec))
                     p.execute()
