@@ -25,7 +25,7 @@ from workers.config import load_config, toml_str
 POOLS = {"snapshot": 2, "copy": 2, "cutover": 2}
 WINRM_USER = "quickmig-lab"
 DEFAULT_VM = {"memory_mb": 64, "disk_mb": 128, "write_rate_kbps": 64}
-LAB_DEADLINES_S = {"queued": 60, "snapshotting": 15, "copying": 15, "preparing": 15,
+LAB_DEADLINES_S = {"queued": 20, "snapshotting": 15, "copying": 15, "preparing": 15,
                    "cutting_over": 10, "finishing": 15, "rolling_back": 10}
 
 
