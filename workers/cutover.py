@@ -10,6 +10,7 @@ import time
 
 from workers import context, metrics, states
 from workers.copy import transfer
+from workers.hyperv.errors import VMNotFound
 from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
 from workers.plan import PathMap, chain_paths, downtime_files
@@ -36,8 +37,8 @@ def cutover(mid: str, lg) -> None:
     if rec is None:
         return
     if rec.get("save_started_at"):
-        # A previous delivery died inside the downtime; we cannot know how far it got.
-        raise HardFailure("cutover was interrupted (worker lost); rolling back")
+        _resume_interrupted(rec, lg)
+        return
     cfg = context.config()
     pm = PathMap(cfg, rec["source"], rec["destination"])
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
@@ -72,6 +73,29 @@ def cutover(mid: str, lg) -> None:
                                                    "copy": round(t_copied - t_saved, 3),
                                                    "import": round(t_imported - t_copied, 3),
                                                    "start": round(t1 - t_imported, 3)})
+    send("quickmig.finish", mid)
+
+
+def _resume_interrupted(rec: dict, lg) -> None:
+    """A previous delivery died inside the downtime (its step claim lapsed, so it is gone).
+    Once the destination VM has started, its guest may have acknowledged writes that the
+    source's saved state lacks: going back would lose them, so roll forward. Before that,
+    nothing ran on the destination and rolling back is safe."""
+    mid, dst = rec["id"], context.driver(rec["destination"])
+    try:
+        there = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]["state"]
+    except VMNotFound:
+        there = None
+    if there != "Running":
+        raise HardFailure(f"cutover was interrupted (worker lost) before the destination VM started "
+                          f"(it is {there or 'absent'} there); rolling back")
+    lg.warning("cutover was interrupted after the destination VM started; rolling forward")
+    fence(rec)
+    dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
+    downtime = time.time() - rec["save_started_at"]
+    metrics.SWITCHOVER.observe(downtime)
+    context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
+                               cutover_resumed=True)
     send("quickmig.finish", mid)
 
 

@@ -7,7 +7,8 @@ with the message unacked, a hand-off was cut between the state change and the se
 The reconciler re-sends the step for that state (every step is idempotent and resumes),
 at most `max_nudges` times per state; after that it rolls the migration back, or, once
 the VM runs on the destination or a rollback itself is stuck, ends it `failed` with what
-is left to do by hand.
+is left to do by hand. A stuck cutover is only ever re-sent: the cutover step itself
+rolls forward when the destination VM already started, back when it did not.
 
 Deadlines come from `[reconciler]` in quickmig.toml (see DEFAULT_DEADLINES_S).
 """
@@ -98,7 +99,9 @@ def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None 
         seen = rec.get("reconciler") or {}
         nudges = seen.get("nudges", 0) if seen.get("state") == st else 0
         idle = round(now - rec["updated_at"], 1)
-        if nudges >= max_nudges:
+        # Only the cutover step can tell whether the destination VM already ran (then only
+        # forward is safe), so a stuck cutover is re-sent, never rolled back from here.
+        if nudges >= max_nudges and st != states.CUTTING_OVER:
             why = f"stuck in {st}: no progress after {nudges} re-sends of its step"
             log.warning("[%s] %s; giving up", mid, why)
             return _give_up(rec, why)

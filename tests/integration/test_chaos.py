@@ -56,6 +56,37 @@ def test_a_pool_whose_main_process_is_killed_comes_back_and_the_migration_comple
     assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
 
 
+def test_a_cutover_killed_after_the_destination_vm_started_rolls_forward_and_keeps_its_writes(chaos_lab):
+    lab = chaos_lab
+    lab.add_vm("fwd-vm", "hv2", write_rate_kbps=128)
+    lab.emulator("hv3").inject_fault(op="wait_heartbeat", action="delay", seconds=8, times=1)
+    try:
+        res = lab.cli("migrate", "fwd-vm", "--from", "hv2", "--to", "hv3")
+        assert res.returncode == 0, res.stderr
+        mid = res.stdout.strip()
+        deadline = time.monotonic() + 120
+        while not any(v["name"] == "fwd-vm" and v["state"] == "Running" for v in lab.emulator("hv3").state()["vms"]):
+            assert time.monotonic() < deadline, "the destination VM never started"
+            time.sleep(0.1)
+        time.sleep(1)  # the guest acknowledges writes on the destination now
+        pool = orchestrator.read_lab(lab.dir)["processes"]["worker-cutover"]
+        for child in chaos.children(pool["pid"]):  # the one waiting for the heartbeat among them
+            os.kill(child, signal.SIGKILL)
+    finally:
+        lab.emulator("hv3").clear_faults()
+    deadline = time.monotonic() + 180
+    while True:
+        res, rec = lab.cli_json("status", mid, "--json")
+        if rec["state"] in ("completed", "failed", "rolled_back"):
+            break
+        assert time.monotonic() < deadline, rec["state"]
+        time.sleep(0.5)
+    assert rec["state"] == "completed", rec["error"]
+    assert rec.get("cutover_resumed") is True
+    check = lab.verify("fwd-vm")
+    assert check["running_on"] == ["hv3"] and check["integrity"] == "ok", check
+
+
 def test_a_short_chaos_run_has_no_violation(chaos_lab):
     trials = chaos.run(chaos_lab.dir, trials=2, migrations=3, seed=7, max_delay_s=6, bound_s=180,
                        say=lambda *_: None)
