@@ -182,8 +182,9 @@ def table(trials: list[Trial]) -> str:
             ("longest recovery", f"{max((t.recovery_s for t in trials), default=0):.1f} s after the kill"),
             ("violations", str(sum(len(t.violations) for t in trials)))]
     w = max(len(k) for k, _ in rows)
-    line = "+" + "-" * (w + 2) + "+" + "-" * 62 + "+"
-    return "\n".join([line] + [f"| {k:<{w}} | {v:<60} |" for k, v in rows] + [line])
+    vw = max(60, *(len(v) for _, v in rows))
+    line = "+" + "-" * (w + 2) + "+" + "-" * (vw + 2) + "+"
+    return "\n".join([line] + [f"| {k:<{w}} | {v:<{vw}} |" for k, v in rows] + [line])
 
 
 def run(lab_dir: Path, trials: int, migrations: int, seed: int, max_delay_s: float, bound_s: float,

@@ -62,6 +62,11 @@ app.conf.update(
 
 
 def configure(cfg: config_mod.Config) -> None:
+    if app.conf.broker_url != cfg.redis_url and app._pool is not None:
+        # a process that talks to a second deployment (tests with two labs) must not keep
+        # publishing through the connections it made to the first
+        app._pool = None
+        app.amqp._producer_pool = None
     app.conf.broker_url = cfg.redis_url
 
 
