@@ -93,30 +93,28 @@ def test_every_task_delivered_again_during_and_after_a_migration_changes_nothing
     assert lab.redis().get(keys.vm_lock(rec["vm_id"])) is None
 
 
-def test_a_migration_whose_message_was_lost_is_carried_on_by_the_reconciler(lab):
+def test_the_reconciler_carries_on_a_lost_message_and_rolls_back_what_stays_stuck(lab):
+    """Two migrations whose messages never leave (as if lost in Redis): one freshly queued,
+    re-sent by the reconciler and completed; one made to look stuck in copying past its
+    last re-send, rolled back. Both wait on the reconciler at once, to keep the test short."""
     lab.add_vm("crash-lost", "hv3")
+    lab.add_vm("crash-stuck", "hv2")
     p = producer(lab)
     from producer.api import MigrationRequest
-    p.app = types.SimpleNamespace(send_task=lambda *a, **k: None)  # the snapshot message never leaves
-    mid = p.enqueue(MigrationRequest("crash-lost", "hv3", "hv1"))["id"]
-    assert p.get(mid)["state"] == "queued"
-    rec = wait_state(p, mid, lambda r: r["state"] in ENDS, timeout_s=180, poll_s=0.5)
+    p.app = types.SimpleNamespace(send_task=lambda *a, **k: None)  # no message ever leaves
+    lost = p.enqueue(MigrationRequest("crash-lost", "hv3", "hv1"))["id"]
+    stuck = p.enqueue(MigrationRequest("crash-stuck", "hv2", "hv3"))["id"]
+    assert p.get(lost)["state"] == "queued"
+    p.store.transition(stuck, {"queued"}, "snapshotting")
+    p.store.transition(stuck, {"snapshotting"}, "copying",
+                       reconciler={"state": "copying", "nudges": 3}, plan={"frozen": []})
+
+    rec = wait_state(p, lost, lambda r: r["state"] in ENDS, timeout_s=180, poll_s=0.5)
     assert rec["state"] == "completed", rec["error"]
     assert rec["reconciler"]["state"] == "queued" and rec["reconciler"]["nudges"] >= 1
     assert_home(lab, "crash-lost", "hv1")
 
-
-def test_a_migration_stuck_past_its_nudges_is_rolled_back_by_the_reconciler(lab):
-    lab.add_vm("crash-stuck", "hv2")
-    p = producer(lab)
-    from producer.api import MigrationRequest
-    p.app = types.SimpleNamespace(send_task=lambda *a, **k: None)
-    mid = p.enqueue(MigrationRequest("crash-stuck", "hv2", "hv3"))["id"]
-    # as if it had reached copying and every re-send of its step had been lost too
-    p.store.transition(mid, {"queued"}, "snapshotting")
-    p.store.transition(mid, {"snapshotting"}, "copying",
-                       reconciler={"state": "copying", "nudges": 3}, plan={"frozen": []})
-    rec = wait_state(p, mid, lambda r: r["state"] in ENDS, timeout_s=120, poll_s=0.5)
+    rec = wait_state(p, stuck, lambda r: r["state"] in ENDS, timeout_s=120, poll_s=0.5)
     assert rec["state"] == "rolled_back", rec["error"]
     assert "stuck in copying" in rec["error"]
     assert_home(lab, "crash-stuck", "hv2")
