@@ -9,6 +9,8 @@ Layout of a lab directory:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
@@ -82,6 +84,23 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict) -> None:
                 f"winrm_password = {toml_str(secrets.token_urlsafe(18))}\n"
                 f"smb_username = {toml_str(getpass.getuser())}\n"
                 f"smb_password = {toml_str(secrets.token_urlsafe(18))}\n")
+
+
+@contextlib.contextmanager
+def locked(lab_dir: Path):
+    """Hold the lab's lock: whoever rewrites lab.json while the supervisor runs (the
+    supervisor itself, a test replacing a process) reads and writes it under this lock."""
+    with open(Path(lab_dir) / "lab.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def replace_process(lab_dir: Path, name: str, entry: dict) -> None:
+    """Record a process started in place of `name` (e.g. a restarted redis-server)."""
+    with locked(lab_dir):
+        lab = read_lab(lab_dir)
+        lab["processes"][name] = entry
+        _save(lab_dir, lab)
 
 
 def _save(lab_dir: Path, lab: dict) -> None:

@@ -18,7 +18,7 @@ import signal
 import time
 from pathlib import Path
 
-from lab import processes
+from lab import orchestrator, processes
 
 CHECK_EVERY_S = 0.5
 SUPERVISED = ("worker-", "emulator-", "metrics", "beat")
@@ -38,6 +38,11 @@ def _save(lab_file: Path, lab: dict) -> None:
 
 def check_once(lab_file: Path) -> list[str]:
     """Restart what died; returns the names restarted."""
+    with orchestrator.locked(lab_file.parent):
+        return _restart_dead(lab_file)
+
+
+def _restart_dead(lab_file: Path) -> list[str]:
     try:
         lab = json.loads(lab_file.read_text())
     except FileNotFoundError:

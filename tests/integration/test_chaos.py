@@ -103,8 +103,7 @@ def test_a_redis_restart_mid_copy_loses_nothing_and_leaves_nothing_stuck(chaos_l
     entry = info["processes"]["redis"]
     processes.stop(entry)
     time.sleep(3)
-    info["processes"]["redis"] = processes.spawn(entry["argv"], Path(entry["log"]))
-    orchestrator._save(lab.dir, info)
+    orchestrator.replace_process(lab.dir, "redis", processes.spawn(entry["argv"], Path(entry["log"])))
     orchestrator._wait_redis(info["ports"]["redis"], 20)
     deadline = time.monotonic() + 240
     while True:
