@@ -9,6 +9,8 @@ Layout of a lab directory:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
@@ -25,6 +27,8 @@ from workers.config import load_config, toml_str
 POOLS = {"snapshot": 2, "copy": 2, "cutover": 2}
 WINRM_USER = "quickmig-lab"
 DEFAULT_VM = {"memory_mb": 64, "disk_mb": 128, "write_rate_kbps": 64}
+LAB_DEADLINES_S = {"queued": 20, "snapshotting": 15, "copying": 15, "preparing": 15,
+                   "cutting_over": 10, "finishing": 15, "rolling_back": 10}
 
 
 class LabError(Exception):
@@ -58,7 +62,10 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict) -> None:
              f"redis_url = {toml_str('redis://127.0.0.1:%d/0' % ports['redis'])}",
              'credentials_file = "credentials.toml"', "",
              "[lab]", f"dir = {toml_str(str(lab_dir))}", "",
-             "[metrics]", f"port = {ports['metrics']}", ""]
+             "[metrics]", f"port = {ports['metrics']}", "",
+             "# the lab's reconciler acts sooner than production's defaults (README: Crash safety)",
+             "[reconciler]", "max_nudges = 3",
+             "deadlines_s = { " + ", ".join(f"{k} = {v}" for k, v in LAB_DEADLINES_S.items()) + " }", ""]
     for h in hosts:
         lines += [f"[hosts.{h}]",
                   f"winrm_endpoint = {toml_str('http://127.0.0.1:%d/wsman' % ports[h]['winrm'])}",
@@ -87,6 +94,23 @@ def write_endpoints(lab_dir: Path, ports: dict) -> dict:
                               "serves": "node+fleet"}]}
     (lab_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1))
     return endpoints
+
+
+@contextlib.contextmanager
+def locked(lab_dir: Path):
+    """Hold the lab's lock: whoever rewrites lab.json while the supervisor runs (the
+    supervisor itself, a test replacing a process) reads and writes it under this lock."""
+    with open(Path(lab_dir) / "lab.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def replace_process(lab_dir: Path, name: str, entry: dict) -> None:
+    """Record a process started in place of `name` (e.g. a restarted redis-server)."""
+    with locked(lab_dir):
+        lab = read_lab(lab_dir)
+        lab["processes"][name] = entry
+        _save(lab_dir, lab)
 
 
 def _save(lab_dir: Path, lab: dict) -> None:
@@ -175,6 +199,15 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             _save(lab_dir, lab)
         for pool in POOLS:
             processes.wait_for_log(logs / f"worker-{pool}.log", " ready.", 60, procs[f"worker-{pool}"])
+        (lab_dir / "beat").mkdir(exist_ok=True)
+        procs["beat"] = processes.spawn(
+            [sys.executable, "-m", "celery", "-A", "workers", "beat", "-s", str(lab_dir / "beat" / "schedule"),
+             "--loglevel", "INFO"], logs / "beat.log", env=env, cwd=lab_dir)
+        _save(lab_dir, lab)
+        # last, so it only ever sees a complete lab.json; `down` stops it first
+        procs["supervisor"] = processes.spawn(
+            [sys.executable, "-m", "lab.supervisor", "--lab-dir", str(lab_dir)], logs / "supervisor.log", env=env)
+        _save(lab_dir, lab)
         n = 0
         for h in names:
             for _ in range(vms_per_host):
@@ -197,8 +230,13 @@ def down(lab_dir: Path, say=print) -> int:
     if not lab:
         say(f"no lab at {lab_dir}")
         return 0
-    # Workers first so nothing acts on a host that is going away, Redis last.
-    order = sorted(lab["processes"], key=lambda n: (not n.startswith("worker"), n == "redis"))
+    # The supervisor first so it restarts nothing we stop, then beat and the workers so
+    # nothing acts on a host that is going away, Redis last.
+    if "supervisor" in lab["processes"]:
+        processes.stop(lab["processes"]["supervisor"])
+        lab = read_lab(lab_dir) or lab  # it may have restarted something just before it stopped
+    order = sorted(lab["processes"], key=lambda n: (n != "supervisor", not n.startswith(("worker", "beat")),
+                                                    n == "redis"))
     for name in order:
         processes.stop(lab["processes"][name])
     left = [n for n, e in lab["processes"].items() if processes.alive(e)]

@@ -26,7 +26,8 @@ def spawn(argv: list[str], log: Path, *, env: dict | None = None, cwd: Path | No
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=cwd, start_new_session=True)
-    return {"pid": proc.pid, "start": start_time(proc.pid), "log": str(log), "argv": argv}
+    return {"pid": proc.pid, "start": start_time(proc.pid), "log": str(log), "argv": argv,
+            "cwd": str(cwd) if cwd else None}
 
 
 def alive(entry: dict) -> bool:

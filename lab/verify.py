@@ -7,10 +7,12 @@ the host that holds the VM. It returns
 
     {"vm": name, "vm_id": id|None, "running_on": [hosts], "state_by_host": {host: state},
      "integrity": "ok" | "<what is missing or wrong>", "writes_checked": int,
-     "host": the host whose disks were checked, "problems": [str, ...]}
+     "host": the host whose disks were checked, "problems": [str, ...],
+     "overlaps": [moments it started on one host while another still ran it]}
 
 and checks, in that order:
 - exactly one host has the VM registered, and at most one runs it;
+- the hosts' start/stop events never show it running on two hosts at once (lab/history.py);
 - the journal tells one consistent story: acknowledged seqs strictly increase by one; every
   `start resumed_from=N` after a `save counter=N` resumes exactly N (the memory state came
   back), after a power-off the start is cold, nobody starts the VM while it runs elsewhere,
@@ -29,6 +31,7 @@ import json
 import time
 from pathlib import Path
 
+from lab import history
 from lab.emulator import disk
 from lab.emulator.model import HostPaths, OpError
 from workers.config import load_config
@@ -194,6 +197,11 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
                         + ": exactly one host must have it")
     if len(result["running_on"]) > 1:
         problems.append(f"running on {len(result['running_on'])} hosts at once: {', '.join(result['running_on'])}")
+
+    result["overlaps"] = history.overlaps(history.load_events(lab_dir), vm_id)
+    for o in result["overlaps"]:
+        problems.append(f"ran on two hosts at once: started on {o['started_on']} at {o['t']:.3f} "
+                        f"while running on {', '.join(o['still_running_on'])}")
 
     # journal first, then the disks
     entries = parse_journal(lab_dir / "guests" / f"{vm_id}.journal")

@@ -12,7 +12,20 @@ from workers import config as config_mod
 from workers import states
 from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.locks import LockHeld, VMLocks
-from workers.record import Store, new_record
+from workers.record import StaleState, Store, new_record
+
+# Before the downtime a cancel rolls back; from Save-VM on it would only lengthen it.
+CANCELLABLE = {states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING}
+CANCEL_REFUSED = {
+    states.CUTTING_OVER: "it is in its downtime (the VM is saved and moving); stopping now would only "
+                         "lengthen the downtime, and it ends by itself: started on the destination "
+                         "or rolled back to the source",
+    states.FINISHING: "the VM already runs on the destination; only the source's clean-up is left",
+    states.ROLLING_BACK: "it is already rolling back",
+    states.COMPLETED: "it has already completed",
+    states.FAILED: "it has already ended (failed)",
+    states.ROLLED_BACK: "it has already been rolled back",
+}
 
 
 class RequestError(Exception):
@@ -101,6 +114,18 @@ class Producer:
             raise
         return rec
 
+    def cancel(self, mid: str) -> dict:
+        """Roll a migration back before its downtime; refuse (RequestError) once the VM is
+        down or already runs on the destination, saying why."""
+        try:
+            rec = self.store.transition(mid, CANCELLABLE, states.ROLLING_BACK, error="cancelled by request",
+                                        cancelled_at=time.time())
+        except StaleState as e:
+            raise RequestError(f"cannot cancel migration {mid}: {CANCEL_REFUSED.get(e.actual, e.actual)}") from None
+        # the step now running notices the state change and stops; the rollback waits for it
+        self.app.send_task("quickmig.rollback", args=[mid])
+        return rec
+
     def get(self, mid: str) -> dict:
         return self.store.get(mid)
 
@@ -125,6 +150,11 @@ class Producer:
 def enqueue_migration(vm: str, source: str, destination: str, *, config=None) -> dict:
     """Validate and enqueue one migration; returns the record as queued."""
     return Producer.from_config(config).enqueue(MigrationRequest(vm, source, destination))
+
+
+def cancel_migration(mid: str, *, config=None) -> dict:
+    """Cancel a migration before its downtime; returns the record, now rolling back."""
+    return Producer.from_config(config).cancel(mid)
 
 
 def get_migration(mid: str, *, config=None) -> dict:

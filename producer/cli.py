@@ -51,6 +51,19 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def cmd_cancel(args) -> int:
+    from producer.api import Producer
+    p = Producer.from_config(args.config)
+    rec = p.cancel(args.id)
+    if args.wait:
+        rec = p.wait(args.id, timeout_s=args.timeout)
+    if args.json:
+        _print_json(rec)
+    else:
+        print(f"{rec['id']}: {rec['state']}")
+    return EXIT_OK if not args.wait or rec["state"] == "rolled_back" else EXIT_NOT_COMPLETED
+
+
 def cmd_list(args) -> int:
     from producer import report
     from producer.api import Producer
@@ -121,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("cancel", parents=[common],
+                       help="cancel a migration before its downtime (it rolls back; refused once the VM is down)")
+    c.add_argument("id")
+    c.add_argument("--wait", action="store_true", help="follow the rollback to its end")
+    c.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N s")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cancel)
 
     ls = sub.add_parser("list", parents=[common], help="list migrations, newest first")
     ls.add_argument("--limit", type=int, default=50)

@@ -84,3 +84,9 @@ def lab(tmp_path_factory):
         yield Lab(lab_dir)
     finally:
         orchestrator.down(lab_dir, say=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def lab_class():
+    """The Lab helper, for tests that need a lab of their own (e.g. one they kill workers in)."""
+    return Lab

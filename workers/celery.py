@@ -24,12 +24,18 @@ ROUTES = {
     "quickmig.copy": "copy",
     "quickmig.cutover": "cutover",
     "quickmig.rollback": "cutover",
+    "quickmig.reconcile": "snapshot",
 }
 
 # Above the longest single step (a copy of a large disk), or Redis redelivers it mid-run.
 VISIBILITY_TIMEOUT_S = 12 * 3600
 
-app = Celery("quickmig", include=["workers.snapshot", "workers.copy", "workers.cutover"])
+# How often beat asks for a reconciler pass (workers/reconciler.py); a pass that waits
+# longer than a few periods in a backlog is stale, the next one will come.
+RECONCILE_EVERY_S = 10
+
+app = Celery("quickmig", include=["workers.snapshot", "workers.copy", "workers.cutover",
+                                       "workers.reconciler"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -47,10 +53,20 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_send_task_events=False,
     worker_hijack_root_logger=False,
+    # run by `celery -A workers beat` (one beat per deployment)
+    beat_schedule={
+        "reconcile": {"task": "quickmig.reconcile", "schedule": RECONCILE_EVERY_S,
+                      "options": {"expires": 3 * RECONCILE_EVERY_S}},
+    },
 )
 
 
 def configure(cfg: config_mod.Config) -> None:
+    if app.conf.broker_url != cfg.redis_url and app._pool is not None:
+        # a process that talks to a second deployment (tests with two labs) must not keep
+        # publishing through the connections it made to the first
+        app._pool = None
+        app.amqp._producer_pool = None
     app.conf.broker_url = cfg.redis_url
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 from workers import context, metrics, states
-from workers.locks import LeaseKeeper
-from workers.pipeline import HardFailure, pipeline_task, resume, send, start_rollback
+from workers.locks import Fenced, LeaseKeeper
+from workers.pipeline import HardFailure, fence, pipeline_task, resume, send, start_rollback
 from workers.plan import PathMap
 
 PROGRESS_EVERY_S = 1.0
@@ -56,9 +56,14 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
                 now = time.monotonic()
                 if now - last[0] >= PROGRESS_EVERY_S:
                     last[0] = now
-                    store.update(mid, lambda r: r.update(progress={
-                        "file": dst_path, "file_bytes_done": done_b, "file_bytes_total": total_b,
-                        "bytes_done": base + done_b, "at": time.time()}))
+
+                    def note(r):
+                        if r["state"] != rec["state"]:  # cancelled or reconciled: stop copying now
+                            raise Fenced(f"migration {mid} is {r['state']} now; copy abandoned")
+                        r.update(progress={"file": dst_path, "file_bytes_done": done_b,
+                                           "file_bytes_total": total_b, "bytes_done": base + done_b,
+                                           "at": time.time()})
+                    store.update(mid, note)
 
             res = smb.copy_file(src_ep, rel, dst_ep, rel, progress=progress)
             lg.info("copied %s (%d bytes, %.1f MB/s)", rel, res.bytes,
@@ -81,6 +86,7 @@ def copy(mid: str, lg) -> None:
     if rec is None:
         return
     with LeaseKeeper(context.locks(), rec["vm_id"], mid):
+        fence(rec)  # a stale delivery must not write over files a newer migration owns
         transfer(rec, rec["plan"]["frozen"], lg)
     context.store().transition(mid, {states.COPYING}, states.PREPARING)
     send("quickmig.prepare", mid)

@@ -10,10 +10,12 @@ import time
 
 from workers import context, metrics, states
 from workers.copy import transfer
+from workers.hyperv.errors import VMNotFound
 from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
 from workers.plan import PathMap, chain_paths, downtime_files
 from workers.record import StaleState
+from workers.smb.copy import PARTIAL_SUFFIX
 from workers.snapshot import ours
 
 HEARTBEAT_TIMEOUT_S = 120
@@ -35,8 +37,8 @@ def cutover(mid: str, lg) -> None:
     if rec is None:
         return
     if rec.get("save_started_at"):
-        # A previous delivery died inside the downtime; we cannot know how far it got.
-        raise HardFailure("cutover was interrupted (worker lost); rolling back")
+        _resume_interrupted(rec, lg)
+        return
     cfg = context.config()
     pm = PathMap(cfg, rec["source"], rec["destination"])
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
@@ -73,6 +75,29 @@ def cutover(mid: str, lg) -> None:
     send("quickmig.finish", mid)
 
 
+def _resume_interrupted(rec: dict, lg) -> None:
+    """A previous delivery died inside the downtime (its step claim lapsed, so it is gone).
+    Once the destination VM has started, its guest may have acknowledged writes that the
+    source's saved state lacks: going back would lose them, so roll forward. Before that,
+    nothing ran on the destination and rolling back is safe."""
+    mid, dst = rec["id"], context.driver(rec["destination"])
+    try:
+        there = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]["state"]
+    except VMNotFound:
+        there = None
+    if there != "Running":
+        raise HardFailure(f"cutover was interrupted (worker lost) before the destination VM started "
+                          f"(it is {there or 'absent'} there); rolling back")
+    lg.warning("cutover was interrupted after the destination VM started; rolling forward")
+    fence(rec)
+    dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
+    downtime = time.time() - rec["save_started_at"]
+    metrics.SWITCHOVER.observe(downtime)
+    context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
+                               cutover_resumed=True)
+    send("quickmig.finish", mid)
+
+
 def _fail_rollback(mid: str, error: str) -> None:
     end(mid, states.FAILED, error=f"rollback incomplete: {error}")
 
@@ -84,13 +109,15 @@ def rollback(mid: str, lg) -> None:
         return
     t0 = time.time()
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    # an interrupted copy leaves `<file>.partial` beside the file it was making
     created = rec.get("created_files", [])
+    created = created + [p + PARTIAL_SUFFIX for p in created]
     fence(rec)
     if rec.get("import_started_at") or created:
         # remove_vm also deletes what we copied and the folders that leaves empty; a copy that
         # was registered is turned off before the source runs again: never two
         out = dst.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": True, "delete_paths": created})
-        lg.info("removed %d files%s from %s", len(created),
+        lg.info("removed %d files%s from %s", len(out.get("deleted") or []),
                 " and the imported VM" if out.get("removed") else "", rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     if vm["state"] != "Running":

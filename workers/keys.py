@@ -45,3 +45,16 @@ def vm_lock(vm_id: str) -> str:
 # an older lease can never equal the current one.
 def vm_fence(vm_id: str) -> str:
     return f"{PREFIX}fence:vm:{vm_id}"
+
+# Per-migration step claim: value is the token of the one task delivery working on the
+# migration now. Short, extended by a heartbeat while the step runs, so a killed worker's
+# claim lapses quickly and a redelivery can take over.
+STEP_CLAIM_TTL_S = 20
+
+
+def step_claim(mid: str) -> str:
+    return f"{PREFIX}claim:{mid}"
+
+
+# Held for one reconciler pass, so two pool processes never reconcile at once.
+RECONCILER_LOCK = f"{PREFIX}reconciler"

@@ -7,6 +7,7 @@ equals the token we were given (DESIGN section 3.3).
 from __future__ import annotations
 
 import threading
+import uuid
 
 import redis
 
@@ -31,10 +32,13 @@ end
 return 0
 """
 _CHECK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
-  return 1
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
 end
-return 0
+if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[3] then
+  return 0
+end
+return 1
 """
 
 
@@ -71,31 +75,61 @@ class VMLocks:
     def release(self, vm_id: str, mid: str) -> bool:
         return bool(self._release(keys=[keys.vm_lock(vm_id)], args=[mid]))
 
-    def check(self, vm_id: str, mid: str, token: int) -> None:
-        if not self._check(keys=[keys.vm_lock(vm_id), keys.vm_fence(vm_id)], args=[mid, str(token)]):
-            raise Fenced(f"migration {mid} no longer holds VM {vm_id} (token {token})")
+    def check(self, vm_id: str, mid: str, token: int, claim: str | None = None) -> None:
+        """Raise Fenced unless the VM lease and token are ours and, when `claim` is given,
+        this delivery still holds the migration's step claim (all checked in one step)."""
+        ks, args = [keys.vm_lock(vm_id), keys.vm_fence(vm_id)], [mid, str(token)]
+        if claim is not None:
+            ks.append(keys.step_claim(mid))
+            args.append(claim)
+        if not self._check(keys=ks, args=args):
+            raise Fenced(f"migration {mid} no longer holds VM {vm_id} (token {token})"
+                         + ("" if claim is None else " or its step claim"))
+
+    # -- step claims: one task delivery at a time works on a migration -----------------
+    def claim_step(self, mid: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> str | None:
+        token = uuid.uuid4().hex
+        if self.r.set(keys.step_claim(mid), token, nx=True, ex=ttl_s):
+            return token
+        return None
+
+    def claim_holder(self, mid: str) -> str | None:
+        return self.r.get(keys.step_claim(mid))
+
+    def extend_claim(self, mid: str, token: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> bool:
+        return bool(self._extend(keys=[keys.step_claim(mid)], args=[token, ttl_s]))
+
+    def release_claim(self, mid: str, token: str) -> bool:
+        return bool(self._release(keys=[keys.step_claim(mid)], args=[token]))
 
 
-class LeaseKeeper:
-    """Extends a lease every `every_s` while a long step runs."""
+class Heartbeat:
+    """Calls `beat` every `every_s` on a thread of its own while a step runs."""
 
-    def __init__(self, locks: VMLocks, vm_id: str, mid: str, every_s: float = 30.0):
-        self.locks, self.vm_id, self.mid, self.every_s = locks, vm_id, mid, every_s
+    def __init__(self, beat, every_s: float, name: str):
+        self.beat, self.every_s = beat, every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"lease-{mid}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                self.locks.extend(self.vm_id, self.mid)
+                self.beat()
             except redis.RedisError:
-                pass  # the next beat retries; the lease TTL is far longer than a beat
+                pass  # the next beat retries; every TTL is several beats long
 
-    def __enter__(self) -> "LeaseKeeper":
-        self.locks.extend(self.vm_id, self.mid)
+    def __enter__(self):
+        self.beat()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class LeaseKeeper(Heartbeat):
+    """Extends a VM lease every `every_s` while a long step runs."""
+
+    def __init__(self, locks: VMLocks, vm_id: str, mid: str, every_s: float = 30.0):
+        super().__init__(lambda: locks.extend(vm_id, mid), every_s, f"lease-{mid}")

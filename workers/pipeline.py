@@ -3,20 +3,45 @@
 Each task receives only a migration id. It enters its state with a compare-and-set; a
 message for a migration that has already moved on is a duplicate and is dropped, and a
 message for a migration already in the task's own state is a redelivery and resumes.
+
+One delivery at a time works on a migration: a task first takes the migration's step
+claim (a short lease kept alive by a heartbeat). A delivery that finds the claim taken
+comes back a little later if its step is still the migration's current one (the holder
+may have been killed; its claim then lapses within STEP_CLAIM_TTL_S), else it is a stale
+duplicate and is dropped. The messages a step sends to the next one leave only after
+the claim is released, so a hand-off never meets its own claim; if the worker dies in
+between, the reconciler re-sends the step.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
-from workers import context, metrics, states
+from workers import context, keys, metrics, states
 from workers.celery import app
-from workers.locks import Fenced
+from workers.locks import Fenced, Heartbeat
 from workers.record import RecordNotFound, StaleState
 
 log = logging.getLogger("quickmig")
 
 MAX_RETRIES = 5
+CLAIM_BEAT_S = keys.STEP_CLAIM_TTL_S / 4
+CLAIM_BUSY_RETRY_S = 2
+
+# The task that carries a migration forward from each active state (the reconciler re-sends it).
+STEP_OF = {
+    states.QUEUED: "quickmig.snapshot",
+    states.SNAPSHOTTING: "quickmig.snapshot",
+    states.COPYING: "quickmig.copy",
+    states.PREPARING: "quickmig.prepare",
+    states.CUTTING_OVER: "quickmig.cutover",
+    states.FINISHING: "quickmig.finish",
+    states.ROLLING_BACK: "quickmig.rollback",
+}
+
+# The step claim this thread holds, and the messages to send once it is released.
+_held = threading.local()
 
 
 class HardFailure(Exception):
@@ -29,7 +54,42 @@ def mlog(mid: str, phase: str) -> logging.LoggerAdapter:
 
 
 def send(task: str, mid: str) -> None:
-    app.send_task(task, args=[mid])
+    outbox = getattr(_held, "outbox", None)
+    if outbox is not None:
+        outbox.append((task, mid))
+    else:
+        app.send_task(task, args=[mid])
+
+
+def current_claim() -> str | None:
+    return getattr(_held, "token", None)
+
+
+class StepClaim:
+    """Hold `mid`'s step claim for a block; sends queued inside leave after release."""
+
+    def __init__(self, mid: str):
+        self.mid = mid
+        self.token: str | None = None
+
+    def __enter__(self) -> "StepClaim":
+        locks = context.locks()
+        self.token = locks.claim_step(self.mid)
+        if self.token is not None:
+            _held.token, _held.outbox = self.token, []
+            self._beat = Heartbeat(lambda: locks.extend_claim(self.mid, self.token), CLAIM_BEAT_S,
+                                   f"claim-{self.mid}")
+            self._beat.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.token is None:
+            return
+        self._beat.__exit__()
+        outbox, _held.token, _held.outbox = _held.outbox, None, None
+        context.locks().release_claim(self.mid, self.token)
+        for task, mid in outbox:
+            app.send_task(task, args=[mid])
 
 
 def enter(mid: str, expect: set[str], to: str) -> dict | None:
@@ -49,8 +109,9 @@ def resume(mid: str, state: str) -> dict | None:
 
 
 def fence(rec: dict) -> None:
-    """Called right before every destructive step."""
-    context.locks().check(rec["vm_id"], rec["id"], rec["fence"])
+    """Called right before every destructive step: the VM lease, its token and (inside a
+    task) this delivery's step claim must all still be ours."""
+    context.locks().check(rec["vm_id"], rec["id"], rec["fence"], claim=current_claim())
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -100,22 +161,43 @@ def pipeline_task(name: str, *, on_hard_failure, retry_transient: bool = True):
         @app.task(name=name, bind=True, max_retries=MAX_RETRIES, acks_late=True)
         def task(self, mid: str):
             lg = mlog(mid, name.split(".")[-1])
-            t0 = time.monotonic()
-            try:
-                fn(mid, lg)
-            except (Fenced, RecordNotFound) as e:
-                lg.warning("dropped: %s", e)
-            except Exception as e:  # noqa: BLE001 - every failure must route somewhere
-                if retry_transient and is_retryable(e) and self.request.retries < MAX_RETRIES:
-                    delay = min(60, 2 ** self.request.retries)
-                    lg.warning("transient failure, retry %d in %ds: %s", self.request.retries + 1, delay, e)
-                    raise self.retry(exc=e, countdown=delay)
-                lg.error("failed: %s: %s", type(e).__name__, e)
-                on_hard_failure(mid, f"{name.split('.')[-1]}: {e}")
-            else:
-                lg.info("done in %.2fs", time.monotonic() - t0)
+            with StepClaim(mid) as claim:
+                if claim.token is None:
+                    _claim_busy(name, mid, lg)
+                    return
+                _run_step(self, fn, mid, lg, on_hard_failure, retry_transient)
 
         task.__wrapped_step__ = fn
         return task
 
     return deco
+
+
+def _claim_busy(name: str, mid: str, lg) -> None:
+    try:
+        rec = context.store().get(mid)
+    except RecordNotFound:
+        return
+    if STEP_OF.get(rec["state"]) == name:
+        lg.info("another delivery holds the step claim; trying again in %ds", CLAIM_BUSY_RETRY_S)
+        app.send_task(name, args=[mid], countdown=CLAIM_BUSY_RETRY_S)
+    else:
+        lg.info("dropped: duplicate delivery, migration is %s", rec["state"])
+
+
+def _run_step(task, fn, mid: str, lg, on_hard_failure, retry_transient: bool) -> None:
+    step = task.name.split(".")[-1]
+    t0 = time.monotonic()
+    try:
+        fn(mid, lg)
+    except (Fenced, RecordNotFound, StaleState) as e:  # someone else moved it on: theirs now
+        lg.warning("dropped: %s", e)
+    except Exception as e:  # noqa: BLE001 - every failure must route somewhere
+        if retry_transient and is_retryable(e) and task.request.retries < MAX_RETRIES:
+            delay = min(60, 2 ** task.request.retries)
+            lg.warning("transient failure, retry %d in %ds: %s", task.request.retries + 1, delay, e)
+            raise task.retry(exc=e, countdown=delay)
+        lg.error("failed: %s: %s", type(e).__name__, e)
+        on_hard_failure(mid, f"{step}: {e}")
+    else:
+        lg.info("done in %.2fs", time.monotonic() - t0)

@@ -1,0 +1,243 @@
+"""Chaos: SIGKILL a random worker process of a random pool at a random moment, while
+several migrations run, and check that nothing is lost and the VM never runs twice.
+
+    python bench/chaos.py [--trials 30] [--migrations 3] [--dir DIR] [--seed N] [--bound-s 240]
+
+Brings a lab up (or uses the one in --dir if it is up), creates `--migrations` VMs once,
+and in every trial migrates each of them from where it runs now to another host, all at
+once; after a random delay (0 .. --max-delay-s) it SIGKILLs one process of a random pool:
+the pool's main process or one of its children, chosen at random. The lab's supervisor
+restarts a dead main process; Celery replaces a dead child; the step claim lapses; the
+reconciler re-sends what was lost. After each trial, for every migration:
+- it ended `completed` or `rolled_back` by itself within --bound-s of the kill;
+- `lab verify` reports integrity ok (every acknowledged write, the memory counter, and
+  the emulators' start/stop history shows no moment on two hosts);
+- exactly one host has the VM, running; no checkpoint, no .avhdx, no .partial file, no
+  file of the VM on a host that does not hold it, no VM lease or step claim left in Redis.
+Prints one line per trial and a table: trials, outcomes, longest recovery, violations.
+Exit status 0 when there is no violation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lab import orchestrator, processes  # noqa: E402
+from lab.verify import verify_vm  # noqa: E402
+from workers import keys, states  # noqa: E402
+
+POOLS = ("snapshot", "copy", "cutover")
+VM_OPTIONS = {"memory_mb": 16, "disk_mb": 24, "write_rate_kbps": 64}
+
+
+@dataclass
+class Trial:
+    n: int
+    pool: str = ""
+    victim: str = ""
+    kill_at: float = 0.0
+    outcomes: dict = field(default_factory=dict)  # mid -> end state (or "stuck")
+    recovery_s: float = 0.0
+    violations: list = field(default_factory=list)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def pick_victim(lab_dir: Path, rng: random.Random) -> tuple[str, str, int]:
+    """(pool, 'main'|'child', pid) of a live worker process."""
+    lab = orchestrator.read_lab(lab_dir)
+    pool = rng.choice(POOLS)
+    entry = lab["processes"][f"worker-{pool}"]
+    kids = children(entry["pid"]) if processes.alive(entry) else []
+    if kids and rng.random() < 0.5:
+        return pool, "child", rng.choice(kids)
+    return pool, "main", entry["pid"]
+
+
+def wait_pools_alive(lab_dir: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lab = orchestrator.read_lab(lab_dir)
+        entries = [lab["processes"][f"worker-{p}"] for p in POOLS]
+        if all(processes.alive(e) and children(e["pid"]) for e in entries):
+            return
+        time.sleep(0.3)
+    raise TimeoutError("worker pools did not come back")
+
+
+def leftovers(lab_dir: Path, cfg, vm_id: str, home: str | None) -> list[str]:
+    found = []
+    for h in cfg.hosts:
+        share = lab_dir / "hosts" / h / "share"
+        for p in share.rglob("*"):
+            if not p.is_file():
+                continue
+            rel = p.relative_to(share).as_posix()
+            if p.name.endswith(".partial"):
+                found.append(f"partial file {h}:{rel}")
+            elif vm_id in rel.lower():
+                if h != home:
+                    found.append(f"file of the VM on {h}, which does not hold it: {rel}")
+                elif p.suffix.lower() == ".avhdx":
+                    found.append(f"differencing disk left on {h}: {rel}")
+    return found
+
+
+def check_after(lab_dir: Path, cfg, r, name: str, mid: str) -> list[str]:
+    v = verify_vm(lab_dir, name)
+    bad = []
+    if v["integrity"] != "ok":
+        bad.append(f"{name}: integrity: {v['integrity']}")
+    if len(v["running_on"]) != 1 or len(v["state_by_host"]) != 1:
+        bad.append(f"{name}: expected running on exactly one host, got {v['state_by_host']}")
+    home = v["running_on"][0] if v["running_on"] else None
+    if home:
+        st = orchestrator.emulator_client(cfg, home).state()
+        vm = next((x for x in st["vms"] if x["id"] == v["vm_id"]), None)
+        if vm and vm.get("snapshots"):
+            bad.append(f"{name}: checkpoints left on {home}: {[s['name'] for s in vm['snapshots']]}")
+    bad += [f"{name}: {x}" for x in leftovers(lab_dir, cfg, v["vm_id"], home)]
+    if r.get(keys.vm_lock(v["vm_id"])):
+        bad.append(f"{name}: VM lease still held by {r.get(keys.vm_lock(v['vm_id']))}")
+    if r.get(keys.step_claim(mid)):
+        bad.append(f"{name}: step claim of {mid} left")
+    return bad
+
+
+def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Random,
+              max_delay_s: float, bound_s: float, say=print) -> Trial:
+    from producer.api import MigrationRequest
+    wait_pools_alive(lab_dir)
+    mids = {}
+    for name in vms:
+        src = vms[name]
+        dst = rng.choice([h for h in cfg.hosts if h != src])
+        mids[producer.enqueue(MigrationRequest(name, src, dst)).get("id")] = name
+    time.sleep(rng.uniform(0, max_delay_s))
+    pool, kind, pid = pick_victim(lab_dir, rng)
+    t.pool, t.victim = pool, kind
+    t.kill_at = time.time()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        t.victim += " (already gone)"
+    deadline = t.kill_at + bound_s
+    pending = set(mids)
+    while pending and time.time() < deadline:
+        for mid in list(pending):
+            rec = producer.get(mid)
+            if rec["state"] in states.ENDS:
+                t.outcomes[mid] = rec["state"]
+                t.recovery_s = max(t.recovery_s, rec["updated_at"] - t.kill_at)
+                pending.discard(mid)
+        time.sleep(0.3)
+    for mid in pending:
+        t.outcomes[mid] = "stuck:" + producer.get(mid)["state"]
+        t.violations.append(f"{mids[mid]}: migration {mid} not ended {bound_s:.0f}s after the kill")
+    for mid, out in t.outcomes.items():
+        rec = producer.get(mid)
+        if out == states.COMPLETED:
+            vms[mids[mid]] = rec["destination"]
+        elif out != states.ROLLED_BACK:
+            t.violations.append(f"{mids[mid]}: migration {mid} ended {out}: {rec.get('error')}")
+    time.sleep(0.5)  # let the guests write a little on their (new) host before verifying
+    r = producer.store.r
+    for mid, name in mids.items():
+        t.violations += check_after(lab_dir, cfg, r, name, mid)
+    say(f"trial {t.n:3d}: killed {t.pool:8s} {t.victim:6s} | "
+        + " ".join(sorted(t.outcomes.values())) + f" | recovery {t.recovery_s:6.1f}s | violations "
+        + str(len(t.violations)) + "".join(f"\n    - {v}" for v in t.violations))
+    return t
+
+
+def table(trials: list[Trial]) -> str:
+    outs: dict[str, int] = {}
+    for t in trials:
+        for o in t.outcomes.values():
+            outs[o] = outs.get(o, 0) + 1
+    kills: dict[str, int] = {}
+    for t in trials:
+        kills[f"{t.pool}/{t.victim}"] = kills.get(f"{t.pool}/{t.victim}", 0) + 1
+    rows = [("trials", str(len(trials))),
+            ("migrations", str(sum(len(t.outcomes) for t in trials))),
+            ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(outs.items()))),
+            ("kills (pool/process)", ", ".join(f"{k} {v}" for k, v in sorted(kills.items()))),
+            ("longest recovery", f"{max((t.recovery_s for t in trials), default=0):.1f} s after the kill"),
+            ("violations", str(sum(len(t.violations) for t in trials)))]
+    w = max(len(k) for k, _ in rows)
+    vw = max(60, *(len(v) for _, v in rows))
+    line = "+" + "-" * (w + 2) + "+" + "-" * (vw + 2) + "+"
+    return "\n".join([line] + [f"| {k:<{w}} | {v:<{vw}} |" for k, v in rows] + [line])
+
+
+def run(lab_dir: Path, trials: int, migrations: int, seed: int, max_delay_s: float, bound_s: float,
+        say=print) -> list[Trial]:
+    from producer.api import Producer
+    from workers.config import load_config
+    cfg = load_config(lab_dir / "quickmig.toml")
+    producer = Producer(cfg)
+    rng = random.Random(seed)
+    hosts = list(cfg.hosts)
+    vms = {}
+    for i in range(migrations):
+        name = f"chaos-{seed}-{i}"
+        home = hosts[i % len(hosts)]
+        orchestrator.add_vm(cfg, name, home, **VM_OPTIONS)
+        vms[name] = home
+    time.sleep(1)
+    done = []
+    for n in range(1, trials + 1):
+        done.append(run_trial(lab_dir, cfg, producer, vms, Trial(n), rng, max_delay_s, bound_s, say))
+    return done
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/chaos.py")
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--migrations", type=int, default=3, help="migrations running at once per trial")
+    ap.add_argument("--dir", type=Path, default=None, help="lab directory (default: a fresh temporary one)")
+    ap.add_argument("--hosts", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--max-delay-s", type=float, default=8.0, help="kill at a random moment in 0..N s")
+    ap.add_argument("--bound-s", type=float, default=240.0,
+                    help="every migration must end within this many seconds of the kill")
+    ap.add_argument("--json", type=Path, default=None, help="also write the trials here")
+    args = ap.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    lab_dir = args.dir or Path(tempfile.mkdtemp(prefix="quickmig-chaos-"))
+    started_here = not orchestrator.running(lab_dir)
+    if started_here:
+        orchestrator.up(lab_dir, hosts=args.hosts, vms_per_host=0)
+    t0 = time.time()
+    try:
+        print(f"chaos: seed {seed}, {args.trials} trials x {args.migrations} migrations, lab {lab_dir}")
+        trials = run(lab_dir, args.trials, args.migrations, seed, args.max_delay_s, args.bound_s)
+    finally:
+        if started_here:
+            orchestrator.down(lab_dir, say=lambda *_: None)
+    print(table(trials))
+    print(f"wall time {time.time() - t0:.0f}s; bound {args.bound_s:.0f}s after each kill")
+    if args.json:
+        args.json.write_text(json.dumps([t.__dict__ for t in trials], indent=1))
+    return 0 if not any(t.violations for t in trials) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Killed workers, in a lab of its own (these tests SIGKILL its pools): the lab's
+supervisor brings a pool back, a short chaos run (bench/chaos.py) finds no violation,
+and `lab down` still leaves no process behind."""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import orchestrator, processes
+
+pytestmark = pytest.mark.integration
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import chaos  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chaos_lab(tmp_path_factory, lab_class):
+    lab_dir = tmp_path_factory.mktemp("chaoslab")
+    orchestrator.up(lab_dir, hosts=3, vms_per_host=0, say=lambda *_: None)
+    try:
+        yield lab_class(lab_dir)
+    finally:
+        orchestrator.down(lab_dir, say=lambda *_: None)
+
+
+def test_a_pool_whose_main_process_is_killed_comes_back_and_the_migration_completes(chaos_lab):
+    lab = chaos_lab
+    lab.add_vm("sup-vm", "hv1", disk_mb=32)
+    before = orchestrator.read_lab(lab.dir)["processes"]["worker-copy"]
+    res = lab.cli("migrate", "sup-vm", "--from", "hv1", "--to", "hv2")
+    assert res.returncode == 0, res.stderr
+    mid = res.stdout.strip()
+    os.kill(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        now = orchestrator.read_lab(lab.dir)["processes"]["worker-copy"]
+        if now["pid"] != before["pid"] and processes.alive(now):
+            break
+        assert time.monotonic() < deadline, "the copy pool was not restarted"
+        time.sleep(0.2)
+    assert now.get("restarts") == 1 and now["argv"] == before["argv"]
+    assert not processes.alive(before)
+    deadline = time.monotonic() + 180
+    while True:
+        res, rec = lab.cli_json("status", mid, "--json")
+        if rec["state"] in ("completed", "failed", "rolled_back"):
+            break
+        assert time.monotonic() < deadline, rec["state"]
+        time.sleep(0.5)
+    assert rec["state"] == "completed", rec["error"]
+    check = lab.verify("sup-vm")
+    assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+
+
+def test_a_cutover_killed_after_the_destination_vm_started_rolls_forward_and_keeps_its_writes(chaos_lab):
+    lab = chaos_lab
+    lab.add_vm("fwd-vm", "hv2", write_rate_kbps=128)
+    lab.emulator("hv3").inject_fault(op="wait_heartbeat", action="delay", seconds=8, times=1)
+    try:
+        res = lab.cli("migrate", "fwd-vm", "--from", "hv2", "--to", "hv3")
+        assert res.returncode == 0, res.stderr
+        mid = res.stdout.strip()
+        deadline = time.monotonic() + 120
+        while not any(v["name"] == "fwd-vm" and v["state"] == "Running" for v in lab.emulator("hv3").state()["vms"]):
+            assert time.monotonic() < deadline, "the destination VM never started"
+            time.sleep(0.1)
+        time.sleep(1)  # the guest acknowledges writes on the destination now
+        pool = orchestrator.read_lab(lab.dir)["processes"]["worker-cutover"]
+        for child in chaos.children(pool["pid"]):  # the one waiting for the heartbeat among them
+            os.kill(child, signal.SIGKILL)
+    finally:
+        lab.emulator("hv3").clear_faults()
+    deadline = time.monotonic() + 180
+    while True:
+        res, rec = lab.cli_json("status", mid, "--json")
+        if rec["state"] in ("completed", "failed", "rolled_back"):
+            break
+        assert time.monotonic() < deadline, rec["state"]
+        time.sleep(0.5)
+    assert rec["state"] == "completed", rec["error"]
+    assert rec.get("cutover_resumed") is True
+    check = lab.verify("fwd-vm")
+    assert check["running_on"] == ["hv3"] and check["integrity"] == "ok", check
+
+
+def test_a_redis_restart_mid_copy_loses_nothing_and_leaves_nothing_stuck(chaos_lab):
+    """redis-server stopped (AOF on) while a migration copies, back 3 s later: workers
+    reconnect, and the reconciler re-sends the step whose message died with the outage."""
+    from producer.api import MigrationRequest, Producer
+    lab = chaos_lab
+    lab.add_vm("redis-vm", "hv3", disk_mb=64)
+    p = Producer(lab.cfg)
+    mid = p.enqueue(MigrationRequest("redis-vm", "hv3", "hv1"))["id"]
+    deadline = time.monotonic() + 120
+    while p.get(mid)["state"] in ("queued", "snapshotting"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    info = orchestrator.read_lab(lab.dir)
+    entry = info["processes"]["redis"]
+    processes.stop(entry)
+    time.sleep(3)
+    orchestrator.replace_process(lab.dir, "redis", processes.spawn(entry["argv"], Path(entry["log"])))
+    orchestrator._wait_redis(info["ports"]["redis"], 20)
+    deadline = time.monotonic() + 240
+    while True:
+        rec = p.get(mid)  # the record survived the restart (AOF)
+        if rec["state"] in ("completed", "failed", "rolled_back"):
+            break
+        assert time.monotonic() < deadline, rec["state"]
+        time.sleep(0.5)
+    assert rec["state"] in ("completed", "rolled_back"), rec["error"]
+    check = lab.verify("redis-vm")
+    assert check["integrity"] == "ok" and len(check["running_on"]) == 1, check
+    assert p.store.r.get(f"quickmig:lock:vm:{check['vm_id']}") is None
+
+
+def test_a_short_chaos_run_has_no_violation(chaos_lab):
+    trials = chaos.run(chaos_lab.dir, trials=2, migrations=3, seed=7, max_delay_s=6, bound_s=180,
+                       say=lambda *_: None)
+    print(chaos.table(trials))
+    assert all(len(t.outcomes) == 3 for t in trials)
+    assert [v for t in trials for v in t.violations] == []
+    assert set(o for t in trials for o in t.outcomes.values()) <= {"completed", "rolled_back"}
+
+
+def test_lab_down_stops_every_process_including_restarted_ones(chaos_lab):
+    lab = orchestrator.read_lab(chaos_lab.dir)
+    assert "supervisor" in lab["processes"] and "beat" in lab["processes"]
+    entries = list(lab["processes"].values())
+    pgids = [e["pid"] for e in entries]
+    orchestrator.down(chaos_lab.dir, say=lambda *_: None)
+    assert not any(processes.alive(e) for e in entries)
+    for pgid in pgids:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)

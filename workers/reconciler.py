@@ -1,0 +1,136 @@
+"""The reconciler: no migration stays stuck (DESIGN section 3.4).
+
+Celery beat runs `quickmig.reconcile` every RECONCILE_EVERY_S. A migration is stuck when
+no task holds its step claim and its record has not changed for longer than its state's
+deadline: the message that should carry it on was lost (its worker's main process died
+with the message unacked, a hand-off was cut between the state change and the send).
+The reconciler re-sends the step for that state (every step is idempotent and resumes),
+at most `max_nudges` times per state; after that it rolls the migration back, or, once
+the VM runs on the destination or a rollback itself is stuck, ends it `failed` with what
+is left to do by hand. A stuck cutover is only ever re-sent: the cutover step itself
+rolls forward when the destination VM already started, back when it did not.
+
+Deadlines come from `[reconciler]` in quickmig.toml (see DEFAULT_DEADLINES_S).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from workers import context, keys, states
+from workers.celery import RECONCILE_EVERY_S, app
+from workers.pipeline import STEP_OF, StepClaim, end, send, start_rollback
+from workers.record import RecordNotFound
+
+log = logging.getLogger("quickmig.reconciler")
+
+# Seconds a migration may sit in a state with no task working on it and no change to its
+# record. `queued` is long because a backlog legitimately waits in the snapshot queue.
+DEFAULT_DEADLINES_S = {
+    states.QUEUED: 300,
+    states.SNAPSHOTTING: 60,
+    states.COPYING: 60,
+    states.PREPARING: 60,
+    states.CUTTING_OVER: 30,
+    states.FINISHING: 60,
+    states.ROLLING_BACK: 30,
+}
+DEFAULT_MAX_NUDGES = 3
+
+
+def settings(cfg) -> tuple[dict[str, float], int]:
+    """(deadline per state, nudges per state before giving up) from `[reconciler]`."""
+    raw = (cfg.raw or {}).get("reconciler", {})
+    deadlines = dict(DEFAULT_DEADLINES_S)
+    for st, v in (raw.get("deadlines_s") or {}).items():
+        if st not in deadlines:
+            raise ValueError(f"[reconciler] deadlines_s: unknown state {st!r} "
+                             f"(known: {', '.join(sorted(deadlines))})")
+        deadlines[st] = float(v)
+    return deadlines, int(raw.get("max_nudges", DEFAULT_MAX_NUDGES))
+
+
+def _give_up(rec: dict, why: str) -> str:
+    mid, st = rec["id"], rec["state"]
+    if st == states.FINISHING:
+        end(mid, states.FAILED, error=f"{why} (the VM runs on the destination; clean the source by hand)")
+        return "failed"
+    if st == states.ROLLING_BACK:
+        end(mid, states.FAILED, error=f"rollback incomplete: {why}; check the VM on {rec['source']} "
+                                      f"and remove what was copied to {rec['destination']}")
+        return "failed"
+    start_rollback(mid, why)
+    return "rolling_back"
+
+
+def waiting_ids(r) -> str:
+    """Every message waiting in a pool's queue, as one string to search for migration ids.
+
+    A migration whose message waits behind a backlog is not stuck; one whose message is
+    nowhere in a queue (lost, or held unacked by a worker that died) is."""
+    from workers.celery import QUEUES
+    return "\n".join(m for q in QUEUES for m in r.lrange(q, 0, -1))
+
+
+def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None = None,
+                  waiting: str = "") -> str | None:
+    """Look at one migration; returns what was done (None when nothing was needed)."""
+    store, locks = context.store(), context.locks()
+    try:
+        rec = store.get(mid)
+    except RecordNotFound:
+        store.forget_active(mid)
+        return None
+    st = rec["state"]
+    if st in states.ENDS:
+        store.forget_active(mid)
+        return None
+    if locks.claim_holder(mid):
+        return None  # a task is working on it right now (its heartbeat keeps the claim)
+    now = time.time() if now is None else now
+    if now - rec["updated_at"] < deadlines[st] or mid in waiting:
+        return None
+    with StepClaim(mid) as claim:
+        if claim.token is None:
+            return None
+        rec = store.get(mid)  # it may have moved while we looked
+        if rec["state"] != st or now - rec["updated_at"] < deadlines[st]:
+            return None
+        seen = rec.get("reconciler") or {}
+        nudges = seen.get("nudges", 0) if seen.get("state") == st else 0
+        idle = round(now - rec["updated_at"], 1)
+        # Only the cutover step can tell whether the destination VM already ran (then only
+        # forward is safe), so a stuck cutover is re-sent, never rolled back from here.
+        if nudges >= max_nudges and st != states.CUTTING_OVER:
+            why = f"stuck in {st}: no progress after {nudges} re-sends of its step"
+            log.warning("[%s] %s; giving up", mid, why)
+            return _give_up(rec, why)
+        store.update(mid, lambda r: r.update(reconciler={"state": st, "nudges": nudges + 1, "at": now,
+                                                         "idle_s": idle}))
+        log.warning("[%s] %s for %.0fs with no task on it; re-sending %s (%d/%d)",
+                    mid, st, idle, STEP_OF[st], nudges + 1, max_nudges)
+        send(STEP_OF[st], mid)
+        return "resent"
+
+
+@app.task(name="quickmig.reconcile", acks_late=False, ignore_result=True)
+def reconcile() -> dict:
+    r = context.store().r
+    # one pass at a time across all pool processes; the lock lapses by itself
+    if not r.set(keys.RECONCILER_LOCK, "1", nx=True, ex=RECONCILE_EVERY_S):
+        return {}
+    try:
+        deadlines, max_nudges = settings(context.config())
+        done: dict[str, str] = {}
+        waiting = waiting_ids(r)
+        for mid in context.store().active_ids():
+            try:
+                what = reconcile_one(mid, deadlines, max_nudges, waiting=waiting)
+            except Exception:  # noqa: BLE001 - one bad record must not stop the others
+                log.exception("[%s] reconcile failed", mid)
+                continue
+            if what:
+                done[mid] = what
+        return done
+    finally:
+        r.delete(keys.RECONCILER_LOCK)
