@@ -10,6 +10,7 @@ import time
 
 from workers import context, metrics, states
 from workers.copy import transfer
+from workers.hyperv.errors import VMNotFound
 from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
 from workers.plan import PathMap, chain_paths, downtime_files
@@ -59,6 +60,8 @@ def cutover(mid: str, lg) -> None:
         })
         t_imported = time.time()
         fence(rec)
+        # from here the guest may run (and acknowledge writes) on the destination
+        context.store().update(mid, lambda r: r.update(start_started_at=time.time()))
         dst.run("start_vm", {"vm_id": rec["vm_id"]})
         dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
         t1 = time.time()
@@ -74,6 +77,33 @@ def cutover(mid: str, lg) -> None:
     send("quickmig.finish", mid)
 
 
+def _bring_back(rec: dict, src, dst, lg) -> None:
+    """The guest ran on the destination before it was verified: whatever it acknowledged
+    there is newer than the source's saved state, so save it there and bring its leaf
+    disks and memory back before the source resumes (nothing lost)."""
+    from workers.smb import copy as smb
+    try:
+        vm = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    except VMNotFound:
+        return  # already removed by an earlier run of this rollback, after the copy back
+    if vm["state"] == "Running":
+        fence(rec)
+        vm = dst.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if vm["state"] != "Saved":
+        return  # never ran: the source's own saved state is the newest
+    back = PathMap(context.config(), rec["destination"], rec["source"])
+    dst_ep, src_ep = context.smb_endpoint(rec["destination"]), context.smb_endpoint(rec["source"])
+    paths = [d["chain"][0] for d in vm["disks"] if d["chain"]]
+    paths += [p for p in vm.get("state_files", []) if not p.lower().endswith(".vmcx")]
+    fence(rec)
+    for p in paths:
+        smb.copy_file(dst_ep, back.rel(p), src_ep, back.rel(p))
+    src.run("reparent_disks", {"parent_fixes": [
+        {"path": back.dest(d["chain"][0]), "parent_path": back.dest(d["chain"][1])}
+        for d in vm["disks"] if len(d["chain"]) > 1]})
+    lg.info("brought %d files the guest changed on %s back to %s", len(paths), rec["destination"], rec["source"])
+
+
 def _fail_rollback(mid: str, error: str) -> None:
     end(mid, states.FAILED, error=f"rollback incomplete: {error}")
 
@@ -87,6 +117,8 @@ def rollback(mid: str, lg) -> None:
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
     created = rec.get("created_files", [])
     fence(rec)
+    if rec.get("start_started_at"):
+        _bring_back(rec, src, dst, lg)
     if rec.get("import_started_at") or created:
         # remove_vm also deletes what we copied and the folders that leaves empty; a copy that
         # was registered is turned off before the source runs again: never two

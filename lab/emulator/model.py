@@ -352,7 +352,8 @@ class HyperVHost:
 
     # -- dispatch ----------------------------------------------------------------------
     OPS = ("list_vms", "describe_vm", "host_info", "checkpoint_vm", "save_vm", "start_vm",
-           "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files")
+           "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files",
+           "reparent_disks")
 
     def run(self, op: str, args: object) -> dict:
         if op not in self.OPS:
@@ -923,6 +924,34 @@ class HyperVHost:
         return {"incompatibilities": inc,
                 "vm": {"id": doc["id"], "name": doc["name"], "version": doc.get("version")}}
 
+    def _set_parents(self, fixes: list[dict]) -> None:
+        """Set-VHD -ParentPath for each fix; every path is checked before anything changes."""
+        for fx in fixes:
+            self.paths.local(fx["path"], "SetVHD")
+            self.paths.local(fx["parent_path"], "SetVHD")
+        for fx in fixes:
+            child, parent = self.paths.local(fx["path"], "SetVHD"), self.paths.local(fx["parent_path"], "SetVHD")
+            for hp, lp in ((fx["path"], child), (fx["parent_path"], parent)):
+                if not lp.is_file():
+                    raise OpError(f"Set-VHD: the virtual hard disk '{hp}' was not found.", "InvalidArgument",
+                                  "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD", hp)
+            try:
+                disk.set_parent(child, fx["parent_path"], disk.read_header(parent).uid, verify=True)
+            except disk.DiskFormatError as e:
+                raise OpError(f"Failed to set the parent of '{fx['path']}' to '{fx['parent_path']}': {e}",
+                              "InvalidArgument", "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD",
+                              fx["path"]) from None
+
+    def op_reparent_disks(self, args: dict) -> dict:
+        fixes = args.get("parent_fixes")
+        if not isinstance(fixes, list) or not all(
+                isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("parent_path"), str)
+                for f in fixes):
+            raise _invalid_arg("parent_fixes must be a list of {path, parent_path}.", "SetVHD")
+        with self.lock:
+            self._set_parents(fixes)
+        return {"fixed": [f["path"] for f in fixes]}
+
     def op_import_vm(self, args: dict) -> dict:
         config_path = args.get("config_path")
         disk_map = args.get("disk_paths", {}) or {}
@@ -944,23 +973,8 @@ class HyperVHost:
                 raise OpError(f"Failed to import the virtual machine: a virtual machine with identifier {vm_id} "
                               f"already exists on {self.name} (Import-VM -Register keeps the ID).",
                               "ResourceExists", _fqid("ObjectAlreadyExists", "ImportVM"), vm_id)
-            # every new path must be a file on this host: check them all before changing anything
-            for fx in fixes:
-                self.paths.local(fx["path"], "SetVHD")
-                self.paths.local(fx["parent_path"], "SetVHD")
             # 1. Set-VHD -ParentPath
-            for fx in fixes:
-                child, parent = self.paths.local(fx["path"], "SetVHD"), self.paths.local(fx["parent_path"], "SetVHD")
-                for hp, lp in ((fx["path"], child), (fx["parent_path"], parent)):
-                    if not lp.is_file():
-                        raise OpError(f"Set-VHD: the virtual hard disk '{hp}' was not found.", "InvalidArgument",
-                                      "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD", hp)
-                try:
-                    disk.set_parent(child, fx["parent_path"], disk.read_header(parent).uid, verify=True)
-                except disk.DiskFormatError as e:
-                    raise OpError(f"Failed to set the parent of '{fx['path']}' to '{fx['parent_path']}': {e}",
-                                  "InvalidArgument", "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD",
-                                  fx["path"]) from None
+            self._set_parents(fixes)
             # 2. re-point disks and ISOs
             new_path = _parent(_parent(config_path))  # ...\<id>\Virtual Machines\<id>.vmcx -> ...\<id>
             if not self.paths.is_under(new_path):

@@ -31,6 +31,7 @@ OPS = (
     "remove_snapshots",
     "remove_vm",
     "delete_files",
+    "reparent_disks",
 )
 
 _HEADER_RE = re.compile(r"# quickmig-op: ([a-z_]+)\Z")
