@@ -80,7 +80,9 @@ def copy(mid: str, lg) -> None:
     rec = resume(mid, states.COPYING)
     if rec is None:
         return
+    from workers import precopy
     with LeaseKeeper(context.locks(), rec["vm_id"], mid):
         transfer(rec, rec["plan"]["frozen"], lg)
+        precopy.gate(mid, lg)
     context.store().transition(mid, {states.COPYING}, states.PREPARING)
     send("quickmig.prepare", mid)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from workers import context, metrics, states
+from workers import context, metrics, options, precopy, states
 from workers.copy import transfer
 from workers.hyperv.errors import VMNotFound
 from workers.locks import LeaseKeeper
@@ -29,6 +29,14 @@ def _rollback_now(mid: str, error: str) -> None:
     rollback.__wrapped_step__(mid, mlog(mid, "rollback"))
 
 
+def _connect_shares(rec: dict, pm: PathMap) -> None:
+    """Open both SMB sessions while the VM still runs: a fresh session would cost downtime."""
+    from workers.smb import copy as smb
+    folder = pm.rel(rec["snapshot"]["config_path"]).split("\\")[0]
+    for host in (rec["source"], rec["destination"]):
+        smb.exists(context.smb_endpoint(host), folder)
+
+
 # No retries: while the VM is down, rolling back beats waiting out a backoff.
 @pipeline_task("quickmig.cutover", on_hard_failure=_rollback_now, retry_transient=False)
 def cutover(mid: str, lg) -> None:
@@ -41,6 +49,11 @@ def cutover(mid: str, lg) -> None:
     cfg = context.config()
     pm = PathMap(cfg, rec["source"], rec["destination"])
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    end_at = options.of(rec).window_end()
+    if end_at is not None and time.time() > end_at:
+        raise HardFailure("the cutover window closed before Save-VM could start; "
+                          "ask for a later or longer --window")
+    _connect_shares(rec, pm)
     with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
         fence(rec)
         t0 = time.time()
@@ -48,7 +61,7 @@ def cutover(mid: str, lg) -> None:
         vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
         t_saved = time.time()
         lg.info("saved in %.2fs", t_saved - t0)
-        transfer(rec, downtime_files(vm), lg)
+        moved = transfer(rec, downtime_files(vm), lg)
         t_copied = time.time()
         fence(rec)
         context.store().update(mid, lambda r: r.update(import_started_at=time.time()))
@@ -69,7 +82,10 @@ def cutover(mid: str, lg) -> None:
     metrics.SWITCHOVER.observe(downtime)
     lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,
             t_saved - t0, t_copied - t_saved, t_imported - t_copied, t1 - t_imported)
+    precopy.remember_costs(rec["source"], rec["destination"], int(vm.get("memory_startup_bytes") or 0),
+                           t_saved - t0, t1 - t_copied)
     context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
+                               downtime_bytes=moved,
                                downtime_breakdown={"save": round(t_saved - t0, 3),
                                                    "copy": round(t_copied - t_saved, 3),
                                                    "import": round(t_imported - t_copied, 3),

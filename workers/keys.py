@@ -31,3 +31,17 @@ def vm_lock(vm_id: str) -> str:
 # an older lease can never equal the current one.
 def vm_fence(vm_id: str) -> str:
     return f"{PREFIX}fence:vm:{vm_id}"
+
+
+# Per-host costs the last switchover measured (hash: save_bps, register_start_s), used to
+# predict the next one's downtime. Refreshed by every cutover; stale ones age out.
+CUTOVER_COSTS_TTL_S = 7 * 24 * 3600
+
+
+def cutover_costs(host: str) -> str:
+    return f"{PREFIX}costs:{host}"
+
+
+# Sorted set of migration ids whose saved source VM is kept (--keep-source), scored by the
+# Unix time it may be removed. Members leave when the reaper removed the source VM.
+KEPT_SOURCES = f"{PREFIX}kept-sources"

@@ -4,6 +4,8 @@ snapshot (phase 1), prepare (phase 3) and finish (phase 5) of DESIGN section 1.
 """
 from __future__ import annotations
 
+import time
+
 from workers import context, preflight, states
 from workers.hyperv.errors import VMNotFound
 from workers.pipeline import HardFailure, end, enter, fence, pipeline_task, resume, send, start_rollback
@@ -51,6 +53,7 @@ def snapshot(mid: str, lg) -> None:
         fence(rec)
         res = src.run("checkpoint_vm", {"vm_id": rec["vm_id"], "snapshot_name": snapshot_name(mid)})
         snap, vm = res["snapshot"], res["vm"]
+        context.store().update(mid, lambda r: r.update(checkpoint_at=time.time()))
     lg.info("checkpoint %s taken; active disks now %s", snap["id"], [d["path"] for d in vm["disks"]])
     context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING,
                                snapshot=snap, plan={"frozen": frozen_files(vm, snap["id"])})
