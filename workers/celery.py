@@ -24,12 +24,13 @@ ROUTES = {
     "quickmig.copy": "copy",
     "quickmig.cutover": "cutover",
     "quickmig.rollback": "cutover",
+    "quickmig.reap_kept_sources": "snapshot",
 }
 
 # Above the longest single step (a copy of a large disk), or Redis redelivers it mid-run.
 VISIBILITY_TIMEOUT_S = 12 * 3600
 
-app = Celery("quickmig", include=["workers.snapshot", "workers.copy", "workers.cutover"])
+app = Celery("quickmig", include=["workers.snapshot", "workers.copy", "workers.cutover", "workers.keep_source"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -48,6 +49,11 @@ app.conf.update(
     worker_send_task_events=False,
     worker_hijack_root_logger=False,
 )
+
+# --keep-source: remove kept source VMs whose time is up (run by the lab's beat process).
+app.conf.beat_schedule = dict(app.conf.beat_schedule or {}, **{
+    "reap-kept-sources": {"task": "quickmig.reap_kept_sources", "schedule": 300.0},
+})
 
 
 def configure(cfg: config_mod.Config) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from workers import context, preflight, states
+from workers import context, options, preflight, states
 from workers.hyperv.errors import VMNotFound
 from workers.pipeline import HardFailure, end, enter, fence, pipeline_task, resume, send, start_rollback
 from workers.plan import PathMap, chain_paths, frozen_files
@@ -111,7 +111,19 @@ def finish(mid: str, lg) -> None:
         if old["state"] == "Running":
             raise HardFailure(f"{rec['vm']} is Running on the source too; not removing it")
         fence(rec)
-        paths = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
-        src.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": False, "delete_paths": paths})
-        lg.info("removed the VM and %d files from %s", len(paths), rec["source"])
+        hours = options.of(rec).keep_source_hours
+        if hours:
+            from workers import keep_source
+            src.run("stop_vm", {"vm_id": rec["vm_id"]})
+            end(mid, states.COMPLETED, source_kept_until=keep_source.keep(mid, hours))
+            lg.info("kept the source VM on %s, off, for %g h", rec["source"], hours)
+            return
+        remove_source(rec, old, lg)
     end(mid, states.COMPLETED)
+
+
+def remove_source(rec: dict, old: dict, lg) -> None:
+    """Remove-VM on the source and delete the files that were its own."""
+    paths = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
+    context.driver(rec["source"]).run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": False, "delete_paths": paths})
+    lg.info("removed the VM and %d files from %s", len(paths), rec["source"])

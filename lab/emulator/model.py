@@ -353,7 +353,7 @@ class HyperVHost:
     # -- dispatch ----------------------------------------------------------------------
     OPS = ("list_vms", "describe_vm", "host_info", "checkpoint_vm", "save_vm", "start_vm",
            "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files",
-           "reparent_disks")
+           "reparent_disks", "stop_vm")
 
     def run(self, op: str, args: object) -> dict:
         if op not in self.OPS:
@@ -605,6 +605,15 @@ class HyperVHost:
             if vm.writer is not None:
                 vm.counter = vm.writer.stop()
         self.persist()
+
+    def op_stop_vm(self, args: dict) -> dict:
+        vm = self._get(args.get("vm_id"), "StopVM")
+        with vm.op_lock:
+            self._turn_off(vm)
+            with self.lock:
+                self.write_vmcx(vm)
+                self.persist()
+            return {"state": vm.state}
 
     def op_start_vm(self, args: dict) -> dict:
         vm = self._get(args.get("vm_id"), "StartVM")

@@ -92,3 +92,26 @@ def test_bad_cutover_options_are_refused_and_change_nothing(lab, args, says):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], res.stderr
     assert {k: r.dump(k) for k in r.scan_iter("quickmig:*")} == before
+
+
+def test_keep_source_keeps_the_source_off_then_the_reaper_removes_it(lab):
+    from producer.api import Producer
+    lab.add_vm("pc-keep", "hv1", write_rate_kbps=64)
+    res, rec = migrate(lab, "pc-keep", "hv1", "hv2", "--keep-source", "0.0005")  # 1.8 s
+    assert rec["state"] == "completed", rec["error"]
+    assert rec["source_kept_until"] > rec["phases"]["finish"]["start"]
+    kept = next(v for v in lab.emulator("hv1").state()["vms"] if v["name"] == "pc-keep")
+    assert kept["state"] == "Off"
+    assert lab.verify("pc-keep")["running_on"] == ["hv2"]  # (lab verify wants one registration: checked below)
+    while time.time() < rec["source_kept_until"]:
+        time.sleep(0.2)
+    Producer(lab.cfg).app.send_task("quickmig.reap_kept_sources")
+    store = Producer(lab.cfg).store
+    deadline = time.monotonic() + 60
+    while not store.get(rec["id"]).get("source_removed_at"):
+        assert time.monotonic() < deadline, store.get(rec["id"])
+        time.sleep(0.2)
+    assert all(v["name"] != "pc-keep" for v in lab.emulator("hv1").state()["vms"])
+    assert not list((lab.dir / "hosts" / "hv1" / "share").glob(f"{kept['id']}*"))
+    check = lab.verify("pc-keep")
+    assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check

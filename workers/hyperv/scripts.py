@@ -32,6 +32,7 @@ OPS = (
     "remove_vm",
     "delete_files",
     "reparent_disks",
+    "stop_vm",
 )
 
 _HEADER_RE = re.compile(r"# quickmig-op: ([a-z_]+)\Z")
