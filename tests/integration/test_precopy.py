@@ -36,9 +36,13 @@ def test_rounds_run_while_they_pay_and_the_downtime_carries_only_memory_and_the_
 
 
 def test_an_unreachable_max_downtime_aborts_before_any_downtime(lab):
-    lab.add_vm("pc-abort", "hv1", write_rate_kbps=64)
-    res, rec = migrate(lab, "pc-abort", "hv1", "hv2", "--max-downtime", "0.001", "--on-exceed", "abort")
+    # a guest that writes enough for rounds to pay: they run, cannot reach the bound, and
+    # the rollback merges every checkpoint they took
+    lab.add_vm("pc-abort", "hv1", memory_mb=16, disk_mb=96, write_rate_kbps=2048)
+    res, rec = migrate(lab, "pc-abort", "hv1", "hv2", "--max-downtime", "0.001", "--on-exceed", "abort",
+                       "--max-rounds", "2")
     assert res.returncode == 1
+    assert 1 <= len(rec["rounds"]) <= 2
     assert "exceeds --max-downtime 0.001s" in rec["error"] and "--on-exceed proceed" in rec["error"]
     assert rec["predicted_downtime_seconds"] > 0.001
     on_source_untouched(lab, "pc-abort", rec)
