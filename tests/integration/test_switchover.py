@@ -33,3 +33,37 @@ def test_a_failed_switchover_step_rolls_back_with_integrity(lab, host, op, actio
     assert vm["snapshots"] == []
     assert all(v["name"] != name for v in lab.emulator("hv3").state()["vms"])
     assert not list((lab.dir / "hosts" / "hv3" / "share").glob(f"{vm['id']}*"))
+
+
+def test_a_failed_downtime_copy_rolls_back_and_leaves_files_not_ours_alone(lab):
+    """The copy step: the leaf cannot land on the destination (a file of someone else's is there)."""
+    import time
+
+    from workers.record import Store
+    name = "sw-copy"
+    vm = lab.add_vm(name, "hv1", write_rate_kbps=64)
+    lab.emulator("hv1").inject_fault(op="save_vm", action="delay", seconds=4, times=1)
+    try:
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv3", "--max-rounds", "0")
+        assert res.returncode == 0, res.stderr
+        store, mid = Store(lab.redis()), res.stdout.strip()
+        deadline = time.monotonic() + 120
+        while not store.get(mid).get("save_started_at"):
+            assert time.monotonic() < deadline and store.get(mid)["state"] not in ("rolled_back", "completed")
+            time.sleep(0.05)
+        sid = store.get(mid)["snapshot"]["id"]
+        squatter = lab.dir / "hosts" / "hv3" / "share" / vm["id"] / "Virtual Hard Disks" / f"disk0_{sid}.avhdx"
+        squatter.parent.mkdir(parents=True, exist_ok=True)
+        squatter.write_bytes(b"not quickmig's")
+        while store.get(mid)["state"] not in ("rolled_back", "failed", "completed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        rec = store.get(mid)
+    finally:
+        lab.emulator("hv1").clear_faults()
+    assert rec["state"] == "rolled_back", rec
+    assert "already has" in rec["error"] and rec["rollback_seconds"] > 0
+    assert squatter.read_bytes() == b"not quickmig's"  # never delete what we did not make
+    check = lab.verify(name)
+    assert check["running_on"] == ["hv1"] and check["integrity"] == "ok", check
+    assert next(v for v in lab.emulator("hv1").state()["vms"] if v["name"] == name)["snapshots"] == []
