@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--not-before", metavar="TIME", help="cutover window opens (ISO 8601; no zone means UTC)")
     m.add_argument("--window", metavar="DURATION", help="cutover window length (from --not-before, else now)")
     m.add_argument("--keep-source", dest="keep_source_hours", metavar="HOURS",
-                   help="keep the saved source VM registered (not running) this long before removing it")
+                   help="keep the source VM registered and off this long before removing it")
     m.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", parents=[common], help="show one migration")
