@@ -76,7 +76,9 @@ def main(argv=None) -> int:
                           f"{'ok' if t1 else 'NO':<3} {'-' if t2 is None else ('ok' if t2 else 'NO')}",
                           flush=True)
                     b = rec.get("downtime_breakdown") or {}
-                    print(f"{'':>23}breakdown: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()), flush=True)
+                    gap = rec["save_started_at"] - rec["phases"]["copy"]["end"]
+                    print(f"{'':>23}breakdown: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
+                          + f"; gate to Save-VM {gap:.2f}", flush=True)
     finally:
         orchestrator.down(lab_dir, say=lambda *_: None)
     met = all(t1 and t2 is not False for *_, t1, t2 in rows)
