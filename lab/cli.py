@@ -25,8 +25,11 @@ def cmd_down(args) -> int:
 
 def cmd_add_vm(args) -> int:
     from lab import orchestrator
+    more = {"switches": args.switch} if args.switch else {}
     vm = orchestrator.add_vm(_cfg(args), args.name, args.host, memory_mb=args.memory_mb,
-                             disk_mb=args.disk_mb, write_rate_kbps=args.write_rate_kbps)
+                             disk_mb=args.disk_mb, write_rate_kbps=args.write_rate_kbps,
+                             checkpoint_type=args.checkpoint_type, version=args.config_version,
+                             passthrough_disk=args.passthrough_disk, **more)
     print(json.dumps(vm, ensure_ascii=False) if args.json else f"{args.name} running on {args.host}")
     return 0
 
@@ -73,6 +76,11 @@ def register(sub, common) -> None:
     a.add_argument("--memory-mb", type=int, default=64)
     a.add_argument("--disk-mb", type=int, default=128)
     a.add_argument("--write-rate-kbps", type=int, default=64, help="guest writes, KiB per second")
+    a.add_argument("--checkpoint-type", default="Standard",
+                   choices=("Standard", "Production", "ProductionOnly", "Disabled"))
+    a.add_argument("--config-version", default="10.0", help="the VM's configuration version")
+    a.add_argument("--switch", action="append", help="virtual switch of a network adapter (repeatable)")
+    a.add_argument("--passthrough-disk", action="store_true", help="also attach a pass-through (physical) disk")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_guard(cmd_add_vm, LabError))
 

@@ -222,6 +222,8 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
 
     disk_seqs: list[int] = []
     for d in rec.get("disks", []):
+        if d.get("passthrough") or d.get("disk_number") is not None:  # a physical disk: the guest writer never writes to it
+            continue
         try:
             chain = disk.read_chain(d["path"], paths.local)
         except FileNotFoundError as e:

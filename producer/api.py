@@ -6,9 +6,10 @@ and the lease is released again if enqueueing fails.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from workers import config as config_mod
+from workers import options as options_mod
 from workers import states
 from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.locks import LockHeld, VMLocks
@@ -37,6 +38,9 @@ class MigrationRequest:
     vm: str
     source: str
     destination: str
+    # raw cutover options (see workers.options.parse): max_downtime, on_exceed, max_rounds,
+    # not_before, window, keep_source_hours
+    options: dict = field(default_factory=dict)
 
 
 class Producer:
@@ -91,9 +95,13 @@ class Producer:
         return vm
 
     def enqueue(self, req: MigrationRequest) -> dict:
+        try:
+            opts = options_mod.parse(**req.options)
+        except (options_mod.OptionError, TypeError) as e:
+            raise RequestError(str(e)) from None
         vm = self.validate(req)
         rec = new_record(vm=req.vm, vm_id=vm["id"], source=req.source,
-                                 destination=req.destination, fence=0)
+                         destination=req.destination, fence=0, options=opts)
         try:
             token = self.locks.acquire(vm["id"], rec["id"])
         except LockHeld as e:
@@ -147,9 +155,10 @@ class Producer:
             time.sleep(poll_s)
 
 
-def enqueue_migration(vm: str, source: str, destination: str, *, config=None) -> dict:
-    """Validate and enqueue one migration; returns the record as queued."""
-    return Producer.from_config(config).enqueue(MigrationRequest(vm, source, destination))
+def enqueue_migration(vm: str, source: str, destination: str, *, config=None, **options) -> dict:
+    """Validate and enqueue one migration; returns the record as queued. `options`: see
+    workers.options.parse (max_downtime, on_exceed, max_rounds, not_before, window, keep_source_hours)."""
+    return Producer.from_config(config).enqueue(MigrationRequest(vm, source, destination, options))
 
 
 def cancel_migration(mid: str, *, config=None) -> dict:

@@ -24,7 +24,9 @@ def cmd_migrate(args) -> int:
     from producer import report
     from producer.api import MigrationRequest, Producer
     p = Producer.from_config(args.config)
-    rec = p.enqueue(MigrationRequest(args.vm, args.source, args.destination))
+    raw = {k: getattr(args, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
+                                         "keep_source_hours") if getattr(args, k) is not None}
+    rec = p.enqueue(MigrationRequest(args.vm, args.source, args.destination, raw))
     if not args.wait:
         if args.json:
             _print_json(rec)
@@ -128,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--wait", action="store_true", help="follow the migration to its end")
     m.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N s")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--max-downtime", metavar="SECONDS",
+                   help="cut over once the predicted downtime is at most this (90s, 2m, ...)")
+    m.add_argument("--on-exceed", metavar="abort|proceed",
+                   help="with --max-downtime: what to do if pre-copy rounds cannot get there (default abort)")
+    m.add_argument("--max-rounds", metavar="N", help="pre-copy rounds after the base copy (default 3; 0: none)")
+    m.add_argument("--not-before", metavar="TIME", help="cutover window opens (ISO 8601; no zone means UTC)")
+    m.add_argument("--window", metavar="DURATION", help="cutover window length (from --not-before, else now)")
+    m.add_argument("--keep-source", dest="keep_source_hours", metavar="HOURS",
+                   help="keep the source VM registered and off this long before removing it")
     m.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", parents=[common], help="show one migration")

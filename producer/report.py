@@ -23,6 +23,13 @@ def summary(rec: dict) -> str:
     lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
     if rec.get("downtime_seconds") is not None:
         lines.append(f"  downtime        {rec['downtime_seconds']:.2f} s")
+    if rec.get("predicted_downtime_seconds") is not None:
+        lines.append(f"  predicted       {rec['predicted_downtime_seconds']:.2f} s "
+                     f"(after {len(rec.get('rounds', []))} pre-copy round(s))")
+    if rec.get("downtime_bytes") is not None:
+        lines.append(f"  moved while down {_mb(rec['downtime_bytes'])}")
+    if rec.get("rollback_seconds") is not None:
+        lines.append(f"  rollback        {rec['rollback_seconds']:.2f} s")
     total = sum(phase_seconds(rec).values())
     copied = rec.get("bytes_copied") or 0
     lines.append(f"  bytes copied    {_mb(copied)}")

@@ -25,6 +25,7 @@ ROUTES = {
     "quickmig.cutover": "cutover",
     "quickmig.rollback": "cutover",
     "quickmig.reconcile": "snapshot",
+    "quickmig.reap_kept_sources": "snapshot",
 }
 
 # Above the longest single step (a copy of a large disk), or Redis redelivers it mid-run.
@@ -35,7 +36,7 @@ VISIBILITY_TIMEOUT_S = 12 * 3600
 RECONCILE_EVERY_S = 10
 
 app = Celery("quickmig", include=["workers.snapshot", "workers.copy", "workers.cutover",
-                                       "workers.reconciler"])
+                                       "workers.reconciler", "workers.keep_source"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -57,6 +58,8 @@ app.conf.update(
     beat_schedule={
         "reconcile": {"task": "quickmig.reconcile", "schedule": RECONCILE_EVERY_S,
                       "options": {"expires": 3 * RECONCILE_EVERY_S}},
+        # --keep-source: remove kept source VMs whose time is up
+        "reap-kept-sources": {"task": "quickmig.reap_kept_sources", "schedule": 300.0},
     },
 )
 

@@ -85,8 +85,10 @@ def copy(mid: str, lg) -> None:
     rec = resume(mid, states.COPYING)
     if rec is None:
         return
+    from workers import precopy
     with LeaseKeeper(context.locks(), rec["vm_id"], mid):
         fence(rec)  # a stale delivery must not write over files a newer migration owns
         transfer(rec, rec["plan"]["frozen"], lg)
+        precopy.gate(mid, lg)
     context.store().transition(mid, {states.COPYING}, states.PREPARING)
     send("quickmig.prepare", mid)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from workers import context, metrics, states
+from workers import context, options, precopy, states
 from workers.copy import transfer
 from workers.hyperv.errors import VMNotFound
 from workers.locks import LeaseKeeper
@@ -30,6 +30,14 @@ def _rollback_now(mid: str, error: str) -> None:
     rollback.__wrapped_step__(mid, mlog(mid, "rollback"))
 
 
+def _connect_shares(rec: dict, pm: PathMap) -> None:
+    """Open both SMB sessions while the VM still runs: a fresh session would cost downtime."""
+    from workers.smb import copy as smb
+    folder = pm.rel(rec["snapshot"]["config_path"]).split("\\")[0]
+    for host in (rec["source"], rec["destination"]):
+        smb.exists(context.smb_endpoint(host), folder)
+
+
 # No retries: while the VM is down, rolling back beats waiting out a backoff.
 @pipeline_task("quickmig.cutover", on_hard_failure=_rollback_now, retry_transient=False)
 def cutover(mid: str, lg) -> None:
@@ -42,6 +50,11 @@ def cutover(mid: str, lg) -> None:
     cfg = context.config()
     pm = PathMap(cfg, rec["source"], rec["destination"])
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    end_at = options.of(rec).window_end()
+    if end_at is not None and time.time() > end_at:
+        raise HardFailure("the cutover window closed before Save-VM could start; "
+                          "ask for a later or longer --window")
+    _connect_shares(rec, pm)
     with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
         fence(rec)
         t0 = time.time()
@@ -49,7 +62,7 @@ def cutover(mid: str, lg) -> None:
         vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
         t_saved = time.time()
         lg.info("saved in %.2fs", t_saved - t0)
-        transfer(rec, downtime_files(vm), lg)
+        moved = transfer(rec, downtime_files(vm), lg)
         t_copied = time.time()
         fence(rec)
         context.store().update(mid, lambda r: r.update(import_started_at=time.time()))
@@ -61,13 +74,18 @@ def cutover(mid: str, lg) -> None:
         })
         t_imported = time.time()
         fence(rec)
+        # from here the guest may run (and acknowledge writes) on the destination
+        context.store().update(mid, lambda r: r.update(start_started_at=time.time()))
         dst.run("start_vm", {"vm_id": rec["vm_id"]})
         dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
         t1 = time.time()
     downtime = t1 - t0
     lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,
             t_saved - t0, t_copied - t_saved, t_imported - t_copied, t1 - t_imported)
+    precopy.remember_costs(rec["source"], rec["destination"], int(vm.get("memory_startup_bytes") or 0),
+                           t_saved - t0, t1 - t_copied)
     context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
+                               downtime_bytes=moved,
                                downtime_breakdown={"save": round(t_saved - t0, 3),
                                                    "copy": round(t_copied - t_saved, 3),
                                                    "import": round(t_imported - t_copied, 3),
@@ -92,10 +110,36 @@ def _resume_interrupted(rec: dict, lg) -> None:
     fence(rec)
     dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
     downtime = time.time() - rec["save_started_at"]
-    metrics.SWITCHOVER.observe(downtime)
     context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
                                cutover_resumed=True)
     send("quickmig.finish", mid)
+
+
+def _bring_back(rec: dict, src, dst, lg) -> None:
+    """The guest ran on the destination before it was verified: whatever it acknowledged
+    there is newer than the source's saved state, so save it there and bring its leaf
+    disks and memory back before the source resumes (nothing lost)."""
+    from workers.smb import copy as smb
+    try:
+        vm = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    except VMNotFound:
+        return  # already removed by an earlier run of this rollback, after the copy back
+    if vm["state"] == "Running":
+        fence(rec)
+        vm = dst.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if vm["state"] != "Saved":
+        return  # never ran: the source's own saved state is the newest
+    back = PathMap(context.config(), rec["destination"], rec["source"])
+    dst_ep, src_ep = context.smb_endpoint(rec["destination"]), context.smb_endpoint(rec["source"])
+    paths = [d["chain"][0] for d in vm["disks"] if d["chain"]]
+    paths += [p for p in vm.get("state_files", []) if not p.lower().endswith(".vmcx")]
+    fence(rec)
+    for p in paths:
+        smb.copy_file(dst_ep, back.rel(p), src_ep, back.rel(p))
+    src.run("reparent_disks", {"parent_fixes": [
+        {"path": back.dest(d["chain"][0]), "parent_path": back.dest(d["chain"][1])}
+        for d in vm["disks"] if len(d["chain"]) > 1]})
+    lg.info("brought %d files the guest changed on %s back to %s", len(paths), rec["destination"], rec["source"])
 
 
 def _fail_rollback(mid: str, error: str) -> None:
@@ -113,6 +157,8 @@ def rollback(mid: str, lg) -> None:
     created = rec.get("created_files", [])
     created = created + [p + PARTIAL_SUFFIX for p in created]
     fence(rec)
+    if rec.get("start_started_at"):
+        _bring_back(rec, src, dst, lg)
     if rec.get("import_started_at") or created:
         # remove_vm also deletes what we copied and the folders that leaves empty; a copy that
         # was registered is turned off before the source runs again: never two

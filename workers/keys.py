@@ -58,3 +58,17 @@ def step_claim(mid: str) -> str:
 
 # Held for one reconciler pass, so two pool processes never reconcile at once.
 RECONCILER_LOCK = f"{PREFIX}reconciler"
+
+
+# Per-host costs the last switchover measured (hash: save_bps, register_start_s), used to
+# predict the next one's downtime. Refreshed by every cutover; stale ones age out.
+CUTOVER_COSTS_TTL_S = 7 * 24 * 3600
+
+
+def cutover_costs(host: str) -> str:
+    return f"{PREFIX}costs:{host}"
+
+
+# Sorted set of migration ids whose saved source VM is kept (--keep-source), scored by the
+# Unix time it may be removed. Members leave when the reaper removed the source VM.
+KEPT_SOURCES = f"{PREFIX}kept-sources"

@@ -4,7 +4,9 @@ snapshot (phase 1), prepare (phase 3) and finish (phase 5) of DESIGN section 1.
 """
 from __future__ import annotations
 
-from workers import context, states
+import time
+
+from workers import context, options, preflight, states
 from workers.hyperv.errors import VMNotFound
 from workers.pipeline import HardFailure, end, enter, fence, pipeline_task, resume, send, start_rollback
 from workers.plan import PathMap, chain_paths, frozen_files
@@ -16,6 +18,22 @@ def snapshot_name(mid: str) -> str:
 
 def ours(vm: dict, mid: str) -> list[dict]:
     return [s for s in vm.get("snapshots", []) if s["name"] == snapshot_name(mid)]
+
+
+def _preflight(rec: dict, vm: dict, lg) -> None:
+    """Phase 0: refuse, before any checkpoint, what the destination could not run."""
+    from workers.smb import copy as smb
+    cfg = context.config()
+    src_info = context.driver(rec["source"]).run("host_info", {})
+    dst_info = context.driver(rec["destination"]).run(
+        "host_info", {"vm_root": cfg.host(rec["destination"]).vm_root})
+    ep, pm = context.smb_endpoint(rec["source"]), PathMap(cfg, rec["source"], rec["destination"])
+    files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
+    file_bytes = sum(smb.file_size(ep, pm.rel(p)) for p in files)
+    found = preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
+    if found:
+        raise HardFailure("pre-flight refused: " + "; ".join(found))
+    lg.info("pre-flight ok: %d files, %.0f MiB to move", len(files), file_bytes / 2**20)
 
 
 @pipeline_task("quickmig.snapshot", on_hard_failure=start_rollback)
@@ -31,9 +49,11 @@ def snapshot(mid: str, lg) -> None:
     if mine:  # a redelivery after the checkpoint was taken
         snap = mine[0]
     else:
+        _preflight(rec, vm, lg)
         fence(rec)
         res = src.run("checkpoint_vm", {"vm_id": rec["vm_id"], "snapshot_name": snapshot_name(mid)})
         snap, vm = res["snapshot"], res["vm"]
+        context.store().update(mid, lambda r: r.update(checkpoint_at=time.time()))
     lg.info("checkpoint %s taken; active disks now %s", snap["id"], [d["path"] for d in vm["disks"]])
     context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING,
                                snapshot=snap, plan={"frozen": frozen_files(vm, snap["id"])})
@@ -91,7 +111,19 @@ def finish(mid: str, lg) -> None:
         if old["state"] == "Running":
             raise HardFailure(f"{rec['vm']} is Running on the source too; not removing it")
         fence(rec)
-        paths = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
-        src.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": False, "delete_paths": paths})
-        lg.info("removed the VM and %d files from %s", len(paths), rec["source"])
+        hours = options.of(rec).keep_source_hours
+        if hours:
+            from workers import keep_source
+            src.run("stop_vm", {"vm_id": rec["vm_id"]})
+            end(mid, states.COMPLETED, source_kept_until=keep_source.keep(mid, hours))
+            lg.info("kept the source VM on %s, off, for %g h", rec["source"], hours)
+            return
+        remove_source(rec, old, lg)
     end(mid, states.COMPLETED)
+
+
+def remove_source(rec: dict, old: dict, lg) -> None:
+    """Remove-VM on the source and delete the files that were its own."""
+    paths = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
+    context.driver(rec["source"]).run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": False, "delete_paths": paths})
+    lg.info("removed the VM and %d files from %s", len(paths), rec["source"])

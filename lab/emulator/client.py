@@ -80,11 +80,21 @@ class EmulatorClient:
         return self._call("GET", "/lab/state")  # type: ignore[return-value]
 
     def create_vm(self, name: str, memory_mb: int = 64, disk_mb: int = 128, write_rate_kbps: float = 64,
-                  iso: bool = True, checkpoint_type: str = "Standard", start: bool = True) -> dict:
-        """Create (and start) a VM; returns its VMInfo."""
+                  iso: bool = True, checkpoint_type: str = "Standard", start: bool = True, **more) -> dict:
+        """Create (and start) a VM; returns its VMInfo. `more`: version, switches, passthrough_disk."""
         doc = {"name": name, "memory_mb": memory_mb, "disk_mb": disk_mb, "write_rate_kbps": write_rate_kbps,
-               "iso": iso, "checkpoint_type": checkpoint_type, "start": start}
+               "iso": iso, "checkpoint_type": checkpoint_type, "start": start, **more}
         return self._call("POST", "/lab/vms", doc, timeout_s=max(self.timeout_s, 120.0))["vm"]  # type: ignore[index]
+
+    def host_props(self) -> dict:
+        return self._call("GET", "/lab/host")  # type: ignore[return-value]
+
+    def set_host(self, **props) -> dict:
+        """Change what the host offers: supported_versions, switches, cpu_vendor, free_bytes."""
+        return self._call("POST", "/lab/host", props)  # type: ignore[return-value]
+
+    def reset_host(self) -> dict:
+        return self._call("DELETE", "/lab/host")  # type: ignore[return-value]
 
     def inject_fault(self, op: str, action: str, seconds: float = 0.0, message: str = "",
                      times: int = 1) -> list[dict]:

@@ -66,6 +66,8 @@ ISO_BYTES = 4 * MiB
 VMGS_BYTES = 64 * 1024
 VMCX_FORMAT = "quickmig-emulator-vmcx/1"
 CHECKPOINT_TYPES = ("Standard", "Production", "ProductionOnly", "Disabled")
+# What a test may change about a host (POST /lab/host) to make a pre-flight check fail.
+HOST_PROPS = ("supported_versions", "switches", "cpu_vendor", "free_bytes")
 HEARTBEAT_DELAY_S = 0.2  # the guest's integration services answer this long after start
 MAX_NAME = 100
 
@@ -238,6 +240,9 @@ class HyperVHost:
         self.heartbeat_delay_s = heartbeat_delay_s
         self.lock = threading.RLock()
         self.vms: dict[str, VM] = {}
+        # free_bytes None: the real free space of the share's file system
+        self.props: dict = {"supported_versions": list(SUPPORTED_VERSIONS), "switches": list(SWITCHES),
+                            "cpu_vendor": CPU_VENDOR, "free_bytes": None}
         for d in (self.share, self.state_dir, self.guests_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._load(recover)
@@ -248,6 +253,7 @@ class HyperVHost:
             doc = json.loads(self.state_file.read_text())
         except FileNotFoundError:
             return
+        self.props.update({k: v for k, v in (doc.get("host_props") or {}).items() if k in HOST_PROPS})
         for d in doc.get("vms", []):
             vm = VM.from_state(d)
             self.vms[vm.id] = vm
@@ -259,7 +265,7 @@ class HyperVHost:
 
     def persist(self) -> None:
         with self.lock:
-            doc = {"format": 1, "host": self.name, "vm_root": self.paths.vm_root,
+            doc = {"format": 1, "host": self.name, "vm_root": self.paths.vm_root, "host_props": dict(self.props),
                    "saved_at": time.time(), "vms": [vm.to_state() for vm in self.vms.values()]}
             tmp = self.state_file.with_name(f".state.{threading.get_ident()}.tmp")
             with open(tmp, "w") as f:
@@ -316,6 +322,11 @@ class HyperVHost:
     def vm_info(self, vm: VM) -> dict:
         disks = []
         for i, d in enumerate(vm.disks):
+            if d.get("disk_number") is not None:  # pass-through: Get-VMHardDiskDrive shows no file chain
+                disks.append({"controller_type": d["controller_type"], "controller_number": d["controller_number"],
+                              "controller_location": d["controller_location"], "path": d["path"], "chain": [],
+                              "passthrough": True})
+                continue
             try:
                 chain = [link.host_path for link in self.chain(vm, i)]
             except (OSError, disk.DiskFormatError, OpError):
@@ -341,7 +352,8 @@ class HyperVHost:
 
     # -- dispatch ----------------------------------------------------------------------
     OPS = ("list_vms", "describe_vm", "host_info", "checkpoint_vm", "save_vm", "start_vm",
-           "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files")
+           "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files",
+           "reparent_disks", "stop_vm")
 
     def run(self, op: str, args: object) -> dict:
         if op not in self.OPS:
@@ -376,12 +388,37 @@ class HyperVHost:
         return {"vm": self.vm_info(found[0])}
 
     def free_bytes(self) -> int:
+        if self.props["free_bytes"] is not None:
+            return int(self.props["free_bytes"])
         return shutil.disk_usage(self.share).free
+
+    def set_props(self, doc: object) -> dict:
+        """Lab control: change what this host offers (switches, versions, CPU vendor, free space)."""
+        if not isinstance(doc, dict) or set(doc) - set(HOST_PROPS):
+            raise _invalid_arg(f"host properties are {', '.join(HOST_PROPS)}", "SetVMHost")
+        for k in ("supported_versions", "switches"):
+            if k in doc and not (isinstance(doc[k], list) and all(isinstance(x, str) and x for x in doc[k])):
+                raise _invalid_arg(f"{k} must be a list of names", "SetVMHost")
+        if "cpu_vendor" in doc and not (isinstance(doc["cpu_vendor"], str) and doc["cpu_vendor"]):
+            raise _invalid_arg("cpu_vendor must be a name", "SetVMHost")
+        fb = doc.get("free_bytes")
+        if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or fb < 0):
+            raise _invalid_arg("free_bytes must be a byte count, or null for the real free space", "SetVMHost")
+        with self.lock:
+            self.props.update(doc)
+            self.persist()
+        return dict(self.props)
+
+    def reset_props(self) -> dict:
+        return self.set_props({"supported_versions": list(SUPPORTED_VERSIONS), "switches": list(SWITCHES),
+                               "cpu_vendor": CPU_VENDOR, "free_bytes": None})
 
     def op_host_info(self, args: dict) -> dict:
         free = self.free_bytes()
-        return {"name": self.name, "supported_versions": list(SUPPORTED_VERSIONS), "switches": list(SWITCHES),
-                "cpu_vendor": CPU_VENDOR, "free_bytes": free, "vm_root_free_bytes": free}
+        p = self.props
+        return {"name": self.name, "supported_versions": list(p["supported_versions"]),
+                "switches": list(p["switches"]), "cpu_vendor": p["cpu_vendor"], "free_bytes": free,
+                "vm_root_free_bytes": free}
 
     def op_wait_heartbeat(self, args: dict) -> dict:
         vm = self._get(args.get("vm_id"), "GetVMIntegrationService")
@@ -414,7 +451,8 @@ class HyperVHost:
 
     def create_vm(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                   write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
-                  start: object = True) -> dict:
+                  start: object = True, version: object = "10.0", switches: object = None,
+                  passthrough_disk: object = False) -> dict:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM."""
         if not isinstance(name, str) or not name or len(name) > MAX_NAME or "\0" in name:
             raise _invalid_arg(f"The VM name must be 1-{MAX_NAME} characters.", "NewVM")
@@ -426,15 +464,25 @@ class HyperVHost:
             raise _invalid_arg("memory_mb (>= 1) and disk_mb must be integers.", "NewVM")
         if checkpoint_type not in CHECKPOINT_TYPES:
             raise _invalid_arg(f"checkpoint_type must be one of {', '.join(CHECKPOINT_TYPES)}.", "NewVM")
+        if not isinstance(version, str) or not re.fullmatch(r"\d{1,2}\.\d{1,2}", version):
+            raise _invalid_arg("version must look like 10.0.", "NewVM")
+        if switches is None:
+            switches = list(SWITCHES)
+        if not isinstance(switches, list) or not all(isinstance(x, str) and 0 < len(x) <= MAX_NAME for x in switches):
+            raise _invalid_arg("switches must be a list of switch names.", "NewVM")
         vm_id = str(uuid.uuid4())
         folder = f"{self.paths.vm_root}\\{vm_id}"
         vm = VM(id=vm_id, name=name, path=folder,
                 config_path=f"{folder}\\Virtual Machines\\{vm_id.upper()}.vmcx",
                 memory_startup_bytes=int(memory_mb) * MiB, checkpoint_type=checkpoint_type,  # type: ignore[arg-type]
-                write_rate_kbps=float(write_rate_kbps))  # type: ignore[arg-type]
+                write_rate_kbps=float(write_rate_kbps), version=version,  # type: ignore[arg-type]
+                switches=list(switches), cpu_vendor=self.props["cpu_vendor"])
         base = f"{folder}\\Virtual Hard Disks\\disk0.vhdx"
         disk.create_base(self.paths.local(base), int(disk_mb), seed=vm_id)  # type: ignore[arg-type]
         vm.disks = [{"controller_type": "SCSI", "controller_number": 0, "controller_location": 0, "path": base}]
+        if passthrough_disk:  # Add-VMHardDiskDrive -DiskNumber: a physical disk of this host, no file
+            vm.disks.append({"controller_type": "SCSI", "controller_number": 0, "controller_location": 1,
+                             "path": "Disk 2 10.00 GB Bus 0 Lun 1 Target 0", "disk_number": 2})
         if iso:
             vm.isos = [self.ensure_iso()]
         disk.write_filler(self.paths.local(vm.state_file("vmgs")), VMGS_BYTES, seed=vm_id + ":vmgs")
@@ -558,6 +606,15 @@ class HyperVHost:
                 vm.counter = vm.writer.stop()
         self.persist()
 
+    def op_stop_vm(self, args: dict) -> dict:
+        vm = self._get(args.get("vm_id"), "StopVM")
+        with vm.op_lock:
+            self._turn_off(vm)
+            with self.lock:
+                self.write_vmcx(vm)
+                self.persist()
+            return {"state": vm.state}
+
     def op_start_vm(self, args: dict) -> dict:
         vm = self._get(args.get("vm_id"), "StartVM")
         with vm.op_lock:
@@ -593,6 +650,10 @@ class HyperVHost:
                 raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are disabled for this "
                               f"virtual machine (CheckpointType is Disabled).", "InvalidOperation",
                               _fqid("CheckpointsDisabled", "CheckpointVM"), vm.name)
+            if any(d.get("disk_number") is not None for d in vm.disks):
+                raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are not supported for "
+                              f"virtual machines with pass-through disks.", "InvalidOperation",
+                              _fqid("OperationFailed", "CheckpointVM"), vm.name)
             sid = str(uuid.uuid4())
             frozen: list[str] = []
             with vm.io_lock:
@@ -832,14 +893,15 @@ class HyperVHost:
         def add(mid: int, msg: str) -> None:
             inc.append({"message_id": mid, "message": msg})
 
-        if doc.get("version") not in SUPPORTED_VERSIONS:
+        versions, vendor = self.props["supported_versions"], self.props["cpu_vendor"]
+        if doc.get("version") not in versions:
             add(MSG_VERSION, f"The virtual machine's configuration version {doc.get('version')!r} is not supported "
-                             f"by this host (supported: {', '.join(SUPPORTED_VERSIONS)}).")
-        if doc.get("cpu_vendor", CPU_VENDOR) != CPU_VENDOR:
+                             f"by this host (supported: {', '.join(versions)}).")
+        if doc.get("cpu_vendor", vendor) != vendor:
             add(MSG_CPU, f"The virtual machine uses processor features of {doc.get('cpu_vendor')} that this host "
-                         f"({CPU_VENDOR}) does not have; it cannot be restored here.")
+                         f"({vendor}) does not have; it cannot be restored here.")
         for sw in doc.get("switches", []):
-            if sw not in SWITCHES:
+            if sw not in self.props["switches"]:
                 add(MSG_SWITCH, f"Could not find Ethernet switch '{sw}'.")
         for d in doc["disks"]:
             path = relocate(d["path"])
@@ -871,6 +933,34 @@ class HyperVHost:
         return {"incompatibilities": inc,
                 "vm": {"id": doc["id"], "name": doc["name"], "version": doc.get("version")}}
 
+    def _set_parents(self, fixes: list[dict]) -> None:
+        """Set-VHD -ParentPath for each fix; every path is checked before anything changes."""
+        for fx in fixes:
+            self.paths.local(fx["path"], "SetVHD")
+            self.paths.local(fx["parent_path"], "SetVHD")
+        for fx in fixes:
+            child, parent = self.paths.local(fx["path"], "SetVHD"), self.paths.local(fx["parent_path"], "SetVHD")
+            for hp, lp in ((fx["path"], child), (fx["parent_path"], parent)):
+                if not lp.is_file():
+                    raise OpError(f"Set-VHD: the virtual hard disk '{hp}' was not found.", "InvalidArgument",
+                                  "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD", hp)
+            try:
+                disk.set_parent(child, fx["parent_path"], disk.read_header(parent).uid, verify=True)
+            except disk.DiskFormatError as e:
+                raise OpError(f"Failed to set the parent of '{fx['path']}' to '{fx['parent_path']}': {e}",
+                              "InvalidArgument", "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD",
+                              fx["path"]) from None
+
+    def op_reparent_disks(self, args: dict) -> dict:
+        fixes = args.get("parent_fixes")
+        if not isinstance(fixes, list) or not all(
+                isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("parent_path"), str)
+                for f in fixes):
+            raise _invalid_arg("parent_fixes must be a list of {path, parent_path}.", "SetVHD")
+        with self.lock:
+            self._set_parents(fixes)
+        return {"fixed": [f["path"] for f in fixes]}
+
     def op_import_vm(self, args: dict) -> dict:
         config_path = args.get("config_path")
         disk_map = args.get("disk_paths", {}) or {}
@@ -892,23 +982,8 @@ class HyperVHost:
                 raise OpError(f"Failed to import the virtual machine: a virtual machine with identifier {vm_id} "
                               f"already exists on {self.name} (Import-VM -Register keeps the ID).",
                               "ResourceExists", _fqid("ObjectAlreadyExists", "ImportVM"), vm_id)
-            # every new path must be a file on this host: check them all before changing anything
-            for fx in fixes:
-                self.paths.local(fx["path"], "SetVHD")
-                self.paths.local(fx["parent_path"], "SetVHD")
             # 1. Set-VHD -ParentPath
-            for fx in fixes:
-                child, parent = self.paths.local(fx["path"], "SetVHD"), self.paths.local(fx["parent_path"], "SetVHD")
-                for hp, lp in ((fx["path"], child), (fx["parent_path"], parent)):
-                    if not lp.is_file():
-                        raise OpError(f"Set-VHD: the virtual hard disk '{hp}' was not found.", "InvalidArgument",
-                                      "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD", hp)
-                try:
-                    disk.set_parent(child, fx["parent_path"], disk.read_header(parent).uid, verify=True)
-                except disk.DiskFormatError as e:
-                    raise OpError(f"Failed to set the parent of '{fx['path']}' to '{fx['parent_path']}': {e}",
-                                  "InvalidArgument", "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD",
-                                  fx["path"]) from None
+            self._set_parents(fixes)
             # 2. re-point disks and ISOs
             new_path = _parent(_parent(config_path))  # ...\<id>\Virtual Machines\<id>.vmcx -> ...\<id>
             if not self.paths.is_under(new_path):
@@ -966,11 +1041,11 @@ class HyperVHost:
                         s["disks"][i] = match[0].host_path
                     else:
                         problems.append(f"checkpoint '{s['name']}' refers to '{p}', which is not in the disk chain")
-            if doc.get("version") not in SUPPORTED_VERSIONS:
+            if doc.get("version") not in self.props["supported_versions"]:
                 problems.append(f"configuration version {doc.get('version')!r} is not supported "
-                                f"(supported: {', '.join(SUPPORTED_VERSIONS)})")
+                                f"(supported: {', '.join(self.props['supported_versions'])})")
             for sw in doc.get("switches", []):
-                if sw not in SWITCHES:
+                if sw not in self.props["switches"]:
                     problems.append(f"Ethernet switch '{sw}' was not found")
             state = "Off"
             vmrs_hp = f"{_parent(config_path)}\\{vm_id.upper()}.vmrs"

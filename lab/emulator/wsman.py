@@ -30,7 +30,11 @@ Lab control API (JSON, same Basic credentials):
     GET    /lab/ping     {"ok": true, "host", "pid", "endpoint"}
     GET    /lab/state    {"host", "vm_root", "vms": [VMInfo + "lab": {counter, write_rate_kbps, ...}]}
     POST   /lab/vms      {"name", "memory_mb"=64, "disk_mb"=128, "write_rate_kbps"=64, "iso"=true,
-                          "checkpoint_type"="Standard", "start"=true} -> {"vm": VMInfo}
+                          "checkpoint_type"="Standard", "start"=true, "version"="10.0",
+                          "switches"=["lab-switch"], "passthrough_disk"=false} -> {"vm": VMInfo}
+    GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes"}
+    POST   /lab/host     change some of those (free_bytes null = the real free space) -> the same
+    DELETE /lab/host     back to the defaults
     GET    /lab/faults   {"faults": [...]}
     POST   /lab/faults   one rule or a list (see faults.py) -> {"faults": [...]}
     DELETE /lab/faults   {"cleared": n}
@@ -417,11 +421,17 @@ class Handler(BaseHTTPRequestHandler):
                     self._json(400, {"error": "POST /lab/vms takes a JSON object"})
                     return
                 unknown = set(doc) - {"name", "memory_mb", "disk_mb", "write_rate_kbps", "iso",
-                                      "checkpoint_type", "start"}
+                                      "checkpoint_type", "start", "version", "switches", "passthrough_disk"}
                 if unknown:
                     self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
                     return
                 self._json(200, srv.model.create_vm(**doc))
+            elif method == "GET" and path == "/lab/host":
+                self._json(200, dict(srv.model.props))
+            elif method == "POST" and path == "/lab/host":
+                self._json(200, srv.model.set_props(doc))
+            elif method == "DELETE" and path == "/lab/host":
+                self._json(200, srv.model.reset_props())
             elif method == "GET" and path == "/lab/faults":
                 self._json(200, {"faults": srv.faults.list()})
             elif method == "POST" and path == "/lab/faults":

@@ -2,7 +2,6 @@
 import threading
 
 import pytest
-import redis
 
 from workers import keys, states
 from workers.locks import Fenced, LockHeld, VMLocks

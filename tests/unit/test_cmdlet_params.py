@@ -380,6 +380,8 @@ EXPECTED = {  # cmdlets each script must be seen to call: proves the checker rea
     "remove_snapshots": {"Get-VMSnapshot", "Remove-VMSnapshot", "Get-VM"},
     "remove_vm": {"Get-VM", "Stop-VM", "Remove-VM"},
     "delete_files": set(),
+    "reparent_disks": {"Set-VHD"},
+    "stop_vm": {"Get-VM", "Stop-VM"},
 }
 
 

@@ -31,6 +31,8 @@ OPS = (
     "remove_snapshots",
     "remove_vm",
     "delete_files",
+    "reparent_disks",
+    "stop_vm",
 )
 
 _HEADER_RE = re.compile(r"# quickmig-op: ([a-z_]+)\Z")

@@ -1,0 +1,121 @@
+"""Pre-copy rounds, the predicted-downtime gate (--max-downtime with abort / proceed) and
+cutover windows, end to end in the lab."""
+import time
+
+import pytest
+
+from tests.integration.test_migration import migrate
+
+pytestmark = pytest.mark.integration
+
+MiB = 2**20
+
+
+def on_source_untouched(lab, name, rec):
+    assert rec["state"] == "rolled_back", rec
+    assert rec.get("save_started_at") is None
+    check = lab.verify(name)
+    assert check["running_on"] == ["hv1"] and check["integrity"] == "ok", check
+    vm = next(v for v in lab.emulator("hv1").state()["vms"] if v["name"] == name)
+    assert vm["snapshots"] == []
+
+
+def test_rounds_run_while_they_pay_and_the_downtime_carries_only_memory_and_the_last_delta(lab):
+    lab.add_vm("pc-rounds", "hv1", memory_mb=16, disk_mb=96, write_rate_kbps=2048)
+    res, rec = migrate(lab, "pc-rounds", "hv1", "hv2", "--max-rounds", "4")
+    assert rec["state"] == "completed", rec["error"]
+    assert len(rec["rounds"]) >= 1 and rec["rounds"][0]["bytes"] > MiB
+    assert rec["predicted_downtime_seconds"] > 0 and rec["downtime_seconds"] > 0
+    assert rec["guest_write_bps"] > 0.5e6  # the guest writes 2 MiB/s
+    # the last delta is smaller than the first one we copied while the VM ran
+    assert rec["downtime_bytes"] - 16 * MiB < rec["rounds"][0]["bytes"]
+    check = lab.verify("pc-rounds")
+    assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+    vm = next(v for v in lab.emulator("hv2").state()["vms"] if v["name"] == "pc-rounds")
+    assert vm["snapshots"] == []  # every round's checkpoint merged
+
+
+def test_an_unreachable_max_downtime_aborts_before_any_downtime(lab):
+    # a guest that writes enough for rounds to pay: they run, cannot reach the bound, and
+    # the rollback merges every checkpoint they took
+    lab.add_vm("pc-abort", "hv1", memory_mb=16, disk_mb=96, write_rate_kbps=2048)
+    res, rec = migrate(lab, "pc-abort", "hv1", "hv2", "--max-downtime", "0.001", "--on-exceed", "abort",
+                       "--max-rounds", "2")
+    assert res.returncode == 1
+    assert 1 <= len(rec["rounds"]) <= 2
+    assert "exceeds --max-downtime 0.001s" in rec["error"] and "--on-exceed proceed" in rec["error"]
+    assert rec["predicted_downtime_seconds"] > 0.001
+    on_source_untouched(lab, "pc-abort", rec)
+
+
+def test_proceed_cuts_over_anyway_and_records_prediction_and_downtime(lab):
+    lab.add_vm("pc-proceed", "hv1", write_rate_kbps=64)
+    res, rec = migrate(lab, "pc-proceed", "hv1", "hv2", "--max-downtime", "0.001", "--on-exceed", "proceed")
+    assert rec["state"] == "completed", rec["error"]
+    assert rec["predicted_downtime_seconds"] > 0.001 and rec["downtime_seconds"] > 0
+    assert lab.verify("pc-proceed")["integrity"] == "ok"
+
+
+def test_the_cutover_waits_for_its_window(lab):
+    lab.add_vm("pc-window", "hv1", write_rate_kbps=64)
+    opens = time.time() + 10
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(opens)) + "Z"
+    res, rec = migrate(lab, "pc-window", "hv1", "hv2", "--not-before", iso, "--window", "10m")
+    assert rec["state"] == "completed", rec["error"]
+    assert rec["save_started_at"] >= int(opens)
+    assert rec["phases"]["copy"]["end"] >= int(opens)  # copied ahead, then kept syncing until it opened
+    assert rec["phases"]["copy"]["start"] < int(opens)
+    assert lab.verify("pc-window")["integrity"] == "ok"
+
+
+def test_a_missed_window_is_reported_and_the_vm_stays_on_the_source(lab):
+    lab.add_vm("pc-missed", "hv1", write_rate_kbps=64)
+    lab.emulator("hv2").inject_fault(op="compare_vm", action="delay", seconds=6, times=1)
+    try:
+        res, rec = migrate(lab, "pc-missed", "hv1", "hv2", "--window", "4s")
+    finally:
+        lab.emulator("hv2").clear_faults()
+    assert res.returncode == 1
+    assert "cutover window closed" in rec["error"], rec["error"]
+    on_source_untouched(lab, "pc-missed", rec)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--max-downtime", "fast"), "--max-downtime"),
+    (("--max-downtime", "2", "--on-exceed", "maybe"), "--on-exceed"),
+    (("--max-rounds", "x"), "--max-rounds"),
+    (("--keep-source", "-3"), "--keep-source"),
+])
+def test_bad_cutover_options_are_refused_and_change_nothing(lab, args, says):
+    if not any(v["name"] == "pc-bad" for v in lab.emulator("hv1").state()["vms"]):
+        lab.add_vm("pc-bad", "hv1")
+    r = lab.redis()
+    before = {k: r.dump(k) for k in r.scan_iter("quickmig:*")}
+    res = lab.cli("migrate", "pc-bad", "--from", "hv1", "--to", "hv2", *args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], res.stderr
+    assert {k: r.dump(k) for k in r.scan_iter("quickmig:*")} == before
+
+
+def test_keep_source_keeps_the_source_off_then_the_reaper_removes_it(lab):
+    from producer.api import Producer
+    lab.add_vm("pc-keep", "hv1", write_rate_kbps=64)
+    res, rec = migrate(lab, "pc-keep", "hv1", "hv2", "--keep-source", "0.0005")  # 1.8 s
+    assert rec["state"] == "completed", rec["error"]
+    assert rec["source_kept_until"] > rec["phases"]["finish"]["start"]
+    kept = next(v for v in lab.emulator("hv1").state()["vms"] if v["name"] == "pc-keep")
+    assert kept["state"] == "Off"
+    assert lab.verify("pc-keep")["running_on"] == ["hv2"]  # (lab verify wants one registration: checked below)
+    while time.time() < rec["source_kept_until"]:
+        time.sleep(0.2)
+    Producer(lab.cfg).app.send_task("quickmig.reap_kept_sources")
+    store = Producer(lab.cfg).store
+    deadline = time.monotonic() + 60
+    while not store.get(rec["id"]).get("source_removed_at"):
+        assert time.monotonic() < deadline, store.get(rec["id"])
+        time.sleep(0.2)
+    assert all(v["name"] != "pc-keep" for v in lab.emulator("hv1").state()["vms"])
+    assert not list((lab.dir / "hosts" / "hv1" / "share").glob(f"{kept['id']}*"))
+    check = lab.verify("pc-keep")
+    assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check

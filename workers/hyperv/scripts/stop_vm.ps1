@@ -1,0 +1,16 @@
+# quickmig-op: stop_vm
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$Req = @'
+__QUICKMIG_ARGS__
+'@ | ConvertFrom-Json
+
+# Turn off without a guest shutdown; for a Saved VM this discards its saved memory, so a
+# kept copy can never be resumed by accident next to the migrated VM.
+$vm = Get-VM -Id ([string]$Req.vm_id)
+if ([string]$vm.State -ne 'Off') {
+    Stop-VM -VM $vm -TurnOff -Force
+}
+$result = [ordered]@{ state = [string](Get-VM -Id ([string]$Req.vm_id)).State }
+
+$result | ConvertTo-Json -Compress -Depth 8
