@@ -42,11 +42,11 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
             if f["kind"] != "iso":
                 raise HardFailure(f"{rec['destination']} already has {dst_path}; "
                                   "remove it there or choose another destination")
-            if smb.sha256_of(dst_ep, rel) != smb.sha256_of(src_ep, rel):
+            if smb.digest_of(dst_ep, rel) != smb.digest_of(src_ep, rel):
                 raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
                                   "rename one of the ISO images")
             lg.info("ISO %s already on destination with the same content", dst_path)
-            entry = {"path": src_path, "dest": dst_path, "bytes": 0, "sha256": None, "shared": True}
+            entry = {"path": src_path, "dest": dst_path, "bytes": 0, "digest": None, "shared": True}
         else:
             _note_created(mid, dst_path)
             base = rec.get("bytes_copied") or 0
@@ -65,7 +65,8 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
                     res.bytes / max(res.seconds, 1e-6) / 1e6)
             metrics.COPIED_BYTES.labels(source=rec["source"], destination=rec["destination"]).inc(res.bytes)
             moved += res.bytes
-            entry = {"path": src_path, "dest": dst_path, "bytes": res.bytes, "sha256": res.sha256,
+            entry = {"path": src_path, "dest": dst_path, "bytes": res.bytes, "digest": res.digest,
+                     "digest_scheme": res.scheme,
                      "seconds": round(res.seconds, 3)}
 
         def change(r, entry=entry):
