@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from workers.smb import chunks, connections, files
+from workers.smb import chunks, connections, files, memory
 from workers.smb.checkpoint import Checkpoint, MemoryCheckpoint
 from workers.smb.connections import reset_connections
 from workers.smb.endpoint import SmbEndpoint, normalize_rel
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_INTERVAL_S = 0.25
-DEFAULT_STREAMS = 4
+DEFAULT_STREAMS = 2  # more streams, more memory: each holds ~60 MiB of transient buffers at peak
 MAX_STREAMS = 16
 
 Progress = Callable[[int, int], None]
@@ -80,6 +80,7 @@ class CopyResult:
     seconds: float
     bytes_written: int = 0  # sent to the destination by this call
     bytes_reused: int = 0  # already there from an interrupted attempt
+    bytes_sent_total: int = 0  # sent over every attempt (minus `bytes` = copied twice)
     streams: int = 1
     scheme: str = chunks.SCHEME
 
@@ -226,6 +227,7 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
         raise ValueError(f"streams must be 1..{MAX_STREAMS}, not {streams}")
     part_rel = dst_rel + PARTIAL_SUFFIX
     checkpoint = checkpoint or MemoryCheckpoint()
+    memory.limit_arenas()
     started = time.monotonic()
 
     before = _identity(src, src_rel)
@@ -318,10 +320,12 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
         raise
     finally:
         _best_effort(f"closing {dst.unc(part_rel)}", files.close, dfh)
+    sent_total = checkpoint.bytes_sent()
     checkpoint.clear()
     report.final()
     return CopyResult(bytes=total, digest=digest, seconds=time.monotonic() - started,
-                      bytes_written=sum(sent), bytes_reused=reused, streams=n_streams)
+                      bytes_written=sum(sent), bytes_reused=reused, bytes_sent_total=sent_total,
+                      streams=n_streams)
 
 
 def file_size(ep: SmbEndpoint, rel: str) -> int:
