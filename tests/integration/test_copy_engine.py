@@ -131,3 +131,21 @@ def test_verification_names_the_chunk_that_landed_wrong(smb_servers, smb_dir, mo
     assert "chunk 2 " in str(err.value)
     assert not dst.local(rel).exists() and not dst.local(rel + ".partial").exists()
     assert cp.chunks == {}  # nothing bad is reused by a retry
+
+
+def test_an_encrypted_session_copies_the_same_bytes(smb_servers, smb_dir):
+    import dataclasses
+
+    from workers.smb import connections
+
+    src, dst = smb_servers
+    data = os.urandom(2 * CHUNK + 3)
+    rel = rf"{smb_dir}\sealed.vhdx"
+    put(src, rel, data)
+    s_ep, d_ep = (dataclasses.replace(x.endpoint, encrypt=True) for x in (src, dst))
+
+    res = copy_file(s_ep, rel, d_ep, rel, streams=2)
+
+    assert dst.local(rel).read_bytes() == data
+    assert res.digest == chunks.digest_of_bytes(data)
+    assert connections.tree(s_ep).session.encrypt_data  # really encrypted, not silently signed only

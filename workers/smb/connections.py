@@ -21,16 +21,19 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from smbprotocol.connection import Connection
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from workers.smb import wire
 from workers.smb.endpoint import SmbEndpoint
 from workers.smb.errors import SmbConnectionError, smb_errors
+from workers.smb.wire import Connection
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30
+
+wire.install()
 
 
 @dataclass
