@@ -70,15 +70,17 @@ def cmd_throttle(args) -> int:
     from workers.throttle import Throttle, ThrottleError, parse_rate
     cfg = load_config(args.config)
     t = Throttle(Store.from_url(cfg.redis_url).r)
-    try:
-        if args.global_limit is not None:
-            t.set(parse_rate(args.global_limit))
-        if args.pair:
-            src, dst, rate = args.pair
-            cfg.host(src), cfg.host(dst)  # unknown hosts are refused with the inventory's names
-            t.set(parse_rate(rate), pair=(src, dst))
+    try:  # check everything before changing anything
+        global_rate = parse_rate(args.global_limit) if args.global_limit is not None else None
+        pair_rate = parse_rate(args.pair[2]) if args.pair else None
     except ThrottleError as e:
         raise ConfigError(str(e)) from None
+    if args.pair:
+        cfg.host(args.pair[0]), cfg.host(args.pair[1])  # unknown hosts are refused with the inventory's names
+    if global_rate is not None:
+        t.set(global_rate)
+    if pair_rate is not None:
+        t.set(pair_rate, pair=(args.pair[0], args.pair[1]))
     limits = t.limits()
     if args.json:
         _print_json(limits)

@@ -149,3 +149,29 @@ def test_an_encrypted_session_copies_the_same_bytes(smb_servers, smb_dir):
     assert dst.local(rel).read_bytes() == data
     assert res.digest == chunks.digest_of_bytes(data)
     assert connections.tree(s_ep).session.encrypt_data  # really encrypted, not silently signed only
+
+
+def test_the_copier_peak_resident_memory_stays_under_256_mib(smb_servers, smb_dir):
+    import json
+    import subprocess
+    import sys
+
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\rss.vhdx"
+    put(src, rel, os.urandom(12 * CHUNK))
+    child = (
+        "import json, os, resource, sys\n"
+        "from workers.smb.copy import copy_file\n"
+        "from workers.smb.endpoint import SmbEndpoint\n"
+        "a = json.loads(sys.argv[1]); pw = os.environ['QM_TEST_PW']\n"
+        "s = SmbEndpoint('127.0.0.1', a['s'], 'vms', a['u'], pw, encrypt=a['enc'])\n"
+        "d = SmbEndpoint('127.0.0.1', a['d'], 'vms', a['u'], pw, encrypt=a['enc'])\n"
+        "copy_file(s, a['rel'], d, a['rel'] + str(a['enc']))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    for enc in (False, True):
+        args = {"s": src.endpoint.port, "d": dst.endpoint.port, "u": src.endpoint.username, "rel": rel, "enc": enc}
+        out = subprocess.run([sys.executable, "-c", child, json.dumps(args)], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ, QM_TEST_PW=src.endpoint.password))
+        assert out.returncode == 0, out.stderr
+        rss_mib = int(out.stdout.split()[-1])
+        assert rss_mib <= 256, (enc, rss_mib)

@@ -95,3 +95,22 @@ def test_a_copy_worker_killed_mid_copy_resumes_and_recopies_at_most_one_window(l
     assert 0 <= copied_twice <= DEFAULT_STREAMS * chunks.CHUNK_BYTES, copied_twice
     check = lab.verify("resume-big")
     assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+
+
+def test_the_throttle_command_sets_shows_and_refuses_bad_limits(lab):
+    res, out = lab.cli_json("throttle", "--global", "150M", "--pair", "hv1", "hv3", "2000000", "--json")
+    try:
+        assert res.returncode == 0, res.stderr
+        assert out == {"global": 150_000_000, "pairs": {"hv1->hv3": 2_000_000}}
+        bad = lab.cli("throttle", "--global", "fast")
+        assert bad.returncode == 2 and "not a rate" in bad.stderr
+        unknown = lab.cli("throttle", "--global", "1M", "--pair", "hv1", "nohost", "1M")
+        assert unknown.returncode == 2 and "nohost" in unknown.stderr
+        _, after = lab.cli_json("throttle", "--json")
+        assert after == out  # refused requests changed nothing
+        shown = lab.cli("throttle")
+        assert "150000000 B/s" in shown.stdout and "hv1->hv3" in shown.stdout
+    finally:
+        lab.cli("throttle", "--global", "0", "--pair", "hv1", "hv3", "0")
+    _, cleared = lab.cli_json("throttle", "--json")
+    assert cleared == {"global": None, "pairs": {}}
