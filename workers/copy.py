@@ -43,8 +43,14 @@ def _plan_bytes(rec: dict, files: list[dict], pm: PathMap, src_ep) -> dict:
 
 
 def copy_streams() -> int:
-    from workers.smb.copy import DEFAULT_STREAMS
-    return int(context.config().raw.get("copy", {}).get("streams", DEFAULT_STREAMS))
+    """`[copy] streams` from quickmig.toml (default DEFAULT_STREAMS)."""
+    from workers.config import ConfigError
+    from workers.smb.copy import DEFAULT_STREAMS, MAX_STREAMS
+    cfg = context.config()
+    value = cfg.raw.get("copy", {}).get("streams", DEFAULT_STREAMS)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_STREAMS:
+        raise ConfigError(f"{cfg.path}: [copy] streams must be a whole number 1..{MAX_STREAMS}, not {value!r}")
+    return value
 
 
 def transfer(rec: dict, files: list[dict], lg) -> int:
