@@ -22,9 +22,13 @@ from workers.throttle import Throttle
 
 
 def _note_created(mid: str, dst_path: str) -> None:
+    """Record the file and its partial name (which an interrupted copy leaves behind) for rollback."""
+    from workers.smb.copy import PARTIAL_SUFFIX
+
     def change(rec):
-        if dst_path not in rec.setdefault("created_files", []):
-            rec["created_files"].append(dst_path)
+        for path in (dst_path, dst_path + PARTIAL_SUFFIX):
+            if path not in rec.setdefault("created_files", []):
+                rec["created_files"].append(path)
     context.store().update(mid, change)
 
 
