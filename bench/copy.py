@@ -53,7 +53,7 @@ a = json.loads(sys.argv[1])
 pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
 src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
-r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"])
+r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"])
 print(json.dumps({"seconds": r.seconds, "bytes": r.bytes,
                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -81,8 +81,8 @@ def run_smbclient(env: dict, mode: str, local: Path) -> float:
     return seconds
 
 
-def run_quickmig(env: dict, mode: str, streams: int) -> tuple[float, float]:
-    args = {"src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
+def run_quickmig(env: dict, mode: str, streams: int, read_ahead: bool = False) -> tuple[float, float]:
+    args = {"read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
             "encrypt": mode == "encrypt", "streams": streams, "file": FILE, "dest": f"quickmig-{FILE}"}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True,
                          text=True, timeout=1800, cwd=ROOT,
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--streams", default="1,2,4", help="stream counts for quickmig, comma separated")
     ap.add_argument("--modes", default="sign,encrypt", help="sign and/or encrypt")
+    ap.add_argument("--read-ahead", action="store_true", help="quickmig keeps one more READ per stream in flight")
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)
     if shutil.which("smbd") is None or shutil.which("smbclient") is None:
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
             rows.append((mode, "smbclient get+put", "-", ref_mbs, None, None))
             print(f"  {mode}: smbclient {statistics.median(ref_mbs):.0f} MB/s", flush=True)
             for n in streams:
-                got = [run_quickmig(env, mode, n) for _ in range(args.runs)]
+                got = [run_quickmig(env, mode, n, args.read_ahead) for _ in range(args.runs)]
                 mbs = [size / 1e6 / s for s, _ in got]
                 rss = max(r for _, r in got)
                 ratio = statistics.median(mbs) / statistics.median(ref_mbs)

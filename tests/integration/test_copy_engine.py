@@ -87,11 +87,11 @@ def test_a_same_size_rewrite_of_the_source_during_the_copy_fails_the_copy(smb_se
     src, dst = smb_servers
     rel = rf"{smb_dir}\parent.vhdx"
     put(src, rel, os.urandom(3 * CHUNK))
-    real_read = files.read_chunk
+    real_read = files.recv_read
     wrote = []
 
-    def read_then_rewrite(fh, offset, want):
-        data = real_read(fh, offset, want)
+    def read_then_rewrite(fh, req):
+        data = real_read(fh, req)
         if not wrote:  # a writer that should not exist touches the frozen disk, same size
             with open(src.local(rel), "r+b") as f:
                 f.seek(CHUNK * 2 + 10)
@@ -99,7 +99,7 @@ def test_a_same_size_rewrite_of_the_source_during_the_copy_fails_the_copy(smb_se
             wrote.append(True)
         return data
 
-    monkeypatch.setattr(files, "read_chunk", read_then_rewrite)
+    monkeypatch.setattr(files, "recv_read", read_then_rewrite)
 
     with pytest.raises(SourceChangedError) as err:
         copy_file(src.endpoint, rel, dst.endpoint, rel, streams=1)

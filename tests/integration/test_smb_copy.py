@@ -59,15 +59,22 @@ def test_reads_and_writes_in_requests_as_large_as_negotiated(smb_servers, smb_di
     src, dst = smb_servers
     put(src, rf"{smb_dir}\big.bin", os.urandom(3 * MAX_CHUNK))
     reads, writes = [], []
-    real_read, real_write = files.read_chunk, files.send_write
-    monkeypatch.setattr(files, "read_chunk", lambda fh, off, want: reads.append(want) or real_read(fh, off, want))
+    real_read, real_write = files.send_read, files.send_write
+    monkeypatch.setattr(files, "send_read", lambda fh, off, want: reads.append(want) or real_read(fh, off, want))
     monkeypatch.setattr(files, "send_write", lambda fh, off, data: writes.append(len(data)) or real_write(fh, off, data))
 
-    copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin")
+    copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin", streams=1)
 
-    # 3 source reads + 3 read-back reads, each 8 MiB
-    assert sum(1 for r in reads if r >= MAX_CHUNK) >= 3
+    # one stream: 3 source reads + 3 read-back reads, each 8 MiB (Samba's max)
+    assert reads == [MAX_CHUNK] * 6
     assert writes == [MAX_CHUNK] * 3
+    reads.clear(), writes.clear()
+
+    copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin", streams=2)
+
+    # two streams share the request budget: 4 MiB each
+    assert sorted(reads) == [MAX_CHUNK // 2] * 12
+    assert sorted(writes) == [MAX_CHUNK // 2] * 6
 
 
 def test_creates_nested_folders_and_keeps_names_with_spaces_and_non_ascii(smb_servers, smb_dir):
@@ -137,18 +144,18 @@ def test_a_source_that_grows_during_the_copy_raises_source_changed(smb_servers, 
     src, dst = smb_servers
     rel = rf"{smb_dir}\active.avhdx"
     put(src, rel, os.urandom(2 * MAX_CHUNK))
-    real_read = files.read_chunk
+    real_read = files.recv_read
     grown = []
 
-    def read_then_grow(fh, offset, want):
-        data = real_read(fh, offset, want)
+    def read_then_grow(fh, req):
+        data = real_read(fh, req)
         if not grown:  # a guest write lands right after the first chunk was read
             with open(src.local(rel), "ab") as f:
                 f.write(b"new guest write")
             grown.append(True)
         return data
 
-    monkeypatch.setattr(files, "read_chunk", read_then_grow)
+    monkeypatch.setattr(files, "recv_read", read_then_grow)
 
     with pytest.raises(SourceChangedError) as err:
         copy_file(src.endpoint, rel, dst.endpoint, rel)

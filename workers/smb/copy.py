@@ -10,7 +10,8 @@ How a copy goes:
 2. create the destination's parent folders and `<name>.partial` (emptied, unless chunks
    are to be reused and the partial file is long enough to hold them);
 3. `streams` threads, each on its own SMB connections to both servers, take the next
-   chunk not yet done, read it (requests up to the negotiated max size), send it to the
+   chunk not yet done, read it (requests up to the negotiated max size, smaller when
+   several streams share the memory budget, see REQUEST_BUDGET), send it to the
    partial file, hash it while the WRITE is in flight, and record it in the checkpoint
    once the server has acknowledged the WRITE. `throttle(n)` is called before each read
    and may sleep (bandwidth limits);
@@ -66,6 +67,12 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_INTERVAL_S = 0.25
+# The bytes of READ/WRITE payload all streams together have in one request each. A request
+# passes through about six full-size copies inside smbprotocol (pack, sign, transport) on
+# each of a stream's two connections, so this, not the chunk size, sets the copier's peak
+# RSS: one stream uses the negotiated max (8 MiB on Samba and Windows), two use 4 MiB each.
+REQUEST_BUDGET = 8 * 1024 * 1024
+MIN_REQUEST = 1024 * 1024
 DEFAULT_STREAMS = 2  # more streams, more memory: each holds ~60 MiB of transient buffers at peak
 MAX_STREAMS = 16
 
@@ -156,11 +163,19 @@ def _identity(ep: SmbEndpoint, rel: str) -> Identity:
             files.close(fh)
 
 
-def _read_exact(fh, offset: int, length: int, what: str) -> bytes:
-    """`length` bytes at `offset`, in as many READs as credits and max_read_size need."""
+def request_bytes(streams: int) -> int:
+    """The most payload one READ or WRITE carries when `streams` streams copy at once."""
+    return max(MIN_REQUEST, REQUEST_BUDGET // max(1, streams) // files.CREDIT_BYTES * files.CREDIT_BYTES)
+
+
+def _read_exact(fh, offset: int, length: int, what: str, first: bytes | None = None,
+                request: int = REQUEST_BUDGET) -> bytes:
+    """`length` bytes at `offset`, in READs of at most `request` bytes (fewer when credits or
+    max_read_size say so); `first` is what an already answered READ at `offset` returned."""
     parts, got = [], 0
     while got < length:
-        data = files.read_chunk(fh, offset + got, length - got)
+        data = first if first is not None else files.read_chunk(fh, offset + got, min(length - got, request))
+        first = None
         if not data:
             raise SourceChangedError(
                 f"{what} shrank during the copy: end of file at {offset + got}, expected "
@@ -170,10 +185,38 @@ def _read_exact(fh, offset: int, length: int, what: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _write_rest(fh, offset: int, data: bytes, taken: int) -> None:
+def _read_ahead(fh, total: int, what: str, queue: "_Chunks", errors, before_read=None, ahead: bool = False,
+                request: int = REQUEST_BUDGET):
+    """Yield (index, offset, data) for the chunks `queue` hands out. With `ahead`, the next
+    chunk's READ is on the wire while the caller works on the current one (writes it,
+    hashes it): faster when the server is the bottleneck, one more chunk in memory per
+    stream (~+30 MiB peak RSS with 2 streams and encryption, measured)."""
+    def start():
+        index = queue.next()
+        if index is None:
+            return None
+        offset, length = chunks.span(index, total)
+        if before_read is not None:
+            before_read(length)
+        with errors():
+            return index, offset, length, files.send_read(fh, offset, min(length, request))
+
+    pending = start()
+    while pending is not None:
+        index, offset, length, req = pending
+        with errors():
+            data = _read_exact(fh, offset, length, what, first=files.recv_read(fh, req), request=request)
+        pending = start() if ahead else None
+        yield index, offset, data
+        del data
+        if not ahead:
+            pending = start()
+
+
+def _write_rest(fh, offset: int, data: bytes, taken: int, request: int) -> None:
     view = memoryview(data)
     while taken < len(view):
-        n = files.write_chunk(fh, offset + taken, view[taken:])
+        n = files.write_chunk(fh, offset + taken, view[taken:taken + request])
         if n <= 0:
             raise SmbError(f"server accepted no bytes at offset {offset + taken}")
         taken += n
@@ -220,8 +263,12 @@ def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int]) 
 
 def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
               streams: int = DEFAULT_STREAMS, progress: Progress | None = None,
-              throttle: Throttle | None = None, checkpoint: Checkpoint | None = None) -> CopyResult:
-    """Copy src's `src_rel` to dst's `dst_rel` (backslash paths relative to the share roots)."""
+              throttle: Throttle | None = None, checkpoint: Checkpoint | None = None,
+              read_ahead: bool = False) -> CopyResult:
+    """Copy src's `src_rel` to dst's `dst_rel` (backslash paths relative to the share roots).
+
+    `read_ahead` keeps one more READ per stream in flight (see `_read_ahead`); off by
+    default to hold the copier's peak RSS under 256 MiB with encryption on."""
     src_rel, dst_rel = normalize_rel(src_rel), normalize_rel(dst_rel)
     if not 1 <= int(streams) <= MAX_STREAMS:
         raise ValueError(f"streams must be 1..{MAX_STREAMS}, not {streams}")
@@ -251,6 +298,8 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     report = _Progress(progress, reused, total)
     n_streams = max(1, min(int(streams), chunks.count(total) - len(digests)))
     sent = [0] * n_streams
+    request = request_bytes(n_streams)
+    v_streams = max(1, min(int(streams), chunks.count(total)))
     what = src.unc(src_rel)
 
     def copy_stream(i: int, queue: _Chunks) -> None:
@@ -260,17 +309,14 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
             with _errors(dst, part_rel, i):
                 wfh = files.open_for_write(connections.tree(dst, i), part_rel, truncate=False)
             try:
-                while (index := queue.next()) is not None:
-                    offset, length = chunks.span(index, total)
-                    if throttle is not None:
-                        throttle(length)
-                    with _errors(src, src_rel, i):
-                        data = _read_exact(sfh, offset, length, what)
+                for index, offset, data in _read_ahead(sfh, total, what, queue, lambda: _errors(src, src_rel, i),
+                                                       before_read=throttle, ahead=read_ahead, request=request):
+                    length = len(data)
                     checkpoint.will_write(length)
                     with _errors(dst, part_rel, i):
-                        req = files.send_write(wfh, offset, data)
+                        req = files.send_write(wfh, offset, data if length <= request else memoryview(data)[:request])
                         digest = hashlib.sha256(data).hexdigest()  # while the WRITE is in flight
-                        _write_rest(wfh, offset, data, files.recv_write(wfh, req))
+                        _write_rest(wfh, offset, data, files.recv_write(wfh, req), request)
                     del data
                     sent[i] += length
                     digests[index] = digest
@@ -285,9 +331,11 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
         with _errors(dst, part_rel, i):
             rfh = files.open_for_read(connections.tree(dst, i), part_rel)
             try:
-                while (index := queue.next()) is not None:
-                    offset, length = chunks.span(index, total)
-                    got = hashlib.sha256(_read_exact(rfh, offset, length, dst.unc(part_rel))).hexdigest()
+                for index, offset, data in _read_ahead(rfh, total, dst.unc(part_rel), queue,
+                                                       lambda: _errors(dst, part_rel, i), ahead=read_ahead,
+                                                       request=request_bytes(v_streams)):
+                    length = len(data)
+                    got = hashlib.sha256(data).hexdigest()
                     if got != digests[index]:
                         raise CopyVerificationError(
                             f"{dst.unc(dst_rel)}: chunk {index} (bytes {offset}..{offset + length}) that landed "
@@ -309,8 +357,7 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
             files.flush(dfh)
             if files.current_size(dfh) != total:
                 raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
-        _run_streams(max(1, min(int(streams), chunks.count(total))), verify_stream,
-                     list(range(chunks.count(total))))
+        _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
         digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
         with _errors(dst, dst_rel):
             files.rename(dfh, dst_rel, replace=True)
