@@ -46,7 +46,7 @@ FILE = "bench.vhdx"
 # Runs in a fresh interpreter: one copy, then its time and peak RSS as JSON on stdout.
 # The password comes through the environment, never the command line.
 CHILD = """
-import json, os, resource, sys
+import json, os, sys
 from workers.smb.copy import copy_file
 from workers.smb.endpoint import SmbEndpoint
 a = json.loads(sys.argv[1])
@@ -54,8 +54,8 @@ pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
 src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"])
-print(json.dumps({"seconds": r.seconds, "bytes": r.bytes,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]  # peak RSS since exec
+print(json.dumps({"seconds": r.seconds, "bytes": r.bytes, "rss_mib": int(hwm.split()[1]) / 1024}))
 """
 
 
