@@ -78,6 +78,35 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
+def cmd_throttle(args) -> int:
+    """Show or change the copy bandwidth limits (applied to running copies within a chunk)."""
+    from workers.config import load_config
+    from workers.record import Store
+    from workers.throttle import Throttle, ThrottleError, parse_rate
+    cfg = load_config(args.config)
+    t = Throttle(Store.from_url(cfg.redis_url).r)
+    try:  # check everything before changing anything
+        global_rate = parse_rate(args.global_limit) if args.global_limit is not None else None
+        pair_rate = parse_rate(args.pair[2]) if args.pair else None
+    except ThrottleError as e:
+        raise ConfigError(str(e)) from None
+    if args.pair:
+        cfg.host(args.pair[0]), cfg.host(args.pair[1])  # unknown hosts are refused with the inventory's names
+    if global_rate is not None:
+        t.set(global_rate)
+    if pair_rate is not None:
+        t.set(pair_rate, pair=(args.pair[0], args.pair[1]))
+    limits = t.limits()
+    if args.json:
+        _print_json(limits)
+    else:
+        g = limits["global"]
+        print(f"global  {'unlimited' if not g else f'{g} B/s'}")
+        for pair, rate in sorted(limits["pairs"].items()):
+            print(f"{pair}  {rate} B/s")
+    return EXIT_OK
+
+
 def cmd_metrics_exporter(args) -> int:
     from workers import metrics
     fleet_redis = None
@@ -158,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+
+    th = sub.add_parser("throttle", parents=[common],
+                        help="show or set copy bandwidth limits (bytes/s; K, M, G suffixes are powers of 1000; 0 = none)")
+    th.add_argument("--global", dest="global_limit", metavar="RATE", help="limit for all copies together")
+    th.add_argument("--pair", nargs=3, metavar=("SRC", "DST", "RATE"), help="limit for copies from SRC to DST")
+    th.add_argument("--json", action="store_true")
+    th.set_defaults(func=cmd_throttle)
 
     me = sub.add_parser("metrics-exporter", parents=[common],
                         help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")

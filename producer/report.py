@@ -41,8 +41,15 @@ def summary(rec: dict) -> str:
     if total:
         lines.append(f"  total           {total:.2f} s")
     prog = rec.get("progress")
-    if prog and rec["state"] == "copying":
-        lines.append(f"  progress        {_mb(prog.get('bytes_done'))} copied")
+    if rec.get("bytes_total"):
+        lines.append(f"  bytes planned   {_mb(rec['bytes_total'])}")
+    if prog and rec["state"] in ("copying", "cutting_over"):
+        rate = prog.get("rate_bps")
+        eta = prog.get("eta_seconds")
+        lines.append(f"  progress        {_mb(prog.get('bytes_done'))} of {_mb(prog.get('bytes_total'))}"
+                     f", {rate / 1e6 if rate else 0:.1f} MB/s"
+                     f", ETA {'?' if eta is None else f'{eta:.0f} s'}"
+                     f" ({prog.get('file')})")
     if rec.get("error"):
         lines.append(f"  error           {rec['error']}")
     return "\n".join(lines)

@@ -2,24 +2,59 @@
 
 Every file the migration creates on the destination is recorded before its first byte
 is written, so a rollback removes exactly what we made and nothing that was there.
+
+Each file copy holds a read slot on the source host and a write slot on the destination
+(`workers.slots`, K = the host's max_copies), moves its chunks within the bandwidth
+limits (`workers.throttle`), checkpoints every chunk in Redis (`workers.checkpoints`) so
+a redelivered task resumes where a killed one stopped, and keeps rec["progress"] current
+(`workers.progress`).
 """
 from __future__ import annotations
 
-import time
-
 from workers import context, metrics, states
-from workers.locks import Fenced, LeaseKeeper
+from workers.checkpoints import RedisCheckpoint
+from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, fence, pipeline_task, resume, send, start_rollback
 from workers.plan import PathMap
-
-PROGRESS_EVERY_S = 1.0
+from workers.progress import CopyProgress
+from workers.slots import CopySlots
+from workers.throttle import Throttle
 
 
 def _note_created(mid: str, dst_path: str) -> None:
+    """Record the file and its partial name (which an interrupted copy leaves behind) for rollback."""
+    from workers.smb.copy import PARTIAL_SUFFIX
+
     def change(rec):
-        if dst_path not in rec.setdefault("created_files", []):
-            rec["created_files"].append(dst_path)
+        for path in (dst_path, dst_path + PARTIAL_SUFFIX):
+            if path not in rec.setdefault("created_files", []):
+                rec["created_files"].append(path)
     context.store().update(mid, change)
+
+
+def _plan_bytes(rec: dict, files: list[dict], pm: PathMap, src_ep) -> dict:
+    """Add these files' sizes to the migration's planned bytes (rec["bytes_total"])."""
+    from workers.smb import copy as smb
+    sizes = {f["path"]: smb.file_size(src_ep, pm.rel(f["path"])) for f in files
+             if f["path"] not in rec.get("planned", {})}
+    if not sizes:
+        return rec
+
+    def change(r):
+        r.setdefault("planned", {}).update(sizes)
+        r["bytes_total"] = sum(r["planned"].values())
+    return context.store().update(rec["id"], change)
+
+
+def copy_streams() -> int:
+    """`[copy] streams` from quickmig.toml (default DEFAULT_STREAMS)."""
+    from workers.config import ConfigError
+    from workers.smb.copy import DEFAULT_STREAMS, MAX_STREAMS
+    cfg = context.config()
+    value = cfg.raw.get("copy", {}).get("streams", DEFAULT_STREAMS)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_STREAMS:
+        raise ConfigError(f"{cfg.path}: [copy] streams must be a whole number 1..{MAX_STREAMS}, not {value!r}")
+    return value
 
 
 def transfer(rec: dict, files: list[dict], lg) -> int:
@@ -27,51 +62,49 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
     from workers.smb import copy as smb
 
     mid = rec["id"]
-    pm = PathMap(context.config(), rec["source"], rec["destination"])
-    src_ep, dst_ep = context.smb_endpoint(rec["source"]), context.smb_endpoint(rec["destination"])
+    cfg = context.config()
+    source, destination = rec["source"], rec["destination"]
+    pm = PathMap(cfg, source, destination)
+    src_ep, dst_ep = context.smb_endpoint(source), context.smb_endpoint(destination)
     store = context.store()
+    client = store.r
+    throttle, slots, progress = Throttle(client), CopySlots(client), CopyProgress(store, mid, rec["state"])
+    k_read, k_write = cfg.host(source).max_copies, cfg.host(destination).max_copies
     done = {f["path"] for f in rec.get("copied", [])}
+    todo = [f for f in files if f["path"] not in done]
+    rec = _plan_bytes(rec, todo, pm, src_ep)
     moved = 0
-    for f in files:
+    for f in todo:
         src_path = f["path"]
-        if src_path in done:
-            continue
         rel = pm.rel(src_path)
         dst_path = pm.dest(src_path)
         if dst_path not in rec.get("created_files", []) and smb.exists(dst_ep, rel):
             if f["kind"] != "iso":
                 raise HardFailure(f"{rec['destination']} already has {dst_path}; "
                                   "remove it there or choose another destination")
-            if smb.sha256_of(dst_ep, rel) != smb.sha256_of(src_ep, rel):
+            if smb.digest_of(dst_ep, rel) != smb.digest_of(src_ep, rel):
                 raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
                                   "rename one of the ISO images")
             lg.info("ISO %s already on destination with the same content", dst_path)
-            entry = {"path": src_path, "dest": dst_path, "bytes": 0, "sha256": None, "shared": True}
+            entry = {"path": src_path, "dest": dst_path, "bytes": 0, "digest": None, "shared": True,
+                     "planned_bytes": rec["planned"][src_path]}
         else:
             _note_created(mid, dst_path)
-            base = rec.get("bytes_copied") or 0
-            last = [0.0]
-
-            def progress(done_b, total_b, base=base, last=last):
-                now = time.monotonic()
-                if now - last[0] >= PROGRESS_EVERY_S:
-                    last[0] = now
-
-                    def note(r):
-                        if r["state"] != rec["state"]:  # cancelled or reconciled: stop copying now
-                            raise Fenced(f"migration {mid} is {r['state']} now; copy abandoned")
-                        r.update(progress={"file": dst_path, "file_bytes_done": done_b,
-                                           "file_bytes_total": total_b, "bytes_done": base + done_b,
-                                           "at": time.time()})
-                    store.update(mid, note)
-
-            res = smb.copy_file(src_ep, rel, dst_ep, rel, progress=progress)
-            lg.info("copied %s (%d bytes, %.1f MB/s)", rel, res.bytes,
-                    res.bytes / max(res.seconds, 1e-6) / 1e6)
-            metrics.COPIED_BYTES.labels(source=rec["source"], destination=rec["destination"]).inc(res.bytes)
+            base = (rec.get("bytes_copied") or 0) + sum(
+                c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))
+            with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
+                            on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)):
+                with progress.file_copy(dst_path, base) as on_bytes:
+                    res = smb.copy_file(src_ep, rel, dst_ep, rel, streams=copy_streams(), progress=on_bytes,
+                                        throttle=lambda n: throttle.wait(source, destination, n),
+                                        checkpoint=RedisCheckpoint(client, mid, dst_path))
+            lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
+                    rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
+            metrics.COPIED_BYTES.labels(source=source, destination=destination).inc(res.bytes_written)
             moved += res.bytes
-            entry = {"path": src_path, "dest": dst_path, "bytes": res.bytes, "sha256": res.sha256,
-                     "seconds": round(res.seconds, 3)}
+            entry = {"path": src_path, "dest": dst_path, "bytes": res.bytes, "digest": res.digest,
+                     "digest_scheme": res.scheme, "seconds": round(res.seconds, 3),
+                     "bytes_reused": res.bytes_reused, "bytes_sent": res.bytes_sent_total}
 
         def change(r, entry=entry):
             r.setdefault("copied", []).append(entry)

@@ -72,3 +72,45 @@ def cutover_costs(host: str) -> str:
 # Sorted set of migration ids whose saved source VM is kept (--keep-source), scored by the
 # Unix time it may be removed. Members leave when the reaper removed the source VM.
 KEPT_SOURCES = f"{PREFIX}kept-sources"
+
+
+# Copy checkpoint of one file of one migration (hash): "identity" (JSON of the source's
+# size and times), "sent" (bytes sent over all attempts), "c:<index>" -> chunk SHA-256.
+# Deleted when the file is verified; otherwise expires (refreshed on every attempt).
+COPY_CHECKPOINT_TTL_S = 7 * 24 * 3600
+
+
+def copy_checkpoint(mid: str, dest_path: str) -> str:
+    import hashlib
+    return f"{PREFIX}copy:{mid}:{hashlib.sha256(dest_path.lower().encode()).hexdigest()[:16]}"
+
+
+# Bandwidth limits in bytes/s (plain integers, set by `quickmig throttle`, no expiry):
+# one global, one per (source, destination) host pair. Missing or 0 = unlimited. Read on
+# every chunk, so a change applies to copies already running.
+THROTTLE_GLOBAL = f"{PREFIX}throttle:global"
+
+
+def throttle_pair(source: str, destination: str) -> str:
+    return f"{PREFIX}throttle:pair:{source}:{destination}"
+
+
+# Scheduler state of a limit (the time its budget is spent up to); expires when idle.
+def throttle_state(limit_key: str) -> str:
+    return f"{PREFIX}throttle-state:{limit_key[len(PREFIX):]}"
+
+
+# Copy slots per host (sorted set: holder -> expiry time); at most the host's max_copies
+# members reading from it ("read") and as many writing to it ("write"). A holder that
+# stops heartbeating expires after COPY_SLOT_TTL_S.
+COPY_SLOT_TTL_S = 60
+
+
+def copy_slots(direction: str, host: str) -> str:
+    return f"{PREFIX}slots:{direction}:{host}"
+
+
+# Every slot acquisition and release, JSON lines with Redis' clock (list, newest last,
+# capped at COPY_SLOT_LOG_MAX entries): what the slot tests and operators audit.
+COPY_SLOT_LOG = f"{PREFIX}slots:log"
+COPY_SLOT_LOG_MAX = 10000

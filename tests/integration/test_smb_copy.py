@@ -22,6 +22,7 @@ from workers.smb.copy import (
     partial_name,
     sha256_of,
 )
+from workers.smb.chunks import digest_of_bytes
 from workers.smb.files import MAX_CHUNK
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def test_copies_a_40_mib_random_file_between_two_servers_byte_for_byte(smb_serve
 
     assert dst.local(rf"{smb_dir}\disk.vhdx").read_bytes() == data
     assert result.bytes == len(data)
-    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.digest == digest_of_bytes(data)
     assert calls and calls[-1] == (len(data), len(data))
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert all(t == len(data) for _, t in calls)
@@ -58,15 +59,22 @@ def test_reads_and_writes_in_requests_as_large_as_negotiated(smb_servers, smb_di
     src, dst = smb_servers
     put(src, rf"{smb_dir}\big.bin", os.urandom(3 * MAX_CHUNK))
     reads, writes = [], []
-    real_read, real_write = files.read_chunk, files.write_chunk
-    monkeypatch.setattr(files, "read_chunk", lambda fh, off, want: reads.append(want) or real_read(fh, off, want))
-    monkeypatch.setattr(files, "write_chunk", lambda fh, off, data: writes.append(len(data)) or real_write(fh, off, data))
+    real_read, real_write = files.send_read, files.send_write
+    monkeypatch.setattr(files, "send_read", lambda fh, off, want: reads.append(want) or real_read(fh, off, want))
+    monkeypatch.setattr(files, "send_write", lambda fh, off, data: writes.append(len(data)) or real_write(fh, off, data))
 
-    copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin")
+    copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin", streams=1)
 
-    # 3 source reads + 3 read-back reads (+ a 1-byte probe at the end), each 8 MiB
-    assert sum(1 for r in reads if r >= MAX_CHUNK) >= 3
+    # one stream: 3 source reads + 3 read-back reads, each 8 MiB (Samba's max)
+    assert reads == [MAX_CHUNK] * 6
     assert writes == [MAX_CHUNK] * 3
+    reads.clear(), writes.clear()
+
+    copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin", streams=2)
+
+    # two streams share the request budget: 4 MiB each
+    assert sorted(reads) == [MAX_CHUNK // 2] * 12
+    assert sorted(writes) == [MAX_CHUNK // 2] * 6
 
 
 def test_creates_nested_folders_and_keeps_names_with_spaces_and_non_ascii(smb_servers, smb_dir):
@@ -80,7 +88,8 @@ def test_creates_nested_folders_and_keeps_names_with_spaces_and_non_ascii(smb_se
 
     assert dst.local(dst_rel).read_bytes() == data
     assert file_size(dst.endpoint, dst_rel) == len(data)
-    assert sha256_of(dst.endpoint, dst_rel) == result.sha256 == hashlib.sha256(data).hexdigest()
+    assert sha256_of(dst.endpoint, dst_rel) == hashlib.sha256(data).hexdigest()
+    assert result.digest == digest_of_bytes(data)
 
 
 def test_copies_an_empty_file(smb_servers, smb_dir):
@@ -90,7 +99,7 @@ def test_copies_an_empty_file(smb_servers, smb_dir):
     result = copy_file(src.endpoint, rf"{smb_dir}\empty.vmgs", dst.endpoint, rf"{smb_dir}\empty.vmgs")
 
     assert dst.local(rf"{smb_dir}\empty.vmgs").read_bytes() == b""
-    assert result.sha256 == hashlib.sha256(b"").hexdigest()
+    assert result.digest == hashlib.sha256(b"").hexdigest()
 
 
 def test_never_leaves_the_partial_name_behind_on_success(smb_servers, smb_dir):
@@ -111,7 +120,7 @@ def test_a_corrupted_landing_raises_verification_error_and_leaves_no_file(smb_se
     src, dst = smb_servers
     rel = rf"{smb_dir}\disk.avhdx"
     put(src, rel, os.urandom(5 * MiB))
-    real_write = files.write_chunk
+    real_write = files.send_write
 
     def flip_one_byte(fh, offset, data):
         if offset == 0:
@@ -120,7 +129,7 @@ def test_a_corrupted_landing_raises_verification_error_and_leaves_no_file(smb_se
             data = bytes(data)
         return real_write(fh, offset, data)
 
-    monkeypatch.setattr(files, "write_chunk", flip_one_byte)
+    monkeypatch.setattr(files, "send_write", flip_one_byte)
 
     with pytest.raises(CopyVerificationError) as err:
         copy_file(src.endpoint, rel, dst.endpoint, rel)
@@ -135,18 +144,18 @@ def test_a_source_that_grows_during_the_copy_raises_source_changed(smb_servers, 
     src, dst = smb_servers
     rel = rf"{smb_dir}\active.avhdx"
     put(src, rel, os.urandom(2 * MAX_CHUNK))
-    real_read = files.read_chunk
+    real_read = files.recv_read
     grown = []
 
-    def read_then_grow(fh, offset, want):
-        data = real_read(fh, offset, want)
+    def read_then_grow(fh, req):
+        data = real_read(fh, req)
         if not grown:  # a guest write lands right after the first chunk was read
             with open(src.local(rel), "ab") as f:
                 f.write(b"new guest write")
             grown.append(True)
         return data
 
-    monkeypatch.setattr(files, "read_chunk", read_then_grow)
+    monkeypatch.setattr(files, "recv_read", read_then_grow)
 
     with pytest.raises(SourceChangedError) as err:
         copy_file(src.endpoint, rel, dst.endpoint, rel)
@@ -216,7 +225,7 @@ def test_a_forked_process_gets_its_own_connections_and_leaves_the_parents_alone(
             report["inherited"] = connections.connection_count()
             connections.reset_connections()  # what worker_process_init calls; must be harmless
             result = copy_file(src.endpoint, rel, dst.endpoint, rel + ".child")
-            report["sha256"] = result.sha256
+            report["digest"] = result.digest
             report["own_tree"] = connections.tree(src.endpoint) is not parent_tree
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
             report["error"] = repr(e)
@@ -231,7 +240,7 @@ def test_a_forked_process_gets_its_own_connections_and_leaves_the_parents_alone(
     assert "error" not in report, report["error"]
     assert report["inherited"] == 0
     assert report["own_tree"] is True
-    assert report["sha256"] == hashlib.sha256(data).hexdigest()
+    assert report["digest"] == digest_of_bytes(data)
     # the parent's cached connection survived the child's exit and still works, unchanged
     assert connections.tree(src.endpoint) is parent_tree
     assert sha256_of(src.endpoint, rel) == hashlib.sha256(data).hexdigest()

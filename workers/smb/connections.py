@@ -10,7 +10,7 @@ its own on first use. Celery workers may also call `reset_connections()` from
 `worker_process_init`.
 
 One connection carries one stream at a time (credits are planned per request); parallel
-streams use separate connections.
+streams use separate connections: `tree(ep, stream=i)` keys the cache by stream number too.
 """
 from __future__ import annotations
 
@@ -21,16 +21,19 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from smbprotocol.connection import Connection
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from workers.smb import wire
 from workers.smb.endpoint import SmbEndpoint
 from workers.smb.errors import SmbConnectionError, smb_errors
+from workers.smb.wire import Connection
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30
+
+wire.install()
 
 
 @dataclass
@@ -45,11 +48,11 @@ _links: dict[tuple, _Link] = {}
 _owner_pid = os.getpid()
 
 
-def _key(ep: SmbEndpoint) -> tuple:
+def _key(ep: SmbEndpoint, stream: int = 0) -> tuple:
     # (server, port, username), plus the security options and a digest of the password, so
     # a wrong or rotated password is never masked by a session opened with the old one.
     secret = hashlib.sha256(ep.password.encode("utf-8")).hexdigest()[:16]
-    return (ep.server.lower(), ep.port, ep.username.lower(), ep.require_signing, ep.encrypt, secret)
+    return (ep.server.lower(), ep.port, ep.username.lower(), ep.require_signing, ep.encrypt, secret, stream)
 
 
 def _alive(link: _Link) -> bool:
@@ -116,11 +119,11 @@ def connection_count() -> int:
     return len(_links)
 
 
-def evict(ep: SmbEndpoint) -> None:
-    """Drop (and close) the cached connection for `ep`, e.g. after it broke."""
+def evict(ep: SmbEndpoint, stream: int = 0) -> None:
+    """Drop (and close) the cached connection for `ep`'s `stream`, e.g. after it broke."""
     _check_pid()
     with _lock:
-        link = _links.pop(_key(ep), None)
+        link = _links.pop(_key(ep, stream), None)
     if link is not None:
         _close_quietly(link)
 
@@ -143,11 +146,12 @@ def _connect(ep: SmbEndpoint) -> _Link:
     return _Link(conn, session)
 
 
-def tree(ep: SmbEndpoint) -> TreeConnect:
-    """The tree connect for ep's share on this process's cached connection (made on demand)."""
+def tree(ep: SmbEndpoint, stream: int = 0) -> TreeConnect:
+    """The tree connect for ep's share on this process's cached connection number `stream`
+    (made on demand)."""
     _check_pid()
-    key = _key(ep)
-    with smb_errors(ep.unc_root, on_connection_error=lambda: evict(ep)):
+    key = _key(ep, stream)
+    with smb_errors(ep.unc_root, on_connection_error=lambda: evict(ep, stream)):
         with _lock:
             link = _links.get(key)
             if link is not None and not _alive(link):

@@ -14,7 +14,9 @@ import time
 
 from smbprotocol.exceptions import SMBException, SMBResponseException
 from smbprotocol.file_info import (
+    FileBasicInformation,
     FileDispositionInformation,
+    FileEndOfFileInformation,
     FileRenameInformation,
     FileStandardInformation,
 )
@@ -57,12 +59,15 @@ def open_for_read(tree: TreeConnect, rel: str) -> Open:
     return fh
 
 
-def open_for_write(tree: TreeConnect, rel: str) -> Open:
-    """Create (or truncate) a file to write, read back, rename or delete it through this handle."""
+def open_for_write(tree: TreeConnect, rel: str, *, truncate: bool = True) -> Open:
+    """Create a file (emptied when `truncate`, kept as it is otherwise) to write, read back,
+    rename or delete it through this handle. Other handles may read and write it too: the
+    streams of one copy each open the same partial file."""
     fh = Open(tree, rel)
     fh.create(ImpersonationLevel.Impersonation, WRITE_ACCESS, FileAttributes.FILE_ATTRIBUTE_NORMAL,
-              ShareAccess.FILE_SHARE_READ, CreateDisposition.FILE_OVERWRITE_IF,
-              CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_SEQUENTIAL_ONLY)
+              SHARE_ALL,
+              CreateDisposition.FILE_OVERWRITE_IF if truncate else CreateDisposition.FILE_OPEN_IF,
+              CreateOptions.FILE_NON_DIRECTORY_FILE)
     return fh
 
 
@@ -121,12 +126,16 @@ def _credits(fh: Open, want: int, max_size: int) -> tuple[int, int]:
     return size, min(charge + top_up, 8192)
 
 
-def read_chunk(fh: Open, offset: int, want: int) -> bytes:
-    """One READ of up to `want` bytes at `offset` (fewer when credits are short, b"" at end of file)."""
+def send_read(fh: Open, offset: int, want: int):
+    """Send one READ of up to `want` bytes at `offset`; `recv_read` waits for its answer."""
     size, credit_request = _credits(fh, want, fh.connection.max_read_size)
     msg, _ = fh.read(offset, size, send=False)
     tc = fh.tree_connect
-    req = fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+    return fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+
+
+def recv_read(fh: Open, req) -> bytes:
+    """The bytes a READ sent by `send_read` returned (b"" at end of file)."""
     try:
         resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
     except SMBResponseException as e:
@@ -138,17 +147,30 @@ def read_chunk(fh: Open, offset: int, want: int) -> bytes:
     return out["buffer"].get_value()
 
 
-def write_chunk(fh: Open, offset: int, data: bytes | memoryview) -> int:
-    """One WRITE of (a prefix of) `data` at `offset`; returns the bytes the server took."""
+def read_chunk(fh: Open, offset: int, want: int) -> bytes:
+    """One READ of up to `want` bytes at `offset` (fewer when credits are short, b"" at end of file)."""
+    return recv_read(fh, send_read(fh, offset, want))
+
+
+def send_write(fh: Open, offset: int, data: bytes | memoryview):
+    """Send one WRITE of (a prefix of) `data` at `offset`; `recv_write` says how much the server took."""
     size, credit_request = _credits(fh, len(data), fh.connection.max_write_size)
     chunk = data if isinstance(data, bytes) and size == len(data) else bytes(data[:size])
     msg, _ = fh.write(chunk, offset, send=False)
     tc = fh.tree_connect
-    req = fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+    return fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+
+
+def recv_write(fh: Open, req) -> int:
     resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
     out = SMB2WriteResponse()
     out.unpack(resp["data"].get_value())
     return out["count"].get_value()
+
+
+def write_chunk(fh: Open, offset: int, data: bytes | memoryview) -> int:
+    """One WRITE of (a prefix of) `data` at `offset`; returns the bytes the server took."""
+    return recv_write(fh, send_write(fh, offset, data))
 
 
 def flush(fh: Open) -> None:
@@ -188,6 +210,20 @@ def _set(fh: Open, info) -> None:
 def current_size(fh: Open) -> int:
     """The open file's size as the server sees it now (not as it was at CREATE)."""
     return _query(fh, FileStandardInformation)["end_of_file"].get_value()
+
+
+def times(fh: Open) -> tuple[int, int]:
+    """(last write time, change time) of the open file, as FILETIME ticks."""
+    info = _query(fh, FileBasicInformation)
+    return (int.from_bytes(info["last_write_time"].pack(), "little"),
+            int.from_bytes(info["change_time"].pack(), "little"))
+
+
+def set_size(fh: Open, size: int) -> None:
+    """Cut (or extend) the open file to `size` bytes."""
+    info = FileEndOfFileInformation()
+    info["end_of_file"] = size
+    _set(fh, info)
 
 
 def rename(fh: Open, new_rel: str, replace: bool = True) -> None:

@@ -1,0 +1,157 @@
+"""Benchmark: quickmig's copy engine against Samba's C client on the same bytes.
+
+    python bench/copy.py [--size-mib 1024] [--runs 3] [--streams 1,2,4] [--modes sign,encrypt]
+
+Starts two real smbd on loopback (lab/samba.py; nothing else, no Redis), writes one random
+file of --size-mib MiB into the first one's share, then for each security mode:
+
+- smbclient: `get` from the source share to a local file (on /dev/shm when it fits) plus
+  `put` of that file to the destination share, timed together, with
+  --client-protection=sign|encrypt;
+- quickmig: `workers.smb.copy.copy_file` from share to share in a fresh process per run
+  (so its peak RSS is the copier's own), including the read-back verification, for each
+  stream count.
+
+Prints MB/s (10^6 bytes/s; median of the runs, min-max) per row, the copier's peak RSS
+and the ratio quickmig MB/s / smbclient MB/s (>= 1.0 is the target). Numbers from a
+shared machine are provisional.
+"""
+from __future__ import annotations
+
+import sys
+
+# This file is named copy.py: drop its folder from the path, or it shadows the stdlib `copy`.
+sys.path[:] = [p for p in sys.path if p not in ("", __file__.rpartition("/")[0])]
+
+import argparse
+import json
+import os
+import pwd
+import secrets
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lab.samba import run_samba  # noqa: E402
+
+SHARE = "vms"
+FILE = "bench.vhdx"
+
+# Runs in a fresh interpreter: one copy, then its time and peak RSS as JSON on stdout.
+# The password comes through the environment, never the command line.
+CHILD = """
+import json, os, sys
+from workers.smb.copy import copy_file
+from workers.smb.endpoint import SmbEndpoint
+a = json.loads(sys.argv[1])
+pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
+src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
+dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
+r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"])
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]  # peak RSS since exec
+print(json.dumps({"seconds": r.seconds, "bytes": r.bytes, "rss_mib": int(hwm.split()[1]) / 1024}))
+"""
+
+
+def _smbclient(port: int, user: str, password: str, mode: str, command: str) -> None:
+    auth = tempfile.NamedTemporaryFile("w", delete=False, prefix="bench-auth-")
+    try:
+        os.chmod(auth.name, 0o600)
+        auth.write(f"username = {user}\npassword = {password}\n")
+        auth.close()
+        subprocess.run(["smbclient", f"//127.0.0.1/{SHARE}", "-p", str(port), "-A", auth.name,
+                        "-m", "SMB3", f"--client-protection={mode}", "-c", command],
+                       check=True, capture_output=True, timeout=1800)
+    finally:
+        os.unlink(auth.name)
+
+
+def run_smbclient(env: dict, mode: str, local: Path) -> float:
+    t0 = time.monotonic()
+    _smbclient(env["src_port"], env["user"], env["password"], mode, f'get {FILE} "{local}"')
+    _smbclient(env["dst_port"], env["user"], env["password"], mode, f'put "{local}" smbclient-{FILE}')
+    seconds = time.monotonic() - t0
+    local.unlink()
+    return seconds
+
+
+def run_quickmig(env: dict, mode: str, streams: int, read_ahead: bool = False) -> tuple[float, float]:
+    args = {"read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
+            "encrypt": mode == "encrypt", "streams": streams, "file": FILE, "dest": f"quickmig-{FILE}"}
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True,
+                         text=True, timeout=1800, cwd=ROOT,
+                         env=dict(os.environ, QUICKMIG_BENCH_PASSWORD=env["password"]))
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["seconds"], res["rss_mib"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--streams", default="1,2,4", help="stream counts for quickmig, comma separated")
+    ap.add_argument("--modes", default="sign,encrypt", help="sign and/or encrypt")
+    ap.add_argument("--read-ahead", action="store_true", help="quickmig keeps one more READ per stream in flight")
+    ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
+    args = ap.parse_args(argv)
+    if shutil.which("smbd") is None or shutil.which("smbclient") is None:
+        print("bench: needs smbd and smbclient (apt-get install samba smbclient)", file=sys.stderr)
+        return 2
+    streams = [int(s) for s in args.streams.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    work = Path(args.dir or tempfile.mkdtemp(prefix="quickmig-bench-"))
+    user = pwd.getpwuid(os.getuid()).pw_name
+    password = secrets.token_urlsafe(18)
+    servers = []
+    try:
+        for name in ("src", "dst"):
+            servers.append(run_samba(work / name / "state", SHARE, work / name / "share", user, password))
+        env = {"src_port": servers[0].port, "dst_port": servers[1].port, "user": user, "password": password}
+        size = args.size_mib * 2**20
+        with open(servers[0].share_path / FILE, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(2**20))
+        shm = Path("/dev/shm")
+        local_dir = shm if shm.is_dir() and shutil.disk_usage(shm).free > 2 * size else work
+        local = local_dir / f"quickmig-bench-{os.getpid()}.bin"
+
+        rows = []
+        print(f"file {args.size_mib} MiB, {args.runs} runs each, MB/s = 10^6 bytes/s, median (min-max); "
+              f"quickmig includes read-back verification", flush=True)
+        for mode in modes:
+            ref = [run_smbclient(env, mode, local) for _ in range(args.runs)]
+            ref_mbs = [size / 1e6 / s for s in ref]
+            rows.append((mode, "smbclient get+put", "-", ref_mbs, None, None))
+            print(f"  {mode}: smbclient {statistics.median(ref_mbs):.0f} MB/s", flush=True)
+            for n in streams:
+                got = [run_quickmig(env, mode, n, args.read_ahead) for _ in range(args.runs)]
+                mbs = [size / 1e6 / s for s, _ in got]
+                rss = max(r for _, r in got)
+                ratio = statistics.median(mbs) / statistics.median(ref_mbs)
+                rows.append((mode, "quickmig copy_file", str(n), mbs, rss, ratio))
+                print(f"  {mode}: quickmig {n} streams {statistics.median(mbs):.0f} MB/s", flush=True)
+
+        print()
+        print(f"{'mode':<8} {'tool':<20} {'streams':>7} {'MB/s':>6} {'(min-max)':>12} {'peak RSS':>9} {'ratio':>6}")
+        for mode, tool, n, mbs, rss, ratio in rows:
+            spread = f"({min(mbs):.0f}-{max(mbs):.0f})"
+            print(f"{mode:<8} {tool:<20} {n:>7} {statistics.median(mbs):>6.0f} {spread:>12} "
+                  f"{'' if rss is None else f'{rss:.0f} MiB':>9} {'' if ratio is None else f'{ratio:.2f}':>6}")
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (numbers are provisional "
+              "on a shared machine)")
+    finally:
+        for s in servers:
+            s.stop()
+        if not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The copy engine's pure parts: chunk layout and digest, rates, progress figures, slot audit."""
+import hashlib
+import time
+
+import pytest
+
+from workers.progress import CopyProgress
+from workers.slots import max_concurrency
+from workers.smb import chunks
+from workers.throttle import ThrottleError, parse_rate
+
+C = chunks.CHUNK_BYTES
+
+
+def test_chunks_cover_the_file_exactly_once_and_the_last_one_is_short():
+    size = 3 * C + 5
+    spans = [chunks.span(i, size) for i in range(chunks.count(size))]
+    assert spans == [(0, C), (C, C), (2 * C, C), (3 * C, 5)]
+    assert chunks.count(0) == 0 and chunks.count(C) == 1 and chunks.count(C + 1) == 2
+
+
+def test_the_digest_is_the_sha256_of_the_chunk_digests_in_order():
+    data = bytes(range(256)) * (C // 256) + b"tail"
+    parts = [hashlib.sha256(data[:C]).digest(), hashlib.sha256(data[C:]).digest()]
+    assert chunks.digest_of_bytes(data) == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert chunks.digest_of_bytes(b"") == hashlib.sha256(b"").hexdigest()
+    swapped = data[C:] + data[:C]
+    assert chunks.digest_of_bytes(swapped) != chunks.digest_of_bytes(data)
+
+
+@pytest.mark.parametrize("text,value", [("125000000", 125_000_000), ("125M", 125_000_000), ("1.5G", 1_500_000_000),
+                                        ("64k", 64_000), ("0", 0), ("10MB/s", 10_000_000)])
+def test_rates_read_with_decimal_suffixes(text, value):
+    assert parse_rate(text) == value
+
+
+@pytest.mark.parametrize("text", ["fast", "-1", "", "1T", "nan"])
+def test_nonsense_rates_are_refused(text):
+    with pytest.raises(ThrottleError):
+        parse_rate(text)
+
+
+def test_progress_gives_rate_and_eta_from_recent_samples():
+    p = CopyProgress(store=None, mid="m", state="copying")
+    p.base, p.file, p.file_done = 100, "f", 0
+    first = p.snapshot(1100)
+    assert first["rate_bps"] is None and first["eta_seconds"] is None  # no rate yet
+    time.sleep(0.5)
+    p.file_done = 500
+    snap = p.snapshot(1100)
+    assert snap["bytes_done"] == 600 and snap["bytes_total"] == 1100 and snap["file"] == "f"
+    assert 500 <= snap["rate_bps"] <= 1100
+    assert snap["eta_seconds"] == pytest.approx(500 / snap["rate_bps"], abs=0.1)
+    assert set(snap) == {"file", "bytes_done", "bytes_total", "rate_bps", "eta_seconds", "at"}
+
+
+def test_slot_audit_counts_overlaps_per_host_and_direction():
+    ev = lambda e, h, at, r="a", w="b": {"event": e, "holder": h, "at": at, "read": r, "write": w}  # noqa: E731
+    log = [ev("acquire", "1", 1), ev("acquire", "2", 2), ev("release", "1", 3), ev("acquire", "3", 3),
+           ev("acquire", "4", 4, w="c"), ev("release", "2", 5), ev("release", "3", 6), ev("release", "4", 7)]
+    peak = max_concurrency(log)
+    assert peak[("read", "a")] == 3  # 2, 3, 4 at t=4
+    assert peak[("write", "b")] == 2
+    assert peak[("write", "c")] == 1
