@@ -19,19 +19,22 @@ Exit status 0 when there is no violation.
 """
 from __future__ import annotations
 
+import os.path
+import sys
+
+# the repo root in place of bench/, whose copy.py would shadow the standard library's copy
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import json
-import os
 import random
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from lab import orchestrator, processes  # noqa: E402
 from lab.verify import verify_vm  # noqa: E402

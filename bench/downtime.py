@@ -12,14 +12,18 @@ Numbers from a shared machine are provisional.
 """
 from __future__ import annotations
 
+import os.path
+import sys
+
+# the repo root in place of bench/, whose copy.py would shadow the standard library's copy
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import orchestrator  # noqa: E402
 from producer.api import MigrationRequest, Producer  # noqa: E402
