@@ -11,6 +11,8 @@ a redelivered task resumes where a killed one stopped, and keeps rec["progress"]
 """
 from __future__ import annotations
 
+import contextlib
+
 from workers import context, metrics, states
 from workers.checkpoints import RedisCheckpoint
 from workers.locks import LeaseKeeper
@@ -70,6 +72,7 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
     client = store.r
     throttle, slots, progress = Throttle(client), CopySlots(client), CopyProgress(store, mid, rec["state"])
     k_read, k_write = cfg.host(source).max_copies, cfg.host(destination).max_copies
+    in_downtime = rec["state"] == states.CUTTING_OVER
     done = {f["path"] for f in rec.get("copied", [])}
     todo = [f for f in files if f["path"] not in done]
     rec = _plan_bytes(rec, todo, pm, src_ep)
@@ -92,12 +95,15 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
             _note_created(mid, dst_path)
             base = (rec.get("bytes_copied") or 0) + sum(
                 c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))
-            with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
-                            on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)):
-                with progress.file_copy(dst_path, base) as on_bytes:
-                    res = smb.copy_file(src_ep, rel, dst_ep, rel, streams=copy_streams(), progress=on_bytes,
-                                        throttle=lambda n: throttle.wait(source, destination, n),
-                                        checkpoint=RedisCheckpoint(client, mid, dst_path))
+            # The VM is down while the cutover copies: slots and bandwidth limits pace the
+            # bulk copies, never the downtime (they would queue it behind other VMs' disks).
+            held = (contextlib.nullcontext() if in_downtime else
+                    slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
+                               on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)))
+            with held, progress.file_copy(dst_path, base) as on_bytes:
+                res = smb.copy_file(src_ep, rel, dst_ep, rel, streams=copy_streams(), progress=on_bytes,
+                                    throttle=None if in_downtime else (lambda n: throttle.wait(source, destination, n)),
+                                    checkpoint=RedisCheckpoint(client, mid, dst_path))
             lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
                     rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
             metrics.COPIED_BYTES.labels(source=source, destination=destination).inc(res.bytes_written)

@@ -67,3 +67,50 @@ def test_a_failed_downtime_copy_rolls_back_and_leaves_files_not_ours_alone(lab):
     check = lab.verify(name)
     assert check["running_on"] == ["hv1"] and check["integrity"] == "ok", check
     assert next(v for v in lab.emulator("hv1").state()["vms"] if v["name"] == name)["snapshots"] == []
+
+
+def test_the_downtime_copy_is_not_paced_by_copy_slots_or_bandwidth_limits(lab):
+    """Slots and limits pace the bulk copies; a VM that is down must not queue behind
+    other VMs' disks or a bandwidth cap."""
+    import time
+
+    from workers import keys
+    from workers.slots import CopySlots
+
+    lab.add_vm("sw-unpaced", "hv1", memory_mb=16, disk_mb=16)
+    opens = time.time() + 20
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(opens)) + "Z"
+    res, queued = lab.cli_json("migrate", "sw-unpaced", "--from", "hv1", "--to", "hv2", "--json",
+                               "--not-before", iso, "--window", "10m")
+    assert res.returncode == 0, res.stderr
+    mid, r = queued["id"], lab.redis()
+    deadline = time.time() + 15
+    while True:  # the base copy is done and the copy step waits for the window
+        rec = lab.cli_json("status", mid, "--json")[1]
+        if rec["state"] == "copying" and rec.get("bytes_total") and rec.get("bytes_copied") == rec["bytes_total"]:
+            break
+        assert time.time() < deadline, rec
+        time.sleep(0.3)
+    slots = CopySlots(r)
+    k = lab.cfg.host("hv1").max_copies
+    blockers = [f"blocker-{i}" for i in range(k)]
+    try:
+        for b in blockers:  # every read slot of hv1 and write slot of hv2 taken by others
+            assert slots.try_acquire(b, "hv1", "hv2", k, k)
+        r.set(keys.THROTTLE_GLOBAL, 1)  # 1 byte/s: a paced copy would never finish
+        blocked_at = time.time()
+        assert lab.cli_json("status", mid, "--json")[1]["state"] == "copying"
+        final = lab.cli_json("status", mid, "--json")[1]
+        deadline = time.time() + 120
+        while final["state"] not in ("completed", "rolled_back", "failed"):
+            assert time.time() < deadline, final
+            time.sleep(0.5)
+            final = lab.cli_json("status", mid, "--json")[1]
+    finally:
+        r.delete(keys.THROTTLE_GLOBAL)
+        for b in blockers:
+            slots.release(b, "hv1", "hv2")
+    assert final["state"] == "completed", final["error"]
+    assert final["save_started_at"] > blocked_at
+    assert final["downtime_bytes"] >= 16 * 2**20
+    assert lab.verify("sw-unpaced")["running_on"] == ["hv2"]
