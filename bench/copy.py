@@ -11,7 +11,7 @@ file of --size-mib MiB into the first one's share, then for each security mode:
 - quickmig: `workers.smb.copy.copy_file` from share to share in a fresh process per run
   (so its peak RSS is the copier's own), including the verification, for each stream
   count. --verify host (default) compares the whole-file SHA-256 of the source reads with
-  `sha256sum` of the landed file run on the destination side (the same machine here),
+  `openssl dgst -sha256` of the landed file run on the destination side (the same machine here),
   which is what the driver's `file_hash` (Get-FileHash) does on a destination host; the
   WinRM round trip of that call is not included. --verify readback reads the copy back
   over SMB instead.
@@ -57,8 +57,9 @@ a = json.loads(sys.argv[1])
 pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
 src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
-def dest_sha256():  # what the driver's file_hash (Get-FileHash) does on the destination host
-    out = subprocess.run(["sha256sum", a["dest_local"] + ".partial"], check=True, capture_output=True, text=True)
+def dest_sha256():  # what the driver's file_hash (Get-FileHash, SHA extensions) does on the destination host
+    out = subprocess.run(["openssl", "dgst", "-sha256", "-r", a["dest_local"] + ".partial"], check=True,
+                         capture_output=True, text=True)
     return out.stdout.split()[0]
 r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"],
               dest_sha256=dest_sha256 if a["verify"] == "host" else None)
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="sign,encrypt", help="sign and/or encrypt")
     ap.add_argument("--read-ahead", action="store_true", help="quickmig keeps one more READ per stream in flight")
     ap.add_argument("--verify", choices=("host", "readback"), default="host",
-                    help="host: sha256sum of the landed file on the destination (what the driver's file_hash "
+                    help="host: openssl dgst -sha256 of the landed file on the destination (what the driver's file_hash "
                          "runs there); readback: read the copy back over SMB")
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)

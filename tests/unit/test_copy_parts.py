@@ -99,3 +99,26 @@ def test_a_missing_chunk_is_an_error_not_a_wrong_hash():
         h.hexdigest()
     stop.set()
     h.add(9, b"x")  # a stopped copy: returns at once instead of waiting for chunk 0
+
+
+@pytest.mark.parametrize("dialect,algorithm", [("SMB_3_1_1", "AES_GMAC"), ("SMB_3_1_1", "AES_CMAC"),
+                                               ("SMB_3_0_2", None), ("SMB_2_1_0", None)])
+def test_signatures_without_a_copy_equal_smbprotocols(dialect, algorithm):
+    import os
+
+    import smbprotocol.connection as sc
+
+    from workers.smb import wire
+
+    ours, theirs = object.__new__(wire.Connection), object.__new__(sc.Connection)
+    for c in (ours, theirs):
+        c.dialect = getattr(sc.Dialects, dialect)
+        c.signing_algorithm_id = None if algorithm is None else getattr(sc.SigningAlgorithms, algorithm)
+    msg, key = os.urandom(100_000), os.urandom(16)
+    for response in (False, True):
+        for command in (sc.Commands.SMB2_WRITE, sc.Commands.SMB2_CANCEL):
+            want = theirs._generate_signature(msg, key, 77, response, command)
+            assert ours._generate_signature(bytearray(msg), key, 77, response, command) == want
+    flipped = bytes([msg[0] ^ 1]) + msg[1:]
+    assert ours._generate_signature(flipped, key, 77, False, sc.Commands.SMB2_WRITE) != \
+        theirs._generate_signature(msg, key, 77, False, sc.Commands.SMB2_WRITE)
