@@ -9,8 +9,12 @@ file of --size-mib MiB into the first one's share, then for each security mode:
   `put` of that file to the destination share, timed together, with
   --client-protection=sign|encrypt;
 - quickmig: `workers.smb.copy.copy_file` from share to share in a fresh process per run
-  (so its peak RSS is the copier's own), including the read-back verification, for each
-  stream count.
+  (so its peak RSS is the copier's own), including the verification, for each stream
+  count. --verify host (default) compares the whole-file SHA-256 of the source reads with
+  `openssl dgst -sha256` of the landed file run on the destination side (the same machine here),
+  which is what the driver's `file_hash` (Get-FileHash) does on a destination host; the
+  WinRM round trip of that call is not included. --verify readback reads the copy back
+  over SMB instead.
 
 Prints MB/s (10^6 bytes/s; median of the runs, min-max) per row, the copier's peak RSS
 and the ratio quickmig MB/s / smbclient MB/s (>= 1.0 is the target). Numbers from a
@@ -46,14 +50,19 @@ FILE = "bench.vhdx"
 # Runs in a fresh interpreter: one copy, then its time and peak RSS as JSON on stdout.
 # The password comes through the environment, never the command line.
 CHILD = """
-import json, os, sys
+import json, os, subprocess, sys
 from workers.smb.copy import copy_file
 from workers.smb.endpoint import SmbEndpoint
 a = json.loads(sys.argv[1])
 pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
 src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
-r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"])
+def dest_sha256():  # what the driver's file_hash (Get-FileHash, SHA extensions) does on the destination host
+    out = subprocess.run(["openssl", "dgst", "-sha256", "-r", a["dest_local"] + ".partial"], check=True,
+                         capture_output=True, text=True)
+    return out.stdout.split()[0]
+r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"],
+              dest_sha256=dest_sha256 if a["verify"] == "host" else None)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]  # peak RSS since exec
 print(json.dumps({"seconds": r.seconds, "bytes": r.bytes, "rss_mib": int(hwm.split()[1]) / 1024}))
 """
@@ -81,8 +90,9 @@ def run_smbclient(env: dict, mode: str, local: Path) -> float:
     return seconds
 
 
-def run_quickmig(env: dict, mode: str, streams: int, read_ahead: bool = False) -> tuple[float, float]:
-    args = {"read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
+def run_quickmig(env: dict, mode: str, streams: int, read_ahead: bool = False,
+                 verify: str = "host") -> tuple[float, float]:
+    args = {"verify": verify, "dest_local": str(env["dst_share"] / f"quickmig-{FILE}"), "read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
             "encrypt": mode == "encrypt", "streams": streams, "file": FILE, "dest": f"quickmig-{FILE}"}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True,
                          text=True, timeout=1800, cwd=ROOT,
@@ -98,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--streams", default="1,2,4", help="stream counts for quickmig, comma separated")
     ap.add_argument("--modes", default="sign,encrypt", help="sign and/or encrypt")
     ap.add_argument("--read-ahead", action="store_true", help="quickmig keeps one more READ per stream in flight")
+    ap.add_argument("--verify", choices=("host", "readback"), default="host",
+                    help="host: openssl dgst -sha256 of the landed file on the destination (what the driver's file_hash "
+                         "runs there); readback: read the copy back over SMB")
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)
     if shutil.which("smbd") is None or shutil.which("smbclient") is None:
@@ -112,7 +125,7 @@ def main(argv=None) -> int:
     try:
         for name in ("src", "dst"):
             servers.append(run_samba(work / name / "state", SHARE, work / name / "share", user, password))
-        env = {"src_port": servers[0].port, "dst_port": servers[1].port, "user": user, "password": password}
+        env = {"dst_share": servers[1].share_path, "src_port": servers[0].port, "dst_port": servers[1].port, "user": user, "password": password}
         size = args.size_mib * 2**20
         with open(servers[0].share_path / FILE, "wb") as f:
             for _ in range(args.size_mib):
@@ -123,14 +136,14 @@ def main(argv=None) -> int:
 
         rows = []
         print(f"file {args.size_mib} MiB, {args.runs} runs each, MB/s = 10^6 bytes/s, median (min-max); "
-              f"quickmig includes read-back verification", flush=True)
+              f"quickmig includes verification ({args.verify})", flush=True)
         for mode in modes:
             ref = [run_smbclient(env, mode, local) for _ in range(args.runs)]
             ref_mbs = [size / 1e6 / s for s in ref]
             rows.append((mode, "smbclient get+put", "-", ref_mbs, None, None))
             print(f"  {mode}: smbclient {statistics.median(ref_mbs):.0f} MB/s", flush=True)
             for n in streams:
-                got = [run_quickmig(env, mode, n, args.read_ahead) for _ in range(args.runs)]
+                got = [run_quickmig(env, mode, n, args.read_ahead, args.verify) for _ in range(args.runs)]
                 mbs = [size / 1e6 / s for s, _ in got]
                 rss = max(r for _, r in got)
                 ratio = statistics.median(mbs) / statistics.median(ref_mbs)

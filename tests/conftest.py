@@ -74,6 +74,14 @@ class Lab:
         import redis
         return redis.Redis.from_url(self.cfg.redis_url, decode_responses=True)
 
+    def redis_state(self) -> dict:
+        """Every quickmig key's value, except those that move on their own (worker
+        heartbeats, the reconciler's pass lock): what a refused request must not change."""
+        from workers import keys
+        r = self.redis()
+        return {k: r.dump(k) for k in r.scan_iter("quickmig:*")
+                if not k.startswith(keys.workers("")) and k != keys.RECONCILER_LOCK}
+
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):

@@ -103,7 +103,9 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
             with held, progress.file_copy(dst_path, base) as on_bytes:
                 res = smb.copy_file(src_ep, rel, dst_ep, rel, streams=copy_streams(), progress=on_bytes,
                                     throttle=None if in_downtime else (lambda n: throttle.wait(source, destination, n)),
-                                    checkpoint=RedisCheckpoint(client, mid, dst_path))
+                                    checkpoint=RedisCheckpoint(client, mid, dst_path),
+                                    dest_sha256=lambda p=dst_path + smb.PARTIAL_SUFFIX:
+                                        context.driver(destination).file_hash(p))
             lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
                     rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
             metrics.COPIED_BYTES.labels(source=source, destination=destination).inc(res.bytes_written)

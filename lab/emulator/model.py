@@ -41,6 +41,7 @@ from its main .vmcx (their own Snapshots\\<SID>.vmcx files are not required on i
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -353,7 +354,7 @@ class HyperVHost:
     # -- dispatch ----------------------------------------------------------------------
     OPS = ("list_vms", "describe_vm", "host_info", "checkpoint_vm", "save_vm", "start_vm",
            "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files",
-           "reparent_disks", "stop_vm")
+           "reparent_disks", "stop_vm", "file_hash")
 
     def run(self, op: str, args: object) -> dict:
         if op not in self.OPS:
@@ -790,6 +791,19 @@ class HyperVHost:
                 except OSError:
                     break
                 d = d.parent
+
+    def op_file_hash(self, args: dict) -> dict:
+        hp = args.get("path")
+        if not isinstance(hp, str):
+            raise _invalid_arg("path must be a host path.", "GetFileHash")
+        local = self.paths.local(hp, "GetFileHash")
+        if not local.is_file():
+            raise OpError(f"file_hash hashes files only; {hp} is not a file.", "InvalidArgument", "NotAFile", hp)
+        h = hashlib.sha256()
+        with open(local, "rb") as f:  # outside self.lock: a large file takes a while
+            while block := f.read(8 * 1024 * 1024):
+                h.update(block)
+        return {"path": hp, "sha256": h.hexdigest()}
 
     def op_delete_files(self, args: dict) -> dict:
         items = self._checked_paths(args.get("paths"), "paths", "RemoveItem")

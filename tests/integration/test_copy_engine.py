@@ -161,19 +161,25 @@ def test_the_copier_peak_resident_memory_stays_under_256_mib(smb_servers, smb_di
     put(src, rel, os.urandom(12 * CHUNK))
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the forked pytest image
     child = (
-        "import json, os, sys\n"
-        "from workers.smb.copy import copy_file\n"
+        "import hashlib, json, os, sys\n"
+        "from workers.smb.copy import PARTIAL_SUFFIX, copy_file\n"
         "from workers.smb.endpoint import SmbEndpoint\n"
         "a = json.loads(sys.argv[1]); pw = os.environ['QM_TEST_PW']\n"
         "s = SmbEndpoint('127.0.0.1', a['s'], 'vms', a['u'], pw, encrypt=a['enc'])\n"
         "d = SmbEndpoint('127.0.0.1', a['d'], 'vms', a['u'], pw, encrypt=a['enc'])\n"
-        "copy_file(s, a['rel'], d, a['rel'] + str(a['enc']))\n"
+        "def host_hash():\n"  # what the destination host's file_hash computes
+        "    return hashlib.sha256(open(a['local'] + PARTIAL_SUFFIX, 'rb').read()).hexdigest()\n"
+        "copy_file(s, a['rel'], d, a['out'], dest_sha256=host_hash if a['host'] else None)\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
         "print(int(hwm.split()[1]) // 1024)\n")
-    for enc in (False, True):
-        args = {"s": src.endpoint.port, "d": dst.endpoint.port, "u": src.endpoint.username, "rel": rel, "enc": enc}
+    # the whole-file hash holds early chunks (host); a resumed copy reads back instead
+    for enc, host in ((False, True), (True, True), (False, False)):
+        out_rel = f"{rel}-{enc}-{host}"
+        args = {"s": src.endpoint.port, "d": dst.endpoint.port, "u": src.endpoint.username, "rel": rel, "enc": enc,
+                "host": host, "out": out_rel, "local": str(dst.local(out_rel))}
         out = subprocess.run([sys.executable, "-c", child, json.dumps(args)], capture_output=True, text=True,
                              timeout=300, env=dict(os.environ, QM_TEST_PW=src.endpoint.password))
         assert out.returncode == 0, out.stderr
         rss_mib = int(out.stdout.split()[-1])
-        assert 30 < rss_mib <= 256, (enc, rss_mib)
+        assert 30 < rss_mib <= 256, (enc, host, rss_mib)
+        assert dst.local(out_rel).stat().st_size == 12 * CHUNK

@@ -116,9 +116,33 @@ def test_never_leaves_the_partial_name_behind_on_success(smb_servers, smb_dir):
     assert not exists(dst.endpoint, partial_name(rel))
 
 
-def test_a_corrupted_landing_raises_verification_error_and_leaves_no_file(smb_servers, smb_dir, monkeypatch):
+def host_hash(share, rel: str, calls: list | None = None):
+    """What the driver's file_hash does on the destination host: hash the landed partial file there."""
+    def dest_sha256() -> str:
+        if calls is not None:
+            calls.append(rel)
+        return hashlib.sha256(share.local(rel + PARTIAL_SUFFIX).read_bytes()).hexdigest()
+    return dest_sha256
+
+
+def test_a_hash_from_the_destination_host_verifies_a_multi_stream_copy(smb_servers, smb_dir):
     src, dst = smb_servers
-    rel = rf"{smb_dir}\disk.avhdx"
+    rel = rf"{smb_dir}\big.vhdx"
+    data = os.urandom(5 * 8 * MiB + 999)  # 6 chunks over 3 streams: they finish out of order
+    put(src, rel, data)
+    calls: list = []
+
+    result = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=3, dest_sha256=host_hash(dst, rel, calls))
+
+    assert calls == [rel]
+    assert dst.local(rel).read_bytes() == data
+    assert result.digest == digest_of_bytes(data)
+
+
+@pytest.mark.parametrize("verify", ["readback", "host"])
+def test_a_corrupted_landing_raises_verification_error_and_leaves_no_file(smb_servers, smb_dir, monkeypatch, verify):
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\disk-{verify}.avhdx"
     put(src, rel, os.urandom(5 * MiB))
     real_write = files.send_write
 
@@ -132,9 +156,10 @@ def test_a_corrupted_landing_raises_verification_error_and_leaves_no_file(smb_se
     monkeypatch.setattr(files, "send_write", flip_one_byte)
 
     with pytest.raises(CopyVerificationError) as err:
-        copy_file(src.endpoint, rel, dst.endpoint, rel)
+        copy_file(src.endpoint, rel, dst.endpoint, rel,
+                  dest_sha256=host_hash(dst, rel) if verify == "host" else None)
 
-    assert "disk.avhdx" in str(err.value)
+    assert f"disk-{verify}.avhdx" in str(err.value)
     assert not dst.local(rel).exists()
     assert not dst.local(rel + PARTIAL_SUFFIX).exists()
     assert not exists(dst.endpoint, rel)

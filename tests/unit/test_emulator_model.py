@@ -1,6 +1,7 @@
 """The emulated Hyper-V host's model and disk format, in process (no network)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -457,3 +458,19 @@ def parse_journal_text(text: str):
         return parse_journal(Path(f.name))
     finally:
         os.unlink(f.name)
+
+
+def test_file_hash_is_the_sha256_of_the_file_on_the_host_and_refuses_folders(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    (lab_dir / "hosts/hv1/share/sub").mkdir()
+    (lab_dir / "hosts/hv1/share/sub/d.vhdx.partial").write_bytes(data)
+    got = h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub\\d.vhdx.partial"})
+    assert got == {"path": "D:\\VMs\\hv1\\sub\\d.vhdx.partial", "sha256": hashlib.sha256(data).hexdigest()}
+    with expect_error("InvalidArgument"):
+        h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub"})
+    with expect_error("InvalidArgument"):
+        h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub\\missing.vhdx"})
+    with expect_error("PermissionDenied"):
+        h.run("file_hash", {"path": "D:\\VMs\\hv2\\x.vhdx"})

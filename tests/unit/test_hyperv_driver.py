@@ -278,3 +278,10 @@ def test_certificate_validation_comes_from_the_host():
 def test_unusable_endpoints_and_transports_are_config_errors(endpoint, transport):
     with pytest.raises(ConfigError):
         HyperVDriver(make_host(endpoint, transport), CREDS)
+
+
+def test_file_hash_sends_the_path_as_json_and_returns_the_hash():
+    path = "D:\\VMs\\hv1\\vm\\Virtual Hard Disks\\a'b.vhdx.partial"
+    proto = FakeProtocol([ok({"path": path, "sha256": "ab" * 32})])
+    assert driver_with(proto).file_hash(path) == "ab" * 32
+    assert scripts.parse(proto.sent_text()) == ("file_hash", {"path": path})

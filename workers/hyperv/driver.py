@@ -73,6 +73,7 @@ OP_TIMEOUT_S = {
     "remove_snapshots": 3600,  # waits for the merge of each differencing disk
     "remove_vm": 900,
     "delete_files": 600,
+    "file_hash": 1800,       # reads the whole file (a disk of hundreds of GB)
     "start_vm": 600,         # restores the memory from the saved state
 }
 
@@ -325,3 +326,7 @@ class HyperVDriver:
 
     def delete_files(self, paths: list[str]) -> dict:
         return self.run("delete_files", {"paths": list(paths)})
+
+    def file_hash(self, path: str) -> str:
+        """SHA-256 (lowercase hex) of a file on this host, read by the host itself."""
+        return self.run("file_hash", {"path": path})["sha256"]

@@ -33,6 +33,7 @@ OPS = (
     "delete_files",
     "reparent_disks",
     "stop_vm",
+    "file_hash",
 )
 
 _HEADER_RE = re.compile(r"# quickmig-op: ([a-z_]+)\Z")

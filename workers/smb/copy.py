@@ -19,9 +19,14 @@ How a copy goes:
    size, last write time or change time is SourceChangedError (only frozen files can be
    copied). The comparison uses a fresh handle after ours are closed because Samba
    reports the write time as of open while any handle is open;
-5. cut the partial file to the source's size, flush it, read it back over SMB in
-   parallel streams and compare every chunk's SHA-256 with what was read from the
-   source, else CopyVerificationError naming the first bad chunk;
+5. cut the partial file to the source's size, flush it and verify it: with `dest_sha256`
+   (a SHA-256 of the partial file computed on the destination host, the driver's
+   `file_hash`) and every chunk read in this attempt, compare it with the whole-file
+   SHA-256 of what was read from the source (`workers.smb.filehash`, computed while
+   streaming); otherwise (no `dest_sha256`, or chunks reused from an earlier attempt that
+   this attempt did not read) read it back over SMB in parallel streams and compare every
+   chunk's SHA-256 with what was read from the source. A mismatch is
+   CopyVerificationError;
 6. rename the partial file onto the final name (replacing an earlier copy) and clear
    the checkpoint.
 
@@ -40,6 +45,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from workers.smb import chunks, connections, files, memory
+from workers.smb.filehash import InOrderHash
 from workers.smb.checkpoint import Checkpoint, MemoryCheckpoint
 from workers.smb.connections import reset_connections
 from workers.smb.endpoint import SmbEndpoint, normalize_rel
@@ -237,9 +243,12 @@ class _Chunks:
             return next(self._it, None)
 
 
-def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int]) -> None:
+def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int],
+                 stop: threading.Event | None = None) -> None:
     """Run work(stream, chunks) in n threads; the first error stops the others and is raised."""
     queue = _Chunks(todo)
+    if stop is not None:
+        queue.stop = stop
     errors: list[BaseException] = []
 
     def run(i: int) -> None:
@@ -264,8 +273,11 @@ def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int]) 
 def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
               streams: int = DEFAULT_STREAMS, progress: Progress | None = None,
               throttle: Throttle | None = None, checkpoint: Checkpoint | None = None,
-              read_ahead: bool = False) -> CopyResult:
+              read_ahead: bool = False, dest_sha256: Callable[[], str] | None = None) -> CopyResult:
     """Copy src's `src_rel` to dst's `dst_rel` (backslash paths relative to the share roots).
+
+    `dest_sha256()` returns the SHA-256 (hex) of `dst_rel` + PARTIAL_SUFFIX computed on the
+    destination host; given, it replaces the read-back over SMB (see step 5 above).
 
     `read_ahead` keeps one more READ per stream in flight (see `_read_ahead`); off by
     default to hold the copier's peak RSS under 256 MiB with encryption on."""
@@ -301,6 +313,9 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     request = request_bytes(n_streams)
     v_streams = max(1, min(int(streams), chunks.count(total)))
     what = src.unc(src_rel)
+    stop = threading.Event()
+    # A whole-file hash needs every chunk read now; a resumed copy verifies by read-back.
+    whole = InOrderHash(2 * n_streams, stop) if dest_sha256 is not None and not digests else None
 
     def copy_stream(i: int, queue: _Chunks) -> None:
         with _errors(src, src_rel, i):
@@ -317,11 +332,13 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
                         req = files.send_write(wfh, offset, data if length <= request else memoryview(data)[:request])
                         digest = hashlib.sha256(data).hexdigest()  # while the WRITE is in flight
                         _write_rest(wfh, offset, data, files.recv_write(wfh, req), request)
-                    del data
                     sent[i] += length
                     digests[index] = digest
                     checkpoint.record(index, digest)
                     report.add(length)
+                    if whole is not None:
+                        whole.add(index, data)
+                    del data
             finally:
                 _best_effort(f"closing {dst.unc(part_rel)}", files.close, wfh)
         finally:
@@ -345,7 +362,7 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
 
     try:
         todo = [i for i in range(chunks.count(total)) if i not in digests]
-        _run_streams(n_streams, copy_stream, todo)
+        _run_streams(n_streams, copy_stream, todo, stop)
         after = _identity(src, src_rel)
         if after != before:
             raise SourceChangedError(
@@ -357,7 +374,15 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
             files.flush(dfh)
             if files.current_size(dfh) != total:
                 raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
-        _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
+        if whole is not None:
+            want = whole.hexdigest()
+            got = dest_sha256().lower()
+            if got != want:
+                raise CopyVerificationError(
+                    f"{dst.unc(dst_rel)}: the copy that landed hashes {got} on its host, but what was "
+                    f"read from {what} hashes {want}")
+        else:
+            _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
         digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
         with _errors(dst, dst_rel):
             files.rename(dfh, dst_rel, replace=True)
