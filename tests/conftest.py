@@ -74,6 +74,14 @@ class Lab:
         import redis
         return redis.Redis.from_url(self.cfg.redis_url, decode_responses=True)
 
+    def redis_state(self) -> dict:
+        """Every quickmig key and its value, but heartbeats and the reconciler's pass lock,
+        which move on their own: what a refused request must leave unchanged."""
+        from workers import keys
+        r = self.redis()
+        return {k: r.dump(k) for k in r.scan_iter("quickmig:*")
+                if not k.startswith(keys.workers("")) and k != keys.RECONCILER_LOCK}
+
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):

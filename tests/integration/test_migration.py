@@ -93,17 +93,13 @@ def test_a_bad_request_is_refused_and_changes_nothing(lab, args, says):
     if not any(v["name"] == "e2e-bad" for v in lab.emulator("hv1").state()["vms"]):
         lab.add_vm("e2e-bad", "hv1")
     r = lab.redis()
-
-    def state():  # heartbeats and the reconciler's pass lock move on their own; nothing else may
-        return {k: r.dump(k) for k in r.scan_iter("quickmig:*")
-                if not k.startswith(keys.workers("")) and k != keys.RECONCILER_LOCK}
-    before = state()
+    before = lab.redis_state()
     queues = {q: r.llen(q) for q in ("snapshot", "copy", "cutover")}
     res = lab.cli("migrate", *args)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], res.stderr
-    assert state() == before
+    assert lab.redis_state() == before
     assert {q: r.llen(q) for q in ("snapshot", "copy", "cutover")} == queues
     assert lab.verify("e2e-bad")["running_on"] == ["hv1"]
 
