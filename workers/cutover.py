@@ -11,10 +11,10 @@ import time
 from workers import context, options, precopy, states
 from workers.copy import transfer
 from workers.hyperv.errors import VMNotFound
-from workers.locks import LeaseKeeper
-from workers.pipeline import HardFailure, end, fence, mlog, pipeline_task, resume, send
+from workers.locks import Fenced, LeaseKeeper
+from workers.pipeline import HardFailure, end, fence, is_retryable, mlog, pipeline_task, resume, send
 from workers.plan import PathMap, chain_paths, downtime_files
-from workers.record import StaleState
+from workers.record import RecordNotFound, StaleState
 from workers.smb.copy import PARTIAL_SUFFIX
 from workers.snapshot import ours
 
@@ -22,12 +22,28 @@ HEARTBEAT_TIMEOUT_S = 120
 
 
 def _rollback_now(mid: str, error: str) -> None:
-    """Called by the cutover itself: the VM is down, so roll back in this process."""
+    """Called by the cutover itself: the VM is down, so roll back in this process.
+
+    If that meets a transient fault (the destination's WinRM unreachable: the copy there
+    must be removed before the source may run again), hand over to the rollback task,
+    which retries with backoff; left to escape, the fault would leave the VM saved until
+    the reconciler noticed the migration stuck in rolling_back."""
     try:
         context.store().transition(mid, {states.CUTTING_OVER}, states.ROLLING_BACK, error=error)
     except StaleState:  # someone else already moved it; their step owns it
         return
-    rollback.__wrapped_step__(mid, mlog(mid, "rollback"))
+    lg = mlog(mid, "rollback")
+    try:
+        rollback.__wrapped_step__(mid, lg)
+    except (Fenced, RecordNotFound, StaleState) as e:  # someone else moved it on: theirs now
+        lg.warning("dropped: %s", e)
+    except Exception as e:  # noqa: BLE001 - every failure must route somewhere
+        if not is_retryable(e):
+            lg.error("failed: %s: %s", type(e).__name__, e)
+            _fail_rollback(mid, f"rollback: {e}")
+            return
+        lg.warning("transient failure, the rollback task takes over: %s", e)
+        send("quickmig.rollback", mid)  # leaves once this delivery's step claim is released
 
 
 def _connect_shares(rec: dict, pm: PathMap) -> None:

@@ -109,3 +109,14 @@ class EmulatorClient:
 
     def clear_faults(self) -> int:
         return self._call("DELETE", "/lab/faults")["cleared"]  # type: ignore[index]
+
+    def outage(self, seconds: float) -> float:
+        """Make the WinRM endpoint unreachable (connections closed unanswered) for `seconds`;
+        the control API keeps answering. Returns the seconds left."""
+        return self._call("POST", "/lab/outage", {"seconds": seconds})["remaining_s"]  # type: ignore[index]
+
+    def outage_remaining(self) -> float:
+        return self._call("GET", "/lab/outage")["remaining_s"]  # type: ignore[index]
+
+    def end_outage(self) -> float:
+        return self._call("DELETE", "/lab/outage")["remaining_s"]  # type: ignore[index]

@@ -38,6 +38,11 @@ Lab control API (JSON, same Basic credentials):
     GET    /lab/faults   {"faults": [...]}
     POST   /lab/faults   one rule or a list (see faults.py) -> {"faults": [...]}
     DELETE /lab/faults   {"cleared": n}
+    GET    /lab/outage   {"remaining_s": float}
+    POST   /lab/outage   {"seconds": N} -> the same: for N seconds every POST /wsman is answered
+                         by closing the connection unread (the WinRM endpoint is unreachable to
+                         a client; commands already running carry on), while /lab/* keeps answering
+    DELETE /lab/outage   end it now -> {"remaining_s": 0}
 """
 from __future__ import annotations
 
@@ -218,11 +223,15 @@ class EmulatorServer(ThreadingHTTPServer):
         self.username = username
         self.password = password
         self.faults = faults or FaultTable()
+        self.outage_until = 0.0  # monotonic time until which WS-Man requests are dropped
         self.shells: dict[str, Shell] = {}
         self.shells_lock = threading.Lock()
         self.endpoint = f"http://{bind}:{port}/wsman"
         super().__init__((bind, port), Handler)
         self.endpoint = f"http://{bind}:{self.server_address[1]}/wsman"
+
+    def outage_remaining_s(self) -> float:
+        return max(0.0, self.outage_until - time.monotonic())
 
     # -- auth ------------------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:
@@ -391,6 +400,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path.split("?")[0] == "/wsman":
+            if self.server.outage_remaining_s() > 0:
+                self._hang_up()
+                return
             self._wsman()
         else:
             self._lab("POST")
@@ -443,6 +455,19 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, {"faults": srv.faults.list()})
             elif method == "DELETE" and path == "/lab/faults":
                 self._json(200, {"cleared": srv.faults.clear()})
+            elif method == "GET" and path == "/lab/outage":
+                self._json(200, {"remaining_s": srv.outage_remaining_s()})
+            elif method == "POST" and path == "/lab/outage":
+                seconds = doc.get("seconds") if isinstance(doc, dict) and set(doc) == {"seconds"} else None
+                if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
+                    self._json(400, {"error": "POST /lab/outage takes {\"seconds\": a number in (0, 3600]}"})
+                    return
+                srv.outage_until = time.monotonic() + seconds
+                log.warning("outage: the WinRM endpoint drops every request for %.1fs", seconds)
+                self._json(200, {"remaining_s": srv.outage_remaining_s()})
+            elif method == "DELETE" and path == "/lab/outage":
+                srv.outage_until = 0.0
+                self._json(200, {"remaining_s": 0.0})
             else:
                 self._json(404, {"error": f"no such lab endpoint: {method} {path}"})
         except FaultSpecError as e:
@@ -451,6 +476,14 @@ class Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": e.message, "category": e.category, "fqid": e.fqid})
         except TypeError as e:
             self._json(400, {"error": str(e)})
+
+    def _hang_up(self) -> None:
+        """Close the connection without an answer, as a dead link or a crashed service does."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # -- WS-Management -----------------------------------------------------------------
     def _wsman(self) -> None:
@@ -501,11 +534,7 @@ class Handler(BaseHTTPRequestHandler):
                                  2150858818)
         except DropConnection:
             log.warning("fault injection: dropping the connection instead of answering")
-            self.close_connection = True
-            try:
-                self.connection.shutdown(2)
-            except OSError:
-                pass
+            self._hang_up()
             return
         except WSManFault as f:
             self._send(f.status, self._fault(f, msg_id).encode("utf-8"), "application/soap+xml;charset=UTF-8")

@@ -5,6 +5,7 @@ import importlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,4 +163,34 @@ def test_faults_fail_delay_and_drop(emulator):
     with pytest.raises(requests.exceptions.ConnectionError):
         run_op(p, "host_info", {})
     assert client.clear_faults() == 0
+    assert run_op(protocol(emulator["endpoint"]), "host_info", {})[0] == 0
+
+
+@needs_scripts
+def test_an_outage_drops_every_wsman_request_while_the_control_api_answers(emulator):
+    from workers.config import load_config
+    from workers.hyperv.driver import HyperVDriver
+    from workers.hyperv.errors import TransportError
+    client: EmulatorClient = emulator["client"]
+    cfg = load_config(emulator["lab"] / "quickmig.toml")
+    driver = HyperVDriver(cfg.host("hv1"), cfg.credentials("hv1"), default_timeout_s=10)
+    with pytest.raises(EmulatorClientError) as bad:
+        client.outage(-1)
+    assert bad.value.status == 400 and client.outage_remaining() == 0
+    assert client.outage(30) > 29
+    try:
+        assert client.ping()["ok"] and 0 < client.outage_remaining() <= 30
+        with pytest.raises(requests.exceptions.ConnectionError):
+            run_op(protocol(emulator["endpoint"]), "host_info", {})
+        with pytest.raises(TransportError) as e:
+            driver.host_info()
+        assert e.value.retryable
+    finally:
+        assert client.end_outage() == 0
+    assert driver.host_info()["switches"] == ["lab-switch"]
+    client.outage(1.5)
+    deadline = time.monotonic() + 20
+    while client.outage_remaining() > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     assert run_op(protocol(emulator["endpoint"]), "host_info", {})[0] == 0
