@@ -170,4 +170,11 @@ def test_parse_refuses_what_is_not_text():
 
 def test_load_is_cached_and_matches_the_file_on_disk():
     assert scripts.load("save_vm") is scripts.load("save_vm")
-    assert scripts.load("save_vm") == (SCRIPT_DIR / "save_vm.ps1").read_text(encoding="ascii")
+    assert scripts.load("delete_files") == (SCRIPT_DIR / "delete_files.ps1").read_text(encoding="ascii")
+
+
+def test_an_include_line_is_replaced_by_the_shared_text():
+    on_disk = (SCRIPT_DIR / "save_vm.ps1").read_text(encoding="ascii")
+    shared = (SCRIPT_DIR / "include" / "vminfo.ps1").read_text(encoding="ascii")
+    assert "# quickmig-include: vminfo\n" in on_disk
+    assert scripts.load("save_vm") == on_disk.replace("# quickmig-include: vminfo\n", shared)

@@ -16,6 +16,10 @@ from importlib import resources
 
 ARGS_PLACEHOLDER = "__QUICKMIG_ARGS__"
 HEADER_PREFIX = "# quickmig-op: "
+# A line `# quickmig-include: <name>` stands for the text of scripts/include/<name>.ps1:
+# helpers several operations share are written once, and each host still receives one
+# self-contained script.
+_INCLUDE_RE = re.compile(r"^# quickmig-include: ([a-z_]+)\n", re.M)
 
 # The operations of OPERATIONS.md, in the order of its table.
 OPS = (
@@ -58,9 +62,12 @@ def _check_op(op: str) -> None:
 
 @functools.cache
 def load(op: str) -> str:
-    """The shipped text of `op`'s script (newlines are \\n), checked for the shape OPERATIONS.md asks."""
+    """The shipped text of `op`'s script (newlines are \\n, includes filled in), checked for
+    the shape OPERATIONS.md asks."""
     _check_op(op)
-    text = resources.files(__package__).joinpath("scripts", f"{op}.ps1").read_text(encoding="utf-8")
+    folder = resources.files(__package__).joinpath("scripts")
+    text = _INCLUDE_RE.sub(lambda m: folder.joinpath("include", f"{m.group(1)}.ps1").read_text(encoding="utf-8"),
+                           folder.joinpath(f"{op}.ps1").read_text(encoding="utf-8"))
     lines = text.split("\n")
     problems = []
     if lines[0] != HEADER_PREFIX + op:

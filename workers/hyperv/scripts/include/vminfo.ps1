@@ -1,0 +1,54 @@
+# Shared by the operation scripts that name one VM by id or answer with a VMInfo
+# (OPERATIONS.md): scripts.load() puts this text in place of their
+# `# quickmig-include: vminfo` line, so every host receives one self-contained script.
+
+function Get-QmVM([string]$Id) {
+    # One VM by its id. Get-VM -Name would take a wildcard pattern, -Id cannot.
+    $vm = Get-VM -Id $Id
+    if (-not $vm) {
+        Write-Error -Message ('Hyper-V was unable to find a virtual machine with ID "' + $Id + '".') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $Id
+    }
+    $vm
+}
+
+function Get-QmVMInfo($VM) {
+    # The VMInfo shape of OPERATIONS.md.
+    $id = $VM.Id.ToString()
+    $base = Join-Path -Path $VM.ConfigurationLocation -ChildPath ('Virtual Machines\' + $id.ToUpperInvariant())
+    $disks = @(foreach ($d in @(Get-VMHardDiskDrive -VM $VM)) {
+        $chain = @()
+        $p = [string]$d.Path
+        while ($p -and $null -eq $d.DiskNumber -and $chain.Count -lt 64) {
+            $chain += $p
+            $vhd = $null
+            try { $vhd = Get-VHD -Path $p }
+            catch {
+                Write-Error -Message ('Cannot read virtual disk ' + $p + ' of VM ' + $id + ': ' + $_.Exception.Message) -Category ReadError -ErrorId 'DiskChainUnreadable'
+            }
+            $p = [string]$vhd.ParentPath
+        }
+        [ordered]@{
+            controller_type = [string]$d.ControllerType; controller_number = [int]$d.ControllerNumber
+            controller_location = [int]$d.ControllerLocation; path = [string]$d.Path; chain = $chain
+        }
+    })
+    $isos = @(foreach ($dvd in @(Get-VMDvdDrive -VM $VM)) { if ($dvd.Path -like '*.iso') { [string]$dvd.Path } })
+    $snapshots = @(foreach ($s in @(Get-VMSnapshot -VM $VM)) {
+        $sid = $s.Id.ToString()
+        [ordered]@{
+            id = $sid; name = [string]$s.Name
+            config_path = Join-Path -Path $VM.SnapshotFileLocation -ChildPath ('Snapshots\' + $sid.ToUpperInvariant() + '.vmcx')
+        }
+    })
+    $switches = @(foreach ($n in @(Get-VMNetworkAdapter -VM $VM)) { if ($n.SwitchName) { [string]$n.SwitchName } })
+    $stateFiles = @(foreach ($ext in '.vmcx', '.vmgs', '.vmrs') {
+        if (Test-Path -LiteralPath ($base + $ext) -PathType Leaf) { $base + $ext }
+    })
+    [ordered]@{
+        id = $id; name = [string]$VM.Name; state = [string]$VM.State; generation = [int]$VM.Generation
+        version = [string]$VM.Version; memory_startup_bytes = [int64]$VM.MemoryStartup
+        checkpoint_type = [string]$VM.CheckpointType; path = [string]$VM.ConfigurationLocation
+        config_path = $base + '.vmcx'; state_files = $stateFiles
+        disks = $disks; isos = $isos; snapshots = $snapshots; switches = @($switches | Select-Object -Unique)
+    }
+}
