@@ -13,7 +13,8 @@ def _cfg(args):
 
 def cmd_up(args) -> int:
     from lab import orchestrator
-    orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port)
+    orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port,
+                    max_migrations=args.max_migrations)
     return 0
 
 
@@ -64,6 +65,8 @@ def register(sub, common) -> None:
     u.add_argument("--hosts", type=int, default=2)
     u.add_argument("--vms-per-host", type=int, default=1)
     u.add_argument("--metrics-port", type=int, default=None, help="the lab's /metrics port (default: a free one)")
+    u.add_argument("--max-migrations", type=int, default=2,
+                   help="each host's max_migrations: migrations at once from or to it")
     u.set_defaults(func=_guard(cmd_up, LabError))
 
     d = lsub.add_parser("down", parents=[common], help="stop everything the lab started")

@@ -57,7 +57,7 @@ def vm_root(host: str) -> str:
     return f"D:\\VMs\\{host}"
 
 
-def _write_config(lab_dir: Path, hosts: list[str], ports: dict) -> None:
+def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: int = 2) -> None:
     lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
              f"redis_url = {toml_str('redis://127.0.0.1:%d/0' % ports['redis'])}",
              'credentials_file = "credentials.toml"', "",
@@ -74,7 +74,8 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict) -> None:
                   'smb_server = "127.0.0.1"',
                   f"smb_port = {ports[h]['smb']}",
                   f"smb_share = {toml_str(h)}",
-                  "max_copies = 2", ""]
+                  "max_copies = 2",
+                  f"max_migrations = {int(max_migrations)}", ""]
     (lab_dir / "quickmig.toml").write_text("\n".join(lines))
     cred = lab_dir / "credentials.toml"
     fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -140,7 +141,7 @@ def _wait_redis(port: int, timeout_s: float) -> None:
 
 
 def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
-       metrics_port: int | None = None, say=print) -> dict:
+       metrics_port: int | None = None, max_migrations: int = 2, say=print) -> dict:
     lab_dir = Path(lab_dir).resolve()
     alive = running(lab_dir)
     if alive:
@@ -153,7 +154,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
     ports = {"redis": free_port(), "metrics": metrics_port or free_port()}
     for h in names:
         ports[h] = {"winrm": free_port(), "smb": free_port()}
-    _write_config(lab_dir, names, ports)
+    _write_config(lab_dir, names, ports, max_migrations)
     cfg = load_config(lab_dir / "quickmig.toml")
     logs = lab_dir / "logs"
     lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time()}

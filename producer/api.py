@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from workers import config as config_mod
+from workers.admission import Admission, admit_and_send
 from workers import options as options_mod
 from workers import states
 from workers.hyperv.errors import HyperVError, VMNotFound
@@ -50,6 +51,7 @@ class Producer:
         self.cfg, self.app = cfg, app
         self.store = Store.from_url(cfg.redis_url)
         self.locks = VMLocks(self.store.r)
+        self.admission = Admission.of(self.store.r, cfg)
 
     @classmethod
     def from_config(cls, path=None) -> "Producer":
@@ -115,12 +117,20 @@ class Producer:
         rec["fence"] = token
         try:
             self.store.create(rec)
-            self.app.send_task("quickmig.snapshot", args=[rec["id"]])
+            # in line for a place on both hosts (workers.admission); the pass starts it now
+            # if both have room, else a migration that ends on either host will
+            self.admission.wait(rec["id"], req.source, req.destination)
+            self.admit()
         except Exception:
+            self.admission.release(rec["id"], (req.source, req.destination))
             self.store.delete(rec["id"])
             self.locks.release(vm["id"], rec["id"])
             raise
         return rec
+
+    def admit(self) -> list[str]:
+        return admit_and_send(self.admission, self.store,
+                              lambda mid: self.app.send_task("quickmig.snapshot", args=[mid]))
 
     def cancel(self, mid: str) -> dict:
         """Roll a migration back before its downtime; refuse (RequestError) once the VM is
@@ -130,12 +140,19 @@ class Producer:
                                         cancelled_at=time.time())
         except StaleState as e:
             raise RequestError(f"cannot cancel migration {mid}: {CANCEL_REFUSED.get(e.actual, e.actual)}") from None
+        self.admission.withdraw(mid)  # its places, if it has any, are given back when it ends
         # the step now running notices the state change and stops; the rollback waits for it
         self.app.send_task("quickmig.rollback", args=[mid])
         return rec
 
     def get(self, mid: str) -> dict:
         return self.store.get(mid)
+
+    def note_waiting(self, recs: list[dict]) -> list[dict]:
+        """Add `waiting` (why it is not started yet) to each queued record still in line."""
+        for mid, why in self.admission.reasons(recs).items():
+            next(r for r in recs if r["id"] == mid)["waiting"] = why
+        return recs
 
     def list(self, limit: int = 100) -> list[dict]:
         return self.store.list(limit)

@@ -45,7 +45,8 @@ def cmd_migrate(args) -> int:
 def cmd_status(args) -> int:
     from producer import report
     from producer.api import Producer
-    rec = Producer.from_config(args.config).get(args.id)
+    p = Producer.from_config(args.config)
+    rec = p.note_waiting([p.get(args.id)])[0]
     if args.json:
         _print_json(rec)
     else:
@@ -134,12 +135,12 @@ def cmd_metrics_exporter(args) -> int:
 def cmd_watch(args) -> int:
     from producer import report, watch
     from producer.api import Producer
-    store = Producer.from_config(args.config).store
+    p = Producer.from_config(args.config)
     if args.interval <= 0:
         raise ConfigError("--interval must be a positive number of seconds")
     if args.id is None:
-        return watch.watch_all(store, interval_s=args.interval, once=args.once)
-    rec = watch.watch_one(store, args.id, interval_s=args.interval)
+        return watch.watch_all(p.store, interval_s=args.interval, once=args.once, note=p.note_waiting)
+    rec = watch.watch_one(p.store, args.id, interval_s=args.interval, note=p.note_waiting)
     print(report.summary(rec))
     return EXIT_OK if rec["state"] == "completed" else EXIT_NOT_COMPLETED
 

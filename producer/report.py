@@ -21,6 +21,8 @@ def phase_seconds(rec: dict) -> dict[str, float]:
 
 def summary(rec: dict) -> str:
     lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
+    if rec.get("waiting"):
+        lines.append(f"  {rec['waiting']}")
     if rec.get("downtime_seconds") is not None:
         lines.append(f"  downtime        {rec['downtime_seconds']:.2f} s")
     if rec.get("predicted_downtime_seconds") is not None:

@@ -117,7 +117,8 @@ def line(rec: dict, now: float, meter: RateMeter | None = None) -> str:
     route = f"{rec['source']}->{rec['destination']}"
     return (f"{rec['id']}  {rec['vm'][:20]:<20} {route:<12} {phase_label(rec):<10}"
             f"{bar(frac)} {pct}  {size:<21} {rate:>11}  eta {_duration(p.eta_s):>7}"
-            f"  down {(f'{down:.1f}s' if down is not None else '-'):>7}")
+            f"  down {(f'{down:.1f}s' if down is not None else '-'):>7}"
+            + (f"  {rec['waiting']}" if rec.get("waiting") else ""))
 
 
 HEADER = (f"{'ID':<16}  {'VM':<20} {'ROUTE':<12} {'PHASE':<10}{'PROGRESS':<{BAR_WIDTH + 2}} {'%':>4}  "
@@ -136,18 +137,23 @@ def _plain_key(rec: dict, now: float, meter: RateMeter) -> tuple:
     """What must change before piped output prints again: state, or a step of progress."""
     p = progress(rec, now, meter)
     step = int((p.fraction or 0) * 100) // PLAIN_STEP_PCT if p.total else int(p.done) // PLAIN_STEP_BYTES
-    return rec["id"], rec["state"], step
+    return rec["id"], rec["state"], step, rec.get("waiting")
+
+
+def _unnoted(recs: list[dict]) -> list[dict]:
+    return recs
 
 
 def watch_all(store, *, interval_s: float = 1.0, once: bool = False, out=sys.stdout,
-              tty: bool | None = None, iterations: int | None = None) -> int:
+              tty: bool | None = None, iterations: int | None = None, note=_unnoted) -> int:
+    """`note(recs)` may add what the records alone do not say (why a migration waits)."""
     tty = out.isatty() if tty is None else tty
     meter = RateMeter()
     n = 0
     last_plain, last_at = None, 0.0
     while True:
         now = time.time()
-        recs = store.active()
+        recs = note(store.active())
         text = screen(recs, now, meter)
         if once:
             out.write(text + "\n")
@@ -165,13 +171,14 @@ def watch_all(store, *, interval_s: float = 1.0, once: bool = False, out=sys.std
         time.sleep(interval_s)
 
 
-def watch_one(store, mid: str, *, interval_s: float = 1.0, out=sys.stdout, tty: bool | None = None) -> dict:
+def watch_one(store, mid: str, *, interval_s: float = 1.0, out=sys.stdout, tty: bool | None = None,
+              note=_unnoted) -> dict:
     """Follow one migration to its end state and return its final record."""
     tty = out.isatty() if tty is None else tty
     meter = RateMeter()
     last_plain, last_at = None, 0.0
     while True:
-        rec = store.get(mid)
+        rec = note([store.get(mid)])[0]
         now = time.time()
         if tty:
             out.write("\r\x1b[K" + line(rec, now, meter))

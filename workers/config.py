@@ -40,6 +40,7 @@ class Host:
     smb_share: str
     winrm_cert_validation: str = "validate"
     max_copies: int = 2
+    max_migrations: int = 2  # migrations at once with this host as source or destination
 
     def to_rel(self, host_path: str) -> str:
         """Host path under vm_root -> path relative to the share root (backslashes)."""
@@ -91,6 +92,12 @@ class Config:
             raise ConfigError(f"credentials file has no {e.args[0]} for host {host!r}") from None
 
 
+def _at_least_one(value, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
 def find_config_path(explicit: str | os.PathLike | None = None) -> Path:
     """--config FILE, else $QUICKMIG_CONFIG, else ./quickmig.toml."""
     if explicit:
@@ -121,6 +128,8 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
                 smb_port=int(h.get("smb_port", 445)),
                 smb_share=h["smb_share"],
                 max_copies=int(h.get("max_copies", 2)),
+                max_migrations=_at_least_one(h.get("max_migrations", 2),
+                                             f"{path}: host {name!r}: max_migrations"),
             )
         except KeyError as e:
             raise ConfigError(f"{path}: host {name!r} lacks {e.args[0]}") from None

@@ -38,6 +38,11 @@ def locks() -> VMLocks:
     return VMLocks(_redis())
 
 
+def admission():
+    from workers.admission import Admission
+    return Admission.of(_redis(), config())
+
+
 @lru_cache(maxsize=None)
 def driver(host: str):
     from workers.hyperv.driver import HyperVDriver

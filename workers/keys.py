@@ -114,3 +114,22 @@ def copy_slots(direction: str, host: str) -> str:
 # capped at COPY_SLOT_LOG_MAX entries): what the slot tests and operators audit.
 COPY_SLOT_LOG = f"{PREFIX}slots:log"
 COPY_SLOT_LOG_MAX = 10000
+
+
+# Migration admission (workers.admission): per host, the set of migration ids admitted with
+# that host as source or destination (at most the host's max_migrations). Members leave
+# when their migration ends (pipeline.end; the reconciler removes ended or vanished ones).
+def admitted(host: str) -> str:
+    return f"{PREFIX}admission:host:{host}"
+
+
+# Migrations waiting for admission: sorted set of ids scored by enqueue time (FIFO), and
+# a hash id -> JSON [source, destination] that the admission step reads. Both lose the id
+# when it is admitted, withdrawn (cancel) or ends.
+ADMISSION_WAITING = f"{PREFIX}admission:waiting"
+ADMISSION_ROUTES = f"{PREFIX}admission:routes"
+
+# Every admission and release, JSON lines with Redis' clock (list, newest last, capped):
+# what the load test and operators audit against max_migrations.
+ADMISSION_LOG = f"{PREFIX}admission:log"
+ADMISSION_LOG_MAX = 10000

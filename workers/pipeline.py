@@ -129,13 +129,27 @@ def start_rollback(mid: str, error: str) -> None:
 
 
 def end(mid: str, to: str, **fields) -> dict:
-    """Reach an end state: stamp it, release the VM, count it."""
+    """Reach an end state: stamp it, release the VM and the migration's places on its
+    hosts (admitting whoever waited for them), count it."""
     store = context.store()
     rec = store.get(mid)
     rec = store.transition(mid, {rec["state"]}, to, **fields)
     context.locks().release(rec["vm_id"], mid)
+    release_places(rec)
     metrics.observe_end(rec)
     return rec
+
+
+def release_places(rec: dict) -> None:
+    adm = context.admission()
+    adm.release(rec["id"], (rec["source"], rec["destination"]))
+    admit_waiting(adm)
+
+
+def admit_waiting(adm=None) -> list[str]:
+    from workers.admission import admit_and_send
+    return admit_and_send(adm or context.admission(), context.store(),
+                          lambda mid: send("quickmig.snapshot", mid))
 
 
 def _counting_failures(step: str, fn):

@@ -10,16 +10,22 @@ the VM runs on the destination or a rollback itself is stuck, ends it `failed` w
 is left to do by hand. A stuck cutover is only ever re-sent: the cutover step itself
 rolls forward when the destination VM already started, back when it did not.
 
+A `queued` migration waiting for admission (workers.admission) is not stuck: it waits for
+a place on its hosts, however long that takes. Its deadline counts from its admission.
+Each pass also gives back the places of migrations that ended or vanished without passing
+through pipeline.end (a worker killed in between), and runs an admission pass.
+
 Deadlines come from `[reconciler]` in quickmig.toml (see DEFAULT_DEADLINES_S).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 from workers import context, keys, states
 from workers.celery import RECONCILE_EVERY_S, app
-from workers.pipeline import STEP_OF, StepClaim, end, send, start_rollback
+from workers.pipeline import STEP_OF, StepClaim, admit_waiting, end, send, start_rollback
 from workers.record import RecordNotFound
 
 log = logging.getLogger("quickmig.reconciler")
@@ -88,6 +94,8 @@ def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None 
     if locks.claim_holder(mid):
         return None  # a task is working on it right now (its heartbeat keeps the claim)
     now = time.time() if now is None else now
+    if st == states.QUEUED and not context.admission().holds(mid, rec["source"]):
+        return _not_admitted(rec, now, deadlines[st])
     if now - rec["updated_at"] < deadlines[st] or mid in waiting:
         return None
     with StepClaim(mid) as claim:
@@ -113,6 +121,38 @@ def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None 
         return "resent"
 
 
+def _not_admitted(rec: dict, now: float, deadline_s: float) -> str | None:
+    """A queued migration without its places either waits in line (not stuck), or was lost
+    on its way there (the producer died between creating it and putting it in line)."""
+    adm = context.admission()
+    if adm.is_waiting(rec["id"]) or now - rec["updated_at"] < deadline_s:
+        return None
+    log.warning("[%s] queued but neither admitted nor in line; putting it in line", rec["id"])
+    adm.wait(rec["id"], rec["source"], rec["destination"])
+    return "in line"
+
+
+def sweep_admission() -> list[str]:
+    """Give back the places of migrations that ended or vanished, take them out of the
+    line, then admit whoever now fits; returns the ids released."""
+    store, adm = context.store(), context.admission()
+    places: dict[str, list[str]] = {}
+    for host in adm.limits:
+        for mid in adm.holders(host):
+            places.setdefault(mid, []).append(host)
+    for mid in adm.waiting_ids():
+        places.setdefault(mid, [])
+    ids = sorted(places)
+    raws = store.r.mget([keys.migration(m) for m in ids]) if ids else []
+    released = []
+    for mid, raw in zip(ids, raws):
+        if raw is None or json.loads(raw)["state"] in states.ENDS:
+            adm.release(mid, places[mid])
+            released.append(mid)
+    admit_waiting(adm)
+    return released
+
+
 @app.task(name="quickmig.reconcile", acks_late=False, ignore_result=True)
 def reconcile() -> dict:
     r = context.store().r
@@ -122,6 +162,8 @@ def reconcile() -> dict:
     try:
         deadlines, max_nudges = settings(context.config())
         done: dict[str, str] = {}
+        for mid in sweep_admission():
+            done[mid] = "places given back"
         waiting = waiting_ids(r)
         for mid in context.store().active_ids():
             try:

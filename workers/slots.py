@@ -9,7 +9,6 @@ keys.COPY_SLOT_LOG with Redis' clock, so anyone can check the limit was never ex
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from contextlib import contextmanager
@@ -17,11 +16,9 @@ from typing import Iterator
 
 import redis
 
-from workers import keys
+from workers import audit, keys
 
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_ACQUIRE = audit.LUA_PRELUDE + """
 local holder, ttl = ARGV[1], tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -32,30 +29,22 @@ end
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, now + ttl, holder)
 end
-redis.call('RPUSH', ARGV[5], cjson.encode({event = 'acquire', holder = holder, at = now,
-  read = ARGV[6], write = ARGV[7]}))
-redis.call('LTRIM', ARGV[5], -tonumber(ARGV[8]), -1)
+audit(ARGV[5], ARGV[8], {event = 'acquire', holder = holder, read = ARGV[6], write = ARGV[7]})
 return 1
 """
 
-_RELEASE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_RELEASE = audit.LUA_PRELUDE + """
 local held = 0
 for _, key in ipairs(KEYS) do
   held = held + redis.call('ZREM', key, ARGV[1])
 end
 if held > 0 then
-  redis.call('RPUSH', ARGV[2], cjson.encode({event = 'release', holder = ARGV[1], at = now,
-    read = ARGV[3], write = ARGV[4]}))
-  redis.call('LTRIM', ARGV[2], -tonumber(ARGV[5]), -1)
+  audit(ARGV[2], ARGV[5], {event = 'release', holder = ARGV[1], read = ARGV[3], write = ARGV[4]})
 end
 return held
 """
 
-_EXTEND = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_EXTEND = audit.LUA_PRELUDE + """
 for _, key in ipairs(KEYS) do
   redis.call('ZADD', key, 'XX', now + tonumber(ARGV[2]), ARGV[1])
 end
@@ -114,20 +103,10 @@ class CopySlots:
             self.release(holder, source, destination)
 
     def log(self) -> list[dict]:
-        return [json.loads(x) for x in self.r.lrange(keys.COPY_SLOT_LOG, 0, -1)]
+        return audit.read(self.r, keys.COPY_SLOT_LOG)
 
 
 def max_concurrency(events: list[dict]) -> dict[tuple[str, str], int]:
     """From a slot log: the most holders at once per ("read"|"write", host)."""
-    now: dict[tuple[str, str], set] = {}
-    peak: dict[tuple[str, str], int] = {}
-    for e in sorted(events, key=lambda e: (e["at"], e["event"] == "acquire")):
-        for direction in ("read", "write"):
-            k = (direction, e[direction])
-            holders = now.setdefault(k, set())
-            if e["event"] == "acquire":
-                holders.add(e["holder"])
-            else:
-                holders.discard(e["holder"])
-            peak[k] = max(peak.get(k, 0), len(holders))
-    return peak
+    return audit.peak((e["at"], (direction, e[direction]), e["holder"], e["event"] == "acquire")
+                      for e in events for direction in ("read", "write"))

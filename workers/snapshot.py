@@ -38,6 +38,12 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
 
 @pipeline_task("quickmig.snapshot", on_hard_failure=start_rollback)
 def snapshot(mid: str, lg) -> None:
+    rec = context.store().get(mid)
+    if rec["state"] == states.QUEUED and not context.admission().holds(mid, rec["source"]):
+        # only admission starts a migration (workers.admission): a stray message must not
+        # let one past the per-host limit; admission sends this step again when it is its turn
+        lg.info("dropped: not admitted yet")
+        return
     rec = enter(mid, {states.QUEUED}, states.SNAPSHOTTING)
     if rec is None:
         return

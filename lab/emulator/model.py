@@ -276,9 +276,20 @@ class HyperVHost:
             os.replace(tmp, self.state_file)
 
     def event(self, vm: VM, event: str, **extra) -> None:
-        rec = {"t": time.time(), "host": self.name, "vm_id": vm.id, "vm_name": vm.name, "event": event}
+        self._append_event(vm.id, event, vm_name=vm.name, **extra)
+
+    def _append_event(self, vm_id: str, event: str, **extra) -> None:
+        rec = {"t": time.time(), "host": self.name, "vm_id": vm_id, "event": event}
         rec.update(extra)
         append_line(self.events_file, json.dumps(rec, ensure_ascii=True))
+
+    def file_event(self, event: str, host_path: str) -> None:
+        """A file operation in a VM's folder (named by its id), registered here or not: so
+        the record shows a destination's part in a migration before any import."""
+        rel = host_path[len(self.paths.vm_root) + 1:] if self.paths.is_under(host_path) else ""
+        folder = rel.split("\\", 1)[0].lower()
+        if is_guid(folder):
+            self._append_event(folder, event, path=host_path)
 
     def journal_path(self, vm_id: str) -> Path:
         return self.guests_dir / f"{vm_id}.journal"
@@ -679,6 +690,7 @@ class HyperVHost:
             with self.lock:
                 self.write_vmcx(vm)
                 self.persist()
+            self.event(vm, "checkpoint", snapshot=sname, snapshot_id=sid)
             log.info("checkpoint %s of VM %s on %s", sid, vm.id, self.name)
             return {"snapshot": {"id": sid, "name": sname, "config_path": snap["config_path"]},
                     "vm": self.vm_info(vm)}
@@ -729,6 +741,7 @@ class HyperVHost:
         with self.lock:
             self.write_vmcx(vm)
             self.persist()
+        self.event(vm, "merge", snapshot=snap["name"], snapshot_id=snap["id"])
         log.info("merged checkpoint %s of VM %s on %s", snap["id"], vm.id, self.name)
 
     # -- removal and deletion ----------------------------------------------------------
@@ -774,6 +787,7 @@ class HyperVHost:
             if local.is_file() or local.is_symlink():
                 local.unlink()
                 deleted.append(hp)
+                self.file_event("delete", hp)
         return deleted
 
     def _prune(self, locals_: list[Path]) -> None:
@@ -803,6 +817,7 @@ class HyperVHost:
         with open(local, "rb") as f:  # outside self.lock: a large file takes a while
             while block := f.read(8 * 1024 * 1024):
                 h.update(block)
+        self.file_event("file_hash", hp)
         return {"path": hp, "sha256": h.hexdigest()}
 
     def op_delete_files(self, args: dict) -> dict:
