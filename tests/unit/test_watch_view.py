@@ -98,3 +98,18 @@ def test_on_a_terminal_the_view_redraws_in_place():
     watch.watch_one(FakeStore([rec(), rec(state="rolled_back")]), "abcdef0123456789", interval_s=0, out=out,
                     tty=True)
     assert out.getvalue().count("\r\x1b[K") == 2 and out.getvalue().endswith("\n")
+
+
+def test_a_waiting_migration_says_why_and_a_new_reason_prints_again_when_piped():
+    reasons = iter(["waiting: hv1 has 2 migrations (limit 2)"] * 2 + ["waiting: hv2 has 2 migrations (limit 2)"] * 3)
+
+    def note(recs):
+        for r in recs:
+            r["waiting"] = next(reasons)
+        return recs
+
+    out = io.StringIO()
+    watch.watch_all(FakeStore([rec(state="queued")]), interval_s=0, out=out, tty=False, iterations=5, note=note)
+    text = out.getvalue()
+    assert text.count("1 active") == 2
+    assert "waiting: hv1 has 2 migrations (limit 2)" in text and "waiting: hv2 has 2" in text
