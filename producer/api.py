@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass, field
 
 from workers import config as config_mod
-from workers.admission import Admission, admit_and_send
 from workers import options as options_mod
 from workers import states
+from workers.admission import Admission, admit_and_send
 from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.locks import LockHeld, VMLocks
 from workers.record import StaleState, Store, new_record
