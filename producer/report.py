@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import time
 
+from workers.states import ENDS
+
 PHASE_ORDER = ("snapshot", "copy", "prepare", "cutover", "finish", "rollback")
+
+# a retry is worth showing while it is pending or has just been made
+RECENT_RETRY_S = 30
 
 
 def _mb(n) -> str:
@@ -54,6 +59,11 @@ def summary(rec: dict) -> str:
                      f" ({prog.get('file')})")
     if rec.get("error"):
         lines.append(f"  error           {rec['error']}")
+    retry = rec.get("retry")
+    if retry and rec["state"] not in ENDS and retry["next_at"] > time.time() - RECENT_RETRY_S:
+        wait = retry["next_at"] - time.time()
+        lines.append(f"  retrying        {retry['step']}: attempt {retry['attempt']} after {retry['reason']}"
+                     f", {'next in %.0f s' % wait if wait > 0 else 'running'}")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ from workers import context, options, precopy, states
 from workers.copy import transfer
 from workers.hyperv.errors import VMNotFound
 from workers.locks import Fenced, LeaseKeeper
-from workers.pipeline import HardFailure, end, fence, is_retryable, mlog, pipeline_task, resume, send
+from workers.pipeline import (HardFailure, RetryPolicy, end, fence, is_retryable, mlog, pipeline_task,
+                              resume, send)
 from workers.plan import PathMap, chain_paths, downtime_files
 from workers.record import RecordNotFound, StaleState
 from workers.smb.copy import PARTIAL_SUFFIX
@@ -162,7 +163,13 @@ def _fail_rollback(mid: str, error: str) -> None:
     end(mid, states.FAILED, error=f"rollback incomplete: {error}")
 
 
-@pipeline_task("quickmig.rollback", on_hard_failure=_fail_rollback)
+# While a rollback waits the VM may be saved, not running anywhere, and nothing but the
+# rollback can bring it back: retry soon after the fault clears (1, 2, 4, then every 5 s) and
+# for ~10 minutes before ending `failed` with what is left to do by hand.
+ROLLBACK_RETRY = RetryPolicy(attempts=125, max_delay_s=5)
+
+
+@pipeline_task("quickmig.rollback", on_hard_failure=_fail_rollback, retry=ROLLBACK_RETRY)
 def rollback(mid: str, lg) -> None:
     rec = resume(mid, states.ROLLING_BACK)
     if rec is None:

@@ -14,6 +14,7 @@ between, the reconciler re-sends the step.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from workers.record import RecordNotFound, StaleState
 log = logging.getLogger("quickmig")
 
 MAX_RETRIES = 5
+MAX_RETRY_DELAY_S = 60
 CLAIM_BEAT_S = keys.STEP_CLAIM_TTL_S / 4
 CLAIM_BUSY_RETRY_S = 2
 
@@ -165,21 +167,32 @@ def _counting_failures(step: str, fn):
     return run
 
 
-def pipeline_task(name: str, *, on_hard_failure, retry_transient: bool = True):
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Transient faults are retried `attempts` times, waiting 1, 2, 4 ... s, at most max_delay_s."""
+    attempts: int = MAX_RETRIES
+    max_delay_s: float = MAX_RETRY_DELAY_S
+
+    def delay(self, retries: int) -> float:
+        return min(self.max_delay_s, 2 ** retries)
+
+
+def pipeline_task(name: str, *, on_hard_failure, retry_transient: bool = True,
+                  retry: RetryPolicy = RetryPolicy()):
     """Wrap a step: drop duplicates and fenced deliveries, retry transient faults with
-    backoff, hand hard failures to `on_hard_failure(mid, message)`."""
+    backoff (`retry`), hand hard failures to `on_hard_failure(mid, message)`."""
 
     def deco(fn):
         fn = _counting_failures(name.split(".")[-1], fn)
 
-        @app.task(name=name, bind=True, max_retries=MAX_RETRIES, acks_late=True)
+        @app.task(name=name, bind=True, max_retries=retry.attempts, acks_late=True)
         def task(self, mid: str):
             lg = mlog(mid, name.split(".")[-1])
             with StepClaim(mid) as claim:
                 if claim.token is None:
                     _claim_busy(name, mid, lg)
                     return
-                _run_step(self, fn, mid, lg, on_hard_failure, retry_transient)
+                _run_step(self, fn, mid, lg, on_hard_failure, retry_transient and retry)
 
         task.__wrapped_step__ = fn
         return task
@@ -199,7 +212,19 @@ def _claim_busy(name: str, mid: str, lg) -> None:
         lg.info("dropped: duplicate delivery, migration is %s", rec["state"])
 
 
-def _run_step(task, fn, mid: str, lg, on_hard_failure, retry_transient: bool) -> None:
+def _note_retry(mid: str, step: str, attempt: int, delay: float, exc: BaseException) -> None:
+    """Say in the record that the step waits to retry, and until when: `quickmig status` shows
+    it, and the reconciler leaves alone a migration whose retry is still to come (the waiting
+    message is held by a worker, not in a queue, so it cannot see it otherwise)."""
+    retry = {"step": step, "attempt": attempt, "next_at": round(time.time() + delay, 3),
+             "reason": type(exc).__name__}
+    try:
+        context.store().update(mid, lambda r: r.update(retry=retry))
+    except Exception:  # noqa: BLE001 - Redis may be what failed; the retry goes ahead regardless
+        pass
+
+
+def _run_step(task, fn, mid: str, lg, on_hard_failure, retry: "RetryPolicy | bool") -> None:
     step = task.name.split(".")[-1]
     t0 = time.monotonic()
     try:
@@ -207,9 +232,10 @@ def _run_step(task, fn, mid: str, lg, on_hard_failure, retry_transient: bool) ->
     except (Fenced, RecordNotFound, StaleState) as e:  # someone else moved it on: theirs now
         lg.warning("dropped: %s", e)
     except Exception as e:  # noqa: BLE001 - every failure must route somewhere
-        if retry_transient and is_retryable(e) and task.request.retries < MAX_RETRIES:
-            delay = min(60, 2 ** task.request.retries)
+        if retry and is_retryable(e) and task.request.retries < retry.attempts:
+            delay = retry.delay(task.request.retries)
             lg.warning("transient failure, retry %d in %ds: %s", task.request.retries + 1, delay, e)
+            _note_retry(mid, step, task.request.retries + 1, delay, e)
             raise task.retry(exc=e, countdown=delay)
         lg.error("failed: %s: %s", type(e).__name__, e)
         on_hard_failure(mid, f"{step}: {e}")

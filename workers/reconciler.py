@@ -78,6 +78,13 @@ def waiting_ids(r) -> str:
     return "\n".join(m for q in QUEUES for m in r.lrange(q, 0, -1))
 
 
+def _recently_active(rec: dict, now: float, deadline: float) -> bool:
+    """Changed within the deadline, or a step's retry (held by a worker until its countdown
+    ends, so in no queue) is due within it: a retry in backoff is not stuck."""
+    last = max(rec["updated_at"], (rec.get("retry") or {}).get("next_at", 0))
+    return now - last < deadline
+
+
 def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None = None,
                   waiting: str = "") -> str | None:
     """Look at one migration; returns what was done (None when nothing was needed)."""
@@ -96,13 +103,13 @@ def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None 
     now = time.time() if now is None else now
     if st == states.QUEUED and not context.admission().holds(mid, rec["source"]):
         return _not_admitted(rec, now, deadlines[st])
-    if now - rec["updated_at"] < deadlines[st] or mid in waiting:
+    if _recently_active(rec, now, deadlines[st]) or mid in waiting:
         return None
     with StepClaim(mid) as claim:
         if claim.token is None:
             return None
         rec = store.get(mid)  # it may have moved while we looked
-        if rec["state"] != st or now - rec["updated_at"] < deadlines[st]:
+        if rec["state"] != st or _recently_active(rec, now, deadlines[st]):
             return None
         seen = rec.get("reconciler") or {}
         nudges = seen.get("nudges", 0) if seen.get("state") == st else 0

@@ -129,30 +129,36 @@ def test_winrm_unreachable_20s_during_copy_is_retried_with_backoff(fault_lab):
     assert f"mid={mid} phase=prepare quickmig: transient failure, retry 1 in 1s" in log
 
 
-def test_winrm_unreachable_20s_during_the_downtime_rolls_back_and_never_runs_twice(fault_lab):
+# 45 s is past the ~31 s (1+2+4+8+16) every other step's retries last: the VM is saved and
+# only the rollback can bring it back, so the rollback keeps trying (workers.cutover.ROLLBACK_RETRY)
+@pytest.mark.parametrize("outage_s", [20, 45])
+def test_winrm_unreachable_during_the_downtime_rolls_back_and_never_runs_twice(fault_lab, outage_s):
     lab = fault_lab
-    lab.add_vm("wd-vm", "hv1", disk_mb=16)
+    vm = f"wd{outage_s}-vm"
+    lab.add_vm(vm, "hv1", disk_mb=16)
     dst = lab.emulator("hv2")
     # import_vm takes 3 s: long enough to cut the destination off while the source VM is saved
     dst.inject_fault(op="import_vm", action="delay", seconds=3, times=1)
     try:
-        mid = start(lab, "wd-vm", "hv1", "hv2")
+        mid = start(lab, vm, "hv1", "hv2")
         deadline = time.monotonic() + 90
         while dst.faults():  # taken (and so the VM saved on hv1) when import_vm begins
             assert time.monotonic() < deadline, "the cutover never reached import_vm"
             time.sleep(0.05)
         assert lab.producer.get(mid)["state"] == "cutting_over"
         t0 = time.monotonic()
-        dst.outage(20)
+        dst.outage(outage_s)
         rec = wait_end(lab, mid, bound_s=150)
     finally:
         dst.end_outage()
         dst.clear_faults()
-    print(f"winrm down 20 s in the downtime: {rec['state']} {time.monotonic() - t0:.1f}s after it began")
-    check = assert_clean(lab, mid, rec, "wd-vm")
+    print(f"winrm down {outage_s} s in the downtime: {rec['state']} {time.monotonic() - t0:.1f}s after it began")
+    check = assert_clean(lab, mid, rec, vm)
     assert rec["state"] == "rolled_back" and check["running_on"] == ["hv1"], rec
-    assert not any(v["name"] == "wd-vm" for v in dst.state()["vms"]), "the imported copy was left on hv2"
+    assert not any(v["name"] == vm for v in dst.state()["vms"]), "the imported copy was left on hv2"
+    # the rollback's own retries carried it through; the reconciler never had to step in
+    assert rec.get("reconciler") is None, rec["reconciler"]
+    assert rec["retry"]["step"] == "rollback" and rec["retry"]["attempt"] >= (6 if outage_s > 31 else 1), rec["retry"]
     log = (lab.dir / "logs" / "worker-cutover.log").read_text(errors="replace")
-    # the rollback's retries (not the reconciler, tens of seconds later) carried it through
     assert f"mid={mid} phase=rollback quickmig: transient failure, the rollback task takes over" in log
     assert not [line for line in log.splitlines() if mid in line and "raised unexpected" in line]
