@@ -34,10 +34,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 case "${1:-}" in
   demo) shift; exec quickmig demo "$@" ;;
-  test) shift
-    # the whole suite unless paths are given: `bash dev.sh test tests/unit -x` runs just those
-    paths=0; for a in "$@"; do [[ "$a" == -* ]] || paths=1; done
-    [ "$paths" = 1 ] || set -- tests "$@"
-    exec python -m pytest -q -p no:cacheprovider "$@" ;;
+  # no path given: pytest runs testpaths (tests/), the whole suite; `bash dev.sh test tests/unit` just those
+  test) shift; exec python -m pytest -q -p no:cacheprovider "$@" ;;
   *) echo "usage: bash dev.sh demo|test [args]" >&2; exit 2 ;;
 esac
