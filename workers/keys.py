@@ -133,3 +133,28 @@ ADMISSION_ROUTES = f"{PREFIX}admission:routes"
 # what the load test and operators audit against max_migrations.
 ADMISSION_LOG = f"{PREFIX}admission:log"
 ADMISSION_LOG_MAX = 10000
+
+
+# ISO images on a destination that several migrated VMs may share (workers.shared_files),
+# per (destination, path): a lease held by the one migration deciding whether to copy the
+# image or share the one there (expires ISO_LEASE_TTL_S after its holder stops beating);
+# the set of migrations using it; and a marker that quickmig put it there (only those may
+# be deleted, and only with their last user). No expiry: they live as long as the image.
+ISO_LEASE_TTL_S = 30
+
+
+def _iso(destination: str, path: str) -> str:
+    import hashlib
+    return f"{PREFIX}iso:{destination}:{hashlib.sha256(path.lower().encode()).hexdigest()[:16]}"
+
+
+def iso_lease(destination: str, path: str) -> str:
+    return _iso(destination, path) + ":lease"
+
+
+def iso_users(destination: str, path: str) -> str:
+    return _iso(destination, path) + ":users"
+
+
+def iso_ours(destination: str, path: str) -> str:
+    return _iso(destination, path) + ":ours"
