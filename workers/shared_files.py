@@ -49,6 +49,8 @@ return 1
 
 # Leave the image: 'keep' while others use it (or it was never ours to delete), else take
 # the lease (no one else may decide on the image while it is deleted) and say 'delete'.
+# The marker goes only once the image is gone, so a rollback retried after a failed delete
+# decides the same again.
 _LEAVE = """
 redis.call('SREM', KEYS[2], ARGV[1])
 if redis.call('SCARD', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[3]) == 0 then
@@ -59,8 +61,15 @@ if holder and holder ~= ARGV[1] then
   return 'keep'
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('DEL', KEYS[3])
 return 'delete'
+"""
+
+_DELETED = """
+redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
 """
 
 
@@ -77,6 +86,7 @@ class SharedFiles:
         self._extend = client.register_script(_EXTEND)
         self._return = client.register_script(_RETURN)
         self._leave = client.register_script(_LEAVE)
+        self._deleted = client.register_script(_DELETED)
 
     @contextmanager
     def deciding(self, destination: str, path: str, mid: str,
@@ -109,8 +119,11 @@ class SharedFiles:
 
     def leave(self, destination: str, path: str, mid: str) -> bool:
         """Stop using the image; True when the caller must delete it (it was ours and no one
-        else uses it), and then holds its lease until `done_deleting`."""
+        else uses it), and then holds its lease until `deleted`. Asking again gives the same
+        answer until `deleted` is called."""
         return self._leave(keys=_keys(destination, path), args=[mid, self.ttl_s]) == "delete"
 
-    def done_deleting(self, destination: str, path: str, mid: str) -> None:
-        self._return(keys=_keys(destination, path)[:1], args=[mid])
+    def deleted(self, destination: str, path: str, mid: str) -> None:
+        """The image is gone: drop its marker and give the lease back."""
+        ks = _keys(destination, path)
+        self._deleted(keys=[ks[0], ks[2]], args=[mid])

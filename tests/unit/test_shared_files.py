@@ -48,6 +48,7 @@ def test_the_image_is_deleted_with_its_last_user_only(r):
     assert iso.leave("hv2", ISO, "m1") is False  # m1 rolls back: m2's VM still uses it
     assert iso.users("hv2", ISO) == {"m2"}
     assert iso.leave("hv2", ISO, "m2") is True  # m2 rolls back too: the last user deletes it
+    assert iso.leave("hv2", ISO, "m2") is True  # and a retried rollback decides the same
     assert r.get(next(iter(r.scan_iter("quickmig:iso:*:lease")))) == "m2"  # held while deleting
     taken = threading.Event()
 
@@ -57,9 +58,10 @@ def test_the_image_is_deleted_with_its_last_user_only(r):
     t = threading.Thread(target=third)
     t.start()
     assert not taken.wait(0.3)  # no one decides on the image while it is deleted
-    iso.done_deleting("hv2", ISO, "m2")
+    iso.deleted("hv2", ISO, "m2")
     assert taken.wait(2)
     t.join(5)
+    assert iso.leave("hv2", ISO, "m3") is False  # gone, and no longer ours: nothing to delete
 
 
 def test_an_image_quickmig_did_not_put_there_is_never_deleted(r):
