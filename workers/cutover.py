@@ -13,7 +13,7 @@ from workers.downtime_copy import DowntimeCopy
 from workers.hyperv.errors import VMNotFound
 from workers.locks import Fenced, LeaseKeeper
 from workers.pipeline import HardFailure, end, fence, is_retryable, mlog, pipeline_task, resume, send
-from workers.plan import PathMap, chain_paths
+from workers.plan import PathMap, chain_paths, downtime_files
 from workers.record import RecordNotFound, StaleState
 from workers.smb.copy import PARTIAL_SUFFIX
 from workers.snapshot import ours
@@ -65,7 +65,9 @@ def cutover(mid: str, lg) -> None:
     with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
         fence(rec)
         copier = DowntimeCopy(rec, lg)
-        copier.ready(rec, src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"])
+        # the files as the pre-copy gate saw them last (a record from before it noted them: ask)
+        copier.ready(rec, rec.get("downtime_paths") or [
+            f["path"] for f in downtime_files(src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"])])
         t0 = time.time()
         rec = context.store().update(mid, lambda r: r.update(save_started_at=t0))
         vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]

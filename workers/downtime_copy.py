@@ -52,48 +52,44 @@ class DowntimeCopy:
     def _eps(self, lane: int):
         return dataclasses.replace(self.src_ep, lane=lane), dataclasses.replace(self.dst_ep, lane=lane)
 
-    def _refuse_theirs(self, rec: dict, lanes: list[tuple]) -> list[str]:
-        """Each file's destination path, checked on its own lane, side by side: a file we did
-        not create is in the way there (HardFailure), or the path is returned as to be made."""
+    def _refuse_theirs(self, rec: dict, path: str | None, lane: int) -> str | None:
+        """A file we did not create in the way of `path` on the destination (looked for on
+        its lane): HardFailure. Else its destination path if it is yet to be recorded."""
         from workers.smb import copy as smb
-        known = set(rec.get("created_files", []))
+        if path is None or self.pm.dest(path) in rec.get("created_files", []):
+            return None
+        if smb.exists(self._eps(lane)[1], self.pm.rel(path)):
+            refuse_existing(rec, self.pm.dest(path))
+        return self.pm.dest(path)
 
-        def check(path: str | None, lane: int) -> str | None:
-            if path is None or self.pm.dest(path) in known:
-                return None
-            if smb.exists(self._eps(lane)[1], self.pm.rel(path)):
-                refuse_existing(rec, self.pm.dest(path))
-            return self.pm.dest(path)
-
-        with ThreadPoolExecutor(max(1, len(lanes)), thread_name_prefix="downtime-check") as pool:
-            return [d for d in pool.map(lambda pl: check(*pl), lanes) if d]
-
-    def ready(self, rec: dict, vm: dict) -> None:
-        """Before Save-VM, with `vm` as it runs: open the connections, and refuse now (no
-        downtime spent) a destination that already has one of the files. They are recorded
-        in created_files only after Save-VM, after a second look: a file someone else puts
-        there meanwhile must stay theirs, never be removed by our rollback."""
+    def ready(self, rec: dict, paths: list[str]) -> None:
+        """Before Save-VM, with `paths` the downtime's files as the running VM has them:
+        open the connections, and refuse now (no downtime spent) a destination that already
+        has one of the files. They are recorded in created_files only after Save-VM, after
+        a second look: a file someone else puts there meanwhile must stay theirs, never be
+        removed by our rollback."""
         from workers.smb import connections
-        paths = [f["path"] for f in downtime_files(vm)]
+        paths = list(paths)
         if not any(p.lower().endswith(".vmrs") for p in paths):
             paths.append(None)  # the memory file Save-VM will write
-        lanes = self._lanes(paths)
 
-        def warm(path: str | None, lane: int) -> None:
+        def prepare(path: str | None, lane: int) -> None:
             # The memory is the big file, with every stream warm. A leaf disk that turns out
             # large opens its further streams during the copy, side by side with the memory.
             n = self.streams if _rank(path) == 0 else 1
             for ep in self._eps(lane):
                 connections.warm(ep, n)
+            self._refuse_theirs(rec, path, lane)
 
-        with ThreadPoolExecutor(len(lanes), thread_name_prefix="downtime-warm") as pool:
-            list(pool.map(lambda pl: warm(*pl), lanes))
-        self._refuse_theirs(rec, lanes)
+        lanes = self._lanes(paths)
+        with ThreadPoolExecutor(len(lanes), thread_name_prefix="downtime-ready") as pool:
+            list(pool.map(lambda pl: prepare(*pl), lanes))
 
     def copy(self, rec: dict, vm: dict) -> int:
         """Once saved: copy every downtime file of `vm` at once; returns the bytes."""
         lanes = self._lanes([f["path"] for f in downtime_files(vm)])
-        new = self._refuse_theirs(rec, lanes)
+        with ThreadPoolExecutor(max(1, len(lanes)), thread_name_prefix="downtime-check") as pool:
+            new = [d for d in pool.map(lambda pl: self._refuse_theirs(rec, *pl), lanes) if d]
         if new:
             rec = note_created(self.mid, new)  # before the first byte of any of them
         stop = threading.Event()
