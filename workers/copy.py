@@ -11,8 +11,6 @@ a redelivered task resumes where a killed one stopped, and keeps rec["progress"]
 """
 from __future__ import annotations
 
-import contextlib
-
 from workers import context, metrics, states
 from workers.checkpoints import RedisCheckpoint
 from workers.locks import LeaseKeeper
@@ -23,15 +21,54 @@ from workers.slots import CopySlots
 from workers.throttle import Throttle
 
 
-def _note_created(mid: str, dst_path: str) -> None:
-    """Record the file and its partial name (which an interrupted copy leaves behind) for rollback."""
+def note_created(mid: str, dst_paths: list[str]) -> dict:
+    """Record the files and their partial names (which an interrupted copy leaves behind) for
+    rollback; returns the record."""
     from workers.smb.copy import PARTIAL_SUFFIX
 
     def change(rec):
-        for path in (dst_path, dst_path + PARTIAL_SUFFIX):
-            if path not in rec.setdefault("created_files", []):
-                rec["created_files"].append(path)
-    context.store().update(mid, change)
+        for dst_path in dst_paths:
+            for path in (dst_path, dst_path + PARTIAL_SUFFIX):
+                if path not in rec.setdefault("created_files", []):
+                    rec["created_files"].append(path)
+    return context.store().update(mid, change)
+
+
+def refuse_existing(rec: dict, dst_path: str) -> None:
+    """A file we did not create is in the way on the destination: never write over it."""
+    raise HardFailure(f"{rec['destination']} already has {dst_path}; "
+                      "remove it there or choose another destination")
+
+
+def note_copied(mid: str, entries: list[dict]) -> dict:
+    """Add copied files to the record, and to the planned bytes those not planned ahead
+    (one update for them all); returns the record."""
+    def change(r):
+        for entry in entries:
+            r.setdefault("copied", []).append(entry)
+            r["bytes_copied"] = (r.get("bytes_copied") or 0) + entry["bytes"]
+            r.setdefault("planned", {}).setdefault(entry["path"], entry["bytes"])
+        r["bytes_total"] = sum(r["planned"].values())
+    return context.store().update(mid, change)
+
+
+def copy_verified(rec: dict, src_path: str, lg, *, src_ep, dst_ep, progress=None, throttle=None,
+                  checkpoint=None) -> tuple[dict, int]:
+    """Copy one file, verified by the destination host's hash of what landed; returns its
+    record["copied"] entry and the bytes this call wrote."""
+    from workers.smb import copy as smb
+    pm = PathMap(context.config(), rec["source"], rec["destination"])
+    rel, dst_path = pm.rel(src_path), pm.dest(src_path)
+    destination = rec["destination"]
+    res = smb.copy_file(src_ep, rel, dst_ep, rel, streams=copy_streams(), progress=progress, throttle=throttle,
+                        checkpoint=checkpoint,
+                        dest_sha256=lambda: context.driver(destination).file_hash(dst_path + smb.PARTIAL_SUFFIX))
+    lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
+            rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
+    metrics.COPIED_BYTES.labels(source=rec["source"], destination=destination).inc(res.bytes_written)
+    return {"path": src_path, "dest": dst_path, "bytes": res.bytes, "digest": res.digest,
+            "digest_scheme": res.scheme, "seconds": round(res.seconds, 3),
+            "bytes_reused": res.bytes_reused, "bytes_sent": res.bytes_sent_total}, res.bytes
 
 
 def _plan_bytes(rec: dict, files: list[dict], pm: PathMap, src_ep) -> dict:
@@ -60,7 +97,9 @@ def copy_streams() -> int:
 
 
 def transfer(rec: dict, files: list[dict], lg) -> int:
-    """Copy each file (skipping those already done), verified by hash; returns bytes."""
+    """Copy each file (skipping those already done) while the VM runs, one after another,
+    paced by copy slots and bandwidth limits and checkpointed for resuming; returns bytes.
+    (The downtime's files go by `workers.downtime_copy`.)"""
     from workers.smb import copy as smb
 
     mid = rec["id"]
@@ -72,7 +111,6 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
     client = store.r
     throttle, slots, progress = Throttle(client), CopySlots(client), CopyProgress(store, mid, rec["state"])
     k_read, k_write = cfg.host(source).max_copies, cfg.host(destination).max_copies
-    in_downtime = rec["state"] == states.CUTTING_OVER
     done = {f["path"] for f in rec.get("copied", [])}
     todo = [f for f in files if f["path"] not in done]
     rec = _plan_bytes(rec, todo, pm, src_ep)
@@ -83,8 +121,7 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
         dst_path = pm.dest(src_path)
         if dst_path not in rec.get("created_files", []) and smb.exists(dst_ep, rel):
             if f["kind"] != "iso":
-                raise HardFailure(f"{rec['destination']} already has {dst_path}; "
-                                  "remove it there or choose another destination")
+                refuse_existing(rec, dst_path)
             if smb.digest_of(dst_ep, rel) != smb.digest_of(src_ep, rel):
                 raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
                                   "rename one of the ISO images")
@@ -92,32 +129,17 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
             entry = {"path": src_path, "dest": dst_path, "bytes": 0, "digest": None, "shared": True,
                      "planned_bytes": rec["planned"][src_path]}
         else:
-            _note_created(mid, dst_path)
+            note_created(mid, [dst_path])
             base = (rec.get("bytes_copied") or 0) + sum(
                 c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))
-            # The VM is down while the cutover copies: slots and bandwidth limits pace the
-            # bulk copies, never the downtime (they would queue it behind other VMs' disks).
-            held = (contextlib.nullcontext() if in_downtime else
-                    slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
-                               on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)))
-            with held, progress.file_copy(dst_path, base) as on_bytes:
-                res = smb.copy_file(src_ep, rel, dst_ep, rel, streams=copy_streams(), progress=on_bytes,
-                                    throttle=None if in_downtime else (lambda n: throttle.wait(source, destination, n)),
-                                    checkpoint=RedisCheckpoint(client, mid, dst_path),
-                                    dest_sha256=lambda p=dst_path + smb.PARTIAL_SUFFIX:
-                                        context.driver(destination).file_hash(p))
-            lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
-                    rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
-            metrics.COPIED_BYTES.labels(source=source, destination=destination).inc(res.bytes_written)
-            moved += res.bytes
-            entry = {"path": src_path, "dest": dst_path, "bytes": res.bytes, "digest": res.digest,
-                     "digest_scheme": res.scheme, "seconds": round(res.seconds, 3),
-                     "bytes_reused": res.bytes_reused, "bytes_sent": res.bytes_sent_total}
-
-        def change(r, entry=entry):
-            r.setdefault("copied", []).append(entry)
-            r["bytes_copied"] = (r.get("bytes_copied") or 0) + entry["bytes"]
-        rec = store.update(mid, change)
+            with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
+                            on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)), \
+                    progress.file_copy(dst_path, base) as on_bytes:
+                entry, n = copy_verified(rec, src_path, lg, src_ep=src_ep, dst_ep=dst_ep, progress=on_bytes,
+                                         throttle=lambda n: throttle.wait(source, destination, n),
+                                         checkpoint=RedisCheckpoint(client, mid, dst_path))
+            moved += n
+        rec = note_copied(mid, [entry])
     return moved
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from workers import context, options, precopy, states
-from workers.copy import transfer
+from workers.downtime_copy import DowntimeCopy
 from workers.hyperv.errors import VMNotFound
 from workers.locks import Fenced, LeaseKeeper
 from workers.pipeline import (HardFailure, RetryPolicy, end, fence, is_retryable, mlog, pipeline_task,
@@ -47,14 +47,6 @@ def _rollback_now(mid: str, error: str) -> None:
         send("quickmig.rollback", mid)  # leaves once this delivery's step claim is released
 
 
-def _connect_shares(rec: dict, pm: PathMap) -> None:
-    """Open both SMB sessions while the VM still runs: a fresh session would cost downtime."""
-    from workers.smb import copy as smb
-    folder = pm.rel(rec["snapshot"]["config_path"]).split("\\")[0]
-    for host in (rec["source"], rec["destination"]):
-        smb.exists(context.smb_endpoint(host), folder)
-
-
 # No retries: while the VM is down, rolling back beats waiting out a backoff.
 @pipeline_task("quickmig.cutover", on_hard_failure=_rollback_now, retry_transient=False)
 def cutover(mid: str, lg) -> None:
@@ -71,15 +63,18 @@ def cutover(mid: str, lg) -> None:
     if end_at is not None and time.time() > end_at:
         raise HardFailure("the cutover window closed before Save-VM could start; "
                           "ask for a later or longer --window")
-    _connect_shares(rec, pm)
     with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
         fence(rec)
+        copier = DowntimeCopy(rec, lg)
+        # the files as the pre-copy gate saw them last (a record from before it noted them: ask)
+        copier.ready(rec, rec.get("downtime_paths") or [
+            f["path"] for f in downtime_files(src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"])])
         t0 = time.time()
         rec = context.store().update(mid, lambda r: r.update(save_started_at=t0))
         vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
         t_saved = time.time()
         lg.info("saved in %.2fs", t_saved - t0)
-        moved = transfer(rec, downtime_files(vm), lg)
+        moved = copier.copy(rec, vm)
         t_copied = time.time()
         fence(rec)
         context.store().update(mid, lambda r: r.update(import_started_at=time.time()))

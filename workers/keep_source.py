@@ -10,6 +10,7 @@ import time
 from workers import context, keys
 from workers.celery import app
 from workers.hyperv.errors import VMNotFound
+from workers.locks import LockHeld
 from workers.pipeline import mlog
 from workers.record import RecordNotFound
 
@@ -20,33 +21,55 @@ def keep(mid: str, hours: float) -> float:
     return round(until, 3)
 
 
+REAPER = "reap:"  # the VM lease owner while a kept copy is removed: reap:<migration id>
+
+
 @app.task(name="quickmig.reap_kept_sources", acks_late=True)
 def reap_kept_sources() -> int:
     """Remove every kept source VM whose time is up; returns how many were handled."""
-    from workers.snapshot import remove_source
     store = context.store()
     due = store.r.zrangebyscore(keys.KEPT_SOURCES, 0, time.time())
     for mid in due:
-        lg = mlog(mid, "reap")
         try:
             rec = store.get(mid)
         except RecordNotFound:
             store.r.zrem(keys.KEPT_SOURCES, mid)
             continue
+        locks, owner = context.locks(), REAPER + mid
         try:
-            old = context.driver(rec["source"]).run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
-        except VMNotFound:
-            old = None
-        fields = {"source_removed_at": time.time(), "source_note": None}
-        if old is None:
-            fields["source_note"] = f"kept source VM was already gone from {rec['source']}"
-        elif old["state"] != "Off":
-            # someone started it again: it is theirs now, not a kept copy
-            fields = {"source_removed_at": None,
-                      "source_note": f"kept source VM is {old['state']} on {rec['source']}; left in place"}
-            lg.warning("%s", fields["source_note"])
-        else:
-            remove_source(rec, old, lg)
-        store.update(mid, lambda r: r.update(fields))
+            token = locks.acquire(rec["vm_id"], owner)
+        except LockHeld as e:
+            # a newer migration of this VM is under way (perhaps back to this very host):
+            # leave the kept copy until it is done, then look again
+            note = f"kept source VM not removed yet: VM lease held by {e.holder}"
+            store.update(mid, lambda r, note=note: r.update(source_note=note))
+            mlog(mid, "reap").info("%s; trying again at the next round", note)
+            continue
+        try:
+            fields = _reap(rec, lambda: locks.check(rec["vm_id"], owner, token))
+        finally:
+            locks.release(rec["vm_id"], owner)
+        store.update(mid, lambda r, fields=fields: r.update(fields))
         store.r.zrem(keys.KEPT_SOURCES, mid)
     return len(due)
+
+
+def _reap(rec: dict, fence) -> dict:
+    """With the VM's lease held: remove the kept copy, if what the source has under this VM
+    id is still it (off, with this migration's checkpoint); the record fields to set."""
+    from workers.snapshot import ours, remove_source
+    lg = mlog(rec["id"], "reap")
+    try:
+        old = context.driver(rec["source"]).run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    except VMNotFound:
+        return {"source_removed_at": time.time(),
+                "source_note": f"kept source VM was already gone from {rec['source']}"}
+    if old["state"] != "Off" or not ours(old, rec["id"]):
+        # started again, or a VM that came back here since (a later migration): theirs now
+        what = old["state"] if old["state"] != "Off" else "not the kept copy (it lacks this migration's checkpoint)"
+        note = f"VM {rec['vm_id']} on {rec['source']} is {what}; left in place"
+        lg.warning("%s", note)
+        return {"source_removed_at": None, "source_note": note}
+    fence()
+    remove_source(rec, old, lg)
+    return {"source_removed_at": time.time(), "source_note": None}

@@ -14,6 +14,7 @@ import time
 from workers import context, keys, options
 from workers.copy import transfer
 from workers.pipeline import HardFailure, fence
+from workers.plan import downtime_files
 
 MiB = 1024 * 1024
 CHILD_HEADER_BYTES = 4096        # a fresh differencing disk before the guest writes to it
@@ -114,7 +115,8 @@ def gate(mid: str, lg) -> dict:
                          fixed_costs(rec["source"], rec["destination"]))
         rec = store.update(mid, lambda r: r.update(
             predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
-            copy_bps=round(rate), delta_bytes=delta))
+            copy_bps=round(rate), delta_bytes=delta,
+            downtime_paths=[f["path"] for f in downtime_files(vm)]))  # the cutover need not ask again
         end = o.window_end()
         if end is not None and now > end:
             raise HardFailure(f"the cutover window closed at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))} "

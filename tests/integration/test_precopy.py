@@ -118,3 +118,44 @@ def test_keep_source_keeps_the_source_off_then_the_reaper_removes_it(lab):
     assert not list((lab.dir / "hosts" / "hv1" / "share").glob(f"{kept['id']}*"))
     check = lab.verify("pc-keep")
     assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+
+
+def test_the_reaper_leaves_the_kept_source_alone_while_the_vm_is_leased_or_when_it_is_not_the_kept_copy(lab):
+    """The reaper takes the VM's lease: a newer migration of the same VM (say, back to the
+    source) holds it, and the kept copy waits. And it removes only the kept copy itself:
+    a VM under that id on the source without this migration's checkpoint is someone's."""
+    from producer.api import Producer
+    from workers import keys
+    from workers.hyperv.driver import HyperVDriver
+    lab.add_vm("pc-keep2", "hv1", write_rate_kbps=0)
+    res, rec = migrate(lab, "pc-keep2", "hv1", "hv2", "--keep-source", "0.0002")  # 0.7 s
+    assert rec["state"] == "completed", rec["error"]
+    p, r, mid, vm_id = Producer(lab.cfg), lab.redis(), rec["id"], rec["vm_id"]
+    while time.time() < rec["source_kept_until"]:
+        time.sleep(0.2)
+
+    def reap_and_wait(says: str) -> dict:
+        p.app.send_task("quickmig.reap_kept_sources")
+        deadline = time.monotonic() + 60
+        while says not in (p.store.get(mid).get("source_note") or ""):
+            assert time.monotonic() < deadline, p.store.get(mid)
+            time.sleep(0.2)
+        return p.store.get(mid)
+
+    def kept() -> list[dict]:
+        return [v for v in lab.emulator("hv1").state()["vms"] if v["id"] == vm_id]
+
+    assert r.set(keys.vm_lock(vm_id), "a-newer-migration", nx=True, ex=120)
+    try:
+        got = reap_and_wait("VM lease held by a-newer-migration")
+    finally:
+        r.delete(keys.vm_lock(vm_id))
+    assert not got.get("source_removed_at") and [v["state"] for v in kept()] == ["Off"]
+    assert r.zscore(keys.KEPT_SOURCES, mid) is not None  # still due: the next round looks again
+
+    # what hv1 has under this id loses the migration's checkpoint: not the kept copy any more
+    driver = HyperVDriver(lab.cfg.host("hv1"), lab.cfg.credentials("hv1"))
+    driver.run("remove_snapshots", {"vm_id": vm_id, "snapshot_ids": [s["id"] for s in kept()[0]["snapshots"]]})
+    got = reap_and_wait("not the kept copy")
+    assert not got.get("source_removed_at") and [v["state"] for v in kept()] == ["Off"]
+    assert r.zscore(keys.KEPT_SOURCES, mid) is None and r.get(keys.vm_lock(vm_id)) is None

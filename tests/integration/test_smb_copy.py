@@ -270,3 +270,44 @@ def test_a_forked_process_gets_its_own_connections_and_leaves_the_parents_alone(
     assert connections.tree(src.endpoint) is parent_tree
     assert sha256_of(src.endpoint, rel) == hashlib.sha256(data).hexdigest()
     assert connections.tree(src.endpoint) is parent_tree
+
+
+def test_warm_opens_a_lanes_streams_ahead_and_copies_on_other_lanes_run_side_by_side(smb_servers, smb_dir):
+    """What the downtime copy relies on: `warm` opens every stream's connection before the
+    copy that uses them (which then opens none), and copies on different lanes of the same
+    share never share a connection, so they can run at the same time."""
+    import dataclasses
+    import threading
+
+    src, dst = smb_servers
+    connections.reset_connections()
+    lanes = [(dataclasses.replace(src.endpoint, lane=n), dataclasses.replace(dst.endpoint, lane=n)) for n in (0, 1)]
+    for s, d in lanes:
+        connections.warm(s, 3)
+        connections.warm(d, 3)
+    assert connections.connection_count() == 12
+    assert connections.tree(lanes[0][0], 2) is not connections.tree(lanes[1][0], 2)
+    blobs = {n: os.urandom(3 * 8 * MiB - 5) for n in (0, 1)}  # three chunks: three streams each
+    for n, data in blobs.items():
+        put(src, rf"{smb_dir}\lane{n}.bin", data)
+    results, errors = {}, []
+
+    def run(n: int) -> None:
+        try:
+            s, d = lanes[n]
+            results[n] = copy_file(s, rf"{smb_dir}\lane{n}.bin", d, rf"{smb_dir}\lane{n}.bin", streams=3)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert not errors, errors
+    assert connections.connection_count() == 12  # nothing opened during the copies
+    for n, data in blobs.items():
+        assert results[n].streams == 3 and results[n].digest == digest_of_bytes(data)
+        assert dst.local(rf"{smb_dir}\lane{n}.bin").read_bytes() == data
+    connections.reset_connections()

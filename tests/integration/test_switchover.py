@@ -35,20 +35,21 @@ def test_a_failed_switchover_step_rolls_back_with_integrity(lab, host, op, actio
     assert not list((lab.dir / "hosts" / "hv3" / "share").glob(f"{vm['id']}*"))
 
 
-def test_a_failed_downtime_copy_rolls_back_and_leaves_files_not_ours_alone(lab):
-    """The copy step: the leaf cannot land on the destination (a file of someone else's is there)."""
+def _squatter_meets_the_cutover(lab, name: str, fault_host: str, fault_op: str, reached):
+    """Migrate `name` hv1 -> hv3 with `fault_op` on `fault_host` delayed 4 s; once
+    `reached(record)`, someone else's file appears where the leaf disk goes. Returns the
+    ended record and that file."""
     import time
 
     from workers.record import Store
-    name = "sw-copy"
     vm = lab.add_vm(name, "hv1", write_rate_kbps=64)
-    lab.emulator("hv1").inject_fault(op="save_vm", action="delay", seconds=4, times=1)
+    lab.emulator(fault_host).inject_fault(op=fault_op, action="delay", seconds=4, times=1)
     try:
         res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv3", "--max-rounds", "0")
         assert res.returncode == 0, res.stderr
         store, mid = Store(lab.redis()), res.stdout.strip()
         deadline = time.monotonic() + 120
-        while not store.get(mid).get("save_started_at"):
+        while not reached(store.get(mid)):
             assert time.monotonic() < deadline and store.get(mid)["state"] not in ("rolled_back", "completed")
             time.sleep(0.05)
         sid = store.get(mid)["snapshot"]["id"]
@@ -60,13 +61,30 @@ def test_a_failed_downtime_copy_rolls_back_and_leaves_files_not_ours_alone(lab):
             time.sleep(0.2)
         rec = store.get(mid)
     finally:
-        lab.emulator("hv1").clear_faults()
+        lab.emulator(fault_host).clear_faults()
     assert rec["state"] == "rolled_back", rec
-    assert "already has" in rec["error"] and rec["rollback_seconds"] > 0
+    assert "already has" in rec["error"] and rec["error"].startswith("cutover:"), rec["error"]
+    assert rec["rollback_seconds"] > 0
     assert squatter.read_bytes() == b"not quickmig's"  # never delete what we did not make
     check = lab.verify(name)
     assert check["running_on"] == ["hv1"] and check["integrity"] == "ok", check
     assert next(v for v in lab.emulator("hv1").state()["vms"] if v["name"] == name)["snapshots"] == []
+    return rec, squatter
+
+
+def test_a_failed_downtime_copy_rolls_back_and_leaves_files_not_ours_alone(lab):
+    """The copy step: the leaf cannot land on the destination (a file of someone else's
+    appeared there while Save-VM ran, after the cutover's first look)."""
+    _squatter_meets_the_cutover(lab, "sw-copy", "hv1", "save_vm", lambda r: r.get("save_started_at"))
+
+
+def test_a_destination_file_in_the_way_is_refused_before_save_vm_costing_no_downtime(lab):
+    """The cutover looks for the downtime's files on the destination while the VM still runs:
+    one already there (not ours) stops the migration before Save-VM."""
+    rec, squatter = _squatter_meets_the_cutover(lab, "sw-early", "hv3", "compare_vm",  # holds prepare
+                                                lambda r: r["state"] == "preparing")
+    assert not rec.get("save_started_at") and not rec.get("downtime_seconds")  # the VM never went down
+    assert str(squatter.name) not in " ".join(rec.get("created_files", []))
 
 
 def test_the_downtime_copy_is_not_paced_by_copy_slots_or_bandwidth_limits(lab):

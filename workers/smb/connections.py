@@ -10,7 +10,10 @@ its own on first use. Celery workers may also call `reset_connections()` from
 `worker_process_init`.
 
 One connection carries one stream at a time (credits are planned per request); parallel
-streams use separate connections: `tree(ep, stream=i)` keys the cache by stream number too.
+streams use separate connections: `tree(ep, stream=i)` keys the cache by stream number too,
+and by the endpoint's `lane`, so copies running side by side in one process never share one.
+A connect holds only its own key's lock: connections to other keys open meanwhile (`warm`
+opens a whole set at once, ahead of the downtime that will use them).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import logging
 import os
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from smbprotocol.session import Session
@@ -43,8 +47,9 @@ class _Link:
     trees: dict[str, TreeConnect] = field(default_factory=dict)
 
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _links and _key_locks, never held across the wire
 _links: dict[tuple, _Link] = {}
+_key_locks: dict[tuple, threading.Lock] = {}  # one per key: held while that key's link is made
 _owner_pid = os.getpid()
 
 
@@ -52,7 +57,8 @@ def _key(ep: SmbEndpoint, stream: int = 0) -> tuple:
     # (server, port, username), plus the security options and a digest of the password, so
     # a wrong or rotated password is never masked by a session opened with the old one.
     secret = hashlib.sha256(ep.password.encode("utf-8")).hexdigest()[:16]
-    return (ep.server.lower(), ep.port, ep.username.lower(), ep.require_signing, ep.encrypt, secret, stream)
+    return (ep.server.lower(), ep.port, ep.username.lower(), ep.require_signing, ep.encrypt, secret,
+            ep.lane, stream)
 
 
 def _alive(link: _Link) -> bool:
@@ -68,7 +74,8 @@ def _alive(link: _Link) -> bool:
 def _drop_inherited() -> None:
     """In a forked child: forget the parent's connections, closing only our copies of the fds."""
     global _lock, _owner_pid
-    _lock = threading.Lock()  # the parent's lock may have been held by another thread at fork time
+    _lock = threading.Lock()  # the parent's locks may have been held by another thread at fork time
+    _key_locks.clear()
     for link in _links.values():
         sock = getattr(link.connection.transport, "_sock", None)
         if sock is not None:
@@ -153,14 +160,20 @@ def tree(ep: SmbEndpoint, stream: int = 0) -> TreeConnect:
     key = _key(ep, stream)
     with smb_errors(ep.unc_root, on_connection_error=lambda: evict(ep, stream)):
         with _lock:
-            link = _links.get(key)
+            key_lock = _key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with _lock:
+                link = _links.get(key)
             if link is not None and not _alive(link):
-                _links.pop(key)
+                with _lock:
+                    if _links.get(key) is link:
+                        _links.pop(key)
                 _close_quietly(link)
                 link = None
             if link is None:
                 link = _connect(ep)
-                _links[key] = link
+                with _lock:
+                    _links[key] = link
             share = ep.share.lower()
             tc = link.trees.get(share)
             if tc is None:
@@ -168,6 +181,17 @@ def tree(ep: SmbEndpoint, stream: int = 0) -> TreeConnect:
                 tc.connect()
                 link.trees[share] = tc
             return tc
+
+
+def warm(ep: SmbEndpoint, streams: int = 1) -> None:
+    """Open ep's connections for streams 0..streams-1 now, side by side (those cached and
+    alive are kept), so the copy that uses them later pays no connect or session setup."""
+    if streams <= 1:
+        tree(ep)
+        return
+    with ThreadPoolExecutor(streams, thread_name_prefix="smb-warm") as pool:
+        for f in [pool.submit(tree, ep, i) for i in range(streams)]:
+            f.result()
 
 
 os.register_at_fork(after_in_child=_drop_inherited)

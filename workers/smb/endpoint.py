@@ -16,6 +16,11 @@ class SmbEndpoint:
     SMB 3.1.1) is on by default; encryption (AES-GCM) is off by default and can be turned
     on per endpoint (a server that demands it encrypts anyway). The password never
     appears in repr().
+
+    `lane` picks one of this process's sets of cached connections to the share
+    (`workers.smb.connections`): a connection carries one stream at a time, so copies
+    that run at the same time in one process each take a lane of their own
+    (`dataclasses.replace(ep, lane=n)`).
     """
 
     server: str
@@ -25,6 +30,7 @@ class SmbEndpoint:
     password: str = field(repr=False)
     require_signing: bool = True
     encrypt: bool = False
+    lane: int = 0
 
     @classmethod
     def for_host(cls, host: "Host", credentials: "Credentials", **options) -> "SmbEndpoint":
