@@ -11,12 +11,15 @@ a redelivered task resumes where a killed one stopped, and keeps rec["progress"]
 """
 from __future__ import annotations
 
+import contextlib
+
 from workers import context, metrics, states
 from workers.checkpoints import RedisCheckpoint
 from workers.locks import LeaseKeeper
 from workers.pipeline import HardFailure, fence, pipeline_task, resume, send, start_rollback
 from workers.plan import PathMap
 from workers.progress import CopyProgress
+from workers.shared_files import SharedFiles
 from workers.slots import CopySlots
 from workers.throttle import Throttle
 
@@ -110,6 +113,7 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
     store = context.store()
     client = store.r
     throttle, slots, progress = Throttle(client), CopySlots(client), CopyProgress(store, mid, rec["state"])
+    shared = SharedFiles(client)
     k_read, k_write = cfg.host(source).max_copies, cfg.host(destination).max_copies
     done = {f["path"] for f in rec.get("copied", [])}
     todo = [f for f in files if f["path"] not in done]
@@ -119,26 +123,33 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
         src_path = f["path"]
         rel = pm.rel(src_path)
         dst_path = pm.dest(src_path)
-        if dst_path not in rec.get("created_files", []) and smb.exists(dst_ep, rel):
-            if f["kind"] != "iso":
-                refuse_existing(rec, dst_path)
-            if smb.digest_of(dst_ep, rel) != smb.digest_of(src_ep, rel):
-                raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
-                                  "rename one of the ISO images")
-            lg.info("ISO %s already on destination with the same content", dst_path)
-            entry = {"path": src_path, "dest": dst_path, "bytes": 0, "digest": None, "shared": True,
-                     "planned_bytes": rec["planned"][src_path]}
-        else:
-            note_created(mid, [dst_path])
-            base = (rec.get("bytes_copied") or 0) + sum(
-                c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))
-            with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
-                            on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)), \
-                    progress.file_copy(dst_path, base) as on_bytes:
-                entry, n = copy_verified(rec, src_path, lg, src_ep=src_ep, dst_ep=dst_ep, progress=on_bytes,
-                                         throttle=lambda n: throttle.wait(source, destination, n),
-                                         checkpoint=RedisCheckpoint(client, mid, dst_path))
-            moved += n
+        # one migration at a time decides on an ISO image several VMs there may share
+        deciding = (shared.deciding(destination, dst_path, mid, on_wait=lambda holder, p=dst_path: lg.info(
+                        "waiting: migration %s is deciding on %s on %s", holder, p, destination))
+                    if f["kind"] == "iso" else contextlib.nullcontext())
+        with deciding:
+            if dst_path not in rec.get("created_files", []) and smb.exists(dst_ep, rel):
+                if f["kind"] != "iso":
+                    refuse_existing(rec, dst_path)
+                if smb.digest_of(dst_ep, rel) != smb.digest_of(src_ep, rel):
+                    raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
+                                      "rename one of the ISO images")
+                lg.info("ISO %s already on destination with the same content", dst_path)
+                entry = {"path": src_path, "dest": dst_path, "bytes": 0, "digest": None, "shared": True,
+                         "planned_bytes": rec["planned"][src_path]}
+            else:
+                if f["kind"] == "iso":
+                    shared.mark_ours(destination, dst_path)
+                note_created(mid, [dst_path])
+                base = (rec.get("bytes_copied") or 0) + sum(
+                    c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))
+                with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
+                                on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)), \
+                        progress.file_copy(dst_path, base) as on_bytes:
+                    entry, n = copy_verified(rec, src_path, lg, src_ep=src_ep, dst_ep=dst_ep, progress=on_bytes,
+                                             throttle=lambda n: throttle.wait(source, destination, n),
+                                             checkpoint=RedisCheckpoint(client, mid, dst_path))
+                moved += n
         rec = note_copied(mid, [entry])
     return moved
 

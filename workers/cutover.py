@@ -16,6 +16,7 @@ from workers.pipeline import (HardFailure, RetryPolicy, end, fence, is_retryable
                               resume, send)
 from workers.plan import PathMap, chain_paths, downtime_files
 from workers.record import RecordNotFound, StaleState
+from workers.shared_files import SharedFiles
 from workers.smb.copy import PARTIAL_SUFFIX
 from workers.snapshot import ours
 
@@ -154,6 +155,21 @@ def _bring_back(rec: dict, src, dst, lg) -> None:
     lg.info("brought %d files the guest changed on %s back to %s", len(paths), rec["destination"], rec["source"])
 
 
+def _leave_isos(rec: dict) -> tuple[set[str], list[str]]:
+    """The ISO images this migration used on the destination: (those another migration's VM
+    uses, which stay; those quickmig put there that no one else uses, which go)."""
+    isos = [f["path"] for f in (rec.get("plan") or {}).get("frozen", []) if f["kind"] == "iso"]
+    pm = PathMap(context.config(), rec["source"], rec["destination"])
+    shared = SharedFiles(context.store().r)
+    keep, last_use = set(), []
+    for path in map(pm.dest, isos):
+        if shared.leave(rec["destination"], path, rec["id"]):
+            last_use.append(path)
+        else:
+            keep.add(path)
+    return keep, last_use
+
+
 def _fail_rollback(mid: str, error: str) -> None:
     end(mid, states.FAILED, error=f"rollback incomplete: {error}")
 
@@ -172,7 +188,9 @@ def rollback(mid: str, lg) -> None:
     t0 = time.time()
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
     # an interrupted copy leaves `<file>.partial` beside the file it was making
-    created = rec.get("created_files", [])
+    keep, last_use = _leave_isos(rec)
+    created = [p for p in rec.get("created_files", []) if p not in keep]
+    created += [p for p in last_use if p not in created]
     created = created + [p + PARTIAL_SUFFIX for p in created]
     fence(rec)
     if rec.get("start_started_at"):
@@ -183,6 +201,10 @@ def rollback(mid: str, lg) -> None:
         out = dst.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": True, "delete_paths": created})
         lg.info("removed %d files%s from %s", len(out.get("deleted") or []),
                 " and the imported VM" if out.get("removed") else "", rec["destination"])
+    for path in last_use:
+        SharedFiles(context.store().r).deleted(rec["destination"], path, mid)
+    if keep:
+        lg.info("kept %d ISO image(s) on %s that other migrated VMs use", len(keep), rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     if vm["state"] != "Running":
         fence(rec)

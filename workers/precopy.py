@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 
-from workers import context, keys, options
+from workers import context, keys, options, states
 from workers.copy import transfer
 from workers.pipeline import HardFailure, fence
 from workers.plan import downtime_files
+from workers.record import StaleState
 
 MiB = 1024 * 1024
 CHILD_HEADER_BYTES = 4096        # a fresh differencing disk before the guest writes to it
@@ -105,6 +106,8 @@ def gate(mid: str, lg) -> dict:
     paying = 0
     while True:
         rec = store.get(mid)
+        if rec["state"] != states.COPYING:  # cancelled while it waited (for a window, say)
+            raise StaleState(mid, {states.COPYING}, rec["state"])
         vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
         now = time.time()
         delta = _leaf_bytes(rec, vm)
