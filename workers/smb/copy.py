@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_INTERVAL_S = 0.25
-DEFAULT_STREAMS = 4  # measured best on the lab (2 cores); peak RSS ~170-190 MiB with the request budget
+DEFAULT_STREAMS = 4  # see README (Copying, Benchmark) for the measurements; peak RSS ~105-150 MiB
 MAX_STREAMS = 16
 
 Progress = Callable[[int, int], None]
@@ -215,7 +215,8 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     SHA-256.
 
     Every stream keeps the next chunk's READ in flight while it writes one (workers.smb.
-    pipeline); `read_ahead` gives each stream one more chunk buffer (and READ in flight)."""
+    pipeline); `read_ahead` gives each stream one more chunk buffer, so two READs are in
+    flight (+8 MiB per stream)."""
     src_rel, dst_rel = normalize_rel(src_rel), normalize_rel(dst_rel)
     if not 1 <= int(streams) <= MAX_STREAMS:
         raise ValueError(f"streams must be 1..{MAX_STREAMS}, not {streams}")
@@ -263,7 +264,7 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
             try:
                 reader = pipeline.ChunkReader(sfh, total, queue.next, pipeline.buffers(depth), what,
                                               lambda: _errors(src, src_rel, i), before_read=throttle)
-                sent[i] = pipeline.copy_chunks(reader, wfh, depth, lambda: _errors(dst, part_rel, i),
+                sent[i] = pipeline.copy_chunks(reader, wfh, lambda: _errors(dst, part_rel, i),
                                                checkpoint.will_write, landed)
             finally:
                 _best_effort(f"closing {dst.unc(part_rel)}", files.close, wfh)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from workers.smb import chunks, files, wire
 from workers.smb.errors import SmbError, SourceChangedError
 
-DEPTH = 2  # chunk buffers per stream; measured: 3 was no faster on the 2-core lab
+DEPTH = 2  # chunk buffers per stream: one being written while the next one is read
 DRAIN_S = 10  # after a failure, how long to wait for answers still on the wire
 
 
@@ -99,28 +99,15 @@ class ChunkReader:
         self.reading.clear()
 
 
-def copy_chunks(reader: ChunkReader, wfh, depth: int, errors, will_write: Callable[[int], None],
+def copy_chunks(reader: ChunkReader, wfh, errors, will_write: Callable[[int], None],
                 landed: Callable[[int, int, str], None], request: int = files.MAX_CHUNK) -> int:
     """Write every chunk `reader` yields to `wfh` at its offset; `landed(index, length,
-    sha256 hex)` once the server acknowledged it. Returns the bytes sent."""
-    writing: deque = deque()  # (index, offset, data, buffer, [requests], digest)
+    sha256 hex)` once the server acknowledged it. Returns the bytes sent.
+
+    One chunk's WRITE at a time: the READs of the next chunks are what overlaps it, and a
+    worker killed mid-copy has at most one chunk per stream sent but not recorded."""
     sent = 0
-
-    def retire() -> None:
-        index, offset, data, buf, reqs, digest = writing.popleft()
-        at = 0
-        with errors():
-            for req in reqs:
-                took = files.recv_write(wfh, req)
-                while took < req.length:  # a short WRITE: send the rest of that piece
-                    n = files.write_chunk(wfh, offset + at + took, data[at + took:at + req.length])
-                    if n <= 0:
-                        raise SmbError(f"server accepted no bytes at offset {offset + at + took}")
-                    took += n
-                at += req.length
-        landed(index, len(data), digest)
-        reader.free.append(buf)
-
+    reqs: list = []
     try:
         for index, offset, data, buf in reader:
             will_write(len(data))
@@ -131,15 +118,22 @@ def copy_chunks(reader: ChunkReader, wfh, depth: int, errors, will_write: Callab
                     reqs.append(req)
                     at += req.length
             digest = hashlib.sha256(data).hexdigest()  # while the WRITE is in flight
-            writing.append((index, offset, data, buf, reqs, digest))
+            at = 0
+            with errors():
+                while reqs:
+                    req = reqs.pop(0)
+                    took = files.recv_write(wfh, req)
+                    while took < req.length:  # a short WRITE: send the rest of that piece
+                        n = files.write_chunk(wfh, offset + at + took, data[at + took:at + req.length])
+                        if n <= 0:
+                            raise SmbError(f"server accepted no bytes at offset {offset + at + took}")
+                        took += n
+                    at += req.length
             sent += len(data)
-            while writing and (len(writing) >= depth - 1 or not reader.free):
-                retire()
-        while writing:
-            retire()
+            landed(index, len(data), digest)
+            reader.free.append(buf)
     except BaseException:
         reader.abandon()
-        for *_, reqs, _digest in writing:
-            _drain(wfh, reqs)
+        _drain(wfh, reqs)
         raise
     return sent
