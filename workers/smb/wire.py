@@ -338,6 +338,8 @@ class Connection(smb_connection.Connection):
             return False
         flags, = struct.unpack_from("<L", header, 16)
         session = self.session_table.get(request.session_id)
+        if session is not None and session.encrypt_data:
+            raise SMBException("the server sent an unencrypted READ response on an encrypted session")
         if flags & Smb2Flags.SMB2_FLAGS_SIGNED:
             message_id, = struct.unpack_from("<Q", header, 24)
             want = _mac(self._sign_id(), session.signing_key, _header_pieces(header) + [fixed, padding, sink[:n]],
