@@ -10,15 +10,17 @@ file of --size-mib MiB into the first one's share, then for each security mode:
   --client-protection=sign|encrypt;
 - quickmig: `workers.smb.copy.copy_file` from share to share in a fresh process per run
   (so its peak RSS is the copier's own), including the verification, for each stream
-  count. --verify host (default) compares the whole-file SHA-256 of the source reads with
-  `openssl dgst -sha256` of the landed file run on the destination side (the same machine here),
-  which is what the driver's `file_hash` (Get-FileHash) does on a destination host; the
-  WinRM round trip of that call is not included. --verify readback reads the copy back
-  over SMB instead.
+  count. --verify host (default) compares the sha256-chunks-8MiB digest of the source
+  reads with the same digest of the landed file computed by a separate process on the
+  destination side (the same machine here; 8 MiB blocks, like the driver's `file_hash`
+  on a destination host); the WinRM round trip of that call is not included.
+  --verify readback reads the copy back over SMB instead.
 
-Prints MB/s (10^6 bytes/s; median of the runs, min-max) per row, the copier's peak RSS
-and the ratio quickmig MB/s / smbclient MB/s (>= 1.0 is the target). Numbers from a
-shared machine are provisional.
+The tools take turns, one round of each per run, so that a change in the machine's load
+falls on all of them. Prints MB/s (10^6 bytes/s; median of the runs, min-max) per row, the copier's peak RSS,
+the CPU seconds of the client (smbclient, or the copier plus its destination hash) and of
+both smbd (median per run), and the ratio quickmig MB/s / smbclient MB/s (>= 1.0 is the
+target). Numbers from a shared machine are provisional.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import pwd
+import resource
 import secrets
 import shutil
 import statistics
@@ -42,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.samba import run_samba  # noqa: E402
+from lab.samba import _group_members, run_samba  # noqa: E402
 
 SHARE = "vms"
 FILE = "bench.vhdx"
@@ -57,8 +60,8 @@ a = json.loads(sys.argv[1])
 pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
 src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
-def dest_sha256():  # what the driver's file_hash (Get-FileHash, SHA extensions) does on the destination host
-    out = subprocess.run(["openssl", "dgst", "-sha256", "-r", a["dest_local"] + ".partial"], check=True,
+def dest_sha256():  # what the driver's file_hash does on the destination host, in its own process
+    out = subprocess.run([sys.executable, "-c", a["host_digest"], a["dest_local"] + ".partial"], check=True,
                          capture_output=True, text=True)
     return out.stdout.split()[0]
 r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"],
@@ -66,6 +69,42 @@ r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]  # peak RSS since exec
 print(json.dumps({"seconds": r.seconds, "bytes": r.bytes, "rss_mib": int(hwm.split()[1]) / 1024}))
 """
+
+# The destination host's file_hash, sha256-chunks-8MiB: the SHA-256 of the 8 MiB blocks' SHA-256s.
+HOST_DIGEST = """
+import hashlib, sys
+outer, buf = hashlib.sha256(), bytearray(8 * 1024 * 1024)
+with open(sys.argv[1], "rb", buffering=0) as f:
+    while n := f.readinto(buf):
+        outer.update(hashlib.sha256(memoryview(buf)[:n]).digest())
+print(outer.hexdigest())
+"""
+
+
+def smbd_cpu(servers) -> float:
+    """CPU seconds of every smbd of these servers so far (exited children included)."""
+    ticks = 0
+    for s in servers:
+        for pid in _group_members(s.proc.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measured(servers, fn):
+    """fn()'s result, with (client CPU s, smbd CPU s) it cost."""
+    c0, s0 = children_cpu(), smbd_cpu(servers)
+    out = fn()
+    time.sleep(0.5)  # smbd reaps the child that served the connection just closed
+    return out, (children_cpu() - c0, smbd_cpu(servers) - s0)
 
 
 def _smbclient(port: int, user: str, password: str, mode: str, command: str) -> None:
@@ -92,7 +131,7 @@ def run_smbclient(env: dict, mode: str, local: Path) -> float:
 
 def run_quickmig(env: dict, mode: str, streams: int, read_ahead: bool = False,
                  verify: str = "host") -> tuple[float, float]:
-    args = {"verify": verify, "dest_local": str(env["dst_share"] / f"quickmig-{FILE}"), "read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
+    args = {"host_digest": HOST_DIGEST, "verify": verify, "dest_local": str(env["dst_share"] / f"quickmig-{FILE}"), "read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
             "encrypt": mode == "encrypt", "streams": streams, "file": FILE, "dest": f"quickmig-{FILE}"}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True,
                          text=True, timeout=1800, cwd=ROOT,
@@ -138,24 +177,33 @@ def main(argv=None) -> int:
         print(f"file {args.size_mib} MiB, {args.runs} runs each, MB/s = 10^6 bytes/s, median (min-max); "
               f"quickmig includes verification ({args.verify})", flush=True)
         for mode in modes:
-            ref = [run_smbclient(env, mode, local) for _ in range(args.runs)]
-            ref_mbs = [size / 1e6 / s for s in ref]
-            rows.append((mode, "smbclient get+put", "-", ref_mbs, None, None))
-            print(f"  {mode}: smbclient {statistics.median(ref_mbs):.0f} MB/s", flush=True)
+            # One round = every tool once, in turn: a change in the machine's load then
+            # falls on all of them alike instead of on whichever ran during it.
+            ref, ours = [], {n: [] for n in streams}
+            for r in range(args.runs):
+                ref.append(measured(servers, lambda: run_smbclient(env, mode, local)))
+                line = [f"smbclient {size / 1e6 / ref[-1][0]:.0f}"]
+                for n in streams:
+                    ours[n].append(measured(servers, lambda: run_quickmig(env, mode, n, args.read_ahead, args.verify)))
+                    line.append(f"quickmig/{n} {size / 1e6 / ours[n][-1][0][0]:.0f}")
+                print(f"  {mode} round {r + 1}: " + ", ".join(line) + " MB/s", flush=True)
+            ref_mbs = [size / 1e6 / s for s, _ in ref]
+            rows.append((mode, "smbclient get+put", "-", ref_mbs, None, None, [c for _, c in ref]))
             for n in streams:
-                got = [run_quickmig(env, mode, n, args.read_ahead, args.verify) for _ in range(args.runs)]
-                mbs = [size / 1e6 / s for s, _ in got]
-                rss = max(r for _, r in got)
+                mbs = [size / 1e6 / s for (s, _), _ in ours[n]]
+                rss = max(r for (_, r), _ in ours[n])
                 ratio = statistics.median(mbs) / statistics.median(ref_mbs)
-                rows.append((mode, "quickmig copy_file", str(n), mbs, rss, ratio))
-                print(f"  {mode}: quickmig {n} streams {statistics.median(mbs):.0f} MB/s", flush=True)
+                rows.append((mode, "quickmig copy_file", str(n), mbs, rss, ratio, [c for _, c in ours[n]]))
 
         print()
-        print(f"{'mode':<8} {'tool':<20} {'streams':>7} {'MB/s':>6} {'(min-max)':>12} {'peak RSS':>9} {'ratio':>6}")
-        for mode, tool, n, mbs, rss, ratio in rows:
+        print(f"{'mode':<8} {'tool':<20} {'streams':>7} {'MB/s':>6} {'(min-max)':>12} {'peak RSS':>9} {'ratio':>6} "
+              f"{'client CPU':>10} {'smbd CPU':>9}")
+        for mode, tool, n, mbs, rss, ratio, cpu in rows:
             spread = f"({min(mbs):.0f}-{max(mbs):.0f})"
+            client, smbd = (statistics.median(c[k] for c in cpu) for k in (0, 1))
             print(f"{mode:<8} {tool:<20} {n:>7} {statistics.median(mbs):>6.0f} {spread:>12} "
-                  f"{'' if rss is None else f'{rss:.0f} MiB':>9} {'' if ratio is None else f'{ratio:.2f}':>6}")
+                  f"{'' if rss is None else f'{rss:.0f} MiB':>9} {'' if ratio is None else f'{ratio:.2f}':>6} "
+                  f"{client:>9.2f}s {smbd:>8.2f}s")
         print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (numbers are provisional "
               "on a shared machine)")
     finally:

@@ -807,18 +807,24 @@ class HyperVHost:
                 d = d.parent
 
     def op_file_hash(self, args: dict) -> dict:
-        hp = args.get("path")
+        hp, scheme = args.get("path"), args.get("scheme")
         if not isinstance(hp, str):
             raise _invalid_arg("path must be a host path.", "GetFileHash")
+        if scheme not in ("sha256", "sha256-chunks-8MiB"):
+            raise OpError(f"file_hash knows the schemes sha256 and sha256-chunks-8MiB, not {scheme}.",
+                          "InvalidArgument", "UnknownScheme", str(scheme))
         local = self.paths.local(hp, "GetFileHash")
         if not local.is_file():
             raise OpError(f"file_hash hashes files only; {hp} is not a file.", "InvalidArgument", "NotAFile", hp)
-        h = hashlib.sha256()
+        whole, outer = hashlib.sha256(), hashlib.sha256()
         with open(local, "rb") as f:  # outside self.lock: a large file takes a while
-            while block := f.read(8 * 1024 * 1024):
-                h.update(block)
+            while block := f.read(8 * 1024 * 1024):  # a full block unless at the end (a regular file)
+                if scheme == "sha256":
+                    whole.update(block)
+                else:  # the SHA-256 of the 8 MiB blocks' SHA-256s, as file_hash.ps1 computes it
+                    outer.update(hashlib.sha256(block).digest())
         self.file_event("file_hash", hp)
-        return {"path": hp, "sha256": h.hexdigest()}
+        return {"path": hp, "scheme": scheme, "digest": (whole if scheme == "sha256" else outer).hexdigest()}
 
     def op_delete_files(self, args: dict) -> dict:
         items = self._checked_paths(args.get("paths"), "paths", "RemoveItem")

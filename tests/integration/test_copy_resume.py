@@ -90,7 +90,7 @@ def test_a_copy_worker_killed_mid_copy_resumes_and_recopies_at_most_one_window(l
     assert final["state"] == "completed", final.get("error")
     assert not set(_children(pool)) & set(killed)  # the killed children are really gone
     entry = next(c for c in final["copied"] if c["path"].lower().endswith(src_disk.name.lower()))
-    # the digest the destination's read-back matched, chunk by chunk (the destination's file
+    # the digest the destination host's file_hash matched (the destination's file
     # itself has since taken the merged checkpoint, so it is no longer comparable)
     assert entry["digest"] == expected
     assert entry["bytes_reused"] >= 4 * chunks.CHUNK_BYTES  # resumed, not restarted

@@ -64,43 +64,6 @@ def test_slot_audit_counts_overlaps_per_host_and_direction():
     assert peak[("write", "c")] == 1
 
 
-def _feed_in_order_hash(order: list[int], blocks: list[bytes], window: int) -> str:
-    """Each chunk added from its own thread in `order`, as streams finishing out of order would."""
-    import threading
-    from workers.smb.filehash import InOrderHash
-    h = InOrderHash(window)
-    threads = []
-    for i in order:
-        t = threading.Thread(target=h.add, args=(i, blocks[i]))
-        t.start()
-        threads.append(t)
-    for t in threads:
-        t.join(timeout=30)
-        assert not t.is_alive()
-    assert h.chunks_hashed == len(blocks)
-    return h.hexdigest()
-
-
-@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 0, 5, 1, 4, 3]])
-def test_the_whole_file_hash_is_in_file_order_whatever_order_chunks_finish(order):
-    import os
-    blocks = [os.urandom(1000 + i) for i in range(6)]
-    # a window smaller than how far ahead chunks arrive: early chunks wait, none is lost
-    assert _feed_in_order_hash(order, blocks, window=2) == hashlib.sha256(b"".join(blocks)).hexdigest()
-
-
-def test_a_missing_chunk_is_an_error_not_a_wrong_hash():
-    import threading
-    from workers.smb.filehash import InOrderHash
-    stop = threading.Event()
-    h = InOrderHash(4, stop)
-    h.add(1, b"b")
-    with pytest.raises(RuntimeError, match="chunk 0 never"):
-        h.hexdigest()
-    stop.set()
-    h.add(9, b"x")  # a stopped copy: returns at once instead of waiting for chunk 0
-
-
 @pytest.mark.parametrize("dialect,algorithm", [("SMB_3_1_1", "AES_GMAC"), ("SMB_3_1_1", "AES_CMAC"),
                                                ("SMB_3_0_2", None), ("SMB_2_1_0", None)])
 def test_signatures_without_a_copy_equal_smbprotocols(dialect, algorithm):
@@ -122,3 +85,15 @@ def test_signatures_without_a_copy_equal_smbprotocols(dialect, algorithm):
     flipped = bytes([msg[0] ^ 1]) + msg[1:]
     assert ours._generate_signature(flipped, key, 77, False, sc.Commands.SMB2_WRITE) != \
         theirs._generate_signature(msg, key, 77, False, sc.Commands.SMB2_WRITE)
+
+
+def test_the_wire_module_refuses_an_smbprotocol_it_was_not_written_for():
+    import subprocess
+    import sys
+    child = ("import importlib.metadata as m\n"
+             "real = m.version\n"
+             "m.version = lambda name: '1.18.0' if name == 'smbprotocol' else real(name)\n"
+             "import workers.smb.wire\n")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "ImportError" in out.stderr and "1.17.0" in out.stderr and "1.18.0" in out.stderr

@@ -460,17 +460,27 @@ def parse_journal_text(text: str):
         os.unlink(f.name)
 
 
-def test_file_hash_is_the_sha256_of_the_file_on_the_host_and_refuses_folders(lab):
+def test_file_hash_is_the_copy_engines_digest_or_the_sha256_of_the_file_on_the_host_and_refuses_folders(lab):
     lab_dir, make = lab
     h = make("hv1")
-    data = os.urandom(3 * 1024 * 1024 + 7)
+    block = 8 * 1024 * 1024
+    data = os.urandom(2 * block + 7)  # two full blocks and a short one
     (lab_dir / "hosts/hv1/share/sub").mkdir()
     (lab_dir / "hosts/hv1/share/sub/d.vhdx.partial").write_bytes(data)
-    got = h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub\\d.vhdx.partial"})
-    assert got == {"path": "D:\\VMs\\hv1\\sub\\d.vhdx.partial", "sha256": hashlib.sha256(data).hexdigest()}
+    path = "D:\\VMs\\hv1\\sub\\d.vhdx.partial"
+    chunked = hashlib.sha256(b"".join(hashlib.sha256(data[o:o + block]).digest()
+                                      for o in range(0, len(data), block))).hexdigest()
+    got = h.run("file_hash", {"path": path, "scheme": "sha256-chunks-8MiB"})
+    assert got == {"path": path, "scheme": "sha256-chunks-8MiB", "digest": chunked}
+    got = h.run("file_hash", {"path": path, "scheme": "sha256"})
+    assert got == {"path": path, "scheme": "sha256", "digest": hashlib.sha256(data).hexdigest()}
     with expect_error("InvalidArgument"):
-        h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub"})
+        h.run("file_hash", {"path": path, "scheme": "md5"})
     with expect_error("InvalidArgument"):
-        h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub\\missing.vhdx"})
+        h.run("file_hash", {"path": path})
+    with expect_error("InvalidArgument"):
+        h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub", "scheme": "sha256-chunks-8MiB"})
+    with expect_error("InvalidArgument"):
+        h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub\\missing.vhdx", "scheme": "sha256-chunks-8MiB"})
     with expect_error("PermissionDenied"):
-        h.run("file_hash", {"path": "D:\\VMs\\hv2\\x.vhdx"})
+        h.run("file_hash", {"path": "D:\\VMs\\hv2\\x.vhdx", "scheme": "sha256-chunks-8MiB"})

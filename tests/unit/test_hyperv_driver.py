@@ -280,8 +280,9 @@ def test_unusable_endpoints_and_transports_are_config_errors(endpoint, transport
         HyperVDriver(make_host(endpoint, transport), CREDS)
 
 
-def test_file_hash_sends_the_path_as_json_and_returns_the_hash():
+def test_file_hash_sends_the_path_and_the_copy_engines_scheme_as_json_and_returns_the_digest():
+    from workers.smb import chunks
     path = "D:\\VMs\\hv1\\vm\\Virtual Hard Disks\\a'b.vhdx.partial"
-    proto = FakeProtocol([ok({"path": path, "sha256": "ab" * 32})])
+    proto = FakeProtocol([ok({"path": path, "scheme": chunks.SCHEME, "digest": "ab" * 32})])
     assert driver_with(proto).file_hash(path) == "ab" * 32
-    assert scripts.parse(proto.sent_text()) == ("file_hash", {"path": path})
+    assert scripts.parse(proto.sent_text()) == ("file_hash", {"path": path, "scheme": chunks.SCHEME})

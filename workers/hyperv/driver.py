@@ -327,6 +327,8 @@ class HyperVDriver:
     def delete_files(self, paths: list[str]) -> dict:
         return self.run("delete_files", {"paths": list(paths)})
 
-    def file_hash(self, path: str) -> str:
-        """SHA-256 (lowercase hex) of a file on this host, read by the host itself."""
-        return self.run("file_hash", {"path": path})["sha256"]
+    def file_hash(self, path: str, scheme: str = "sha256-chunks-8MiB") -> str:
+        """The digest (lowercase hex) of a file on this host, read by the host itself: by
+        default the copy engine's sha256-chunks-8MiB (workers.smb.chunks.SCHEME), or
+        "sha256" (Get-FileHash)."""
+        return self.run("file_hash", {"path": path, "scheme": scheme})["digest"]

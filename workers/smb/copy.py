@@ -10,23 +10,21 @@ How a copy goes:
 2. create the destination's parent folders and `<name>.partial` (emptied, unless chunks
    are to be reused and the partial file is long enough to hold them);
 3. `streams` threads, each on its own SMB connections to both servers, take the next
-   chunk not yet done, read it (requests up to the negotiated max size, smaller when
-   several streams share the memory budget, see REQUEST_BUDGET), send it to the
-   partial file, hash it while the WRITE is in flight, and record it in the checkpoint
-   once the server has acknowledged the WRITE. `throttle(n)` is called before each read
-   and may sleep (bandwidth limits);
+   chunk not yet done, read it (requests up to the negotiated max size, the next
+   chunk's READ in flight while this one is written: workers.smb.pipeline), send it to
+   the partial file, hash it while the WRITE is in flight, and record it in the
+   checkpoint once the server has acknowledged the WRITE. `throttle(n)` is called before
+   each read and may sleep (bandwidth limits);
 4. with every source handle closed, look at the source's identity again: any change in
    size, last write time or change time is SourceChangedError (only frozen files can be
    copied). The comparison uses a fresh handle after ours are closed because Samba
    reports the write time as of open while any handle is open;
 5. cut the partial file to the source's size, flush it and verify it: with `dest_sha256`
-   (a SHA-256 of the partial file computed on the destination host, the driver's
-   `file_hash`) and every chunk read in this attempt, compare it with the whole-file
-   SHA-256 of what was read from the source (`workers.smb.filehash`, computed while
-   streaming); otherwise (no `dest_sha256`, or chunks reused from an earlier attempt that
-   this attempt did not read) read it back over SMB in parallel streams and compare every
-   chunk's SHA-256 with what was read from the source. A mismatch is
-   CopyVerificationError;
+   (the chunks.SCHEME digest of the partial file computed on the destination host, the
+   driver's `file_hash`), compare it with the same digest of what was read from the
+   source (chunk digests from this attempt and, after a resume, from the checkpoint);
+   otherwise read it back over SMB in parallel streams and compare every chunk's
+   SHA-256 with what was read from the source. A mismatch is CopyVerificationError;
 6. rename the partial file onto the final name (replacing an earlier copy) and clear
    the checkpoint.
 
@@ -37,6 +35,7 @@ checkpoint stay, and the next attempt re-copies only the chunks not recorded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -44,8 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from workers.smb import chunks, connections, files, memory
-from workers.smb.filehash import InOrderHash
+from workers.smb import chunks, connections, files, memory, pipeline
 from workers.smb.checkpoint import Checkpoint, MemoryCheckpoint
 from workers.smb.connections import reset_connections
 from workers.smb.endpoint import SmbEndpoint, normalize_rel
@@ -73,13 +71,7 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_INTERVAL_S = 0.25
-# The bytes of READ/WRITE payload all streams together have in one request each. A request
-# passes through about six full-size copies inside smbprotocol (pack, sign, transport) on
-# each of a stream's two connections, so this, not the chunk size, sets the copier's peak
-# RSS: one stream uses the negotiated max (8 MiB on Samba and Windows), two use 4 MiB each.
-REQUEST_BUDGET = 8 * 1024 * 1024
-MIN_REQUEST = 1024 * 1024
-DEFAULT_STREAMS = 4  # measured best on the lab (2 cores); peak RSS ~170-190 MiB with the request budget
+DEFAULT_STREAMS = 4  # see README (Copying, Benchmark) for the measurements; peak RSS ~105-150 MiB
 MAX_STREAMS = 16
 
 Progress = Callable[[int, int], None]
@@ -169,65 +161,6 @@ def _identity(ep: SmbEndpoint, rel: str) -> Identity:
             files.close(fh)
 
 
-def request_bytes(streams: int) -> int:
-    """The most payload one READ or WRITE carries when `streams` streams copy at once."""
-    return max(MIN_REQUEST, REQUEST_BUDGET // max(1, streams) // files.CREDIT_BYTES * files.CREDIT_BYTES)
-
-
-def _read_exact(fh, offset: int, length: int, what: str, first: bytes | None = None,
-                request: int = REQUEST_BUDGET) -> bytes:
-    """`length` bytes at `offset`, in READs of at most `request` bytes (fewer when credits or
-    max_read_size say so); `first` is what an already answered READ at `offset` returned."""
-    parts, got = [], 0
-    while got < length:
-        data = first if first is not None else files.read_chunk(fh, offset + got, min(length - got, request))
-        first = None
-        if not data:
-            raise SourceChangedError(
-                f"{what} shrank during the copy: end of file at {offset + got}, expected "
-                f"{offset + length} or more; only frozen files can be copied")
-        parts.append(data)
-        got += len(data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _read_ahead(fh, total: int, what: str, queue: "_Chunks", errors, before_read=None, ahead: bool = False,
-                request: int = REQUEST_BUDGET):
-    """Yield (index, offset, data) for the chunks `queue` hands out. With `ahead`, the next
-    chunk's READ is on the wire while the caller works on the current one (writes it,
-    hashes it): faster when the server is the bottleneck, one more chunk in memory per
-    stream (~+30 MiB peak RSS with 2 streams and encryption, measured)."""
-    def start():
-        index = queue.next()
-        if index is None:
-            return None
-        offset, length = chunks.span(index, total)
-        if before_read is not None:
-            before_read(length)
-        with errors():
-            return index, offset, length, files.send_read(fh, offset, min(length, request))
-
-    pending = start()
-    while pending is not None:
-        index, offset, length, req = pending
-        with errors():
-            data = _read_exact(fh, offset, length, what, first=files.recv_read(fh, req), request=request)
-        pending = start() if ahead else None
-        yield index, offset, data
-        del data
-        if not ahead:
-            pending = start()
-
-
-def _write_rest(fh, offset: int, data: bytes, taken: int, request: int) -> None:
-    view = memoryview(data)
-    while taken < len(view):
-        n = files.write_chunk(fh, offset + taken, view[taken:taken + request])
-        if n <= 0:
-            raise SmbError(f"server accepted no bytes at offset {offset + taken}")
-        taken += n
-
-
 class _Chunks:
     """Hands out the chunk indices still to do, one at a time, to any stream."""
 
@@ -276,11 +209,14 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
               read_ahead: bool = False, dest_sha256: Callable[[], str] | None = None) -> CopyResult:
     """Copy src's `src_rel` to dst's `dst_rel` (backslash paths relative to the share roots).
 
-    `dest_sha256()` returns the SHA-256 (hex) of `dst_rel` + PARTIAL_SUFFIX computed on the
-    destination host; given, it replaces the read-back over SMB (see step 5 above).
+    `dest_sha256()` returns the digest of `dst_rel` + PARTIAL_SUFFIX computed on the
+    destination host in chunks.SCHEME (the driver's `file_hash`); given, it replaces the
+    read-back over SMB (see step 5 above). The name is kept from when it was a plain
+    SHA-256.
 
-    `read_ahead` keeps one more READ per stream in flight (see `_read_ahead`); off by
-    default to hold the copier's peak RSS under 256 MiB with encryption on."""
+    Every stream keeps the next chunk's READ in flight while it writes one (workers.smb.
+    pipeline); `read_ahead` gives each stream one more chunk buffer, so two READs are in
+    flight (+8 MiB per stream)."""
     src_rel, dst_rel = normalize_rel(src_rel), normalize_rel(dst_rel)
     if not 1 <= int(streams) <= MAX_STREAMS:
         raise ValueError(f"streams must be 1..{MAX_STREAMS}, not {streams}")
@@ -288,6 +224,7 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     checkpoint = checkpoint or MemoryCheckpoint()
     memory.limit_arenas()
     started = time.monotonic()
+    depth = pipeline.DEPTH + (1 if read_ahead else 0)
 
     before = _identity(src, src_rel)
     total = before.size
@@ -310,12 +247,13 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     report = _Progress(progress, reused, total)
     n_streams = max(1, min(int(streams), chunks.count(total) - len(digests)))
     sent = [0] * n_streams
-    request = request_bytes(n_streams)
     v_streams = max(1, min(int(streams), chunks.count(total)))
     what = src.unc(src_rel)
-    stop = threading.Event()
-    # A whole-file hash needs every chunk read now; a resumed copy verifies by read-back.
-    whole = InOrderHash(2 * n_streams, stop) if dest_sha256 is not None and not digests else None
+
+    def landed(index: int, length: int, digest: str) -> None:
+        digests[index] = digest
+        checkpoint.record(index, digest)
+        report.add(length)
 
     def copy_stream(i: int, queue: _Chunks) -> None:
         with _errors(src, src_rel, i):
@@ -324,21 +262,10 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
             with _errors(dst, part_rel, i):
                 wfh = files.open_for_write(connections.tree(dst, i), part_rel, truncate=False)
             try:
-                for index, offset, data in _read_ahead(sfh, total, what, queue, lambda: _errors(src, src_rel, i),
-                                                       before_read=throttle, ahead=read_ahead, request=request):
-                    length = len(data)
-                    checkpoint.will_write(length)
-                    with _errors(dst, part_rel, i):
-                        req = files.send_write(wfh, offset, data if length <= request else memoryview(data)[:request])
-                        digest = hashlib.sha256(data).hexdigest()  # while the WRITE is in flight
-                        _write_rest(wfh, offset, data, files.recv_write(wfh, req), request)
-                    sent[i] += length
-                    digests[index] = digest
-                    checkpoint.record(index, digest)
-                    report.add(length)
-                    if whole is not None:
-                        whole.add(index, data)
-                    del data
+                reader = pipeline.ChunkReader(sfh, total, queue.next, pipeline.buffers(depth), what,
+                                              lambda: _errors(src, src_rel, i), before_read=throttle)
+                sent[i] = pipeline.copy_chunks(reader, wfh, lambda: _errors(dst, part_rel, i),
+                                               checkpoint.will_write, landed)
             finally:
                 _best_effort(f"closing {dst.unc(part_rel)}", files.close, wfh)
         finally:
@@ -347,22 +274,26 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     def verify_stream(i: int, queue: _Chunks) -> None:
         with _errors(dst, part_rel, i):
             rfh = files.open_for_read(connections.tree(dst, i), part_rel)
+        try:
+            reader = pipeline.ChunkReader(rfh, total, queue.next, pipeline.buffers(depth), dst.unc(part_rel),
+                                          lambda: _errors(dst, part_rel, i))
             try:
-                for index, offset, data in _read_ahead(rfh, total, dst.unc(part_rel), queue,
-                                                       lambda: _errors(dst, part_rel, i), ahead=read_ahead,
-                                                       request=request_bytes(v_streams)):
-                    length = len(data)
+                for index, offset, data, buf in reader:
                     got = hashlib.sha256(data).hexdigest()
+                    reader.free.append(buf)
                     if got != digests[index]:
                         raise CopyVerificationError(
-                            f"{dst.unc(dst_rel)}: chunk {index} (bytes {offset}..{offset + length}) that landed "
+                            f"{dst.unc(dst_rel)}: chunk {index} (bytes {offset}..{offset + len(data)}) that landed "
                             f"hashes {got}, but what was read from {what} hashes {digests[index]}")
-            finally:
-                files.close(rfh)
+            except BaseException:
+                reader.abandon()
+                raise
+        finally:
+            _best_effort(f"closing {dst.unc(part_rel)}", files.close, rfh)
 
     try:
         todo = [i for i in range(chunks.count(total)) if i not in digests]
-        _run_streams(n_streams, copy_stream, todo, stop)
+        _run_streams(n_streams, copy_stream, todo)
         after = _identity(src, src_rel)
         if after != before:
             raise SourceChangedError(
@@ -374,16 +305,15 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
             files.flush(dfh)
             if files.current_size(dfh) != total:
                 raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
-        if whole is not None:
-            want = whole.hexdigest()
+        digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
+        if dest_sha256 is not None:
             got = dest_sha256().lower()
-            if got != want:
+            if got != digest:
                 raise CopyVerificationError(
-                    f"{dst.unc(dst_rel)}: the copy that landed hashes {got} on its host, but what was "
-                    f"read from {what} hashes {want}")
+                    f"{dst.unc(dst_rel)}: the copy that landed has the {chunks.SCHEME} digest {got} on its host, "
+                    f"but what was read from {what} has {digest}")
         else:
             _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
-        digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
         with _errors(dst, dst_rel):
             files.rename(dfh, dst_rel, replace=True)
     except (SourceChangedError, CopyVerificationError):
@@ -436,31 +366,34 @@ def delete_file(ep: SmbEndpoint, rel: str) -> None:
         return
 
 
-def sha256_of(ep: SmbEndpoint, rel: str) -> str:
-    """SHA-256 (hex) of a file on the share, read over SMB."""
+def _chunk_digests(ep: SmbEndpoint, rel: str, each=None) -> list[str]:
+    """SHA-256 (hex) of every chunk of a file on the share, read over SMB in one stream;
+    `each(data)` also sees every chunk in file order."""
     rel = normalize_rel(rel)
+    out: list[str] = []
     with _errors(ep, rel):
         fh = files.open_for_read(connections.tree(ep), rel)
         try:
-            h = hashlib.sha256()
-            offset = 0
-            while data := files.read_chunk(fh, offset, files.MAX_CHUNK):
-                h.update(data)
-                offset += len(data)
+            todo = iter(range(chunks.count(files.current_size(fh))))
+            reader = pipeline.ChunkReader(fh, files.current_size(fh), lambda: next(todo, None),
+                                          pipeline.buffers(pipeline.DEPTH), ep.unc(rel), contextlib.nullcontext)
+            for _index, _offset, data, buf in reader:
+                out.append(hashlib.sha256(data).hexdigest())
+                if each is not None:
+                    each(data)
+                reader.free.append(buf)
         finally:
             files.close(fh)
+    return out
+
+
+def sha256_of(ep: SmbEndpoint, rel: str) -> str:
+    """SHA-256 (hex) of a file on the share, read over SMB."""
+    h = hashlib.sha256()
+    _chunk_digests(ep, rel, h.update)
     return h.hexdigest()
 
 
 def digest_of(ep: SmbEndpoint, rel: str) -> str:
     """The chunks.SCHEME digest of a file on the share, read over SMB (one stream)."""
-    rel = normalize_rel(rel)
-    with _errors(ep, rel):
-        fh = files.open_for_read(connections.tree(ep), rel)
-        try:
-            size = files.current_size(fh)
-            return chunks.file_digest([
-                hashlib.sha256(_read_exact(fh, *chunks.span(i, size), ep.unc(rel))).hexdigest()
-                for i in range(chunks.count(size))])
-        finally:
-            files.close(fh)
+    return chunks.file_digest(_chunk_digests(ep, rel))

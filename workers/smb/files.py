@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from smbprotocol.connection import Commands
 from smbprotocol.exceptions import SMBException, SMBResponseException
 from smbprotocol.file_info import (
     FileBasicInformation,
@@ -39,10 +40,13 @@ from smbprotocol.open import (
 )
 from smbprotocol.tree import TreeConnect
 
+from workers.smb import wire
+
 MAX_CHUNK = 8 * 1024 * 1024  # bytes per READ/WRITE request, whatever the server allows beyond it
 CREDIT_BYTES = 65536  # one SMB2 credit pays for 64 KiB of payload
 REQUEST_TIMEOUT_S = 300  # one request (up to MAX_CHUNK bytes) may take this long
 CREDIT_WAIT_S = 30
+IN_FLIGHT = 4  # full-size requests per connection the credits asked for are meant to cover
 
 SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
 
@@ -108,7 +112,7 @@ def _credits(fh: Open, want: int, max_size: int) -> tuple[int, int]:
     """(bytes to move in the next request, credits to ask for in it).
 
     The request may only be as large as the credits we hold; we ask for what it consumes
-    plus what makes the next request full size again.
+    plus what lets IN_FLIGHT full-size requests be outstanding at once.
     """
     conn = fh.connection
     limit = min(max_size, MAX_CHUNK)
@@ -122,43 +126,57 @@ def _credits(fh: Open, want: int, max_size: int) -> tuple[int, int]:
     size = max(1, min(want, limit, available * CREDIT_BYTES))
     charge = (size - 1) // CREDIT_BYTES + 1
     full = (limit - 1) // CREDIT_BYTES + 1
-    top_up = max(0, full - (available - charge))
+    top_up = max(0, IN_FLIGHT * full - (available - charge))
     return size, min(charge + top_up, 8192)
 
 
-def send_read(fh: Open, offset: int, want: int):
-    """Send one READ of up to `want` bytes at `offset`; `recv_read` waits for its answer."""
+def send_read(fh: Open, offset: int, want: int, into: memoryview | None = None):
+    """Send one READ of up to `want` bytes at `offset`; `recv_read` waits for its answer.
+    With `into` (a writable buffer at least `want` + wire.SINK_SLACK bytes long) the data is
+    received straight into it. `req.length` is what was asked for (fewer when credits are short)."""
     size, credit_request = _credits(fh, want, fh.connection.max_read_size)
-    msg, _ = fh.read(offset, size, send=False)
     tc = fh.tree_connect
-    return fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+    req = fh.connection.send_bulk(Commands.SMB2_READ, wire.read_body(fh, offset, size), size, None,
+                                  tc.session.session_id, tc.tree_connect_id, credit_request, sink=into)
+    req.length = size
+    return req
 
 
-def recv_read(fh: Open, req) -> bytes:
-    """The bytes a READ sent by `send_read` returned (b"" at end of file)."""
+def recv_read(fh: Open, req) -> bytes | memoryview:
+    """The bytes a READ sent by `send_read` returned (empty at end of file): a view of its
+    `into` buffer when it had one."""
     try:
         resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
     except SMBResponseException as e:
         if e.status == NtStatus.STATUS_END_OF_FILE:
             return b""
         raise
-    out = SMB2ReadResponse()
+    if req.bulk_length is not None:
+        return req.sink[:req.bulk_length]
+    out = SMB2ReadResponse()  # answered the ordinary way (no sink, or an unusual response)
     out.unpack(resp["data"].get_value())
-    return out["buffer"].get_value()
+    data = out["buffer"].get_value()
+    if req.sink is None:
+        return data
+    req.sink[:len(data)] = data
+    return req.sink[:len(data)]
 
 
-def read_chunk(fh: Open, offset: int, want: int) -> bytes:
-    """One READ of up to `want` bytes at `offset` (fewer when credits are short, b"" at end of file)."""
-    return recv_read(fh, send_read(fh, offset, want))
+def read_chunk(fh: Open, offset: int, want: int, into: memoryview | None = None) -> bytes | memoryview:
+    """One READ of up to `want` bytes at `offset` (fewer when credits are short, empty at end of file)."""
+    return recv_read(fh, send_read(fh, offset, want, into))
 
 
 def send_write(fh: Open, offset: int, data: bytes | memoryview):
-    """Send one WRITE of (a prefix of) `data` at `offset`; `recv_write` says how much the server took."""
+    """Send one WRITE of (a prefix of) `data` at `offset`, without copying it; `recv_write`
+    says how much the server took. `req.length` is the prefix sent."""
     size, credit_request = _credits(fh, len(data), fh.connection.max_write_size)
-    chunk = data if isinstance(data, bytes) and size == len(data) else bytes(data[:size])
-    msg, _ = fh.write(chunk, offset, send=False)
     tc = fh.tree_connect
-    return fh.connection.send(msg, sid=tc.session.session_id, tid=tc.tree_connect_id, credit_request=credit_request)
+    req = fh.connection.send_bulk(Commands.SMB2_WRITE, wire.write_body(fh, offset, size), size,
+                                  memoryview(data)[:size], tc.session.session_id, tc.tree_connect_id,
+                                  credit_request)
+    req.length = size
+    return req
 
 
 def recv_write(fh: Open, req) -> int:
