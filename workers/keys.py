@@ -85,6 +85,11 @@ def copy_checkpoint(mid: str, dest_path: str) -> str:
     return f"{PREFIX}copy:{mid}:{hashlib.sha256(dest_path.lower().encode()).hexdigest()[:16]}"
 
 
+def copy_checkpoints_match(mid: str) -> str:
+    """SCAN pattern for every copy checkpoint of one migration (audits and tests)."""
+    return f"{PREFIX}copy:{mid}:*"
+
+
 # Bandwidth limits in bytes/s (plain integers, set by `quickmig throttle`, no expiry):
 # one global, one per (source, destination) host pair. Missing or 0 = unlimited. Read on
 # every chunk, so a change applies to copies already running.

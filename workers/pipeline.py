@@ -131,15 +131,24 @@ def start_rollback(mid: str, error: str) -> None:
 
 
 def end(mid: str, to: str, **fields) -> dict:
-    """Reach an end state: stamp it, release the VM and the migration's places on its
-    hosts (admitting whoever waited for them), count it."""
+    """Reach an end state: stamp it, release the VM, its copy checkpoints and its places on
+    its hosts (admitting whoever waited for them), count it."""
     store = context.store()
     rec = store.get(mid)
     rec = store.transition(mid, {rec["state"]}, to, **fields)
     context.locks().release(rec["vm_id"], mid)
+    forget_copy_checkpoints(rec)
     release_places(rec)
     metrics.observe_end(rec)
     return rec
+
+
+def forget_copy_checkpoints(rec: dict) -> None:
+    """A copy cut short (cancel, rollback) leaves its chunk checkpoints; nothing resumes an
+    ended migration. Every file it wrote is in created_files before its first byte."""
+    stale = [keys.copy_checkpoint(rec["id"], p) for p in rec.get("created_files", [])]
+    if stale:
+        context.store().r.delete(*stale)
 
 
 def release_places(rec: dict) -> None:

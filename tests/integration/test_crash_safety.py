@@ -141,6 +141,25 @@ def test_cancel_before_the_downtime_rolls_back_and_leaves_nothing(lab):
     assert lab.redis().get(keys.vm_lock(check["vm_id"])) is None
 
 
+def test_cancel_in_the_middle_of_a_copy_leaves_no_copy_checkpoint(lab):
+    lab.add_vm("crash-cancel-copy", "hv1", disk_mb=64)
+    p = producer(lab)
+    from producer.api import MigrationRequest
+    assert lab.cli("throttle", "--global", "8M").returncode == 0  # ~8 s of copy to cancel in
+    try:
+        mid = p.enqueue(MigrationRequest("crash-cancel-copy", "hv1", "hv2"))["id"]
+        wait_state(p, mid, lambda r: (r.get("progress") or {}).get("bytes_done", 0) > 16 * 2**20)
+        r = lab.redis()
+        assert list(r.scan_iter(keys.copy_checkpoints_match(mid))), "the copy keeps no checkpoint"
+        assert lab.cli("cancel", mid).returncode == 0
+        rec = wait_state(p, mid, lambda r: r["state"] in ENDS)
+    finally:
+        assert lab.cli("throttle", "--global", "0").returncode == 0
+    assert rec["state"] == "rolled_back", rec["error"]
+    assert list(r.scan_iter(keys.copy_checkpoints_match(mid))) == []
+    assert_home(lab, "crash-cancel-copy", "hv1")
+
+
 def test_cancel_during_the_downtime_is_refused_and_the_migration_completes(lab):
     lab.add_vm("crash-nocancel", "hv2")
     lab.emulator("hv1").inject_fault(op="import_vm", action="delay", seconds=6, times=1)

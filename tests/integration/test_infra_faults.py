@@ -71,7 +71,7 @@ def assert_clean(lab, mid: str, rec: dict, vm: str) -> dict:
     r = lab.producer.store.r
     assert r.get(keys.vm_lock(check["vm_id"])) is None
     assert r.get(keys.step_claim(mid)) is None
-    assert list(r.scan_iter(keys.copy_checkpoint(mid, "*"))) == []
+    assert list(r.scan_iter(keys.copy_checkpoints_match(mid))) == []
     return check
 
 
