@@ -2,6 +2,8 @@
 emulated Hyper-V hosts over WinRM, the three Celery worker pools)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -98,3 +100,24 @@ def lab(tmp_path_factory):
 def lab_class():
     """The Lab helper, for tests that need a lab of their own (e.g. one they kill workers in)."""
     return Lab
+
+
+@contextlib.contextmanager
+def _own_lab(tmp_path_factory, name: str, hosts: int = 3):
+    from lab import orchestrator
+    from producer.api import Producer
+    lab_dir = tmp_path_factory.mktemp(name)
+    orchestrator.up(lab_dir, hosts=hosts, vms_per_host=0, say=lambda *_: None)
+    try:
+        lab = Lab(lab_dir)
+        lab.producer = Producer(lab.cfg)
+        yield lab
+    finally:
+        orchestrator.down(lab_dir, say=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def own_lab(tmp_path_factory):
+    """`with own_lab("name") as lab:` a lab of a test module's own (one whose processes it
+    stops, kills or cuts off), its Lab helper carrying a Producer as `lab.producer`."""
+    return functools.partial(_own_lab, tmp_path_factory)

@@ -19,13 +19,14 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
 end
 return {0, redis.call('GET', KEYS[1])}
 """
-_EXTEND = """
+# Extend / delete a key only while it still holds our value (shared with workers.shared_files).
+EXTEND_IF_HOLDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
-_RELEASE = """
+RELEASE_IF_HOLDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -56,8 +57,8 @@ class VMLocks:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._acquire = client.register_script(_ACQUIRE)
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(EXTEND_IF_HOLDER)
+        self._release = client.register_script(RELEASE_IF_HOLDER)
         self._check = client.register_script(_CHECK)
 
     def acquire(self, vm_id: str, mid: str, ttl_s: int = keys.VM_LOCK_TTL_S) -> int:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import redis
 
 from workers import keys
-from workers.locks import Heartbeat
+from workers.locks import EXTEND_IF_HOLDER, RELEASE_IF_HOLDER, Heartbeat
 
 _TAKE = """
 local holder = redis.call('GET', KEYS[1])
@@ -31,20 +31,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 return false
-"""
-
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RETURN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-end
-return 1
 """
 
 # Leave the image: 'keep' while others use it (or it was never ours to delete), else take
@@ -83,8 +69,8 @@ class SharedFiles:
         self.r = client
         self.ttl_s, self.poll_s = ttl_s, poll_s
         self._take = client.register_script(_TAKE)
-        self._extend = client.register_script(_EXTEND)
-        self._return = client.register_script(_RETURN)
+        self._extend = client.register_script(EXTEND_IF_HOLDER)
+        self._return = client.register_script(RELEASE_IF_HOLDER)
         self._leave = client.register_script(_LEAVE)
         self._deleted = client.register_script(_DELETED)
 

@@ -18,13 +18,9 @@ import chaos  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def chaos_lab(tmp_path_factory, lab_class):
-    lab_dir = tmp_path_factory.mktemp("chaoslab")
-    orchestrator.up(lab_dir, hosts=3, vms_per_host=0, say=lambda *_: None)
-    try:
-        yield lab_class(lab_dir)
-    finally:
-        orchestrator.down(lab_dir, say=lambda *_: None)
+def chaos_lab(own_lab):
+    with own_lab("chaoslab") as lab:
+        yield lab
 
 
 def test_a_pool_whose_main_process_is_killed_comes_back_and_the_migration_completes(chaos_lab):

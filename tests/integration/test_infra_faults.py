@@ -16,16 +16,9 @@ ENDS = ("completed", "failed", "rolled_back")
 
 
 @pytest.fixture(scope="module")
-def fault_lab(tmp_path_factory, lab_class):
-    lab_dir = tmp_path_factory.mktemp("faultlab")
-    orchestrator.up(lab_dir, hosts=3, vms_per_host=0, say=lambda *_: None)
-    try:
-        from producer.api import Producer
-        lab = lab_class(lab_dir)
-        lab.producer = Producer(lab.cfg)
+def fault_lab(own_lab):
+    with own_lab("faultlab") as lab:
         yield lab
-    finally:
-        orchestrator.down(lab_dir, say=lambda *_: None)
 
 
 def start(lab, vm: str, source: str, destination: str) -> str:

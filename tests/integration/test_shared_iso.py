@@ -5,23 +5,15 @@ import time
 
 import pytest
 
-from lab import orchestrator
 from lab.emulator.model import ISO_NAME
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def iso_lab(tmp_path_factory, lab_class):
-    lab_dir = tmp_path_factory.mktemp("isolab")
-    orchestrator.up(lab_dir, hosts=3, vms_per_host=0, say=lambda *_: None)
-    try:
-        from producer.api import Producer
-        lab = lab_class(lab_dir)
-        lab.producer = Producer(lab.cfg)
+def iso_lab(own_lab):
+    with own_lab("isolab") as lab:
         yield lab
-    finally:
-        orchestrator.down(lab_dir, say=lambda *_: None)
 
 
 def start(lab, vm: str, source: str, destination: str, **options) -> str:

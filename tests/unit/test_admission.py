@@ -4,19 +4,10 @@ import json
 import time
 
 import pytest
-import redis
 
 from workers import keys
 from workers.admission import Admission, max_concurrency
 from workers.config import ConfigError, load_config
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 def line_up(adm, *routes):

@@ -4,20 +4,9 @@ put there, with its last user."""
 import threading
 import time
 
-import pytest
-import redis
-
 from workers.shared_files import SharedFiles
 
 ISO = r"C:\ISO\tools.iso"
-
-
-@pytest.fixture
-def r(redis_url):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 def test_a_second_migration_waits_while_the_first_decides_and_joins_the_users_when_it_may(r):
