@@ -49,7 +49,7 @@ def _rollback_now(mid: str, error: str) -> None:
 
 
 # No retries: while the VM is down, rolling back beats waiting out a backoff.
-@pipeline_task("quickmig.cutover", on_hard_failure=_rollback_now, retry_transient=False)
+@pipeline_task("quickmig.cutover", on_hard_failure=_rollback_now, retry=None)
 def cutover(mid: str, lg) -> None:
     rec = resume(mid, states.CUTTING_OVER)
     if rec is None:

@@ -186,22 +186,21 @@ class RetryPolicy:
         return min(self.max_delay_s, 2 ** retries)
 
 
-def pipeline_task(name: str, *, on_hard_failure, retry_transient: bool = True,
-                  retry: RetryPolicy = RetryPolicy()):
+def pipeline_task(name: str, *, on_hard_failure, retry: RetryPolicy | None = RetryPolicy()):
     """Wrap a step: drop duplicates and fenced deliveries, retry transient faults with
-    backoff (`retry`), hand hard failures to `on_hard_failure(mid, message)`."""
+    backoff (`retry`; None: never), hand hard failures to `on_hard_failure(mid, message)`."""
 
     def deco(fn):
         fn = _counting_failures(name.split(".")[-1], fn)
 
-        @app.task(name=name, bind=True, max_retries=retry.attempts, acks_late=True)
+        @app.task(name=name, bind=True, max_retries=retry.attempts if retry else 0, acks_late=True)
         def task(self, mid: str):
             lg = mlog(mid, name.split(".")[-1])
             with StepClaim(mid) as claim:
                 if claim.token is None:
                     _claim_busy(name, mid, lg)
                     return
-                _run_step(self, fn, mid, lg, on_hard_failure, retry_transient and retry)
+                _run_step(self, fn, mid, lg, on_hard_failure, retry)
 
         task.__wrapped_step__ = fn
         return task
@@ -233,7 +232,7 @@ def _note_retry(mid: str, step: str, attempt: int, delay: float, exc: BaseExcept
         pass
 
 
-def _run_step(task, fn, mid: str, lg, on_hard_failure, retry: "RetryPolicy | bool") -> None:
+def _run_step(task, fn, mid: str, lg, on_hard_failure, retry: RetryPolicy | None) -> None:
     step = task.name.split(".")[-1]
     t0 = time.monotonic()
     try:
