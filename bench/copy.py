@@ -12,9 +12,12 @@ file of --size-mib MiB into the first one's share, then for each security mode:
   (so its peak RSS is the copier's own), including the verification, for each stream
   count. --verify host (default) compares the sha256-chunks-8MiB digest of the source
   reads with the same digest of the landed file computed by a separate process on the
-  destination side (the same machine here; 8 MiB blocks, like the driver's `file_hash`
-  on a destination host); the WinRM round trip of that call is not included.
-  --verify readback reads the copy back over SMB instead.
+  destination side (the same machine here; `workers.smb.chunks.digest_of_local`, what the
+  lab's hosts run for the driver's `file_hash`); the WinRM round trip of that call is not
+  included. --verify readback reads the copy back over SMB instead.
+
+Before every run of either tool the destination share's copies are deleted, so every run
+writes a new file (see `fresh_destination` for why that must be alike for both).
 
 The tools take turns, one round of each per run, so that a change in the machine's load
 falls on all of them. Prints MB/s (10^6 bytes/s; median of the runs, min-max) per row, the copier's peak RSS,
@@ -30,6 +33,7 @@ import sys
 sys.path[:] = [p for p in sys.path if p not in ("", __file__.rpartition("/")[0])]
 
 import argparse
+import atexit
 import json
 import os
 import pwd
@@ -70,15 +74,8 @@ hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]  # pea
 print(json.dumps({"seconds": r.seconds, "bytes": r.bytes, "rss_mib": int(hwm.split()[1]) / 1024}))
 """
 
-# The destination host's file_hash, sha256-chunks-8MiB: the SHA-256 of the 8 MiB blocks' SHA-256s.
-HOST_DIGEST = """
-import hashlib, sys
-outer, buf = hashlib.sha256(), bytearray(8 * 1024 * 1024)
-with open(sys.argv[1], "rb", buffering=0) as f:
-    while n := f.readinto(buf):
-        outer.update(hashlib.sha256(memoryview(buf)[:n]).digest())
-print(outer.hexdigest())
-"""
+# The destination host's file_hash (sha256-chunks-8MiB), as the lab's emulated hosts compute it.
+HOST_DIGEST = "import sys; from workers.smb.chunks import digest_of_local; print(digest_of_local(sys.argv[1]))"
 
 
 def smbd_cpu(servers) -> float:
@@ -120,19 +117,39 @@ def _smbclient(port: int, user: str, password: str, mode: str, command: str) -> 
         os.unlink(auth.name)
 
 
+def fresh_destination(env: dict, settle: float) -> None:
+    """Delete every tool's copy from the destination share before a run, so that each run,
+    of either tool, writes a new file into memory the last one gave back.
+
+    Why it matters: on this machine (a Firecracker VM) page cache for a new file costs ~3.5 s
+    of kernel time per GiB when it comes from memory the guest has not touched lately, and
+    ~0.4 s when it reuses pages just freed. smbclient's `put` onto its own earlier copy
+    truncated it and so reused its pages, while quickmig, which writes `<name>.partial` and
+    renames it at the end, always got the expensive ones; that, not the protocol work, was
+    most of the destination smbd's extra CPU in earlier tables. `--settle S` waits S seconds
+    after the deletion (the other condition, alike for both)."""
+    for name in (f"smbclient-{FILE}", f"quickmig-{FILE}", f"quickmig-{FILE}.partial"):
+        (env["dst_share"] / name).unlink(missing_ok=True)
+    if settle:
+        time.sleep(settle)
+
+
 def run_smbclient(env: dict, mode: str, local: Path) -> float:
+    fresh_destination(env, env["settle"])
     t0 = time.monotonic()
     _smbclient(env["src_port"], env["user"], env["password"], mode, f'get {FILE} "{local}"')
     _smbclient(env["dst_port"], env["user"], env["password"], mode, f'put "{local}" smbclient-{FILE}')
-    seconds = time.monotonic() - t0
-    local.unlink()
-    return seconds
+    # The local file stays for the next run, whose `get` truncates and rewrites it (reusing
+    # its pages, see fresh_destination): deleting it here would hand its 1 GiB of just-freed
+    # pages to whichever tool ran next.
+    return time.monotonic() - t0
 
 
 def run_quickmig(env: dict, mode: str, streams: int, read_ahead: bool = False,
                  verify: str = "host") -> tuple[float, float]:
     args = {"host_digest": HOST_DIGEST, "verify": verify, "dest_local": str(env["dst_share"] / f"quickmig-{FILE}"), "read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
             "encrypt": mode == "encrypt", "streams": streams, "file": FILE, "dest": f"quickmig-{FILE}"}
+    fresh_destination(env, env["settle"])
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True,
                          text=True, timeout=1800, cwd=ROOT,
                          env=dict(os.environ, QUICKMIG_BENCH_PASSWORD=env["password"]))
@@ -148,8 +165,10 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="sign,encrypt", help="sign and/or encrypt")
     ap.add_argument("--read-ahead", action="store_true", help="quickmig keeps one more READ per stream in flight")
     ap.add_argument("--verify", choices=("host", "readback"), default="host",
-                    help="host: openssl dgst -sha256 of the landed file on the destination (what the driver's file_hash "
-                         "runs there); readback: read the copy back over SMB")
+                    help="host: the sha256-chunks-8MiB digest of the landed file computed on the destination side (what "
+                         "the driver's file_hash runs there); readback: read the copy back over SMB")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait after deleting the destination files before each run (default 0)")
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)
     if shutil.which("smbd") is None or shutil.which("smbclient") is None:
@@ -164,7 +183,7 @@ def main(argv=None) -> int:
     try:
         for name in ("src", "dst"):
             servers.append(run_samba(work / name / "state", SHARE, work / name / "share", user, password))
-        env = {"dst_share": servers[1].share_path, "src_port": servers[0].port, "dst_port": servers[1].port, "user": user, "password": password}
+        env = {"settle": args.settle, "dst_share": servers[1].share_path, "src_port": servers[0].port, "dst_port": servers[1].port, "user": user, "password": password}
         size = args.size_mib * 2**20
         with open(servers[0].share_path / FILE, "wb") as f:
             for _ in range(args.size_mib):
@@ -173,6 +192,7 @@ def main(argv=None) -> int:
         local_dir = shm if shm.is_dir() and shutil.disk_usage(shm).free > 2 * size else work
         local = local_dir / f"quickmig-bench-{os.getpid()}.bin"
 
+        atexit.register(local.unlink, missing_ok=True)
         rows = []
         print(f"file {args.size_mib} MiB, {args.runs} runs each, MB/s = 10^6 bytes/s, median (min-max); "
               f"quickmig includes verification ({args.verify})", flush=True)

@@ -41,7 +41,6 @@ from its main .vmcx (their own Snapshots\\<SID>.vmcx files are not required on i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -55,6 +54,7 @@ from pathlib import Path
 
 from lab.emulator import disk
 from lab.emulator.guest import GuestWriter, append_line
+from workers.smb import chunks
 
 log = logging.getLogger("lab.emulator.model")
 
@@ -816,15 +816,9 @@ class HyperVHost:
         local = self.paths.local(hp, "GetFileHash")
         if not local.is_file():
             raise OpError(f"file_hash hashes files only; {hp} is not a file.", "InvalidArgument", "NotAFile", hp)
-        whole, outer = hashlib.sha256(), hashlib.sha256()
-        with open(local, "rb") as f:  # outside self.lock: a large file takes a while
-            while block := f.read(8 * 1024 * 1024):  # a full block unless at the end (a regular file)
-                if scheme == "sha256":
-                    whole.update(block)
-                else:  # the SHA-256 of the 8 MiB blocks' SHA-256s, as file_hash.ps1 computes it
-                    outer.update(hashlib.sha256(block).digest())
+        digest = chunks.digest_of_local(local, scheme)  # outside self.lock: a large file takes a while
         self.file_event("file_hash", hp)
-        return {"path": hp, "scheme": scheme, "digest": (whole if scheme == "sha256" else outer).hexdigest()}
+        return {"path": hp, "scheme": scheme, "digest": digest}
 
     def op_delete_files(self, args: dict) -> dict:
         items = self._checked_paths(args.get("paths"), "paths", "RemoveItem")

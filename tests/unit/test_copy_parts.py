@@ -28,6 +28,21 @@ def test_the_digest_is_the_sha256_of_the_chunk_digests_in_order():
     assert chunks.digest_of_bytes(swapped) != chunks.digest_of_bytes(data)
 
 
+@pytest.mark.parametrize("size", [0, 1, chunks.PIECE_BYTES + 3, C - 1, C, C + 1, 2 * C + C // 2])
+def test_a_local_file_digest_reads_in_pieces_and_agrees_with_the_digest_of_its_bytes(tmp_path, size):
+    data = (bytes(range(251)) * (size // 251 + 1))[:size]
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert chunks.digest_of_local(path) == chunks.digest_of_bytes(data)
+    assert chunks.digest_of_local(path, "sha256") == hashlib.sha256(data).hexdigest()
+
+
+def test_a_local_file_digest_refuses_an_unknown_scheme(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(ValueError, match="unknown digest scheme"):
+        chunks.digest_of_local(tmp_path / "f", "md5")
+
+
 @pytest.mark.parametrize("text,value", [("125000000", 125_000_000), ("125M", 125_000_000), ("1.5G", 1_500_000_000),
                                         ("64k", 64_000), ("0", 0), ("10MB/s", 10_000_000)])
 def test_rates_read_with_decimal_suffixes(text, value):

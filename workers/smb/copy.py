@@ -176,6 +176,43 @@ class _Chunks:
             return next(self._it, None)
 
 
+def _flush(ep: SmbEndpoint, rel: str, fh) -> None:
+    with _errors(ep, rel):
+        files.flush(fh)
+
+
+def _alongside(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run fn() in a thread of its own; returns join(), which waits for it and raises
+    what fn raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - raised by join()
+            errors.append(e)
+
+    t = threading.Thread(target=run, name="smb-copy-aside", daemon=True)
+    t.start()
+
+    def join() -> None:
+        t.join()
+        if errors:
+            raise errors[0]
+    return join
+
+
+def _then(fn, join):
+    """fn()'s result once join() returned too; fn's error wins over join's."""
+    try:
+        out = fn()
+    except BaseException:
+        _best_effort("waiting for the flush", join)
+        raise
+    join()
+    return out
+
+
 def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int],
                  stop: threading.Event | None = None) -> None:
     """Run work(stream, chunks) in n threads; the first error stops the others and is raised."""
@@ -302,18 +339,21 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
                 f"{after.change}); only frozen files can be copied")
         with _errors(dst, part_rel):
             files.set_size(dfh, total)
-            files.flush(dfh)
             if files.current_size(dfh) != total:
                 raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
+        # The flush (the destination writing its cache to disk) and the hash (the destination
+        # reading the file back from its cache) use different resources: side by side they
+        # cost the longer of the two instead of both (0.6 s + 0.8 s per GiB in the lab).
+        flushed = _alongside(lambda: _flush(dst, part_rel, dfh))
         digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
         if dest_sha256 is not None:
-            got = dest_sha256().lower()
+            got = _then(dest_sha256, flushed).lower()
             if got != digest:
                 raise CopyVerificationError(
                     f"{dst.unc(dst_rel)}: the copy that landed has the {chunks.SCHEME} digest {got} on its host, "
                     f"but what was read from {what} has {digest}")
         else:
-            _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
+            _then(lambda: _run_streams(v_streams, verify_stream, list(range(chunks.count(total)))), flushed)
         with _errors(dst, dst_rel):
             files.rename(dfh, dst_rel, replace=True)
     except (SourceChangedError, CopyVerificationError):
