@@ -10,10 +10,11 @@ file of --size-mib MiB into the first one's share, then for each security mode:
   --client-protection=sign|encrypt;
 - quickmig: `workers.smb.copy.copy_file` from share to share in a fresh process per run
   (so its peak RSS is the copier's own), including the verification, for each stream
-  count. --verify host (default) compares the sha256-chunks-8MiB digest of the source
-  reads with the same digest of the landed file computed by a separate process on the
-  destination side (the same machine here; `workers.smb.chunks.digest_of_local`, what the
-  lab's hosts run for the driver's `file_hash`); the WinRM round trip of that call is not
+  count. --verify host (default) compares the SHA-256 of every chunk read from the
+  source with that of the landed chunk computed by a separate process on the destination
+  side (the same machine here; `workers.smb.chunks.local_chunk_digests`, what the lab's
+  hosts run for the driver's `file_hash`), one process per range of chunks as the copy's
+  verifier asks for them while it copies; the WinRM round trips of those calls are not
   included. --verify readback reads the copy back over SMB instead.
 
 Before every run of either tool the destination share's copies are deleted, so every run
@@ -64,18 +65,19 @@ a = json.loads(sys.argv[1])
 pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
 src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
-def dest_sha256():  # what the driver's file_hash does on the destination host, in its own process
-    out = subprocess.run([sys.executable, "-c", a["host_digest"], a["dest_local"] + ".partial"], check=True,
-                         capture_output=True, text=True)
-    return out.stdout.split()[0]
+def dest_digests(first, count):  # the driver's file_hash for a range, on the destination host: its own process
+    out = subprocess.run([sys.executable, "-c", a["host_digest"], a["dest_local"] + ".partial", str(first),
+                          str(count)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"],
-              dest_sha256=dest_sha256 if a["verify"] == "host" else None)
+              dest_digests=dest_digests if a["verify"] == "host" else None)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]  # peak RSS since exec
 print(json.dumps({"seconds": r.seconds, "bytes": r.bytes, "rss_mib": int(hwm.split()[1]) / 1024}))
 """
 
-# The destination host's file_hash (sha256-chunks-8MiB), as the lab's emulated hosts compute it.
-HOST_DIGEST = "import sys; from workers.smb.chunks import digest_of_local; print(digest_of_local(sys.argv[1]))"
+# The destination host's file_hash for a range of chunks, as the lab's emulated hosts compute it.
+HOST_DIGEST = ("import json, sys; from workers.smb.chunks import local_chunk_digests; "
+               "print(json.dumps(local_chunk_digests(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))")
 
 
 def smbd_cpu(servers) -> float:

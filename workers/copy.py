@@ -65,7 +65,8 @@ def copy_verified(rec: dict, src_path: str, lg, *, src_ep, dst_ep, progress=None
     destination = rec["destination"]
     res = smb.copy_file(src_ep, rel, dst_ep, rel, streams=copy_streams(), progress=progress, throttle=throttle,
                         checkpoint=checkpoint,
-                        dest_sha256=lambda: context.driver(destination).file_hash(dst_path + smb.PARTIAL_SUFFIX))
+                        dest_digests=lambda first, count: context.driver(destination).chunk_digests(
+                            dst_path + smb.PARTIAL_SUFFIX, first, count))
     lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
             rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
     metrics.COPIED_BYTES.labels(source=rec["source"], destination=destination).inc(res.bytes_written)

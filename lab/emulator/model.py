@@ -100,6 +100,11 @@ class OpError(Exception):
         self.target = target
 
 
+def _whole(value, low: int, high: int | None = None) -> bool:
+    """Whether value is a whole number (not a bool) in low..high."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
 def _invalid_arg(message: str, cmdlet: str = "GetVM") -> OpError:
     return OpError(message, "InvalidArgument", _fqid("InvalidParameter", cmdlet))
 
@@ -816,9 +821,20 @@ class HyperVHost:
         local = self.paths.local(hp, "GetFileHash")
         if not local.is_file():
             raise OpError(f"file_hash hashes files only; {hp} is not a file.", "InvalidArgument", "NotAFile", hp)
-        digest = chunks.digest_of_local(local, scheme)  # outside self.lock: a large file takes a while
+        ranged = "first" in args or "count" in args
+        if ranged:  # a range of chunks, their digests listed (file_hash.ps1 does the same)
+            first, count = args.get("first"), args.get("count")
+            if scheme != chunks.SCHEME or not _whole(first, 0) or not _whole(count, 1, chunks.MAX_RANGE):
+                raise _invalid_arg(f"first and count (a range of at most {chunks.MAX_RANGE} chunks) go with the "
+                                   f"scheme {chunks.SCHEME} only, as whole numbers >= 0 and 1..{chunks.MAX_RANGE}.",
+                                   "GetFileHash")
+            each = chunks.local_chunk_digests(local, first, count)  # outside self.lock: it takes a while
+            result = {"path": hp, "scheme": scheme, "first": first, "chunks": each,
+                      "digest": chunks.file_digest(each)}
+        else:
+            result = {"path": hp, "scheme": scheme, "digest": chunks.digest_of_local(local, scheme)}
         self.file_event("file_hash", hp)
-        return {"path": hp, "scheme": scheme, "digest": digest}
+        return result
 
     def op_delete_files(self, args: dict) -> dict:
         items = self._checked_paths(args.get("paths"), "paths", "RemoveItem")

@@ -162,15 +162,15 @@ def test_the_copier_peak_resident_memory_stays_under_256_mib(smb_servers, smb_di
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the forked pytest image
     child = (
         "import json, os, sys\n"
-        "from workers.smb.chunks import digest_of_bytes\n"
+        "from workers.smb.chunks import local_chunk_digests\n"
         "from workers.smb.copy import PARTIAL_SUFFIX, copy_file\n"
         "from workers.smb.endpoint import SmbEndpoint\n"
         "a = json.loads(sys.argv[1]); pw = os.environ['QM_TEST_PW']\n"
         "s = SmbEndpoint('127.0.0.1', a['s'], 'vms', a['u'], pw, encrypt=a['enc'])\n"
         "d = SmbEndpoint('127.0.0.1', a['d'], 'vms', a['u'], pw, encrypt=a['enc'])\n"
-        "def host_hash():\n"  # what the destination host's file_hash computes
-        "    return digest_of_bytes(open(a['local'] + PARTIAL_SUFFIX, 'rb').read())\n"
-        "copy_file(s, a['rel'], d, a['out'], dest_sha256=host_hash if a['host'] else None)\n"
+        "def host_digests(first, count):\n"  # what the destination host's file_hash computes for a range
+        "    return local_chunk_digests(a['local'] + PARTIAL_SUFFIX, first, count)\n"
+        "copy_file(s, a['rel'], d, a['out'], dest_digests=host_digests if a['host'] else None)\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
         "print(int(hwm.split()[1]) // 1024)\n")
     # verified by the destination's digest, or read back

@@ -4,10 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
-from workers.smb import connections, files
+from workers.smb import connections, files, verifier
 from workers.smb.copy import (
     PARTIAL_SUFFIX,
     CopyVerificationError,
@@ -22,7 +23,7 @@ from workers.smb.copy import (
     partial_name,
     sha256_of,
 )
-from workers.smb.chunks import digest_of_bytes
+from workers.smb.chunks import digest_of_bytes, local_chunk_digests
 from workers.smb.files import MAX_CHUNK
 
 pytestmark = pytest.mark.integration
@@ -118,13 +119,13 @@ def test_never_leaves_the_partial_name_behind_on_success(smb_servers, smb_dir):
 
 
 def host_hash(share, rel: str, calls: list | None = None):
-    """What the driver's file_hash does on the destination host: the chunked digest of the
-    landed partial file, computed there."""
-    def dest_sha256() -> str:
+    """What the driver's file_hash does on the destination host for a range: the SHA-256s of
+    chunks of the landed partial file, computed there."""
+    def dest_digests(first: int, count: int) -> list[str]:
         if calls is not None:
-            calls.append(rel)
-        return digest_of_bytes(share.local(rel + PARTIAL_SUFFIX).read_bytes())
-    return dest_sha256
+            calls.append((first, count))
+        return local_chunk_digests(share.local(rel + PARTIAL_SUFFIX), first, count)
+    return dest_digests
 
 
 def test_a_hash_from_the_destination_host_verifies_a_multi_stream_copy(smb_servers, smb_dir):
@@ -134,11 +135,59 @@ def test_a_hash_from_the_destination_host_verifies_a_multi_stream_copy(smb_serve
     put(src, rel, data)
     calls: list = []
 
-    result = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=3, dest_sha256=host_hash(dst, rel, calls))
+    result = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=3, dest_digests=host_hash(dst, rel, calls))
 
-    assert calls == [rel]
+    assert calls == [(0, 6)]  # six chunks are fewer than a verifier's range: checked at the end, at once
     assert dst.local(rel).read_bytes() == data
     assert result.digest == digest_of_bytes(data)
+
+
+def test_the_destination_host_checks_landed_chunks_while_the_copy_goes_on(smb_servers, smb_dir, monkeypatch):
+    monkeypatch.setattr(verifier, "MIN_RANGE", 2)
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\checked-early.vhdx"
+    data = os.urandom(6 * 8 * MiB - 5)
+    put(src, rel, data)
+    done, calls = [0], []
+    host = host_hash(dst, rel)
+
+    def dest_digests(first, count):
+        calls.append((first, count, done[0]))
+        return host(first, count)
+
+    result = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=1, dest_digests=dest_digests,
+                       progress=lambda d, t: done.__setitem__(0, d), throttle=lambda n: time.sleep(0.05))
+
+    assert result.digest == digest_of_bytes(data) and dst.local(rel).read_bytes() == data
+    ranges = [(first, count) for first, count, _ in calls]
+    assert [f for f, _ in ranges] == [0] + [f + c for f, c in ranges[:-1]]  # in order, each chunk once
+    assert sum(c for _, c in ranges) == 6
+    assert calls[0][2] < len(data)  # the first range was checked before the copy had landed it all
+    assert ranges[-1][0] + ranges[-1][1] == 6 and all(f + c < 6 for f, c in ranges[:-1])  # last chunk last
+
+
+def test_a_bad_chunk_the_host_finds_stops_the_copy_before_it_ends(smb_servers, smb_dir, monkeypatch):
+    monkeypatch.setattr(verifier, "MIN_RANGE", 1)
+    src, dst = smb_servers
+    rel = rf"{smb_dir}\bad-early.vhdx"
+    put(src, rel, os.urandom(6 * 8 * MiB))
+    real_write = files.send_write
+
+    def flip_in_chunk_zero(fh, offset, data):
+        if offset == 0:
+            data = bytearray(data)
+            data[7] ^= 0x10
+        return real_write(fh, offset, bytes(data))
+
+    monkeypatch.setattr(files, "send_write", flip_in_chunk_zero)
+    reads = []
+
+    with pytest.raises(CopyVerificationError, match=r"bad-early.vhdx: chunk 0 \(bytes 0..8388608\) that landed"):
+        copy_file(src.endpoint, rel, dst.endpoint, rel, streams=1, dest_digests=host_hash(dst, rel),
+                  throttle=lambda n: reads.append(n) or time.sleep(0.3))
+
+    assert len(reads) < 6  # stopped: the later chunks were never read
+    assert not dst.local(rel).exists() and not dst.local(rel + PARTIAL_SUFFIX).exists()
 
 
 @pytest.mark.parametrize("verify", ["readback", "host"])
@@ -159,7 +208,7 @@ def test_a_corrupted_landing_raises_verification_error_and_leaves_no_file(smb_se
 
     with pytest.raises(CopyVerificationError) as err:
         copy_file(src.endpoint, rel, dst.endpoint, rel,
-                  dest_sha256=host_hash(dst, rel) if verify == "host" else None)
+                  dest_digests=host_hash(dst, rel) if verify == "host" else None)
 
     assert f"disk-{verify}.avhdx" in str(err.value)
     assert not dst.local(rel).exists()

@@ -1,5 +1,6 @@
 """The copy engine's pure parts: chunk layout and digest, rates, progress figures, slot audit."""
 import hashlib
+import os
 import time
 
 import pytest
@@ -35,6 +36,19 @@ def test_a_local_file_digest_reads_in_pieces_and_agrees_with_the_digest_of_its_b
     path.write_bytes(data)
     assert chunks.digest_of_local(path) == chunks.digest_of_bytes(data)
     assert chunks.digest_of_local(path, "sha256") == hashlib.sha256(data).hexdigest()
+
+
+def test_local_chunk_digests_of_a_range_are_those_chunks_and_stop_at_the_end(tmp_path):
+    data = os.urandom(3 * C + 77)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    each = [hashlib.sha256(data[o:o + C]).hexdigest() for o in range(0, len(data), C)]
+    assert chunks.local_chunk_digests(path) == each
+    assert chunks.local_chunk_digests(path, 1, 2) == each[1:3]
+    assert chunks.local_chunk_digests(path, 2, 10) == each[2:]
+    assert chunks.local_chunk_digests(path, 4, 1) == []
+    with pytest.raises(ValueError, match="whole numbers"):
+        chunks.local_chunk_digests(path, -1, 1)
 
 
 def test_a_local_file_digest_refuses_an_unknown_scheme(tmp_path):

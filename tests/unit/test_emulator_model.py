@@ -474,6 +474,15 @@ def test_file_hash_is_the_copy_engines_digest_or_the_sha256_of_the_file_on_the_h
     assert got == {"path": path, "scheme": "sha256-chunks-8MiB", "digest": chunked}
     got = h.run("file_hash", {"path": path, "scheme": "sha256"})
     assert got == {"path": path, "scheme": "sha256", "digest": hashlib.sha256(data).hexdigest()}
+    each = [hashlib.sha256(data[o:o + block]).hexdigest() for o in range(0, len(data), block)]
+    got = h.run("file_hash", {"path": path, "scheme": "sha256-chunks-8MiB", "first": 1, "count": 5})
+    assert got["chunks"] == each[1:] and got["first"] == 1
+    for bad in ({"first": -1, "count": 1}, {"first": 0, "count": 0}, {"first": 0, "count": 129},
+                {"first": True, "count": 1}, {"first": 0}, {"count": 1}, {"first": 0, "count": 1.5}):
+        with expect_error("InvalidArgument"):
+            h.run("file_hash", {"path": path, "scheme": "sha256-chunks-8MiB", **bad})
+    with expect_error("InvalidArgument"):
+        h.run("file_hash", {"path": path, "scheme": "sha256", "first": 0, "count": 1})
     with expect_error("InvalidArgument"):
         h.run("file_hash", {"path": path, "scheme": "md5"})
     with expect_error("InvalidArgument"):

@@ -286,3 +286,17 @@ def test_file_hash_sends_the_path_and_the_copy_engines_scheme_as_json_and_return
     proto = FakeProtocol([ok({"path": path, "scheme": chunks.SCHEME, "digest": "ab" * 32})])
     assert driver_with(proto).file_hash(path) == "ab" * 32
     assert scripts.parse(proto.sent_text()) == ("file_hash", {"path": path, "scheme": chunks.SCHEME})
+
+
+def test_chunk_digests_asks_file_hash_for_a_range_and_refuses_a_bad_one_before_sending():
+    from workers.smb import chunks
+    path = "D:\\VMs\\hv1\\vm\\d.vhdx.partial"
+    proto = FakeProtocol([ok({"path": path, "scheme": chunks.SCHEME, "first": 2, "chunks": ["cd" * 32],
+                              "digest": "ef" * 32})])
+    driver = driver_with(proto)
+    assert driver.chunk_digests(path, 2, 3) == ["cd" * 32]
+    assert scripts.parse(proto.sent_text()) == ("file_hash", {"path": path, "scheme": chunks.SCHEME,
+                                                              "first": 2, "count": 3})
+    for first, count in ((-1, 1), (0, 0), (0, chunks.MAX_RANGE + 1), (True, 1), (0, "2")):
+        with pytest.raises(ValueError, match="chunk_digests needs"):
+            driver.chunk_digests(path, first, count)

@@ -332,3 +332,15 @@ class HyperVDriver:
         default the copy engine's sha256-chunks-8MiB (workers.smb.chunks.SCHEME), or
         "sha256" (Get-FileHash)."""
         return self.run("file_hash", {"path": path, "scheme": scheme})["digest"]
+
+    def chunk_digests(self, path: str, first: int, count: int) -> list[str]:
+        """SHA-256s (lowercase hex) of the 8 MiB chunks first .. first+count-1 of a file on
+        this host, read by the host (`file_hash` for a range; fewer when the file ends
+        sooner): the copy engine checks what landed while the rest is still copying."""
+        from workers.smb import chunks
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (first, count)) or first < 0 \
+                or not 1 <= count <= chunks.MAX_RANGE:
+            raise ValueError(f"chunk_digests needs first >= 0 and count 1..{chunks.MAX_RANGE}, "
+                             f"not {first!r} and {count!r}")
+        return self.run("file_hash", {"path": path, "scheme": chunks.SCHEME, "first": first,
+                                      "count": count})["chunks"]

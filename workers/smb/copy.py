@@ -19,12 +19,14 @@ How a copy goes:
    size, last write time or change time is SourceChangedError (only frozen files can be
    copied). The comparison uses a fresh handle after ours are closed because Samba
    reports the write time as of open while any handle is open;
-5. cut the partial file to the source's size, flush it and verify it: with `dest_sha256`
-   (the chunks.SCHEME digest of the partial file computed on the destination host, the
-   driver's `file_hash`), compare it with the same digest of what was read from the
-   source (chunk digests from this attempt and, after a resume, from the checkpoint);
-   otherwise read it back over SMB in parallel streams and compare every chunk's
-   SHA-256 with what was read from the source. A mismatch is CopyVerificationError;
+5. cut the partial file to the source's size and flush it, and verify it meanwhile: with
+   `dest_digests` (SHA-256s of the partial file's chunks computed on the destination
+   host, the driver's `file_hash` for a range) a `workers.smb.verifier.Verifier` has been
+   comparing the landed chunks with what was read from the source (chunk digests from
+   this attempt and, after a resume, from the checkpoint) since step 3, and checks the
+   rest now; otherwise read it back over SMB in parallel streams and compare every
+   chunk's SHA-256 with what was read from the source. A mismatch is
+   CopyVerificationError;
 6. rename the partial file onto the final name (replacing an earlier copy) and clear
    the checkpoint.
 
@@ -46,6 +48,7 @@ from typing import Callable
 from workers.smb import chunks, connections, files, memory, pipeline
 from workers.smb.checkpoint import Checkpoint, MemoryCheckpoint
 from workers.smb.connections import reset_connections
+from workers.smb.verifier import HostDigests, Verifier
 from workers.smb.endpoint import SmbEndpoint, normalize_rel
 from workers.smb.errors import (
     CopyVerificationError,
@@ -243,13 +246,12 @@ def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int],
 def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
               streams: int = DEFAULT_STREAMS, progress: Progress | None = None,
               throttle: Throttle | None = None, checkpoint: Checkpoint | None = None,
-              read_ahead: bool = False, dest_sha256: Callable[[], str] | None = None) -> CopyResult:
+              read_ahead: bool = False, dest_digests: HostDigests | None = None) -> CopyResult:
     """Copy src's `src_rel` to dst's `dst_rel` (backslash paths relative to the share roots).
 
-    `dest_sha256()` returns the digest of `dst_rel` + PARTIAL_SUFFIX computed on the
-    destination host in chunks.SCHEME (the driver's `file_hash`); given, it replaces the
-    read-back over SMB (see step 5 above). The name is kept from when it was a plain
-    SHA-256.
+    `dest_digests(first, count)` returns the SHA-256s (hex) of chunks first .. first+count-1
+    of `dst_rel` + PARTIAL_SUFFIX computed on the destination host (the driver's
+    `chunk_digests`); given, it replaces the read-back over SMB (see step 5 above).
 
     Every stream keeps the next chunk's READ in flight while it writes one (workers.smb.
     pipeline); `read_ahead` gives each stream one more chunk buffer, so two READs are in
@@ -287,10 +289,25 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     v_streams = max(1, min(int(streams), chunks.count(total)))
     what = src.unc(src_rel)
 
+    stop = threading.Event()  # a stream failed or the host found a bad chunk: everyone stops
+    verifier = None if dest_digests is None else Verifier(
+        dest_digests, digests, chunks.count(total), stop,
+        lambda i: f"{dst.unc(dst_rel)}: chunk {i} (bytes {chunks.span(i, total)[0]}.."
+                  f"{sum(chunks.span(i, total))})")
+
     def landed(index: int, length: int, digest: str) -> None:
         digests[index] = digest
         checkpoint.record(index, digest)
         report.add(length)
+        if verifier is not None:
+            verifier.landed()
+
+    def check_landed() -> None:
+        try:
+            verifier.run()
+        except BaseException:
+            stop.set()
+            raise
 
     def copy_stream(i: int, queue: _Chunks) -> None:
         with _errors(src, src_rel, i):
@@ -328,32 +345,51 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
         finally:
             _best_effort(f"closing {dst.unc(part_rel)}", files.close, rfh)
 
+    checked = None  # joins the verifier's thread while it runs
     try:
-        todo = [i for i in range(chunks.count(total)) if i not in digests]
-        _run_streams(n_streams, copy_stream, todo)
-        after = _identity(src, src_rel)
-        if after != before:
-            raise SourceChangedError(
-                f"{what} changed during the copy (size {before.size} -> {after.size}, "
-                f"last write {before.last_write} -> {after.last_write}, change time {before.change} -> "
-                f"{after.change}); only frozen files can be copied")
-        with _errors(dst, part_rel):
-            files.set_size(dfh, total)
-            if files.current_size(dfh) != total:
-                raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
-        # The flush (the destination writing its cache to disk) and the hash (the destination
-        # reading the file back from its cache) use different resources: side by side they
-        # cost the longer of the two instead of both (0.6 s + 0.8 s per GiB in the lab).
-        flushed = _alongside(lambda: _flush(dst, part_rel, dfh))
+        try:
+            todo = [i for i in range(chunks.count(total)) if i not in digests]
+            checked = _alongside(check_landed) if verifier is not None else None
+            _run_streams(n_streams, copy_stream, todo, stop)
+            if stop.is_set():  # the host found a bad chunk and the streams stopped early
+                join, checked = checked, None
+                join()  # raises what it found
+                raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy stopped before every chunk landed")
+            after = _identity(src, src_rel)
+            if after != before:
+                raise SourceChangedError(
+                    f"{what} changed during the copy (size {before.size} -> {after.size}, "
+                    f"last write {before.last_write} -> {after.last_write}, change time {before.change} -> "
+                    f"{after.change}); only frozen files can be copied")
+            with _errors(dst, part_rel):
+                files.set_size(dfh, total)
+                if files.current_size(dfh) != total:
+                    raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
+            if verifier is not None:
+                # The flush (the destination writing its cache to disk) and the check of the
+                # last chunks (the destination host reading them back from its cache) use
+                # different resources: side by side they cost the longer of the two, not both.
+                flushed = _alongside(lambda: _flush(dst, part_rel, dfh))
+                join, checked = checked, None
+                verifier.finish()
+                _then(join, flushed)
+                if not verifier.complete:  # never rename a copy not every chunk of which was checked
+                    raise CopyVerificationError(f"{dst.unc(dst_rel)}: only {verifier.checked} of "
+                                                f"{chunks.count(total)} chunks were checked on the destination host")
+            else:  # the read-back shares the flush's connection: one after the other
+                _flush(dst, part_rel, dfh)
+                _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
+        except BaseException:
+            if checked is not None:  # stop the verifier; a bad chunk it found is the error to report
+                stop.set()
+                try:
+                    checked()
+                except CopyVerificationError:
+                    raise
+                except BaseException as e:  # noqa: BLE001 - the first failure is the one reported
+                    log.debug("verifier after the copy failed: %s", e)
+            raise
         digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
-        if dest_sha256 is not None:
-            got = _then(dest_sha256, flushed).lower()
-            if got != digest:
-                raise CopyVerificationError(
-                    f"{dst.unc(dst_rel)}: the copy that landed has the {chunks.SCHEME} digest {got} on its host, "
-                    f"but what was read from {what} has {digest}")
-        else:
-            _then(lambda: _run_streams(v_streams, verify_stream, list(range(chunks.count(total)))), flushed)
         with _errors(dst, dst_rel):
             files.rename(dfh, dst_rel, replace=True)
     except (SourceChangedError, CopyVerificationError):

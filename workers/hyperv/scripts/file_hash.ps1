@@ -12,6 +12,17 @@ __QUICKMIG_ARGS__
 if (-not (Test-Path -LiteralPath $Req.path -PathType Leaf)) {
     Write-Error -Message ('file_hash hashes files only; ' + $Req.path + ' is not a file.') -Category InvalidArgument -ErrorId 'NotAFile' -TargetObject $Req.path
 }
+# With first and count (sha256-chunks-8MiB only) it hashes that range of blocks and lists
+# their digests: the copy engine checks a copy's landed blocks while the rest is copying.
+$ranged = ($null -ne $Req.PSObject.Properties['first']) -or ($null -ne $Req.PSObject.Properties['count'])
+if ($ranged) {
+    $wholeNumber = { param($v, $low, $high) ($v -is [int] -or $v -is [long]) -and $v -ge $low -and $v -le $high }
+    if ($Req.scheme -ne 'sha256-chunks-8MiB' -or -not (& $wholeNumber $Req.first 0 ([long]::MaxValue)) -or
+            -not (& $wholeNumber $Req.count 1 128)) {
+        Write-Error -Message 'first and count (a range of at most 128 chunks) go with the scheme sha256-chunks-8MiB only, as whole numbers >= 0 and 1..128.' -Category InvalidArgument -ErrorId 'InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetFileHash' -TargetObject $Req.path
+    }
+}
+$chunks = New-Object System.Collections.Generic.List[string]
 if ($Req.scheme -eq 'sha256') {
     $digest = (Get-FileHash -LiteralPath $Req.path -Algorithm SHA256).Hash.ToLowerInvariant()
 } elseif ($Req.scheme -eq 'sha256-chunks-8MiB') {
@@ -21,7 +32,8 @@ if ($Req.scheme -eq 'sha256') {
     $inner = [System.Security.Cryptography.SHA256]::Create()
     $stream = [System.IO.File]::Open($Req.path, [System.IO.FileMode]::Open, [System.IO.FileAccess]::Read, [System.IO.FileShare]::ReadWrite)
     try {
-        while ($true) {
+        if ($ranged) { [void]$stream.Seek([long]$Req.first * $block, [System.IO.SeekOrigin]::Begin) }
+        while (-not $ranged -or $chunks.Count -lt $Req.count) {
             $filled = 0  # Read may return less than asked before the end: fill the whole block
             while ($filled -lt $block) {
                 $n = $stream.Read($buffer, $filled, $block - $filled)
@@ -30,6 +42,7 @@ if ($Req.scheme -eq 'sha256') {
             }
             if ($filled -eq 0) { break }
             $chunk = $inner.ComputeHash($buffer, 0, $filled)
+            if ($ranged) { $chunks.Add((-join ($chunk | ForEach-Object { $_.ToString('x2') }))) }
             [void]$outer.TransformBlock($chunk, 0, $chunk.Length, $null, 0)
             if ($filled -lt $block) { break }
         }
@@ -42,5 +55,9 @@ if ($Req.scheme -eq 'sha256') {
     Write-Error -Message ('file_hash knows the schemes sha256 and sha256-chunks-8MiB, not ' + $Req.scheme + '.') -Category InvalidArgument -ErrorId 'UnknownScheme' -TargetObject $Req.scheme
 }
 $result = [ordered]@{ path = [string]$Req.path; scheme = [string]$Req.scheme; digest = $digest }
+if ($ranged) {
+    $result.first = [long]$Req.first
+    $result.chunks = [string[]]$chunks.ToArray()
+}
 
 $result | ConvertTo-Json -Compress -Depth 8
