@@ -54,8 +54,9 @@ def wait_for(cond, timeout=5.0):
 
 def test_landed_chunks_are_checked_in_ranges_while_copying_and_the_last_one_after_finish(monkeypatch):
     monkeypatch.setattr(verifier, "MIN_RANGE", 3)
-    n, digests, host = 10, {}, Host({})
-    v = Verifier(host, digests, n, threading.Event(), lambda i: f"chunk {i}")
+    n, digests, host, flushed_at = 10, {}, Host({}), []
+    v = Verifier(host, digests, n, threading.Event(), lambda i: f"chunk {i}",
+                 between=lambda: flushed_at.append(v.checked))
     t, errors = start(v)
 
     land(v, digests, host, [0, 1])
@@ -73,6 +74,7 @@ def test_landed_chunks_are_checked_in_ranges_while_copying_and_the_last_one_afte
     t.join(5)
     assert not errors and v.complete
     assert host.calls == [(0, 5), (5, 4), (9, 1)]
+    assert flushed_at == [5, 9]  # between ranges while copying, not after the last one
 
 
 def test_a_range_is_at_most_max_range_chunks(monkeypatch):

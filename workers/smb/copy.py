@@ -293,7 +293,9 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     verifier = None if dest_digests is None else Verifier(
         dest_digests, digests, chunks.count(total), stop,
         lambda i: f"{dst.unc(dst_rel)}: chunk {i} (bytes {chunks.span(i, total)[0]}.."
-                  f"{sum(chunks.span(i, total))})")
+                  f"{sum(chunks.span(i, total))})",
+        # a failed early flush costs nothing: the flush after the last chunk is the one that counts
+        between=lambda: _best_effort(f"flushing {dst.unc(part_rel)}", _flush, dst, part_rel, dfh))
 
     def landed(index: int, length: int, digest: str) -> None:
         digests[index] = digest

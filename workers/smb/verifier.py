@@ -29,11 +29,13 @@ HostDigests = Callable[[int, int], list[str]]  # (first chunk, count) -> their S
 
 class Verifier:
     def __init__(self, host_digests: HostDigests, digests: dict[int, str], n_chunks: int, stop: threading.Event,
-                 describe: Callable[[int], str]):
+                 describe: Callable[[int], str], between: Callable[[], None] | None = None):
         """`digests` (chunk -> SHA-256 hex of what was read from the source) fills as chunks
-        land; `describe(index)` names a chunk in an error; `stop` set means give up."""
+        land; `describe(index)` names a chunk in an error; `stop` set means give up;
+        `between()` runs after each range checked before finish() (the copier flushes what
+        landed so far, so that the flush after the last chunk has little left to write)."""
         self.host_digests, self.digests, self.n = host_digests, digests, n_chunks
-        self.stop, self.describe = stop, describe
+        self.stop, self.describe, self.between = stop, describe, between
         self.checked = 0  # chunks [0, checked) agree with the host
         self.calls = 0
         self._ready = 0  # chunks [0, _ready) have landed
@@ -80,6 +82,8 @@ class Verifier:
                         f"{self.describe(index)} that landed hashes {digest.lower()} on the destination host, but "
                         f"what was read from the source hashes {self.digests[index]}")
             self.checked = first + len(got)
+            if self.between is not None and not self._finished:
+                self.between()
 
     @property
     def complete(self) -> bool:
