@@ -13,9 +13,10 @@ file of --size-mib MiB into the first one's share, then for each security mode:
   count. --verify host (default) compares the SHA-256 of every chunk read from the
   source with that of the landed chunk computed by a separate process on the destination
   side (the same machine here; `workers.smb.chunks.local_chunk_digests`, what the lab's
-  hosts run for the driver's `file_hash`), one process per range of chunks as the copy's
-  verifier asks for them while it copies; the WinRM round trips of those calls are not
-  included. --verify readback reads the copy back over SMB instead.
+  hosts run for the driver's `file_hash`) in a process of its own started before the copy,
+  for each range of chunks the copy's verifier asks for while it copies; the WinRM round
+  trips of those calls are not included. --verify readback reads the copy back over SMB
+  instead.
 
 Before every run of either tool the destination share's copies are deleted, so every run
 writes a new file (see `fresh_destination` for why that must be alike for both).
@@ -65,19 +66,31 @@ a = json.loads(sys.argv[1])
 pw = os.environ["QUICKMIG_BENCH_PASSWORD"]
 src = SmbEndpoint("127.0.0.1", a["src_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
 dst = SmbEndpoint("127.0.0.1", a["dst_port"], a["share"], a["user"], pw, encrypt=a["encrypt"])
-def dest_digests(first, count):  # the driver's file_hash for a range, on the destination host: its own process
-    out = subprocess.run([sys.executable, "-c", a["host_digest"], a["dest_local"] + ".partial", str(first),
-                          str(count)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
+# The destination host: a process of its own, running before the copy starts (like a lab
+# host), that answers the driver's file_hash for a range of chunks of the landed file.
+host = subprocess.Popen([sys.executable, "-c", a["host_digest"], a["dest_local"] + ".partial"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def dest_digests(first, count):
+    host.stdin.write(f"{first} {count}\\n")
+    host.stdin.flush()
+    return json.loads(host.stdout.readline())
 r = copy_file(src, a["file"], dst, a["dest"], streams=a["streams"], read_ahead=a["read_ahead"],
               dest_digests=dest_digests if a["verify"] == "host" else None)
+host.stdin.close()
+host.wait()
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]  # peak RSS since exec
 print(json.dumps({"seconds": r.seconds, "bytes": r.bytes, "rss_mib": int(hwm.split()[1]) / 1024}))
 """
 
-# The destination host's file_hash for a range of chunks, as the lab's emulated hosts compute it.
-HOST_DIGEST = ("import json, sys; from workers.smb.chunks import local_chunk_digests; "
-               "print(json.dumps(local_chunk_digests(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))")
+# The destination host's file_hash for ranges of chunks ("first count" lines in, a JSON list
+# of digests out), as the lab's emulated hosts compute it.
+HOST_DIGEST = """
+import json, sys
+from workers.smb.chunks import local_chunk_digests
+for line in sys.stdin:
+    first, count = (int(x) for x in line.split())
+    print(json.dumps(local_chunk_digests(sys.argv[1], first, count)), flush=True)
+"""
 
 
 def smbd_cpu(servers) -> float:
