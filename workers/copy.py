@@ -75,6 +75,25 @@ def copy_verified(rec: dict, src_path: str, lg, *, src_ep, dst_ep, progress=None
             "bytes_reused": res.bytes_reused, "bytes_sent": res.bytes_sent_total}, res.bytes
 
 
+class _SlotWait:
+    """Says in the log and in the record (`waiting`, which `quickmig status` and `watch`
+    show) that a copy waits for a copy slot, and takes it back once it has one."""
+
+    def __init__(self, mid: str, lg, source: str, destination: str, k_read: int, k_write: int):
+        self.mid, self.lg, self.waited = mid, lg, False
+        self.why = (f"waiting for a copy slot: at most {k_read} copies read from {source} and {k_write} write to "
+                    f"{destination} at once (max_copies)")
+
+    def __call__(self) -> None:
+        self.lg.info("%s", self.why)
+        self.waited = True
+        context.store().update(self.mid, lambda r: r.__setitem__("waiting", self.why))
+
+    def over(self) -> None:
+        if self.waited:
+            context.store().update(self.mid, lambda r: r.pop("waiting", None))
+
+
 def _plan_bytes(rec: dict, files: list[dict], pm: PathMap, src_ep) -> dict:
     """Add these files' sizes to the migration's planned bytes (rec["bytes_total"])."""
     from workers.smb import copy as smb
@@ -144,9 +163,10 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
                 note_created(mid, [dst_path])
                 base = (rec.get("bytes_copied") or 0) + sum(
                     c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))
-                with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write,
-                                on_wait=lambda: lg.info("waiting for a copy slot (%s -> %s)", source, destination)), \
+                slot_wait = _SlotWait(mid, lg, source, destination, k_read, k_write)
+                with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write, on_wait=slot_wait), \
                         progress.file_copy(dst_path, base) as on_bytes:
+                    slot_wait.over()
                     entry, n = copy_verified(rec, src_path, lg, src_ep=src_ep, dst_ep=dst_ep, progress=on_bytes,
                                              throttle=lambda n: throttle.wait(source, destination, n),
                                              checkpoint=RedisCheckpoint(client, mid, dst_path))

@@ -126,3 +126,32 @@ def test_a_limit_changed_while_copies_run_applies_to_them(r):
     t.set(0, pair=("a", "b"))
     assert t.limits() == {"global": None, "pairs": {}}
     assert t.reserve("a", "b", 10**12) == 0.0  # unlimited again
+
+
+def test_a_migration_waiting_for_a_copy_slot_says_so_until_it_has_one(lab):
+    lab.add_vm("slot-wait", "hv1", memory_mb=16, disk_mb=16, write_rate_kbps=0)
+    slots, k = CopySlots(lab.redis()), lab.cfg.host("hv1").max_copies
+    blockers = [f"blocker-{i}" for i in range(k)]
+    for b in blockers:  # every read slot of hv1 taken by other copies
+        assert slots.try_acquire(b, "hv1", "hv2", k, k)
+    try:
+        res, queued = lab.cli_json("migrate", "slot-wait", "--from", "hv1", "--to", "hv2", "--json")
+        assert res.returncode == 0, res.stderr
+        mid = queued["id"]
+        deadline = time.time() + 60
+        while "copy slot" not in (lab.cli_json("status", mid, "--json")[1].get("waiting") or ""):
+            assert time.time() < deadline, lab.cli_json("status", mid, "--json")[1]
+            time.sleep(0.3)
+        rec = lab.cli_json("status", mid, "--json")[1]
+        assert rec["state"] == "copying" and not rec.get("copied"), rec
+        shown = lab.cli("status", mid)
+        assert f"waiting for a copy slot: at most {k} copies read from hv1" in shown.stdout, shown.stdout
+    finally:
+        for b in blockers:
+            slots.release(b, "hv1", "hv2")
+    deadline = time.time() + 120
+    while (rec := lab.cli_json("status", mid, "--json")[1])["state"] not in ("completed", "rolled_back", "failed"):
+        assert time.time() < deadline, rec
+        time.sleep(0.5)
+    assert rec["state"] == "completed", rec.get("error")
+    assert "waiting" not in rec  # taken back once the copy had its slot
