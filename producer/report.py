@@ -26,7 +26,7 @@ def phase_seconds(rec: dict) -> dict[str, float]:
 
 def summary(rec: dict) -> str:
     lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
-    if rec.get("waiting"):
+    if rec.get("waiting") and rec["state"] not in ENDS:  # a cancel may end it while it waits
         lines.append(f"  {rec['waiting']}")
     if rec.get("downtime_seconds") is not None:
         lines.append(f"  downtime        {rec['downtime_seconds']:.2f} s")

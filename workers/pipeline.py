@@ -67,6 +67,17 @@ def current_claim() -> str | None:
     return getattr(_held, "token", None)
 
 
+class Later(Exception):
+    """A step has nothing to do for `seconds` (a cutover window that has not opened yet):
+    the step ends, which frees its worker and its step claim, and is sent again with that
+    countdown. `why` goes into the record (`waiting`), and `resume_at` tells the reconciler
+    the migration is not stuck until then."""
+
+    def __init__(self, seconds: float, why: str):
+        super().__init__(why)
+        self.seconds, self.why = max(0.0, seconds), why
+
+
 class StepClaim:
     """Hold `mid`'s step claim for a block; sends queued inside leave after release."""
 
@@ -168,7 +179,7 @@ def _counting_failures(step: str, fn):
     def run(mid: str, lg) -> None:
         try:
             fn(mid, lg)
-        except (Fenced, RecordNotFound):
+        except (Fenced, RecordNotFound, Later):
             raise
         except Exception as e:
             metrics.task_failed(step, e)
@@ -239,6 +250,11 @@ def _run_step(task, fn, mid: str, lg, on_hard_failure, retry: RetryPolicy | None
         fn(mid, lg)
     except (Fenced, RecordNotFound, StaleState) as e:  # someone else moved it on: theirs now
         lg.warning("dropped: %s", e)
+    except Later as w:
+        resume_at = round(time.time() + w.seconds, 3)
+        context.store().update(mid, lambda r: r.update(waiting=w.why, resume_at=resume_at))
+        app.send_task(task.name, args=[mid], countdown=w.seconds)
+        lg.info("%s; again in %.0fs", w.why, w.seconds)
     except Exception as e:  # noqa: BLE001 - every failure must route somewhere
         if retry and is_retryable(e) and task.request.retries < retry.attempts:
             delay = retry.delay(task.request.retries)

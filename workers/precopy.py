@@ -13,7 +13,7 @@ import time
 
 from workers import context, keys, options, states
 from workers.copy import transfer
-from workers.pipeline import HardFailure, fence
+from workers.pipeline import HardFailure, Later, fence
 from workers.plan import downtime_files
 from workers.record import StaleState
 
@@ -23,7 +23,7 @@ STATE_FILES_BYTES = 1 * MiB      # .vmcx and .vmgs beside the memory
 ROUND_OVERHEAD_S = 0.5           # checkpoint + bookkeeping of one round
 PAYS_MIN_BYTES = 1 * MiB         # below this a round saves less than it costs
 WAIT_SYNC_BYTES = 8 * MiB        # while waiting for the window, sync a delta this big
-WAIT_POLL_S = 1.0
+WAIT_POLL_S = 30.0  # how often a migration waiting for its window looks at its delta
 DEFAULT_COPY_BPS = 50e6          # until this run has measured its own
 DEFAULT_SAVE_BPS = 300e6
 DEFAULT_REGISTER_START_S = 0.5
@@ -135,9 +135,13 @@ def gate(mid: str, lg) -> dict:
             # keep the delta small until the window opens
             if delta >= WAIT_SYNC_BYTES and total < options.MAX_ROUNDS_LIMIT:
                 _round(mid, lg)
-            else:
-                time.sleep(min(WAIT_POLL_S, o.not_before - now))
-            continue
+                continue
+            # Not in a worker: a window hours away would hold a copy worker (and the VM's
+            # step) all that time; the step ends and comes back to look again.
+            opens = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(o.not_before))
+            raise Later(min(WAIT_POLL_S, o.not_before - now), f"waiting for the cutover window (opens {opens})")
+        if rec.get("waiting") or rec.get("resume_at"):
+            rec = store.update(mid, lambda r: (r.pop("waiting", None), r.pop("resume_at", None)))
         if above:
             if o.on_exceed == "abort":
                 raise HardFailure(f"predicted downtime {pred:.2f}s exceeds --max-downtime {o.max_downtime_s:g}s "

@@ -79,9 +79,10 @@ def waiting_ids(r) -> str:
 
 
 def _recently_active(rec: dict, now: float, deadline: float) -> bool:
-    """Changed within the deadline, or a step's retry (held by a worker until its countdown
-    ends, so in no queue) is due within it: a retry in backoff is not stuck."""
-    last = max(rec["updated_at"], (rec.get("retry") or {}).get("next_at", 0))
+    """Changed within the deadline, or a step's retry or its next look at a cutover window
+    (held by a worker until its countdown ends, so in no queue) is due within it: a step
+    waiting for its countdown is not stuck."""
+    last = max(rec["updated_at"], (rec.get("retry") or {}).get("next_at", 0), rec.get("resume_at") or 0)
     return now - last < deadline
 
 

@@ -72,6 +72,42 @@ def test_the_cutover_waits_for_its_window(lab):
     assert lab.verify("pc-window")["integrity"] == "ok"
 
 
+def test_migrations_waiting_for_their_window_hold_no_copy_worker(lab):
+    """As many migrations wait for a window as the lab has copy workers (2); another
+    migration still copies and cuts over meanwhile, and the waiting ones say what they wait for."""
+    opens = time.time() + 40
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(opens)) + "Z"
+    waiting = []
+    for name, dst in (("pc-later-1", "hv2"), ("pc-later-2", "hv3")):  # hv1 full (2), hv2 and hv3 one each
+        lab.add_vm(name, "hv1", memory_mb=16, disk_mb=16, write_rate_kbps=16)
+        res, queued = lab.cli_json("migrate", name, "--from", "hv1", "--to", dst, "--json",
+                                   "--not-before", iso, "--window", "10m")
+        assert res.returncode == 0, res.stderr
+        waiting.append(queued["id"])
+    deadline = time.time() + 30
+    while not all("cutover window" in (lab.cli_json("status", m, "--json")[1].get("waiting") or "") for m in waiting):
+        assert time.time() < deadline, [lab.cli_json("status", m, "--json")[1] for m in waiting]
+        time.sleep(0.3)
+    rec = lab.cli_json("status", waiting[0], "--json")[1]
+    assert rec["state"] == "copying" and rec["resume_at"] <= opens + 1, rec
+    assert "waiting for the cutover window (opens " in lab.cli("status", waiting[0]).stdout
+
+    lab.add_vm("pc-meanwhile", "hv2", memory_mb=16, disk_mb=16, write_rate_kbps=16)
+    res, rec = migrate(lab, "pc-meanwhile", "hv2", "hv3")
+    assert rec["state"] == "completed", rec["error"]
+    assert time.time() < opens  # it did not wait for their windows: they held no copy worker
+
+    for mid in waiting:
+        deadline = time.time() + 120
+        while (rec := lab.cli_json("status", mid, "--json")[1])["state"] not in ("completed", "rolled_back", "failed"):
+            assert time.time() < deadline, rec
+            time.sleep(0.5)
+        assert rec["state"] == "completed", rec["error"]
+        assert rec["save_started_at"] >= int(opens)
+        assert "waiting" not in rec and "resume_at" not in rec
+    assert all(lab.verify(n)["integrity"] == "ok" for n in ("pc-later-1", "pc-later-2", "pc-meanwhile"))
+
+
 def test_a_missed_window_is_reported_and_the_vm_stays_on_the_source(lab):
     lab.add_vm("pc-missed", "hv1", write_rate_kbps=64)
     lab.emulator("hv2").inject_fault(op="compare_vm", action="delay", seconds=6, times=1)
