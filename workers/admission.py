@@ -151,8 +151,12 @@ class Admission:
         for r, rank in zip(queued, ranks):
             if rank is None:
                 continue  # admitted: its snapshot step is on its way
-            full = [f"{h} has {counts[h]} migration{'s' * (counts[h] != 1)} (limit {self.limits[h]})"
-                    for h in (r["source"], r["destination"]) if h in self.limits and counts[h] >= self.limits[h]]
+            # a host taken out of the inventory has no room until it is back: say so, or it
+            # would wait without a word
+            full = [f"{h} is not in the inventory (quickmig.toml); it waits until the host is back, or cancel it"
+                    if h not in self.limits else
+                    f"{h} has {counts[h]} migration{'s' * (counts[h] != 1)} (limit {self.limits[h]})"
+                    for h in (r["source"], r["destination"]) if h not in self.limits or counts[h] >= self.limits[h]]
             why[r["id"]] = "waiting: " + ("; ".join(full) if full else f"number {rank + 1} in line")
         return why
 

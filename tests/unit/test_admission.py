@@ -92,6 +92,14 @@ def test_reasons_say_which_host_is_full(r):
     assert adm.reasons(recs) == {"m3": "waiting: hv1 has 2 migrations (limit 2)"}
 
 
+def test_a_migration_whose_host_left_the_inventory_says_so_while_it_waits(r):
+    line_up(Admission(r, {"hv1": 2, "hv9": 2}), ("m9", "hv1", "hv9"))
+    adm = Admission(r, {"hv1": 2})  # hv9 taken out of quickmig.toml meanwhile
+    assert adm.admit() == []
+    assert adm.reasons([{"id": "m9", "state": "queued", "source": "hv1", "destination": "hv9"}]) == {
+        "m9": "waiting: hv9 is not in the inventory (quickmig.toml); it waits until the host is back, or cancel it"}
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", '"2"', "true"])
 def test_max_migrations_must_be_a_whole_number_of_at_least_one(tmp_path, value):
     cfg = tmp_path / "quickmig.toml"
