@@ -88,14 +88,15 @@ def test_a_range_is_at_most_max_range_chunks(monkeypatch):
 
 
 def test_a_chunk_that_differs_on_the_host_is_a_verification_error_naming_it():
-    n, digests, host = 4, {}, Host({})
-    v = Verifier(host, digests, n, threading.Event(), lambda i: f"disk.vhdx: chunk {i}")
+    n, digests, host, stop = 4, {}, Host({}), threading.Event()
+    v = Verifier(host, digests, n, stop, lambda i: f"disk.vhdx: chunk {i}")
     land(v, digests, host, [0, 1, 3])
     land(v, digests, host, [2], good=False)
     v.finish()
     with pytest.raises(CopyVerificationError, match=r"disk.vhdx: chunk 2 that landed hashes f{64}"):
         v.run()
     assert not v.complete
+    assert stop.is_set()  # the streams stop too
 
 
 def test_a_host_that_has_fewer_chunks_than_landed_is_a_verification_error():

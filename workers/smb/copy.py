@@ -48,7 +48,6 @@ from typing import Callable
 from workers.smb import chunks, connections, files, memory, pipeline
 from workers.smb.checkpoint import Checkpoint, MemoryCheckpoint
 from workers.smb.connections import reset_connections
-from workers.smb.verifier import HostDigests, Verifier
 from workers.smb.endpoint import SmbEndpoint, normalize_rel
 from workers.smb.errors import (
     CopyVerificationError,
@@ -62,6 +61,7 @@ from workers.smb.errors import (
     SourceChangedError,
     smb_errors,
 )
+from workers.smb.verifier import HostDigests, Verifier
 
 __all__ = [
     "CopyResult", "SmbEndpoint", "copy_file", "file_size", "exists", "delete_file", "sha256_of", "digest_of",
@@ -304,13 +304,6 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
         if verifier is not None:
             verifier.landed()
 
-    def check_landed() -> None:
-        try:
-            verifier.run()
-        except BaseException:
-            stop.set()
-            raise
-
     def copy_stream(i: int, queue: _Chunks) -> None:
         with _errors(src, src_rel, i):
             sfh = files.open_for_read(connections.tree(src, i), src_rel)
@@ -351,7 +344,7 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     try:
         try:
             todo = [i for i in range(chunks.count(total)) if i not in digests]
-            checked = _alongside(check_landed) if verifier is not None else None
+            checked = _alongside(verifier.run) if verifier is not None else None
             _run_streams(n_streams, copy_stream, todo, stop)
             if stop.is_set():  # the host found a bad chunk and the streams stopped early
                 join, checked = checked, None

@@ -68,7 +68,14 @@ class Verifier:
 
     def run(self) -> None:
         """Check chunks until all are checked (after finish()) or `stop` is set; a chunk that
-        differs is CopyVerificationError."""
+        differs is CopyVerificationError. Any failure here sets `stop` for the streams too."""
+        try:
+            self._check()
+        except BaseException:
+            self.stop.set()
+            raise
+
+    def _check(self) -> None:
         while (span := self._next_range()) is not None:
             first, count = span
             got = self.host_digests(first, count)[:count]
