@@ -9,7 +9,6 @@ keys.COPY_SLOT_LOG with Redis' clock, so anyone can check the limit was never ex
 """
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -17,6 +16,7 @@ from typing import Iterator
 import redis
 
 from workers import audit, keys
+from workers.locks import Heartbeat
 
 _ACQUIRE = audit.LUA_PRELUDE + """
 local holder, ttl = ARGV[1], tonumber(ARGV[2])
@@ -84,22 +84,11 @@ class CopySlots:
                 on_wait()
             waited = True
             time.sleep(self.poll_s)
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.ttl_s / 3):
-                try:
-                    self._extend(keys=self._keys(source, destination), args=[holder, self.ttl_s])
-                except redis.RedisError:
-                    pass  # the next beat tries again; the slot lives ttl_s
-
-        t = threading.Thread(target=beat, name="copy-slot-heartbeat", daemon=True)
-        t.start()
-        try:
-            yield
+        try:  # a slot lives ttl_s; a beat that meets a Redis error is retried by the next one
+            with Heartbeat(lambda: self._extend(keys=self._keys(source, destination), args=[holder, self.ttl_s]),
+                           self.ttl_s / 3, "copy-slot-heartbeat"):
+                yield
         finally:
-            stop.set()
-            t.join()
             self.release(holder, source, destination)
 
     def log(self) -> list[dict]:

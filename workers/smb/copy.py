@@ -42,6 +42,7 @@ import hashlib
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -187,22 +188,10 @@ def _flush(ep: SmbEndpoint, rel: str, fh) -> None:
 def _alongside(fn: Callable[[], None]) -> Callable[[], None]:
     """Run fn() in a thread of its own; returns join(), which waits for it and raises
     what fn raised."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - raised by join()
-            errors.append(e)
-
-    t = threading.Thread(target=run, name="smb-copy-aside", daemon=True)
-    t.start()
-
-    def join() -> None:
-        t.join()
-        if errors:
-            raise errors[0]
-    return join
+    pool = ThreadPoolExecutor(1, thread_name_prefix="smb-copy-aside")
+    done = pool.submit(fn)
+    pool.shutdown(wait=False)  # the thread ends with fn
+    return done.result
 
 
 def _then(fn, join):

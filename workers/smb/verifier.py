@@ -37,7 +37,6 @@ class Verifier:
         self.host_digests, self.digests, self.n = host_digests, digests, n_chunks
         self.stop, self.describe, self.between = stop, describe, between
         self.checked = 0  # chunks [0, checked) agree with the host
-        self.calls = 0
         self._ready = 0  # chunks [0, _ready) have landed
         self._finished = False
         self._cond = threading.Condition()
@@ -79,7 +78,6 @@ class Verifier:
         while (span := self._next_range()) is not None:
             first, count = span
             got = self.host_digests(first, count)[:count]
-            self.calls += 1
             if not got:
                 raise CopyVerificationError(f"{self.describe(first)}: the destination host has no such chunk "
                                             "(the copy that landed is too short)")
