@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's quick start: `bash dev.sh demo` runs the demo migration in the lab,
-# `bash dev.sh test` runs the whole test suite. Each installs what it needs first.
+# `bash dev.sh test` runs the whole test suite, `bash dev.sh lint` the lint, type and
+# import-layer checks (CI runs lint, then test). Each installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,7 +28,7 @@ fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,lint]'
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
@@ -36,5 +37,13 @@ case "${1:-}" in
   demo) shift; exec quickmig demo "$@" ;;
   # no path given: pytest runs testpaths (tests/), the whole suite; `bash dev.sh test tests/unit` just those
   test) shift; exec python -m pytest -q -p no:cacheprovider "$@" ;;
-  *) echo "usage: bash dev.sh demo|test [args]" >&2; exit 2 ;;
+  # ruff (style, bugs, complexity), mypy (the typed packages), import-linter (layers, no
+  # cycle, no production import of the lab): each prints what is wrong, all three run
+  lint) shift
+    rc=0
+    ruff check . || rc=1
+    mypy || rc=1
+    lint-imports --no-cache || rc=1
+    exit $rc ;;
+  *) echo "usage: bash dev.sh demo|test|lint [args]" >&2; exit 2 ;;
 esac

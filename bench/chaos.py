@@ -19,14 +19,9 @@ Exit status 0 when there is no violation.
 """
 from __future__ import annotations
 
-import os.path
-import sys
-
-# the repo root in place of bench/, whose copy.py would shadow the standard library's copy
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import json
+import os.path
 import random
 import signal
 import tempfile
@@ -36,9 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from lab import orchestrator, processes  # noqa: E402
-from lab.verify import verify_vm  # noqa: E402
-from workers import keys, states  # noqa: E402
+from lab import orchestrator, processes
+from lab.verify import verify_vm
+from producer.migrations import MigrationRequest, Producer
+from workers.model import keys, states
+from workers.model.config import load_config
 
 POOLS = ("snapshot", "copy", "cutover")
 VM_OPTIONS = {"memory_mb": 16, "disk_mb": 24, "write_rate_kbps": 64}
@@ -126,7 +123,6 @@ def check_after(lab_dir: Path, cfg, r, name: str, mid: str) -> list[str]:
 
 def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Random,
               max_delay_s: float, bound_s: float, say=print) -> Trial:
-    from producer.api import MigrationRequest
     wait_pools_alive(lab_dir)
     mids = {}
     for name in vms:
@@ -192,8 +188,6 @@ def table(trials: list[Trial]) -> str:
 
 def run(lab_dir: Path, trials: int, migrations: int, seed: int, max_delay_s: float, bound_s: float,
         say=print) -> list[Trial]:
-    from producer.api import Producer
-    from workers.config import load_config
     cfg = load_config(lab_dir / "quickmig.toml")
     producer = Producer(cfg)
     rng = random.Random(seed)

@@ -12,23 +12,17 @@ Numbers from a shared machine are provisional.
 """
 from __future__ import annotations
 
-import os.path
-import sys
-
-# the repo root in place of bench/, whose copy.py would shadow the standard library's copy
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-from lab import orchestrator  # noqa: E402
-from producer.api import MigrationRequest, Producer  # noqa: E402
-from workers.config import load_config  # noqa: E402
-from workers.precopy import copy_bps  # noqa: E402
+from lab import orchestrator
+from producer.migrations import MigrationRequest, Producer
+from workers.model.config import load_config
+from workers.steps.precopy import copy_bps
 
 MiB = 2**20
 MODES = {"single": {"max_rounds": 0}, "pre-copy": {"max_rounds": 5}}

@@ -12,18 +12,13 @@ limit with integrity intact.
 """
 from __future__ import annotations
 
-import os.path
+import argparse
+import json
 import sys
+import tempfile
+from pathlib import Path
 
-# the repo root in place of bench/, whose copy.py would shadow the standard library's copy
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from lab import load  # noqa: E402
+from lab import load
 
 
 def main() -> int:

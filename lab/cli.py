@@ -5,27 +5,28 @@ import json
 import sys
 from pathlib import Path
 
+from lab import demo, orchestrator
+from lab.orchestrator import LabError
+from lab.verify import verify_vm
+from workers.model.config import load_config
+
 
 def _cfg(args):
-    from workers.config import load_config
     return load_config(args.config)
 
 
 def cmd_up(args) -> int:
-    from lab import orchestrator
     orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port,
                     max_migrations=args.max_migrations)
     return 0
 
 
 def cmd_down(args) -> int:
-    from lab import orchestrator
     orchestrator.down(Path(args.dir))
     return 0
 
 
 def cmd_add_vm(args) -> int:
-    from lab import orchestrator
     more = {"switches": args.switch} if args.switch else {}
     vm = orchestrator.add_vm(_cfg(args), args.name, args.host, memory_mb=args.memory_mb,
                              disk_mb=args.disk_mb, write_rate_kbps=args.write_rate_kbps,
@@ -36,7 +37,6 @@ def cmd_add_vm(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from lab.verify import verify_vm
     cfg = _cfg(args)
     if cfg.lab_dir is None:
         print(f"quickmig: {cfg.path} is not a lab config", file=sys.stderr)
@@ -51,12 +51,10 @@ def cmd_verify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from lab import demo
     return demo.run(keep=args.keep)
 
 
 def register(sub, common) -> None:
-    from lab.orchestrator import LabError
     lab = sub.add_parser("lab", parents=[common], help="the embedded lab environment")
     lsub = lab.add_subparsers(dest="lab_command", required=True)
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from lab import orchestrator
 from lab.verify import verify_vm
+from producer import report
+from producer.migrations import MigrationRequest, Producer
+from workers.model.config import load_config
 
 DEMO_VM = {"memory_mb": 256, "disk_mb": 512, "write_rate_kbps": 256}
 
 
 def run(keep: bool = False) -> int:
-    from producer import report
-    from producer.api import MigrationRequest, Producer
-    from workers.config import load_config
 
     lab_dir = Path(tempfile.mkdtemp(prefix="quickmig-demo-"))
     print(f"bringing a lab up in {lab_dir} ...")

@@ -4,7 +4,7 @@ Every emulated host appends its VM events (create, start, recover, save, stop, r
 import, checkpoint, merge) and the file operations in a VM's folder (file_hash, delete)
 with a timestamp to the lab's shared `events.jsonl`. Replaying them per VM id in time
 order says which hosts were running it at every instant; two at once is an overlap, the
-one thing a migration must never cause (DESIGN section 3.2).
+one thing a migration must never cause (docs/design.md section 3.2).
 
 The same record shows each migration's activity on the hosts (`migration_spans`), with
 no help from quickmig's own bookkeeping: from its first `quickmig-` checkpoint on the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers import audit
+from workers.coord import audit
 
 RUNS = {"start", "recover"}
 STOPS = {"stop", "save", "remove"}

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from lab import history, orchestrator
 from lab.verify import verify_vm
+from producer.migrations import MigrationRequest, Producer
+from workers.coord import admission
+from workers.model import keys, states
+from workers.model.config import load_config
 
 # Small enough that a copy takes milliseconds, with a guest that still writes (so the
 # integrity check has acknowledged writes to find) and no ISO to compare.
@@ -45,9 +49,6 @@ def run(lab_dir: Path, migrations: int = 200, hosts: int = 10, limit: int = 2, t
 
 
 def _run(lab_dir: Path, migrations: int, hosts: int, limit: int, timeout_s: float, say) -> dict:
-    from producer.api import MigrationRequest, Producer
-    from workers import admission, keys, states
-    from workers.config import load_config
 
     cfg = load_config(lab_dir / "quickmig.toml")
     names = sorted(cfg.hosts, key=lambda h: int(h[2:]))

@@ -20,9 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from lab import processes, samba
+from lab.emulator.client import EmulatorClient
 from lab.ports import free_port
-from workers.config import load_config, toml_str
+from workers.model.config import load_config, toml_str
 
 POOLS = {"snapshot": 2, "copy": 2, "cutover": 2}
 WINRM_USER = "quickmig-lab"
@@ -121,13 +124,11 @@ def _save(lab_dir: Path, lab: dict) -> None:
 
 
 def emulator_client(cfg, host: str):
-    from lab.emulator.client import EmulatorClient
     c = cfg.credentials(host)
     return EmulatorClient(cfg.host(host).winrm_endpoint, c.winrm_username, c.winrm_password)
 
 
 def _wait_redis(port: int, timeout_s: float) -> None:
-    import redis
     r = redis.Redis(port=port, socket_connect_timeout=1)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -194,7 +195,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         for pool, conc in POOLS.items():
             log = logs / f"worker-{pool}.log"
             procs[f"worker-{pool}"] = processes.spawn(
-                [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", pool,
+                [sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "worker", "-Q", pool,
                  "-n", f"{pool}@quickmig-lab-{ports['redis']}", "-c", str(conc), "--loglevel", "INFO"],
                 log, env=env, cwd=lab_dir)
             _save(lab_dir, lab)
@@ -202,7 +203,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             processes.wait_for_log(logs / f"worker-{pool}.log", " ready.", 60, procs[f"worker-{pool}"])
         (lab_dir / "beat").mkdir(exist_ok=True)
         procs["beat"] = processes.spawn(
-            [sys.executable, "-m", "celery", "-A", "workers", "beat", "-s", str(lab_dir / "beat" / "schedule"),
+            [sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "beat", "-s", str(lab_dir / "beat" / "schedule"),
              "--loglevel", "INFO"], logs / "beat.log", env=env, cwd=lab_dir)
         _save(lab_dir, lab)
         # last, so it only ever sees a complete lab.json; `down` stops it first

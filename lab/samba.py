@@ -40,6 +40,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smbprotocol.connection import Connection
+
 from lab.ports import free_port
 
 LOOPBACK = "127.0.0.1"
@@ -207,7 +209,6 @@ def start(conf: Path) -> subprocess.Popen:
 
 def _negotiate(port: int, timeout: float) -> None:
     """One SMB2/3 NEGOTIATE against 127.0.0.1:port (no session, no credentials)."""
-    from smbprotocol.connection import Connection
 
     conn = Connection(uuid.uuid4(), LOOPBACK, port, require_signing=False)
     try:

@@ -27,6 +27,7 @@ reported as a loss.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from pathlib import Path
 from lab import history
 from lab.emulator import disk
 from lab.emulator.model import HostPaths, OpError
-from workers.config import load_config
+from workers.model.config import load_config
 
 MAX_LISTED = 5
 
@@ -276,7 +277,6 @@ def verify_vm(lab_dir: Path, name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     ap = argparse.ArgumentParser(prog="python -m lab.verify")
     ap.add_argument("--lab-dir", required=True, type=Path)
     ap.add_argument("name")

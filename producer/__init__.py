@@ -1,3 +1,10 @@
 """The front door: validate and enqueue migration requests, status, CLI."""
-from producer.api import (MigrationRequest, Producer, RequestError, enqueue_migration,  # noqa: F401
-                          get_migration, list_migrations, wait_for)
+from producer.migrations import (  # noqa: F401
+                          MigrationRequest,
+                          Producer,
+                          RequestError,
+                          enqueue_migration,
+                          get_migration,
+                          list_migrations,
+                          wait_for,
+)

@@ -10,8 +10,22 @@ import json
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 
-from workers.config import ConfigError
+import redis
+
+from producer import report, watch
+from producer.migrations import MigrationRequest, Producer, RequestError
+from workers.coord.throttle import Throttle, ThrottleError, parse_rate
+from workers.model.config import ConfigError, load_config
+from workers.model.record import RecordNotFound, Store
+from workers.obs import metrics
+
+# Other packages add subcommands through this entry point group: each entry is a
+# function register(subparsers, common_parser). The lab registers `quickmig lab` and
+# `quickmig demo` this way, so the CLI never imports the lab and a node installed
+# without it has neither command.
+COMMANDS_GROUP = "quickmig.commands"
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_REFUSED = 0, 1, 2
 
@@ -21,8 +35,6 @@ def _print_json(obj) -> None:
 
 
 def cmd_migrate(args) -> int:
-    from producer import report
-    from producer.api import MigrationRequest, Producer
     p = Producer.from_config(args.config)
     raw = {k: getattr(args, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
                                          "keep_source_hours") if getattr(args, k) is not None}
@@ -43,8 +55,6 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from producer import report
-    from producer.api import Producer
     p = Producer.from_config(args.config)
     rec = p.note_waiting([p.get(args.id)])[0]
     if args.json:
@@ -55,7 +65,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from producer.api import Producer
     p = Producer.from_config(args.config)
     rec = p.cancel(args.id)
     if args.wait:
@@ -68,8 +77,6 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from producer import report
-    from producer.api import Producer
     recs = Producer.from_config(args.config).list(args.limit)
     if args.json:
         _print_json(recs)
@@ -81,9 +88,6 @@ def cmd_list(args) -> int:
 
 def cmd_throttle(args) -> int:
     """Show or change the copy bandwidth limits (applied to running copies within a chunk)."""
-    from workers.config import load_config
-    from workers.record import Store
-    from workers.throttle import Throttle, ThrottleError, parse_rate
     cfg = load_config(args.config)
     t = Throttle(Store.from_url(cfg.redis_url).r)
     try:  # check everything before changing anything
@@ -109,17 +113,13 @@ def cmd_throttle(args) -> int:
 
 
 def cmd_metrics_exporter(args) -> int:
-    from workers import metrics
     fleet_redis = None
     port, addr = args.port, args.addr
     if args.fleet or port is None:
-        from workers.config import load_config
         cfg = load_config(args.config)
-        section = cfg.raw.get("metrics", {})
-        port = port if port is not None else cfg.metrics_port
-        addr = addr or section.get("addr", "127.0.0.1")
+        port = port if port is not None else cfg.metrics.port
+        addr = addr or cfg.metrics.addr
         if args.fleet:
-            import redis
             fleet_redis = redis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=10,
                                                socket_connect_timeout=5)
     addr = addr or "127.0.0.1"
@@ -133,8 +133,6 @@ def cmd_metrics_exporter(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from producer import report, watch
-    from producer.api import Producer
     p = Producer.from_config(args.config)
     if args.interval <= 0:
         raise ConfigError("--interval must be a positive number of seconds")
@@ -212,19 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--once", action="store_true", help="without ID: print the current view once and exit")
     w.set_defaults(func=cmd_watch)
 
-    try:  # the lab ships in the same distribution; a production node may leave it out
-        from lab import cli as lab_cli
-    except ImportError:
-        pass
-    else:
-        lab_cli.register(sub, common)
+    for ep in entry_points(group=COMMANDS_GROUP):
+        ep.load()(sub, common)
     return parser
 
 
 def main(argv=None) -> int:
-    from producer.api import RequestError
-    from workers.record import RecordNotFound
-    import redis
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("QUICKMIG_LOG_LEVEL", "WARNING").upper(),
                         format="quickmig: %(levelname)s %(name)s: %(message)s")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from workers.states import ENDS
+from workers.model.states import ENDS
 
 PHASE_ORDER = ("snapshot", "copy", "prepare", "cutover", "finish", "rollback")
 

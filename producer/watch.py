@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from workers import states
+from workers.model import states
 
 BAR_WIDTH = 20
 MOVING = (states.COPYING, states.CUTTING_OVER)  # the states in which bytes flow

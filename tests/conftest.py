@@ -41,7 +41,7 @@ def redis_url(tmp_path_factory):
 
 class Lab:
     def __init__(self, lab_dir: Path):
-        from workers.config import load_config
+        from workers.model.config import load_config
         self.dir = lab_dir
         self.config_path = lab_dir / "quickmig.toml"
         self.cfg = load_config(self.config_path)
@@ -79,7 +79,7 @@ class Lab:
     def redis_state(self) -> dict:
         """Every quickmig key's value, except those that move on their own (worker
         heartbeats, the reconciler's pass lock): what a refused request must not change."""
-        from workers import keys
+        from workers.model import keys
         r = self.redis()
         return {k: r.dump(k) for k in r.scan_iter("quickmig:*")
                 if not k.startswith(keys.workers("")) and k != keys.RECONCILER_LOCK}
@@ -105,7 +105,7 @@ def lab_class():
 @contextlib.contextmanager
 def _own_lab(tmp_path_factory, name: str, hosts: int = 3):
     from lab import orchestrator
-    from producer.api import Producer
+    from producer.migrations import Producer
     lab_dir = tmp_path_factory.mktemp(name)
     orchestrator.up(lab_dir, hosts=hosts, vms_per_host=0, say=lambda *_: None)
     try:

@@ -1,1 +1,1 @@
-"""The engine: Celery app (workers.celery), migration record, pools, drivers, metrics."""
+"""The engine: Celery app (workers.engine.app), migration record, pools, drivers, metrics."""

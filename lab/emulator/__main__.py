@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from workers.config import ConfigError, load_config
+from lab.emulator.model import HyperVHost
+from lab.emulator.wsman import EmulatorServer
+from workers.model.config import ConfigError, load_config
 
 log = logging.getLogger("lab.emulator")
 
@@ -53,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
                   host.winrm_endpoint)
         return 2
 
-    from lab.emulator.model import HyperVHost
-    from lab.emulator.wsman import EmulatorServer
 
     # one process per host: a second one would run the same guests twice
     state_dir = lab_dir / "hosts" / host.name / "emulator"

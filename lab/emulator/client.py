@@ -26,13 +26,13 @@ class EmulatorClient:
             raise ValueError(f"not an http endpoint: {endpoint!r}")
         self.base = f"{u.scheme}://{u.netloc}"
         self.timeout_s = timeout_s
-        token = base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._auth = f"Basic {token}"
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 
     @classmethod
-    def for_host(cls, config, host: str, timeout_s: float = 30.0) -> "EmulatorClient":
-        """From a workers.config.Config and a host name."""
+    def for_host(cls, config, host: str, timeout_s: float = 30.0) -> EmulatorClient:
+        """From a workers.model.config.Config and a host name."""
         creds = config.credentials(host)
         return cls(config.host(host).winrm_endpoint, creds.winrm_username, creds.winrm_password, timeout_s)
 

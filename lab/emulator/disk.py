@@ -27,9 +27,9 @@ import random
 import struct
 import uuid
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 MiB = 1024 * 1024
 HEADER_BYTES = 4096

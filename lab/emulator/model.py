@@ -54,7 +54,7 @@ from pathlib import Path
 
 from lab.emulator import disk
 from lab.emulator.guest import GuestWriter, append_line
-from workers.smb import chunks
+from workers.model import chunks
 
 log = logging.getLogger("lab.emulator.model")
 

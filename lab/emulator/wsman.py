@@ -22,7 +22,7 @@ become '?', as on a real host).
 
 The stdin text must be exactly a shipped operation script with its arguments line filled
 in (`workers.hyperv.scripts.parse`); otherwise exit 1 with a CLIXML error. Operation
-failures are CLIXML errors on stderr with exit 1 (`workers.hyperv.errors.format_clixml_error`);
+failures are CLIXML errors on stderr with exit 1 (`lab.emulator.clixml.format_clixml_error`);
 success is one JSON line on stdout, exit 0, with a CLIXML progress record on stderr.
 
 Lab control API (JSON, same Basic credentials):
@@ -49,7 +49,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import importlib
 import json
 import logging
 import os
@@ -62,8 +61,11 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
+from lab.emulator.clixml import format_clixml_error, format_clixml_progress
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
 from lab.emulator.model import HyperVHost, OpError
+from workers.hyperv import scripts
+from workers.hyperv.scripts import ScriptMismatch
 
 log = logging.getLogger("lab.emulator.wsman")
 
@@ -97,69 +99,14 @@ MAX_OPERATION_TIMEOUT_S = 120.0
 OUTPUT_CHUNK = 96 * 1024          # raw bytes per Receive reply (base64 stays under 153600)
 
 
-# ---- CLIXML (from workers.hyperv.errors when present) ---------------------------------
-
-def _clixml_escape(s: str) -> str:
-    out = []
-    for ch in s:
-        o = ord(ch)
-        if ch == "\r":
-            out.append("_x000D_")
-        elif ch == "\n":
-            out.append("_x000A_")
-        elif o < 0x20:
-            out.append(f"_x{o:04X}_")
-        else:
-            out.append(escape(ch))
-    return "".join(out)
-
-
-def _fallback_clixml_error(message: str, category: str, fqid: str, target: str = "") -> str:
-    lines = [message, f"    + CategoryInfo          : {category}: ({target}:String) [], Exception",
-             f"    + FullyQualifiedErrorId : {fqid}"]
-    body = "".join(f'<S S="Error">{_clixml_escape(line + chr(13) + chr(10))}</S>' for line in lines)
-    return '#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">' \
-           + body + "</Objs>"
-
-
 def clixml_error(message: str, category: str, fqid: str, target: str = "") -> str:
-    try:
-        errors = importlib.import_module("workers.hyperv.errors")
-        fn = getattr(errors, "format_clixml_error")
-    except (ImportError, AttributeError):
-        return _fallback_clixml_error(message, category, fqid, target)
-    return fn(message, category, fqid, target=target)
-
-
-def clixml_progress() -> str:
-    try:
-        errors = importlib.import_module("workers.hyperv.errors")
-        fn = getattr(errors, "format_clixml_progress")
-    except (ImportError, AttributeError):
-        return ""
-    try:
-        return fn()
-    except TypeError:
-        return ""
-
-
-class ScriptsUnavailable(Exception):
-    pass
-
-
-def parse_script(text: str):
-    """(op, args) via workers.hyperv.scripts.parse; raises its ScriptMismatch."""
-    try:
-        scripts = importlib.import_module("workers.hyperv.scripts")
-    except ImportError as e:
-        raise ScriptsUnavailable(f"workers.hyperv.scripts cannot be imported: {e}") from None
-    return scripts.parse(text), scripts
+    return format_clixml_error(message, category, fqid, target=target)
 
 
 # ---- shells and commands ----------------------------------------------------------------
 
 class Command:
-    def __init__(self, shell: "Shell", command_line: str):
+    def __init__(self, shell: Shell, command_line: str):
         self.id = str(uuid.uuid4()).upper()
         self.shell = shell
         self.command_line = command_line
@@ -298,15 +245,8 @@ class EmulatorServer(ThreadingHTTPServer):
             text = text[1:]
         try:
             try:
-                (op, args), scripts = parse_script(text)
-            except ScriptsUnavailable as e:
-                log.error("%s", e)
-                self._finish(cmd, 1, stderr=clixml_error(f"The emulator cannot check scripts: {e}",
-                                                         "NotInstalled", "QuickmigScriptsUnavailable"))
-                return
-            except Exception as e:
-                if type(e).__name__ != "ScriptMismatch":
-                    log.exception("script check failed unexpectedly")
+                op, args = scripts.parse(text)
+            except ScriptMismatch as e:
                 log.warning("refused a script that is not a shipped operation: %s", e)
                 self._finish(cmd, 1, stderr=clixml_error(
                     f"The script is not a shipped quickmig operation script: {e}", "ParserError",
@@ -332,7 +272,7 @@ class EmulatorServer(ThreadingHTTPServer):
                 return
             log.info("op %s ok in %.3fs", op, time.monotonic() - t0)
             out = json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\r\n"
-            self._finish(cmd, 0, stdout=out, stderr=clixml_progress())
+            self._finish(cmd, 0, stdout=out, stderr=format_clixml_progress())
         except Exception as e:  # a bug in the emulator: still answer like a failed script
             log.exception("op failed unexpectedly")
             self._finish(cmd, 1, stderr=clixml_error(f"Unexpected emulator error: {type(e).__name__}: {e}",

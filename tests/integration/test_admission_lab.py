@@ -5,13 +5,13 @@ import time
 
 import pytest
 
-from workers import keys
+from workers.model import keys
 
 pytestmark = pytest.mark.integration
 
 
 def producer(lab):
-    from producer.api import Producer
+    from producer.migrations import Producer
     return Producer(lab.cfg)
 
 
@@ -20,7 +20,7 @@ def ended(p, mid, timeout_s=180):
 
 
 def test_a_migration_waits_for_a_place_says_why_is_not_stuck_and_cancels_cleanly(lab, monkeypatch):
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     for name in ("adm-a", "adm-b", "adm-c"):
         # no ISO: two migrations copying the same new ISO to one host at once collide on its
         # .partial file (a copy-engine race this test is not about)
@@ -40,7 +40,7 @@ def test_a_migration_waits_for_a_place_says_why_is_not_stuck_and_cancels_cleanly
         assert rec["state"] == "queued" and rec["waiting"] == "waiting: hv1 has 2 migrations (limit 2)"
 
         # long past its queued deadline, the reconciler still leaves it alone: it is in line
-        from workers import context, reconciler
+        from workers.engine import context, reconciler
         monkeypatch.setenv("QUICKMIG_CONFIG", str(lab.config_path))
         context.reset()
         before = p.get(c)
@@ -71,7 +71,7 @@ def test_the_reconciler_gives_back_places_of_vanished_migrations_and_lines_up_lo
     """A place held by a migration whose record is gone (a crash between its end and the
     release) is given back; a queued migration that never reached the line (the producer
     died after creating it) is put in line and completes."""
-    from workers.record import new_record
+    from workers.model.record import new_record
     p = producer(lab)
     r = lab.redis()
     r.sadd(keys.admitted("hv3"), "ghost-migration0")

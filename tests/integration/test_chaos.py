@@ -86,7 +86,7 @@ def test_a_cutover_killed_after_the_destination_vm_started_rolls_forward_and_kee
 def test_a_redis_restart_mid_copy_loses_nothing_and_leaves_nothing_stuck(chaos_lab):
     """redis-server stopped (AOF on) while a migration copies, back 3 s later: workers
     reconnect, and the reconciler re-sends the step whose message died with the outage."""
-    from producer.api import MigrationRequest, Producer
+    from producer.migrations import MigrationRequest, Producer
     lab = chaos_lab
     lab.add_vm("redis-vm", "hv3", disk_mb=64)
     p = Producer(lab.cfg)

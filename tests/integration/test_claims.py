@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from workers import keys, states
-from workers.locks import Fenced, VMLocks
-from workers.record import Store, new_record
+from workers.coord.locks import Fenced, VMLocks
+from workers.model import keys, states
+from workers.model.record import Store, new_record
 
 
 @pytest.fixture

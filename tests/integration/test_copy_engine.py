@@ -5,9 +5,10 @@ import os
 
 import pytest
 
-from workers.smb import chunks, files
-from workers.smb.checkpoint import MemoryCheckpoint
-from workers.smb.copy import CopyVerificationError, SourceChangedError, copy_file, exists, partial_name
+from workers.model import chunks
+from workers.smb import files
+from workers.smb.file_copy import CopyVerificationError, SourceChangedError, copy_file, exists, partial_name
+from workers.smb.resume import MemoryResumeRecord
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +31,9 @@ def test_four_streams_copy_disjoint_chunks_and_the_digest_is_the_chunk_scheme(sm
     data = os.urandom(5 * CHUNK + 777)
     rel = rf"{smb_dir}\disk.vhdx"
     put(src, rel, data)
-    cp = MemoryCheckpoint()
+    cp = MemoryResumeRecord()
 
-    res = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=4, checkpoint=cp)
+    res = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=4, resume=cp)
 
     assert dst.local(rel).read_bytes() == data
     assert res.streams == 4
@@ -46,7 +47,7 @@ def test_an_interrupted_copy_resumes_and_recopies_at_most_one_chunk_per_stream(s
     data = os.urandom(10 * CHUNK + 5)
     rel = rf"{smb_dir}\base.vhdx"
     put(src, rel, data)
-    cp = MemoryCheckpoint()
+    cp = MemoryResumeRecord()
     asked = []
 
     def die_after_six_chunks(n):
@@ -55,12 +56,12 @@ def test_an_interrupted_copy_resumes_and_recopies_at_most_one_chunk_per_stream(s
             raise Interrupt("worker lost")
 
     with pytest.raises(Interrupt):
-        copy_file(src.endpoint, rel, dst.endpoint, rel, streams=2, throttle=die_after_six_chunks, checkpoint=cp)
+        copy_file(src.endpoint, rel, dst.endpoint, rel, streams=2, throttle=die_after_six_chunks, resume=cp)
     assert not dst.local(rel).exists() and dst.local(rel + ".partial").exists()
     done_before = len(cp.chunks)
     assert 4 <= done_before <= 6
 
-    res = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=2, checkpoint=cp)
+    res = copy_file(src.endpoint, rel, dst.endpoint, rel, streams=2, resume=cp)
 
     assert dst.local(rel).read_bytes() == data
     assert res.digest == chunks.digest_of_bytes(data)
@@ -73,11 +74,11 @@ def test_a_checkpoint_from_another_source_version_starts_over(smb_servers, smb_d
     src, dst = smb_servers
     rel = rf"{smb_dir}\iso.iso"
     put(src, rel, os.urandom(3 * CHUNK))
-    cp = MemoryCheckpoint()
+    cp = MemoryResumeRecord()
     cp.load({"size": 3 * CHUNK, "last_write": 1, "change": 1})
     cp.record(0, "00" * 32)  # a chunk of a source that no longer exists
 
-    res = copy_file(src.endpoint, rel, dst.endpoint, rel, checkpoint=cp)
+    res = copy_file(src.endpoint, rel, dst.endpoint, rel, resume=cp)
 
     assert res.bytes_reused == 0 and res.bytes_written == 3 * CHUNK
     assert dst.local(rel).read_bytes() == src.local(rel).read_bytes()
@@ -123,10 +124,10 @@ def test_verification_names_the_chunk_that_landed_wrong(smb_servers, smb_dir, mo
         return real_write(fh, offset, data)
 
     monkeypatch.setattr(files, "send_write", flip_in_chunk_two)
-    cp = MemoryCheckpoint()
+    cp = MemoryResumeRecord()
 
     with pytest.raises(CopyVerificationError) as err:
-        copy_file(src.endpoint, rel, dst.endpoint, rel, streams=3, checkpoint=cp)
+        copy_file(src.endpoint, rel, dst.endpoint, rel, streams=3, resume=cp)
 
     assert "chunk 2 " in str(err.value)
     assert not dst.local(rel).exists() and not dst.local(rel + ".partial").exists()

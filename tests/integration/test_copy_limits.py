@@ -8,12 +8,11 @@ import time
 import pytest
 import redis
 
-from workers import keys
-from workers.checkpoints import RedisCheckpoint
-from workers.slots import CopySlots, max_concurrency
-from workers.smb import chunks
-from workers.smb.copy import copy_file
-from workers.throttle import Throttle
+from workers.coord.copy_resume import RedisResumeRecord
+from workers.coord.slots import CopySlots, max_concurrency
+from workers.coord.throttle import Throttle
+from workers.model import chunks, keys
+from workers.smb.file_copy import copy_file
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +46,7 @@ def _copy_in_child(redis_url, src_ep, dst_ep, rel, dst_rel, holder, source, dest
 
     with slots.hold(holder, source, destination, k, k):
         copy_file(src_ep, rel, dst_ep, dst_rel, streams=2, throttle=limited,
-                  checkpoint=RedisCheckpoint(client, holder, dst_rel))
+                  resume=RedisResumeRecord(client, holder, dst_rel))
     out.put((holder, moved))
 
 

@@ -11,10 +11,9 @@ import time
 import pytest
 
 from lab.orchestrator import read_lab
-from workers import keys
-from workers.smb import chunks
-from workers.smb.copy import DEFAULT_STREAMS
-from workers.throttle import Throttle
+from workers.coord.throttle import Throttle
+from workers.model import chunks, keys
+from workers.smb.file_copy import DEFAULT_STREAMS
 
 pytestmark = pytest.mark.integration
 

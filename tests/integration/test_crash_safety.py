@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from workers import keys
+from workers.model import keys
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +15,7 @@ ENDS = ("completed", "failed", "rolled_back")
 
 
 def producer(lab):
-    from producer.api import Producer
+    from producer.migrations import Producer
     return Producer(lab.cfg)
 
 
@@ -55,7 +55,7 @@ def test_every_task_delivered_again_during_and_after_a_migration_changes_nothing
     # a slow import keeps the cutover (the VM down) running while its duplicates arrive
     lab.emulator("hv2").inject_fault(op="import_vm", action="delay", seconds=3, times=1)
     p = producer(lab)
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     mid = p.enqueue(MigrationRequest("crash-dup", "hv1", "hv2"))["id"]
     seen = []
     try:
@@ -100,7 +100,7 @@ def test_the_reconciler_carries_on_a_lost_message_and_rolls_back_what_stays_stuc
     lab.add_vm("crash-lost", "hv3")
     lab.add_vm("crash-stuck", "hv2")
     p = producer(lab)
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     p.app = types.SimpleNamespace(send_task=lambda *a, **k: None)  # no message ever leaves
     lost = p.enqueue(MigrationRequest("crash-lost", "hv3", "hv1"))["id"]
     stuck = p.enqueue(MigrationRequest("crash-stuck", "hv2", "hv3"))["id"]
@@ -124,7 +124,7 @@ def test_cancel_before_the_downtime_rolls_back_and_leaves_nothing(lab):
     lab.add_vm("crash-cancel", "hv1")
     lab.emulator("hv1").inject_fault(op="checkpoint_vm", action="delay", seconds=4, times=1)
     p = producer(lab)
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     try:
         mid = p.enqueue(MigrationRequest("crash-cancel", "hv1", "hv3"))["id"]
         wait_state(p, mid, lambda r: r["state"] == "snapshotting")
@@ -144,19 +144,19 @@ def test_cancel_before_the_downtime_rolls_back_and_leaves_nothing(lab):
 def test_cancel_in_the_middle_of_a_copy_leaves_no_copy_checkpoint(lab):
     lab.add_vm("crash-cancel-copy", "hv1", disk_mb=64)
     p = producer(lab)
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     assert lab.cli("throttle", "--global", "8M").returncode == 0  # ~8 s of copy to cancel in
     try:
         mid = p.enqueue(MigrationRequest("crash-cancel-copy", "hv1", "hv2"))["id"]
         wait_state(p, mid, lambda r: (r.get("progress") or {}).get("bytes_done", 0) > 16 * 2**20)
         r = lab.redis()
-        assert list(r.scan_iter(keys.copy_checkpoints_match(mid))), "the copy keeps no checkpoint"
+        assert list(r.scan_iter(keys.copy_resume_match(mid))), "the copy keeps no checkpoint"
         assert lab.cli("cancel", mid).returncode == 0
         rec = wait_state(p, mid, lambda r: r["state"] in ENDS)
     finally:
         assert lab.cli("throttle", "--global", "0").returncode == 0
     assert rec["state"] == "rolled_back", rec["error"]
-    assert list(r.scan_iter(keys.copy_checkpoints_match(mid))) == []
+    assert list(r.scan_iter(keys.copy_resume_match(mid))) == []
     assert_home(lab, "crash-cancel-copy", "hv1")
 
 
@@ -164,7 +164,7 @@ def test_cancel_during_the_downtime_is_refused_and_the_migration_completes(lab):
     lab.add_vm("crash-nocancel", "hv2")
     lab.emulator("hv1").inject_fault(op="import_vm", action="delay", seconds=6, times=1)
     p = producer(lab)
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     try:
         mid = p.enqueue(MigrationRequest("crash-nocancel", "hv2", "hv1"))["id"]
         wait_state(p, mid, lambda r: r["state"] == "cutting_over" and r.get("save_started_at"))

@@ -168,9 +168,9 @@ def test_faults_fail_delay_and_drop(emulator):
 
 @needs_scripts
 def test_an_outage_drops_every_wsman_request_while_the_control_api_answers(emulator):
-    from workers.config import load_config
     from workers.hyperv.driver import HyperVDriver
     from workers.hyperv.errors import TransportError
+    from workers.model.config import load_config
     client: EmulatorClient = emulator["client"]
     cfg = load_config(emulator["lab"] / "quickmig.toml")
     driver = HyperVDriver(cfg.host("hv1"), cfg.credentials("hv1"), default_timeout_s=10)

@@ -4,9 +4,10 @@ import time
 import pytest
 import redis
 
-from workers import keys, liveness
-from workers.fleet_metrics import FleetCollector
-from workers.record import Store, new_record
+from workers.model import keys
+from workers.model.record import Store, new_record
+from workers.obs import liveness
+from workers.obs.fleet_metrics import FleetCollector
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lab import orchestrator, processes, samba
-from workers import keys
+from workers.model import keys
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def fault_lab(own_lab):
 
 
 def start(lab, vm: str, source: str, destination: str) -> str:
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     return lab.producer.enqueue(MigrationRequest(vm, source, destination))["id"]
 
 
@@ -64,7 +64,7 @@ def assert_clean(lab, mid: str, rec: dict, vm: str) -> dict:
     r = lab.producer.store.r
     assert r.get(keys.vm_lock(check["vm_id"])) is None
     assert r.get(keys.step_claim(mid)) is None
-    assert list(r.scan_iter(keys.copy_checkpoints_match(mid))) == []
+    assert list(r.scan_iter(keys.copy_resume_match(mid))) == []
     return check
 
 
@@ -122,7 +122,7 @@ def test_winrm_unreachable_20s_during_copy_is_retried_with_backoff(fault_lab):
 
 
 # 45 s is past the ~31 s (1+2+4+8+16) every other step's retries last: the VM is saved and
-# only the rollback can bring it back, so the rollback keeps trying (workers.cutover.ROLLBACK_RETRY)
+# only the rollback can bring it back, so the rollback keeps trying (workers.steps.cutover.ROLLBACK_RETRY)
 @pytest.mark.parametrize("outage_s", [20, 45])
 def test_winrm_unreachable_during_the_downtime_rolls_back_and_never_runs_twice(fault_lab, outage_s):
     lab = fault_lab

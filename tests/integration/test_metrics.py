@@ -55,7 +55,7 @@ def test_the_fleet_gauges_come_from_redis_and_endpoints_are_written(lab):
     for phase in ("queued", "snapshot", "copy", "prepare", "cutover", "finish", "rollback"):
         assert ("quickmig_migrations_in_progress", (("phase", phase),)) in m
     # an active record counts under its phase, by reading the record at scrape time
-    from workers.record import Store, new_record
+    from workers.model.record import Store, new_record
     store = Store(r)
     rec = new_record(vm="ghost", vm_id="00000000-0000-0000-0000-0000000000aa", source="hv1",
                      destination="hv2", fence=0)

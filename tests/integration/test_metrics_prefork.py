@@ -69,7 +69,7 @@ def test_n_migrations_over_4_replaced_children_scrape_as_exactly_n(lab, own_work
                               "--from", "hv1", "--to", "hv3"], env=env, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         ids.append(res.stdout.strip())
-    from workers.record import Store
+    from workers.model.record import Store
     store = Store.from_url(lab.cfg.redis_url[:-2] + "/1")
     deadline = time.monotonic() + 240
     while True:

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from workers import keys
+from workers.model import keys
 
 pytestmark = pytest.mark.integration
 

@@ -138,7 +138,7 @@ def test_bad_cutover_options_are_refused_and_change_nothing(lab, args, says):
 
 
 def test_keep_source_keeps_the_source_off_then_the_reaper_removes_it(lab):
-    from producer.api import Producer
+    from producer.migrations import Producer
     lab.add_vm("pc-keep", "hv1", write_rate_kbps=64)
     res, rec = migrate(lab, "pc-keep", "hv1", "hv2", "--keep-source", "0.0005")  # 1.8 s
     assert rec["state"] == "completed", rec["error"]
@@ -164,9 +164,9 @@ def test_the_reaper_leaves_the_kept_source_alone_while_the_vm_is_leased_or_when_
     """The reaper takes the VM's lease: a newer migration of the same VM (say, back to the
     source) holds it, and the kept copy waits. And it removes only the kept copy itself:
     a VM under that id on the source without this migration's checkpoint is someone's."""
-    from producer.api import Producer
-    from workers import keys
+    from producer.migrations import Producer
     from workers.hyperv.driver import HyperVDriver
+    from workers.model import keys
     lab.add_vm("pc-keep2", "hv1", write_rate_kbps=0)
     res, rec = migrate(lab, "pc-keep2", "hv1", "hv2", "--keep-source", "0.0002")  # 0.7 s
     assert rec["state"] == "completed", rec["error"]

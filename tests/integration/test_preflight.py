@@ -57,7 +57,7 @@ def test_compare_vm_dry_run_refusal_merges_the_checkpoint_back(lab):
         mid = res.stdout.strip()
         r = lab.redis()
         deadline = time.monotonic() + 120
-        from workers.record import Store
+        from workers.model.record import Store
         store = Store(r)
         while store.get(mid)["state"] not in ("preparing", "rolled_back", "failed", "completed"):
             assert time.monotonic() < deadline

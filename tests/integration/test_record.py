@@ -3,9 +3,9 @@ import threading
 
 import pytest
 
-from workers import keys, states
-from workers.locks import Fenced, LockHeld, VMLocks
-from workers.record import StaleState, Store, new_record
+from workers.coord.locks import Fenced, LockHeld, VMLocks
+from workers.model import keys, states
+from workers.model.record import StaleState, Store, new_record
 
 
 @pytest.fixture

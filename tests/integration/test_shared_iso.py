@@ -1,4 +1,4 @@
-"""ISO images several migrated VMs share on a destination (workers.shared_files), in a lab
+"""ISO images several migrated VMs share on a destination (workers.coord.shared_files), in a lab
 of its own: two migrations bringing the same new image at once, and rollbacks of the
 migration that copied an image, of one that shared it, and of its last user."""
 import time
@@ -17,7 +17,7 @@ def iso_lab(own_lab):
 
 
 def start(lab, vm: str, source: str, destination: str, **options) -> str:
-    from producer.api import MigrationRequest
+    from producer.migrations import MigrationRequest
     return lab.producer.enqueue(MigrationRequest(vm, source, destination, options))["id"]
 
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from workers.model.chunks import digest_of_bytes, local_chunk_digests
 from workers.smb import connections, files, verifier
-from workers.smb.copy import (
+from workers.smb.file_copy import (
     PARTIAL_SUFFIX,
     CopyVerificationError,
     SmbConnectionError,
@@ -23,7 +24,6 @@ from workers.smb.copy import (
     partial_name,
     sha256_of,
 )
-from workers.smb.chunks import digest_of_bytes, local_chunk_digests
 from workers.smb.files import MAX_CHUNK
 
 pytestmark = pytest.mark.integration

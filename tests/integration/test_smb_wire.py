@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from workers.smb.copy import SmbError, copy_file, exists, partial_name
+from workers.smb.file_copy import SmbError, copy_file, exists, partial_name
 
 pytestmark = pytest.mark.integration
 

@@ -41,7 +41,7 @@ def _squatter_meets_the_cutover(lab, name: str, fault_host: str, fault_op: str, 
     ended record and that file."""
     import time
 
-    from workers.record import Store
+    from workers.model.record import Store
     vm = lab.add_vm(name, "hv1", write_rate_kbps=64)
     lab.emulator(fault_host).inject_fault(op=fault_op, action="delay", seconds=4, times=1)
     try:
@@ -92,8 +92,8 @@ def test_the_downtime_copy_is_not_paced_by_copy_slots_or_bandwidth_limits(lab):
     other VMs' disks or a bandwidth cap."""
     import time
 
-    from workers import keys
-    from workers.slots import CopySlots
+    from workers.coord.slots import CopySlots
+    from workers.model import keys
 
     # no guest writes and no pre-copy rounds: those copy while the VM runs, paced as they should be
     lab.add_vm("sw-unpaced", "hv1", memory_mb=16, disk_mb=16, write_rate_kbps=0)

@@ -1,13 +1,13 @@
-"""Admission (workers.admission) against a real redis-server: the Lua step that starts
+"""Admission (workers.coord.admission) against a real redis-server: the Lua step that starts
 migrations only while both their hosts have room."""
 import json
 import time
 
 import pytest
 
-from workers import keys
-from workers.admission import Admission, max_concurrency
-from workers.config import ConfigError, load_config
+from workers.coord.admission import Admission, max_concurrency
+from workers.model import keys
+from workers.model.config import ConfigError, load_config
 
 
 def line_up(adm, *routes):

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from workers.progress import CopyProgress
-from workers.slots import max_concurrency
-from workers.smb import chunks
-from workers.throttle import ThrottleError, parse_rate
+from workers.coord.progress import CopyProgress
+from workers.coord.slots import max_concurrency
+from workers.coord.throttle import ThrottleError, parse_rate
+from workers.model import chunks
 
 C = chunks.CHUNK_BYTES
 

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from workers.smb import chunks, verifier
+from workers.model import chunks
+from workers.smb import verifier
 from workers.smb.errors import CopyVerificationError
 from workers.smb.verifier import Verifier
 

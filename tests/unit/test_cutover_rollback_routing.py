@@ -2,9 +2,9 @@
 with a destination cut off, is tests/integration/test_infra_faults.py)."""
 import pytest
 
-from workers import cutover
 from workers.hyperv.errors import InvalidVMState, TransportError
-from workers.record import StaleState
+from workers.model.record import StaleState
+from workers.steps import cutover
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def routed(monkeypatch):
 
     monkeypatch.setattr(cutover.context, "store", lambda: Store())
     monkeypatch.setattr(cutover, "send", lambda task, mid: calls["sent"].append((task, mid)))
-    monkeypatch.setattr(cutover, "_fail_rollback", lambda mid, error: calls["failed"].append((mid, error)))
+    monkeypatch.setattr(cutover, "fail_rollback", lambda mid, error: calls["failed"].append((mid, error)))
 
     def with_step(exc):
         def step(mid, lg):

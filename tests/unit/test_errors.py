@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+from lab.emulator.clixml import format_clixml_error, format_clixml_progress, format_error_lines
 from workers.hyperv import errors
 from workers.hyperv.errors import (
     AccessDenied,
@@ -15,9 +16,6 @@ from workers.hyperv.errors import (
     TransportError,
     VMNotFound,
     error_from_stderr,
-    format_clixml_error,
-    format_clixml_progress,
-    format_error_lines,
     parse_clixml,
 )
 
@@ -172,7 +170,7 @@ def test_progress_can_precede_the_error_in_one_document():
     assert parse_clixml(text)[0] == "boom"
 
 
-# -- error_from_stderr: the table in OPERATIONS.md -----------------------------------------
+# -- error_from_stderr: the table in docs/hyperv-operations.md -----------------------------------------
 
 CASES = [
     # (message, category, fqid, expected)

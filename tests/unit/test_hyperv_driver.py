@@ -10,7 +10,7 @@ import pytest
 import requests
 from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError, WinRMTransportError
 
-from workers.config import ConfigError, Credentials, Host
+from lab.emulator.clixml import format_clixml_error, format_clixml_progress
 from workers.hyperv import driver as driver_mod
 from workers.hyperv import scripts
 from workers.hyperv.driver import POWERSHELL_COMMAND, HyperVDriver
@@ -20,9 +20,8 @@ from workers.hyperv.errors import (
     OperationTimeout,
     TransportError,
     VMNotFound,
-    format_clixml_error,
-    format_clixml_progress,
 )
+from workers.model.config import ConfigError, Credentials, Host
 
 PASSWORD = "s3cret-Pa55word"
 CREDS = Credentials("admin", PASSWORD, "smbuser", "smbpass")
@@ -281,7 +280,7 @@ def test_unusable_endpoints_and_transports_are_config_errors(endpoint, transport
 
 
 def test_file_hash_sends_the_path_and_the_copy_engines_scheme_as_json_and_returns_the_digest():
-    from workers.smb import chunks
+    from workers.model import chunks
     path = "D:\\VMs\\hv1\\vm\\Virtual Hard Disks\\a'b.vhdx.partial"
     proto = FakeProtocol([ok({"path": path, "scheme": chunks.SCHEME, "digest": "ab" * 32})])
     assert driver_with(proto).file_hash(path) == "ab" * 32
@@ -289,7 +288,7 @@ def test_file_hash_sends_the_path_and_the_copy_engines_scheme_as_json_and_return
 
 
 def test_chunk_digests_asks_file_hash_for_a_range_and_refuses_a_bad_one_before_sending():
-    from workers.smb import chunks
+    from workers.model import chunks
     path = "D:\\VMs\\hv1\\vm\\d.vhdx.partial"
     proto = FakeProtocol([ok({"path": path, "scheme": chunks.SCHEME, "first": 2, "chunks": ["cd" * 32],
                               "digest": "ef" * 32})])

@@ -1,7 +1,7 @@
 """What a migration's end adds to the metrics, read back from the (single-process) registry."""
 from prometheus_client import REGISTRY
 
-from workers import metrics
+from workers.obs import metrics
 
 
 def value(name, **labels):

@@ -1,6 +1,7 @@
 import pytest
 
-from workers import options, precopy
+from workers.model import options
+from workers.steps import precopy
 
 NOW = 1_800_000_000.0
 

@@ -1,7 +1,7 @@
 import pytest
 
-from workers.config import Config, ConfigError, Host
-from workers.plan import PathMap, downtime_files, frozen_files
+from workers.model.config import Config, ConfigError, Host
+from workers.model.file_plan import PathMap, downtime_files, frozen_files
 
 
 def host(name, root):

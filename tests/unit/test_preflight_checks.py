@@ -1,4 +1,4 @@
-from workers import preflight
+from workers.model import preflight
 
 MiB = 1024 * 1024
 VM = {"name": "web", "checkpoint_type": "Production", "version": "10.0", "switches": ["lan"],

@@ -1,5 +1,5 @@
 """When the reconciler counts a migration as stuck: not while a step's countdown is still to come."""
-from workers.reconciler import _recently_active
+from workers.engine.reconciler import _recently_active
 
 NOW = 10_000.0
 

@@ -11,7 +11,7 @@ from workers.hyperv import scripts
 from workers.hyperv.scripts import ARGS_PLACEHOLDER, ScriptMismatch
 
 SCRIPT_DIR = Path(scripts.__file__).parent / "scripts"
-OPERATIONS_MD = Path(scripts.__file__).parent / "OPERATIONS.md"
+OPERATIONS_MD = Path(__file__).resolve().parents[2] / "docs" / "hyperv-operations.md"
 
 NASTY_NAMES = [
     "x'; Remove-VM * -Force; '",

@@ -1,10 +1,10 @@
-"""ISO images shared on a destination (workers.shared_files) against a real redis-server:
+"""ISO images shared on a destination (workers.coord.shared_files) against a real redis-server:
 one migration at a time decides on an image, and a rollback deletes only an image quickmig
 put there, with its last user."""
 import threading
 import time
 
-from workers.shared_files import SharedFiles
+from workers.coord.shared_files import SharedFiles
 
 ISO = r"C:\ISO\tools.iso"
 
@@ -62,7 +62,7 @@ def test_an_image_quickmig_did_not_put_there_is_never_deleted(r):
 
 def test_a_killed_holders_lease_lapses(r):
     iso = SharedFiles(r, ttl_s=1, poll_s=0.05)
-    from workers import keys
+    from workers.model import keys
     r.set(keys.iso_lease("hv2", ISO), "m-dead", ex=1)  # the heartbeat died with its worker
     t0 = time.monotonic()
     with iso.deciding("hv2", ISO, "m2"):

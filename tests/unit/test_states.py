@@ -1,6 +1,6 @@
 import pytest
 
-from workers import states
+from workers.model import states
 
 
 def test_every_active_state_can_reach_an_end():

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from workers import logs
-from workers.config import ConfigError
+from workers.model.config import ConfigError
+from workers.obs import logs
 
 
 @pytest.fixture

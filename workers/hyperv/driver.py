@@ -26,7 +26,6 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from workers.config import ConfigError, Credentials, Host
 from workers.hyperv import scripts
 from workers.hyperv.errors import (
     AccessDenied,
@@ -35,11 +34,13 @@ from workers.hyperv.errors import (
     TransportError,
     error_from_stderr,
 )
+from workers.model import chunks
+from workers.model.config import ConfigError, Credentials, Host
 
 log = logging.getLogger(__name__)
 
-# Why not `powershell -NoProfile -NonInteractive -Command -` (what DESIGN section 4 first
-# suggested): with `-Command -`, powershell.exe treats stdin like an interactive prompt and
+# Why not `powershell -NoProfile -NonInteractive -Command -`, the obvious way to run a
+# script from stdin: with `-Command -`, powershell.exe treats stdin like an interactive prompt and
 # runs it statement by statement. A multi-line statement needs an extra blank line or it
 # is silently never run, $ErrorActionPreference = 'Stop' stops only the current statement
 # (the next ones still run: a failed Get-VM would not stop a later Remove-VM), and the exit
@@ -157,7 +158,7 @@ class HyperVDriver:
     # -- the one way in -----------------------------------------------------------------
 
     def run(self, op: str, args: dict | None = None, *, timeout_s: float | None = None) -> dict:
-        """Run operation `op` with `args` (see OPERATIONS.md) and return its JSON result."""
+        """Run operation `op` with `args` (see docs/hyperv-operations.md) and return its JSON result."""
         args = {} if args is None else args
         text = scripts.render(op, args)
         timeout = float(timeout_s) if timeout_s is not None else self.timeout_for(op, args)
@@ -214,7 +215,7 @@ class HyperVDriver:
                 return self._receive(proto, shell_id, command_id, op, deadline)
             except HyperVError:
                 raise
-            except Exception as e:  # noqa: BLE001 - transport faults are mapped, anything else re-raised
+            except Exception as e:
                 mapped = self._transport_error(op, e)
                 if mapped is None:
                     raise
@@ -284,7 +285,7 @@ class HyperVDriver:
         except Exception:  # noqa: BLE001
             pass
 
-    # -- one thin method per operation (results as in OPERATIONS.md) ---------------------
+    # -- one thin method per operation (results as in docs/hyperv-operations.md) ---------------------
 
     def list_vms(self) -> dict:
         return self.run("list_vms", {})
@@ -329,7 +330,7 @@ class HyperVDriver:
 
     def file_hash(self, path: str, scheme: str = "sha256-chunks-8MiB") -> str:
         """The digest (lowercase hex) of a file on this host, read by the host itself: by
-        default the copy engine's sha256-chunks-8MiB (workers.smb.chunks.SCHEME), or
+        default the copy engine's sha256-chunks-8MiB (workers.model.chunks.SCHEME), or
         "sha256" (Get-FileHash)."""
         return self.run("file_hash", {"path": path, "scheme": scheme})["digest"]
 
@@ -337,7 +338,6 @@ class HyperVDriver:
         """SHA-256s (lowercase hex) of the 8 MiB chunks first .. first+count-1 of a file on
         this host, read by the host (`file_hash` for a range; fewer when the file ends
         sooner): the copy engine checks what landed while the rest is still copying."""
-        from workers.smb import chunks
         if any(isinstance(v, bool) or not isinstance(v, int) for v in (first, count)) or first < 0 \
                 or not 1 <= count <= chunks.MAX_RANGE:
             raise ValueError(f"chunk_digests needs first >= 0 and count 1..{chunks.MAX_RANGE}, "

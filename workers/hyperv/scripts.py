@@ -1,6 +1,6 @@
 """The operation scripts: load the shipped .ps1 files, fill in arguments, recognise them again.
 
-Each operation of OPERATIONS.md is one file `scripts/<op>.ps1`, shipped as package data.
+Each operation of docs/hyperv-operations.md is one file `scripts/<op>.ps1`, shipped as package data.
 `render` replaces the one line `__QUICKMIG_ARGS__` with the arguments as one line of JSON
 (pure ASCII, never a newline), which lands inside a single-quoted here-string: a VM name
 is data, never code. `parse` is the inverse, used by the lab emulator: it accepts only
@@ -14,6 +14,8 @@ import json
 import re
 from importlib import resources
 
+from workers.hyperv.errors import ScriptMismatch
+
 ARGS_PLACEHOLDER = "__QUICKMIG_ARGS__"
 HEADER_PREFIX = "# quickmig-op: "
 # A line `# quickmig-include: <name>` stands for the text of scripts/include/<name>.ps1:
@@ -21,7 +23,7 @@ HEADER_PREFIX = "# quickmig-op: "
 # self-contained script.
 _INCLUDE_RE = re.compile(r"^# quickmig-include: ([a-z_]+)\n", re.M)
 
-# The operations of OPERATIONS.md, in the order of its table.
+# The operations of docs/hyperv-operations.md, in the order of its table.
 OPS = (
     "list_vms",
     "describe_vm",
@@ -46,10 +48,6 @@ _HERE_OPEN = "$Req = @'"
 _HERE_CLOSE = "'@ | ConvertFrom-Json"
 
 
-class ScriptMismatch(ValueError):
-    """A script text is not one of the shipped scripts with only its arguments line filled in."""
-
-
 def ops() -> list[str]:
     """Every operation name, one shipped script each."""
     return list(OPS)
@@ -63,7 +61,7 @@ def _check_op(op: str) -> None:
 @functools.cache
 def load(op: str) -> str:
     """The shipped text of `op`'s script (newlines are \\n, includes filled in), checked for
-    the shape OPERATIONS.md asks."""
+    the shape docs/hyperv-operations.md asks."""
     _check_op(op)
     folder = resources.files(__package__).joinpath("scripts")
     text = _INCLUDE_RE.sub(lambda m: folder.joinpath("include", f"{m.group(1)}.ps1").read_text(encoding="utf-8"),

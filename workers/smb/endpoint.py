@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from workers.config import Credentials, Host
+from workers.model.config import Credentials, Host
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class SmbEndpoint:
     lane: int = 0
 
     @classmethod
-    def for_host(cls, host: "Host", credentials: "Credentials", **options) -> "SmbEndpoint":
+    def for_host(cls, host: Host, credentials: Credentials, **options) -> SmbEndpoint:
         """The endpoint of an inventory host's VM share."""
         return cls(host.smb_server, host.smb_port, host.smb_share,
                    credentials.smb_username, credentials.smb_password, **options)

@@ -1,28 +1,31 @@
 """The copy engine's exceptions, and the one place smbprotocol's exceptions are translated.
 
-Every error names the file (as \\\\server[:port]\\share\\path) it is about. `retryable`
-says whether trying the same thing again later can help (Celery retries only those).
+Every error names the file (as \\\\server[:port]\\share\\path) it is about. The `Retryable`
+ones (workers.model.errors) are those trying the same thing again later can help.
 """
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
-from smbprotocol.exceptions import SMBAuthenticationError, SMBConnectionClosed, SMBException, SMBResponseException
+from smbprotocol.exceptions import (
+    SMBAuthenticationError,
+    SMBConnectionClosed,
+    SMBException,
+    SMBResponseException,
+)
 from smbprotocol.header import NtStatus
 
+from workers.model.errors import QuickmigError, Retryable
 
-class SmbError(Exception):
+
+class SmbError(QuickmigError):
     """Something went wrong talking SMB; the message names the server/share/file."""
 
-    retryable = False
 
-
-class SmbConnectionError(SmbError):
+class SmbConnectionError(SmbError, Retryable):
     """The server could not be reached, or the connection broke (refused, reset, timed out)."""
-
-    retryable = True
 
 
 class SmbAuthError(SmbError):
@@ -41,10 +44,8 @@ class SmbPermissionError(SmbError, PermissionError):
     """The server denied access to the file."""
 
 
-class SmbSharingViolation(SmbError):
+class SmbSharingViolation(SmbError, Retryable):
     """Someone else holds the file open without sharing the access we asked for."""
-
-    retryable = True
 
 
 class SourceChangedError(SmbError):

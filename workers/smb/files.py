@@ -6,7 +6,7 @@ per 64 KiB) and a fresh session holds 64 (4 MiB); smbprotocol's Open.read/write 
 ask for the credits they consume, so each request here also asks for enough extra
 credits that the next one can be full size.
 
-Nothing here translates errors or knows about endpoints; `workers.smb.copy` does.
+Nothing here translates errors or knows about endpoints; `workers.smb.file_copy` does.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from smbprotocol.open import (
     CreateOptions,
     DirectoryAccessMask,
     FileAttributes,
-    FilePipePrinterAccessMask as Access,
     ImpersonationLevel,
     Open,
     ShareAccess,
@@ -37,6 +36,9 @@ from smbprotocol.open import (
     SMB2SetInfoRequest,
     SMB2SetInfoResponse,
     SMB2WriteResponse,
+)
+from smbprotocol.open import (
+    FilePipePrinterAccessMask as Access,
 )
 from smbprotocol.tree import TreeConnect
 

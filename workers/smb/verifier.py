@@ -16,9 +16,9 @@ bytes beyond the end that the host would hash with it.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
-from workers.smb import chunks
+from workers.model import chunks
 from workers.smb.errors import CopyVerificationError
 
 MIN_RANGE = 16  # chunks (128 MiB)

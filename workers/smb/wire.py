@@ -46,12 +46,23 @@ import smbprotocol.connection as smb_connection  # noqa: E402
 from cryptography.exceptions import InvalidTag  # noqa: E402
 from cryptography.hazmat.primitives import cmac  # noqa: E402
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
-from smbprotocol.connection import Ciphers, Commands, Dialects, Request, SigningAlgorithms  # noqa: E402
+from smbprotocol.connection import (  # noqa: E402
+    Ciphers,
+    Commands,
+    Dialects,
+    Request,
+    SigningAlgorithms,
+    SMB2TransformHeader,
+)
 from smbprotocol.exceptions import SMBConnectionClosed, SMBException  # noqa: E402
-from smbprotocol.header import NtStatus, SMB2HeaderRequest, SMB2HeaderResponse, Smb2Flags  # noqa: E402
+from smbprotocol.header import (  # noqa: E402
+    NtStatus,
+    Smb2Flags,
+    SMB2HeaderRequest,
+    SMB2HeaderResponse,
+)
 from smbprotocol.open import SMB2ReadRequest, SMB2WriteRequest  # noqa: E402
 from smbprotocol.transport import Tcp  # noqa: E402
-from smbprotocol.connection import SMB2TransformHeader  # noqa: E402
 
 _ZEROS16 = b"\x00" * 16
 HEADER = 64

@@ -7,7 +7,7 @@ __QUICKMIG_ARGS__
 
 # The copy engine verifies a copy with this digest, computed where the file landed, instead
 # of reading the whole file back over SMB. 'sha256-chunks-8MiB' is the copy engine's digest
-# (workers/smb/chunks.py): the SHA-256 of the SHA-256s of the file's 8 MiB blocks, so the
+# (workers/model/chunks.py): the SHA-256 of the SHA-256s of the file's 8 MiB blocks, so the
 # copier hashes every byte once, chunk by chunk, in any order; 'sha256' is Get-FileHash's.
 if (-not (Test-Path -LiteralPath $Req.path -PathType Leaf)) {
     Write-Error -Message ('file_hash hashes files only; ' + $Req.path + ' is not a file.') -Category InvalidArgument -ErrorId 'NotAFile' -TargetObject $Req.path

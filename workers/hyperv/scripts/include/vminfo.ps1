@@ -1,5 +1,5 @@
 # Shared by the operation scripts that name one VM by id or answer with a VMInfo
-# (OPERATIONS.md): scripts.load() puts this text in place of their
+# (docs/hyperv-operations.md): scripts.load() puts this text in place of their
 # `# quickmig-include: vminfo` line, so every host receives one self-contained script.
 
 function Get-QmVM([string]$Id) {
@@ -12,7 +12,7 @@ function Get-QmVM([string]$Id) {
 }
 
 function Get-QmVMInfo($VM) {
-    # The VMInfo shape of OPERATIONS.md.
+    # The VMInfo shape of docs/hyperv-operations.md.
     $id = $VM.Id.ToString()
     $base = Join-Path -Path $VM.ConfigurationLocation -ChildPath ('Virtual Machines\' + $id.ToUpperInvariant())
     $disks = @(foreach ($d in @(Get-VMHardDiskDrive -VM $VM)) {

@@ -1,0 +1,114 @@
+"""Per-VM lease with a fencing token.
+
+Acquire sets the lease and increments the VM's fencing counter in one step; a
+destructive step proceeds only while the lease is still ours and the counter still
+equals the token we were given (docs/design.md section 3.3).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import redis
+
+from workers.coord import redis_lua
+from workers.model import keys
+from workers.model.errors import QuickmigError
+
+_ACQUIRE = redis_lua.load("lease_acquire")
+_EXTEND_IF_HOLDER = redis_lua.load("extend_if_holder")
+_RELEASE_IF_HOLDER = redis_lua.load("release_if_holder")
+_CHECK = redis_lua.load("fence_check")
+
+
+class LockHeld(QuickmigError):
+    def __init__(self, vm_id: str, holder: str):
+        self.holder = holder
+        super().__init__(f"VM {vm_id} is already being migrated by {holder}")
+
+
+class Fenced(QuickmigError):
+    """Our lease or token is no longer current: another actor owns this VM now."""
+
+
+class VMLocks:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._extend = client.register_script(_EXTEND_IF_HOLDER)
+        self._release = client.register_script(_RELEASE_IF_HOLDER)
+        self._check = client.register_script(_CHECK)
+
+    def acquire(self, vm_id: str, mid: str, ttl_s: int = keys.VM_LOCK_TTL_S) -> int:
+        ok, value = self._acquire(keys=[keys.vm_lock(vm_id), keys.vm_fence(vm_id)], args=[mid, ttl_s])
+        if not ok:
+            raise LockHeld(vm_id, value)
+        return int(value)
+
+    def holder(self, vm_id: str) -> str | None:
+        return self.r.get(keys.vm_lock(vm_id))
+
+    def extend(self, vm_id: str, mid: str, ttl_s: int = keys.VM_LOCK_TTL_S) -> bool:
+        return bool(self._extend(keys=[keys.vm_lock(vm_id)], args=[mid, ttl_s]))
+
+    def release(self, vm_id: str, mid: str) -> bool:
+        return bool(self._release(keys=[keys.vm_lock(vm_id)], args=[mid]))
+
+    def check(self, vm_id: str, mid: str, token: int, claim: str | None = None) -> None:
+        """Raise Fenced unless the VM lease and token are ours and, when `claim` is given,
+        this delivery still holds the migration's step claim (all checked in one step)."""
+        ks, args = [keys.vm_lock(vm_id), keys.vm_fence(vm_id)], [mid, str(token)]
+        if claim is not None:
+            ks.append(keys.step_claim(mid))
+            args.append(claim)
+        if not self._check(keys=ks, args=args):
+            raise Fenced(f"migration {mid} no longer holds VM {vm_id} (token {token})"
+                         + ("" if claim is None else " or its step claim"))
+
+    # -- step claims: one task delivery at a time works on a migration -----------------
+    def claim_step(self, mid: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> str | None:
+        token = uuid.uuid4().hex
+        if self.r.set(keys.step_claim(mid), token, nx=True, ex=ttl_s):
+            return token
+        return None
+
+    def claim_holder(self, mid: str) -> str | None:
+        return self.r.get(keys.step_claim(mid))
+
+    def extend_claim(self, mid: str, token: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> bool:
+        return bool(self._extend(keys=[keys.step_claim(mid)], args=[token, ttl_s]))
+
+    def release_claim(self, mid: str, token: str) -> bool:
+        return bool(self._release(keys=[keys.step_claim(mid)], args=[token]))
+
+
+class Heartbeat:
+    """Calls `beat` every `every_s` on a thread of its own while a step runs."""
+
+    def __init__(self, beat, every_s: float, name: str):
+        self.beat, self.every_s = beat, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.beat()
+            except redis.RedisError:
+                pass  # the next beat retries; every TTL is several beats long
+
+    def __enter__(self):
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class LeaseKeeper(Heartbeat):
+    """Extends a VM lease every `every_s` while a long step runs."""
+
+    def __init__(self, locks: VMLocks, vm_id: str, mid: str, every_s: float = 30.0):
+        super().__init__(lambda: locks.extend(vm_id, mid), every_s, f"lease-{mid}")

@@ -1,0 +1,81 @@
+"""The Celery app: one queue and one worker pool per kind of work (docs/design.md, "Celery and Redis").
+
+`celery -A workers.engine.app:app worker -Q snapshot` (or copy, cutover) runs a pool;
+`celery -A workers.engine.app:app beat` the schedule (one beat per deployment). The broker
+URL comes from quickmig.toml (--config / $QUICKMIG_CONFIG / ./quickmig.toml); nothing
+secret is ever put on a queue: messages carry the migration id only.
+"""
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+from workers.engine import signals
+from workers.model import config as config_mod
+from workers.model import routing
+
+# Above the longest single step (a copy of a large disk), or Redis redelivers it mid-run.
+VISIBILITY_TIMEOUT_S = 12 * 3600
+
+# How often beat asks for a reconciler pass (workers.engine.reconciler); a pass that waits
+# longer than a few periods in a backlog is stale, the next one will come.
+RECONCILE_EVERY_S = 10
+# How often beat asks for the removal of kept source VMs whose time is up (--keep-source).
+REAP_EVERY_S = 300.0
+
+# The modules that define tasks, imported by each worker when it starts.
+TASK_MODULES = [
+    "workers.steps.snapshot",
+    "workers.steps.copy",
+    "workers.steps.prepare",
+    "workers.steps.cutover",
+    "workers.steps.rollback",
+    "workers.steps.finish",
+    "workers.steps.keep_source",
+    "workers.engine.reconciler",
+]
+
+app = Celery("quickmig", include=TASK_MODULES)
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    result_backend=None,
+    task_queues=[Queue(q, routing_key=q) for q in routing.QUEUES],
+    task_default_queue=routing.QUEUE_SNAPSHOT,
+    task_routes={name: {"queue": q, "routing_key": q} for name, q in routing.ROUTES.items()},
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    broker_connection_retry_on_startup=True,
+    worker_send_task_events=False,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "reconcile": {"task": routing.RECONCILE, "schedule": RECONCILE_EVERY_S,
+                      "options": {"expires": 3 * RECONCILE_EVERY_S}},
+        "reap-kept-sources": {"task": routing.REAP_KEPT_SOURCES, "schedule": REAP_EVERY_S},
+    },
+)
+# What each worker process does at its lifecycle points (logging, fork, liveness).
+signals.connect()
+
+
+def configure(cfg: config_mod.Config) -> None:
+    if app.conf.broker_url != cfg.redis_url and app._pool is not None:
+        # a process that talks to a second deployment (tests with two labs) must not keep
+        # publishing through the connections it made to the first
+        app._pool = None
+        app.amqp._producer_pool = None
+    app.conf.broker_url = cfg.redis_url
+
+
+if os.environ.get(config_mod.CONFIG_ENV) or os.path.exists(config_mod.DEFAULT_CONFIG):
+    try:
+        configure(config_mod.load_config())
+    except config_mod.ConfigError:
+        pass  # the CLI reports config errors itself; a worker fails on first use

@@ -1,0 +1,72 @@
+"""What a worker process does at each point of its life, through Celery's signals.
+
+- setup_logging: one quickmig handler whose lines carry the migration id and phase;
+- task_prerun / task_postrun: bind the running task's migration to its log lines;
+- worker_process_init: a forked child drops the parent's connections (Redis, WinRM, SMB)
+  and creates its metric label sets;
+- worker_process_shutdown: the child's metric files are marked dead;
+- worker_ready / worker_shutdown: the main process beats for its pools into Redis
+  (workers.obs.liveness) and leaves when it stops.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from celery import signals as celery_signals
+
+from workers.engine import context
+from workers.model import routing
+from workers.obs import liveness, logs, metrics
+
+_liveness: threading.Thread | None = None
+
+
+def _setup_logging(loglevel=None, logfile=None, **_) -> None:
+    # Connected, so Celery leaves logging to us.
+    logs.configure(loglevel or "INFO", logfile)
+
+
+def _bind_migration(task=None, args=None, **_) -> None:
+    # Every line a quickmig task logs, its libraries' included, belongs to its migration.
+    if task is not None and task.name.startswith(routing.PREFIX) and args:
+        logs.bind(str(args[0]), routing.short(task.name))
+
+
+def _unbind_migration(**_) -> None:
+    logs.clear()
+
+
+def _after_fork(**_) -> None:
+    # Connections made before the fork are not safe to share with the parent.
+    context.reset()
+    metrics.init_labels()
+
+
+def _child_exit(pid=None, **_) -> None:
+    metrics.mark_dead(pid or os.getpid())
+
+
+def _ready(sender=None, **_) -> None:
+    # The main process beats for its pool; children come and go without touching it.
+    global _liveness
+    if _liveness is not None and _liveness.is_alive():  # ready again after a broker reconnect
+        return
+    pools = [q.name for q in sender.task_consumer.queues]
+    _liveness = liveness.start(context.new_redis, sender.hostname, pools)
+
+
+def _shutdown(**_) -> None:
+    if _liveness is not None:
+        liveness.stop(_liveness)
+
+
+def connect() -> None:
+    """Connect every handler above (the app does this once, when it is created)."""
+    celery_signals.setup_logging.connect(_setup_logging)
+    celery_signals.task_prerun.connect(_bind_migration)
+    celery_signals.task_postrun.connect(_unbind_migration)
+    celery_signals.worker_process_init.connect(_after_fork)
+    celery_signals.worker_process_shutdown.connect(_child_exit)
+    celery_signals.worker_ready.connect(_ready)
+    celery_signals.worker_shutdown.connect(_shutdown)

@@ -1,0 +1,307 @@
+"""quickmig.toml: Redis URL, host inventory, path mapping, where credentials come from, and
+the settings of each part, all checked when the file is loaded.
+
+Every value is checked once, here, before anything runs: a bad one is a `ConfigError`
+naming the file, the table and the key and saying what it accepts, never a failure in the
+middle of a migration. Keys this version does not know are refused too, so a misspelt
+setting is not silently left at its default.
+
+Credentials are read worker-side from `credentials_file` (never from Redis, never
+from a request), so a Celery message or a migration record can never carry one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from workers.model import states
+from workers.model.errors import QuickmigError
+
+CONFIG_ENV = "QUICKMIG_CONFIG"
+DEFAULT_CONFIG = "quickmig.toml"
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+COPY_STREAMS_DEFAULT = 4  # docs/benchmarks.md has the measurements behind it
+COPY_STREAMS_MAX = 16
+LOG_FORMATS = ("text", "json")
+
+# Seconds a migration may sit in a state with no task working on it and no change to its
+# record before the reconciler acts. `queued` is long because a backlog legitimately
+# waits in the snapshot queue.
+RECONCILER_DEADLINES_S = {
+    states.QUEUED: 300.0,
+    states.SNAPSHOTTING: 60.0,
+    states.COPYING: 60.0,
+    states.PREPARING: 60.0,
+    states.CUTTING_OVER: 30.0,
+    states.FINISHING: 60.0,
+    states.ROLLING_BACK: 30.0,
+}
+RECONCILER_MAX_NUDGES = 3
+
+
+class ConfigError(QuickmigError):
+    """The configuration file is missing or says something we cannot use."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    winrm_username: str
+    winrm_password: str
+    smb_username: str
+    smb_password: str
+
+    def __repr__(self) -> str:  # never let a password reach a log line
+        return f"Credentials(winrm_username={self.winrm_username!r}, smb_username={self.smb_username!r})"
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    winrm_endpoint: str
+    winrm_transport: str
+    vm_root: str  # host-side folder (e.g. D:\VMs\hv1) that the SMB share exposes
+    smb_server: str
+    smb_port: int
+    smb_share: str
+    winrm_cert_validation: str = "validate"
+    max_copies: int = 2
+    max_migrations: int = 2  # migrations at once with this host as source or destination
+
+    def to_rel(self, host_path: str) -> str:
+        """Host path under vm_root -> path relative to the share root (backslashes)."""
+        root = self.vm_root.rstrip("\\") + "\\"
+        if not host_path.lower().startswith(root.lower()):
+            raise ConfigError(f"{host_path!r} is not under {self.name}'s vm_root {self.vm_root!r}")
+        rel = host_path[len(root):]
+        if not rel or any(part in ("", ".", "..") for part in rel.split("\\")):
+            raise ConfigError(f"{host_path!r} is not a file path under {self.vm_root!r}")
+        return rel
+
+    def from_rel(self, rel: str) -> str:
+        return self.vm_root.rstrip("\\") + "\\" + rel
+
+    def smb_path(self, rel: str) -> str:
+        return f"\\\\{self.smb_server}\\{self.smb_share}\\{rel}"
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """`[copy]`: the copy engine."""
+    streams: int = COPY_STREAMS_DEFAULT  # parallel streams per file copy
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    """`[reconciler]`: when a migration counts as stuck, and how often its step is re-sent."""
+    deadlines_s: dict[str, float] = field(default_factory=lambda: dict(RECONCILER_DEADLINES_S))
+    max_nudges: int = RECONCILER_MAX_NUDGES
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """`[logging]`: the workers' log lines ($QUICKMIG_LOG_FORMAT wins over `format`)."""
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """`[metrics]`: where `quickmig metrics-exporter` serves /metrics."""
+    port: int | None = None
+    addr: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    redis_url: str
+    hosts: dict[str, Host]
+    credentials_file: Path | None
+    lab_dir: Path | None = None
+    copy: CopySettings = field(default_factory=CopySettings)
+    reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise ConfigError(f"unknown host {name!r} (inventory has: {known})") from None
+
+    def credentials(self, host: str) -> Credentials:
+        if self.credentials_file is None:
+            raise ConfigError(f"{self.path}: no credentials_file configured")
+        try:
+            data = tomllib.loads(self.credentials_file.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read credentials file {self.credentials_file}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"credentials file {self.credentials_file} is not valid TOML: {e}") from None
+        merged = dict(data.get("default", {}))
+        merged.update(data.get("hosts", {}).get(host, {}))
+        fields = ("winrm_username", "winrm_password", "smb_username", "smb_password")
+        for k in fields:
+            if k not in merged:
+                raise ConfigError(f"credentials file has no {k} for host {host!r}")
+            if not isinstance(merged[k], str):
+                raise ConfigError(f"credentials file: {k} for host {host!r} must be a string")
+        return Credentials(**{k: merged[k] for k in fields})
+
+
+# -- reading and checking the file -----------------------------------------------------
+
+_MISSING = object()
+
+
+class _Table:
+    """One TOML table being read: typed getters that name the key in every error, and a
+    check that no key was left unread."""
+
+    def __init__(self, data: object, where: str):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a table")
+        self.data: dict[str, Any] = data
+        self.where = where
+        self.read: set[str] = set()
+
+    def _get(self, key: str, default: object) -> object:
+        self.read.add(key)
+        if key in self.data:
+            return self.data[key]
+        if default is _MISSING:
+            raise ConfigError(f"{self.where}: {key} is required")
+        return default
+
+    def text(self, key: str, default: object = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is not default and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{self.where}: {key} must be a non-empty string, not {value!r}")
+        return value
+
+    def whole(self, key: str, default: object = _MISSING, *, low: int = 1, high: int | None = None) -> Any:
+        value = self._get(key, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise ConfigError(f"{self.where}: {key} must be a whole number {span}, not {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: object = _MISSING) -> Any:
+        value = self._get(key, default)
+        if value is not default and value not in choices:
+            raise ConfigError(f"{self.where}: {key} must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def table(self, key: str) -> _Table:
+        return _Table(self._get(key, {}), f"{self.where} [{key}]" if self.where.endswith(".toml") else
+                      f"{self.where}.{key}")
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            known = ", ".join(sorted(self.read))
+            raise ConfigError(f"{self.where}: unknown key {unknown[0]!r} (known here: {known})")
+
+
+def _host(name: str, t: _Table) -> Host:
+    host = Host(
+        name=name,
+        winrm_endpoint=t.text("winrm_endpoint"),
+        winrm_transport=t.text("winrm_transport", "ntlm"),
+        winrm_cert_validation=t.text("winrm_cert_validation", "validate"),
+        vm_root=t.text("vm_root"),
+        smb_server=t.text("smb_server"),
+        smb_port=t.whole("smb_port", 445, high=65535),
+        smb_share=t.text("smb_share"),
+        max_copies=t.whole("max_copies", 2),
+        max_migrations=t.whole("max_migrations", 2),
+    )
+    t.done()
+    return host
+
+
+def _reconciler(t: _Table) -> ReconcilerSettings:
+    deadlines = dict(RECONCILER_DEADLINES_S)
+    given = t.table("deadlines_s")
+    for st in list(given.data):
+        if st not in deadlines:
+            raise ConfigError(f"{given.where}: unknown state {st!r} (known: {', '.join(sorted(deadlines))})")
+        value = given.data[st]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{given.where}: {st} must be a number of seconds above 0, not {value!r}")
+        deadlines[st] = float(value)
+    settings = ReconcilerSettings(deadlines_s=deadlines,
+                                  max_nudges=t.whole("max_nudges", RECONCILER_MAX_NUDGES, low=0))
+    t.done()
+    return settings
+
+
+def _settings(top: _Table) -> dict[str, Any]:
+    """The optional tables, each checked whole."""
+    copy_t, log_t, metrics_t, lab_t = (top.table(k) for k in ("copy", "logging", "metrics", "lab"))
+    out = {
+        "copy": CopySettings(streams=copy_t.whole("streams", COPY_STREAMS_DEFAULT, high=COPY_STREAMS_MAX)),
+        "reconciler": _reconciler(top.table("reconciler")),
+        "logging": LoggingSettings(format=log_t.choice("format", LOG_FORMATS, None)),
+        "metrics": MetricsSettings(port=metrics_t.whole("port", None, high=65535),
+                                   addr=metrics_t.text("addr", "127.0.0.1")),
+        "lab_dir": _optional_path(lab_t.text("dir", None)),
+    }
+    for t in (copy_t, log_t, metrics_t, lab_t):
+        t.done()
+    return out
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value is not None else None
+
+
+def _redis_url(top: _Table) -> str:
+    url = top.text("redis_url")
+    scheme = urlsplit(url).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"{top.where}: redis_url must be a redis://, rediss:// or unix:// URL, not {url!r}")
+    return url
+
+
+def find_config_path(explicit: str | os.PathLike | None = None) -> Path:
+    """--config FILE, else $QUICKMIG_CONFIG, else ./quickmig.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path(DEFAULT_CONFIG)
+
+
+def load_config(explicit: str | os.PathLike | None = None) -> Config:
+    path = find_config_path(explicit).resolve()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config at {path} (use --config FILE or set {CONFIG_ENV})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the config {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    top = _Table(data, str(path))
+    redis_url = _redis_url(top)
+    hosts_t = top.table("hosts")
+    hosts = {name: _host(name, _Table(h, f"{path} [hosts.{name}]")) for name, h in hosts_t.data.items()}
+    cred = top.text("credentials_file", None)
+    settings = _settings(top)
+    top.done()
+    return Config(path=path, redis_url=redis_url, hosts=hosts,
+                  credentials_file=(path.parent / cred) if cred else None, **settings)
+
+
+def toml_str(value: str) -> str:
+    """A TOML basic string; JSON's ASCII escapes are valid TOML escapes."""
+    return json.dumps(value, ensure_ascii=True)

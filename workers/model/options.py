@@ -1,0 +1,114 @@
+"""What a migration request may ask of the cutover, validated once by the producer.
+
+The record carries the parsed form under `options` (JSON, base units): workers read it
+with `of(rec)` and never parse user text themselves.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from workers.model.errors import QuickmigError
+
+ON_EXCEED = ("abort", "proceed")
+MAX_ROUNDS_LIMIT = 20
+DEFAULT_MAX_ROUNDS = 3
+MAX_KEEP_SOURCE_HOURS = 24 * 30
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class OptionError(QuickmigError, ValueError):
+    """The message says which option is wrong and what it accepts."""
+
+
+@dataclass(frozen=True)
+class Options:
+    max_downtime_s: float | None = None      # cut over once the predicted downtime is at most this
+    on_exceed: str = "abort"                 # ... and if rounds run out above it
+    max_rounds: int = DEFAULT_MAX_ROUNDS     # pre-copy rounds after the base copy (0: single round)
+    not_before: float | None = None          # Unix time the cutover window opens
+    window_s: float | None = None            # how long it stays open
+    keep_source_hours: float = 0.0           # keep the saved source VM registered this long
+
+    def window_end(self) -> float | None:
+        if self.window_s is None:
+            return None
+        return (self.not_before or 0.0) + self.window_s
+
+
+def duration_s(text: object, what: str) -> float:
+    """'90', '90s', '15m', '2h', '1d' (or a number) -> seconds > 0."""
+    if isinstance(text, bool):
+        raise OptionError(f"{what} must be a duration such as 90s, 15m or 2h")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise OptionError(f"{what} must be a duration such as 90s, 15m or 2h, not {text!r}")
+        value = float(m.group(1)) * _UNIT_S[m.group(2).lower()]
+    if not 0 < value <= 366 * 86400:
+        raise OptionError(f"{what} must be more than 0 and at most a year")
+    return value
+
+
+def moment(text: object, what: str = "--not-before") -> float:
+    """ISO 8601 time (no zone: UTC) or Unix seconds -> Unix seconds."""
+    if isinstance(text, bool):
+        raise OptionError(f"{what} must be a time such as 2026-11-26T03:00:00Z")
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    try:
+        t = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
+    except ValueError:
+        raise OptionError(f"{what} must be a time such as 2026-11-26T03:00:00Z, not {text!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.timestamp()
+
+
+def parse(*, max_downtime=None, on_exceed=None, max_rounds=None, not_before=None, window=None,
+          keep_source_hours=None, now: float | None = None) -> dict:
+    """Validate raw request options; returns the JSON form for the record."""
+    now = time.time() if now is None else now
+    o = {}
+    if max_downtime is not None:
+        o["max_downtime_s"] = duration_s(max_downtime, "--max-downtime")
+    if on_exceed is not None:
+        if on_exceed not in ON_EXCEED:
+            raise OptionError(f"--on-exceed must be one of {', '.join(ON_EXCEED)}, not {on_exceed!r}")
+        if max_downtime is None:
+            raise OptionError("--on-exceed only means something with --max-downtime")
+        o["on_exceed"] = on_exceed
+    if isinstance(max_rounds, str):  # from the command line
+        max_rounds = int(max_rounds) if max_rounds.strip().isdigit() else max_rounds
+    if isinstance(keep_source_hours, str):
+        try:
+            keep_source_hours = float(keep_source_hours)
+        except ValueError:
+            pass
+    if max_rounds is not None:
+        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or not 0 <= max_rounds <= MAX_ROUNDS_LIMIT:
+            raise OptionError(f"--max-rounds must be a whole number from 0 to {MAX_ROUNDS_LIMIT}")
+        o["max_rounds"] = max_rounds
+    if not_before is not None:
+        o["not_before"] = moment(not_before)
+    if window is not None:
+        o["window_s"] = duration_s(window, "--window")
+        o.setdefault("not_before", now)
+        if o["not_before"] + o["window_s"] <= now:
+            raise OptionError("the cutover window (--not-before + --window) has already closed")
+    if keep_source_hours is not None:
+        if (isinstance(keep_source_hours, bool) or not isinstance(keep_source_hours, (int, float))
+                or not 0 < keep_source_hours <= MAX_KEEP_SOURCE_HOURS):
+            raise OptionError(f"--keep-source must be a number of hours above 0, at most {MAX_KEEP_SOURCE_HOURS}")
+        o["keep_source_hours"] = float(keep_source_hours)
+    return o
+
+
+def of(rec: dict) -> Options:
+    return Options(**(rec.get("options") or {}))

@@ -1,0 +1,55 @@
+"""Phase 0 of docs/design.md section 1: what must hold on both hosts before we take a checkpoint.
+
+Each check that fails gives one sentence naming the cause and the fix. They all run while
+the VM runs and before anything is changed, so a refusal costs no downtime and leaves
+nothing to merge back.
+"""
+from __future__ import annotations
+
+MiB = 1024 * 1024
+
+# The leaf keeps growing while we copy and the saved memory lands next to it: ask for
+# this much room beyond what the files measure now.
+MARGIN_FRACTION = 0.10
+MARGIN_MIN_BYTES = 64 * MiB
+
+
+def needed_bytes(file_bytes: int, memory_bytes: int) -> int:
+    """Room the destination needs: every file, the saved memory, and a margin."""
+    raw = file_bytes + memory_bytes
+    return raw + max(int(raw * MARGIN_FRACTION), MARGIN_MIN_BYTES)
+
+
+def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file_bytes: int) -> list[str]:
+    """Every reason this VM cannot move to `destination` (whose host_info is `dst_host`)."""
+    out: list[str] = []
+    name = vm["name"]
+    if vm.get("checkpoint_type") == "Disabled":
+        out.append(f"checkpoints are disabled for {name} (CheckpointType Disabled), and the migration copies "
+                   "its disks behind a checkpoint; enable them with Set-VM -CheckpointType Production "
+                   "(or Standard) and retry")
+    passthrough = [d["path"] for d in vm["disks"] if d.get("passthrough") or not d.get("chain")]
+    if passthrough:
+        out.append(f"{name} has pass-through disk(s) {', '.join(passthrough)}, which cannot be checkpointed "
+                   "or copied; detach them (Remove-VMHardDiskDrive) or move their data to a virtual disk first")
+    versions = dst_host.get("supported_versions") or []
+    if vm.get("version") not in versions:
+        out.append(f"{destination} does not support configuration version {vm.get('version')} of {name} "
+                   f"(it supports {', '.join(versions) or 'none'}); choose a destination running a newer "
+                   "Windows Server, or migrate to a host that supports it")
+    missing = [s for s in vm.get("switches", []) if s not in (dst_host.get("switches") or [])]
+    if missing:
+        out.append(f"{destination} has no virtual switch named {', '.join(repr(s) for s in missing)}; "
+                   "create it there (New-VMSwitch) with the same name, or connect the VM to a switch both hosts have")
+    sv, dv = src_host.get("cpu_vendor"), dst_host.get("cpu_vendor")
+    if sv != dv:
+        out.append(f"the source's processors are {sv} and {destination}'s are {dv}; a saved VM cannot resume "
+                   "across processor vendors: choose a destination with the same vendor")
+    need = needed_bytes(file_bytes, int(vm.get("memory_startup_bytes") or 0))
+    free = dst_host.get("vm_root_free_bytes")
+    if free is None:
+        free = dst_host.get("free_bytes")
+    if free is not None and free < need:
+        out.append(f"{destination} has {free / MiB:.0f} MiB free where the VM goes but needs {need / MiB:.0f} MiB "
+                   "(disks, saved memory and a margin); free space there or choose another destination")
+    return out

@@ -1,0 +1,251 @@
+"""The migration record in Redis: the source of truth for every migration.
+
+Celery messages carry only the migration id; everything a task needs to know it reads
+here, and every change of state is a compare-and-set so a task delivered twice cannot
+move a migration twice.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, TypedDict
+
+import redis
+
+from workers.model import keys, states
+from workers.model.errors import QuickmigError
+
+
+class Phase(TypedDict, total=False):
+    start: float  # Unix time the phase began
+    end: float
+
+
+class Copied(TypedDict, total=False):
+    """One file copied to (or found on) the destination, verified."""
+    path: str            # source host path
+    dest: str            # destination host path
+    bytes: int
+    digest: str | None   # `digest_scheme` over the whole file, as the destination hashed it
+    digest_scheme: str
+    seconds: float
+    bytes_reused: int    # kept from an interrupted attempt (resume record)
+    bytes_sent: int      # sent over every attempt
+    shared: bool         # an ISO image already there, same content, shared with other VMs
+    planned_bytes: int   # a shared image's size, counted as done in the progress
+
+
+class Progress(TypedDict, total=False):
+    """rec["progress"] while a file copies (workers.coord.progress)."""
+    file: str | None
+    bytes_done: int
+    bytes_total: int
+    rate_bps: int | None
+    eta_seconds: float | None
+    at: float
+
+
+class Round(TypedDict):
+    bytes: int
+    seconds: float
+    at: float
+
+
+class MigrationRecord(TypedDict, total=False):
+    """Every field a migration record may have, who writes it, and what it means. The JSON
+    in Redis is this; `quickmig status --json` prints it. Fields are added as the migration
+    goes; none is ever renamed in place (readers of older records would lose it)."""
+    # created by the producer (new_record)
+    id: str
+    vm: str
+    vm_id: str
+    source: str
+    destination: str
+    state: str                       # workers.model.states
+    created_at: float
+    updated_at: float                # every change (Store.update)
+    phases: dict[str, Phase]         # phase name -> start/end
+    history: list[dict[str, Any]]    # every state entered: {"state", "at"}
+    downtime_seconds: float | None   # Save-VM to the destination VM verified running
+    bytes_copied: int
+    bytes_total: int | None          # planned bytes of every file (see `planned`)
+    error: str | None                # why it rolled back or failed, with what to do
+    fence: int                       # the VM lease's fencing token
+    options: dict[str, Any]          # workers.model.options, validated
+    # admission (workers.coord.admission) and the step framework (workers.engine.step)
+    admitted_at: float
+    waiting: str                     # why it waits now (a host full, a copy slot, a window)
+    resume_at: float                 # a step that ended early comes back then (Later)
+    retry: dict[str, Any]            # a transient failure's retry to come: step, attempt, next_at, reason
+    reconciler: dict[str, Any]       # the reconciler's re-sends in this state: state, nudges, at, idle_s
+    cancelled_at: float
+    # snapshot step
+    checkpoint_at: float             # our latest checkpoint (the guest's writes since go to the leaf)
+    snapshot: dict[str, Any]         # our first checkpoint: id, name, config_path
+    plan: dict[str, list[dict[str, str]]]  # {"frozen": [{"path", "kind"}]}: what the base copy moves
+    # copying (workers.steps.transfer, downtime_copy)
+    created_files: list[str]         # destination paths we created (and their .partial), for rollback
+    copied: list[Copied]
+    planned: dict[str, int]          # source path -> size, for bytes_total
+    progress: Progress
+    # pre-copy gate (workers.steps.precopy)
+    rounds: list[Round]
+    predicted_downtime_seconds: float
+    guest_write_bps: int
+    copy_bps: int
+    delta_bytes: int
+    downtime_paths: list[str]        # the files the cutover copies, as the gate last saw them
+    # cutover (workers.steps.cutover)
+    save_started_at: float           # the downtime starts here
+    import_started_at: float
+    start_started_at: float          # from here the guest may run on the destination
+    downtime_bytes: int
+    downtime_breakdown: dict[str, float]  # save, copy, import, start
+    cutover_resumed: bool            # a redelivered cutover rolled forward
+    rollback_seconds: float
+    # finish and --keep-source (workers.steps.finish, keep_source)
+    source_kept_until: float
+    source_removed_at: float | None
+    source_note: str | None
+
+
+class RecordNotFound(QuickmigError):
+    pass
+
+
+class StaleState(QuickmigError):
+    """The record is not in the state the caller expected (e.g. a duplicate delivery)."""
+
+    def __init__(self, mid: str, expected: Iterable[str], actual: str):
+        self.actual = actual
+        super().__init__(f"migration {mid} is {actual}, expected one of {sorted(expected)}")
+
+
+def new_record(*, vm: str, vm_id: str, source: str, destination: str, fence: int,
+               options: dict | None = None) -> MigrationRecord:
+    now = time.time()
+    return {
+        "id": uuid.uuid4().hex[:16],
+        "vm": vm,
+        "vm_id": vm_id,
+        "source": source,
+        "destination": destination,
+        "state": states.QUEUED,
+        "created_at": now,
+        "updated_at": now,
+        "phases": {},
+        "downtime_seconds": None,
+        "bytes_copied": 0,
+        "bytes_total": None,
+        "error": None,
+        "fence": fence,
+        "options": options or {},
+        "history": [{"state": states.QUEUED, "at": now}],
+    }
+
+
+class Store:
+    def __init__(self, client: redis.Redis):
+        self.r = client
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=30,
+                                        socket_connect_timeout=10, health_check_interval=30))
+
+    def create(self, rec: dict) -> None:
+        key = keys.migration(rec["id"])
+        with self.r.pipeline() as p:
+            p.set(key, json.dumps(rec), nx=True)
+            p.zadd(keys.MIGRATIONS_INDEX, {rec["id"]: rec["created_at"]})
+            p.sadd(keys.ACTIVE_SET, rec["id"])
+            p.execute()
+
+    def delete(self, mid: str) -> None:
+        with self.r.pipeline() as p:
+            p.delete(keys.migration(mid))
+            p.zrem(keys.MIGRATIONS_INDEX, mid)
+            p.srem(keys.ACTIVE_SET, mid)
+            p.execute()
+
+    def get(self, mid: str) -> dict:
+        raw = self.r.get(keys.migration(mid))
+        if raw is None:
+            raise RecordNotFound(f"no migration with id {mid!r}")
+        return json.loads(raw)
+
+    def list(self, limit: int = 100) -> list[dict]:
+        ids = self.r.zrevrange(keys.MIGRATIONS_INDEX, 0, limit - 1)
+        if not ids:
+            return []
+        raws = self.r.mget([keys.migration(i) for i in ids])
+        gone = [i for i, raw in zip(ids, raws) if raw is None]
+        if gone:
+            self.r.zrem(keys.MIGRATIONS_INDEX, *gone)
+        return [json.loads(raw) for raw in raws if raw is not None]
+
+    def active_ids(self) -> list[str]:
+        """Migrations not yet at an end state (what the reconciler watches)."""
+        return sorted(self.r.smembers(keys.ACTIVE_SET))
+
+    def forget_active(self, mid: str) -> None:
+        self.r.srem(keys.ACTIVE_SET, mid)
+
+    def update(self, mid: str, change: Callable[[MigrationRecord], object]) -> MigrationRecord:
+        """Apply `change` to the record atomically (optimistic, retried on conflict)."""
+        key = keys.migration(mid)
+        while True:
+            with self.r.pipeline() as p:
+                try:
+                    p.watch(key)
+                    raw = p.get(key)
+                    if raw is None:
+                        raise RecordNotFound(f"no migration with id {mid!r}")
+                    rec = json.loads(raw)
+                    change(rec)
+                    rec["updated_at"] = time.time()
+                    p.multi()
+                    if rec["state"] in states.ENDS:
+                        p.set(key, json.dumps(rec), ex=keys.RECORD_TTL_S)
+                        p.srem(keys.ACTIVE_SET, mid)
+                    else:
+                        p.set(key, json.dumps(rec))
+                    p.execute()
+                    return rec
+                except redis.WatchError:
+                    continue
+
+    def set(self, mid: str, **fields: object) -> MigrationRecord:
+        """Set these fields of the record (one atomic update); returns the record."""
+        return self.update(mid, lambda rec: rec.update(fields))  # type: ignore[typeddict-item]
+
+    def transition(self, mid: str, expect: Iterable[str], to: str, **fields: object) -> MigrationRecord:
+        """Move from one of `expect` to `to`, stamping phase ends and starts."""
+        expect = set(expect)
+
+        def change(rec: dict) -> None:
+            src = rec["state"]
+            if src not in expect:
+                raise StaleState(mid, expect, src)
+            states.check(src, to)
+            now = time.time()
+            old_phase = states.PHASE_OF.get(src)
+            if old_phase and old_phase in rec["phases"]:
+                rec["phases"][old_phase].setdefault("end", now)
+            new_phase = states.PHASE_OF.get(to)
+            if new_phase:
+                rec["phases"].setdefault(new_phase, {"start": now})
+            rec["state"] = to
+            rec["history"].append({"state": to, "at": now})
+            rec.update(fields)
+
+        return self.update(mid, change)
+
+    def active(self) -> list[dict]:
+        """Every migration not yet at an end state, oldest first (for watch and the metrics)."""
+        ids = self.active_ids()
+        raws = self.r.mget([keys.migration(i) for i in ids]) if ids else []
+        recs = [json.loads(raw) for raw in raws if raw is not None]
+        return sorted((r for r in recs if r["state"] not in states.ENDS), key=lambda r: r["created_at"])

@@ -1,0 +1,460 @@
+"""Copy one frozen file from one SMB share to another, in parallel streams, verified.
+
+    copy_file(src, r"vm1\\disk.vhdx", dst, r"vm1\\disk.vhdx", streams=4, progress=cb,
+              throttle=wait_for_bytes, resume=cp) -> CopyResult
+
+How a copy goes:
+1. look at the source through a fresh handle: size, last write time, change time (its
+   identity); ask the resume record which chunks (`workers.model.chunks`) of a source with
+   that identity already landed in an earlier attempt;
+2. create the destination's parent folders and `<name>.partial` (emptied, unless chunks
+   are to be reused and the partial file is long enough to hold them);
+3. `streams` threads, each on its own SMB connections to both servers, take the next
+   chunk not yet done, read it (requests up to the negotiated max size, the next
+   chunk's READ in flight while this one is written: workers.smb.stream), send it to
+   the partial file, hash it while the WRITE is in flight, and record it in the
+   resume record once the server has acknowledged the WRITE. `throttle(n)` is called before
+   each read and may sleep (bandwidth limits);
+4. with every source handle closed, look at the source's identity again: any change in
+   size, last write time or change time is SourceChangedError (only frozen files can be
+   copied). The comparison uses a fresh handle after ours are closed because Samba
+   reports the write time as of open while any handle is open;
+5. cut the partial file to the source's size and flush it, and verify it meanwhile: with
+   `dest_digests` (SHA-256s of the partial file's chunks computed on the destination
+   host, the driver's `file_hash` for a range) a `workers.smb.verifier.Verifier` has been
+   comparing the landed chunks with what was read from the source (chunk digests from
+   this attempt and, after a resume, from the resume record) since step 3, and checks the
+   rest now; otherwise read it back over SMB in parallel streams and compare every
+   chunk's SHA-256 with what was read from the source. A mismatch is
+   CopyVerificationError;
+6. rename the partial file onto the final name (replacing an earlier copy) and clear
+   the resume record.
+
+On SourceChangedError or CopyVerificationError the partial file is deleted and the
+resume record cleared; no final file is created. After other failures (connection lost,
+cancelled from the progress callback, the process killed) the partial file and the
+resume record stay, and the next attempt re-copies only the chunks not recorded.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from workers.model import chunks
+from workers.smb import connections, files, memory, stream
+from workers.smb.connections import reset_connections
+from workers.smb.endpoint import SmbEndpoint, normalize_rel
+from workers.smb.errors import (
+    CopyVerificationError,
+    SmbAuthError,
+    SmbConnectionError,
+    SmbError,
+    SmbFileNotFoundError,
+    SmbPermissionError,
+    SmbShareNotFoundError,
+    SmbSharingViolation,
+    SourceChangedError,
+    smb_errors,
+)
+from workers.smb.resume import MemoryResumeRecord, ResumeRecord
+from workers.smb.verifier import HostDigests, Verifier
+
+__all__ = [
+    "CopyResult", "SmbEndpoint", "copy_file", "file_size", "exists", "delete_file", "sha256_of", "digest_of",
+    "reset_connections", "partial_name", "PARTIAL_SUFFIX", "DEFAULT_STREAMS",
+    "SmbError", "SmbConnectionError", "SmbAuthError", "SmbShareNotFoundError", "SmbFileNotFoundError",
+    "SmbPermissionError", "SmbSharingViolation", "SourceChangedError", "CopyVerificationError",
+]
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+PROGRESS_INTERVAL_S = 0.25
+DEFAULT_STREAMS = 4  # see README (Copying, Benchmark) for the measurements; peak RSS ~105-150 MiB
+MAX_STREAMS = 16
+
+Progress = Callable[[int, int], None]
+Throttle = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    bytes: int
+    digest: str  # chunks.SCHEME over the whole file
+    seconds: float
+    bytes_written: int = 0  # sent to the destination by this call
+    bytes_reused: int = 0  # already there from an interrupted attempt
+    bytes_sent_total: int = 0  # sent over every attempt (minus `bytes` = copied twice)
+    streams: int = 1
+    scheme: str = chunks.SCHEME
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Identity:
+    size: int
+    last_write: int
+    change: int
+
+    def as_dict(self) -> dict:
+        return {"size": self.size, "last_write": self.last_write, "change": self.change}
+
+
+def partial_name(rel: str) -> str:
+    """Where a copy to `rel` lands before it is verified."""
+    return normalize_rel(rel) + PARTIAL_SUFFIX
+
+
+class _Progress:
+    """Sums bytes from every stream; calls progress(done, total) at most every
+    PROGRESS_INTERVAL_S, plus once at the end."""
+
+    def __init__(self, progress: Progress | None, done: int, total: int):
+        self.progress = progress
+        self.done, self.total = done, total
+        self.lock = threading.Lock()
+        self.last = 0.0
+        self.reported: int | None = None
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+            self._maybe(final=False)
+
+    def final(self) -> None:
+        with self.lock:
+            if self.reported != self.done:
+                self._maybe(final=True)
+
+    def _maybe(self, final: bool) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if final or now - self.last >= PROGRESS_INTERVAL_S:
+            self.last = now
+            self.reported = self.done
+            self.progress(self.done, self.total)
+
+
+def _errors(ep: SmbEndpoint, rel: str, stream: int = 0):
+    return smb_errors(ep.unc(rel), on_connection_error=lambda: connections.evict(ep, stream))
+
+
+def _best_effort(what: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:
+        log.warning("%s failed: %s", what, e)
+
+
+def _identity(ep: SmbEndpoint, rel: str) -> Identity:
+    with _errors(ep, rel):
+        fh = files.open_attributes(connections.tree(ep), rel)
+        try:
+            last_write, change = files.times(fh)
+            return Identity(files.current_size(fh), last_write, change)
+        finally:
+            files.close(fh)
+
+
+class _Chunks:
+    """Hands out the chunk indices still to do, one at a time, to any stream."""
+
+    def __init__(self, todo: list[int]):
+        self._it = iter(todo)
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def next(self) -> int | None:
+        if self.stop.is_set():
+            return None
+        with self._lock:
+            return next(self._it, None)
+
+
+def _flush(ep: SmbEndpoint, rel: str, fh) -> None:
+    with _errors(ep, rel):
+        files.flush(fh)
+
+
+def _alongside(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run fn() in a thread of its own; returns join(), which waits for it and raises
+    what fn raised."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="smb-copy-aside")
+    done = pool.submit(fn)
+    pool.shutdown(wait=False)  # the thread ends with fn
+    return done.result
+
+
+def _then(fn, join):
+    """fn()'s result once join() returned too; fn's error wins over join's."""
+    try:
+        out = fn()
+    except BaseException:
+        _best_effort("waiting for the flush", join)
+        raise
+    join()
+    return out
+
+
+def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int],
+                 stop: threading.Event | None = None) -> None:
+    """Run work(stream, chunks) in n threads; the first error stops the others and is raised."""
+    queue = _Chunks(todo)
+    if stop is not None:
+        queue.stop = stop
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i, queue)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            queue.stop.set()
+            errors.append(e)
+
+    if n == 1:
+        run(0)
+    else:
+        threads = [threading.Thread(target=run, args=(i,), name=f"smb-copy-{i}", daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
+              streams: int = DEFAULT_STREAMS, progress: Progress | None = None,
+              throttle: Throttle | None = None, resume: ResumeRecord | None = None,
+              read_ahead: bool = False, dest_digests: HostDigests | None = None) -> CopyResult:
+    """Copy src's `src_rel` to dst's `dst_rel` (backslash paths relative to the share roots).
+
+    `dest_digests(first, count)` returns the SHA-256s (hex) of chunks first .. first+count-1
+    of `dst_rel` + PARTIAL_SUFFIX computed on the destination host (the driver's
+    `chunk_digests`); given, it replaces the read-back over SMB (see step 5 above).
+
+    Every stream keeps the next chunk's READ in flight while it writes one (workers.smb.
+    stream); `read_ahead` gives each stream one more chunk buffer, so two READs are in
+    flight (+8 MiB per stream)."""
+    src_rel, dst_rel = normalize_rel(src_rel), normalize_rel(dst_rel)
+    if not 1 <= int(streams) <= MAX_STREAMS:
+        raise ValueError(f"streams must be 1..{MAX_STREAMS}, not {streams}")
+    part_rel = dst_rel + PARTIAL_SUFFIX
+    resume = resume or MemoryResumeRecord()
+    memory.limit_arenas()
+    started = time.monotonic()
+    depth = stream.DEPTH + (1 if read_ahead else 0)
+
+    before = _identity(src, src_rel)
+    total = before.size
+    digests: dict[int, str] = resume.load(before.as_dict())
+    with _errors(dst, part_rel):
+        dst_tree = connections.tree(dst)
+        parent = dst_rel.rpartition("\\")[0]
+        if parent:
+            files.make_dirs(dst_tree, parent)
+        dfh = files.open_for_write(dst_tree, part_rel, truncate=not digests)
+        if digests:
+            needed = max(sum(chunks.span(i, total)) for i in digests)
+            if files.current_size(dfh) < needed:  # the partial file is not the one the chunks went to
+                log.warning("%s is shorter than its resume record says; copying it all again", dst.unc(part_rel))
+                resume.clear()
+                digests = resume.load(before.as_dict())
+    reused = sum(chunks.span(i, total)[1] for i in digests)
+    if reused:
+        log.info("resuming %s: %d of %d bytes already on %s", src.unc(src_rel), reused, total, dst.unc(part_rel))
+    report = _Progress(progress, reused, total)
+    n_streams = max(1, min(int(streams), chunks.count(total) - len(digests)))
+    sent = [0] * n_streams
+    v_streams = max(1, min(int(streams), chunks.count(total)))
+    what = src.unc(src_rel)
+
+    stop = threading.Event()  # a stream failed or the host found a bad chunk: everyone stops
+    verifier = None if dest_digests is None else Verifier(
+        dest_digests, digests, chunks.count(total), stop,
+        lambda i: f"{dst.unc(dst_rel)}: chunk {i} (bytes {chunks.span(i, total)[0]}.."
+                  f"{sum(chunks.span(i, total))})",
+        # a failed early flush costs nothing: the flush after the last chunk is the one that counts
+        between=lambda: _best_effort(f"flushing {dst.unc(part_rel)}", _flush, dst, part_rel, dfh))
+
+    def landed(index: int, length: int, digest: str) -> None:
+        digests[index] = digest
+        resume.record(index, digest)
+        report.add(length)
+        if verifier is not None:
+            verifier.landed()
+
+    def copy_stream(i: int, queue: _Chunks) -> None:
+        with _errors(src, src_rel, i):
+            sfh = files.open_for_read(connections.tree(src, i), src_rel)
+        try:
+            with _errors(dst, part_rel, i):
+                wfh = files.open_for_write(connections.tree(dst, i), part_rel, truncate=False)
+            try:
+                reader = stream.ChunkReader(sfh, total, queue.next, stream.buffers(depth), what,
+                                              lambda: _errors(src, src_rel, i), before_read=throttle)
+                sent[i] = stream.copy_chunks(reader, wfh, lambda: _errors(dst, part_rel, i),
+                                               resume.will_write, landed)
+            finally:
+                _best_effort(f"closing {dst.unc(part_rel)}", files.close, wfh)
+        finally:
+            _best_effort(f"closing {what}", files.close, sfh)
+
+    def verify_stream(i: int, queue: _Chunks) -> None:
+        with _errors(dst, part_rel, i):
+            rfh = files.open_for_read(connections.tree(dst, i), part_rel)
+        try:
+            reader = stream.ChunkReader(rfh, total, queue.next, stream.buffers(depth), dst.unc(part_rel),
+                                          lambda: _errors(dst, part_rel, i))
+            try:
+                for index, offset, data, buf in reader:
+                    got = hashlib.sha256(data).hexdigest()
+                    reader.free.append(buf)
+                    if got != digests[index]:
+                        raise CopyVerificationError(
+                            f"{dst.unc(dst_rel)}: chunk {index} (bytes {offset}..{offset + len(data)}) that landed "
+                            f"hashes {got}, but what was read from {what} hashes {digests[index]}")
+            except BaseException:
+                reader.abandon()
+                raise
+        finally:
+            _best_effort(f"closing {dst.unc(part_rel)}", files.close, rfh)
+
+    checked = None  # joins the verifier's thread while it runs
+    try:
+        try:
+            todo = [i for i in range(chunks.count(total)) if i not in digests]
+            checked = _alongside(verifier.run) if verifier is not None else None
+            _run_streams(n_streams, copy_stream, todo, stop)
+            if stop.is_set():  # the host found a bad chunk and the streams stopped early
+                join, checked = checked, None
+                join()  # raises what it found
+                raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy stopped before every chunk landed")
+            after = _identity(src, src_rel)
+            if after != before:
+                raise SourceChangedError(
+                    f"{what} changed during the copy (size {before.size} -> {after.size}, "
+                    f"last write {before.last_write} -> {after.last_write}, change time {before.change} -> "
+                    f"{after.change}); only frozen files can be copied")
+            with _errors(dst, part_rel):
+                files.set_size(dfh, total)
+                if files.current_size(dfh) != total:
+                    raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
+            if verifier is not None:
+                # The flush (the destination writing its cache to disk) and the check of the
+                # last chunks (the destination host reading them back from its cache) use
+                # different resources: side by side they cost the longer of the two, not both.
+                flushed = _alongside(lambda: _flush(dst, part_rel, dfh))
+                join, checked = checked, None
+                verifier.finish()
+                _then(join, flushed)
+                if not verifier.complete:  # never rename a copy not every chunk of which was checked
+                    raise CopyVerificationError(f"{dst.unc(dst_rel)}: only {verifier.checked} of "
+                                                f"{chunks.count(total)} chunks were checked on the destination host")
+            else:  # the read-back shares the flush's connection: one after the other
+                _flush(dst, part_rel, dfh)
+                _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
+        except BaseException:
+            if checked is not None:  # stop the verifier; a bad chunk it found is the error to report
+                stop.set()
+                try:
+                    checked()
+                except CopyVerificationError:
+                    raise
+                except BaseException as e:  # noqa: BLE001 - the first failure is the one reported
+                    log.debug("verifier after the copy failed: %s", e)
+            raise
+        digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
+        with _errors(dst, dst_rel):
+            files.rename(dfh, dst_rel, replace=True)
+    except (SourceChangedError, CopyVerificationError):
+        _best_effort(f"deleting {dst.unc(part_rel)}", files.mark_delete, dfh)
+        resume.clear()
+        raise
+    finally:
+        _best_effort(f"closing {dst.unc(part_rel)}", files.close, dfh)
+    sent_total = resume.bytes_sent()
+    resume.clear()
+    report.final()
+    return CopyResult(bytes=total, digest=digest, seconds=time.monotonic() - started,
+                      bytes_written=sum(sent), bytes_reused=reused, bytes_sent_total=sent_total,
+                      streams=n_streams)
+
+
+def file_size(ep: SmbEndpoint, rel: str) -> int:
+    """Size in bytes of a file on the share."""
+    rel = normalize_rel(rel)
+    with _errors(ep, rel):
+        fh = files.open_attributes(connections.tree(ep), rel)
+        try:
+            return fh.end_of_file
+        finally:
+            files.close(fh)
+
+
+def exists(ep: SmbEndpoint, rel: str) -> bool:
+    """Whether a file or folder exists at `rel` on the share."""
+    rel = normalize_rel(rel)
+    try:
+        with _errors(ep, rel):
+            files.close(files.open_attributes(connections.tree(ep), rel))
+    except SmbFileNotFoundError:
+        return False
+    return True
+
+
+def delete_file(ep: SmbEndpoint, rel: str) -> None:
+    """Delete a file on the share; nothing happens if it is not there."""
+    rel = normalize_rel(rel)
+    try:
+        with _errors(ep, rel):
+            fh = files.open_for_delete(connections.tree(ep), rel)
+            try:
+                files.mark_delete(fh)
+            finally:
+                files.close(fh)
+    except SmbFileNotFoundError:
+        return
+
+
+def _chunk_digests(ep: SmbEndpoint, rel: str, each=None) -> list[str]:
+    """SHA-256 (hex) of every chunk of a file on the share, read over SMB in one stream;
+    `each(data)` also sees every chunk in file order."""
+    rel = normalize_rel(rel)
+    out: list[str] = []
+    with _errors(ep, rel):
+        fh = files.open_for_read(connections.tree(ep), rel)
+        try:
+            todo = iter(range(chunks.count(files.current_size(fh))))
+            reader = stream.ChunkReader(fh, files.current_size(fh), lambda: next(todo, None),
+                                          stream.buffers(stream.DEPTH), ep.unc(rel), contextlib.nullcontext)
+            for _index, _offset, data, buf in reader:
+                out.append(hashlib.sha256(data).hexdigest())
+                if each is not None:
+                    each(data)
+                reader.free.append(buf)
+        finally:
+            files.close(fh)
+    return out
+
+
+def sha256_of(ep: SmbEndpoint, rel: str) -> str:
+    """SHA-256 (hex) of a file on the share, read over SMB."""
+    h = hashlib.sha256()
+    _chunk_digests(ep, rel, h.update)
+    return h.hexdigest()
+
+
+def digest_of(ep: SmbEndpoint, rel: str) -> str:
+    """The chunks.SCHEME digest of a file on the share, read over SMB (one stream)."""
+    return chunks.file_digest(_chunk_digests(ep, rel))

@@ -1,0 +1,27 @@
+"""Phase 2 (docs/design.md, "The method"): copy the frozen files while the VM runs, then
+the pre-copy rounds and the gate that decides when the cutover may begin.
+
+Runs alone on the `copy` pool: a copy of a large disk may take hours, and must never
+delay a cutover that holds a VM down.
+"""
+from __future__ import annotations
+
+from workers.coord.locks import LeaseKeeper
+from workers.engine import context
+from workers.engine.step import fence, resume, send, start_rollback, step_task
+from workers.model import routing, states
+from workers.steps import precopy
+from workers.steps.transfer import transfer
+
+
+@step_task(routing.COPY, on_hard_failure=start_rollback)
+def copy(mid: str, lg) -> None:
+    rec = resume(mid, states.COPYING)
+    if rec is None:
+        return
+    with LeaseKeeper(context.locks(), rec["vm_id"], mid):
+        fence(rec)  # a stale delivery must not write over files a newer migration owns
+        transfer(rec, rec["plan"]["frozen"], lg)
+        precopy.gate(mid, lg)
+    context.store().transition(mid, {states.COPYING}, states.PREPARING)
+    send(routing.PREPARE, mid)

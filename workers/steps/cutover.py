@@ -1,0 +1,129 @@
+"""Phase 4 (docs/design.md, "The method"): the switchover, the only step that holds a VM down.
+
+Downtime runs from the start of Save-VM to the destination VM's heartbeat. The source
+is never changed destructively here: a failure anywhere before the heartbeat rolls back
+at once, in this process (`workers.steps.rollback`), and the source resumes from its
+saved state. Runs on the `cutover` pool, which no copy can hold up.
+"""
+from __future__ import annotations
+
+import time
+
+from workers.coord.locks import Fenced, LeaseKeeper
+from workers.engine import context
+from workers.engine.step import HardFailure, fence, mlog, resume, send, step_task
+from workers.hyperv.errors import VMNotFound
+from workers.model import options, routing, states
+from workers.model.errors import is_retryable
+from workers.model.file_plan import PathMap, chain_paths, downtime_files
+from workers.model.record import RecordNotFound, StaleState
+from workers.steps import precopy
+from workers.steps.downtime_copy import DowntimeCopy
+from workers.steps.rollback import fail_rollback, rollback
+
+HEARTBEAT_TIMEOUT_S = 120
+
+
+def _rollback_now(mid: str, error: str) -> None:
+    """Called by the cutover itself: the VM is down, so roll back in this process.
+
+    If that meets a transient fault (the destination's WinRM unreachable: the copy there
+    must be removed before the source may run again), hand over to the rollback task,
+    which retries with backoff; left to escape, the fault would leave the VM saved until
+    the reconciler noticed the migration stuck in rolling_back."""
+    try:
+        context.store().transition(mid, {states.CUTTING_OVER}, states.ROLLING_BACK, error=error)
+    except StaleState:  # someone else already moved it; their step owns it
+        return
+    lg = mlog(mid, "rollback")
+    try:
+        rollback.__wrapped_step__(mid, lg)
+    except (Fenced, RecordNotFound, StaleState) as e:  # someone else moved it on: theirs now
+        lg.warning("dropped: %s", e)
+    except Exception as e:  # noqa: BLE001 - every failure must route somewhere
+        if not is_retryable(e):
+            lg.error("failed: %s: %s", type(e).__name__, e)
+            fail_rollback(mid, f"rollback: {e}")
+            return
+        lg.warning("transient failure, the rollback task takes over: %s", e)
+        send(routing.ROLLBACK, mid)  # leaves once this delivery's step claim is released
+
+
+# No retries: while the VM is down, rolling back beats waiting out a backoff.
+@step_task(routing.CUTOVER, on_hard_failure=_rollback_now, retry=None)
+def cutover(mid: str, lg) -> None:
+    rec = resume(mid, states.CUTTING_OVER)
+    if rec is None:
+        return
+    if rec.get("save_started_at"):
+        _resume_interrupted(rec, lg)
+        return
+    cfg = context.config()
+    pm = PathMap(cfg, rec["source"], rec["destination"])
+    src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    end_at = options.of(rec).window_end()
+    if end_at is not None and time.time() > end_at:
+        raise HardFailure("the cutover window closed before Save-VM could start; "
+                          "ask for a later or longer --window")
+    with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
+        fence(rec)
+        copier = DowntimeCopy(rec, lg)
+        # the files as the pre-copy gate saw them last (a record from before it noted them: ask)
+        copier.ready(rec, rec.get("downtime_paths") or [
+            f["path"] for f in downtime_files(src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"])])
+        t0 = time.time()
+        rec = context.store().update(mid, lambda r: r.update(save_started_at=t0))
+        vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
+        t_saved = time.time()
+        lg.info("saved in %.2fs", t_saved - t0)
+        moved = copier.copy(rec, vm)
+        t_copied = time.time()
+        fence(rec)
+        context.store().update(mid, lambda r: r.update(import_started_at=time.time()))
+        dst.run("import_vm", {
+            "config_path": pm.dest(vm["config_path"]),
+            "disk_paths": pm.mapping(chain_paths(vm)),
+            "iso_paths": pm.mapping(vm.get("isos", [])),
+            "parent_fixes": pm.parent_fixes(vm),
+        })
+        t_imported = time.time()
+        fence(rec)
+        # from here the guest may run (and acknowledge writes) on the destination
+        context.store().update(mid, lambda r: r.update(start_started_at=time.time()))
+        dst.run("start_vm", {"vm_id": rec["vm_id"]})
+        dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
+        t1 = time.time()
+    downtime = t1 - t0
+    lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,
+            t_saved - t0, t_copied - t_saved, t_imported - t_copied, t1 - t_imported)
+    precopy.remember_costs(rec["source"], rec["destination"], int(vm.get("memory_startup_bytes") or 0),
+                           t_saved - t0, t1 - t_copied)
+    context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
+                               downtime_bytes=moved,
+                               downtime_breakdown={"save": round(t_saved - t0, 3),
+                                                   "copy": round(t_copied - t_saved, 3),
+                                                   "import": round(t_imported - t_copied, 3),
+                                                   "start": round(t1 - t_imported, 3)})
+    send(routing.FINISH, mid)
+
+
+def _resume_interrupted(rec: dict, lg) -> None:
+    """A previous delivery died inside the downtime (its step claim lapsed, so it is gone).
+    Once the destination VM has started, its guest may have acknowledged writes that the
+    source's saved state lacks: going back would lose them, so roll forward. Before that,
+    nothing ran on the destination and rolling back is safe."""
+    mid, dst = rec["id"], context.driver(rec["destination"])
+    try:
+        there = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]["state"]
+    except VMNotFound:
+        there = None
+    if there != "Running":
+        raise HardFailure(f"cutover was interrupted (worker lost) before the destination VM started "
+                          f"(it is {there or 'absent'} there); rolling back")
+    lg.warning("cutover was interrupted after the destination VM started; rolling forward")
+    fence(rec)
+    dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
+    downtime = time.time() - rec["save_started_at"]
+    context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
+                               cutover_resumed=True)
+    send(routing.FINISH, mid)

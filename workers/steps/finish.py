@@ -1,0 +1,65 @@
+"""Phase 5 (docs/design.md, "The method"): the VM runs on the destination; merge our
+checkpoint there and remove the source VM (or keep it off for a while: --keep-source).
+
+From here nothing rolls back: a failure ends `failed`, with what is left to clean by hand.
+"""
+from __future__ import annotations
+
+import time
+
+from workers.engine import context
+from workers.engine.step import HardFailure, end, fence, resume, step_task
+from workers.hyperv.errors import VMNotFound
+from workers.model import keys, options, routing, states
+from workers.model.file_plan import chain_paths
+from workers.steps.checkpoint import ours
+
+
+def _fail_finish(mid: str, error: str) -> None:
+    end(mid, states.FAILED, error=f"{error} (the VM runs on the destination; clean the source by hand)")
+
+
+@step_task(routing.FINISH, on_hard_failure=_fail_finish)
+def finish(mid: str, lg) -> None:
+    rec = resume(mid, states.FINISHING)
+    if rec is None:
+        return
+    dst = context.driver(rec["destination"])
+    vm = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    snaps = ours(vm, mid)
+    if snaps:
+        fence(rec)
+        dst.run("remove_snapshots", {"vm_id": rec["vm_id"], "snapshot_ids": [s["id"] for s in snaps]})
+        lg.info("merged checkpoint on %s", rec["destination"])
+    src = context.driver(rec["source"])
+    try:
+        old = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    except VMNotFound:
+        old = None
+    if old is not None:
+        if old["state"] == "Running":
+            raise HardFailure(f"{rec['vm']} is Running on the source too; not removing it")
+        fence(rec)
+        hours = options.of(rec).keep_source_hours
+        if hours:
+            src.run("stop_vm", {"vm_id": rec["vm_id"]})
+            end(mid, states.COMPLETED, source_kept_until=keep_source(mid, hours))
+            lg.info("kept the source VM on %s, off, for %g h", rec["source"], hours)
+            return
+        remove_source(rec, old, lg)
+    end(mid, states.COMPLETED)
+
+
+def keep_source(mid: str, hours: float) -> float:
+    """List the source VM, now off, for removal `hours` from now (workers.steps.keep_source
+    removes it then); returns that time."""
+    until = time.time() + hours * 3600
+    context.store().r.zadd(keys.KEPT_SOURCES, {mid: until})
+    return round(until, 3)
+
+
+def remove_source(rec: dict, old: dict, lg) -> None:
+    """Remove-VM on the source and delete the files that were its own."""
+    paths = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
+    context.driver(rec["source"]).run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": False, "delete_paths": paths})
+    lg.info("removed the VM and %d files from %s", len(paths), rec["source"])

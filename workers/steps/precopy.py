@@ -1,0 +1,154 @@
+"""Phase 2b: pre-copy rounds, and the gate that decides when the cutover may begin.
+
+After the base copy the VM's leaf holds what the guest wrote since our checkpoint. While
+copying that leaf would cost more downtime than a round costs, take another checkpoint
+(same name, so finish and rollback merge them all) and copy the now-frozen leaf while the
+VM runs. The prediction uses only what this run measured: the copy engine's throughput,
+the guest's write rate (leaf growth since the checkpoint), and the fixed costs of save,
+register and start measured by earlier cutovers on these hosts.
+"""
+from __future__ import annotations
+
+import time
+
+from workers.engine import context
+from workers.engine.step import HardFailure, Later, fence
+from workers.model import keys, options, states
+from workers.model.file_plan import PathMap, downtime_files
+from workers.model.record import StaleState
+from workers.smb import file_copy
+from workers.steps.checkpoint import snapshot_name
+from workers.steps.transfer import transfer
+
+MiB = 1024 * 1024
+CHILD_HEADER_BYTES = 4096        # a fresh differencing disk before the guest writes to it
+STATE_FILES_BYTES = 1 * MiB      # .vmcx and .vmgs beside the memory
+ROUND_OVERHEAD_S = 0.5           # checkpoint + bookkeeping of one round
+PAYS_MIN_BYTES = 1 * MiB         # below this a round saves less than it costs
+WAIT_SYNC_BYTES = 8 * MiB        # while waiting for the window, sync a delta this big
+WAIT_POLL_S = 30.0  # how often a migration waiting for its window looks at its delta
+DEFAULT_COPY_BPS = 50e6          # until this run has measured its own
+DEFAULT_SAVE_BPS = 300e6
+DEFAULT_REGISTER_START_S = 0.5
+
+
+def copy_bps(rec: dict) -> float:
+    """The copy engine's throughput in this run: files of at least 1 MiB, per second of copying."""
+    big = [f for f in rec.get("copied", []) if f.get("bytes", 0) >= MiB and f.get("seconds")]
+    secs = sum(f["seconds"] for f in big)
+    return sum(f["bytes"] for f in big) / secs if secs > 0 else DEFAULT_COPY_BPS
+
+
+def fixed_costs(source: str, destination: str) -> dict:
+    r = context.store().r
+    save = r.hget(keys.cutover_costs(source), "save_bps")
+    reg = r.hget(keys.cutover_costs(destination), "register_start_s")
+    return {"save_bps": float(save) if save else DEFAULT_SAVE_BPS,
+            "register_start_s": float(reg) if reg else DEFAULT_REGISTER_START_S}
+
+
+def remember_costs(source: str, destination: str, memory_bytes: int, save_s: float, register_start_s: float) -> None:
+    """What a finished switchover measured, for the next prediction on these hosts."""
+    r = context.store().r
+    if save_s > 0 and memory_bytes > 0:
+        r.hset(keys.cutover_costs(source), "save_bps", memory_bytes / save_s)
+    r.hset(keys.cutover_costs(destination), "register_start_s", register_start_s)
+    for h in (source, destination):
+        r.expire(keys.cutover_costs(h), keys.CUTOVER_COSTS_TTL_S)
+
+
+def predict_s(memory_bytes: int, delta_bytes: int, copy_rate: float, costs: dict) -> float:
+    """Downtime if we cut over now: save, copy memory + leaf + state files, register and start."""
+    save_s = memory_bytes / costs["save_bps"]
+    return save_s + (memory_bytes + delta_bytes + STATE_FILES_BYTES) / copy_rate + costs["register_start_s"]
+
+
+def pays(delta_bytes: int, write_bps: float, copy_rate: float) -> bool:
+    """A round pays when the delta the guest writes during it is clearly smaller than the one it
+    copies: by at least PAYS_MIN_BYTES and a fifth (slower shrinking would need many rounds)."""
+    left = write_bps * (delta_bytes / copy_rate + ROUND_OVERHEAD_S)
+    return delta_bytes - left >= PAYS_MIN_BYTES and left < 0.8 * delta_bytes
+
+
+def _leaf_bytes(rec: dict, vm: dict) -> int:
+    pm = PathMap(context.config(), rec["source"], rec["destination"])
+    ep = context.smb_endpoint(rec["source"])
+    return sum(file_copy.file_size(ep, pm.rel(d["chain"][0])) for d in vm["disks"] if d["chain"])
+
+
+def _round(mid: str, lg) -> None:
+    """Checkpoint again and copy the leaf that checkpoint froze, while the VM runs."""
+    store = context.store()
+    rec = store.get(mid)
+    fence(rec)
+    res = context.driver(rec["source"]).run("checkpoint_vm", {"vm_id": rec["vm_id"],
+                                                              "snapshot_name": snapshot_name(mid)})
+    t_cp = time.time()
+    frozen = [{"path": d["chain"][1], "kind": "disk"} for d in res["vm"]["disks"] if len(d["chain"]) > 1]
+    frozen.append({"path": res["snapshot"]["config_path"], "kind": "config"})
+    rec = store.update(mid, lambda r: r.update(checkpoint_at=t_cp))
+    moved = transfer(rec, frozen, lg)
+    took = time.time() - t_cp
+
+    def note(r):
+        r.setdefault("rounds", []).append({"bytes": moved, "seconds": round(took, 3), "at": t_cp})
+    store.update(mid, note)
+    lg.info("pre-copy round %d: %.1f MiB in %.2fs", len(rec.get("rounds", [])) + 1, moved / MiB, took)
+
+
+def gate(mid: str, lg) -> dict:
+    """Run pre-copy rounds until the cutover may start; returns the record. Raises
+    HardFailure when --max-downtime cannot be met and --on-exceed is abort, or the window closed."""
+    store = context.store()
+    rec = store.get(mid)
+    o = options.of(rec)
+    src = context.driver(rec["source"])
+    paying = 0
+    while True:
+        rec = store.get(mid)
+        if rec["state"] != states.COPYING:  # cancelled while it waited (for a window, say)
+            raise StaleState(mid, {states.COPYING}, rec["state"])
+        vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+        now = time.time()
+        delta = _leaf_bytes(rec, vm)
+        since = max(now - (rec.get("checkpoint_at") or now), 1e-3)
+        write_bps = max(delta - CHILD_HEADER_BYTES * len(vm["disks"]), 0) / since
+        rate = copy_bps(rec)
+        pred = predict_s(int(vm.get("memory_startup_bytes") or 0), delta, rate,
+                         fixed_costs(rec["source"], rec["destination"]))
+        rec = store.update(mid, lambda r: r.update(
+            predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
+            copy_bps=round(rate), delta_bytes=delta,
+            downtime_paths=[f["path"] for f in downtime_files(vm)]))  # the cutover need not ask again
+        end = o.window_end()
+        if end is not None and now > end:
+            raise HardFailure(f"the cutover window closed at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))} "
+                              "before the cutover could start; ask for a later or longer --window")
+        above = o.max_downtime_s is not None and pred > o.max_downtime_s
+        total = len(rec.get("rounds", []))
+        if (paying < o.max_rounds and total < options.MAX_ROUNDS_LIMIT and pays(delta, write_bps, rate)
+                and (o.max_downtime_s is None or above)):
+            _round(mid, lg)
+            paying += 1
+            continue
+        if o.not_before is not None and now < o.not_before:
+            # keep the delta small until the window opens
+            if delta >= WAIT_SYNC_BYTES and total < options.MAX_ROUNDS_LIMIT:
+                _round(mid, lg)
+                continue
+            # Not in a worker: a window hours away would hold a copy worker (and the VM's
+            # step) all that time; the step ends and comes back to look again.
+            opens = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(o.not_before))
+            raise Later(min(WAIT_POLL_S, o.not_before - now), f"waiting for the cutover window (opens {opens})")
+        if rec.get("waiting") or rec.get("resume_at"):
+            rec = store.update(mid, lambda r: (r.pop("waiting", None), r.pop("resume_at", None)))
+        if above:
+            if o.on_exceed == "abort":
+                raise HardFailure(f"predicted downtime {pred:.2f}s exceeds --max-downtime {o.max_downtime_s:g}s "
+                                  f"after {total} pre-copy round(s) (guest writes {write_bps / 1e6:.1f} MB/s, "
+                                  f"copy {rate / 1e6:.0f} MB/s); allow more downtime, more rounds, or "
+                                  "--on-exceed proceed")
+            lg.warning("predicted downtime %.2fs exceeds --max-downtime %gs; proceeding as asked",
+                       pred, o.max_downtime_s)
+        lg.info("cutover may start: predicted downtime %.2fs after %d round(s)", pred, total)
+        return rec

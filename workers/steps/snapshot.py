@@ -1,0 +1,67 @@
+"""Phase 0 and 1 (docs/design.md, "The method"): pre-flight, then the checkpoint that
+freezes every disk the copy will read.
+
+Runs on the `snapshot` pool with the other short control steps; the VM keeps running.
+"""
+from __future__ import annotations
+
+import time
+
+from workers.engine import context
+from workers.engine.step import (
+    HardFailure,
+    enter,
+    fence,
+    send,
+    start_rollback,
+    step_task,
+)
+from workers.model import preflight, routing, states
+from workers.model.file_plan import PathMap, chain_paths, frozen_files
+from workers.smb import file_copy
+from workers.steps.checkpoint import ours, snapshot_name
+
+
+def _preflight(rec: dict, vm: dict, lg) -> None:
+    """Phase 0: refuse, before any checkpoint, what the destination could not run."""
+    cfg = context.config()
+    src_info = context.driver(rec["source"]).run("host_info", {})
+    dst_info = context.driver(rec["destination"]).run(
+        "host_info", {"vm_root": cfg.host(rec["destination"]).vm_root})
+    ep, pm = context.smb_endpoint(rec["source"]), PathMap(cfg, rec["source"], rec["destination"])
+    files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
+    file_bytes = sum(file_copy.file_size(ep, pm.rel(p)) for p in files)
+    found = preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
+    if found:
+        raise HardFailure("pre-flight refused: " + "; ".join(found))
+    lg.info("pre-flight ok: %d files, %.0f MiB to move", len(files), file_bytes / 2**20)
+
+
+@step_task(routing.SNAPSHOT, on_hard_failure=start_rollback)
+def snapshot(mid: str, lg) -> None:
+    rec = context.store().get(mid)
+    if rec["state"] == states.QUEUED and not context.admission().holds(mid, rec["source"]):
+        # only admission starts a migration (workers.coord.admission): a stray message must not
+        # let one past the per-host limit; admission sends this step again when it is its turn
+        lg.info("dropped: not admitted yet")
+        return
+    rec = enter(mid, {states.QUEUED}, states.SNAPSHOTTING)
+    if rec is None:
+        return
+    src = context.driver(rec["source"])
+    vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if vm["state"] != "Running":
+        raise HardFailure(f"{rec['vm']} is {vm['state']} on {rec['source']}; quickmig moves running VMs")
+    mine = ours(vm, mid)
+    if mine:  # a redelivery after the checkpoint was taken
+        snap = mine[0]
+    else:
+        _preflight(rec, vm, lg)
+        fence(rec)
+        res = src.run("checkpoint_vm", {"vm_id": rec["vm_id"], "snapshot_name": snapshot_name(mid)})
+        snap, vm = res["snapshot"], res["vm"]
+        context.store().update(mid, lambda r: r.update(checkpoint_at=time.time()))
+    lg.info("checkpoint %s taken; active disks now %s", snap["id"], [d["path"] for d in vm["disks"]])
+    context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING,
+                               snapshot=snap, plan={"frozen": frozen_files(vm, snap["id"])})
+    send(routing.COPY, mid)

@@ -1,0 +1,162 @@
+"""Copying while the VM runs: the helpers every copying step shares.
+
+Every file the migration creates on the destination is recorded before its first byte
+is written, so a rollback removes exactly what we made and nothing that was there.
+
+Each file copy holds a read slot on the source host and a write slot on the destination
+(`workers.coord.slots`, K = the host's max_copies), moves its chunks within the bandwidth
+limits (`workers.coord.throttle`), records every chunk in its resume record in Redis
+(`workers.coord.copy_resume`) so a redelivered task resumes where a killed one stopped,
+and keeps rec["progress"] current (`workers.coord.progress`). The base copy
+(`workers.steps.copy`) and each pre-copy round (`workers.steps.precopy`) go through
+`transfer`; the switchover's files (`workers.steps.downtime_copy`) use `copy_verified`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from workers.coord.copy_resume import RedisResumeRecord
+from workers.coord.progress import CopyProgress
+from workers.coord.shared_files import SharedFiles
+from workers.coord.slots import CopySlots
+from workers.coord.throttle import Throttle
+from workers.engine import context
+from workers.engine.step import HardFailure
+from workers.model.file_plan import PathMap
+from workers.obs import metrics
+from workers.smb import file_copy
+
+
+def note_created(mid: str, dst_paths: list[str]) -> dict:
+    """Record the files and their partial names (which an interrupted copy leaves behind) for
+    rollback; returns the record."""
+
+    def change(rec):
+        for dst_path in dst_paths:
+            for path in (dst_path, dst_path + file_copy.PARTIAL_SUFFIX):
+                if path not in rec.setdefault("created_files", []):
+                    rec["created_files"].append(path)
+    return context.store().update(mid, change)
+
+
+def refuse_existing(rec: dict, dst_path: str) -> None:
+    """A file we did not create is in the way on the destination: never write over it."""
+    raise HardFailure(f"{rec['destination']} already has {dst_path}; "
+                      "remove it there or choose another destination")
+
+
+def note_copied(mid: str, entries: list[dict]) -> dict:
+    """Add copied files to the record, and to the planned bytes those not planned ahead
+    (one update for them all); returns the record."""
+    def change(r):
+        for entry in entries:
+            r.setdefault("copied", []).append(entry)
+            r["bytes_copied"] = (r.get("bytes_copied") or 0) + entry["bytes"]
+            r.setdefault("planned", {}).setdefault(entry["path"], entry["bytes"])
+        r["bytes_total"] = sum(r["planned"].values())
+    return context.store().update(mid, change)
+
+
+def copy_verified(rec: dict, src_path: str, lg, *, src_ep, dst_ep, progress=None, throttle=None,
+                  resume=None) -> tuple[dict, int]:
+    """Copy one file, verified by the destination host's hash of what landed; returns its
+    record["copied"] entry and the bytes this call wrote."""
+    pm = PathMap(context.config(), rec["source"], rec["destination"])
+    rel, dst_path = pm.rel(src_path), pm.dest(src_path)
+    destination = rec["destination"]
+    res = file_copy.copy_file(src_ep, rel, dst_ep, rel, streams=context.config().copy.streams, progress=progress,
+                              throttle=throttle, resume=resume,
+                              dest_digests=lambda first, count: context.driver(destination).chunk_digests(
+                                  dst_path + file_copy.PARTIAL_SUFFIX, first, count))
+    lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
+            rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
+    metrics.COPIED_BYTES.labels(source=rec["source"], destination=destination).inc(res.bytes_written)
+    return {"path": src_path, "dest": dst_path, "bytes": res.bytes, "digest": res.digest,
+            "digest_scheme": res.scheme, "seconds": round(res.seconds, 3),
+            "bytes_reused": res.bytes_reused, "bytes_sent": res.bytes_sent_total}, res.bytes
+
+
+class _SlotWait:
+    """Says in the log and in the record (`waiting`, which `quickmig status` and `watch`
+    show) that a copy waits for a copy slot, and takes it back once it has one."""
+
+    def __init__(self, mid: str, lg, source: str, destination: str, k_read: int, k_write: int):
+        self.mid, self.lg, self.waited = mid, lg, False
+        self.why = (f"waiting for a copy slot: at most {k_read} copies read from {source} and {k_write} write to "
+                    f"{destination} at once (max_copies)")
+
+    def __call__(self) -> None:
+        self.lg.info("%s", self.why)
+        self.waited = True
+        context.store().update(self.mid, lambda r: r.__setitem__("waiting", self.why))
+
+    def over(self) -> None:
+        if self.waited:
+            context.store().update(self.mid, lambda r: r.pop("waiting", None))
+
+
+def _plan_bytes(rec: dict, files: list[dict], pm: PathMap, src_ep) -> dict:
+    """Add these files' sizes to the migration's planned bytes (rec["bytes_total"])."""
+    sizes = {f["path"]: file_copy.file_size(src_ep, pm.rel(f["path"])) for f in files
+             if f["path"] not in rec.get("planned", {})}
+    if not sizes:
+        return rec
+
+    def change(r):
+        r.setdefault("planned", {}).update(sizes)
+        r["bytes_total"] = sum(r["planned"].values())
+    return context.store().update(rec["id"], change)
+
+
+def transfer(rec: dict, files: list[dict], lg) -> int:
+    """Copy each file (skipping those already done) while the VM runs, one after another,
+    paced by copy slots and bandwidth limits, each chunk recorded for resuming; returns bytes.
+    (The downtime's files go by `workers.steps.downtime_copy`.)"""
+    mid = rec["id"]
+    cfg = context.config()
+    source, destination = rec["source"], rec["destination"]
+    pm = PathMap(cfg, source, destination)
+    src_ep, dst_ep = context.smb_endpoint(source), context.smb_endpoint(destination)
+    store = context.store()
+    client = store.r
+    throttle, slots, progress = Throttle(client), CopySlots(client), CopyProgress(store, mid, rec["state"])
+    shared = SharedFiles(client)
+    k_read, k_write = cfg.host(source).max_copies, cfg.host(destination).max_copies
+    done = {f["path"] for f in rec.get("copied", [])}
+    todo = [f for f in files if f["path"] not in done]
+    rec = _plan_bytes(rec, todo, pm, src_ep)
+    moved = 0
+    for f in todo:
+        src_path = f["path"]
+        rel = pm.rel(src_path)
+        dst_path = pm.dest(src_path)
+        # one migration at a time decides on an ISO image several VMs there may share
+        deciding = (shared.deciding(destination, dst_path, mid, on_wait=lambda holder, p=dst_path: lg.info(
+                        "waiting: migration %s is deciding on %s on %s", holder, p, destination))
+                    if f["kind"] == "iso" else contextlib.nullcontext())
+        with deciding:
+            if dst_path not in rec.get("created_files", []) and file_copy.exists(dst_ep, rel):
+                if f["kind"] != "iso":
+                    refuse_existing(rec, dst_path)
+                if file_copy.digest_of(dst_ep, rel) != file_copy.digest_of(src_ep, rel):
+                    raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
+                                      "rename one of the ISO images")
+                lg.info("ISO %s already on destination with the same content", dst_path)
+                entry = {"path": src_path, "dest": dst_path, "bytes": 0, "digest": None, "shared": True,
+                         "planned_bytes": rec["planned"][src_path]}
+            else:
+                if f["kind"] == "iso":
+                    shared.mark_ours(destination, dst_path)
+                note_created(mid, [dst_path])
+                base = (rec.get("bytes_copied") or 0) + sum(
+                    c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))
+                slot_wait = _SlotWait(mid, lg, source, destination, k_read, k_write)
+                with slots.hold(f"{mid}:{dst_path}", source, destination, k_read, k_write, on_wait=slot_wait), \
+                        progress.file_copy(dst_path, base) as on_bytes:
+                    slot_wait.over()
+                    entry, n = copy_verified(rec, src_path, lg, src_ep=src_ep, dst_ep=dst_ep, progress=on_bytes,
+                                             throttle=lambda n: throttle.wait(source, destination, n),
+                                             resume=RedisResumeRecord(client, mid, dst_path))
+                moved += n
+        rec = note_copied(mid, [entry])
+    return moved
