@@ -68,7 +68,7 @@ def _run(lab_dir: Path, migrations: int, hosts: int, limit: int, timeout_s: floa
     last_say = 0.0
     while len(ended) < len(ids):
         left = [m for m in ids if m not in ended]
-        for mid, raw in zip(left, r.mget([keys.migration(m) for m in left])):
+        for mid, raw in zip(left, r.mget([keys.migration(m) for m in left]), strict=True):
             rec = json.loads(raw)
             if rec["state"] in states.ENDS:
                 ended[mid] = rec

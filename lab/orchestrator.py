@@ -62,16 +62,16 @@ def vm_root(host: str) -> str:
 
 def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: int = 2) -> None:
     lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
-             f"redis_url = {toml_str('redis://127.0.0.1:%d/0' % ports['redis'])}",
+             "redis_url = " + toml_str(f"redis://127.0.0.1:{ports['redis']}/0"),
              'credentials_file = "credentials.toml"', "",
              "[lab]", f"dir = {toml_str(str(lab_dir))}", "",
              "[metrics]", f"port = {ports['metrics']}", "",
-             "# the lab's reconciler acts sooner than production's defaults (README: Crash safety)",
+             "# the lab's reconciler acts sooner than production's defaults (docs/design.md section 3.4)",
              "[reconciler]", "max_nudges = 3",
              "deadlines_s = { " + ", ".join(f"{k} = {v}" for k, v in LAB_DEADLINES_S.items()) + " }", ""]
     for h in hosts:
         lines += [f"[hosts.{h}]",
-                  f"winrm_endpoint = {toml_str('http://127.0.0.1:%d/wsman' % ports[h]['winrm'])}",
+                  "winrm_endpoint = " + toml_str(f"http://127.0.0.1:{ports[h]['winrm']}/wsman"),
                   'winrm_transport = "basic"',
                   f"vm_root = {toml_str(vm_root(h))}",
                   'smb_server = "127.0.0.1"',
@@ -92,9 +92,9 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
 
 def write_endpoints(lab_dir: Path, ports: dict) -> dict:
     """endpoints.json: every scrape endpoint of the lab, for Prometheus or a person."""
-    endpoints = {"redis": "redis://127.0.0.1:%d/0" % ports["redis"],
-                 "metrics": [{"url": "http://127.0.0.1:%d/metrics" % ports["metrics"],
-                              "target": "127.0.0.1:%d" % ports["metrics"], "node": "lab",
+    endpoints = {"redis": f"redis://127.0.0.1:{ports['redis']}/0",
+                 "metrics": [{"url": f"http://127.0.0.1:{ports['metrics']}/metrics",
+                              "target": f"127.0.0.1:{ports['metrics']}", "node": "lab",
                               "serves": "node+fleet"}]}
     (lab_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1))
     return endpoints
@@ -203,8 +203,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             processes.wait_for_log(logs / f"worker-{pool}.log", " ready.", 60, procs[f"worker-{pool}"])
         (lab_dir / "beat").mkdir(exist_ok=True)
         procs["beat"] = processes.spawn(
-            [sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "beat", "-s", str(lab_dir / "beat" / "schedule"),
-             "--loglevel", "INFO"], logs / "beat.log", env=env, cwd=lab_dir)
+            [sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "beat",
+             "-s", str(lab_dir / "beat" / "schedule"), "--loglevel", "INFO"], logs / "beat.log", env=env, cwd=lab_dir)
         _save(lab_dir, lab)
         # last, so it only ever sees a complete lab.json; `down` stops it first
         procs["supervisor"] = processes.spawn(

@@ -216,7 +216,7 @@ def _negotiate(port: int, timeout: float) -> None:
     finally:
         try:
             conn.disconnect(close=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a probe's connection; whatever state it is in, it goes
             pass
 
 
@@ -235,7 +235,7 @@ def wait_ready(port: int, timeout: float = 15.0, proc: subprocess.Popen | None =
                 pass
             _negotiate(port, min(5.0, max(1.0, deadline - time.monotonic())))
             return
-        except Exception as e:  # refused while starting, or negotiate failed
+        except Exception as e:  # noqa: BLE001 - refused while starting, or negotiate failed: try again
             last = e
             time.sleep(0.05)
     raise SambaError(f"smbd on {LOOPBACK}:{port} not ready after {timeout}s: {last}"

@@ -95,102 +95,118 @@ def _fmt(seqs) -> str:
     return shown + (f", ... ({len(seqs)} in all)" if len(seqs) > MAX_LISTED else "")
 
 
+class _Journal:
+    """Replays a guest's journal line by line, noting every way it breaks the story of one
+    VM that is never lost: writes acknowledged in order without gaps, one host at a time,
+    and every start resuming where the last save (or the disk, after a power-off) left it."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.acked: list[int] = []
+        self.seen: set[int] = set()
+        self.running: str | None = None
+        self.expect: int | str | None = None  # counter after a save, "cold" after a power-off
+        self.last = 0
+        self.next_seq: int | None = None
+
+    def write(self, seq: int) -> None:
+        if seq in self.seen:
+            self.problems.append(f"seq {seq} acknowledged twice (two writers?)")
+        elif seq <= self.last:
+            self.problems.append(f"seq {seq} acknowledged after {self.last} (the counter went backwards)")
+        elif self.next_seq is not None and seq != self.next_seq:
+            self.problems.append(f"first write after a start/recover was {seq}, expected {self.next_seq}")
+        elif self.next_seq is None and seq != self.last + 1:
+            self.problems.append(f"gap in acknowledged writes: {seq} after {self.last}")
+        if self.running is None:
+            self.problems.append(f"seq {seq} acknowledged while the journal says the VM was not running")
+        self.seen.add(seq)
+        self.acked.append(seq)
+        self.last = max(self.last, seq)
+        self.next_seq = None
+
+    def start(self, host: str, val: dict) -> None:
+        resumed = val.get("resumed_from")
+        if self.running is not None:
+            self.problems.append(f"started on {host} while running on {self.running}")
+        if resumed == "cold":
+            self._cold_boot(host, _int(val.get("disk_seq")))
+        else:
+            self._resume(host, resumed)
+        self.running, self.expect = host, None
+
+    def _cold_boot(self, host: str, disk_seq: int | None) -> None:
+        if isinstance(self.expect, int):
+            self.problems.append(f"cold boot on {host} after save counter={self.expect}: the saved memory was lost")
+        self.next_seq = (disk_seq if disk_seq is not None else self.last) + 1
+        if disk_seq is not None and disk_seq < self.last:
+            self.problems.append(f"cold boot on {host} found records only up to {disk_seq}, "
+                                 f"but {self.last} was acknowledged")
+
+    def _resume(self, host: str, resumed: object) -> None:
+        n = _int(resumed)
+        if n is None:
+            self.problems.append(f"unreadable start line on {host}: resumed_from={resumed}")
+        elif isinstance(self.expect, int) and n != self.expect:
+            self.problems.append(f"start on {host} resumed_from={n} but the last save had counter={self.expect}")
+        elif self.expect == "cold":
+            self.problems.append(f"start on {host} resumed from memory ({n}) after a power-off")
+        elif self.expect is None and self.running is None and self.acked:
+            self.problems.append(f"start on {host} resumed_from={n} without a save before it")
+        self.next_seq = (n if n is not None else self.last) + 1
+
+    def save(self, host: str, val: dict) -> None:
+        n = _int(val.get("counter"))
+        if self.running is None:
+            self.problems.append(f"save on {host} while the VM was not running")
+        elif self.running != host:
+            self.problems.append(f"save on {host} while running on {self.running}")
+        if n != self.last:
+            self.problems.append(f"save on {host} recorded counter={n}, "
+                                 f"but the last acknowledged write was {self.last}")
+        self.running, self.expect = None, n
+
+    def stop(self, host: str, val: dict) -> None:
+        self.running, self.expect = None, "cold"
+
+    def recover(self, host: str, val: dict) -> None:
+        n = _int(val.get("resumed_from"))
+        if self.running is not None and self.running != host:
+            self.problems.append(f"recovered on {host} while running on {self.running}")
+        if n is None or n < self.last:
+            self.problems.append(f"recover on {host} resumed_from={n} below the last acknowledged write {self.last}")
+        self.next_seq = (n if n is not None else self.last) + 1
+        self.running = host
+
+    def error(self, host: str, val: dict) -> None:
+        self.problems.append(f"guest write error on {host}: {val.get('text', '')[:200]}")
+
+
 def check_journal(entries: list[tuple]) -> tuple[list[int], list[str], dict]:
     """(acknowledged seqs, problems, final story {"running_host", "expect_resume"})."""
-    problems: list[str] = []
-    acked: list[int] = []
-    seen: set[int] = set()
-    running: str | None = None
-    expect: int | str | None = None  # counter after a save, "cold" after a power-off
-    last = 0
-    next_seq: int | None = None
+    j = _Journal()
+    events = {"start": j.start, "save": j.save, "stop": j.stop, "recover": j.recover, "error": j.error}
     for kind, val in entries:
         if kind == "w":
-            seq = val
-            if seq in seen:
-                problems.append(f"seq {seq} acknowledged twice (two writers?)")
-            elif seq <= last:
-                problems.append(f"seq {seq} acknowledged after {last} (the counter went backwards)")
-            elif next_seq is not None and seq != next_seq:
-                problems.append(f"first write after a start/recover was {seq}, expected {next_seq}")
-            elif next_seq is None and seq != last + 1:
-                problems.append(f"gap in acknowledged writes: {seq} after {last}")
-            if running is None:
-                problems.append(f"seq {seq} acknowledged while the journal says the VM was not running")
-            seen.add(seq)
-            acked.append(seq)
-            last = max(last, seq)
-            next_seq = None
-            continue
-        host = val.get("host", "?")
-        if kind == "start":
-            resumed = val.get("resumed_from")
-            if running is not None:
-                problems.append(f"started on {host} while running on {running}")
-            if resumed == "cold":
-                if isinstance(expect, int):
-                    problems.append(f"cold boot on {host} after save counter={expect}: the saved memory was lost")
-                disk_seq = _int(val.get("disk_seq"))
-                next_seq = (disk_seq if disk_seq is not None else last) + 1
-                if disk_seq is not None and disk_seq < last:
-                    problems.append(f"cold boot on {host} found records only up to {disk_seq}, "
-                                    f"but {last} was acknowledged")
-            else:
-                n = _int(resumed)
-                if n is None:
-                    problems.append(f"unreadable start line on {host}: resumed_from={resumed}")
-                elif isinstance(expect, int) and n != expect:
-                    problems.append(f"start on {host} resumed_from={n} but the last save had counter={expect}")
-                elif expect == "cold":
-                    problems.append(f"start on {host} resumed from memory ({n}) after a power-off")
-                elif expect is None and running is None and acked:
-                    problems.append(f"start on {host} resumed_from={n} without a save before it")
-                next_seq = (n if n is not None else last) + 1
-            running, expect = host, None
-        elif kind == "save":
-            n = _int(val.get("counter"))
-            if running is None:
-                problems.append(f"save on {host} while the VM was not running")
-            elif running != host:
-                problems.append(f"save on {host} while running on {running}")
-            if n != last:
-                problems.append(f"save on {host} recorded counter={n}, but the last acknowledged write was {last}")
-            running, expect = None, n
-        elif kind == "stop":
-            running, expect = None, "cold"
-        elif kind == "recover":
-            n = _int(val.get("resumed_from"))
-            if running is not None and running != host:
-                problems.append(f"recovered on {host} while running on {running}")
-            if n is None or n < last:
-                problems.append(f"recover on {host} resumed_from={n} below the last acknowledged write {last}")
-            next_seq = (n if n is not None else last) + 1
-            running = host
-        elif kind == "error":
-            problems.append(f"guest write error on {host}: {val.get('text', '')[:200]}")
+            j.write(val)
+        elif kind in events:
+            events[kind](val.get("host", "?"), val)
         else:
-            problems.append(f"unknown journal line kind {kind!r}")
-    return acked, problems, {"running_host": running, "expect_resume": expect}
+            j.problems.append(f"unknown journal line kind {kind!r}")
+    return j.acked, j.problems, {"running_host": j.running, "expect_resume": j.expect}
 
 
-def _check_once(lab_dir: Path, cfg, name: str) -> dict:
-    states = _load_states(lab_dir, cfg.hosts)
-    by_name = {}
-    for h, vms in states.items():
+def _holders(lab_dir: Path, cfg, name: str) -> dict[str, dict[str, dict]]:
+    """VM id -> {host: VMInfo} for every VM called `name` (or with that id) on any host."""
+    by_id: dict[str, dict[str, dict]] = {}
+    for h, vms in _load_states(lab_dir, cfg.hosts).items():
         for v in vms:
             if v.get("name") == name or v.get("id") == name.lower():
-                by_name.setdefault(v["id"], {})[h] = v
-    result: dict = {"vm": name, "vm_id": None, "running_on": [], "state_by_host": {}, "integrity": "",
-                    "writes_checked": 0, "host": None, "problems": []}
-    problems: list[str] = result["problems"]
-    if not by_name:
-        result["integrity"] = f"VM {name!r} is not registered on any host ({', '.join(cfg.hosts) or 'no hosts'})"
-        return result
-    if len(by_name) > 1:
-        problems.append(f"the name {name!r} is held by {len(by_name)} different VMs ({', '.join(sorted(by_name))})")
-    vm_id = sorted(by_name, key=lambda i: -len(by_name[i]))[0]
-    holders = by_name[vm_id]
-    result["vm_id"] = vm_id
+                by_id.setdefault(v["id"], {})[h] = v
+    return by_id
+
+
+def _check_placement(result: dict, holders: dict[str, dict], problems: list[str]) -> None:
     result["state_by_host"] = {h: v.get("state") for h, v in holders.items()}
     result["running_on"] = [h for h, v in holders.items() if v.get("state") == "Running"]
     if len(holders) > 1:
@@ -199,21 +215,9 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     if len(result["running_on"]) > 1:
         problems.append(f"running on {len(result['running_on'])} hosts at once: {', '.join(result['running_on'])}")
 
-    result["overlaps"] = history.overlaps(history.load_events(lab_dir), vm_id)
-    for o in result["overlaps"]:
-        problems.append(f"ran on two hosts at once: started on {o['started_on']} at {o['t']:.3f} "
-                        f"while running on {', '.join(o['still_running_on'])}")
 
-    # journal first, then the disks
-    entries = parse_journal(lab_dir / "guests" / f"{vm_id}.journal")
-    acked, jproblems, story = check_journal(entries)
-    problems.extend(jproblems)
-    result["writes_checked"] = len(acked)
-    home = result["running_on"][0] if result["running_on"] else sorted(holders)[0]
-    result["host"] = home
-    rec = holders[home]
-    paths = HostPaths(cfg.hosts[home].vm_root, lab_dir / "hosts" / home / "share")
-
+def _check_story(home: str, rec: dict, story: dict, problems: list[str]) -> None:
+    """The journal's last word agrees with what the host reports."""
     if rec.get("state") == "Running" and story["running_host"] not in (None, home):
         problems.append(f"the journal says the guest last started on {story['running_host']}, "
                         f"but {home} reports it Running")
@@ -221,10 +225,13 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
         problems.append(f"the journal says the guest is running on {story['running_host']}, "
                         f"but {home} reports it {rec.get('state')}")
 
-    disk_seqs: list[int] = []
+
+def _disk_records(home: str, rec: dict, vm_id: str, paths: HostPaths, problems: list[str]) -> list[int]:
+    """Every record the guest wrote, read from each virtual disk's whole chain on `home`."""
+    seqs: list[int] = []
     for d in rec.get("disks", []):
-        if d.get("passthrough") or d.get("disk_number") is not None:  # a physical disk: the guest writer never writes to it
-            continue
+        if d.get("passthrough") or d.get("disk_number") is not None:
+            continue  # a physical disk: the guest writer never writes to it
         try:
             chain = disk.read_chain(d["path"], paths.local)
         except FileNotFoundError as e:
@@ -235,13 +242,16 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
             continue
         for link in reversed(chain):
             scan = disk.scan_records(link.local)
-            disk_seqs.extend(scan.seqs)
+            seqs.extend(scan.seqs)
             if scan.bad:
                 problems.append(f"{len(scan.bad)} damaged records in {link.host_path}")
             other = scan.vm_ids - {vm_id}
             if other:
                 problems.append(f"{link.host_path} holds records of other VMs: {', '.join(sorted(other))}")
-    result["disk_records"] = len(disk_seqs)
+    return seqs
+
+
+def _check_disks(home: str, disk_seqs: list[int], acked: list[int], problems: list[str]) -> None:
     on_disk = set(disk_seqs)
     if len(on_disk) != len(disk_seqs):
         dups = {s for s in disk_seqs if disk_seqs.count(s) > 1} if len(disk_seqs) < 200000 else set()
@@ -250,15 +260,54 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     if missing:
         problems.append(f"{len(missing)} acknowledged writes missing from the disk chain on {home}: {_fmt(missing)}")
 
+
+def _check_saved_memory(home: str, rec: dict, vm_id: str, paths: HostPaths, story: dict,
+                        problems: list[str]) -> None:
+    """A saved VM's memory holds the counter its last save recorded."""
+    vmrs_hp = rec["config_path"].rsplit("\\", 1)[0] + f"\\{vm_id}.vmrs"
+    try:
+        counter = disk.read_vmrs(paths.local(vmrs_hp))["counter"]
+        if isinstance(story["expect_resume"], int) and counter != story["expect_resume"]:
+            problems.append(f"the saved memory on {home} holds counter={counter}, "
+                            f"the last save recorded {story['expect_resume']}")
+    except (OSError, disk.DiskFormatError, OpError) as e:
+        problems.append(f"{home} reports the VM Saved but its saved state {vmrs_hp} is unreadable: {e}")
+
+
+def _check_once(lab_dir: Path, cfg, name: str) -> dict:
+    by_id = _holders(lab_dir, cfg, name)
+    result: dict = {"vm": name, "vm_id": None, "running_on": [], "state_by_host": {}, "integrity": "",
+                    "writes_checked": 0, "host": None, "problems": []}
+    problems: list[str] = result["problems"]
+    if not by_id:
+        result["integrity"] = f"VM {name!r} is not registered on any host ({', '.join(cfg.hosts) or 'no hosts'})"
+        return result
+    if len(by_id) > 1:
+        problems.append(f"the name {name!r} is held by {len(by_id)} different VMs ({', '.join(sorted(by_id))})")
+    vm_id = sorted(by_id, key=lambda i: -len(by_id[i]))[0]
+    holders = by_id[vm_id]
+    result["vm_id"] = vm_id
+    _check_placement(result, holders, problems)
+
+    result["overlaps"] = history.overlaps(history.load_events(lab_dir), vm_id)
+    for o in result["overlaps"]:
+        problems.append(f"ran on two hosts at once: started on {o['started_on']} at {o['t']:.3f} "
+                        f"while running on {', '.join(o['still_running_on'])}")
+
+    # journal first, then the disks
+    acked, jproblems, story = check_journal(parse_journal(lab_dir / "guests" / f"{vm_id}.journal"))
+    problems.extend(jproblems)
+    result["writes_checked"] = len(acked)
+    home = result["running_on"][0] if result["running_on"] else sorted(holders)[0]
+    result["host"] = home
+    rec = holders[home]
+    paths = HostPaths(cfg.hosts[home].vm_root, lab_dir / "hosts" / home / "share")
+    _check_story(home, rec, story, problems)
+    disk_seqs = _disk_records(home, rec, vm_id, paths, problems)
+    result["disk_records"] = len(disk_seqs)
+    _check_disks(home, disk_seqs, acked, problems)
     if rec.get("state") == "Saved":
-        vmrs_hp = rec["config_path"].rsplit("\\", 1)[0] + f"\\{vm_id}.vmrs"
-        try:
-            counter = disk.read_vmrs(paths.local(vmrs_hp))["counter"]
-            if isinstance(story["expect_resume"], int) and counter != story["expect_resume"]:
-                problems.append(f"the saved memory on {home} holds counter={counter}, "
-                                f"the last save recorded {story['expect_resume']}")
-        except (OSError, disk.DiskFormatError, OpError) as e:
-            problems.append(f"{home} reports the VM Saved but its saved state {vmrs_hp} is unreadable: {e}")
+        _check_saved_memory(home, rec, vm_id, paths, story, problems)
     result["integrity"] = "ok" if not problems else "; ".join(problems)
     return result
 
@@ -268,7 +317,7 @@ def verify_vm(lab_dir: Path, name: str) -> dict:
     lab_dir = Path(lab_dir)
     cfg = load_config(lab_dir / "quickmig.toml")
     result: dict = {}
-    for attempt in range(3):
+    for _attempt in range(3):
         result = _check_once(lab_dir, cfg, name)
         if result["integrity"] == "ok" or not result["running_on"]:
             break

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     th = sub.add_parser("throttle", parents=[common],
-                        help="show or set copy bandwidth limits (bytes/s; K, M, G suffixes are powers of 1000; 0 = none)")
+                        help="show or set copy bandwidth limits "
+                             "(bytes/s; K, M, G suffixes are powers of 1000; 0 = none)")
     th.add_argument("--global", dest="global_limit", metavar="RATE", help="limit for all copies together")
     th.add_argument("--pair", nargs=3, metavar=("SRC", "DST", "RATE"), help="limit for copies from SRC to DST")
     th.add_argument("--json", action="store_true")

@@ -156,7 +156,7 @@ class Producer:
         return recs
 
     def list(self, limit: int = 100) -> list[dict]:
-        return self.store.list(limit)
+        return self.store.recent(limit)
 
     def wait(self, mid: str, timeout_s: float | None = None, poll_s: float = 0.3, on_change=None) -> dict:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -63,7 +63,7 @@ def summary(rec: dict) -> str:
     if retry and rec["state"] not in ENDS and retry["next_at"] > time.time() - RECENT_RETRY_S:
         wait = retry["next_at"] - time.time()
         lines.append(f"  retrying        {retry['step']}: attempt {retry['attempt']} after {retry['reason']}"
-                     f", {'next in %.0f s' % wait if wait > 0 else 'running'}")
+                     f", {f'next in {wait:.0f} s' if wait > 0 else 'running'}")
     return "\n".join(lines)
 
 

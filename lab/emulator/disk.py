@@ -198,7 +198,8 @@ class _writable:
 
 def _payload(seq: int) -> bytes:
     # cheap, seq-dependent filler: 8 bytes repeated
-    return (struct.pack("<Q", (seq * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) * (_PAYLOAD_BYTES // 8 + 1))[:_PAYLOAD_BYTES]
+    word = struct.pack("<Q", (seq * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    return (word * (_PAYLOAD_BYTES // 8 + 1))[:_PAYLOAD_BYTES]
 
 
 def make_record(vm_id: str, seq: int) -> bytes:

@@ -115,7 +115,7 @@ class GuestWriter:
                     seq = self.counter + 1
                     try:
                         disk.append_records(self.target(), self.vm_id, [seq])
-                    except Exception as e:  # the VM's disk vanished or broke: the guest hangs
+                    except Exception as e:  # noqa: BLE001 - the VM's disk vanished or broke: the guest hangs
                         self._fail(f"write of record {seq} failed: {e}")
                         return
                     # acknowledged only now: the record is on the disk

@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import redis
 
 from workers.coord import audit, redis_lua
 from workers.model import keys
-from workers.model.record import RecordNotFound
+from workers.model.config import Config
+from workers.model.record import RecordNotFound, Store
 
 # A migration waiting longer than this reserves its hosts (see above).
 RESERVE_AFTER_S = 300
@@ -42,7 +44,7 @@ class Admission:
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def of(cls, client: redis.Redis, cfg) -> Admission:
+    def of(cls, client: redis.Redis, cfg: Config) -> Admission:
         return cls(client, {name: h.max_migrations for name, h in cfg.hosts.items()})
 
     def wait(self, mid: str, source: str, destination: str) -> None:
@@ -82,10 +84,10 @@ class Admission:
         return bool(self.r.sismember(keys.admitted(host), mid))
 
     def holders(self, host: str) -> set[str]:
-        return set(self.r.smembers(keys.admitted(host)))
+        return cast("set[str]", self.r.smembers(keys.admitted(host)))
 
     def waiting_ids(self) -> list[str]:
-        return list(self.r.zrange(keys.ADMISSION_WAITING, 0, -1))
+        return cast("list[str]", self.r.zrange(keys.ADMISSION_WAITING, 0, -1))
 
     def reasons(self, recs: list[dict]) -> dict[str, str]:
         """Why each of these queued migrations still waits, in one round trip."""
@@ -99,9 +101,9 @@ class Admission:
             for h in hosts:
                 p.scard(keys.admitted(h))
             out = p.execute()
-        ranks, counts = out[:len(queued)], dict(zip(hosts, out[len(queued):]))
+        ranks, counts = out[:len(queued)], dict(zip(hosts, out[len(queued):], strict=True))
         why = {}
-        for r, rank in zip(queued, ranks):
+        for r, rank in zip(queued, ranks, strict=True):
             if rank is None:
                 continue  # admitted: its snapshot step is on its way
             # a host taken out of the inventory has no room until it is back: say so, or it
@@ -117,14 +119,14 @@ class Admission:
         return audit.read(self.r, keys.ADMISSION_LOG)
 
 
-def admit_and_send(adm: Admission, store, send: Callable[[str], None]) -> list[str]:
+def admit_and_send(adm: Admission, store: Store, send: Callable[[str], None]) -> list[str]:
     """Run an admission pass and start each admitted migration. The record is stamped
     first, so its `queued` deadline counts from admission, not from a long wait in line;
     if the message is lost after that, the reconciler re-sends it."""
     started = []
     for mid in adm.admit():
         try:
-            store.update(mid, lambda r: r.update(admitted_at=time.time()))
+            store.set(mid, admitted_at=time.time())
         except RecordNotFound:
             continue  # gone meanwhile; the reconciler gives its places back
         send(mid)

@@ -23,7 +23,7 @@ def peak(changes: Iterable[tuple[float, object, str, bool]]) -> dict:
     At equal times releases count first: a slot handed over in one instant is not two."""
     now: dict[object, set] = {}
     top: dict[object, int] = {}
-    for t, resource, holder, acquired in sorted(changes, key=lambda c: (c[0], c[3])):
+    for _t, resource, holder, acquired in sorted(changes, key=lambda c: (c[0], c[3])):
         holders = now.setdefault(resource, set())
         if acquired:
             holders.add(holder)

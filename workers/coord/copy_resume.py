@@ -7,6 +7,7 @@ in `workers.smb.resume`.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import redis
 
@@ -20,7 +21,7 @@ class RedisResumeRecord:
 
     def load(self, identity: dict) -> dict[int, str]:
         wanted = json.dumps(identity, sort_keys=True)
-        stored = self.r.hgetall(self.key)
+        stored = cast("dict[str, str]", self.r.hgetall(self.key))
         if stored.get("identity") != wanted:
             pipe = self.r.pipeline()
             pipe.delete(self.key)

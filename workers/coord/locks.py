@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
+from typing import cast
 
 import redis
 
@@ -46,7 +48,7 @@ class VMLocks:
         return int(value)
 
     def holder(self, vm_id: str) -> str | None:
-        return self.r.get(keys.vm_lock(vm_id))
+        return cast("str | None", self.r.get(keys.vm_lock(vm_id)))
 
     def extend(self, vm_id: str, mid: str, ttl_s: int = keys.VM_LOCK_TTL_S) -> bool:
         return bool(self._extend(keys=[keys.vm_lock(vm_id)], args=[mid, ttl_s]))
@@ -73,7 +75,7 @@ class VMLocks:
         return None
 
     def claim_holder(self, mid: str) -> str | None:
-        return self.r.get(keys.step_claim(mid))
+        return cast("str | None", self.r.get(keys.step_claim(mid)))
 
     def extend_claim(self, mid: str, token: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> bool:
         return bool(self._extend(keys=[keys.step_claim(mid)], args=[token, ttl_s]))
@@ -85,7 +87,7 @@ class VMLocks:
 class Heartbeat:
     """Calls `beat` every `every_s` on a thread of its own while a step runs."""
 
-    def __init__(self, beat, every_s: float, name: str):
+    def __init__(self, beat: Callable[[], object], every_s: float, name: str):
         self.beat, self.every_s = beat, every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
@@ -97,12 +99,12 @@ class Heartbeat:
             except redis.RedisError:
                 pass  # the next beat retries; every TTL is several beats long
 
-    def __enter__(self):
+    def __enter__(self) -> Heartbeat:
         self.beat()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from workers.coord.locks import Fenced
+from workers.model.record import MigrationRecord, Progress, Store
 
 EVERY_S = 0.5  # twice as often as promised, so a slow Redis round trip never stretches a gap past 1 s
 RATE_WINDOW_S = 5.0
@@ -25,7 +27,7 @@ class CopyProgress:
     """`state`: the migration's state while it copies; if the record leaves it (cancelled,
     or the reconciler rolled it back), the next progress callback abandons the copy."""
 
-    def __init__(self, store, mid: str, state: str, every_s: float = EVERY_S):
+    def __init__(self, store: Store, mid: str, state: str, every_s: float = EVERY_S):
         self.store, self.mid, self.state, self.every_s = store, mid, state, every_s
         self.abandoned: str | None = None
         self.lock = threading.Lock()
@@ -34,7 +36,7 @@ class CopyProgress:
         self.base = 0
         self.file_done = 0
 
-    def snapshot(self, bytes_total: int) -> dict:
+    def snapshot(self, bytes_total: int) -> Progress:
         now = time.monotonic()
         with self.lock:
             done = self.base + self.file_done
@@ -49,7 +51,7 @@ class CopyProgress:
                 "rate_bps": round(rate) if rate is not None else None, "eta_seconds": eta, "at": time.time()}
 
     def _write(self) -> None:
-        def change(r):
+        def change(r: MigrationRecord) -> None:
             if r["state"] != self.state:
                 self.abandoned = f"migration {self.mid} is {r['state']} now; copy abandoned"
                 return
@@ -57,7 +59,7 @@ class CopyProgress:
         self.store.update(self.mid, change)
 
     @contextmanager
-    def file_copy(self, dest_path: str, base_done: int):
+    def file_copy(self, dest_path: str, base_done: int) -> Iterator[Callable[[int, int], None]]:
         """While the body copies `dest_path`, keep the record's progress current; yields
         the engine's progress callback (done, total of this file)."""
         with self.lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import redis
 
@@ -73,7 +74,7 @@ class SharedFiles:
         self.r.set(keys.iso_ours(destination, path), "1")
 
     def users(self, destination: str, path: str) -> set[str]:
-        return set(self.r.smembers(keys.iso_users(destination, path)))
+        return cast("set[str]", self.r.smembers(keys.iso_users(destination, path)))
 
     def leave(self, destination: str, path: str, mid: str) -> bool:
         """Stop using the image; True when the caller must delete it (it was ours and no one

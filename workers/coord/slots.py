@@ -10,7 +10,7 @@ keys.COPY_SLOT_LOG with Redis' clock, so anyone can check the limit was never ex
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
@@ -49,7 +49,7 @@ class CopySlots:
 
     @contextmanager
     def hold(self, holder: str, source: str, destination: str, k_read: int, k_write: int,
-             on_wait=None) -> Iterator[None]:
+             on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Wait for a read slot on `source` and a write slot on `destination`, hold them
         (heartbeating) for the body, release them after."""
         waited = False

@@ -95,8 +95,7 @@ def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None 
             why = f"stuck in {st}: no progress after {nudges} re-sends of its step"
             log.warning("[%s] %s; giving up", mid, why)
             return _give_up(rec, why)
-        store.update(mid, lambda r: r.update(reconciler={"state": st, "nudges": nudges + 1, "at": now,
-                                                         "idle_s": idle}))
+        store.set(mid, reconciler={"state": st, "nudges": nudges + 1, "at": now, "idle_s": idle})
         log.warning("[%s] %s for %.0fs with no task on it; re-sending %s (%d/%d)",
                     mid, st, idle, routing.STEP_OF[st], nudges + 1, max_nudges)
         send(routing.STEP_OF[st], mid)
@@ -127,7 +126,7 @@ def sweep_admission() -> list[str]:
     ids = sorted(places)
     raws = store.r.mget([keys.migration(m) for m in ids]) if ids else []
     released = []
-    for mid, raw in zip(ids, raws):
+    for mid, raw in zip(ids, raws, strict=True):
         if raw is None or json.loads(raw)["state"] in states.ENDS:
             adm.release(mid, places[mid])
             released.append(mid)

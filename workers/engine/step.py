@@ -225,7 +225,7 @@ def _note_retry(mid: str, step: str, attempt: int, delay: float, exc: BaseExcept
     retry = {"step": step, "attempt": attempt, "next_at": round(time.time() + delay, 3),
              "reason": type(exc).__name__}
     try:
-        context.store().update(mid, lambda r: r.update(retry=retry))
+        context.store().set(mid, retry=retry)
     except Exception:  # noqa: BLE001 - Redis may be what failed; the retry goes ahead regardless
         pass
 
@@ -239,15 +239,15 @@ def _run_step(task, fn, mid: str, lg, on_hard_failure, retry: RetryPolicy | None
         lg.warning("dropped: %s", e)
     except Later as later:
         why, resume_at = later.why, round(time.time() + later.seconds, 3)
-        context.store().update(mid, lambda r: r.update(waiting=why, resume_at=resume_at))
+        context.store().set(mid, waiting=why, resume_at=resume_at)
         app.send_task(task.name, args=[mid], countdown=later.seconds)
         lg.info("%s; again in %.0fs", why, later.seconds)
-    except Exception as e:  # noqa: BLE001 - every failure must route somewhere
+    except Exception as e:
         if retry and is_retryable(e) and task.request.retries < retry.attempts:
             delay = retry.delay(task.request.retries)
             lg.warning("transient failure, retry %d in %ds: %s", task.request.retries + 1, delay, e)
             _note_retry(mid, step, task.request.retries + 1, delay, e)
-            raise task.retry(exc=e, countdown=delay)
+            raise task.retry(exc=e, countdown=delay) from e
         lg.error("failed: %s: %s", type(e).__name__, e)
         on_hard_failure(mid, f"{step}: {e}")
     else:

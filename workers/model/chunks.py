@@ -14,6 +14,7 @@ different size gives a different digest), so it is a constant, not a setting.
 from __future__ import annotations
 
 import hashlib
+import os
 
 CHUNK_BYTES = 8 * 1024 * 1024
 SCHEME = "sha256-chunks-8MiB"
@@ -47,7 +48,7 @@ PIECE_BYTES = 1024 * 1024  # read size of the local digests: a buffer that stays
 MAX_RANGE = 128  # chunks (1 GiB) one host call hashes at most: a call takes a second or so, not minutes
 
 
-def local_chunk_digests(path, first: int = 0, count: int | None = None) -> list[str]:
+def local_chunk_digests(path: str | os.PathLike[str], first: int = 0, count: int | None = None) -> list[str]:
     """SHA-256 (hex) of chunks first .. first+count-1 of a local file (to its end when
     `count` is None, fewer when the file ends sooner), read by this host itself: what the
     driver's `file_hash` computes on a Hyper-V host for a range, and the lab's hosts for it.
@@ -75,7 +76,7 @@ def local_chunk_digests(path, first: int = 0, count: int | None = None) -> list[
     return out
 
 
-def digest_of_local(path, scheme: str = SCHEME) -> str:
+def digest_of_local(path: str | os.PathLike[str], scheme: str = SCHEME) -> str:
     """The digest of a local file read by this host itself, `scheme` SCHEME or "sha256"
     (a plain SHA-256 of the file): the driver's `file_hash`."""
     if scheme == SCHEME:

@@ -6,6 +6,8 @@ inventory (docs/design.md section 5).
 """
 from __future__ import annotations
 
+import itertools
+
 from workers.model.config import Config
 
 
@@ -58,6 +60,6 @@ class PathMap:
         fixes = []
         for disk in vm["disks"]:
             chain = disk["chain"]
-            for child, parent in zip(chain, chain[1:]):
+            for child, parent in itertools.pairwise(chain):
                 fixes.append({"path": self.dest(child), "parent_path": self.dest(parent)})
         return fixes

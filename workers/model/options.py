@@ -9,6 +9,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from workers.model.errors import QuickmigError
 
@@ -71,11 +72,13 @@ def moment(text: object, what: str = "--not-before") -> float:
     return t.timestamp()
 
 
-def parse(*, max_downtime=None, on_exceed=None, max_rounds=None, not_before=None, window=None,
-          keep_source_hours=None, now: float | None = None) -> dict:
-    """Validate raw request options; returns the JSON form for the record."""
+def parse(*, max_downtime: object = None, on_exceed: object = None, max_rounds: object = None,
+          not_before: object = None, window: object = None, keep_source_hours: object = None,
+          now: float | None = None) -> dict[str, Any]:
+    """Validate raw request options (as a caller sent them: text from the command line, or
+    JSON values); returns the JSON form for the record."""
     now = time.time() if now is None else now
-    o = {}
+    o: dict[str, Any] = {}
     if max_downtime is not None:
         o["max_downtime_s"] = duration_s(max_downtime, "--max-downtime")
     if on_exceed is not None:

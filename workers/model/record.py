@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import redis
 
@@ -146,6 +146,15 @@ def new_record(*, vm: str, vm_id: str, source: str, destination: str, fence: int
     }
 
 
+def _fields(fields: dict[str, object]) -> MigrationRecord:
+    """`fields`, refused if one is not a field of MigrationRecord (a misspelt name would be
+    written beside the real one, and nothing would read it)."""
+    unknown = set(fields) - set(MigrationRecord.__optional_keys__)
+    if unknown:
+        raise ValueError(f"not fields of a migration record: {', '.join(sorted(unknown))}")
+    return cast(MigrationRecord, fields)
+
+
 class Store:
     def __init__(self, client: redis.Redis):
         self.r = client
@@ -155,7 +164,7 @@ class Store:
         return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=30,
                                         socket_connect_timeout=10, health_check_interval=30))
 
-    def create(self, rec: dict) -> None:
+    def create(self, rec: MigrationRecord) -> None:
         key = keys.migration(rec["id"])
         with self.r.pipeline() as p:
             p.set(key, json.dumps(rec), nx=True)
@@ -170,25 +179,25 @@ class Store:
             p.srem(keys.ACTIVE_SET, mid)
             p.execute()
 
-    def get(self, mid: str) -> dict:
+    def get(self, mid: str) -> MigrationRecord:
         raw = self.r.get(keys.migration(mid))
         if raw is None:
             raise RecordNotFound(f"no migration with id {mid!r}")
         return json.loads(raw)
 
-    def list(self, limit: int = 100) -> list[dict]:
-        ids = self.r.zrevrange(keys.MIGRATIONS_INDEX, 0, limit - 1)
+    def recent(self, limit: int = 100) -> list[MigrationRecord]:
+        ids = cast("list[str]", self.r.zrevrange(keys.MIGRATIONS_INDEX, 0, limit - 1))
         if not ids:
             return []
         raws = self.r.mget([keys.migration(i) for i in ids])
-        gone = [i for i, raw in zip(ids, raws) if raw is None]
+        gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
         if gone:
             self.r.zrem(keys.MIGRATIONS_INDEX, *gone)
         return [json.loads(raw) for raw in raws if raw is not None]
 
     def active_ids(self) -> list[str]:
         """Migrations not yet at an end state (what the reconciler watches)."""
-        return sorted(self.r.smembers(keys.ACTIVE_SET))
+        return sorted(cast("set[str]", self.r.smembers(keys.ACTIVE_SET)))
 
     def forget_active(self, mid: str) -> None:
         self.r.srem(keys.ACTIVE_SET, mid)
@@ -219,13 +228,15 @@ class Store:
 
     def set(self, mid: str, **fields: object) -> MigrationRecord:
         """Set these fields of the record (one atomic update); returns the record."""
-        return self.update(mid, lambda rec: rec.update(fields))  # type: ignore[typeddict-item]
+        known = _fields(fields)
+        return self.update(mid, lambda rec: rec.update(known))
 
     def transition(self, mid: str, expect: Iterable[str], to: str, **fields: object) -> MigrationRecord:
         """Move from one of `expect` to `to`, stamping phase ends and starts."""
         expect = set(expect)
+        known = _fields(fields)
 
-        def change(rec: dict) -> None:
+        def change(rec: MigrationRecord) -> None:
             src = rec["state"]
             if src not in expect:
                 raise StaleState(mid, expect, src)
@@ -239,11 +250,11 @@ class Store:
                 rec["phases"].setdefault(new_phase, {"start": now})
             rec["state"] = to
             rec["history"].append({"state": to, "at": now})
-            rec.update(fields)
+            rec.update(known)
 
         return self.update(mid, change)
 
-    def active(self) -> list[dict]:
+    def active(self) -> list[MigrationRecord]:
         """Every migration not yet at an end state, oldest first (for watch and the metrics)."""
         ids = self.active_ids()
         raws = self.r.mget([keys.migration(i) for i in ids]) if ids else []

@@ -64,7 +64,7 @@ class FleetCollector:
         for ph in counts:
             in_progress.add_metric([ph], counts[ph])
             oldest.add_metric([ph], ages[ph])
-        for q, n in zip(QUEUES, lengths):
+        for q, n in zip(QUEUES, lengths, strict=True):
             depth.add_metric([q], n)
         for q, n in alive.items():
             workers.add_metric([q], n)

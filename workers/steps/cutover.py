@@ -72,14 +72,14 @@ def cutover(mid: str, lg) -> None:
         copier.ready(rec, rec.get("downtime_paths") or [
             f["path"] for f in downtime_files(src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"])])
         t0 = time.time()
-        rec = context.store().update(mid, lambda r: r.update(save_started_at=t0))
+        rec = context.store().set(mid, save_started_at=t0)
         vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
         t_saved = time.time()
         lg.info("saved in %.2fs", t_saved - t0)
         moved = copier.copy(rec, vm)
         t_copied = time.time()
         fence(rec)
-        context.store().update(mid, lambda r: r.update(import_started_at=time.time()))
+        context.store().set(mid, import_started_at=time.time())
         dst.run("import_vm", {
             "config_path": pm.dest(vm["config_path"]),
             "disk_paths": pm.mapping(chain_paths(vm)),
@@ -89,7 +89,7 @@ def cutover(mid: str, lg) -> None:
         t_imported = time.time()
         fence(rec)
         # from here the guest may run (and acknowledge writes) on the destination
-        context.store().update(mid, lambda r: r.update(start_started_at=time.time()))
+        context.store().set(mid, start_started_at=time.time())
         dst.run("start_vm", {"vm_id": rec["vm_id"]})
         dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
         t1 = time.time()

@@ -27,28 +27,33 @@ def reap_kept_sources() -> int:
     store = context.store()
     due = store.r.zrangebyscore(keys.KEPT_SOURCES, 0, time.time())
     for mid in due:
-        try:
-            rec = store.get(mid)
-        except RecordNotFound:
-            store.r.zrem(keys.KEPT_SOURCES, mid)
-            continue
-        locks, owner = context.locks(), REAPER + mid
-        try:
-            token = locks.acquire(rec["vm_id"], owner)
-        except LockHeld as e:
-            # a newer migration of this VM is under way (perhaps back to this very host):
-            # leave the kept copy until it is done, then look again
-            note = f"kept source VM not removed yet: VM lease held by {e.holder}"
-            store.update(mid, lambda r, note=note: r.update(source_note=note))
-            mlog(mid, "reap").info("%s; trying again at the next round", note)
-            continue
-        try:
-            fields = _reap(rec, lambda: locks.check(rec["vm_id"], owner, token))
-        finally:
-            locks.release(rec["vm_id"], owner)
-        store.update(mid, lambda r, fields=fields: r.update(fields))
-        store.r.zrem(keys.KEPT_SOURCES, mid)
+        _reap_one(mid)
     return len(due)
+
+
+def _reap_one(mid: str) -> None:
+    store = context.store()
+    try:
+        rec = store.get(mid)
+    except RecordNotFound:
+        store.r.zrem(keys.KEPT_SOURCES, mid)
+        return
+    locks, owner = context.locks(), REAPER + mid
+    try:
+        token = locks.acquire(rec["vm_id"], owner)
+    except LockHeld as e:
+        # a newer migration of this VM is under way (perhaps back to this very host):
+        # leave the kept copy until it is done, then look again
+        note = f"kept source VM not removed yet: VM lease held by {e.holder}"
+        store.set(mid, source_note=note)
+        mlog(mid, "reap").info("%s; trying again at the next round", note)
+        return
+    try:
+        fields = _reap(rec, lambda: locks.check(rec["vm_id"], owner, token))
+    finally:
+        locks.release(rec["vm_id"], owner)
+    store.set(mid, **fields)
+    store.r.zrem(keys.KEPT_SOURCES, mid)
 
 
 def _reap(rec: dict, fence) -> dict:

@@ -86,7 +86,7 @@ def _round(mid: str, lg) -> None:
     t_cp = time.time()
     frozen = [{"path": d["chain"][1], "kind": "disk"} for d in res["vm"]["disks"] if len(d["chain"]) > 1]
     frozen.append({"path": res["snapshot"]["config_path"], "kind": "config"})
-    rec = store.update(mid, lambda r: r.update(checkpoint_at=t_cp))
+    rec = store.set(mid, checkpoint_at=t_cp)
     moved = transfer(rec, frozen, lg)
     took = time.time() - t_cp
 
@@ -116,10 +116,9 @@ def gate(mid: str, lg) -> dict:
         rate = copy_bps(rec)
         pred = predict_s(int(vm.get("memory_startup_bytes") or 0), delta, rate,
                          fixed_costs(rec["source"], rec["destination"]))
-        rec = store.update(mid, lambda r: r.update(
-            predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
-            copy_bps=round(rate), delta_bytes=delta,
-            downtime_paths=[f["path"] for f in downtime_files(vm)]))  # the cutover need not ask again
+        rec = store.set(mid, predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
+                        copy_bps=round(rate), delta_bytes=delta,
+                        downtime_paths=[f["path"] for f in downtime_files(vm)])  # the cutover need not ask again
         end = o.window_end()
         if end is not None and now > end:
             raise HardFailure(f"the cutover window closed at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))} "

@@ -60,7 +60,7 @@ def snapshot(mid: str, lg) -> None:
         fence(rec)
         res = src.run("checkpoint_vm", {"vm_id": rec["vm_id"], "snapshot_name": snapshot_name(mid)})
         snap, vm = res["snapshot"], res["vm"]
-        context.store().update(mid, lambda r: r.update(checkpoint_at=time.time()))
+        context.store().set(mid, checkpoint_at=time.time())
     lg.info("checkpoint %s taken; active disks now %s", snap["id"], [d["path"] for d in vm["disks"]])
     context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING,
                                snapshot=snap, plan={"frozen": frozen_files(vm, snap["id"])})
