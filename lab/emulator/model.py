@@ -1,25 +1,8 @@
 """The model of one Hyper-V host: its VMs, their files on the host's share, and Hyper-V's rules.
 
-Storage. The host's disk is the folder `DIR/hosts/<host>/share/`, which is also the root of
-that host's SMB share: host path `<vm_root>\\a\\b.vhdx` <-> `share/a/b.vhdx`. Every path that
-arrives from the network goes through `HostPaths.local`, which refuses anything outside
-vm_root, `.`/`..`/empty components, characters Windows forbids, trailing dots/spaces
-(Windows drops them, so they could alias another name) and symlink escapes.
-
-Layout, as Hyper-V names things (the VM folder is named by the VM id):
-
-    <vm_root>\\<id>\\Virtual Hard Disks\\disk0.vhdx              base disk
-    <vm_root>\\<id>\\Virtual Hard Disks\\disk0_<sid>.avhdx       checkpoint leaf (same folder as its parent)
-    <vm_root>\\<id>\\Virtual Machines\\<ID>.vmcx                 configuration (JSON, see `vmcx_doc`)
-    <vm_root>\\<id>\\Virtual Machines\\<ID>.vmgs                 guest state (64 KiB)
-    <vm_root>\\<id>\\Virtual Machines\\<ID>.vmrs                 saved memory (Save-VM; removed by Start-VM)
-    <vm_root>\\<id>\\Snapshots\\<SID>.vmcx                        checkpoint configuration
-    <vm_root>\\ISO\\lab-tools.iso                                  one shared 4 MiB ISO per host
-
-The VM folder is named by the lowercase id; the files in it by the UPPERCASE GUID, as
-Hyper-V names them (and as the shipped scripts compute them). Host paths compare without
-case, as on Windows: `HostPaths.local` matches an existing file or folder whatever the
-case of the request.
+Host paths and the rules they must pass are in hostpaths.py; what the host offers (versions,
+switches, CPU vendor, free space) in hostprops.py; the VM record, the layout of its files and
+the lock order in vm.py; the configuration file in vmcx.py.
 
 The registry (VMMS database) is `DIR/hosts/<host>/emulator/state.json`, rewritten atomically
 on every change. Crash choice: a VM that was Running when the emulator process stopped is
@@ -27,17 +10,12 @@ Running again after a restart (the guest is treated as having kept running, as a
 when only VMMS restarts); its writer continues after the highest record on its disk chain
 and the journal gets a `recover` line.
 
-Locks: `HyperVHost.lock` guards the registry; each VM has `op_lock` (one operation on that
-VM at a time) and `io_lock` (shared with its guest writer; held while the active disk is
-switched). Order: op_lock -> lock -> io_lock. A guest writer is never stopped while io_lock
-is held.
-
-Simplifications (documented gaps): one disk per VM (SCSI 0:0); checkpoints write no memory
-.vmrs (as a Production checkpoint); ACL grants are logged only; the process runs as root, so
-the 0444 mode of parents is advisory (the model only ever writes to a VM's leaf); compare_vm
-looks for the copied config's disks re-rooted under the given vm_root (a real Compare-VM -Copy
-looks at the config's own paths unless told -VhdSourcePath); an imported VM's checkpoints come
-from its main .vmcx (their own Snapshots\\<SID>.vmcx files are not required on import).
+Simplifications (documented gaps): checkpoints write no memory .vmrs (as a Production
+checkpoint); ACL grants are logged only; the process runs as root, so the 0444 mode of
+parents is advisory (the model only ever writes to a VM's leaf); compare_vm looks for the
+copied config's disks re-rooted under the given vm_root (a real Compare-VM -Copy looks at the
+config's own paths unless told -VhdSourcePath); an imported VM's checkpoints come from its
+main .vmcx (their own Snapshots\\<SID>.vmcx files are not required on import).
 """
 from __future__ import annotations
 
@@ -45,32 +23,26 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.emulator import disk
+from lab.emulator import disk, hostprops
+from lab.emulator.errors import OpError, fqid, invalid_arg
 from lab.emulator.guest import GuestWriter, append_line
+from lab.emulator.hostpaths import HostPaths, is_guid, leaf_name, parent_folder, same_path
+from lab.emulator.hostprops import CPU_VENDOR, HOST_PROPS, SWITCHES
+from lab.emulator.vm import CHECKPOINT_TYPES, MAX_NAME, VM, MiB, describe, invalid_state
+from lab.emulator.vmcx import read_config, vmcx_doc, write_vmcx
 from workers.smb import chunks
 
 log = logging.getLogger("lab.emulator.model")
 
-MiB = 1024 * 1024
-SUPPORTED_VERSIONS = ["9.0", "10.0"]
-SWITCHES = ["lab-switch"]
-CPU_VENDOR = "GenuineIntel"
 ISO_NAME = "lab-tools.iso"
 ISO_BYTES = 4 * MiB
 VMGS_BYTES = 64 * 1024
-VMCX_FORMAT = "quickmig-emulator-vmcx/1"
-CHECKPOINT_TYPES = ("Standard", "Production", "ProductionOnly", "Disabled")
-# What a test may change about a host (POST /lab/host) to make a pre-flight check fail.
-HOST_PROPS = ("supported_versions", "switches", "cpu_vendor", "free_bytes")
 HEARTBEAT_DELAY_S = 0.2  # the guest's integration services answer this long after start
-MAX_NAME = 100
 
 # Compare-VM message ids. 33012 (switch not found) is Hyper-V's; the others are this
 # emulator's own numbers for the other incompatibilities it reports.
@@ -81,156 +53,11 @@ MSG_VERSION = 14004
 MSG_CPU = 24004
 MSG_CONFIG = 16010
 
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_BAD_PATH_CHARS = set('<>"/|?*:') | {chr(i) for i in range(32)}
-
-
-def _fqid(ident: str, cmdlet: str) -> str:
-    return f"{ident},Microsoft.HyperV.PowerShell.Commands.{cmdlet}"
-
-
-class OpError(Exception):
-    """An operation failed the way a cmdlet fails: message, ErrorCategory, FullyQualifiedErrorId."""
-
-    def __init__(self, message: str, category: str = "NotSpecified", fqid: str = "", target: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.category = category
-        self.fqid = fqid or "NotSpecified"
-        self.target = target
-
 
 def _whole(value, low: int, high: int | None = None) -> bool:
     """Whether value is a whole number (not a bool) in low..high."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
 
-
-def _invalid_arg(message: str, cmdlet: str = "GetVM") -> OpError:
-    return OpError(message, "InvalidArgument", _fqid("InvalidParameter", cmdlet))
-
-
-def _invalid_state(vm: "VM", cmdlet: str, verb: str) -> OpError:
-    return OpError(f"'{vm.name}' failed to {verb}. The operation cannot be performed while the "
-                   f"object is in its current state. (Virtual machine ID {vm.id}, state {vm.state})",
-                   "InvalidOperation", _fqid("InvalidState", cmdlet), vm.name)
-
-
-def is_guid(s: object) -> bool:
-    return isinstance(s, str) and bool(_GUID.match(s))
-
-
-# ---- paths ----------------------------------------------------------------------------
-
-class HostPaths:
-    """Host paths (D:\\VMs\\hv1\\...) <-> files under this host's share folder."""
-
-    def __init__(self, vm_root: str, share: Path):
-        self.vm_root = vm_root.rstrip("\\")
-        self.share = Path(share)
-
-    def is_under(self, host_path: str) -> bool:
-        return isinstance(host_path, str) and host_path.lower().startswith(self.vm_root.lower() + "\\")
-
-    def local(self, host_path: object, cmdlet: str = "GetVM") -> Path:
-        """The local file for a host path; OpError for anything not strictly inside vm_root."""
-        if not isinstance(host_path, str) or not host_path:
-            raise _invalid_arg(f"Cannot validate argument: the path {host_path!r} is not a non-empty string.", cmdlet)
-        if len(host_path) > 1024:
-            raise _invalid_arg("Cannot validate argument: the path is longer than 1024 characters.", cmdlet)
-        if not self.is_under(host_path):
-            raise OpError(f"Access is denied. The path '{host_path}' is outside this host's virtual machine "
-                          f"storage '{self.vm_root}'.", "PermissionDenied",
-                          _fqid("UnauthorizedAccess", cmdlet), host_path)
-        rel = host_path[len(self.vm_root) + 1:]
-        parts = rel.split("\\")
-        for p in parts:
-            if p in ("", ".", "..") or any(c in _BAD_PATH_CHARS for c in p) or p != p.rstrip(" ."):
-                raise _invalid_arg(f"The path '{host_path}' is not a valid file path "
-                                   f"(empty, '.' or '..' component, or a character Windows forbids).", cmdlet)
-        local = self.share
-        for p in parts:  # Windows paths compare without case: use an existing entry's spelling
-            cand = local / p
-            if not os.path.lexists(cand) and local.is_dir():
-                low = p.lower()
-                cand = next((local / e for e in sorted(os.listdir(local)) if e.lower() == low), cand)
-            local = cand
-        real = os.path.realpath(local)
-        root = os.path.realpath(self.share)
-        if not real.startswith(root + os.sep):
-            raise OpError(f"Access is denied. The path '{host_path}' leaves this host's storage.",
-                          "PermissionDenied", _fqid("UnauthorizedAccess", cmdlet), host_path)
-        return local
-
-    def host(self, local: Path) -> str:
-        rel = Path(local).relative_to(self.share)
-        return self.vm_root + "\\" + "\\".join(rel.parts)
-
-
-def _parent(host_path: str) -> str:
-    return host_path.rsplit("\\", 1)[0]
-
-
-def _leaf_name(host_path: str) -> str:
-    return host_path.rsplit("\\", 1)[-1]
-
-
-def _same(a: str, b: str) -> bool:
-    return a.lower() == b.lower()
-
-
-# ---- the VM record --------------------------------------------------------------------
-
-@dataclass
-class VM:
-    id: str
-    name: str
-    path: str              # VM folder (host path)
-    config_path: str       # ...\Virtual Machines\<id>.vmcx
-    state: str = "Off"
-    generation: int = 2
-    version: str = "10.0"
-    memory_startup_bytes: int = 64 * MiB
-    checkpoint_type: str = "Standard"
-    switches: list[str] = field(default_factory=lambda: list(SWITCHES))
-    disks: list[dict] = field(default_factory=list)      # controller_* + path (active leaf)
-    isos: list[str] = field(default_factory=list)
-    snapshots: list[dict] = field(default_factory=list)  # id, name, config_path, disks (frozen paths), created
-    write_rate_kbps: float = 64.0
-    cpu_vendor: str = CPU_VENDOR
-    counter: int = 0       # last acknowledged guest seq when the writer last stopped
-    # runtime only
-    op_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
-    io_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
-    writer: GuestWriter | None = field(default=None, repr=False, compare=False)
-    heartbeat_at: float = field(default=0.0, repr=False, compare=False)
-
-    PERSISTED = ("id", "name", "path", "config_path", "state", "generation", "version",
-                 "memory_startup_bytes", "checkpoint_type", "switches", "disks", "isos", "snapshots",
-                 "write_rate_kbps", "cpu_vendor", "counter")
-
-    def to_state(self) -> dict:
-        d = {k: getattr(self, k) for k in self.PERSISTED}
-        if self.writer is not None:
-            d["counter"] = self.writer.counter
-        return json.loads(json.dumps(d))  # deep copy
-
-    @classmethod
-    def from_state(cls, d: dict) -> "VM":
-        return cls(**{k: d[k] for k in cls.PERSISTED if k in d})
-
-    @property
-    def config_dir(self) -> str:
-        return _parent(self.config_path)
-
-    def state_file(self, ext: str) -> str:
-        return f"{self.config_dir}\\{self.id.upper()}.{ext}"
-
-    @property
-    def live_counter(self) -> int:
-        return self.writer.counter if self.writer is not None else self.counter
-
-
-# ---- the host -------------------------------------------------------------------------
 
 class HyperVHost:
     def __init__(self, lab_dir: Path, name: str, vm_root: str, *, recover: bool = True,
@@ -246,9 +73,7 @@ class HyperVHost:
         self.heartbeat_delay_s = heartbeat_delay_s
         self.lock = threading.RLock()
         self.vms: dict[str, VM] = {}
-        # free_bytes None: the real free space of the share's file system
-        self.props: dict = {"supported_versions": list(SUPPORTED_VERSIONS), "switches": list(SWITCHES),
-                            "cpu_vendor": CPU_VENDOR, "free_bytes": None}
+        self.props: dict = hostprops.defaults()
         for d in (self.share, self.state_dir, self.guests_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._load(recover)
@@ -303,30 +128,12 @@ class HyperVHost:
         append_line(self.journal_path(vm.id), f"{line} host={self.name} t={time.time():.6f}")
 
     def write_vmcx(self, vm: VM) -> None:
-        path = self.paths.local(vm.config_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.vmcx_doc(vm), indent=1, ensure_ascii=False))
-        os.replace(tmp, path)
-
-    def vmcx_doc(self, vm: VM, snapshot: dict | None = None) -> dict:
-        """The configuration document (.vmcx): everything needed to register the VM elsewhere."""
-        return {
-            "format": VMCX_FORMAT, "id": vm.id, "name": vm.name, "state": vm.state,
-            "generation": vm.generation, "version": vm.version,
-            "memory_startup_bytes": vm.memory_startup_bytes, "checkpoint_type": vm.checkpoint_type,
-            "switches": list(vm.switches), "cpu_vendor": vm.cpu_vendor,
-            "vm_root": self.paths.vm_root, "path": vm.path,
-            "disks": [dict(d) for d in vm.disks], "isos": list(vm.isos),
-            "snapshots": [] if snapshot else [dict(s) for s in vm.snapshots],
-            "snapshot": snapshot,
-            "guest": {"write_rate_kbps": vm.write_rate_kbps},
-        }
+        write_vmcx(self.paths, vm)
 
     # -- lookups -----------------------------------------------------------------------
     def _get(self, vm_id: object, cmdlet: str = "GetVM") -> VM:
         if not isinstance(vm_id, str) or not vm_id:
-            raise _invalid_arg("Cannot validate argument on parameter 'vm_id': it must be a VM id (GUID).", cmdlet)
+            raise invalid_arg("Cannot validate argument on parameter 'vm_id': it must be a VM id (GUID).", cmdlet)
         vm = self.vms.get(vm_id.lower())
         if vm is None:
             raise OpError(f"Hyper-V was unable to find a virtual machine with ID \"{vm_id}\".",
@@ -334,38 +141,10 @@ class HyperVHost:
         return vm
 
     def chain(self, vm: VM, index: int = 0) -> list[disk.ChainLink]:
-        return disk.read_chain(vm.disks[index]["path"], self.paths.local)
+        return vm.chain(self.paths, index)
 
     def vm_info(self, vm: VM) -> dict:
-        disks = []
-        for i, d in enumerate(vm.disks):
-            if d.get("disk_number") is not None:  # pass-through: Get-VMHardDiskDrive shows no file chain
-                disks.append({"controller_type": d["controller_type"], "controller_number": d["controller_number"],
-                              "controller_location": d["controller_location"], "path": d["path"], "chain": [],
-                              "passthrough": True})
-                continue
-            try:
-                chain = [link.host_path for link in self.chain(vm, i)]
-            except (OSError, disk.DiskFormatError, OpError):
-                chain = [d["path"]]
-            disks.append({"controller_type": d["controller_type"], "controller_number": d["controller_number"],
-                          "controller_location": d["controller_location"], "path": d["path"], "chain": chain})
-        state_files = []
-        for ext in ("vmcx", "vmgs", "vmrs"):
-            hp = vm.state_file(ext)
-            try:
-                if self.paths.local(hp).is_file():
-                    state_files.append(hp)
-            except OpError:
-                pass
-        return {
-            "id": vm.id, "name": vm.name, "state": vm.state, "generation": vm.generation,
-            "version": vm.version, "memory_startup_bytes": vm.memory_startup_bytes,
-            "checkpoint_type": vm.checkpoint_type, "path": vm.path, "config_path": vm.config_path,
-            "state_files": state_files, "disks": disks, "isos": list(vm.isos),
-            "snapshots": [{"id": s["id"], "name": s["name"], "config_path": s["config_path"]} for s in vm.snapshots],
-            "switches": list(vm.switches),
-        }
+        return describe(vm, self.paths)
 
     # -- dispatch ----------------------------------------------------------------------
     OPS = ("list_vms", "describe_vm", "host_info", "checkpoint_vm", "save_vm", "start_vm",
@@ -377,7 +156,7 @@ class HyperVHost:
             raise OpError(f"The operation '{op}' is not supported by this host.", "NotImplemented",
                           "QuickmigUnknownOperation")
         if not isinstance(args, dict):
-            raise _invalid_arg("The arguments must be a JSON object.")
+            raise invalid_arg("The arguments must be a JSON object.")
         return getattr(self, f"op_{op}")(args)
 
     # -- read-only operations ----------------------------------------------------------
@@ -391,7 +170,7 @@ class HyperVHost:
             return {"vm": self.vm_info(vm)}
         name = args.get("name")
         if not isinstance(name, str) or not name:
-            raise _invalid_arg("describe_vm needs 'name' or 'vm_id'.")
+            raise invalid_arg("describe_vm needs 'name' or 'vm_id'.")
         with self.lock:
             # exact and case-sensitive, as the shipped script compares (-ceq): Get-VM -Name is a wildcard
             found = [v for v in self.vms.values() if v.name == name]
@@ -405,30 +184,18 @@ class HyperVHost:
         return {"vm": self.vm_info(found[0])}
 
     def free_bytes(self) -> int:
-        if self.props["free_bytes"] is not None:
-            return int(self.props["free_bytes"])
-        return shutil.disk_usage(self.share).free
+        return hostprops.free_bytes(self.props, self.share)
 
     def set_props(self, doc: object) -> dict:
         """Lab control: change what this host offers (switches, versions, CPU vendor, free space)."""
-        if not isinstance(doc, dict) or set(doc) - set(HOST_PROPS):
-            raise _invalid_arg(f"host properties are {', '.join(HOST_PROPS)}", "SetVMHost")
-        for k in ("supported_versions", "switches"):
-            if k in doc and not (isinstance(doc[k], list) and all(isinstance(x, str) and x for x in doc[k])):
-                raise _invalid_arg(f"{k} must be a list of names", "SetVMHost")
-        if "cpu_vendor" in doc and not (isinstance(doc["cpu_vendor"], str) and doc["cpu_vendor"]):
-            raise _invalid_arg("cpu_vendor must be a name", "SetVMHost")
-        fb = doc.get("free_bytes")
-        if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or fb < 0):
-            raise _invalid_arg("free_bytes must be a byte count, or null for the real free space", "SetVMHost")
+        doc = hostprops.check(doc)
         with self.lock:
             self.props.update(doc)
             self.persist()
         return dict(self.props)
 
     def reset_props(self) -> dict:
-        return self.set_props({"supported_versions": list(SUPPORTED_VERSIONS), "switches": list(SWITCHES),
-                               "cpu_vendor": CPU_VENDOR, "free_bytes": None})
+        return self.set_props(hostprops.defaults())
 
     def op_host_info(self, args: dict) -> dict:
         free = self.free_bytes()
@@ -441,7 +208,7 @@ class HyperVHost:
         vm = self._get(args.get("vm_id"), "GetVMIntegrationService")
         timeout = args.get("timeout_s", 60)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 3600:
-            raise _invalid_arg("timeout_s must be a number of seconds between 0 and 3600.", "GetVMIntegrationService")
+            raise invalid_arg("timeout_s must be a number of seconds between 0 and 3600.", "GetVMIntegrationService")
         t0 = time.monotonic()
         while True:
             if vm.state != "Running":
@@ -472,21 +239,21 @@ class HyperVHost:
                   passthrough_disk: object = False) -> dict:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM."""
         if not isinstance(name, str) or not name or len(name) > MAX_NAME or "\0" in name:
-            raise _invalid_arg(f"The VM name must be 1-{MAX_NAME} characters.", "NewVM")
+            raise invalid_arg(f"The VM name must be 1-{MAX_NAME} characters.", "NewVM")
         for what, v, hi in (("memory_mb", memory_mb, 65536), ("disk_mb", disk_mb, 65536),
                             ("write_rate_kbps", write_rate_kbps, 1 << 20)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
-                raise _invalid_arg(f"{what} must be a number between 0 and {hi}.", "NewVM")
+                raise invalid_arg(f"{what} must be a number between 0 and {hi}.", "NewVM")
         if isinstance(memory_mb, float) or isinstance(disk_mb, float) or memory_mb < 1:
-            raise _invalid_arg("memory_mb (>= 1) and disk_mb must be integers.", "NewVM")
+            raise invalid_arg("memory_mb (>= 1) and disk_mb must be integers.", "NewVM")
         if checkpoint_type not in CHECKPOINT_TYPES:
-            raise _invalid_arg(f"checkpoint_type must be one of {', '.join(CHECKPOINT_TYPES)}.", "NewVM")
+            raise invalid_arg(f"checkpoint_type must be one of {', '.join(CHECKPOINT_TYPES)}.", "NewVM")
         if not isinstance(version, str) or not re.fullmatch(r"\d{1,2}\.\d{1,2}", version):
-            raise _invalid_arg("version must look like 10.0.", "NewVM")
+            raise invalid_arg("version must look like 10.0.", "NewVM")
         if switches is None:
             switches = list(SWITCHES)
         if not isinstance(switches, list) or not all(isinstance(x, str) and 0 < len(x) <= MAX_NAME for x in switches):
-            raise _invalid_arg("switches must be a list of switch names.", "NewVM")
+            raise invalid_arg("switches must be a list of switch names.", "NewVM")
         vm_id = str(uuid.uuid4())
         folder = f"{self.paths.vm_root}\\{vm_id}"
         vm = VM(id=vm_id, name=name, path=folder,
@@ -528,14 +295,14 @@ class HyperVHost:
         except FileNotFoundError as e:
             raise OpError(f"'{vm.name}' failed to start. Synthetic SCSI Controller: Failed to power on with "
                           f"error 'The system cannot find the file specified.' ({e.args[0]})",
-                          "NotSpecified", _fqid("OperationFailed", "StartVM"), vm.name) from None
+                          "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name) from None
         except disk.DiskFormatError as e:
             raise OpError(f"'{vm.name}' failed to start: the virtual hard disk chain is broken: {e}",
-                          "NotSpecified", _fqid("OperationFailed", "StartVM"), vm.name) from None
+                          "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name) from None
         for iso in vm.isos:
             if not self.paths.local(iso).is_file():
                 raise OpError(f"'{vm.name}' failed to start. The ISO image '{iso}' was not found.",
-                              "NotSpecified", _fqid("OperationFailed", "StartVM"), vm.name)
+                              "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name)
         return chain
 
     def _start(self, vm: VM) -> None:
@@ -551,13 +318,13 @@ class HyperVHost:
             except FileNotFoundError:
                 raise OpError(f"'{vm.name}' failed to restore from its saved state: the saved state file "
                               f"'{vmrs_hp}' was not found.", "NotSpecified",
-                              _fqid("OperationFailed", "StartVM"), vm.name) from None
+                              fqid("OperationFailed", "StartVM"), vm.name) from None
             except disk.DiskFormatError as e:
                 raise OpError(f"'{vm.name}' failed to restore from its saved state: {e}", "NotSpecified",
-                              _fqid("OperationFailed", "StartVM"), vm.name) from None
+                              fqid("OperationFailed", "StartVM"), vm.name) from None
             if doc["vm_id"] != vm.id:
                 raise OpError(f"'{vm.name}' failed to restore: the saved state file belongs to VM {doc['vm_id']}.",
-                              "NotSpecified", _fqid("OperationFailed", "StartVM"), vm.name)
+                              "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name)
             counter = doc["counter"]
             resumed = str(counter)
             self.journal(vm, f"start resumed_from={counter}")
@@ -642,7 +409,7 @@ class HyperVHost:
         vm = self._get(args.get("vm_id"), "SaveVM")
         with vm.op_lock:
             if vm.state != "Running":
-                raise _invalid_state(vm, "SaveVM", "change state")
+                raise invalid_state(vm, "SaveVM", "change state")
             counter = self._stop_writer(vm)
             vmrs_hp = vm.state_file("vmrs")
             disk.write_vmrs(self.paths.local(vmrs_hp), vm.id, counter, vm.memory_startup_bytes,
@@ -661,31 +428,31 @@ class HyperVHost:
         vm = self._get(args.get("vm_id"), "CheckpointVM")
         sname = args.get("snapshot_name")
         if not isinstance(sname, str) or not sname or len(sname) > MAX_NAME or "\0" in sname:
-            raise _invalid_arg(f"snapshot_name must be 1-{MAX_NAME} characters.", "CheckpointVM")
+            raise invalid_arg(f"snapshot_name must be 1-{MAX_NAME} characters.", "CheckpointVM")
         with vm.op_lock:
             if vm.checkpoint_type == "Disabled":
                 raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are disabled for this "
                               f"virtual machine (CheckpointType is Disabled).", "InvalidOperation",
-                              _fqid("CheckpointsDisabled", "CheckpointVM"), vm.name)
+                              fqid("CheckpointsDisabled", "CheckpointVM"), vm.name)
             if any(d.get("disk_number") is not None for d in vm.disks):
                 raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are not supported for "
                               f"virtual machines with pass-through disks.", "InvalidOperation",
-                              _fqid("OperationFailed", "CheckpointVM"), vm.name)
+                              fqid("OperationFailed", "CheckpointVM"), vm.name)
             sid = str(uuid.uuid4())
             frozen: list[str] = []
             with vm.io_lock:
                 links = [self.chain(vm, i) for i in range(len(vm.disks))]
                 for i, d in enumerate(vm.disks):
                     leaf = links[i][0]
-                    stem = _leaf_name(links[i][-1].host_path).rsplit(".", 1)[0]
-                    new_hp = f"{_parent(leaf.host_path)}\\{stem}_{sid}.avhdx"
+                    stem = leaf_name(links[i][-1].host_path).rsplit(".", 1)[0]
+                    new_hp = f"{parent_folder(leaf.host_path)}\\{stem}_{sid}.avhdx"
                     disk.create_child(self.paths.local(new_hp), leaf.host_path, leaf.header)
                     os.chmod(leaf.local, 0o444)  # a parent is read-only while it has a child
                     frozen.append(leaf.host_path)
                     d["path"] = new_hp
             snap = {"id": sid, "name": sname, "config_path": f"{vm.path}\\Snapshots\\{sid.upper()}.vmcx",
                     "disks": frozen, "created": time.time()}
-            snap_doc = self.vmcx_doc(vm, snapshot={"id": sid, "name": sname, "created": snap["created"]})
+            snap_doc = vmcx_doc(vm, self.paths.vm_root, snapshot={"id": sid, "name": sname, "created": snap["created"]})
             for i, d in enumerate(snap_doc["disks"]):
                 d["path"] = frozen[i]
             sp = self.paths.local(snap["config_path"])
@@ -704,7 +471,7 @@ class HyperVHost:
         vm = self._get(args.get("vm_id"), "RemoveVMSnapshot")
         ids = args.get("snapshot_ids")
         if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
-            raise _invalid_arg("snapshot_ids must be a list of checkpoint ids.", "RemoveVMSnapshot")
+            raise invalid_arg("snapshot_ids must be a list of checkpoint ids.", "RemoveVMSnapshot")
         wanted = {s.lower() for s in ids}
         with vm.op_lock:
             # ids that are not (or no longer) checkpoints of this VM are skipped, as
@@ -718,11 +485,11 @@ class HyperVHost:
         with vm.io_lock:
             for i, frozen in enumerate(snap["disks"]):
                 chain = self.chain(vm, i)
-                idx = next((k for k, l in enumerate(chain) if _same(l.host_path, frozen)), None)
+                idx = next((k for k, l in enumerate(chain) if same_path(l.host_path, frozen)), None)
                 if idx is None:
                     raise OpError(f"Cannot remove checkpoint '{snap['name']}' of '{vm.name}': its disk "
                                   f"'{frozen}' is not in the VM's disk chain.", "InvalidOperation",
-                                  _fqid("OperationFailed", "RemoveVMSnapshot"), vm.name)
+                                  fqid("OperationFailed", "RemoveVMSnapshot"), vm.name)
                 if idx == 0:
                     continue  # nothing was written after it (already merged)
                 parent, child = chain[idx], chain[idx - 1]
@@ -736,7 +503,7 @@ class HyperVHost:
                 os.chmod(child.local, 0o644)
                 child.local.unlink()
                 for other in vm.snapshots:
-                    if other is not snap and i < len(other["disks"]) and _same(other["disks"][i], child.host_path):
+                    if other is not snap and i < len(other["disks"]) and same_path(other["disks"][i], child.host_path):
                         other["disks"][i] = parent.host_path
         try:
             self.paths.local(snap["config_path"]).unlink(missing_ok=True)
@@ -770,7 +537,7 @@ class HyperVHost:
 
     def _checked_paths(self, paths: object, what: str, cmdlet: str) -> list[tuple[str, Path]]:
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise _invalid_arg(f"{what} must be a list of host paths.", cmdlet)
+            raise invalid_arg(f"{what} must be a list of host paths.", cmdlet)
         out = []
         for hp in paths:
             local = self.paths.local(hp, cmdlet)
@@ -814,7 +581,7 @@ class HyperVHost:
     def op_file_hash(self, args: dict) -> dict:
         hp, scheme = args.get("path"), args.get("scheme")
         if not isinstance(hp, str):
-            raise _invalid_arg("path must be a host path.", "GetFileHash")
+            raise invalid_arg("path must be a host path.", "GetFileHash")
         if scheme not in ("sha256", "sha256-chunks-8MiB"):
             raise OpError(f"file_hash knows the schemes sha256 and sha256-chunks-8MiB, not {scheme}.",
                           "InvalidArgument", "UnknownScheme", str(scheme))
@@ -825,7 +592,7 @@ class HyperVHost:
         if ranged:  # a range of chunks, their digests listed (file_hash.ps1 does the same)
             first, count = args.get("first"), args.get("count")
             if scheme != chunks.SCHEME or not _whole(first, 0) or not _whole(count, 1, chunks.MAX_RANGE):
-                raise _invalid_arg(f"first and count (a range of at most {chunks.MAX_RANGE} chunks) go with the "
+                raise invalid_arg(f"first and count (a range of at most {chunks.MAX_RANGE} chunks) go with the "
                                    f"scheme {chunks.SCHEME} only, as whole numbers >= 0 and 1..{chunks.MAX_RANGE}.",
                                    "GetFileHash")
             each = chunks.local_chunk_digests(local, first, count)  # outside self.lock: it takes a while
@@ -844,11 +611,11 @@ class HyperVHost:
     def op_remove_vm(self, args: dict) -> dict:
         turn_off = args.get("turn_off", False)
         if not isinstance(turn_off, bool):
-            raise _invalid_arg("turn_off must be true or false.", "RemoveVM")
+            raise invalid_arg("turn_off must be true or false.", "RemoveVM")
         items = self._checked_paths(args.get("delete_paths", []), "delete_paths", "RemoveVM")
         vm_id = args.get("vm_id")
         if not is_guid(vm_id if not isinstance(vm_id, str) else vm_id.lower()):
-            raise _invalid_arg("vm_id must be a VM id (GUID).", "RemoveVM")
+            raise invalid_arg("vm_id must be a VM id (GUID).", "RemoveVM")
         vm = self.vms.get(vm_id.lower())  # type: ignore[union-attr]
         removed = False
         config_files: list[Path] = []
@@ -887,25 +654,7 @@ class HyperVHost:
 
     # -- compare and import ------------------------------------------------------------
     def _read_config(self, config_path: object, cmdlet: str) -> tuple[dict, Path]:
-        local = self.paths.local(config_path, cmdlet)
-        try:
-            doc = json.loads(local.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise OpError(f"The virtual machine configuration file '{config_path}' was not found.",
-                          "InvalidArgument", _fqid("ConfigNotFound", cmdlet), str(config_path)) from None
-        except (UnicodeDecodeError, json.JSONDecodeError, IsADirectoryError):
-            raise OpError(f"The file '{config_path}' is not a valid virtual machine configuration.",
-                          "InvalidData", _fqid("InvalidConfiguration", cmdlet), str(config_path)) from None
-        ok = (isinstance(doc, dict) and doc.get("format") == VMCX_FORMAT and is_guid(doc.get("id"))
-              and isinstance(doc.get("name"), str) and isinstance(doc.get("disks"), list)
-              and isinstance(doc.get("isos", []), list) and isinstance(doc.get("snapshots", []), list)
-              and isinstance(doc.get("switches", []), list) and isinstance(doc.get("path"), str)
-              and all(isinstance(d, dict) and isinstance(d.get("path"), str) for d in doc["disks"])
-              and all(isinstance(x, str) for x in doc.get("isos", []) + doc.get("switches", [])))
-        if not ok:
-            raise OpError(f"The file '{config_path}' is not a valid virtual machine configuration.",
-                          "InvalidData", _fqid("InvalidConfiguration", cmdlet), str(config_path))
-        return doc, local
+        return read_config(self.paths, config_path, cmdlet)
 
     def op_compare_vm(self, args: dict) -> dict:
         """Compare-VM -Copy -GenerateNewId on a copied config: report, register nothing.
@@ -917,19 +666,19 @@ class HyperVHost:
         doc, _ = self._read_config(args.get("config_path"), "CompareVM")
         vm_root = args.get("vm_root")
         if not isinstance(vm_root, str) or not vm_root:
-            raise _invalid_arg("vm_root must be a host folder.", "CompareVM")
+            raise invalid_arg("vm_root must be a host folder.", "CompareVM")
         vm_root = vm_root.rstrip("\\")
-        if not (_same(vm_root, self.paths.vm_root) or self.paths.is_under(vm_root)):
+        if not (same_path(vm_root, self.paths.vm_root) or self.paths.is_under(vm_root)):
             raise OpError(f"Access is denied. '{vm_root}' is outside this host's virtual machine storage "
-                          f"'{self.paths.vm_root}'.", "PermissionDenied", _fqid("UnauthorizedAccess", "CompareVM"))
-        src_root = str(doc.get("vm_root") or _parent(doc["path"]))
-        if _leaf_name(vm_root).lower() == doc["id"]:
+                          f"'{self.paths.vm_root}'.", "PermissionDenied", fqid("UnauthorizedAccess", "CompareVM"))
+        src_root = str(doc.get("vm_root") or parent_folder(doc["path"]))
+        if leaf_name(vm_root).lower() == doc["id"]:
             base_from, base_to = doc["path"], vm_root
         else:
             base_from, base_to = src_root, vm_root
 
         def relocate(p: str) -> str:
-            if _same(p[:len(base_from) + 1], base_from + "\\"):
+            if same_path(p[:len(base_from) + 1], base_from + "\\"):
                 return base_to + p[len(base_from):]
             return p
 
@@ -1001,7 +750,7 @@ class HyperVHost:
         if not isinstance(fixes, list) or not all(
                 isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("parent_path"), str)
                 for f in fixes):
-            raise _invalid_arg("parent_fixes must be a list of {path, parent_path}.", "SetVHD")
+            raise invalid_arg("parent_fixes must be a list of {path, parent_path}.", "SetVHD")
         with self.lock:
             self._set_parents(fixes)
         return {"fixed": [f["path"] for f in fixes]}
@@ -1013,11 +762,11 @@ class HyperVHost:
         fixes = args.get("parent_fixes", []) or []
         for what, m in (("disk_paths", disk_map), ("iso_paths", iso_map)):
             if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
-                raise _invalid_arg(f"{what} must map old host paths to new host paths.", "ImportVM")
+                raise invalid_arg(f"{what} must map old host paths to new host paths.", "ImportVM")
         if not isinstance(fixes, list) or not all(
                 isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("parent_path"), str)
                 for f in fixes):
-            raise _invalid_arg("parent_fixes must be a list of {path, parent_path}.", "ImportVM")
+            raise invalid_arg("parent_fixes must be a list of {path, parent_path}.", "ImportVM")
         doc, _ = self._read_config(config_path, "ImportVM")
         vm_id = doc["id"]
         dmap = {k.lower(): v for k, v in disk_map.items()}
@@ -1026,17 +775,17 @@ class HyperVHost:
             if vm_id in self.vms:
                 raise OpError(f"Failed to import the virtual machine: a virtual machine with identifier {vm_id} "
                               f"already exists on {self.name} (Import-VM -Register keeps the ID).",
-                              "ResourceExists", _fqid("ObjectAlreadyExists", "ImportVM"), vm_id)
+                              "ResourceExists", fqid("ObjectAlreadyExists", "ImportVM"), vm_id)
             # 1. Set-VHD -ParentPath
             self._set_parents(fixes)
             # 2. re-point disks and ISOs
-            new_path = _parent(_parent(config_path))  # ...\<id>\Virtual Machines\<id>.vmcx -> ...\<id>
+            new_path = parent_folder(parent_folder(config_path))  # ...\<id>\Virtual Machines\<id>.vmcx -> ...\<id>
             if not self.paths.is_under(new_path):
-                new_path = _parent(config_path)
+                new_path = parent_folder(config_path)
             old_path = doc["path"]
 
             def relocate_vm_file(p: str) -> str:
-                if _same(p[:len(old_path) + 1], old_path + "\\"):
+                if same_path(p[:len(old_path) + 1], old_path + "\\"):
                     return new_path + p[len(old_path):]
                 return p
 
@@ -1077,11 +826,11 @@ class HyperVHost:
                     problems.append(e.message)
             for s in snapshots:
                 for i, p in enumerate(s["disks"]):
-                    if i >= len(chains) or any(_same(l.host_path, p) for l in chains[i]):
+                    if i >= len(chains) or any(same_path(l.host_path, p) for l in chains[i]):
                         continue
                     # not in disk_paths: the checkpoint's disk is the chain member with its file name
                     # (checkpoint disks are named <base>_<snapshot id>.avhdx, so names are unique)
-                    match = [l for l in chains[i] if _same(_leaf_name(l.host_path), _leaf_name(p))]
+                    match = [l for l in chains[i] if same_path(leaf_name(l.host_path), leaf_name(p))]
                     if len(match) == 1:
                         s["disks"][i] = match[0].host_path
                     else:
@@ -1093,7 +842,7 @@ class HyperVHost:
                 if sw not in self.props["switches"]:
                     problems.append(f"Ethernet switch '{sw}' was not found")
             state = "Off"
-            vmrs_hp = f"{_parent(config_path)}\\{vm_id.upper()}.vmrs"
+            vmrs_hp = f"{parent_folder(config_path)}\\{vm_id.upper()}.vmrs"
             if doc.get("state") in ("Saved", "Running") and doc.get("snapshot") is None:
                 try:
                     vmrs = disk.read_vmrs(self.paths.local(vmrs_hp, "ImportVM"))

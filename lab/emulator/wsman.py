@@ -62,8 +62,9 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
+from lab.emulator.errors import OpError
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
-from lab.emulator.model import HyperVHost, OpError
+from lab.emulator.model import HyperVHost
 
 log = logging.getLogger("lab.emulator.wsman")
 
