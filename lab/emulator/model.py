@@ -20,7 +20,6 @@ simplifications (documented gaps) of each part.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from lab.emulator import hostprops
@@ -66,10 +65,6 @@ class HyperVHost:
     @property
     def props(self) -> dict:
         return self.registry.props
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.registry.lock
 
     def run(self, op: str, args: object) -> dict:
         """Run one operation of the table (operations.py), as the WinRM server does."""
