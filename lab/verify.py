@@ -34,7 +34,8 @@ from pathlib import Path
 
 from lab import history
 from lab.emulator import disk
-from lab.emulator.model import HostPaths, OpError
+from lab.emulator.errors import OpError
+from lab.emulator.hostpaths import HostPaths
 from workers.model.config import load_config
 
 MAX_LISTED = 5

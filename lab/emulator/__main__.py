@@ -6,7 +6,7 @@ Ready when GET /lab/ping answers (EmulatorClient.wait_ready), and when the line
 "emulator <host> ready on <endpoint>" is on stderr and DIR/hosts/<host>/emulator/ready.json
 exists ({"pid", "endpoint", "started_at"}). SIGTERM/SIGINT stop it cleanly: guest writers
 stop after their last acknowledged write, VM states are kept (a Running VM is Running again
-on the next start; see model.py).
+on the next start; see lifecycle.py).
 """
 from __future__ import annotations
 

@@ -62,10 +62,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
 from lab.emulator.clixml import format_clixml_error, format_clixml_progress
+from lab.emulator.errors import OpError
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
-from lab.emulator.model import HyperVHost, OpError
+from lab.emulator.model import HyperVHost
 from workers.hyperv import scripts
-from workers.hyperv.scripts import ScriptMismatch
+from workers.hyperv.errors import ScriptMismatch
 
 log = logging.getLogger("lab.emulator.wsman")
 
@@ -362,60 +363,92 @@ class Handler(BaseHTTPRequestHandler):
             except (json.JSONDecodeError, UnicodeDecodeError):
                 self._json(400, {"error": "the body is not JSON"})
                 return
-        srv = self.server
+        route = self._LAB_ROUTES.get((method, path))
         try:
-            if method == "GET" and path == "/lab/ping":
-                self._json(200, {"ok": True, "host": srv.model.name, "pid": os.getpid(), "endpoint": srv.endpoint})
-            elif method == "GET" and path == "/lab/state":
-                self._json(200, srv.model.lab_state())
-            elif method == "POST" and path == "/lab/vms":
-                if not isinstance(doc, dict):
-                    self._json(400, {"error": "POST /lab/vms takes a JSON object"})
-                    return
-                unknown = set(doc) - {"name", "memory_mb", "disk_mb", "write_rate_kbps", "iso",
-                                      "checkpoint_type", "start", "version", "switches", "passthrough_disk"}
-                if unknown:
-                    self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
-                    return
-                self._json(200, srv.model.create_vm(**doc))
-            elif method == "GET" and path == "/lab/host":
-                self._json(200, dict(srv.model.props))
-            elif method == "POST" and path == "/lab/host":
-                self._json(200, srv.model.set_props(doc))
-            elif method == "DELETE" and path == "/lab/host":
-                self._json(200, srv.model.reset_props())
-            elif method == "GET" and path == "/lab/faults":
-                self._json(200, {"faults": srv.faults.list()})
-            elif method == "POST" and path == "/lab/faults":
-                rules = doc if isinstance(doc, list) else [doc]
-                parsed = [parse_fault(r) for r in rules]
-                for f in parsed:
-                    srv.faults.add(f)
-                    log.warning("fault armed: %s", f.describe())
-                self._json(200, {"faults": srv.faults.list()})
-            elif method == "DELETE" and path == "/lab/faults":
-                self._json(200, {"cleared": srv.faults.clear()})
-            elif method == "GET" and path == "/lab/outage":
-                self._json(200, {"remaining_s": srv.outage_remaining_s()})
-            elif method == "POST" and path == "/lab/outage":
-                seconds = doc.get("seconds") if isinstance(doc, dict) and set(doc) == {"seconds"} else None
-                if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
-                    self._json(400, {"error": "POST /lab/outage takes {\"seconds\": a number in (0, 3600]}"})
-                    return
-                srv.outage_until = time.monotonic() + seconds
-                log.warning("outage: the WinRM endpoint drops every request for %.1fs", seconds)
-                self._json(200, {"remaining_s": srv.outage_remaining_s()})
-            elif method == "DELETE" and path == "/lab/outage":
-                srv.outage_until = 0.0
-                self._json(200, {"remaining_s": 0.0})
-            else:
+            if route is None:
                 self._json(404, {"error": f"no such lab endpoint: {method} {path}"})
+            else:
+                route(self, doc)
         except FaultSpecError as e:
             self._json(400, {"error": str(e)})
         except OpError as e:
             self._json(400, {"error": e.message, "category": e.category, "fqid": e.fqid})
         except TypeError as e:
             self._json(400, {"error": str(e)})
+
+    def _lab_ping(self, doc: object) -> None:
+        srv = self.server
+        self._json(200, {"ok": True, "host": srv.model.name, "pid": os.getpid(), "endpoint": srv.endpoint})
+
+    def _lab_state(self, doc: object) -> None:
+        self._json(200, self.server.model.lab_state())
+
+    def _lab_create_vm(self, doc: object) -> None:
+        if not isinstance(doc, dict):
+            self._json(400, {"error": "POST /lab/vms takes a JSON object"})
+            return
+        unknown = set(doc) - {"name", "memory_mb", "disk_mb", "write_rate_kbps", "iso",
+                              "checkpoint_type", "start", "version", "switches", "passthrough_disk"}
+        if unknown:
+            self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
+            return
+        self._json(200, self.server.model.create_vm(**doc))
+
+    def _lab_get_host(self, doc: object) -> None:
+        self._json(200, dict(self.server.model.props))
+
+    def _lab_set_host(self, doc: object) -> None:
+        self._json(200, self.server.model.set_props(doc))
+
+    def _lab_reset_host(self, doc: object) -> None:
+        self._json(200, self.server.model.reset_props())
+
+    def _lab_get_faults(self, doc: object) -> None:
+        self._json(200, {"faults": self.server.faults.list()})
+
+    def _lab_add_faults(self, doc: object) -> None:
+        srv = self.server
+        rules = doc if isinstance(doc, list) else [doc]
+        parsed = [parse_fault(r) for r in rules]
+        for f in parsed:
+            srv.faults.add(f)
+            log.warning("fault armed: %s", f.describe())
+        self._json(200, {"faults": srv.faults.list()})
+
+    def _lab_clear_faults(self, doc: object) -> None:
+        self._json(200, {"cleared": self.server.faults.clear()})
+
+    def _lab_get_outage(self, doc: object) -> None:
+        self._json(200, {"remaining_s": self.server.outage_remaining_s()})
+
+    def _lab_start_outage(self, doc: object) -> None:
+        srv = self.server
+        seconds = doc.get("seconds") if isinstance(doc, dict) and set(doc) == {"seconds"} else None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
+            self._json(400, {"error": "POST /lab/outage takes {\"seconds\": a number in (0, 3600]}"})
+            return
+        srv.outage_until = time.monotonic() + seconds
+        log.warning("outage: the WinRM endpoint drops every request for %.1fs", seconds)
+        self._json(200, {"remaining_s": srv.outage_remaining_s()})
+
+    def _lab_end_outage(self, doc: object) -> None:
+        self.server.outage_until = 0.0
+        self._json(200, {"remaining_s": 0.0})
+
+    _LAB_ROUTES = {
+        ("GET", "/lab/ping"): _lab_ping,
+        ("GET", "/lab/state"): _lab_state,
+        ("POST", "/lab/vms"): _lab_create_vm,
+        ("GET", "/lab/host"): _lab_get_host,
+        ("POST", "/lab/host"): _lab_set_host,
+        ("DELETE", "/lab/host"): _lab_reset_host,
+        ("GET", "/lab/faults"): _lab_get_faults,
+        ("POST", "/lab/faults"): _lab_add_faults,
+        ("DELETE", "/lab/faults"): _lab_clear_faults,
+        ("GET", "/lab/outage"): _lab_get_outage,
+        ("POST", "/lab/outage"): _lab_start_outage,
+        ("DELETE", "/lab/outage"): _lab_end_outage,
+    }
 
     def _hang_up(self) -> None:
         """Close the connection without an answer, as a dead link or a crashed service does."""
@@ -440,7 +473,8 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 root = ET.fromstring(body)
             except ET.ParseError as e:
-                raise WSManFault("w:InvalidMessageInformationHeader", f"The request is not well-formed XML: {e}")
+                raise WSManFault("w:InvalidMessageInformationHeader",
+                                 f"The request is not well-formed XML: {e}") from None
             header = root.find("s:Header", NS)
             soap_body = root.find("s:Body", NS)
             if header is None or soap_body is None:
@@ -451,27 +485,7 @@ class Handler(BaseHTTPRequestHandler):
             if resource != SHELL_URI:
                 raise WSManFault("w:DestinationUnreachable", f"The resource URI {resource!r} is not supported.",
                                  2150858770)
-            timeout = min(_duration_s(header.findtext("w:OperationTimeout", None, NS), 60.0), MAX_OPERATION_TIMEOUT_S)
-            shell_id = None
-            for sel in header.findall("w:SelectorSet/w:Selector", NS):
-                if sel.get("Name") == "ShellId":
-                    shell_id = (sel.text or "").strip()
-            options = {o.get("Name"): (o.text or "").strip() for o in header.findall("w:OptionSet/w:Option", NS)}
-            if action == ACT_CREATE:
-                reply = self._create(options)
-            elif action == ACT_COMMAND:
-                reply = self._command(shell_id, soap_body)
-            elif action == ACT_SEND:
-                reply = self._send_input(shell_id, soap_body)
-            elif action == ACT_RECEIVE:
-                reply = self._receive(shell_id, soap_body, timeout)
-            elif action == ACT_SIGNAL:
-                reply = self._signal(shell_id, soap_body)
-            elif action == ACT_DELETE:
-                reply = self._delete(shell_id)
-            else:
-                raise WSManFault("a:ActionNotSupported", f"The action {action!r} is not supported by the service.",
-                                 2150858818)
+            reply = self._dispatch(action, header, soap_body)
         except DropConnection:
             log.warning("fault injection: dropping the connection instead of answering")
             self._hang_up()
@@ -481,6 +495,29 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(200, self._envelope(action + "Response", msg_id, reply).encode("utf-8"),
                    "application/soap+xml;charset=UTF-8")
+
+    def _dispatch(self, action: str, header: ET.Element, soap_body: ET.Element) -> str:
+        """Run one WS-Management request; the reply's body."""
+        timeout = min(_duration_s(header.findtext("w:OperationTimeout", None, NS), 60.0), MAX_OPERATION_TIMEOUT_S)
+        shell_id = None
+        for sel in header.findall("w:SelectorSet/w:Selector", NS):
+            if sel.get("Name") == "ShellId":
+                shell_id = (sel.text or "").strip()
+        options = {o.get("Name"): (o.text or "").strip() for o in header.findall("w:OptionSet/w:Option", NS)}
+        if action == ACT_CREATE:
+            return self._create(options)
+        if action == ACT_COMMAND:
+            return self._command(shell_id, soap_body)
+        if action == ACT_SEND:
+            return self._send_input(shell_id, soap_body)
+        if action == ACT_RECEIVE:
+            return self._receive(shell_id, soap_body, timeout)
+        if action == ACT_SIGNAL:
+            return self._signal(shell_id, soap_body)
+        if action == ACT_DELETE:
+            return self._delete(shell_id)
+        raise WSManFault("a:ActionNotSupported", f"The action {action!r} is not supported by the service.",
+                         2150858818)
 
     @staticmethod
     def _envelope(action: str, relates_to: str, body: str) -> str:
@@ -506,7 +543,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             codepage = int(options.get("WINRS_CODEPAGE") or 437)
         except ValueError:
-            raise WSManFault("w:InvalidOptions", "WINRS_CODEPAGE must be a number.")
+            raise WSManFault("w:InvalidOptions", "WINRS_CODEPAGE must be a number.") from None
         sh = self.server.new_shell(codepage, self.server.username)
         log.debug("shell %s created (codepage %d)", sh.id, codepage)
         return (f'<x:ResourceCreated><a:Address>{escape(self.server.endpoint)}</a:Address><a:ReferenceParameters>'
@@ -540,7 +577,7 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 chunk = base64.b64decode((stream.text or "").strip(), validate=True)
             except binascii.Error:
-                raise WSManFault("w:InvalidParameter", "The stdin stream is not valid base64.")
+                raise WSManFault("w:InvalidParameter", "The stdin stream is not valid base64.") from None
             if len(cmd.stdin) + len(chunk) > MAX_STDIN:
                 raise WSManFault("w:InvalidParameter", "The script is too large.")
             cmd.stdin += chunk
@@ -572,7 +609,7 @@ class Handler(BaseHTTPRequestHandler):
         cmd.err_pos += len(err)
         out_end = cmd.out_pos >= len(cmd.stdout)
         err_end = cmd.err_pos >= len(cmd.stderr)
-        for name, data, end in (("stdout", out, out_end), ("stderr", err, err_end)):
+        for name, data in (("stdout", out), ("stderr", err)):
             if data:
                 parts.append(f'<rsp:Stream Name="{name}" CommandId="{cmd.id}">'
                              f'{base64.b64encode(data).decode()}</rsp:Stream>')

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from lab.emulator.model import ISO_NAME
+from lab.emulator.lifecycle import ISO_NAME
 
 pytestmark = pytest.mark.integration
 

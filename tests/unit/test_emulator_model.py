@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from lab.emulator import disk
+from lab.emulator.errors import OpError
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
-from lab.emulator.model import HyperVHost, OpError
+from lab.emulator.model import HyperVHost
 from lab.verify import check_journal, parse_journal, verify_vm
 
 RATE = 400  # KiB/s = 100 records/s: enough records in a few tenths of a second

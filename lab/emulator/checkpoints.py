@@ -1,0 +1,135 @@
+"""Checkpoints and the differencing-disk chains they make.
+
+Checkpoint-VM freezes each disk's active leaf and gives it a child `<base>_<sid>.avhdx` in the
+same folder, which the guest writes from then on; Remove-VMSnapshot merges the child of a
+checkpoint's disk back into it; Set-VHD -ParentPath points a child at a moved parent (after a
+copy to another host).
+
+Simplifications (documented gaps): checkpoints write no memory .vmrs (as a Production
+checkpoint); the process runs as root, so the 0444 mode of parents is advisory (the model
+only ever writes to a VM's leaf).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+
+from lab.emulator import disk
+from lab.emulator.errors import OpError, fqid
+from lab.emulator.events import EventLog
+from lab.emulator.hostpaths import leaf_name, parent_folder, same_path
+from lab.emulator.registry import Registry
+from lab.emulator.vm import VM
+from lab.emulator.vmcx import vmcx_doc
+
+log = logging.getLogger("lab.emulator.checkpoints")
+
+_SET_VHD_FQID = "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD"
+
+
+class Checkpoints:
+    def __init__(self, registry: Registry, events: EventLog):
+        self.reg = registry
+        self.paths = registry.paths
+        self.events = events
+
+    # -- Checkpoint-VM -----------------------------------------------------------------
+    def checkpoint(self, vm: VM, sname: str) -> dict:
+        """Checkpoint-VM (the caller holds vm.op_lock): the new checkpoint's record."""
+        if vm.checkpoint_type == "Disabled":
+            raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are disabled for this "
+                          f"virtual machine (CheckpointType is Disabled).", "InvalidOperation",
+                          fqid("CheckpointsDisabled", "CheckpointVM"), vm.name)
+        if any(d.get("disk_number") is not None for d in vm.disks):
+            raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are not supported for "
+                          f"virtual machines with pass-through disks.", "InvalidOperation",
+                          fqid("OperationFailed", "CheckpointVM"), vm.name)
+        sid = str(uuid.uuid4())
+        frozen = self._freeze_disks(vm, sid)
+        snap = {"id": sid, "name": sname, "config_path": f"{vm.path}\\Snapshots\\{sid.upper()}.vmcx",
+                "disks": frozen, "created": time.time()}
+        snap_doc = vmcx_doc(vm, self.paths.vm_root, snapshot={"id": sid, "name": sname, "created": snap["created"]})
+        for i, d in enumerate(snap_doc["disks"]):
+            d["path"] = frozen[i]
+        sp = self.paths.local(snap["config_path"])
+        sp.parent.mkdir(parents=True, exist_ok=True)
+        sp.write_text(json.dumps(snap_doc, indent=1, ensure_ascii=False))
+        vm.snapshots.append(snap)
+        self.reg.save(vm)
+        self.events.event(vm, "checkpoint", snapshot=sname, snapshot_id=sid)
+        log.info("checkpoint %s of VM %s on %s", sid, vm.id, self.reg.name)
+        return snap
+
+    def _freeze_disks(self, vm: VM, sid: str) -> list[str]:
+        """Give each disk's leaf a child the guest writes from now on; the frozen leaves."""
+        frozen: list[str] = []
+        with vm.io_lock:
+            links = [vm.chain(self.paths, i) for i in range(len(vm.disks))]
+            for i, d in enumerate(vm.disks):
+                leaf = links[i][0]
+                stem = leaf_name(links[i][-1].host_path).rsplit(".", 1)[0]
+                new_hp = f"{parent_folder(leaf.host_path)}\\{stem}_{sid}.avhdx"
+                disk.create_child(self.paths.local(new_hp), leaf.host_path, leaf.header)
+                os.chmod(leaf.local, 0o444)  # a parent is read-only while it has a child
+                frozen.append(leaf.host_path)
+                d["path"] = new_hp
+        return frozen
+
+    # -- Remove-VMSnapshot -------------------------------------------------------------
+    def merge(self, vm: VM, snap: dict) -> None:
+        """Remove-VMSnapshot: merge the checkpoint's child disk into the checkpoint's disk."""
+        with vm.io_lock:
+            for i, frozen in enumerate(snap["disks"]):
+                self._merge_disk(vm, snap, i, frozen)
+        try:
+            self.paths.local(snap["config_path"]).unlink(missing_ok=True)
+        except OpError:
+            pass
+        vm.snapshots.remove(snap)
+        self.reg.save(vm)
+        self.events.event(vm, "merge", snapshot=snap["name"], snapshot_id=snap["id"])
+        log.info("merged checkpoint %s of VM %s on %s", snap["id"], vm.id, self.reg.name)
+
+    def _merge_disk(self, vm: VM, snap: dict, i: int, frozen: str) -> None:
+        chain = vm.chain(self.paths, i)
+        idx = next((k for k, link in enumerate(chain) if same_path(link.host_path, frozen)), None)
+        if idx is None:
+            raise OpError(f"Cannot remove checkpoint '{snap['name']}' of '{vm.name}': its disk "
+                          f"'{frozen}' is not in the VM's disk chain.", "InvalidOperation",
+                          fqid("OperationFailed", "RemoveVMSnapshot"), vm.name)
+        if idx == 0:
+            return  # nothing was written after it (already merged)
+        parent, child = chain[idx], chain[idx - 1]
+        disk.merge_into_parent(child.local, parent.local)
+        if idx >= 2:
+            grand = chain[idx - 2]
+            disk.set_parent(grand.local, parent.host_path, parent.header.uid, verify=False)
+        else:
+            vm.disks[i]["path"] = parent.host_path  # the running leaf was merged away
+            os.chmod(parent.local, 0o644)
+        os.chmod(child.local, 0o644)
+        child.local.unlink()
+        for other in vm.snapshots:
+            if other is not snap and i < len(other["disks"]) and same_path(other["disks"][i], child.host_path):
+                other["disks"][i] = parent.host_path
+
+    # -- Set-VHD -ParentPath -----------------------------------------------------------
+    def set_parents(self, fixes: list[dict]) -> None:
+        """Set-VHD -ParentPath for each fix; every path is checked before anything changes."""
+        for fx in fixes:
+            self.paths.local(fx["path"], "SetVHD")
+            self.paths.local(fx["parent_path"], "SetVHD")
+        for fx in fixes:
+            child, parent = self.paths.local(fx["path"], "SetVHD"), self.paths.local(fx["parent_path"], "SetVHD")
+            for hp, lp in ((fx["path"], child), (fx["parent_path"], parent)):
+                if not lp.is_file():
+                    raise OpError(f"Set-VHD: the virtual hard disk '{hp}' was not found.", "InvalidArgument",
+                                  _SET_VHD_FQID, hp)
+            try:
+                disk.set_parent(child, fx["parent_path"], disk.read_header(parent).uid, verify=True)
+            except disk.DiskFormatError as e:
+                raise OpError(f"Failed to set the parent of '{fx['path']}' to '{fx['parent_path']}': {e}",
+                              "InvalidArgument", _SET_VHD_FQID, fx["path"]) from None

@@ -1,0 +1,88 @@
+"""Host paths (D:\\VMs\\hv1\\...) and the rules every path from the network must pass.
+
+Storage. The host's disk is the folder `DIR/hosts/<host>/share/`, which is also the root of
+that host's SMB share: host path `<vm_root>\\a\\b.vhdx` <-> `share/a/b.vhdx`. Every path that
+arrives from the network goes through `HostPaths.local`, which refuses anything outside
+vm_root, `.`/`..`/empty components, characters Windows forbids, trailing dots/spaces
+(Windows drops them, so they could alias another name) and symlink escapes.
+
+Host paths compare without case, as on Windows: `HostPaths.local` matches an existing file
+or folder whatever the case of the request.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from lab.emulator.errors import OpError, fqid, invalid_arg
+
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_BAD_PATH_CHARS = set('<>"/|?*:') | {chr(i) for i in range(32)}
+
+
+def is_guid(s: object) -> bool:
+    return isinstance(s, str) and bool(_GUID.match(s))
+
+
+def parent_folder(host_path: str) -> str:
+    return host_path.rsplit("\\", 1)[0]
+
+
+def leaf_name(host_path: str) -> str:
+    return host_path.rsplit("\\", 1)[-1]
+
+
+def same_path(a: str, b: str) -> bool:
+    return a.lower() == b.lower()
+
+
+def _bad_component(p: str) -> bool:
+    return p in ("", ".", "..") or any(c in _BAD_PATH_CHARS for c in p) or p != p.rstrip(" .")
+
+
+class HostPaths:
+    """Host paths (D:\\VMs\\hv1\\...) <-> files under this host's share folder."""
+
+    def __init__(self, vm_root: str, share: Path):
+        self.vm_root = vm_root.rstrip("\\")
+        self.share = Path(share)
+
+    def is_under(self, host_path: str) -> bool:
+        return isinstance(host_path, str) and host_path.lower().startswith(self.vm_root.lower() + "\\")
+
+    def local(self, host_path: object, cmdlet: str = "GetVM") -> Path:
+        """The local file for a host path; OpError for anything not strictly inside vm_root."""
+        if not isinstance(host_path, str) or not host_path:
+            raise invalid_arg(f"Cannot validate argument: the path {host_path!r} is not a non-empty string.", cmdlet)
+        if len(host_path) > 1024:
+            raise invalid_arg("Cannot validate argument: the path is longer than 1024 characters.", cmdlet)
+        if not self.is_under(host_path):
+            raise OpError(f"Access is denied. The path '{host_path}' is outside this host's virtual machine "
+                          f"storage '{self.vm_root}'.", "PermissionDenied",
+                          fqid("UnauthorizedAccess", cmdlet), host_path)
+        parts = host_path[len(self.vm_root) + 1:].split("\\")
+        if any(_bad_component(p) for p in parts):
+            raise invalid_arg(f"The path '{host_path}' is not a valid file path "
+                              f"(empty, '.' or '..' component, or a character Windows forbids).", cmdlet)
+        local = self._existing_spelling(parts)
+        real = os.path.realpath(local)
+        root = os.path.realpath(self.share)
+        if not real.startswith(root + os.sep):
+            raise OpError(f"Access is denied. The path '{host_path}' leaves this host's storage.",
+                          "PermissionDenied", fqid("UnauthorizedAccess", cmdlet), host_path)
+        return local
+
+    def _existing_spelling(self, parts: list[str]) -> Path:
+        local = self.share
+        for p in parts:  # Windows paths compare without case: use an existing entry's spelling
+            cand = local / p
+            if not os.path.lexists(cand) and local.is_dir():
+                low = p.lower()
+                cand = next((local / e for e in sorted(os.listdir(local)) if e.lower() == low), cand)
+            local = cand
+        return local
+
+    def host(self, local: Path) -> str:
+        rel = Path(local).relative_to(self.share)
+        return self.vm_root + "\\" + "\\".join(rel.parts)

@@ -1,0 +1,216 @@
+"""The operation table: what the WinRM server runs, by the name of the shipped script.
+
+Each shipped script (workers/hyperv/scripts/<op>.ps1) has one `op_<op>` here, which checks
+its arguments as the script's cmdlets would bind them, takes the VM's op_lock when the script
+works on one VM, lets the part of the host that holds the rule do the work, and answers with
+what the script prints (as JSON).
+"""
+from __future__ import annotations
+
+import logging
+
+from lab.emulator import hostprops
+from lab.emulator.checkpoints import Checkpoints
+from lab.emulator.errors import OpError, invalid_arg
+from lab.emulator.events import EventLog
+from lab.emulator.files import HostFiles
+from lab.emulator.hostpaths import is_guid
+from lab.emulator.lifecycle import VMLifecycle
+from lab.emulator.registry import Registry
+from lab.emulator.vm import MAX_NAME, VM, describe
+from lab.emulator.vmimport import Importer
+from workers.model import chunks
+
+log = logging.getLogger("lab.emulator.operations")
+
+
+def _whole(value, low: int, high: int | None = None) -> bool:
+    """Whether value is a whole number (not a bool) in low..high."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
+def _check_fixes(fixes: object, cmdlet: str) -> list[dict]:
+    if not isinstance(fixes, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("parent_path"), str)
+            for f in fixes):
+        raise invalid_arg("parent_fixes must be a list of {path, parent_path}.", cmdlet)
+    return fixes
+
+
+class Operations:
+    OPS = ("list_vms", "describe_vm", "host_info", "checkpoint_vm", "save_vm", "start_vm",
+           "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files",
+           "reparent_disks", "stop_vm", "file_hash")
+
+    def __init__(self, registry: Registry, events: EventLog, lifecycle: VMLifecycle, checkpoints: Checkpoints,
+                 files: HostFiles, importer: Importer):
+        self.reg = registry
+        self.paths = registry.paths
+        self.events = events
+        self.lifecycle = lifecycle
+        self.checkpoints = checkpoints
+        self.files = files
+        self.importer = importer
+
+    def run(self, op: str, args: object) -> dict:
+        if op not in self.OPS:
+            raise OpError(f"The operation '{op}' is not supported by this host.", "NotImplemented",
+                          "QuickmigUnknownOperation")
+        if not isinstance(args, dict):
+            raise invalid_arg("The arguments must be a JSON object.")
+        return getattr(self, f"op_{op}")(args)
+
+    def _info(self, vm: VM) -> dict:
+        return describe(vm, self.paths)
+
+    # -- read-only operations ----------------------------------------------------------
+    def op_list_vms(self, args: dict) -> dict:
+        with self.reg.lock:
+            return {"vms": [{"id": v.id, "name": v.name, "state": v.state} for v in self.reg.vms.values()]}
+
+    def op_describe_vm(self, args: dict) -> dict:
+        if args.get("vm_id") is not None:
+            vm = self.reg.get(args["vm_id"])
+            return {"vm": self._info(vm)}
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid_arg("describe_vm needs 'name' or 'vm_id'.")
+        with self.reg.lock:
+            # exact and case-sensitive, as the shipped script compares (-ceq): Get-VM -Name is a wildcard
+            found = [v for v in self.reg.vms.values() if v.name == name]
+        if not found:
+            raise OpError(f"Hyper-V was unable to find a virtual machine with name \"{name}\".",
+                          "ObjectNotFound", "VMNotFound", name)
+        if len(found) > 1:
+            ids = ", ".join(v.id for v in found)
+            raise OpError(f"More than one virtual machine is named \"{name}\" (ids {ids}); ask by vm_id.",
+                          "InvalidResult", "AmbiguousVMName", name)
+        return {"vm": self._info(found[0])}
+
+    def op_host_info(self, args: dict) -> dict:
+        free = hostprops.free_bytes(self.reg.props, self.paths.share)
+        p = self.reg.props
+        return {"name": self.reg.name, "supported_versions": list(p["supported_versions"]),
+                "switches": list(p["switches"]), "cpu_vendor": p["cpu_vendor"], "free_bytes": free,
+                "vm_root_free_bytes": free}
+
+    def op_wait_heartbeat(self, args: dict) -> dict:
+        vm = self.reg.get(args.get("vm_id"), "GetVMIntegrationService")
+        timeout = args.get("timeout_s", 60)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 3600:
+            raise invalid_arg("timeout_s must be a number of seconds between 0 and 3600.", "GetVMIntegrationService")
+        return self.lifecycle.wait_heartbeat(vm, timeout)
+
+    def op_file_hash(self, args: dict) -> dict:
+        hp, scheme = args.get("path"), args.get("scheme")
+        if not isinstance(hp, str):
+            raise invalid_arg("path must be a host path.", "GetFileHash")
+        if scheme not in ("sha256", "sha256-chunks-8MiB"):
+            raise OpError(f"file_hash knows the schemes sha256 and sha256-chunks-8MiB, not {scheme}.",
+                          "InvalidArgument", "UnknownScheme", str(scheme))
+        local = self.paths.local(hp, "GetFileHash")
+        if not local.is_file():
+            raise OpError(f"file_hash hashes files only; {hp} is not a file.", "InvalidArgument", "NotAFile", hp)
+        chunk_range = None
+        if "first" in args or "count" in args:  # a range of chunks, their digests listed (file_hash.ps1 does the same)
+            first, count = args.get("first"), args.get("count")
+            if scheme != chunks.SCHEME or not _whole(first, 0) or not _whole(count, 1, chunks.MAX_RANGE):
+                raise invalid_arg(f"first and count (a range of at most {chunks.MAX_RANGE} chunks) go with the "
+                                  f"scheme {chunks.SCHEME} only, as whole numbers >= 0 and 1..{chunks.MAX_RANGE}.",
+                                  "GetFileHash")
+            chunk_range = (first, count)
+        return self.files.file_hash(hp, local, scheme, chunk_range)
+
+    # -- power -------------------------------------------------------------------------
+    def op_start_vm(self, args: dict) -> dict:
+        vm = self.reg.get(args.get("vm_id"), "StartVM")
+        with vm.op_lock:
+            self.lifecycle.start(vm)
+            return {"vm": self._info(vm)}
+
+    def op_save_vm(self, args: dict) -> dict:
+        vm = self.reg.get(args.get("vm_id"), "SaveVM")
+        with vm.op_lock:
+            self.lifecycle.save(vm)
+            return {"vm": self._info(vm)}
+
+    def op_stop_vm(self, args: dict) -> dict:
+        vm = self.reg.get(args.get("vm_id"), "StopVM")
+        with vm.op_lock:
+            self.lifecycle.turn_off(vm)
+            self.reg.save(vm)
+            return {"state": vm.state}
+
+    # -- checkpoints -------------------------------------------------------------------
+    def op_checkpoint_vm(self, args: dict) -> dict:
+        vm = self.reg.get(args.get("vm_id"), "CheckpointVM")
+        sname = args.get("snapshot_name")
+        if not isinstance(sname, str) or not sname or len(sname) > MAX_NAME or "\0" in sname:
+            raise invalid_arg(f"snapshot_name must be 1-{MAX_NAME} characters.", "CheckpointVM")
+        with vm.op_lock:
+            snap = self.checkpoints.checkpoint(vm, sname)
+            return {"snapshot": {"id": snap["id"], "name": sname, "config_path": snap["config_path"]},
+                    "vm": self._info(vm)}
+
+    def op_remove_snapshots(self, args: dict) -> dict:
+        vm = self.reg.get(args.get("vm_id"), "RemoveVMSnapshot")
+        ids = args.get("snapshot_ids")
+        if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
+            raise invalid_arg("snapshot_ids must be a list of checkpoint ids.", "RemoveVMSnapshot")
+        wanted = {s.lower() for s in ids}
+        with vm.op_lock:
+            # ids that are not (or no longer) checkpoints of this VM are skipped, as
+            # Get-VMSnapshot | Where-Object Id -in ... would skip them
+            for snap in [s for s in vm.snapshots if s["id"] in wanted]:
+                self.checkpoints.merge(vm, snap)
+            return {"vm": self._info(vm)}
+
+    def op_reparent_disks(self, args: dict) -> dict:
+        fixes = _check_fixes(args.get("parent_fixes"), "SetVHD")
+        with self.reg.lock:
+            self.checkpoints.set_parents(fixes)
+        return {"fixed": [f["path"] for f in fixes]}
+
+    # -- files -------------------------------------------------------------------------
+    def op_delete_files(self, args: dict) -> dict:
+        items = self.files.checked_paths(args.get("paths"), "paths", "RemoveItem")
+        with self.reg.lock:
+            return {"deleted": self.files.delete(items, None)}
+
+    def op_remove_vm(self, args: dict) -> dict:
+        turn_off = args.get("turn_off", False)
+        if not isinstance(turn_off, bool):
+            raise invalid_arg("turn_off must be true or false.", "RemoveVM")
+        items = self.files.checked_paths(args.get("delete_paths", []), "delete_paths", "RemoveVM")
+        vm_id = args.get("vm_id")
+        if not is_guid(vm_id if not isinstance(vm_id, str) else vm_id.lower()):
+            raise invalid_arg("vm_id must be a VM id (GUID).", "RemoveVM")
+        vm = self.reg.vms.get(vm_id.lower())  # type: ignore[union-attr]
+        removed = False
+        config_files = []
+        if vm is not None:
+            with vm.op_lock:
+                unregistered = self.lifecycle.unregister(vm, turn_off)
+            if unregistered is not None:
+                removed, config_files = True, unregistered
+                self.events.event(vm, "remove")
+                log.info("removed VM %s from %s", vm_id, self.reg.name)
+        with self.reg.lock:
+            deleted = self.files.delete(items, None)
+        self.files.prune(config_files + [local for _, local in items])
+        return {"removed": removed, "deleted": deleted}
+
+    # -- compare and import ------------------------------------------------------------
+    def op_compare_vm(self, args: dict) -> dict:
+        return self.importer.compare(args.get("config_path"), args.get("vm_root"))
+
+    def op_import_vm(self, args: dict) -> dict:
+        config_path = args.get("config_path")
+        disk_map = args.get("disk_paths", {}) or {}
+        iso_map = args.get("iso_paths", {}) or {}
+        for what, m in (("disk_paths", disk_map), ("iso_paths", iso_map)):
+            if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
+                raise invalid_arg(f"{what} must map old host paths to new host paths.", "ImportVM")
+        fixes = _check_fixes(args.get("parent_fixes", []) or [], "ImportVM")
+        vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes)  # type: ignore[arg-type]
+        return {"vm": self._info(vm)}

@@ -1,0 +1,130 @@
+"""The VM record: what the host knows about one VM, where its files are, and how Get-VM shows it.
+
+Layout, as Hyper-V names things (the VM folder is named by the VM id):
+
+    <vm_root>\\<id>\\Virtual Hard Disks\\disk0.vhdx              base disk
+    <vm_root>\\<id>\\Virtual Hard Disks\\disk0_<sid>.avhdx       checkpoint leaf (same folder as its parent)
+    <vm_root>\\<id>\\Virtual Machines\\<ID>.vmcx                 configuration (JSON, see `vmcx.vmcx_doc`)
+    <vm_root>\\<id>\\Virtual Machines\\<ID>.vmgs                 guest state (64 KiB)
+    <vm_root>\\<id>\\Virtual Machines\\<ID>.vmrs                 saved memory (Save-VM; removed by Start-VM)
+    <vm_root>\\<id>\\Snapshots\\<SID>.vmcx                        checkpoint configuration
+    <vm_root>\\ISO\\lab-tools.iso                                  one shared 4 MiB ISO per host
+
+The VM folder is named by the lowercase id; the files in it by the UPPERCASE GUID, as
+Hyper-V names them (and as the shipped scripts compute them).
+
+Locks: the registry's `lock` guards the host's table of VMs; each VM has `op_lock` (one
+operation on that VM at a time) and `io_lock` (shared with its guest writer; held while the
+active disk is switched). Order: op_lock -> lock -> io_lock. A guest writer is never stopped
+while io_lock is held.
+
+Simplification (a documented gap): one disk per VM (SCSI 0:0).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+
+from lab.emulator import disk
+from lab.emulator.errors import OpError, fqid
+from lab.emulator.guest import GuestWriter
+from lab.emulator.hostpaths import HostPaths, parent_folder
+from lab.emulator.hostprops import CPU_VENDOR, SWITCHES
+
+MiB = 1024 * 1024
+MAX_NAME = 100
+CHECKPOINT_TYPES = ("Standard", "Production", "ProductionOnly", "Disabled")
+
+
+@dataclass
+class VM:
+    id: str
+    name: str
+    path: str              # VM folder (host path)
+    config_path: str       # ...\Virtual Machines\<id>.vmcx
+    state: str = "Off"
+    generation: int = 2
+    version: str = "10.0"
+    memory_startup_bytes: int = 64 * MiB
+    checkpoint_type: str = "Standard"
+    switches: list[str] = field(default_factory=lambda: list(SWITCHES))
+    disks: list[dict] = field(default_factory=list)      # controller_* + path (active leaf)
+    isos: list[str] = field(default_factory=list)
+    snapshots: list[dict] = field(default_factory=list)  # id, name, config_path, disks (frozen paths), created
+    write_rate_kbps: float = 64.0
+    cpu_vendor: str = CPU_VENDOR
+    counter: int = 0       # last acknowledged guest seq when the writer last stopped
+    # runtime only
+    op_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    io_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    writer: GuestWriter | None = field(default=None, repr=False, compare=False)
+    heartbeat_at: float = field(default=0.0, repr=False, compare=False)
+
+    PERSISTED = ("id", "name", "path", "config_path", "state", "generation", "version",
+                 "memory_startup_bytes", "checkpoint_type", "switches", "disks", "isos", "snapshots",
+                 "write_rate_kbps", "cpu_vendor", "counter")
+
+    def to_state(self) -> dict:
+        d = {k: getattr(self, k) for k in self.PERSISTED}
+        if self.writer is not None:
+            d["counter"] = self.writer.counter
+        return json.loads(json.dumps(d))  # deep copy
+
+    @classmethod
+    def from_state(cls, d: dict) -> VM:
+        return cls(**{k: d[k] for k in cls.PERSISTED if k in d})
+
+    @property
+    def config_dir(self) -> str:
+        return parent_folder(self.config_path)
+
+    def state_file(self, ext: str) -> str:
+        return f"{self.config_dir}\\{self.id.upper()}.{ext}"
+
+    @property
+    def live_counter(self) -> int:
+        return self.writer.counter if self.writer is not None else self.counter
+
+    def chain(self, paths: HostPaths, index: int = 0) -> list[disk.ChainLink]:
+        """The disk chain of disk `index`, active leaf first."""
+        return disk.read_chain(self.disks[index]["path"], paths.local)
+
+
+def invalid_state(vm: VM, cmdlet: str, verb: str) -> OpError:
+    return OpError(f"'{vm.name}' failed to {verb}. The operation cannot be performed while the "
+                   f"object is in its current state. (Virtual machine ID {vm.id}, state {vm.state})",
+                   "InvalidOperation", fqid("InvalidState", cmdlet), vm.name)
+
+
+def _describe_disk(vm: VM, paths: HostPaths, i: int, d: dict) -> dict:
+    where = {"controller_type": d["controller_type"], "controller_number": d["controller_number"],
+             "controller_location": d["controller_location"], "path": d["path"]}
+    if d.get("disk_number") is not None:  # pass-through: Get-VMHardDiskDrive shows no file chain
+        return {**where, "chain": [], "passthrough": True}
+    try:
+        chain = [link.host_path for link in vm.chain(paths, i)]
+    except (OSError, disk.DiskFormatError, OpError):
+        chain = [d["path"]]
+    return {**where, "chain": chain}
+
+
+def describe(vm: VM, paths: HostPaths) -> dict:
+    """The VM as Get-VM (with its hard disk drives, DVD drives and checkpoints) shows it."""
+    disks = [_describe_disk(vm, paths, i, d) for i, d in enumerate(vm.disks)]
+    state_files = []
+    for ext in ("vmcx", "vmgs", "vmrs"):
+        hp = vm.state_file(ext)
+        try:
+            if paths.local(hp).is_file():
+                state_files.append(hp)
+        except OpError:
+            pass
+    return {
+        "id": vm.id, "name": vm.name, "state": vm.state, "generation": vm.generation,
+        "version": vm.version, "memory_startup_bytes": vm.memory_startup_bytes,
+        "checkpoint_type": vm.checkpoint_type, "path": vm.path, "config_path": vm.config_path,
+        "state_files": state_files, "disks": disks, "isos": list(vm.isos),
+        "snapshots": [{"id": s["id"], "name": s["name"], "config_path": s["config_path"]} for s in vm.snapshots],
+        "switches": list(vm.switches),
+    }

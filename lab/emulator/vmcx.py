@@ -1,0 +1,67 @@
+"""The VM configuration file (.vmcx): everything needed to register the VM elsewhere.
+
+Real .vmcx files are binary; the emulator writes a JSON document in their place (format
+`VMCX_FORMAT`). A VM's own configuration is `<ID>.vmcx` in its Virtual Machines folder; a
+checkpoint's is `Snapshots\\<SID>.vmcx`, the same document with `snapshot` set and the
+frozen disks as its disks.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lab.emulator.errors import OpError, fqid
+from lab.emulator.hostpaths import HostPaths, is_guid
+from lab.emulator.vm import VM
+
+VMCX_FORMAT = "quickmig-emulator-vmcx/1"
+
+
+def vmcx_doc(vm: VM, vm_root: str, snapshot: dict | None = None) -> dict:
+    """The configuration document (.vmcx): everything needed to register the VM elsewhere."""
+    return {
+        "format": VMCX_FORMAT, "id": vm.id, "name": vm.name, "state": vm.state,
+        "generation": vm.generation, "version": vm.version,
+        "memory_startup_bytes": vm.memory_startup_bytes, "checkpoint_type": vm.checkpoint_type,
+        "switches": list(vm.switches), "cpu_vendor": vm.cpu_vendor,
+        "vm_root": vm_root, "path": vm.path,
+        "disks": [dict(d) for d in vm.disks], "isos": list(vm.isos),
+        "snapshots": [] if snapshot else [dict(s) for s in vm.snapshots],
+        "snapshot": snapshot,
+        "guest": {"write_rate_kbps": vm.write_rate_kbps},
+    }
+
+
+def write_vmcx(paths: HostPaths, vm: VM) -> None:
+    path = paths.local(vm.config_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(vmcx_doc(vm, paths.vm_root), indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _well_formed(doc: object) -> bool:
+    return (isinstance(doc, dict) and doc.get("format") == VMCX_FORMAT and is_guid(doc.get("id"))
+            and isinstance(doc.get("name"), str) and isinstance(doc.get("disks"), list)
+            and isinstance(doc.get("isos", []), list) and isinstance(doc.get("snapshots", []), list)
+            and isinstance(doc.get("switches", []), list) and isinstance(doc.get("path"), str)
+            and all(isinstance(d, dict) and isinstance(d.get("path"), str) for d in doc["disks"])
+            and all(isinstance(x, str) for x in doc.get("isos", []) + doc.get("switches", [])))
+
+
+def read_config(paths: HostPaths, config_path: object, cmdlet: str) -> tuple[dict, Path]:
+    """A configuration file as Compare-VM and Import-VM read it; OpError if it is missing or not one."""
+    local = paths.local(config_path, cmdlet)
+    try:
+        doc = json.loads(local.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OpError(f"The virtual machine configuration file '{config_path}' was not found.",
+                      "InvalidArgument", fqid("ConfigNotFound", cmdlet), str(config_path)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, IsADirectoryError):
+        raise OpError(f"The file '{config_path}' is not a valid virtual machine configuration.",
+                      "InvalidData", fqid("InvalidConfiguration", cmdlet), str(config_path)) from None
+    if not _well_formed(doc):
+        raise OpError(f"The file '{config_path}' is not a valid virtual machine configuration.",
+                      "InvalidData", fqid("InvalidConfiguration", cmdlet), str(config_path))
+    return doc, local
