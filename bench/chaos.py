@@ -29,8 +29,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from lab import orchestrator, processes
 from lab.verify import verify_vm
 from producer.migrations import MigrationRequest, Producer

@@ -3,6 +3,7 @@ from its Redis checkpoint, re-copying at most one window (one chunk per stream).
 progress fields the record carries while a copy runs. Real lab: Redis, smbd, Celery."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -66,7 +67,7 @@ def test_a_copy_worker_killed_mid_copy_resumes_and_recopies_at_most_one_window(l
         status = lab.cli("status", mid)
         assert "progress" in status.stdout and "MB/s" in status.stdout and "ETA" in status.stdout
         stamps = sorted({p["at"] for _, p in samples})
-        gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+        gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
         assert len(gaps) >= 3, stamps
         assert gaps[len(gaps) // 2] <= 1.0 and gaps[-1] < 2.5, gaps  # generous: the machine is shared
 

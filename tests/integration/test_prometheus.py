@@ -67,7 +67,7 @@ def prometheus(lab, tmp_path):
             return urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200
         except OSError:
             if not processes.alive(entry):
-                raise RuntimeError((tmp_path / "prometheus.log").read_text()[-2000:])
+                raise RuntimeError((tmp_path / "prometheus.log").read_text()[-2000:]) from None
             return False
     try:
         wait_until(ready, 60, "prometheus ready")

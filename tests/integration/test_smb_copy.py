@@ -68,7 +68,8 @@ def test_reads_and_writes_in_requests_as_large_as_negotiated(smb_servers, smb_di
     real_read, real_write = files.send_read, files.send_write
     monkeypatch.setattr(files, "send_read",
                         lambda fh, off, want, into=None: reads.append(want) or real_read(fh, off, want, into))
-    monkeypatch.setattr(files, "send_write", lambda fh, off, data: writes.append(len(data)) or real_write(fh, off, data))
+    monkeypatch.setattr(files, "send_write",
+                        lambda fh, off, data: writes.append(len(data)) or real_write(fh, off, data))
 
     copy_file(src.endpoint, rf"{smb_dir}\big.bin", dst.endpoint, rf"{smb_dir}\big.bin", streams=1)
 

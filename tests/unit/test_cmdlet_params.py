@@ -466,7 +466,8 @@ GOOD = [
     "Set-VHD -Path $p `\n    -ParentPath $q",
     "Checkpoint-VM -VM $vm -CheckpointName $n -Passthru -WarningAction SilentlyContinue",
     "$r = Compare-VM -Path $p -Copy -GenerateNewId -VhdDestinationPath (Join-Path -Path $a -ChildPath 'b')",
-    "foreach ($d in @(Get-VMHardDiskDrive -VM $report.VM)) { Set-VMHardDiskDrive -VMHardDiskDrive $d -Path $m[$d.Path] }",
+    "foreach ($d in @(Get-VMHardDiskDrive -VM $report.VM)) { "
+    "Set-VMHardDiskDrive -VMHardDiskDrive $d -Path $m[$d.Path] }",
     "$x = [string](Get-VHD -Path $p).ParentPath",
     "function f { return Get-VM -Id $i }",
     "<# Remove-VM -Bogus #> Get-VMSwitch # Save-VM -Nope\n$s = 'Start-VM -Wrong'",

@@ -62,7 +62,8 @@ def test_a_bad_setting_is_refused_when_the_config_loads_naming_the_key(tmp_path,
 
 
 def test_typed_sections_carry_their_values(tmp_path):
-    cfg = config(tmp_path, "[copy]\nstreams = 2\n[logging]\nformat = \"json\"\n[metrics]\nport = 9200\naddr = \"0.0.0.0\"\n")
+    cfg = config(tmp_path, '[copy]\nstreams = 2\n[logging]\nformat = "json"\n'
+                           '[metrics]\nport = 9200\naddr = "0.0.0.0"\n')
     assert cfg.copy.streams == 2 and cfg.logging.format == "json"
     assert (cfg.metrics.port, cfg.metrics.addr) == (9200, "0.0.0.0")
 

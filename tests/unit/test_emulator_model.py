@@ -122,7 +122,8 @@ def test_chain_follows_parents_and_set_parent_checks_identity(tmp_path):
         disk.set_parent(files["D:\\r\\c1.avhdx"], "D:\\r\\other.vhdx", other.uid)
     disk.set_parent(files["D:\\r\\c1.avhdx"], "D:\\r\\moved.vhdx", h.uid)
     os.unlink(files["D:\\r\\base.vhdx"])
-    assert [l.host_path for l in disk.read_chain("D:\\r\\c1.avhdx", resolve)] == ["D:\\r\\c1.avhdx", "D:\\r\\moved.vhdx"]
+    chain = disk.read_chain("D:\\r\\c1.avhdx", resolve)
+    assert [link.host_path for link in chain] == ["D:\\r\\c1.avhdx", "D:\\r\\moved.vhdx"]
     assert disk.merge_into_parent(files["D:\\r\\c1.avhdx"], files["D:\\r\\moved.vhdx"]) == 1
     assert disk.read_records(files["D:\\r\\moved.vhdx"]) == [1, 2, 3]
 

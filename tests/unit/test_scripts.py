@@ -132,13 +132,15 @@ def _good() -> str:
 
 
 TAMPERED = {
-    "extra statement after the arguments": lambda t: t.replace("'@ | ConvertFrom-Json", "'@ | ConvertFrom-Json; Stop-Computer", 1),
+    "extra statement after the arguments":
+        lambda t: t.replace("'@ | ConvertFrom-Json", "'@ | ConvertFrom-Json; Stop-Computer", 1),
     "changed code": lambda t: t.replace("-Force", "-Force -Confirm:$false", 1),
     "appended line": lambda t: t + "Remove-VM -Name * -Force\n",
     "prepended line": lambda t: "Remove-VM -Name * -Force\n" + t,
     "missing trailing newline": lambda t: t[:-1],
     "second arguments line": lambda t: t.replace('"delete_paths": []}\n', '"delete_paths": []}\n{"x": 1}\n', 1),
-    "arguments not an object": lambda t: t.replace('{"vm_id": "abc", "turn_off": false, "delete_paths": []}', '["abc"]'),
+    "arguments not an object":
+        lambda t: t.replace('{"vm_id": "abc", "turn_off": false, "delete_paths": []}', '["abc"]'),
     "arguments not JSON": lambda t: t.replace('"turn_off": false', "'turn_off': $false"),
     "two objects on one line": lambda t: t.replace('"delete_paths": []}', '"delete_paths": []}{}'),
     "NaN in arguments": lambda t: t.replace('"turn_off": false', '"turn_off": NaN'),

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from workers.model import states
@@ -31,7 +33,7 @@ def test_failures_before_the_switchover_roll_back_and_after_it_do_not():
 def test_the_happy_path_is_allowed_in_order():
     path = [states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING,
             states.CUTTING_OVER, states.FINISHING, states.COMPLETED]
-    for a, b in zip(path, path[1:]):
+    for a, b in itertools.pairwise(path):
         states.check(a, b)
 
 
