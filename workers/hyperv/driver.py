@@ -272,20 +272,20 @@ class HyperVDriver:
         if shell_id is not None and command_id is not None:
             try:
                 proto.cleanup_command(shell_id, command_id)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - clean-up must not hide the operation's outcome
                 log.warning("hyperv host=%s: could not signal command end: %s", self.host.name, type(e).__name__)
         if shell_id is not None:
             try:
                 proto.close_shell(shell_id, close_session=True)
                 return
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - as above; the host drops an idle shell by itself
                 log.warning("hyperv host=%s: could not delete WinRM shell: %s", self.host.name, type(e).__name__)
         try:
             proto.transport.close_session()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the session is being thrown away either way
             pass
 
-    # -- one thin method per operation (results as in docs/hyperv-operations.md) ---------------------
+    # -- one thin method per operation (results as in docs/hyperv-operations.md) -----
 
     def list_vms(self) -> dict:
         return self.run("list_vms", {})
