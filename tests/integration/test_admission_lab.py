@@ -44,7 +44,7 @@ def test_a_migration_waits_for_a_place_says_why_is_not_stuck_and_cancels_cleanly
         monkeypatch.setenv("QUICKMIG_CONFIG", str(lab.config_path))
         context.reset()
         before = p.get(c)
-        deadlines, nudges = reconciler.settings(lab.cfg)
+        deadlines, nudges = lab.cfg.reconciler.deadlines_s, lab.cfg.reconciler.max_nudges
         assert reconciler.reconcile_one(c, deadlines, nudges, now=time.time() + 3600) is None
         assert p.get(c) == before
 

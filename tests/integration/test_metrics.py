@@ -8,7 +8,7 @@ pytestmark = pytest.mark.integration
 
 
 def scrape(lab) -> dict:
-    port = lab.cfg.metrics_port
+    port = lab.cfg.metrics.port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out = {}
     for fam in text_string_to_metric_families(text):
@@ -44,7 +44,7 @@ def test_counters_match_the_records_after_migrations_on_several_children(lab):
 def test_the_fleet_gauges_come_from_redis_and_endpoints_are_written(lab):
     import json
     endpoints = json.loads((lab.dir / "endpoints.json").read_text())
-    assert [e["url"] for e in endpoints["metrics"]] == [f"http://127.0.0.1:{lab.cfg.metrics_port}/metrics"]
+    assert [e["url"] for e in endpoints["metrics"]] == [f"http://127.0.0.1:{lab.cfg.metrics.port}/metrics"]
     r = lab.redis()
     m = scrape(lab)
     for pool in ("snapshot", "copy", "cutover"):

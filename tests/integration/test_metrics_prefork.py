@@ -45,7 +45,7 @@ def own_worker(lab, tmp_path):
     mdir.mkdir()
     env = dict(os.environ, QUICKMIG_CONFIG=str(conf), PROMETHEUS_MULTIPROC_DIR=str(mdir))
     port = free_port()
-    worker = processes.spawn([sys.executable, "-m", "celery", "-A", "workers", "worker",
+    worker = processes.spawn([sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "worker",
                               "-Q", "snapshot,copy,cutover", "-n", f"prefork@test-{port}", "-c", "4",
                               "--max-tasks-per-child", "3", "--loglevel", "INFO"],
                              tmp_path / "worker.log", env=env, cwd=tmp_path)

@@ -12,7 +12,6 @@ import os
 from celery import Celery
 from kombu import Queue
 
-from workers.engine import signals
 from workers.model import config as config_mod
 from workers.model import routing
 
@@ -39,6 +38,8 @@ TASK_MODULES = [
 
 app = Celery("quickmig", include=TASK_MODULES)
 app.conf.update(
+    # what each worker process does at its lifecycle points (logging, fork, liveness)
+    imports=["workers.engine.signals"],
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
@@ -61,8 +62,6 @@ app.conf.update(
         "reap-kept-sources": {"task": routing.REAP_KEPT_SOURCES, "schedule": REAP_EVERY_S},
     },
 )
-# What each worker process does at its lifecycle points (logging, fork, liveness).
-signals.connect()
 
 
 def configure(cfg: config_mod.Config) -> None:

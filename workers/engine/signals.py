@@ -1,5 +1,9 @@
 """What a worker process does at each point of its life, through Celery's signals.
 
+Imported by the worker and by beat when they load the app's modules (`imports` in
+workers.engine.app), before either sets up logging; a process that only sends tasks
+(the producer) never imports it, nor what it needs (drivers, SMB, metrics).
+
 - setup_logging: one quickmig handler whose lines carry the migration id and phase;
 - task_prerun / task_postrun: bind the running task's migration to its log lines;
 - worker_process_init: a forked child drops the parent's connections (Redis, WinRM, SMB)
@@ -22,31 +26,37 @@ from workers.obs import liveness, logs, metrics
 _liveness: threading.Thread | None = None
 
 
+@celery_signals.setup_logging.connect
 def _setup_logging(loglevel=None, logfile=None, **_) -> None:
     # Connected, so Celery leaves logging to us.
     logs.configure(loglevel or "INFO", logfile)
 
 
+@celery_signals.task_prerun.connect
 def _bind_migration(task=None, args=None, **_) -> None:
     # Every line a quickmig task logs, its libraries' included, belongs to its migration.
     if task is not None and task.name.startswith(routing.PREFIX) and args:
         logs.bind(str(args[0]), routing.short(task.name))
 
 
+@celery_signals.task_postrun.connect
 def _unbind_migration(**_) -> None:
     logs.clear()
 
 
+@celery_signals.worker_process_init.connect
 def _after_fork(**_) -> None:
     # Connections made before the fork are not safe to share with the parent.
     context.reset()
     metrics.init_labels()
 
 
+@celery_signals.worker_process_shutdown.connect
 def _child_exit(pid=None, **_) -> None:
     metrics.mark_dead(pid or os.getpid())
 
 
+@celery_signals.worker_ready.connect
 def _ready(sender=None, **_) -> None:
     # The main process beats for its pool; children come and go without touching it.
     global _liveness
@@ -56,17 +66,8 @@ def _ready(sender=None, **_) -> None:
     _liveness = liveness.start(context.new_redis, sender.hostname, pools)
 
 
+@celery_signals.worker_shutdown.connect
 def _shutdown(**_) -> None:
     if _liveness is not None:
         liveness.stop(_liveness)
 
-
-def connect() -> None:
-    """Connect every handler above (the app does this once, when it is created)."""
-    celery_signals.setup_logging.connect(_setup_logging)
-    celery_signals.task_prerun.connect(_bind_migration)
-    celery_signals.task_postrun.connect(_unbind_migration)
-    celery_signals.worker_process_init.connect(_after_fork)
-    celery_signals.worker_process_shutdown.connect(_child_exit)
-    celery_signals.worker_ready.connect(_ready)
-    celery_signals.worker_shutdown.connect(_shutdown)
