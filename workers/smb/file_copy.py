@@ -278,7 +278,7 @@ class FileCopy:
         self.depth = stream.DEPTH + (1 if read_ahead else 0)
         self.what = src.unc(self.src_rel)  # the source, in messages
         self.stop = threading.Event()  # a stream failed or the host found a bad chunk: everyone stops
-        self.checked: Callable[[], None] = _not_running  # joins the verifier's thread while it runs
+        self.verifier_join: Callable[[], None] = _not_running  # joins the verifier's thread while it runs
 
     def run(self) -> CopyResult:
         memory.limit_arenas()
@@ -351,7 +351,7 @@ class FileCopy:
     def stream(self) -> None:
         todo = [i for i in range(self.n_chunks) if i not in self.digests]
         if self.verifier is not None:
-            self.checked = _alongside(self.verifier.run)
+            self.verifier_join = _alongside(self.verifier.run)
         _run_streams(self.n_streams, self._copy_stream, todo, self.stop)
         if self.stop.is_set():  # the host found a bad chunk and the streams stopped early
             join = self._take_verifier()
@@ -383,7 +383,7 @@ class FileCopy:
 
     def _take_verifier(self) -> Callable[[], None]:
         """The verifier thread's join(), from now on the caller's to call."""
-        join, self.checked = self.checked, _not_running
+        join, self.verifier_join = self.verifier_join, _not_running
         return join
 
     def _stop_verifier(self) -> None:
