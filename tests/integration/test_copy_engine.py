@@ -163,8 +163,8 @@ def test_the_copier_peak_resident_memory_stays_under_256_mib(smb_servers, smb_di
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the forked pytest image
     child = (
         "import json, os, sys\n"
-        "from workers.smb.chunks import local_chunk_digests\n"
-        "from workers.smb.copy import PARTIAL_SUFFIX, copy_file\n"
+        "from workers.model.chunks import local_chunk_digests\n"
+        "from workers.smb.file_copy import PARTIAL_SUFFIX, copy_file\n"
         "from workers.smb.endpoint import SmbEndpoint\n"
         "a = json.loads(sys.argv[1]); pw = os.environ['QM_TEST_PW']\n"
         "s = SmbEndpoint('127.0.0.1', a['s'], 'vms', a['u'], pw, encrypt=a['enc'])\n"

@@ -61,8 +61,7 @@ def _key(ep: SmbEndpoint, stream: int = 0) -> tuple:
             ep.lane, stream)
 
 
-def _alive(link: _Link) -> bool:
-    conn = link.connection
+def _alive(conn: Connection) -> bool:
     worker = getattr(conn, "_t_worker", None)
     return bool(
         conn.transport is not None and conn.transport.connected
@@ -87,14 +86,14 @@ def _drop_inherited() -> None:
     _owner_pid = os.getpid()
 
 
-def _close_quietly(link: _Link) -> None:
+def _close_quietly(conn: Connection) -> None:
     try:
-        if _alive(link):
-            link.connection.disconnect(close=True, timeout=5)
-        elif link.connection.transport is not None:
-            link.connection.disconnect(close=False)
-    except Exception as e:  # already broken; nothing more to do
-        log.debug("closing SMB connection to %s failed: %s", link.connection.server_name, e)
+        if _alive(conn):
+            conn.disconnect(close=True, timeout=5)
+        elif conn.transport is not None:
+            conn.disconnect(close=False)
+    except Exception as e:  # noqa: BLE001 - already broken (or being dropped for breaking); nothing more to do
+        log.debug("closing SMB connection to %s failed: %s", conn.server_name, e)
 
 
 def _check_pid() -> None:
@@ -117,7 +116,7 @@ def reset_connections() -> None:
         links = list(_links.values())
         _links.clear()
     for link in links:
-        _close_quietly(link)
+        _close_quietly(link.connection)
 
 
 def connection_count() -> int:
@@ -132,7 +131,7 @@ def evict(ep: SmbEndpoint, stream: int = 0) -> None:
     with _lock:
         link = _links.pop(_key(ep, stream), None)
     if link is not None:
-        _close_quietly(link)
+        _close_quietly(link.connection)
 
 
 def _connect(ep: SmbEndpoint) -> _Link:
@@ -145,7 +144,7 @@ def _connect(ep: SmbEndpoint) -> _Link:
         session = Session(conn, ep.username, ep.password, require_encryption=ep.encrypt)
         session.connect()
     except BaseException:
-        _close_quietly(_Link(conn, None))  # type: ignore[arg-type]
+        _close_quietly(conn)
         raise
     log.debug("SMB connection to %s:%s as %s (dialect 0x%04x, max read %d, max write %d, "
               "signing %s, encryption %s)", ep.server, ep.port, ep.username, conn.dialect,
@@ -164,11 +163,11 @@ def tree(ep: SmbEndpoint, stream: int = 0) -> TreeConnect:
         with key_lock:
             with _lock:
                 link = _links.get(key)
-            if link is not None and not _alive(link):
+            if link is not None and not _alive(link.connection):
                 with _lock:
                     if _links.get(key) is link:
                         _links.pop(key)
-                _close_quietly(link)
+                _close_quietly(link.connection)
                 link = None
             if link is None:
                 link = _connect(ep)

@@ -2,8 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from workers.model.config import Credentials, Host
+
+
+class Options(TypedDict, total=False):
+    """SmbEndpoint's fields that do not come from the inventory."""
+
+    require_signing: bool
+    encrypt: bool
+    lane: int
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class SmbEndpoint:
     lane: int = 0
 
     @classmethod
-    def for_host(cls, host: Host, credentials: Credentials, **options) -> SmbEndpoint:
+    def for_host(cls, host: Host, credentials: Credentials, **options: Unpack[Options]) -> SmbEndpoint:
         """The endpoint of an inventory host's VM share."""
         return cls(host.smb_server, host.smb_port, host.smb_share,
                    credentials.smb_username, credentials.smb_password, **options)

@@ -45,6 +45,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from smbprotocol.open import Open
 
 from workers.model import chunks
 from workers.smb import connections, files, memory, stream
@@ -82,6 +85,9 @@ MAX_STREAMS = 16
 Progress = Callable[[int, int], None]
 Throttle = Callable[[int], None]
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class CopyResult:
@@ -105,7 +111,7 @@ class Identity:
     last_write: int
     change: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int]:
         return {"size": self.size, "last_write": self.last_write, "change": self.change}
 
 
@@ -145,14 +151,14 @@ class _Progress:
             self.progress(self.done, self.total)
 
 
-def _errors(ep: SmbEndpoint, rel: str, stream: int = 0):
+def _errors(ep: SmbEndpoint, rel: str, stream: int = 0) -> contextlib.AbstractContextManager[None]:
     return smb_errors(ep.unc(rel), on_connection_error=lambda: connections.evict(ep, stream))
 
 
-def _best_effort(what: str, fn, *args) -> None:
+def _best_effort(what: str, fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> None:
     try:
-        fn(*args)
-    except Exception as e:
+        fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - cleanups and early flushes: a failure is logged, never raised over the real one
         log.warning("%s failed: %s", what, e)
 
 
@@ -181,7 +187,7 @@ class _Chunks:
             return next(self._it, None)
 
 
-def _flush(ep: SmbEndpoint, rel: str, fh) -> None:
+def _flush(ep: SmbEndpoint, rel: str, fh: Open) -> None:
     with _errors(ep, rel):
         files.flush(fh)
 
@@ -195,7 +201,7 @@ def _alongside(fn: Callable[[], None]) -> Callable[[], None]:
     return done.result
 
 
-def _then(fn, join):
+def _then(fn: Callable[[], T], join: Callable[[], None]) -> T:
     """fn()'s result once join() returned too; fn's error wins over join's."""
     try:
         out = fn()
@@ -233,6 +239,252 @@ def _run_streams(n: int, work: Callable[[int, _Chunks], None], todo: list[int],
         raise errors[0]
 
 
+def _not_running() -> None:
+    """The join() of a verifier that is not running (none was asked for, or it was joined)."""
+
+
+class FileCopy:
+    """One copy_file call, in the stages of the module docstring: prepare (steps 1-2),
+    stream (3), verify (4-5), commit (6), and discard after a failure that the copy
+    cannot resume from. run() goes through them; copy_file builds one and runs it.
+
+    The streams and the verifier share `digests` (chunk -> SHA-256 hex of what was read
+    from the source, for this attempt's chunks and those the resume record had) and
+    `stop` (set: every stream stops taking chunks and the verifier stops checking)."""
+
+    # What prepare() finds out: the source, the resume record's chunks, the partial file.
+    before: Identity
+    total: int
+    n_chunks: int
+    digests: dict[int, str]
+    dfh: Open  # the partial file: resized, flushed, renamed or deleted through it
+    reused: int  # bytes of the resume record's chunks, not copied again
+    report: _Progress
+    n_streams: int  # copy streams: no more than chunks to copy
+    sent: list[int]  # bytes each copy stream sent
+    verifier: Verifier | None
+
+    def __init__(self, src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
+                 streams: int, progress: Progress | None, throttle: Throttle | None,
+                 resume: ResumeRecord | None, read_ahead: bool, dest_digests: HostDigests | None):
+        self.src, self.src_rel = src, normalize_rel(src_rel)
+        self.dst, self.dst_rel = dst, normalize_rel(dst_rel)
+        if not 1 <= int(streams) <= MAX_STREAMS:
+            raise ValueError(f"streams must be 1..{MAX_STREAMS}, not {streams}")
+        self.streams = int(streams)
+        self.part_rel = self.dst_rel + PARTIAL_SUFFIX
+        self.resume: ResumeRecord = resume or MemoryResumeRecord()
+        self.progress, self.throttle, self.dest_digests = progress, throttle, dest_digests
+        self.depth = stream.DEPTH + (1 if read_ahead else 0)
+        self.what = src.unc(self.src_rel)  # the source, in messages
+        self.stop = threading.Event()  # a stream failed or the host found a bad chunk: everyone stops
+        self.verifier_join: Callable[[], None] = _not_running  # joins the verifier's thread while it runs
+
+    def run(self) -> CopyResult:
+        memory.limit_arenas()
+        started = time.monotonic()
+        self.prepare()
+        try:
+            try:
+                self.stream()
+                self.verify()
+            except BaseException:
+                self._stop_verifier()
+                raise
+            digest = self.commit()
+        except (SourceChangedError, CopyVerificationError):
+            self.discard()
+            raise
+        finally:
+            _best_effort(f"closing {self.dst.unc(self.part_rel)}", files.close, self.dfh)
+        sent_total = self.resume.bytes_sent()
+        self.resume.clear()
+        self.report.final()
+        return CopyResult(bytes=self.total, digest=digest, seconds=time.monotonic() - started,
+                          bytes_written=sum(self.sent), bytes_reused=self.reused, bytes_sent_total=sent_total,
+                          streams=self.n_streams)
+
+    # --- prepare: the source's identity, the resume record, the partial file ----------
+
+    def prepare(self) -> None:
+        self.before = _identity(self.src, self.src_rel)
+        self.total = self.before.size
+        self.n_chunks = chunks.count(self.total)
+        self.digests = self.resume.load(self.before.as_dict())
+        self.dfh = self._open_partial()
+        self.reused = sum(chunks.span(i, self.total)[1] for i in self.digests)
+        if self.reused:
+            log.info("resuming %s: %d of %d bytes already on %s", self.what, self.reused, self.total,
+                     self.dst.unc(self.part_rel))
+        self.report = _Progress(self.progress, self.reused, self.total)
+        self.n_streams = max(1, min(self.streams, self.n_chunks - len(self.digests)))
+        self.sent = [0] * self.n_streams
+        self.verifier = None if self.dest_digests is None else Verifier(
+            self.dest_digests, self.digests, self.n_chunks, self.stop, self._chunk_name,
+            # a failed early flush costs nothing: the flush after the last chunk is the one that counts
+            between=lambda: _best_effort(f"flushing {self.dst.unc(self.part_rel)}", self._flush))
+
+    def _open_partial(self) -> Open:
+        """Create the destination's folders and open the partial file: emptied, unless it
+        holds the resume record's chunks (if it is too short for them, the record is cleared)."""
+        with _errors(self.dst, self.part_rel):
+            dst_tree = connections.tree(self.dst)
+            parent = self.dst_rel.rpartition("\\")[0]
+            if parent:
+                files.make_dirs(dst_tree, parent)
+            dfh = files.open_for_write(dst_tree, self.part_rel, truncate=not self.digests)
+            if self.digests:
+                needed = max(sum(chunks.span(i, self.total)) for i in self.digests)
+                if files.current_size(dfh) < needed:  # the partial file is not the one the chunks went to
+                    log.warning("%s is shorter than its resume record says; copying it all again",
+                                self.dst.unc(self.part_rel))
+                    self.resume.clear()
+                    self.digests = self.resume.load(self.before.as_dict())
+        return dfh
+
+    def _chunk_name(self, index: int) -> str:
+        offset, length = chunks.span(index, self.total)
+        return f"{self.dst.unc(self.dst_rel)}: chunk {index} (bytes {offset}..{offset + length})"
+
+    # --- stream: the copy streams, the verifier alongside ------------------------------
+
+    def stream(self) -> None:
+        todo = [i for i in range(self.n_chunks) if i not in self.digests]
+        if self.verifier is not None:
+            self.verifier_join = _alongside(self.verifier.run)
+        _run_streams(self.n_streams, self._copy_stream, todo, self.stop)
+        if self.stop.is_set():  # the host found a bad chunk and the streams stopped early
+            join = self._take_verifier()
+            join()  # raises what it found
+            raise CopyVerificationError(f"{self.dst.unc(self.dst_rel)}: the copy stopped before every chunk landed")
+
+    def _copy_stream(self, i: int, queue: _Chunks) -> None:
+        with _errors(self.src, self.src_rel, i):
+            sfh = files.open_for_read(connections.tree(self.src, i), self.src_rel)
+        try:
+            with _errors(self.dst, self.part_rel, i):
+                wfh = files.open_for_write(connections.tree(self.dst, i), self.part_rel, truncate=False)
+            try:
+                reader = stream.ChunkReader(sfh, self.total, queue.next, stream.buffers(self.depth), self.what,
+                                            lambda: _errors(self.src, self.src_rel, i), before_read=self.throttle)
+                self.sent[i] = stream.copy_chunks(reader, wfh, lambda: _errors(self.dst, self.part_rel, i),
+                                                  self.resume.will_write, self._landed)
+            finally:
+                _best_effort(f"closing {self.dst.unc(self.part_rel)}", files.close, wfh)
+        finally:
+            _best_effort(f"closing {self.what}", files.close, sfh)
+
+    def _landed(self, index: int, length: int, digest: str) -> None:
+        self.digests[index] = digest
+        self.resume.record(index, digest)
+        self.report.add(length)
+        if self.verifier is not None:
+            self.verifier.landed()
+
+    def _take_verifier(self) -> Callable[[], None]:
+        """The verifier thread's join(), from now on the caller's to call."""
+        join, self.verifier_join = self.verifier_join, _not_running
+        return join
+
+    def _stop_verifier(self) -> None:
+        """After a failure: stop the verifier if it still runs; a bad chunk it found is the
+        error to report, rather than what it made the streams fail with."""
+        join = self._take_verifier()
+        if join is _not_running:
+            return
+        self.stop.set()
+        try:
+            join()
+        except CopyVerificationError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the first failure is the one reported
+            log.debug("verifier after the copy failed: %s", e)
+
+    # --- verify: source unchanged, size, every chunk checked, flushed ------------------
+
+    def verify(self) -> None:
+        self._check_source_unchanged()
+        self._cut_to_size()
+        if self.verifier is not None:
+            self._finish_on_host(self.verifier)
+        else:
+            self._read_back()
+
+    def _check_source_unchanged(self) -> None:
+        before, after = self.before, _identity(self.src, self.src_rel)
+        if after != before:
+            raise SourceChangedError(
+                f"{self.what} changed during the copy (size {before.size} -> {after.size}, "
+                f"last write {before.last_write} -> {after.last_write}, change time {before.change} -> "
+                f"{after.change}); only frozen files can be copied")
+
+    def _cut_to_size(self) -> None:
+        """A partial file reused from a longer attempt has bytes beyond the source's end."""
+        with _errors(self.dst, self.part_rel):
+            files.set_size(self.dfh, self.total)
+            if files.current_size(self.dfh) != self.total:
+                raise CopyVerificationError(
+                    f"{self.dst.unc(self.dst_rel)}: the copy that landed is not {self.total} bytes long")
+
+    def _finish_on_host(self, verifier: Verifier) -> None:
+        # The flush (the destination writing its cache to disk) and the check of the
+        # last chunks (the destination host reading them back from its cache) use
+        # different resources: side by side they cost the longer of the two, not both.
+        flushed = _alongside(self._flush)
+        join = self._take_verifier()
+        verifier.finish()
+        _then(join, flushed)
+        if not verifier.complete:  # never rename a copy not every chunk of which was checked
+            raise CopyVerificationError(f"{self.dst.unc(self.dst_rel)}: only {verifier.checked} of "
+                                        f"{self.n_chunks} chunks were checked on the destination host")
+
+    def _read_back(self) -> None:
+        # The read-back shares the flush's connection: one after the other.
+        self._flush()
+        _run_streams(max(1, min(self.streams, self.n_chunks)), self._read_back_stream, list(range(self.n_chunks)))
+
+    def _read_back_stream(self, i: int, queue: _Chunks) -> None:
+        part = self.dst.unc(self.part_rel)
+        with _errors(self.dst, self.part_rel, i):
+            rfh = files.open_for_read(connections.tree(self.dst, i), self.part_rel)
+        try:
+            reader = stream.ChunkReader(rfh, self.total, queue.next, stream.buffers(self.depth), part,
+                                        lambda: _errors(self.dst, self.part_rel, i))
+            try:
+                for index, offset, data, buf in reader:
+                    got = hashlib.sha256(data).hexdigest()
+                    reader.free.append(buf)
+                    if got != self.digests[index]:
+                        raise CopyVerificationError(
+                            f"{self.dst.unc(self.dst_rel)}: chunk {index} (bytes {offset}..{offset + len(data)}) "
+                            f"that landed hashes {got}, but what was read from {self.what} hashes "
+                            f"{self.digests[index]}")
+            except BaseException:
+                reader.abandon()
+                raise
+        finally:
+            _best_effort(f"closing {part}", files.close, rfh)
+
+    def _flush(self) -> None:
+        _flush(self.dst, self.part_rel, self.dfh)
+
+    # --- commit, or discard -------------------------------------------------------------
+
+    def commit(self) -> str:
+        """Put the verified copy in place under its final name; returns its digest."""
+        digest = chunks.file_digest([self.digests[i] for i in range(self.n_chunks)])
+        with _errors(self.dst, self.dst_rel):
+            files.rename(self.dfh, self.dst_rel, replace=True)
+        return digest
+
+    def discard(self) -> None:
+        """After SourceChangedError or CopyVerificationError: what landed cannot be resumed
+        from, so the partial file goes (when its handle closes) and so does the resume
+        record. Other failures leave both for the next attempt."""
+        _best_effort(f"deleting {self.dst.unc(self.part_rel)}", files.mark_delete, self.dfh)
+        self.resume.clear()
+
+
 def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
               streams: int = DEFAULT_STREAMS, progress: Progress | None = None,
               throttle: Throttle | None = None, resume: ResumeRecord | None = None,
@@ -246,149 +498,8 @@ def copy_file(src: SmbEndpoint, src_rel: str, dst: SmbEndpoint, dst_rel: str, *,
     Every stream keeps the next chunk's READ in flight while it writes one (workers.smb.
     stream); `read_ahead` gives each stream one more chunk buffer, so two READs are in
     flight (+8 MiB per stream)."""
-    src_rel, dst_rel = normalize_rel(src_rel), normalize_rel(dst_rel)
-    if not 1 <= int(streams) <= MAX_STREAMS:
-        raise ValueError(f"streams must be 1..{MAX_STREAMS}, not {streams}")
-    part_rel = dst_rel + PARTIAL_SUFFIX
-    resume = resume or MemoryResumeRecord()
-    memory.limit_arenas()
-    started = time.monotonic()
-    depth = stream.DEPTH + (1 if read_ahead else 0)
-
-    before = _identity(src, src_rel)
-    total = before.size
-    digests: dict[int, str] = resume.load(before.as_dict())
-    with _errors(dst, part_rel):
-        dst_tree = connections.tree(dst)
-        parent = dst_rel.rpartition("\\")[0]
-        if parent:
-            files.make_dirs(dst_tree, parent)
-        dfh = files.open_for_write(dst_tree, part_rel, truncate=not digests)
-        if digests:
-            needed = max(sum(chunks.span(i, total)) for i in digests)
-            if files.current_size(dfh) < needed:  # the partial file is not the one the chunks went to
-                log.warning("%s is shorter than its resume record says; copying it all again", dst.unc(part_rel))
-                resume.clear()
-                digests = resume.load(before.as_dict())
-    reused = sum(chunks.span(i, total)[1] for i in digests)
-    if reused:
-        log.info("resuming %s: %d of %d bytes already on %s", src.unc(src_rel), reused, total, dst.unc(part_rel))
-    report = _Progress(progress, reused, total)
-    n_streams = max(1, min(int(streams), chunks.count(total) - len(digests)))
-    sent = [0] * n_streams
-    v_streams = max(1, min(int(streams), chunks.count(total)))
-    what = src.unc(src_rel)
-
-    stop = threading.Event()  # a stream failed or the host found a bad chunk: everyone stops
-    verifier = None if dest_digests is None else Verifier(
-        dest_digests, digests, chunks.count(total), stop,
-        lambda i: f"{dst.unc(dst_rel)}: chunk {i} (bytes {chunks.span(i, total)[0]}.."
-                  f"{sum(chunks.span(i, total))})",
-        # a failed early flush costs nothing: the flush after the last chunk is the one that counts
-        between=lambda: _best_effort(f"flushing {dst.unc(part_rel)}", _flush, dst, part_rel, dfh))
-
-    def landed(index: int, length: int, digest: str) -> None:
-        digests[index] = digest
-        resume.record(index, digest)
-        report.add(length)
-        if verifier is not None:
-            verifier.landed()
-
-    def copy_stream(i: int, queue: _Chunks) -> None:
-        with _errors(src, src_rel, i):
-            sfh = files.open_for_read(connections.tree(src, i), src_rel)
-        try:
-            with _errors(dst, part_rel, i):
-                wfh = files.open_for_write(connections.tree(dst, i), part_rel, truncate=False)
-            try:
-                reader = stream.ChunkReader(sfh, total, queue.next, stream.buffers(depth), what,
-                                              lambda: _errors(src, src_rel, i), before_read=throttle)
-                sent[i] = stream.copy_chunks(reader, wfh, lambda: _errors(dst, part_rel, i),
-                                               resume.will_write, landed)
-            finally:
-                _best_effort(f"closing {dst.unc(part_rel)}", files.close, wfh)
-        finally:
-            _best_effort(f"closing {what}", files.close, sfh)
-
-    def verify_stream(i: int, queue: _Chunks) -> None:
-        with _errors(dst, part_rel, i):
-            rfh = files.open_for_read(connections.tree(dst, i), part_rel)
-        try:
-            reader = stream.ChunkReader(rfh, total, queue.next, stream.buffers(depth), dst.unc(part_rel),
-                                          lambda: _errors(dst, part_rel, i))
-            try:
-                for index, offset, data, buf in reader:
-                    got = hashlib.sha256(data).hexdigest()
-                    reader.free.append(buf)
-                    if got != digests[index]:
-                        raise CopyVerificationError(
-                            f"{dst.unc(dst_rel)}: chunk {index} (bytes {offset}..{offset + len(data)}) that landed "
-                            f"hashes {got}, but what was read from {what} hashes {digests[index]}")
-            except BaseException:
-                reader.abandon()
-                raise
-        finally:
-            _best_effort(f"closing {dst.unc(part_rel)}", files.close, rfh)
-
-    checked = None  # joins the verifier's thread while it runs
-    try:
-        try:
-            todo = [i for i in range(chunks.count(total)) if i not in digests]
-            checked = _alongside(verifier.run) if verifier is not None else None
-            _run_streams(n_streams, copy_stream, todo, stop)
-            if stop.is_set():  # the host found a bad chunk and the streams stopped early
-                join, checked = checked, None
-                join()  # raises what it found
-                raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy stopped before every chunk landed")
-            after = _identity(src, src_rel)
-            if after != before:
-                raise SourceChangedError(
-                    f"{what} changed during the copy (size {before.size} -> {after.size}, "
-                    f"last write {before.last_write} -> {after.last_write}, change time {before.change} -> "
-                    f"{after.change}); only frozen files can be copied")
-            with _errors(dst, part_rel):
-                files.set_size(dfh, total)
-                if files.current_size(dfh) != total:
-                    raise CopyVerificationError(f"{dst.unc(dst_rel)}: the copy that landed is not {total} bytes long")
-            if verifier is not None:
-                # The flush (the destination writing its cache to disk) and the check of the
-                # last chunks (the destination host reading them back from its cache) use
-                # different resources: side by side they cost the longer of the two, not both.
-                flushed = _alongside(lambda: _flush(dst, part_rel, dfh))
-                join, checked = checked, None
-                verifier.finish()
-                _then(join, flushed)
-                if not verifier.complete:  # never rename a copy not every chunk of which was checked
-                    raise CopyVerificationError(f"{dst.unc(dst_rel)}: only {verifier.checked} of "
-                                                f"{chunks.count(total)} chunks were checked on the destination host")
-            else:  # the read-back shares the flush's connection: one after the other
-                _flush(dst, part_rel, dfh)
-                _run_streams(v_streams, verify_stream, list(range(chunks.count(total))))
-        except BaseException:
-            if checked is not None:  # stop the verifier; a bad chunk it found is the error to report
-                stop.set()
-                try:
-                    checked()
-                except CopyVerificationError:
-                    raise
-                except BaseException as e:  # noqa: BLE001 - the first failure is the one reported
-                    log.debug("verifier after the copy failed: %s", e)
-            raise
-        digest = chunks.file_digest([digests[i] for i in range(chunks.count(total))])
-        with _errors(dst, dst_rel):
-            files.rename(dfh, dst_rel, replace=True)
-    except (SourceChangedError, CopyVerificationError):
-        _best_effort(f"deleting {dst.unc(part_rel)}", files.mark_delete, dfh)
-        resume.clear()
-        raise
-    finally:
-        _best_effort(f"closing {dst.unc(part_rel)}", files.close, dfh)
-    sent_total = resume.bytes_sent()
-    resume.clear()
-    report.final()
-    return CopyResult(bytes=total, digest=digest, seconds=time.monotonic() - started,
-                      bytes_written=sum(sent), bytes_reused=reused, bytes_sent_total=sent_total,
-                      streams=n_streams)
+    return FileCopy(src, src_rel, dst, dst_rel, streams=streams, progress=progress, throttle=throttle,
+                    resume=resume, read_ahead=read_ahead, dest_digests=dest_digests).run()
 
 
 def file_size(ep: SmbEndpoint, rel: str) -> int:
@@ -427,7 +538,7 @@ def delete_file(ep: SmbEndpoint, rel: str) -> None:
         return
 
 
-def _chunk_digests(ep: SmbEndpoint, rel: str, each=None) -> list[str]:
+def _chunk_digests(ep: SmbEndpoint, rel: str, each: Callable[[memoryview], object] | None = None) -> list[str]:
     """SHA-256 (hex) of every chunk of a file on the share, read over SMB in one stream;
     `each(data)` also sees every chunk in file order."""
     rel = normalize_rel(rel)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from smbprotocol.connection import Commands
+from smbprotocol.connection import Commands, Request
 from smbprotocol.exceptions import SMBException, SMBResponseException
 from smbprotocol.file_info import (
     FileBasicInformation,
@@ -40,6 +40,7 @@ from smbprotocol.open import (
 from smbprotocol.open import (
     FilePipePrinterAccessMask as Access,
 )
+from smbprotocol.structure import Structure
 from smbprotocol.tree import TreeConnect
 
 from workers.smb import wire
@@ -132,7 +133,7 @@ def _credits(fh: Open, want: int, max_size: int) -> tuple[int, int]:
     return size, min(charge + top_up, 8192)
 
 
-def send_read(fh: Open, offset: int, want: int, into: memoryview | None = None):
+def send_read(fh: Open, offset: int, want: int, into: memoryview | None = None) -> Request:
     """Send one READ of up to `want` bytes at `offset`; `recv_read` waits for its answer.
     With `into` (a writable buffer at least `want` + wire.SINK_SLACK bytes long) the data is
     received straight into it. `req.length` is what was asked for (fewer when credits are short)."""
@@ -144,7 +145,7 @@ def send_read(fh: Open, offset: int, want: int, into: memoryview | None = None):
     return req
 
 
-def recv_read(fh: Open, req) -> bytes | memoryview:
+def recv_read(fh: Open, req: Request) -> bytes | memoryview:
     """The bytes a READ sent by `send_read` returned (empty at end of file): a view of its
     `into` buffer when it had one."""
     try:
@@ -169,7 +170,7 @@ def read_chunk(fh: Open, offset: int, want: int, into: memoryview | None = None)
     return recv_read(fh, send_read(fh, offset, want, into))
 
 
-def send_write(fh: Open, offset: int, data: bytes | memoryview):
+def send_write(fh: Open, offset: int, data: bytes | memoryview) -> Request:
     """Send one WRITE of (a prefix of) `data` at `offset`, without copying it; `recv_write`
     says how much the server took. `req.length` is the prefix sent."""
     size, credit_request = _credits(fh, len(data), fh.connection.max_write_size)
@@ -181,7 +182,7 @@ def send_write(fh: Open, offset: int, data: bytes | memoryview):
     return req
 
 
-def recv_write(fh: Open, req) -> int:
+def recv_write(fh: Open, req: Request) -> int:
     resp = fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
     out = SMB2WriteResponse()
     out.unpack(resp["data"].get_value())
@@ -200,7 +201,7 @@ def flush(fh: Open) -> None:
     fh.connection.receive(req, timeout=REQUEST_TIMEOUT_S)
 
 
-def _query(fh: Open, info_class):
+def _query(fh: Open, info_class: type[Structure]) -> Structure:
     info = info_class()
     q = SMB2QueryInfoRequest()
     q["info_type"] = info.INFO_TYPE
@@ -215,7 +216,7 @@ def _query(fh: Open, info_class):
     return out.parse_buffer(info_class)
 
 
-def _set(fh: Open, info) -> None:
+def _set(fh: Open, info: Structure) -> None:
     s = SMB2SetInfoRequest()
     s["info_type"] = info.INFO_TYPE
     s["file_info_class"] = info.INFO_CLASS

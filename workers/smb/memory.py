@@ -5,9 +5,10 @@ buffers; glibc gives every thread that contends for malloc its own arena and kee
 blocks there, so resident memory grows with the number of threads rather than with the
 bytes actually in flight. One arena is enough for this workload, whose threads mostly wait
 on sockets (measured, 1 GiB copy with the request budget of workers.smb.file_copy, peak RSS:
-2 streams 156 -> 148 MiB, 4 streams 206 -> 164 MiB going from two arenas to one). Forcing large buffers into their own mappings (M_MMAP_THRESHOLD) bounds memory
-further but page-faults every buffer: it more than doubled the CPU per copied byte, so
-the request budget bounds memory instead. No-op off glibc.
+2 streams 156 -> 148 MiB, 4 streams 206 -> 164 MiB going from two arenas to one).
+Forcing large buffers into their own mappings (M_MMAP_THRESHOLD) bounds memory further
+but page-faults every buffer: it more than doubled the CPU per copied byte, so the
+request budget bounds memory instead. No-op off glibc.
 """
 from __future__ import annotations
 

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+
+from smbprotocol.connection import Request
+from smbprotocol.open import Open
 
 from workers.model import chunks
 from workers.smb import files, wire
@@ -22,12 +26,15 @@ from workers.smb.errors import SmbError, SourceChangedError
 DEPTH = 2  # chunk buffers per stream: one being written while the next one is read
 DRAIN_S = 10  # after a failure, how long to wait for answers still on the wire
 
+Errors = Callable[[], AbstractContextManager[None]]  # a fresh smb_errors(...) (workers.smb.errors) per request
+_Reading = tuple[int, int, int, memoryview, list[Request]]  # a chunk's index, offset, length, buffer, READs
+
 
 def buffers(depth: int) -> list[memoryview]:
     return [memoryview(bytearray(chunks.CHUNK_BYTES + wire.SINK_SLACK)) for _ in range(depth)]
 
 
-def _drain(fh, requests) -> None:
+def _drain(fh: Open, requests: Iterable[Request]) -> None:
     """Wait (briefly) for answers to requests we no longer care about, so that none lands
     in a buffer after it was given back and the connection's table forgets them."""
     for req in requests:
@@ -42,12 +49,12 @@ class ChunkReader:
     the chunk's bytes in `buffer`, one of `free`'s; the caller appends `buffer` to `free`
     again when done with it."""
 
-    def __init__(self, fh, total: int, next_index: Callable[[], int | None], free: list[memoryview],
-                 what: str, errors, request: int = files.MAX_CHUNK,
+    def __init__(self, fh: Open, total: int, next_index: Callable[[], int | None], free: list[memoryview],
+                 what: str, errors: Errors, request: int = files.MAX_CHUNK,
                  before_read: Callable[[int], None] | None = None):
         self.fh, self.total, self.next_index, self.free = fh, total, next_index, free
         self.what, self.errors, self.request, self.before_read = what, errors, request, before_read
-        self.reading: deque = deque()  # (index, offset, length, buffer, [requests])
+        self.reading: deque[_Reading] = deque()
         self.done = False
 
     def _start(self) -> None:
@@ -60,7 +67,8 @@ class ChunkReader:
             if self.before_read is not None:
                 self.before_read(length)
             buf = self.free.pop()
-            reqs, at = [], 0
+            reqs: list[Request] = []
+            at = 0
             self.reading.append((index, offset, length, buf, reqs))
             with self.errors():
                 while at < length:
@@ -68,7 +76,7 @@ class ChunkReader:
                     reqs.append(req)
                     at += req.length
 
-    def _finish(self, offset: int, length: int, buf: memoryview, reqs: list) -> memoryview:
+    def _finish(self, offset: int, length: int, buf: memoryview, reqs: list[Request]) -> memoryview:
         at = 0
         with self.errors():
             for req in reqs:
@@ -100,7 +108,7 @@ class ChunkReader:
         self.reading.clear()
 
 
-def copy_chunks(reader: ChunkReader, wfh, errors, will_write: Callable[[int], None],
+def copy_chunks(reader: ChunkReader, wfh: Open, errors: Errors, will_write: Callable[[int], None],
                 landed: Callable[[int, int, str], None], request: int = files.MAX_CHUNK) -> int:
     """Write every chunk `reader` yields to `wfh` at its offset; `landed(index, length,
     sha256 hex)` once the server acknowledged it. Returns the bytes sent.
@@ -108,7 +116,7 @@ def copy_chunks(reader: ChunkReader, wfh, errors, will_write: Callable[[int], No
     One chunk's WRITE at a time: the READs of the next chunks are what overlaps it, and a
     worker killed mid-copy has at most one chunk per stream sent but not recorded."""
     sent = 0
-    reqs: list = []
+    reqs: list[Request] = []
     try:
         for index, offset, data, buf in reader:
             will_write(len(data))

@@ -33,7 +33,9 @@ import socket
 import struct
 import threading
 import timeit
+from collections.abc import Iterable, Sequence
 from importlib.metadata import version
+from typing import Any
 
 SMBPROTOCOL_VERSION = "1.17.0"
 if version("smbprotocol") != SMBPROTOCOL_VERSION:  # pragma: no cover - depends on the install
@@ -45,7 +47,7 @@ if version("smbprotocol") != SMBPROTOCOL_VERSION:  # pragma: no cover - depends 
 import smbprotocol.connection as smb_connection  # noqa: E402
 from cryptography.exceptions import InvalidTag  # noqa: E402
 from cryptography.hazmat.primitives import cmac  # noqa: E402
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
+from cryptography.hazmat.primitives.ciphers import AEADDecryptionContext, Cipher, algorithms, modes  # noqa: E402
 from smbprotocol.connection import (  # noqa: E402
     Ciphers,
     Commands,
@@ -61,7 +63,8 @@ from smbprotocol.header import (  # noqa: E402
     SMB2HeaderRequest,
     SMB2HeaderResponse,
 )
-from smbprotocol.open import SMB2ReadRequest, SMB2WriteRequest  # noqa: E402
+from smbprotocol.open import Open, SMB2ReadRequest, SMB2WriteRequest  # noqa: E402
+from smbprotocol.session import Session  # noqa: E402
 from smbprotocol.transport import Tcp  # noqa: E402
 
 _ZEROS16 = b"\x00" * 16
@@ -72,15 +75,17 @@ SINK_SLACK = 16  # a sink must be this much longer than the payload it takes (in
 _GCM = (Ciphers.AES_128_GCM, Ciphers.AES_256_GCM)
 _MAX_NETBIOS = 0xFFFFFF
 
+Bytes = bytes | bytearray | memoryview  # what sendmsg, the MACs and the ciphers take
+
 
 class FastTcp(Tcp):
     """Direct TCP that sends lists of buffers and receives into the caller's buffers."""
 
-    def send(self, header) -> None:
+    def send(self, header: Bytes | SMB2TransformHeader) -> None:
         data = header if isinstance(header, (bytes, bytearray, memoryview)) else header.pack()
         self.send_pieces([data])
 
-    def send_pieces(self, pieces) -> None:
+    def send_pieces(self, pieces: Sequence[Bytes]) -> None:
         size = sum(len(p) for p in pieces)
         if size > self.MAX_SIZE:
             raise ValueError(f"Data to be sent over Direct TCP size {size} exceeds the max length allowed "
@@ -128,7 +133,7 @@ class FastTcp(Tcp):
             idle_ok = False
         return True
 
-    def recv(self, timeout):
+    def recv(self, timeout: float) -> bytes:
         size = bytearray(4)
         if not self.recv_into(memoryview(size), timeout, idle_ok=True):
             return b""
@@ -138,7 +143,7 @@ class FastTcp(Tcp):
         return bytes(body)
 
 
-def _mac(sign_id, key: bytes, pieces, message_id: int, response: bool, command: int) -> bytes:
+def _mac(sign_id: int, key: bytes, pieces: Iterable[Bytes], message_id: int, response: bool, command: int) -> bytes:
     """The 16-byte SMB2 signature of the message made of `pieces` (signature field zeroed)."""
     if sign_id == SigningAlgorithms.AES_GMAC:
         info = (1 if response else 0) | (2 if command == Commands.SMB2_CANCEL else 0)
@@ -149,24 +154,25 @@ def _mac(sign_id, key: bytes, pieces, message_id: int, response: bool, command: 
         gmac.finalize()
         return gmac.tag
     if sign_id == SigningAlgorithms.AES_CMAC:
-        mac = cmac.CMAC(algorithms.AES(key))
+        aes_cmac = cmac.CMAC(algorithms.AES(key))
         for piece in pieces:
-            mac.update(piece)
-        return mac.finalize()
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+            # cryptography's stub says bytes; its Rust side takes any buffer, and bytes() would copy the payload
+            aes_cmac.update(piece)  # type: ignore[arg-type]
+        return aes_cmac.finalize()
+    sha_hmac = hmac.new(key, digestmod=hashlib.sha256)
     for piece in pieces:
-        mac.update(piece)
-    return mac.digest()[:16]
+        sha_hmac.update(piece)
+    return sha_hmac.digest()[:16]
 
 
-def _authentic(decryptor) -> None:
+def _authentic(decryptor: AEADDecryptionContext) -> None:
     try:
         decryptor.finalize()
     except InvalidTag:
         raise SMBException("an encrypted message from the server failed authentication (AES-GCM tag)") from None
 
 
-def _header_pieces(header) -> list:
+def _header_pieces(header: Bytes) -> list[Bytes]:
     """An SMB2 header (and what follows it) as MAC input, its signature field read as zeros."""
     view = memoryview(header)
     return [view[:48], _ZEROS16, view[64:]]
@@ -175,26 +181,27 @@ def _header_pieces(header) -> list:
 class Connection(smb_connection.Connection):
     """smbprotocol's Connection plus the bulk READ/WRITE path described above."""
 
-    def connect(self, *args, **kwargs):
+    def connect(self, *args: Any, **kwargs: Any) -> None:
         self._bulk_lock = threading.Lock()
         self._sealed = bytearray(0)
         return super().connect(*args, **kwargs)
 
     # --- signing and encryption over pieces ---------------------------------------
 
-    def _sign_id(self):
+    def _sign_id(self) -> int:
         if self.dialect >= Dialects.SMB_3_1_1 and self.signing_algorithm_id is not None:
             return self.signing_algorithm_id
         return SigningAlgorithms.AES_CMAC if self.dialect >= Dialects.SMB_3_0_0 else SigningAlgorithms.HMAC_SHA256
 
-    def _generate_signature(self, b_header, signing_key, message_id, response, command):
+    def _generate_signature(self, b_header: bytes, signing_key: bytes, message_id: int, response: bool,
+                            command: int) -> bytes:
         # smbprotocol's signature of one packed message, without its two copies of it.
         return _mac(self._sign_id(), signing_key, _header_pieces(b_header), message_id, response, command)
 
-    def _cipher_id(self):
+    def _cipher_id(self) -> int:
         return self.cipher_id if self.dialect >= Dialects.SMB_3_1_1 else Ciphers.AES_128_CCM
 
-    def _seal(self, pieces, session) -> list:
+    def _seal(self, pieces: Sequence[Bytes], session: Session) -> list[Bytes]:
         """The pieces of one message encrypted for `session`: [transform header, ciphertext]."""
         size = sum(len(p) for p in pieces)
         if self._cipher_id() not in _GCM:  # AES-CCM cannot be fed in pieces; smbprotocol's way
@@ -218,8 +225,8 @@ class Connection(smb_connection.Connection):
 
     # --- sending --------------------------------------------------------------------
 
-    def send_bulk(self, command: int, body: bytes, length: int, payload, sid: int, tid: int, credit_request: int,
-                  sink=None) -> Request:
+    def send_bulk(self, command: int, body: bytes, length: int, payload: memoryview | None, sid: int, tid: int,
+                  credit_request: int, sink: memoryview | None = None) -> Request:
         """Send one READ (`body` from read_body, `payload` None; the data lands in `sink` when
         given, which must be SINK_SLACK bytes longer than `length`) or WRITE (`body` from
         write_body, `payload` the `length` bytes to write). Returns smbprotocol's Request:
@@ -247,7 +254,7 @@ class Connection(smb_connection.Connection):
         if sign:
             header["flags"].set_flag(Smb2Flags.SMB2_FLAGS_SIGNED)
         b_header = bytearray(header.pack())
-        pieces = [b_header] if payload is None else [b_header, payload]
+        pieces: list[Bytes] = [b_header] if payload is None else [b_header, payload]
         if sign:
             signature = _mac(self._sign_id(), session.signing_key, _header_pieces(b_header) + pieces[1:], low,
                              False, command)
@@ -264,7 +271,7 @@ class Connection(smb_connection.Connection):
 
     # --- receiving ------------------------------------------------------------------
 
-    def _process_message_thread(self):
+    def _process_message_thread(self) -> None:
         try:
             while True:
                 size = bytearray(4)
@@ -276,7 +283,7 @@ class Connection(smb_connection.Connection):
                     continue
                 if not self._receive(struct.unpack(">L", size)[0]):
                     return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as smbprotocol's thread: any failure goes to the waiting callers
             smb_connection.log.exception("SMB receive worker died (outstanding=%d)", len(self.outstanding_requests))
             self._t_exc = exc  # raised to the next caller of send/receive
             self.disconnect(False)
@@ -299,7 +306,7 @@ class Connection(smb_connection.Connection):
         buf = bytearray(n)
         return buf if self.transport.recv_into(memoryview(buf), self._receive_timeout) else None
 
-    def _sink_for(self, plain_header) -> tuple | None:
+    def _sink_for(self, plain_header: bytearray) -> tuple[Request, memoryview] | None:
         """(request, sink) when this header starts a successful, uncompounded READ response
         to a request that named a sink."""
         command, = struct.unpack_from("<H", plain_header, 12)
@@ -311,7 +318,7 @@ class Connection(smb_connection.Connection):
         sink = getattr(request, "sink", None)
         return None if sink is None else (request, sink)
 
-    def _payload_span(self, fixed, size: int, sink) -> tuple[int, int]:
+    def _payload_span(self, fixed: bytearray, size: int, sink: memoryview) -> tuple[int, int]:
         """(padding after the fixed part, payload length) of a READ response of `size` bytes."""
         data_offset, data_length = fixed[2], struct.unpack_from("<L", fixed, 4)[0]
         pad = data_offset - HEADER - READ_RESPONSE_FIXED
@@ -407,7 +414,7 @@ class Connection(smb_connection.Connection):
         self._deliver(request, bytes(plain + clear_pad[:pad]), n)
         return True
 
-    def _deliver(self, request, b_header: bytes, bulk_length: int) -> None:
+    def _deliver(self, request: Request, b_header: bytes, bulk_length: int) -> None:
         header = SMB2HeaderResponse()
         header.unpack(b_header)
         with self.sequence_lock:
@@ -459,13 +466,13 @@ class Connection(smb_connection.Connection):
         return True
 
 
-def read_body(fh, offset: int, length: int) -> bytes:
+def read_body(fh: Open, offset: int, length: int) -> bytes:
     """The SMB2 READ request body for `length` bytes at `offset` of the open file `fh`
     (padding 0x50: the server puts the data right after the response's fixed part)."""
     return struct.pack("<HBBLQ16sLLLHHB", 49, 0x50, 0, length, offset, fh.file_id, 0, 0, 0, 0, 0, 0)
 
 
-def write_body(fh, offset: int, length: int) -> bytes:
+def write_body(fh: Open, offset: int, length: int) -> bytes:
     """The SMB2 WRITE request body without its data (which follows at offset 0x70)."""
     return struct.pack("<HHLQ16sLLHHL", 49, 0x70, length, offset, fh.file_id, 0, 0, 0, 0, 0)
 
