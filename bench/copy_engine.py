@@ -1,6 +1,6 @@
 """Benchmark: quickmig's copy engine against Samba's C client on the same bytes.
 
-    python bench/copy.py [--size-mib 1024] [--runs 3] [--streams 1,2,4] [--modes sign,encrypt]
+    .venv/bin/python bench/copy_engine.py [--size-mib 1024] [--runs 3] [--streams 1,2,4] [--modes sign,encrypt]
 
 Starts two real smbd on loopback (lab/samba.py; nothing else, no Redis), writes one random
 file of --size-mib MiB into the first one's share, then for each security mode:
@@ -22,8 +22,8 @@ Before every run of either tool the destination share's copies are deleted, so e
 writes a new file (see `fresh_destination` for why that must be alike for both).
 
 The tools take turns, one round of each per run, so that a change in the machine's load
-falls on all of them. Prints MB/s (10^6 bytes/s; median of the runs, min-max) per row, the copier's peak RSS,
-the CPU seconds of the client (smbclient, or the copier plus its destination hash) and of
+falls on all of them. Prints MB/s (10^6 bytes/s; median of the runs, min-max) per row, the
+copier's peak RSS, the CPU seconds of the client (smbclient, or the copier plus its destination hash) and of
 both smbd (median per run), and the ratio quickmig MB/s / smbclient MB/s (>= 1.0 is the
 target). Numbers from a shared machine are provisional.
 """
@@ -44,10 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from lab.samba import _group_members, run_samba
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARE = "vms"
 FILE = "bench.vhdx"
@@ -158,8 +157,10 @@ def run_smbclient(env: dict, mode: str, local: Path) -> float:
 
 def run_quickmig(env: dict, mode: str, streams: int, read_ahead: bool = False,
                  verify: str = "host") -> tuple[float, float]:
-    args = {"host_digest": HOST_DIGEST, "verify": verify, "dest_local": str(env["dst_share"] / f"quickmig-{FILE}"), "read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE, "user": env["user"],
-            "encrypt": mode == "encrypt", "streams": streams, "file": FILE, "dest": f"quickmig-{FILE}"}
+    args = {"host_digest": HOST_DIGEST, "verify": verify, "dest_local": str(env["dst_share"] / f"quickmig-{FILE}"),
+            "read_ahead": read_ahead, "src_port": env["src_port"], "dst_port": env["dst_port"], "share": SHARE,
+            "user": env["user"], "encrypt": mode == "encrypt", "streams": streams, "file": FILE,
+            "dest": f"quickmig-{FILE}"}
     fresh_destination(env, env["settle"])
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], check=True, capture_output=True,
                          text=True, timeout=1800, cwd=ROOT,
@@ -176,8 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="sign,encrypt", help="sign and/or encrypt")
     ap.add_argument("--read-ahead", action="store_true", help="quickmig keeps one more READ per stream in flight")
     ap.add_argument("--verify", choices=("host", "readback"), default="host",
-                    help="host: the sha256-chunks-8MiB digest of the landed file computed on the destination side (what "
-                         "the driver's file_hash runs there); readback: read the copy back over SMB")
+                    help="host: the sha256-chunks-8MiB digest of the landed file computed on the destination side "
+                         "(what the driver's file_hash runs there); readback: read the copy back over SMB")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds to wait after deleting the destination files before each run (default 0)")
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
@@ -194,7 +195,8 @@ def main(argv=None) -> int:
     try:
         for name in ("src", "dst"):
             servers.append(run_samba(work / name / "state", SHARE, work / name / "share", user, password))
-        env = {"settle": args.settle, "dst_share": servers[1].share_path, "src_port": servers[0].port, "dst_port": servers[1].port, "user": user, "password": password}
+        env = {"settle": args.settle, "dst_share": servers[1].share_path, "src_port": servers[0].port,
+               "dst_port": servers[1].port, "user": user, "password": password}
         size = args.size_mib * 2**20
         with open(servers[0].share_path / FILE, "wb") as f:
             for _ in range(args.size_mib):
@@ -212,10 +214,11 @@ def main(argv=None) -> int:
             # falls on all of them alike instead of on whichever ran during it.
             ref, ours = [], {n: [] for n in streams}
             for r in range(args.runs):
-                ref.append(measured(servers, lambda: run_smbclient(env, mode, local)))
+                ref.append(measured(servers, lambda mode=mode: run_smbclient(env, mode, local)))
                 line = [f"smbclient {size / 1e6 / ref[-1][0]:.0f}"]
                 for n in streams:
-                    ours[n].append(measured(servers, lambda: run_quickmig(env, mode, n, args.read_ahead, args.verify)))
+                    ours[n].append(measured(servers, lambda mode=mode, n=n: run_quickmig(env, mode, n, args.read_ahead,
+                                                                                          args.verify)))
                     line.append(f"quickmig/{n} {size / 1e6 / ours[n][-1][0][0]:.0f}")
                 print(f"  {mode} round {r + 1}: " + ", ".join(line) + " MB/s", flush=True)
             ref_mbs = [size / 1e6 / s for s, _ in ref]

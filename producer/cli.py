@@ -23,8 +23,8 @@ from workers.obs import metrics
 
 # Other packages add subcommands through this entry point group: each entry is a
 # function register(subparsers, common_parser). The lab registers `quickmig lab` and
-# `quickmig demo` this way, so the CLI never imports the lab and a node installed
-# without it has neither command.
+# `quickmig demo` this way, so the dependency runs one way: the lab uses the CLI's
+# parser, the CLI never imports the lab.
 COMMANDS_GROUP = "quickmig.commands"
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_REFUSED = 0, 1, 2

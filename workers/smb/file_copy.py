@@ -50,6 +50,7 @@ from typing import ParamSpec, TypeVar
 from smbprotocol.open import Open
 
 from workers.model import chunks
+from workers.model.config import COPY_STREAMS_DEFAULT, COPY_STREAMS_MAX
 from workers.smb import connections, files, memory, stream
 from workers.smb.connections import reset_connections
 from workers.smb.endpoint import SmbEndpoint, normalize_rel
@@ -79,8 +80,8 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_INTERVAL_S = 0.25
-DEFAULT_STREAMS = 4  # see README (Copying, Benchmark) for the measurements; peak RSS ~105-150 MiB
-MAX_STREAMS = 16
+# [copy] streams in quickmig.toml; docs/benchmarks.md has the measurements behind the default
+DEFAULT_STREAMS, MAX_STREAMS = COPY_STREAMS_DEFAULT, COPY_STREAMS_MAX
 
 Progress = Callable[[int, int], None]
 Throttle = Callable[[int], None]
