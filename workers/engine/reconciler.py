@@ -1,6 +1,8 @@
 """The reconciler: no migration stays stuck (docs/design.md section 3.4).
 
-Celery beat runs `quickmig.reconcile` every RECONCILE_EVERY_S. A migration is stuck when
+Celery beat runs `quickmig.reconcile` every RECONCILE_EVERY_S. Each pass extends the VM
+lease of every active migration it still holds (a migration may wait in line for a place
+on its hosts longer than a lease lives). A migration is stuck when
 no task holds its step claim and its record has not changed for longer than its state's
 deadline: the message that should carry it on was lost (its worker's main process died
 with the message unacked, a hand-off was cut between the state change and the send).
@@ -73,6 +75,9 @@ def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None 
     if st in states.ENDS:
         store.forget_active(mid)
         return None
+    # The VM's lease lives VM_LOCK_TTL_S; steps extend it while they work, and this pass
+    # keeps it for a migration between steps or waiting in line, however long that is.
+    locks.extend(rec["vm_id"], mid)
     if locks.claim_holder(mid):
         return None  # a task is working on it right now (its heartbeat keeps the claim)
     now = time.time() if now is None else now
