@@ -161,7 +161,7 @@ def test_long_category_and_id_lines_are_cut_as_powershell_51_cuts_them():
                               command="Move-Item", width=80), "delete_files")
     assert e.category == "WriteError"
     assert e.fqid == "MoveFileInfoItemIOError,Microsoft.PowerShell.Commands.MoveItemCommand"
-    assert type(e) is AlreadyExists  # "already exists" in the message: first match wins
+    assert type(e) is HyperVError  # "already exists" in the message decides nothing
 
 
 def test_progress_can_precede_the_error_in_one_document():
@@ -174,18 +174,24 @@ def test_progress_can_precede_the_error_in_one_document():
 
 CASES = [
     # (message, category, fqid, expected)
+    # Get-VM's own "not found" is an InvalidArgument like any bad argument: not a "no such
+    # VM" answer (the scripts find VMs by filtering Get-VM's list and say so themselves).
     ('Hyper-V was unable to find a virtual machine with name "web01".', "InvalidArgument",
-     "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM", VMNotFound),
-    ('Hyper-V was unable to find a virtual machine with ID "0f8f".', "ObjectNotFound", "VMNotFound,Get-QmVM",
-     VMNotFound),
+     "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM", HyperVError),
+    ("No virtual machine with ID 0f8f on this host.", "ObjectNotFound", "VMNotFound,Get-QmVM", VMNotFound),
+    ('No virtual machine is named "web01" on this host.', "ObjectNotFound", "VMNotFound", VMNotFound),
+    # ObjectNotFound from anything else (a disk, a cmdlet that is not installed) is no answer about a VM
     ("Getting the mounted storage instance for the path failed.", "ObjectNotFound",
-     "ObjectNotFound,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD", VMNotFound),
+     "ObjectNotFound,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD", HyperVError),
     ("You do not have the required permission to complete this task.", "PermissionDenied",
      "AccessDenied,Microsoft.HyperV.PowerShell.Commands.GetVM", AccessDenied),
+    ("Access is denied. The path is outside this host's storage.", "NotSpecified",
+     "UnauthorizedAccess,Microsoft.HyperV.PowerShell.Commands.RemoveVM", AccessDenied),
+    # the words "access denied" or "already exists" in a message decide nothing
     ("'web01' failed to start.\nGeneral access denied error (0x80070005). Access is denied.", "NotSpecified",
-     "OperationFailed,Microsoft.HyperV.PowerShell.Commands.StartVM", AccessDenied),
+     "OperationFailed,Microsoft.HyperV.PowerShell.Commands.StartVM", HyperVError),
     ("The operation failed because a virtual machine with the same identifier already exists.",
-     "InvalidOperation", "OperationFailed,Microsoft.HyperV.PowerShell.Commands.ImportVM", AlreadyExists),
+     "InvalidOperation", "OperationFailed,Microsoft.HyperV.PowerShell.Commands.ImportVM", HyperVError),
     ("Cannot register this VM.", "ResourceExists", "ObjectExists,Microsoft.HyperV.PowerShell.Commands.ImportVM",
      AlreadyExists),
     ("The operation cannot be performed while the object is in its current state.", "InvalidOperation",
@@ -219,18 +225,49 @@ def test_message_comes_first_and_wrapped_lines_are_joined_again():
                       "file, or operable program. Check the spelling of the name, or if a path was included, "
                       "verify that the path is correct and try again.")
     assert e.category == "ObjectNotFound" and e.fqid == "CommandNotFoundException"
-    assert type(e) is VMNotFound  # category ObjectNotFound: the table's first row
+    assert type(e) is HyperVError  # a cmdlet that is not there says nothing about a VM
     assert any("CategoryInfo" in ln for ln in e.lines)
 
 
 def test_a_long_vm_name_in_the_message_still_maps_after_wrapping():
     name = "a-very-long-virtual-machine-name-" * 4
-    text = err(f'Hyper-V was unable to find a virtual machine with name "{name}".', "InvalidArgument",
-               "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM", command="Get-VM", target=name)
+    text = err(f'No virtual machine is named "{name}" on this host.', "ObjectNotFound", "VMNotFound",
+               target=name)
     assert len(parse_clixml(text)) > 7  # the message was wrapped
     e = error_from_stderr(text, "describe_vm")
     assert type(e) is VMNotFound
     assert name in str(e)
+
+
+GERMAN = 'Hyper-V konnte keinen virtuellen Computer mit der ID "0f8f" finden. Zugriff verweigert; existiert bereits.'
+
+
+JAPANESE = "\u4eee\u60f3\u30de\u30b7\u30f3\u304c\u898b\u3064\u304b\u308a\u307e\u305b\u3093"
+
+
+@pytest.mark.parametrize("message", [GERMAN, JAPANESE,
+                                     'Hyper-V was unable to find a virtual machine with ID "0f8f". Access is denied; '
+                                     "it already exists."])
+@pytest.mark.parametrize("category,fqid,expected", [(c[1], c[2], c[3]) for c in CASES])
+def test_the_class_comes_from_category_and_id_alone_in_any_language(message, category, fqid, expected):
+    e = error_from_stderr(err(message, category, fqid, command="Get-VM"), "describe_vm")
+    assert type(e) is expected
+    assert str(e) == "Get-VM : " + message
+
+
+@pytest.mark.parametrize("position", ["At line:1 char:1", "In Zeile:1 Zeichen:1",
+                                      "\u767a\u751f\u5834\u6240 \u884c:1 \u6587\u5b57:1",
+                                      "At C:\\Scripts\\qm.ps1:12 char:5"])
+def test_the_message_ends_where_the_position_line_begins_in_any_language(position):
+    text = (f'#< CLIXML\r\n<Objs Version="1.1.0.1" {NS}><S S="Error">Speichern fehlgeschlagen_x000D__x000A_</S>'
+            f'<S S="Error">{position}_x000D__x000A_</S><S S="Error">+ Save-VM -VM $vm_x000D__x000A_</S>'
+            '<S S="Error">+ ~~~~~~~~~~~~~~~~_x000D__x000A_</S>'
+            '<S S="Error">    + CategoryInfo          : InvalidOperation: (:) [Save-VM], VirtualizationException'
+            '_x000D__x000A_</S><S S="Error">    + FullyQualifiedErrorId : InvalidState,Microsoft.HyperV.PowerShell.'
+            'Commands.SaveVM_x000D__x000A_</S></Objs>')
+    e = error_from_stderr(text, "save_vm")
+    assert str(e) == "Speichern fehlgeschlagen"
+    assert type(e) is InvalidVMState
 
 
 def test_a_very_long_error_id_is_glued_back_together():

@@ -8,13 +8,19 @@ import time
 
 import pytest
 import requests
-from winrm.exceptions import InvalidCredentialsError, WinRMOperationTimeoutError, WinRMTransportError
+from winrm.exceptions import (
+    InvalidCredentialsError,
+    WinRMOperationTimeoutError,
+    WinRMTransportError,
+    WSManFaultError,
+)
 
 from lab.emulator.clixml import format_clixml_error, format_clixml_progress
 from workers.hyperv import driver as driver_mod
 from workers.hyperv import scripts
 from workers.hyperv.driver import POWERSHELL_COMMAND, HyperVDriver
 from workers.hyperv.errors import (
+    AccessDenied,
     HyperVError,
     InvalidVMState,
     OperationTimeout,
@@ -124,6 +130,15 @@ def test_the_command_line_is_short_and_runs_all_of_stdin_as_one_script_block():
     assert "-Command -" not in POWERSHELL_COMMAND
 
 
+def test_the_bootstrap_makes_powershell_write_utf_8_before_the_script_runs():
+    # powershell.exe writes stdout/stderr in [Console]::OutputEncoding, else the host's OEM
+    # code page: a non-ASCII VM name would come back as '?' or broken bytes.
+    boot = driver_mod.BOOTSTRAP
+    set_enc = boot.index("[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding $false")
+    assert "[Console]::InputEncoding = [Console]::OutputEncoding" in boot
+    assert set_enc < boot.index("& ([scriptblock]::Create($qmScript))")
+
+
 def test_large_arguments_go_in_several_send_messages():
     paths = [f"D:\\VMs\\hv1\\vm\\Virtual Hard Disks\\disk-{i:05d}.avhdx" for i in range(3000)]
     proto = FakeProtocol([ok({"deleted": []})])
@@ -180,6 +195,20 @@ def test_transport_failures_are_retryable_transport_errors(exc, words):
     assert ei.value.retryable and words in str(ei.value)
     assert PASSWORD not in str(ei.value)
     assert proto.transport.closed == 1
+
+
+@pytest.mark.parametrize("reason", ["Access is denied.", "Zugriff verweigert",
+                                    "\u30a2\u30af\u30bb\u30b9\u304c\u62d2\u5426"])
+def test_a_ws_man_access_denied_is_known_by_its_code_in_any_language(reason):
+    fault = WSManFaultError(500, "Bad HTTP response", "<s:Envelope/>", reason, fault_code="s:Sender",
+                            fault_subcode="w:AccessDenied", wsman_fault_code=5)
+    with pytest.raises(AccessDenied) as ei:
+        driver_with(FakeProtocol([], fail_open=fault)).list_vms()
+    assert reason in str(ei.value) and not ei.value.retryable
+    other = WSManFaultError(500, "Bad HTTP response", "<s:Envelope/>", "access is denied, says the text",
+                            fault_code="s:Receiver", fault_subcode="w:QuotaLimit", wsman_fault_code=2150859174)
+    with pytest.raises(TransportError):
+        driver_with(FakeProtocol([], fail_open=other)).list_vms()
 
 
 def test_a_dropped_connection_while_receiving_is_a_transport_error():

@@ -51,8 +51,17 @@ log = logging.getLogger(__name__)
 # the whole script, exit code 1, and -EncodedCommand makes powershell.exe write that error
 # to the redirected stderr as CLIXML. The command line stays a few hundred characters, far
 # below cmd.exe's 8 KB limit that `run_ps` (-EncodedCommand of the whole script) runs into.
-# The lab emulator may ignore this line: it only reads stdin.
-BOOTSTRAP = ("$ProgressPreference = 'SilentlyContinue'; "
+# The bootstrap first sets the console's input and output encodings to UTF-8 (no BOM), as
+# Ansible's WinRM bootstrap (bootstrap_wrapper.ps1) does: powershell.exe writes its stdout
+# and stderr in [Console]::OutputEncoding, which is otherwise the host's OEM code page
+# whatever the shell's code page, so a non-ASCII VM name, switch or path would reach us as
+# '?' or broken bytes. The scripts themselves are pure ASCII (scripts.render), so only
+# what comes back needs it. The setters throw where there is no console at all; then
+# nothing better can be done, and the script still runs (Ansible does the same).
+# The lab emulator reads this line for that setting (lab.emulator.scriptfacts).
+BOOTSTRAP = ("try { [Console]::InputEncoding = [Console]::OutputEncoding = "
+             "New-Object System.Text.UTF8Encoding $false } catch { $null = $_ }; "
+             "$ProgressPreference = 'SilentlyContinue'; "
              "$qmScript = [string]::Join([string][char]10, [string[]]@($input)); "
              "& ([scriptblock]::Create($qmScript))")
 POWERSHELL_COMMAND = ("powershell.exe -NoProfile -NonInteractive -EncodedCommand "
@@ -63,6 +72,7 @@ OPERATION_TIMEOUT_S = 20        # WS-Man OperationTimeout: how long one Receive 
 READ_TIMEOUT_S = OPERATION_TIMEOUT_S + 10   # HTTP read timeout, must exceed the above
 SEND_CHUNK_BYTES = 48 * 1024    # stdin per Send message (base64 keeps it under MaxEnvelopeSize)
 HEARTBEAT_MARGIN_S = 30         # wait_heartbeat's deadline: its own timeout_s plus this
+WSMAN_ACCESS_DENIED = 5         # WSManFault Code of "access denied" (Win32 ERROR_ACCESS_DENIED)
 
 # Deadlines for operations that can take long on a real host (seconds). The others use
 # default_timeout_s. wait_heartbeat gets at least its timeout_s + HEARTBEAT_MARGIN_S.
@@ -251,8 +261,13 @@ class HyperVDriver:
             return TransportError(f"{where}: the WinRM credentials were rejected (HTTP 401)", op=op,
                                   host=self.host.name)
         if isinstance(e, WSManFaultError):
+            # By the fault's codes, never its reason text (in the host's display language):
+            # the WSManFault code 5 is ERROR_ACCESS_DENIED, the subcode w:AccessDenied is the
+            # WS-Management protocol's own.
             reason = " ".join(str(e.reason).split())
-            cls = AccessDenied if "access is denied" in reason.lower() else TransportError
+            denied = e.wsman_fault_code == WSMAN_ACCESS_DENIED or \
+                str(e.fault_subcode or "").rsplit(":", 1)[-1] == "AccessDenied"
+            cls = AccessDenied if denied else TransportError
             return cls(f"{where}: WS-Management fault: {reason}", op=op, host=self.host.name)
         if isinstance(e, WinRMTransportError):
             return TransportError(f"{where}: HTTP {e.code} from the WinRM service", op=op, host=self.host.name)
@@ -331,7 +346,7 @@ class HyperVDriver:
     def file_hash(self, path: str, scheme: str = "sha256-chunks-8MiB") -> str:
         """The digest (lowercase hex) of a file on this host, read by the host itself: by
         default the copy engine's sha256-chunks-8MiB (workers.model.chunks.SCHEME), or
-        "sha256" (Get-FileHash)."""
+        "sha256" (the whole file's SHA-256)."""
         return self.run("file_hash", {"path": path, "scheme": scheme})["digest"]
 
     def chunk_digests(self, path: str, first: int, count: int) -> list[str]:

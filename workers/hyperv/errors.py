@@ -8,6 +8,12 @@ for success or failure. `parse_clixml` reads that; `error_from_stderr` turns it 
 typed exception (the table in docs/hyperv-operations.md). The lab's emulator writes the
 same text (`lab.emulator.clixml`), so the parser is tested against the shape Windows
 PowerShell 5.1 really writes.
+
+Nothing here reads the words of a message. A host shows its messages, and the line that
+says where an error happened ("At line:1 char:1", "In Zeile:1 Zeichen:1"), in its own
+display language; the CategoryInfo category and the FullyQualifiedErrorId are the same in
+every language, so the exception class comes from those alone, and the message is kept
+for people to read.
 """
 from __future__ import annotations
 
@@ -141,7 +147,11 @@ def parse_clixml(stderr: str | bytes) -> list[str]:
 
 # -- from error lines to an exception -------------------------------------------------
 
-_AT_RE = re.compile(r"^At (line:\d+|.*:\d+) char:\d+")
+# Where the error happened: "At line:1 char:1" in English, "In Zeile:1 Zeichen:1" in
+# German, "At C:\\x.ps1:3 char:5" for a script file: two "<word>:<number>" pairs, whatever
+# the words. It is the line just before the first "+ <code>" line.
+_POSITION_RE = re.compile(r"^\S.*:\d+\s+\S+:\d+\s*$")
+_CODE_LINE_RE = re.compile(r"^\+ ")
 _CATEGORY_RE = re.compile(r"^\s*\+\s*CategoryInfo\s*:\s*([A-Za-z]+)\s*:")
 _FQID_RE = re.compile(r"^\s*\+\s*FullyQualifiedErrorId\s*:\s*(.*)$")
 _INFO_LINE_RE = re.compile(r"^\s*\+\s*(CategoryInfo|FullyQualifiedErrorId)\s*:")
@@ -172,7 +182,8 @@ def describe_stderr(stderr: str | bytes) -> tuple[str, str | None, str | None, l
     i = 0
     while i < len(lines):
         line = lines[i]
-        if _AT_RE.match(line) or _INFO_LINE_RE.match(line):
+        if _INFO_LINE_RE.match(line) or _CODE_LINE_RE.match(line) or (
+                _POSITION_RE.match(line) and i + 1 < len(lines) and _CODE_LINE_RE.match(lines[i + 1])):
             in_message = False
         if in_message:
             message_lines.append(line)
@@ -195,16 +206,24 @@ def describe_stderr(stderr: str | bytes) -> tuple[str, str | None, str | None, l
     return message, category, fqid, lines
 
 
-def classify(message: str, category: str | None, fqid: str | None) -> type[HyperVError]:
-    """The exception class for an error, by the table in docs/hyperv-operations.md (first match wins)."""
-    text = " ".join(message.split()).lower()
-    if category == "ObjectNotFound" or "unable to find a virtual machine" in text:
+def _error_id(fqid: str | None) -> str:
+    """The error's own id: the FullyQualifiedErrorId before its first comma (what follows
+    names the command that raised it: `VMNotFound,Get-QmVM`, `InvalidState,Microsoft...SaveVM`)."""
+    return (fqid or "").split(",", 1)[0].strip()
+
+
+def classify(category: str | None, fqid: str | None) -> type[HyperVError]:
+    """The exception class for an error, by the table in docs/hyperv-operations.md (first
+    match wins). Only the category and the FullyQualifiedErrorId count: a message is in the
+    host's display language, so its words mean nothing to us."""
+    ident = _error_id(fqid)
+    if ident == "VMNotFound":  # the scripts' own "no VM with that id/name" (Get-QmVM, describe_vm)
         return VMNotFound
-    if category == "PermissionDenied" or "access is denied" in text:
+    if category == "PermissionDenied" or ident == "UnauthorizedAccess":
         return AccessDenied
-    if category == "ResourceExists" or "already exists" in text:
+    if category == "ResourceExists":
         return AlreadyExists
-    if category == "InvalidOperation" and (fqid or "").startswith("InvalidState"):
+    if category == "InvalidOperation" and ident == "InvalidState":
         return InvalidVMState
     return HyperVError
 
@@ -216,5 +235,5 @@ def error_from_stderr(stderr: str | bytes, op: str, *, host: str | None = None,
     if not message:
         code = "" if exit_code is None else f" (exit code {exit_code})"
         message = f"{op} failed{code} and PowerShell wrote no error text"
-    cls = classify(message, category, fqid)
+    cls = classify(category, fqid)
     return cls(message, op=op, host=host, category=category, fqid=fqid, lines=lines)

@@ -15,7 +15,7 @@ elseif ($Req.name) {
     $name = [string]$Req.name
     $found = @(Get-VM | Where-Object { $_.Name -ceq $name })
     if ($found.Count -eq 0) {
-        Write-Error -Message ('Hyper-V was unable to find a virtual machine with name "' + $name + '".') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $name
+        Write-Error -Message ('No virtual machine is named "' + $name + '" on this host.') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $name
     }
     if ($found.Count -gt 1) {
         $ids = @(foreach ($f in $found) { $f.Id.ToString() })

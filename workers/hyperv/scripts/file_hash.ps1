@@ -8,7 +8,12 @@ __QUICKMIG_ARGS__
 # The copy engine verifies a copy with this digest, computed where the file landed, instead
 # of reading the whole file back over SMB. 'sha256-chunks-8MiB' is the copy engine's digest
 # (workers/model/chunks.py): the SHA-256 of the SHA-256s of the file's 8 MiB blocks, so the
-# copier hashes every byte once, chunk by chunk, in any order; 'sha256' is Get-FileHash's.
+# copier hashes every byte once, chunk by chunk, in any order; 'sha256' is the SHA-256 of
+# the whole file (what Get-FileHash -Algorithm SHA256 gives).
+# Always SHA256Cng (Windows' own CNG implementation): on .NET Framework [SHA256]::Create()
+# and Get-FileHash may give SHA256Managed, whose constructor throws on a host that enforces
+# FIPS-validated algorithms (the "System cryptography: Use FIPS compliant algorithms"
+# policy). SHA256Cng gives the same digests and is allowed there.
 if (-not (Test-Path -LiteralPath $Req.path -PathType Leaf)) {
     Write-Error -Message ('file_hash hashes files only; ' + $Req.path + ' is not a file.') -Category InvalidArgument -ErrorId 'NotAFile' -TargetObject $Req.path
 }
@@ -24,12 +29,18 @@ if ($ranged) {
 }
 $chunks = New-Object System.Collections.Generic.List[string]
 if ($Req.scheme -eq 'sha256') {
-    $digest = (Get-FileHash -LiteralPath $Req.path -Algorithm SHA256).Hash.ToLowerInvariant()
+    $whole = New-Object System.Security.Cryptography.SHA256Cng
+    $stream = [System.IO.File]::Open($Req.path, [System.IO.FileMode]::Open, [System.IO.FileAccess]::Read, [System.IO.FileShare]::ReadWrite)
+    try {
+        $digest = -join ($whole.ComputeHash($stream) | ForEach-Object { $_.ToString('x2') })
+    } finally {
+        $stream.Dispose()
+    }
 } elseif ($Req.scheme -eq 'sha256-chunks-8MiB') {
     $block = 8 * 1024 * 1024
     $buffer = New-Object byte[] $block
-    $outer = [System.Security.Cryptography.SHA256]::Create()
-    $inner = [System.Security.Cryptography.SHA256]::Create()
+    $outer = New-Object System.Security.Cryptography.SHA256Cng
+    $inner = New-Object System.Security.Cryptography.SHA256Cng
     $stream = [System.IO.File]::Open($Req.path, [System.IO.FileMode]::Open, [System.IO.FileAccess]::Read, [System.IO.FileShare]::ReadWrite)
     try {
         if ($ranged) { [void]$stream.Seek([long]$Req.first * $block, [System.IO.SeekOrigin]::Begin) }

@@ -5,22 +5,19 @@ $Req = @'
 __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
-function Get-QmVM([string]$Id) {
-    # One VM by its id. Get-VM -Name would take a wildcard pattern, -Id cannot.
-    $vm = Get-VM -Id $Id
-    if (-not $vm) {
-        Write-Error -Message ('Hyper-V was unable to find a virtual machine with ID "' + $Id + '".') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $Id
-    }
-    $vm
-}
+# quickmig-include: vminfo
 
 # The Heartbeat integration service, found by its component id so a localized name does not matter.
 $heartbeatId = '84EAAE65-2F2E-45F5-9BB5-0E857DC8EB47'
 $limit = [double]$Req.timeout_s
 $clock = [System.Diagnostics.Stopwatch]::StartNew()
 $status = 'unknown'
+# Found once by Get-QmVM (which tells "no such VM" apart); the loop then asks for that
+# VM alone: Get-VM -Id of an id just seen is quick, where the whole list on a busy host
+# would slow every round of a loop that ends the downtime.
+$vm = Get-QmVM $Req.vm_id
 while ($true) {
-    $vm = Get-QmVM $Req.vm_id
+    $vm = Get-VM -Id $vm.Id
     if ([string]$vm.State -ne 'Running') {
         Write-Error -Message ('VM ' + $Req.vm_id + ' is ' + $vm.State + '; its heartbeat cannot come up.') -Category InvalidOperation -ErrorId 'InvalidStateForHeartbeat' -TargetObject $Req.vm_id
     }

@@ -3,12 +3,17 @@
 # `# quickmig-include: vminfo` line, so every host receives one self-contained script.
 
 function Get-QmVM([string]$Id) {
-    # One VM by its id. Get-VM -Name would take a wildcard pattern, -Id cannot.
-    $vm = Get-VM -Id $Id
-    if (-not $vm) {
-        Write-Error -Message ('Hyper-V was unable to find a virtual machine with ID "' + $Id + '".') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $Id
+    # One VM by its id, found in Get-VM's list. Not Get-VM -Id: for an id the host does not
+    # have it throws Hyper-V's own error, an InvalidArgument like any bad argument, worded in
+    # the host's display language. Here "no such VM" is decided by this script, and said by
+    # the error id VMNotFound, which means the same in every language; a failure of Get-VM
+    # itself (access denied, service down) stays that failure.
+    $want = [guid]$Id
+    $found = @(Get-VM | Where-Object { $_.Id -eq $want })
+    if ($found.Count -eq 0) {
+        Write-Error -Message ('No virtual machine with ID ' + $Id + ' on this host.') -Category ObjectNotFound -ErrorId 'VMNotFound' -TargetObject $Id
     }
-    $vm
+    $found[0]
 }
 
 function Get-QmVMInfo($VM) {
