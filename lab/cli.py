@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from lab import demo, orchestrator
+from lab.emulator import messages
 from lab.orchestrator import LabError
 from lab.verify import verify_vm
 from workers.model.config import load_config
@@ -17,7 +18,7 @@ def _cfg(args):
 
 def cmd_up(args) -> int:
     orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port,
-                    max_migrations=args.max_migrations)
+                    max_migrations=args.max_migrations, locale=args.locale)
     return 0
 
 
@@ -65,6 +66,8 @@ def register(sub, common) -> None:
     u.add_argument("--metrics-port", type=int, default=None, help="the lab's /metrics port (default: a free one)")
     u.add_argument("--max-migrations", type=int, default=2,
                    help="each host's max_migrations: migrations at once from or to it")
+    u.add_argument("--locale", default=messages.DEFAULT_LOCALE, choices=messages.LOCALES,
+                   help="the hosts' display language: every message they write is in it (e.g. de-DE)")
     u.set_defaults(func=_guard(cmd_up, LabError))
 
     d = lsub.add_parser("down", parents=[common], help="stop everything the lab started")

@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from lab import processes, samba
+from lab.emulator import messages
 from lab.emulator.client import EmulatorClient
 from lab.ports import free_port
 from workers.model.config import load_config, toml_str
@@ -142,7 +143,9 @@ def _wait_redis(port: int, timeout_s: float) -> None:
 
 
 def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
-       metrics_port: int | None = None, max_migrations: int = 2, say=print) -> dict:
+       metrics_port: int | None = None, max_migrations: int = 2, locale: str = messages.DEFAULT_LOCALE,
+       say=print) -> dict:
+    """Start a lab; `locale` is the display language of every host (messages.py)."""
     lab_dir = Path(lab_dir).resolve()
     alive = running(lab_dir)
     if alive:
@@ -150,6 +153,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         return read_lab(lab_dir)
     if hosts < 2:
         raise LabError("a lab needs at least 2 hosts to migrate between")
+    if locale not in messages.LOCALES:
+        raise LabError(f"a lab host speaks one of {', '.join(messages.LOCALES)}, not {locale!r}")
     lab_dir.mkdir(parents=True, exist_ok=True)
     names = [f"hv{i}" for i in range(1, hosts + 1)]
     ports = {"redis": free_port(), "metrics": metrics_port or free_port()}
@@ -178,7 +183,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             samba.set_password(conf, cred.smb_username, cred.smb_password)
             procs[f"smbd-{h}"] = processes.spawn(samba.command(conf), logs / f"smbd-{h}.log")
             procs[f"emulator-{h}"] = processes.spawn(
-                [sys.executable, "-m", "lab.emulator", "--lab-dir", str(lab_dir), "--host", h],
+                [sys.executable, "-m", "lab.emulator", "--lab-dir", str(lab_dir), "--host", h, "--locale", locale],
                 logs / f"emulator-{h}.log", env=env)
             _save(lab_dir, lab)
         metrics_dir = lab_dir / "metrics"
@@ -219,7 +224,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         down(lab_dir, say=lambda *_: None)
         raise
     endpoints = write_endpoints(lab_dir, ports)
-    say(f"lab up at {lab_dir}: hosts {', '.join(names)}, {n} VMs, redis on 127.0.0.1:{ports['redis']}")
+    say(f"lab up at {lab_dir}: hosts {', '.join(names)} ({locale}), {n} VMs, redis on 127.0.0.1:{ports['redis']}")
     for e in endpoints["metrics"]:
         say(f"metrics ({e['serves']}): {e['url']}")
     say(f"config: {lab_dir / 'quickmig.toml'}")

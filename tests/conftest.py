@@ -103,11 +103,11 @@ def lab_class():
 
 
 @contextlib.contextmanager
-def _own_lab(tmp_path_factory, name: str, hosts: int = 3):
+def _own_lab(tmp_path_factory, name: str, hosts: int = 3, **up_options):
     from lab import orchestrator
     from producer.migrations import Producer
     lab_dir = tmp_path_factory.mktemp(name)
-    orchestrator.up(lab_dir, hosts=hosts, vms_per_host=0, say=lambda *_: None)
+    orchestrator.up(lab_dir, hosts=hosts, vms_per_host=0, say=lambda *_: None, **up_options)
     try:
         lab = Lab(lab_dir)
         lab.producer = Producer(lab.cfg)
@@ -119,5 +119,6 @@ def _own_lab(tmp_path_factory, name: str, hosts: int = 3):
 @pytest.fixture(scope="session")
 def own_lab(tmp_path_factory):
     """`with own_lab("name") as lab:` a lab of a test module's own (one whose processes it
-    stops, kills or cuts off), its Lab helper carrying a Producer as `lab.producer`."""
+    stops, kills or cuts off, or one started with other `orchestrator.up` options, e.g.
+    locale="de-DE"), its Lab helper carrying a Producer as `lab.producer`."""
     return functools.partial(_own_lab, tmp_path_factory)

@@ -1,4 +1,5 @@
-"""`python -m lab.emulator --lab-dir DIR --host hv1`: serve one emulated Hyper-V host.
+"""`python -m lab.emulator --lab-dir DIR --host hv1 [--locale de-DE]`: serve one emulated
+Hyper-V host, whose messages are in the given display language (messages.py).
 
 Reads DIR/quickmig.toml (the host's winrm_endpoint gives the loopback port, vm_root the
 host path of its share) and DIR/credentials.toml (WinRM user and password, Basic auth).
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lab.emulator import messages
 from lab.emulator.model import HyperVHost
 from lab.emulator.wsman import EmulatorServer
 from workers.model.config import ConfigError, load_config
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lab-dir", required=True, type=Path)
     ap.add_argument("--host", required=True, help="host name from DIR/quickmig.toml")
     ap.add_argument("--log-level", default=os.environ.get("QUICKMIG_EMULATOR_LOG", "INFO"))
+    ap.add_argument("--locale", default=messages.DEFAULT_LOCALE, choices=messages.LOCALES,
+                    help="the host's display language: every message it writes is in it")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(ns.log_level).upper(), logging.INFO), stream=sys.stderr,
                         format=f"%(asctime)s {ns.host} %(levelname)s %(name)s: %(message)s")
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", bind, url.port, e.strerror or e)
         return 2
-    model = HyperVHost(lab_dir, host.name, host.vm_root)
+    model = HyperVHost(lab_dir, host.name, host.vm_root, locale=ns.locale)
     server.model = model
 
     stopping = threading.Event()
@@ -98,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = ready.with_name(".ready.json.tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "endpoint": host.winrm_endpoint, "started_at": time.time()}))
     os.replace(tmp, ready)
-    log.info("emulator %s ready on %s (pid %d, vm_root %s, share %s)", host.name, host.winrm_endpoint,
-             os.getpid(), host.vm_root, model.share)
+    log.info("emulator %s ready on %s (pid %d, vm_root %s, share %s, locale %s)", host.name,
+             host.winrm_endpoint, os.getpid(), host.vm_root, model.share, model.locale)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

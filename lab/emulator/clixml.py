@@ -53,8 +53,10 @@ def _info_lines(label: str, value: str, width: int) -> list[str]:
 def format_error_lines(message: str, category: str, fqid: str, target: str = "", *,
                        command: str = "", exception: str = "", snippet: str = "",
                        target_type: str = "String", line: int = 1, char: int = 1,
-                       width: int = HOST_WIDTH) -> list[str]:
-    """The lines of a terminating error as powershell.exe formats it (no CLIXML yet)."""
+                       width: int = HOST_WIDTH, position: str = "At line:{line} char:{char}") -> list[str]:
+    """The lines of a terminating error as powershell.exe formats it (no CLIXML yet).
+    `position` is the "where" line in the host's language ("In Zeile:{line} Zeichen:{char}");
+    the CategoryInfo and FullyQualifiedErrorId labels are the same in every language."""
     cols = width - 1
     out: list[str] = []
     for i, msg_line in enumerate(message.split("\n") or [""]):
@@ -62,7 +64,7 @@ def format_error_lines(message: str, category: str, fqid: str, target: str = "",
             msg_line = f"{command} : {msg_line}"
         out.extend(_host_wrap(msg_line.rstrip("\r"), cols))
     code = snippet or command or "throw $_"
-    out.extend(_host_wrap(f"At line:{line} char:{char}", cols))
+    out.extend(_host_wrap(position.format(line=line, char=char), cols))
     out.extend(_host_wrap("+ " + code, cols))
     out.append("+ " + " " * (char - 1) + "~" * max(1, min(len(code) - char + 1, cols - 2 - char)))
     if not exception:
@@ -96,7 +98,8 @@ def format_clixml_progress(activity: str = "Preparing modules for first use.", c
 def format_clixml_error(message: str, category: str, fqid: str, target: str = "", *,
                         command: str = "", exception: str = "", snippet: str = "",
                         target_type: str = "String", line: int = 1, char: int = 1,
-                        width: int = HOST_WIDTH, progress: int = 0) -> str:
+                        width: int = HOST_WIDTH, progress: int = 0,
+                        position: str = "At line:{line} char:{char}") -> str:
     """The exact stderr powershell.exe writes for a terminating error over WinRM (exit code 1).
 
     message: the error text (may hold "\\n", as Hyper-V's two-line messages do);
@@ -108,9 +111,11 @@ def format_clixml_error(message: str, category: str, fqid: str, target: str = ""
     else RuntimeException); snippet/line/char: the "At line:" position and code line;
     progress: how many progress records come first in the same document, as when a module
     was loaded on first use. width: the host's buffer width (lines hold width-1 chars).
+    position: the "At line:{line} char:{char}" line as the host's language words it.
     """
     lines = format_error_lines(message, category, fqid, target, command=command, exception=exception,
-                               snippet=snippet, target_type=target_type, line=line, char=char, width=width)
+                               snippet=snippet, target_type=target_type, line=line, char=char, width=width,
+                               position=position)
     objs = "".join(_progress_obj(i, "Preparing modules for first use.") for i in range(progress))
     strings = "".join(f'<S S="Error">{_encode(ln + chr(13) + chr(10))}</S>' for ln in lines)
     return f"{CLIXML_MARKER}\r\n{_OBJS_OPEN}{objs}{strings}</Objs>"

@@ -3,7 +3,8 @@
 `HyperVHost` composes the parts; each lives in its own module with the rules it enforces:
 
     hostpaths.py     host paths <-> files on the share, and the rules every path must pass
-    hostprops.py     what the host offers (versions, switches, CPU vendor, free space)
+    hostprops.py     what the host offers (versions, switches, CPU vendor, free space, FIPS policy)
+    messages.py      the host's display language: every message it writes, translated
     vm.py            the VM record, the layout of its files, the lock order, Get-VM's view
     vmcx.py          the configuration file (.vmcx)
     registry.py      the registered VMs and the host properties (state.json)
@@ -13,6 +14,7 @@
     files.py         files in use, Remove-Item, pruning empty folders, Get-FileHash
     vmimport.py      Compare-VM, Import-VM
     operations.py    the operation table the WinRM server dispatches by script name
+    scriptfacts.py   what the shipped scripts do that changes how a real host answers them
 
 The WinRM server (wsman.py) runs operations through `HyperVHost.run`; the lab control API
 uses `create_vm`, `lab_state` and the host properties. The modules' docstrings name the
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.emulator import hostprops
+from lab.emulator import hostprops, messages
 from lab.emulator.checkpoints import Checkpoints
 from lab.emulator.events import EventLog
 from lab.emulator.files import HostFiles
@@ -39,9 +41,10 @@ class HyperVHost:
     """One emulated host: its registry and records, and the parts that act on them."""
 
     def __init__(self, lab_dir: Path, name: str, vm_root: str, *, recover: bool = True,
-                 heartbeat_delay_s: float = HEARTBEAT_DELAY_S):
+                 heartbeat_delay_s: float = HEARTBEAT_DELAY_S, locale: str = messages.DEFAULT_LOCALE):
         self.lab_dir = Path(lab_dir)
         self.name = name
+        self.locale = messages.check_locale(locale)  # its display language, for the life of the host
         self.share = self.lab_dir / "hosts" / name / "share"
         self.state_dir = self.lab_dir / "hosts" / name / "emulator"
         self.paths = HostPaths(vm_root, self.share)
@@ -110,4 +113,4 @@ class HyperVHost:
                            "writer_running": bool(w is not None and w.alive and w.rate_kbps > 0),
                            "writer_error": w.error if w is not None else None}
             out.append(info)
-        return {"host": self.name, "vm_root": self.paths.vm_root, "vms": out}
+        return {"host": self.name, "vm_root": self.paths.vm_root, "locale": self.locale, "vms": out}

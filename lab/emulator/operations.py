@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from lab.emulator import hostprops
+from lab.emulator import hostprops, scriptfacts
 from lab.emulator.checkpoints import Checkpoints
-from lab.emulator.errors import OpError, invalid_arg
+from lab.emulator.errors import MissingVM, OpError, fips_refusal, get_vm_not_found, invalid_arg
 from lab.emulator.events import EventLog
 from lab.emulator.files import HostFiles
 from lab.emulator.hostpaths import is_guid
@@ -58,7 +58,16 @@ class Operations:
                           "QuickmigUnknownOperation")
         if not isinstance(args, dict):
             raise invalid_arg("The arguments must be a JSON object.")
-        return getattr(self, f"op_{op}")(args)
+        facts = scriptfacts.of(op)
+        if facts.managed_sha256 and self.reg.props.get("fips"):
+            # harsher reading: the whole script is refused, whichever branch would make the hash
+            raise fips_refusal(facts.managed_sha256)
+        try:
+            return getattr(self, f"op_{op}")(args)
+        except MissingVM as e:
+            if facts.get_vm_by_id:  # the script asked Get-VM -Id, which throws first
+                raise get_vm_not_found(e.vm_id) from None
+            raise
 
     def _info(self, vm: VM) -> dict:
         return describe(vm, self.paths)
@@ -79,8 +88,7 @@ class Operations:
             # exact and case-sensitive, as the shipped script compares (-ceq): Get-VM -Name is a wildcard
             found = [v for v in self.reg.vms.values() if v.name == name]
         if not found:
-            raise OpError(f"Hyper-V was unable to find a virtual machine with name \"{name}\".",
-                          "ObjectNotFound", "VMNotFound", name)
+            raise OpError(f"No virtual machine is named \"{name}\" on this host.", "ObjectNotFound", "VMNotFound", name)
         if len(found) > 1:
             ids = ", ".join(v.id for v in found)
             raise OpError(f"More than one virtual machine is named \"{name}\" (ids {ids}); ask by vm_id.",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from lab.emulator import hostprops
-from lab.emulator.errors import OpError, invalid_arg
+from lab.emulator.errors import MissingVM, invalid_arg
 from lab.emulator.hostpaths import HostPaths
 from lab.emulator.vm import VM
 from lab.emulator.vmcx import write_vmcx
@@ -62,6 +62,5 @@ class Registry:
             raise invalid_arg("Cannot validate argument on parameter 'vm_id': it must be a VM id (GUID).", cmdlet)
         vm = self.vms.get(vm_id.lower())
         if vm is None:
-            raise OpError(f"Hyper-V was unable to find a virtual machine with ID \"{vm_id}\".",
-                          "ObjectNotFound", "VMNotFound", vm_id)
+            raise MissingVM(vm_id)
         return vm

@@ -4,8 +4,9 @@ WS-Management: exactly what `winrm.protocol.Protocol` sends, on POST /wsman with
 Content-Type application/soap+xml:
 
     Create   (ws-transfer)  new shell; reply carries w:Selector Name="ShellId" (and rsp:ShellId)
-    Command  (rsp)          new command in a shell; reply rsp:CommandId. The command line
-                            itself is logged and otherwise ignored (the operation is on stdin)
+    Command  (rsp)          new command in a shell; reply rsp:CommandId. The operation is on
+                            stdin; of the command line only its -EncodedCommand counts: whether
+                            it sets [Console]::OutputEncoding to UTF-8 (scriptfacts.writes_utf8)
     Send     (rsp)          base64 stdin chunks; End="true" closes stdin and starts the operation
     Receive  (rsp)          base64 stdout/stderr streams and CommandState Done + ExitCode; while
                             the command still runs after the request's OperationTimeout, HTTP 500
@@ -16,9 +17,16 @@ Content-Type application/soap+xml:
     Delete   (ws-transfer)  the shell and its commands are forgotten
 
 Output larger than one envelope is split over several Receive replies (CommandState
-Running, then Done). stdin is decoded and stdout/stderr encoded with the shell's
-WINRS_CODEPAGE (65001 = UTF-8; anything else is treated as 437, where characters outside it
-become '?', as on a real host).
+Running, then Done). stdin is decoded with the shell's WINRS_CODEPAGE (65001 = UTF-8;
+anything else is treated as 437). stdout and stderr are what powershell.exe writes: in
+UTF-8 when its command line set [Console]::OutputEncoding to UTF-8, else in the host's OEM
+code page whatever the shell's code page (harsher reading), where characters outside it
+become '?' and the others arrive as bytes a UTF-8 reader cannot read.
+
+Language: the host speaks the language it was started with (`--locale`, messages.py):
+every error message, Compare-VM incompatibility and WS-Management fault reason is
+translated where it leaves the host, and PowerShell's "At line:1 char:1" line too; the
+categories, error ids, message ids and fault codes stay as they are.
 
 The stdin text must be exactly a shipped operation script with its arguments line filled
 in (`workers.hyperv.scripts.parse`); otherwise exit 1 with a CLIXML error. Operation
@@ -27,12 +35,13 @@ success is one JSON line on stdout, exit 0, with a CLIXML progress record on std
 
 Lab control API (JSON, same Basic credentials):
 
-    GET    /lab/ping     {"ok": true, "host", "pid", "endpoint"}
+    GET    /lab/ping     {"ok": true, "host", "pid", "endpoint", "locale"}
     GET    /lab/state    {"host", "vm_root", "vms": [VMInfo + "lab": {counter, write_rate_kbps, ...}]}
     POST   /lab/vms      {"name", "memory_mb"=64, "disk_mb"=128, "write_rate_kbps"=64, "iso"=true,
                           "checkpoint_type"="Standard", "start"=true, "version"="10.0",
                           "switches"=["lab-switch"], "passthrough_disk"=false} -> {"vm": VMInfo}
-    GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes"}
+    GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes",
+                          "fips"}
     POST   /lab/host     change some of those (free_bytes null = the real free space) -> the same
     DELETE /lab/host     back to the defaults
     GET    /lab/faults   {"faults": [...]}
@@ -61,6 +70,7 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
+from lab.emulator import messages, scriptfacts
 from lab.emulator.clixml import format_clixml_error, format_clixml_progress
 from lab.emulator.errors import OpError
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
@@ -100,8 +110,11 @@ MAX_OPERATION_TIMEOUT_S = 120.0
 OUTPUT_CHUNK = 96 * 1024          # raw bytes per Receive reply (base64 stays under 153600)
 
 
-def clixml_error(message: str, category: str, fqid: str, target: str = "") -> str:
-    return format_clixml_error(message, category, fqid, target=target)
+def clixml_error(message: str, category: str, fqid: str, target: str = "",
+                 locale: str = messages.DEFAULT_LOCALE) -> str:
+    """A terminating error as the host writes it: its message in the host's language."""
+    return format_clixml_error(messages.translate(message, locale), category, fqid, target=target,
+                               position=messages.position_template(locale))
 
 
 # ---- shells and commands ----------------------------------------------------------------
@@ -122,6 +135,7 @@ class Command:
         self.drop = False
         self.terminated = False
         self.op = ""
+        self.utf8 = scriptfacts.writes_utf8(command_line)  # else the host's OEM code page
 
 
 class Shell:
@@ -177,6 +191,10 @@ class EmulatorServer(ThreadingHTTPServer):
         self.endpoint = f"http://{bind}:{port}/wsman"
         super().__init__((bind, port), Handler)
         self.endpoint = f"http://{bind}:{self.server_address[1]}/wsman"
+
+    @property
+    def locale(self) -> str:
+        return self.model.locale if self.model is not None else messages.DEFAULT_LOCALE
 
     def outage_remaining_s(self) -> float:
         return max(0.0, self.outage_until - time.monotonic())
@@ -234,7 +252,7 @@ class EmulatorServer(ThreadingHTTPServer):
         threading.Thread(target=self._execute, args=(cmd,), name=f"op-{cmd.id[:8]}", daemon=True).start()
 
     def _finish(self, cmd: Command, code: int, stdout: str = "", stderr: str = "") -> None:
-        enc = cmd.shell.encoding
+        enc = "utf-8" if cmd.utf8 else messages.oem_codepage(self.locale)
         cmd.stdout = stdout.encode(enc, errors="replace")
         cmd.stderr = stderr.encode(enc, errors="replace")
         cmd.exit_code = code
@@ -251,7 +269,7 @@ class EmulatorServer(ThreadingHTTPServer):
                 log.warning("refused a script that is not a shipped operation: %s", e)
                 self._finish(cmd, 1, stderr=clixml_error(
                     f"The script is not a shipped quickmig operation script: {e}", "ParserError",
-                    "QuickmigScriptMismatch"))
+                    "QuickmigScriptMismatch", locale=self.locale))
                 return
             cmd.op = op
             fault = self.faults.take(op)
@@ -269,9 +287,12 @@ class EmulatorServer(ThreadingHTTPServer):
                 result = self.model.run(op, args)
             except OpError as e:
                 log.info("op %s failed: %s [%s / %s]", op, e.message, e.category, e.fqid)
-                self._finish(cmd, 1, stderr=clixml_error(e.message, e.category, e.fqid, target=e.target))
+                self._finish(cmd, 1, stderr=clixml_error(e.message, e.category, e.fqid, target=e.target,
+                                                         locale=self.locale))
                 return
             log.info("op %s ok in %.3fs", op, time.monotonic() - t0)
+            for inc in result.get("incompatibilities") or []:  # Compare-VM's messages, in the host's words
+                inc["message"] = messages.translate(inc["message"], self.locale)
             out = json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\r\n"
             self._finish(cmd, 0, stdout=out, stderr=format_clixml_progress())
         except Exception as e:  # a bug in the emulator: still answer like a failed script
@@ -378,7 +399,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _lab_ping(self, doc: object) -> None:
         srv = self.server
-        self._json(200, {"ok": True, "host": srv.model.name, "pid": os.getpid(), "endpoint": srv.endpoint})
+        self._json(200, {"ok": True, "host": srv.model.name, "pid": os.getpid(), "endpoint": srv.endpoint,
+                         "locale": srv.locale})
 
     def _lab_state(self, doc: object) -> None:
         self._json(200, self.server.model.lab_state())
@@ -519,23 +541,26 @@ class Handler(BaseHTTPRequestHandler):
         raise WSManFault("a:ActionNotSupported", f"The action {action!r} is not supported by the service.",
                          2150858818)
 
-    @staticmethod
-    def _envelope(action: str, relates_to: str, body: str) -> str:
-        return ('<s:Envelope xml:lang="en-US" xmlns:s="{s}" xmlns:a="{a}" xmlns:x="{x}" xmlns:w="{w}" '
+    def _envelope(self, action: str, relates_to: str, body: str) -> str:
+        return ('<s:Envelope xml:lang="{lang}" xmlns:s="{s}" xmlns:a="{a}" xmlns:x="{x}" xmlns:w="{w}" '
                 'xmlns:rsp="{rsp}"><s:Header><a:Action>{act}</a:Action>'
                 '<a:MessageID>uuid:{mid}</a:MessageID>'
                 '<a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>'
                 '<a:RelatesTo>{rel}</a:RelatesTo></s:Header><s:Body>{body}</s:Body></s:Envelope>').format(
-            act=escape(action), mid=str(uuid.uuid4()).upper(), rel=escape(relates_to), body=body, **NS)
+            lang=self.server.locale, act=escape(action), mid=str(uuid.uuid4()).upper(), rel=escape(relates_to),
+            body=body, **NS)
 
     def _fault(self, f: WSManFault, relates_to: str) -> str:
+        # the reason in the host's language (harsher reading: the client's w:Locale is not honoured)
+        lang = self.server.locale
+        reason = escape(messages.translate(f.reason, lang))
         detail = ""
         if f.wsman_code is not None:
             detail = (f'<s:Detail><f:WSManFault xmlns:f="{NS["f"]}" Code="{f.wsman_code}" '
-                      f'Machine="{escape(self.server.host_name)}"><f:Message>{escape(f.reason)}</f:Message>'
+                      f'Machine="{escape(self.server.host_name)}"><f:Message>{reason}</f:Message>'
                       f'</f:WSManFault></s:Detail>')
         body = (f'<s:Fault><s:Code><s:Value>{f.code}</s:Value><s:Subcode><s:Value>{f.subcode}</s:Value>'
-                f'</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">{escape(f.reason)}</s:Text></s:Reason>'
+                f'</s:Subcode></s:Code><s:Reason><s:Text xml:lang="{lang}">{reason}</s:Text></s:Reason>'
                 f'{detail}</s:Fault>')
         return self._envelope(ACT_FAULT, relates_to, body)
 

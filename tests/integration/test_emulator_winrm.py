@@ -76,14 +76,17 @@ def protocol(endpoint: str, password: str = PASSWORD, op_timeout: int = 2) -> Pr
                     ca_trust_path=None, proxy=None)
 
 
-def run_text(p: Protocol, text: str) -> tuple[int, str, str]:
+def run_text(p: Protocol, text: str, command: str | None = None) -> tuple[int, str, str]:
+    """Run `text` as the driver does: powershell.exe with the driver's bootstrap on the
+    command line (which makes it write UTF-8), or with `command`."""
+    from workers.hyperv.driver import POWERSHELL_COMMAND
     shell = p.open_shell(codepage=65001)
     try:
-        cid = p.run_command(shell, "powershell", ["-NoProfile", "-NonInteractive", "-Command", "-"])
+        cid = p.run_command(shell, command or POWERSHELL_COMMAND)
         p.send_command_input(shell, cid, text.encode("utf-8"), end=True)
         out, err, code = p.get_command_output(shell, cid)
         p.cleanup_command(shell, cid)
-        return code, out.decode("utf-8"), err.decode("utf-8")
+        return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     finally:
         p.close_shell(shell)
 
@@ -138,6 +141,21 @@ def test_list_and_describe_round_trip_with_any_name(emulator):
     assert code == 0 and res["vm"]["id"] == vm["id"] and res["vm"]["name"] == name
     code, res, err = run_op(p, "describe_vm", {"vm_id": "00000000-0000-4000-8000-000000000000"})
     assert code == 1 and "#< CLIXML" in err and "ObjectNotFound" in err
+
+
+@needs_scripts
+def test_powershell_not_told_to_write_utf_8_writes_the_oem_code_page(emulator):
+    # the harm the driver's bootstrap prevents: a non-ASCII name comes back as bytes a
+    # UTF-8 reader cannot read, even in a shell opened with code page 65001
+    client: EmulatorClient = emulator["client"]
+    name = "Prüfstand Ü"
+    client.create_vm(name, memory_mb=1, disk_mb=1, write_rate_kbps=0)
+    p = protocol(emulator["endpoint"])
+    text = scripts_module().render("describe_vm", {"name": name})
+    code, out, _ = run_text(p, text, command="powershell -NoProfile -NonInteractive -Command -")
+    assert code == 0 and json.loads(out)["vm"]["name"] == "Pr\ufffdfstand \ufffd"
+    code, out, _ = run_text(p, text)
+    assert code == 0 and json.loads(out)["vm"]["name"] == name
 
 
 @needs_scripts
