@@ -90,7 +90,8 @@ class EmulatorClient:
         return self._call("GET", "/lab/host")  # type: ignore[return-value]
 
     def set_host(self, **props) -> dict:
-        """Change what the host offers: supported_versions, switches, cpu_vendor, free_bytes."""
+        """Change what the host offers: supported_versions, switches, cpu_vendor, free_bytes; and
+        fips (the FIPS policy: a script that makes a SHA256Managed is refused)."""
         return self._call("POST", "/lab/host", props)  # type: ignore[return-value]
 
     def reset_host(self) -> dict:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from winrm.exceptions import WSManFaultError
+from winrm.protocol import Protocol
 
 from tests.integration.test_migration import migrate
 from workers.hyperv.driver import HyperVDriver
@@ -109,6 +111,16 @@ def test_an_error_quickmig_cannot_classify_still_says_what_the_host_said(de_lab)
         driver(de_lab, "hv1").run("file_hash", {"path": "D:\\VMs\\hv1\\nicht-da.vhdx", "scheme": "sha256"})
     assert type(e.value) is HyperVError and e.value.fqid == "NotAFile"
     assert str(e.value) == "file_hash berechnet Hashwerte nur für Dateien; D:\\VMs\\hv1\\nicht-da.vhdx ist keine Datei."
+
+
+def test_a_ws_man_fault_keeps_its_codes_and_gives_its_reason_in_german(de_lab):
+    creds = de_lab.cfg.credentials("hv1")
+    p = Protocol(de_lab.cfg.host("hv1").winrm_endpoint, transport="basic", username=creds.winrm_username,
+                 password=creds.winrm_password, operation_timeout_sec=5, read_timeout_sec=10, proxy=None)
+    with pytest.raises(WSManFaultError) as e:
+        p.get_command_output_raw("F00D0000-0000-0000-0000-000000000000", "C0DE")
+    assert e.value.wsman_fault_code == 2150858843 and e.value.fault_subcode == "w:InvalidSelectors"
+    assert "Shell auf dem Server nicht gefunden" in e.value.reason, e.value.reason
 
 
 def test_every_message_the_german_hosts_wrote_had_its_translation(de_lab):
