@@ -9,10 +9,16 @@ pytestmark = pytest.mark.integration
 
 def test_watch_id_follows_a_migration_to_completed_and_exits_0(lab):
     lab.add_vm("watch-ok", "hv1")
-    res = lab.cli("migrate", "watch-ok", "--from", "hv1", "--to", "hv2")
-    assert res.returncode == 0, res.stderr
-    mid = res.stdout.strip()
-    res = lab.cli("watch", mid, "--interval", "0.2", timeout=240)
+    # a copy slow enough (~3 s) that watch, a process started after migrate returns, sees it
+    # move however busy the machine is
+    assert lab.cli("throttle", "--pair", "hv1", "hv2", "8M").returncode == 0
+    try:
+        res = lab.cli("migrate", "watch-ok", "--from", "hv1", "--to", "hv2")
+        assert res.returncode == 0, res.stderr
+        mid = res.stdout.strip()
+        res = lab.cli("watch", mid, "--interval", "0.2", timeout=240)
+    finally:
+        lab.cli("throttle", "--pair", "hv1", "hv2", "0")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "\x1b" not in res.stdout  # not a terminal: plain lines
     lines = res.stdout.splitlines()
