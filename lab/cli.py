@@ -29,6 +29,8 @@ def cmd_down(args) -> int:
 
 def cmd_add_vm(args) -> int:
     more = {"switches": args.switch} if args.switch else {}
+    more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path))
+                 if v is not None})
     vm = orchestrator.add_vm(_cfg(args), args.name, args.host, memory_mb=args.memory_mb,
                              disk_mb=args.disk_mb, write_rate_kbps=args.write_rate_kbps,
                              checkpoint_type=args.checkpoint_type, version=args.config_version,
@@ -85,6 +87,11 @@ def register(sub, common) -> None:
     a.add_argument("--config-version", default="10.0", help="the VM's configuration version")
     a.add_argument("--switch", action="append", help="virtual switch of a network adapter (repeatable)")
     a.add_argument("--passthrough-disk", action="store_true", help="also attach a pass-through (physical) disk")
+    a.add_argument("--id", metavar="GUID", help="the VM's id: e.g. that of a VM on another host, as a "
+                   "Hyper-V Replica replica keeps its primary's id")
+    a.add_argument("--parent", metavar="PATH", help="host path of a base disk the VM's disk is a differencing "
+                   "disk of (made first if it is not there): VMs given the same PATH share a golden parent")
+    a.add_argument("--path", metavar="FOLDER", help="host folder of the VM's files (default <vm_root>\\<id>)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_guard(cmd_add_vm, LabError))
 

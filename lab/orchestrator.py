@@ -24,7 +24,7 @@ import redis
 
 from lab import processes, samba
 from lab.emulator import messages
-from lab.emulator.client import EmulatorClient
+from lab.emulator.client import EmulatorClient, EmulatorClientError
 from lab.ports import free_port
 from workers.model.config import load_config, toml_str
 
@@ -255,9 +255,14 @@ def down(lab_dir: Path, say=print) -> int:
 
 
 def add_vm(cfg, name: str, host: str, **options) -> dict:
+    """Create a VM on a lab host (options as EmulatorClient.create_vm); LabError if the name
+    is taken on any host or the host refuses (a VM id it already has, a file in the way)."""
     cfg.host(host)
     for other in cfg.hosts:
         for vm in emulator_client(cfg, other).state()["vms"]:
             if vm["name"] == name:
                 raise LabError(f"a VM named {name!r} already exists on {other}")
-    return emulator_client(cfg, host).create_vm(name=name, **{**DEFAULT_VM, **options})
+    try:
+        return emulator_client(cfg, host).create_vm(name=name, **{**DEFAULT_VM, **options})
+    except EmulatorClientError as e:
+        raise LabError(f"{host} refused the VM: {e.message}") from None

@@ -81,7 +81,8 @@ class EmulatorClient:
 
     def create_vm(self, name: str, memory_mb: int = 64, disk_mb: int = 128, write_rate_kbps: float = 64,
                   iso: bool = True, checkpoint_type: str = "Standard", start: bool = True, **more) -> dict:
-        """Create (and start) a VM; returns its VMInfo. `more`: version, switches, passthrough_disk."""
+        """Create (and start) a VM; returns its VMInfo. `more`: version, switches, passthrough_disk,
+        vm_id (a given id), parent (a base disk the VM's disk is a child of), path (its folder)."""
         doc = {"name": name, "memory_mb": memory_mb, "disk_mb": disk_mb, "write_rate_kbps": write_rate_kbps,
                "iso": iso, "checkpoint_type": checkpoint_type, "start": start, **more}
         return self._call("POST", "/lab/vms", doc, timeout_s=max(self.timeout_s, 120.0))["vm"]  # type: ignore[index]

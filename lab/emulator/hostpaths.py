@@ -3,8 +3,12 @@
 Storage. The host's disk is the folder `DIR/hosts/<host>/share/`, which is also the root of
 that host's SMB share: host path `<vm_root>\\a\\b.vhdx` <-> `share/a/b.vhdx`. Every path that
 arrives from the network goes through `HostPaths.local`, which refuses anything outside
-vm_root, `.`/`..`/empty components, characters Windows forbids, trailing dots/spaces
-(Windows drops them, so they could alias another name) and symlink escapes.
+vm_root (UNC, `\\\\?\\` and `\\\\.\\` paths included), `.`/`..`/empty components, characters
+Windows reserves (a colon names an NTFS alternate data stream), trailing dots/spaces (Windows
+drops them, so they could alias another name), reserved device names (`NUL`, `COM1.txt`) and
+symlink escapes. Windows would act on something other than the plain file each of these seems
+to name ("Naming Files, Paths, and Namespaces", "File Streams"); the emulator cannot show
+what, so it refuses them (docs/hyperv-rules.md, "Files and paths").
 
 Host paths compare without case, as on Windows: `HostPaths.local` matches an existing file
 or folder whatever the case of the request.
@@ -19,6 +23,9 @@ from lab.emulator.errors import OpError, fqid, invalid_arg
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _BAD_PATH_CHARS = set('<>"/|?*:') | {chr(i) for i in range(32)}
+# Reserved device names, also with an extension (NUL.txt is NUL) and with the superscript digits
+_DEVICE_NAMES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | \
+    {f"{p}{d}" for p in ("COM", "LPT") for d in "0123456789\u00b9\u00b2\u00b3"}
 
 
 def is_guid(s: object) -> bool:
@@ -38,7 +45,8 @@ def same_path(a: str, b: str) -> bool:
 
 
 def _bad_component(p: str) -> bool:
-    return p in ("", ".", "..") or any(c in _BAD_PATH_CHARS for c in p) or p != p.rstrip(" .")
+    return p in ("", ".", "..") or any(c in _BAD_PATH_CHARS for c in p) or p != p.rstrip(" .") or \
+        p.split(".", 1)[0].rstrip(" ").upper() in _DEVICE_NAMES
 
 
 class HostPaths:
@@ -50,6 +58,39 @@ class HostPaths:
 
     def is_under(self, host_path: str) -> bool:
         return isinstance(host_path, str) and host_path.lower().startswith(self.vm_root.lower() + "\\")
+
+    def check_roots(self, roots: object, cmdlet: str) -> list[str]:
+        """The `roots` argument of a script that deletes or writes: folders inside (or equal
+        to) this host's storage, each a plain path; OpError otherwise."""
+        if not isinstance(roots, list) or not roots or not all(isinstance(r, str) and r for r in roots):
+            raise invalid_arg("roots must be a non-empty list of host folders.", cmdlet)
+        out = []
+        for r in roots:
+            r = r.rstrip("\\")
+            if not same_path(r, self.vm_root):
+                try:
+                    self.local(r, cmdlet)  # inside the storage, and a plain path
+                except OpError as e:
+                    raise OpError(f"Refused root {r}: it is not a folder quickmig may confine paths to "
+                                  f"({e.message})", "InvalidArgument", "RootRefused", r) from None
+            out.append(r)
+        return out
+
+    def confined(self, host_path: object, roots: list[str], cmdlet: str) -> Path:
+        """`HostPaths.local`, strictly inside one of `roots`, and no link (a reparse point on
+        Windows) below that root: the script's own check (hostfiles.ps1, Assert-QmPath)."""
+        local = self.local(host_path, cmdlet)
+        assert isinstance(host_path, str)
+        root = next((r for r in roots if host_path.lower().startswith(r.lower() + "\\")), None)
+        if root is None:
+            raise OpError(f"Refused path {host_path}: it is outside the configured root(s) {', '.join(roots)}.",
+                          "InvalidArgument", "PathRefused", host_path)
+        below = len(host_path[len(root) + 1:].split("\\"))
+        for p in [local, *local.parents][:below]:
+            if p.is_symlink():
+                raise OpError(f"Refused path {host_path}: {self.host(p)} is a reparse point (a link elsewhere).",
+                              "InvalidArgument", "PathRefused", host_path)
+        return local
 
     def local(self, host_path: object, cmdlet: str = "GetVM") -> Path:
         """The local file for a host path; OpError for anything not strictly inside vm_root."""
@@ -64,7 +105,8 @@ class HostPaths:
         parts = host_path[len(self.vm_root) + 1:].split("\\")
         if any(_bad_component(p) for p in parts):
             raise invalid_arg(f"The path '{host_path}' is not a valid file path "
-                              f"(empty, '.' or '..' component, or a character Windows forbids).", cmdlet)
+                              f"(empty, '.' or '..' component, a character Windows reserves, a trailing dot or "
+                              f"space, or a reserved device name).", cmdlet)
         local = self._existing_spelling(parts)
         real = os.path.realpath(local)
         root = os.path.realpath(self.share)

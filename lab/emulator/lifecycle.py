@@ -9,15 +9,18 @@ gets a `recover` line.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from lab.emulator import disk
 from lab.emulator.errors import OpError, fqid, invalid_arg
 from lab.emulator.events import EventLog
 from lab.emulator.guest import GuestWriter
+from lab.emulator.hostpaths import is_guid, same_path
 from lab.emulator.hostprops import SWITCHES
 from lab.emulator.registry import Registry
 from lab.emulator.vm import CHECKPOINT_TYPES, MAX_NAME, VM, MiB, invalid_state
@@ -75,18 +78,38 @@ class VMLifecycle:
     def create(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                start: object = True, version: object = "10.0", switches: object = None,
-               passthrough_disk: object = False) -> VM:
-        """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM."""
+               passthrough_disk: object = False, vm_id: object = None, parent: object = None,
+               path: object = None) -> VM:
+        """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
+
+        `vm_id`: the VM's id (a GUID) instead of a new one: a VM that shares its id with one on
+        another host, as a Hyper-V Replica replica does. `path`: the folder of its files
+        (New-VM -Path; default `<vm_root>\\<id>`). `parent`: the VM's disk is a differencing disk
+        on this base disk (New-VHD -Differencing -ParentPath), made first (disk_mb) if it is not
+        there yet: two VMs given the same parent share one golden image."""
         switches = _check_new_vm(name, memory_mb, disk_mb, write_rate_kbps, checkpoint_type, version, switches)
-        vm_id = str(uuid.uuid4())
-        folder = f"{self.paths.vm_root}\\{vm_id}"
+        if vm_id is None:
+            vm_id = str(uuid.uuid4())
+        if not isinstance(vm_id, str) or not is_guid(vm_id.lower()):
+            raise invalid_arg("vm_id must be a VM id (a GUID).", "NewVM")
+        vm_id = vm_id.lower()
+        folder = f"{self.paths.vm_root}\\{vm_id}" if path is None else path
+        if not isinstance(folder, str) or not self.paths.is_under(folder):
+            raise invalid_arg(f"path must be a folder under {self.paths.vm_root}.", "NewVM")
+        folder = folder.rstrip("\\")
+        self.paths.local(folder, "NewVM")
         vm = VM(id=vm_id, name=name, path=folder,
                 config_path=f"{folder}\\Virtual Machines\\{vm_id.upper()}.vmcx",
                 memory_startup_bytes=int(memory_mb) * MiB, checkpoint_type=checkpoint_type,  # type: ignore[arg-type]
                 write_rate_kbps=float(write_rate_kbps), version=version,  # type: ignore[arg-type]
                 switches=list(switches), cpu_vendor=self.reg.props["cpu_vendor"])
         base = f"{folder}\\Virtual Hard Disks\\disk0.vhdx"
-        disk.create_base(self.paths.local(base), int(disk_mb), seed=vm_id)  # type: ignore[arg-type]
+        with self.reg.lock:
+            self._refuse_existing(vm, base)
+        if parent is None:
+            disk.create_base(self.paths.local(base), int(disk_mb), seed=vm_id)  # type: ignore[arg-type]
+        else:
+            self._create_child_of(base, parent, int(disk_mb))  # type: ignore[arg-type]
         vm.disks = [{"controller_type": "SCSI", "controller_number": 0, "controller_location": 0, "path": base}]
         if passthrough_disk:  # Add-VMHardDiskDrive -DiskNumber: a physical disk of this host, no file
             vm.disks.append({"controller_type": "SCSI", "controller_number": 0, "controller_location": 1,
@@ -95,6 +118,8 @@ class VMLifecycle:
             vm.isos = [self.ensure_iso()]
         disk.write_filler(self.paths.local(vm.state_file("vmgs")), VMGS_BYTES, seed=vm_id + ":vmgs")
         with self.reg.lock:
+            if vm_id in self.reg.vms:  # made meanwhile
+                raise self._id_taken(vm_id)
             self.reg.vms[vm_id] = vm
             self.reg.save(vm)
         self.events.event(vm, "create")
@@ -103,6 +128,34 @@ class VMLifecycle:
             with vm.op_lock:
                 self.start(vm)
         return vm
+
+    def _id_taken(self, vm_id: str) -> OpError:
+        return OpError(f"A virtual machine with identifier {vm_id} already exists on {self.reg.name}.",
+                       "ResourceExists", fqid("ObjectAlreadyExists", "NewVM"), vm_id)
+
+    def _refuse_existing(self, vm: VM, base: str) -> None:
+        if vm.id in self.reg.vms:  # Import-VM.md: each virtual machine must have a unique identifier
+            raise self._id_taken(vm.id)
+        for hp in (base, vm.config_path):
+            if self.paths.local(hp, "NewVM").exists():  # New-VHD and New-VM never overwrite a file
+                raise OpError(f"The file '{hp}' already exists.", "ResourceExists",
+                              fqid("ObjectAlreadyExists", "NewVM"), hp)
+
+    def _create_child_of(self, child: str, parent: object, disk_mb: int) -> None:
+        """New-VHD -Differencing: `child` on the base disk `parent`, which is made first if it
+        is not there; a parent is read-only while it has a child."""
+        if not isinstance(parent, str) or not self.paths.is_under(parent) or same_path(parent, child):
+            raise invalid_arg(f"parent must be another disk under {self.paths.vm_root}.", "NewVHD")
+        local = self.paths.local(parent, "NewVHD")
+        if not local.exists():
+            disk.create_base(local, disk_mb, seed=parent.lower())
+        try:
+            hdr = disk.read_header(local)
+        except (OSError, disk.DiskFormatError) as e:
+            raise OpError(f"The parent '{parent}' is not a virtual hard disk: {e}", "InvalidArgument",
+                          fqid("InvalidParameter", "NewVHD"), parent) from None
+        disk.create_child(self.paths.local(child, "NewVHD"), parent, hdr)
+        os.chmod(local, 0o444)
 
     # -- start -------------------------------------------------------------------------
     def _target(self, vm: VM) -> Path:
@@ -256,9 +309,11 @@ class VMLifecycle:
         self.reg.persist()
 
     # -- remove ------------------------------------------------------------------------
-    def unregister(self, vm: VM, turn_off: bool) -> list[Path] | None:
+    def unregister(self, vm: VM, turn_off: bool, merge: Callable[[VM, dict], None]) -> list[Path] | None:
         """Remove-VM (the caller holds vm.op_lock): the configuration files it deleted, or
-        None if the VM was removed meanwhile."""
+        None if the VM was removed meanwhile. Its checkpoints are merged into its disks first
+        (`merge`: Remove-VMSnapshot, which the shipped remove_vm does before Remove-VM; Remove-VM
+        itself would merge them after the VM is gone, in the background)."""
         if vm.state == "Running" and not turn_off:
             raise OpError(f"VM {vm.id} is Running; remove_vm turns a VM off only when asked (turn_off).",
                           "InvalidOperation", "InvalidState", vm.id)
@@ -268,7 +323,9 @@ class VMLifecycle:
             if vm.state == "Running":
                 self.turn_off(vm)
             self.stop_writer(vm)
-            # Remove-VM deletes the configuration and saved state, never the disks
+            for snap in list(vm.snapshots):
+                merge(vm, snap)
+            # Remove-VM deletes the configuration and saved state, never the disks (Remove-VM.md)
             config_files = []
             for hp in [vm.config_path, vm.state_file("vmgs"), vm.state_file("vmrs")] + \
                       [s["config_path"] for s in vm.snapshots]:

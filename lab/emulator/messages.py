@@ -139,6 +139,33 @@ CATALOG: list[tuple[str, str]] = [
      'Platform FIPS validated cryptographic algorithms."',
      'Ausnahme beim Aufrufen von "{method}" mit 0 Argument(en): "Diese Implementierung ist nicht Bestandteil '
      'der auf der Windows-Plattform FIPS-überprüften kryptografischen Algorithmen."'),
+    # -- what may be removed, and where (roots) ----------------------------------------
+    ("Cannot read virtual disk {path} of VM {owner}: {detail}; nothing was deleted, since it cannot be told "
+     "which files that VM refers to.",
+     "Die virtuelle Festplatte {path} des virtuellen Computers {owner} kann nicht gelesen werden: {detail}; "
+     "es wurde nichts gelöscht, da sich nicht feststellen lässt, auf welche Dateien dieser virtuelle Computer "
+     "verweist."),
+    ("roots must be a non-empty list of host folders.",
+     "roots muss eine nicht leere Liste von Ordnern des Hosts sein."),
+    ("Refused root {root}: it is not a folder quickmig may confine paths to ({detail})",
+     "Stammordner {root} abgelehnt: Auf diesen Ordner kann quickmig keine Pfade beschränken ({detail})"),
+    ("Refused path {path}: it is outside the configured root(s) {roots}.",
+     "Pfad {path} abgelehnt: Er liegt außerhalb der konfigurierten Stammordner {roots}."),
+    ("Refused path {path}: {link} is a reparse point (a link elsewhere).",
+     "Pfad {path} abgelehnt: {link} ist ein Analysepunkt (eine Verknüpfung an einen anderen Ort)."),
+    ("The path '{path}' is not a valid file path (empty, '.' or '..' component, a character Windows reserves, "
+     "a trailing dot or space, or a reserved device name).",
+     "Der Pfad '{path}' ist kein gültiger Dateipfad (leerer Bestandteil, '.' oder '..', ein von Windows "
+     "reserviertes Zeichen, ein Punkt oder Leerzeichen am Ende oder ein reservierter Gerätename)."),
+    ("vm_id must be a VM id (a GUID).", "vm_id muss eine VM-ID (eine GUID) sein."),
+    ("path must be a folder under {root}.", "path muss ein Ordner unterhalb von {root} sein."),
+    ("A virtual machine with identifier {id} already exists on {host}.",
+     "Auf {host} ist bereits ein virtueller Computer mit der ID {id} vorhanden."),
+    ("The file '{path}' already exists.", "Die Datei '{path}' ist bereits vorhanden."),
+    ("parent must be another disk under {root}.",
+     "parent muss eine andere Festplatte unterhalb von {root} sein."),
+    ("The parent '{path}' is not a virtual hard disk: {detail}",
+     "Das übergeordnete Element '{path}' ist keine virtuelle Festplatte: {detail}"),
     # -- configurations: Compare-VM and Import-VM --------------------------------------
     ("The virtual machine configuration file '{path}' was not found.",
      "Die Konfigurationsdatei des virtuellen Computers '{path}' wurde nicht gefunden."),

@@ -84,11 +84,14 @@ class HyperVHost:
     def create_vm(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                   write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                   start: object = True, version: object = "10.0", switches: object = None,
-                  passthrough_disk: object = False) -> dict:
-        """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM."""
+                  passthrough_disk: object = False, vm_id: object = None, parent: object = None,
+                  path: object = None) -> dict:
+        """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM (a given
+        id, a golden parent disk, a folder of its own: `VMLifecycle.create`)."""
         vm = self.lifecycle.create(name, memory_mb=memory_mb, disk_mb=disk_mb, write_rate_kbps=write_rate_kbps,
                                    iso=iso, checkpoint_type=checkpoint_type, start=start, version=version,
-                                   switches=switches, passthrough_disk=passthrough_disk)
+                                   switches=switches, passthrough_disk=passthrough_disk, vm_id=vm_id,
+                                   parent=parent, path=path)
         return {"vm": describe(vm, self.paths)}
 
     def set_props(self, doc: object) -> dict:

@@ -14,7 +14,7 @@ from lab.emulator.checkpoints import Checkpoints
 from lab.emulator.errors import MissingVM, OpError, fips_refusal, get_vm_not_found, invalid_arg
 from lab.emulator.events import EventLog
 from lab.emulator.files import HostFiles
-from lab.emulator.hostpaths import is_guid
+from lab.emulator.hostpaths import is_guid, same_path
 from lab.emulator.lifecycle import VMLifecycle
 from lab.emulator.registry import Registry
 from lab.emulator.vm import MAX_NAME, VM, describe
@@ -174,39 +174,56 @@ class Operations:
             return {"vm": self._info(vm)}
 
     def op_reparent_disks(self, args: dict) -> dict:
+        roots = self.paths.check_roots(args.get("roots"), "SetVHD")
         fixes = _check_fixes(args.get("parent_fixes"), "SetVHD")
+        for f in fixes:  # every path checked before any disk is changed, as the script does
+            self.paths.confined(f["path"], roots, "SetVHD")
+            self.paths.confined(f["parent_path"], roots, "SetVHD")
         with self.reg.lock:
             self.checkpoints.set_parents(fixes)
         return {"fixed": [f["path"] for f in fixes]}
 
     # -- files -------------------------------------------------------------------------
     def op_delete_files(self, args: dict) -> dict:
-        items = self.files.checked_paths(args.get("paths"), "paths", "RemoveItem")
+        roots = self.paths.check_roots(args.get("roots"), "RemoveItem")
+        items = self.files.checked_paths(args.get("paths"), "paths", "RemoveItem", roots)
         with self.reg.lock:
-            return {"deleted": self.files.delete(items, None)}
+            out = self.files.delete(items)
+        self.files.prune([local for _, local in items], roots)
+        return out
 
     def op_remove_vm(self, args: dict) -> dict:
         turn_off = args.get("turn_off", False)
         if not isinstance(turn_off, bool):
             raise invalid_arg("turn_off must be true or false.", "RemoveVM")
-        items = self.files.checked_paths(args.get("delete_paths", []), "delete_paths", "RemoveVM")
+        roots = self.paths.check_roots(args.get("roots"), "RemoveVM")
+        config_path = args.get("config_path")
+        self.paths.confined(config_path, roots, "RemoveVM")
+        items = self.files.checked_paths(args.get("delete_paths", []), "delete_paths", "RemoveVM", roots)
         vm_id = args.get("vm_id")
         if not is_guid(vm_id if not isinstance(vm_id, str) else vm_id.lower()):
             raise invalid_arg("vm_id must be a VM id (GUID).", "RemoveVM")
         vm = self.reg.vms.get(vm_id.lower())  # type: ignore[union-attr]
-        removed = False
-        config_files = []
+        removed, not_ours = False, None
+        config_files: list = []
         if vm is not None:
             with vm.op_lock:
-                unregistered = self.lifecycle.unregister(vm, turn_off)
-            if unregistered is not None:
-                removed, config_files = True, unregistered
-                self.events.event(vm, "remove")
-                log.info("removed VM %s from %s", vm_id, self.reg.name)
+                if not same_path(vm.config_path, config_path):  # type: ignore[arg-type]
+                    # not the VM quickmig imported (or moved): a replica, or someone else's VM
+                    # with this id; left as it is, running or not
+                    not_ours = (f"VM {vm.name} ({vm.id}) has its configuration at {vm.config_path}, "
+                                f"not {config_path}; left untouched")
+                    log.warning("remove_vm on %s: %s", self.reg.name, not_ours)
+                else:
+                    unregistered = self.lifecycle.unregister(vm, turn_off, self.checkpoints.merge)
+                    if unregistered is not None:
+                        removed, config_files = True, unregistered
+                        self.events.event(vm, "remove")
+                        log.info("removed VM %s from %s", vm_id, self.reg.name)
         with self.reg.lock:
-            deleted = self.files.delete(items, None)
-        self.files.prune(config_files + [local for _, local in items])
-        return {"removed": removed, "deleted": deleted}
+            out = self.files.delete(items)
+        self.files.prune(config_files + [local for _, local in items], roots)
+        return {"removed": removed, "not_ours": not_ours, **out}
 
     # -- compare and import ------------------------------------------------------------
     def op_compare_vm(self, args: dict) -> dict:
@@ -220,5 +237,14 @@ class Operations:
             if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
                 raise invalid_arg(f"{what} must map old host paths to new host paths.", "ImportVM")
         fixes = _check_fixes(args.get("parent_fixes", []) or [], "ImportVM")
+        roots = self.paths.check_roots(args.get("roots"), "ImportVM")
+        # Set-VHD writes each child and icacls grants rights on every file of the VM: like
+        # import_vm.ps1, every path is checked against the roots before anything changes
+        for hp in [config_path, *disk_map.values(), *iso_map.values(),
+                   *(p for f in fixes for p in (f["path"], f["parent_path"]))]:
+            self.paths.confined(hp, roots, "ImportVM")
         vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes)  # type: ignore[arg-type]
-        return {"vm": self._info(vm)}
+        info = self._info(vm)
+        for hp in info["state_files"] + [p for d in info["disks"] for p in d["chain"]] + info["isos"]:
+            self.paths.confined(hp, roots, "ImportVM")  # the grants, as the script checks each
+        return {"vm": info}

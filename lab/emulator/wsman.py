@@ -39,7 +39,9 @@ Lab control API (JSON, same Basic credentials):
     GET    /lab/state    {"host", "vm_root", "vms": [VMInfo + "lab": {counter, write_rate_kbps, ...}]}
     POST   /lab/vms      {"name", "memory_mb"=64, "disk_mb"=128, "write_rate_kbps"=64, "iso"=true,
                           "checkpoint_type"="Standard", "start"=true, "version"="10.0",
-                          "switches"=["lab-switch"], "passthrough_disk"=false} -> {"vm": VMInfo}
+                          "switches"=["lab-switch"], "passthrough_disk"=false, "vm_id"=null (a GUID: the
+                          VM gets that id), "parent"=null (a base disk: the VM's disk is a child of it),
+                          "path"=null (the VM's folder)} -> {"vm": VMInfo}
     GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes",
                           "fips"}
     POST   /lab/host     change some of those (free_bytes null = the real free space) -> the same
@@ -410,7 +412,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": "POST /lab/vms takes a JSON object"})
             return
         unknown = set(doc) - {"name", "memory_mb", "disk_mb", "write_rate_kbps", "iso",
-                              "checkpoint_type", "start", "version", "switches", "passthrough_disk"}
+                              "checkpoint_type", "start", "version", "switches", "passthrough_disk",
+                              "vm_id", "parent", "path"}
         if unknown:
             self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
             return

@@ -49,6 +49,11 @@ def lab(tmp_path: Path):
         h.shutdown()
 
 
+def roots(h: HyperVHost) -> list[str]:
+    """The `roots` argument quickmig's driver gives the scripts that delete and write: vm_root."""
+    return [h.paths.vm_root]
+
+
 def new_vm(h: HyperVHost, name: str = "vm1", **kw) -> dict:
     kw.setdefault("memory_mb", 1)
     kw.setdefault("disk_mb", 1)
@@ -197,13 +202,16 @@ def test_remove_of_a_running_vm_fails_unless_turned_off(lab):
     lab_dir, make = lab
     h = make("hv1")
     vid = new_vm(h)["id"]
+    cfg = h.vms[vid].config_path
     with expect_error("InvalidOperation", "InvalidState"):
-        h.run("remove_vm", {"vm_id": vid, "turn_off": False, "delete_paths": []})
+        h.run("remove_vm", {"vm_id": vid, "config_path": cfg, "turn_off": False, "delete_paths": [],
+                            "roots": roots(h)})
     base = f"D:\\VMs\\hv1\\{vid}\\Virtual Hard Disks\\disk0.vhdx"
-    assert h.run("remove_vm", {"vm_id": vid, "turn_off": True, "delete_paths": [base]}) == \
-        {"removed": True, "deleted": [base]}
+    assert h.run("remove_vm", {"vm_id": vid, "config_path": cfg, "turn_off": True, "delete_paths": [base],
+                               "roots": roots(h)}) == {"removed": True, "not_ours": None, "deleted": [base], "kept": []}
     assert not (lab_dir / "hosts/hv1/share" / vid).exists()  # folders left empty are gone
-    assert h.run("remove_vm", {"vm_id": vid, "turn_off": True, "delete_paths": []})["removed"] is False
+    assert h.run("remove_vm", {"vm_id": vid, "config_path": cfg, "turn_off": True, "delete_paths": [],
+                               "roots": roots(h)})["removed"] is False
     with expect_error("ObjectNotFound"):
         h.run("describe_vm", {"vm_id": vid})
 
@@ -257,15 +265,22 @@ def test_describe_reports_unknown_and_ambiguous_names(lab):
     ("D:\\VMs\\hv1\\a/../../etc\\passwd", "InvalidArgument"),
     ("D:\\VMs\\hv1\\a\\.\\b", "InvalidArgument"),
     ("D:\\VMs\\hv1\\a\\b. ", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a\\disk.vhdx:stream", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a::$INDEX_ALLOCATION", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a\\NUL.vhdx", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a\\com1", "InvalidArgument"),
+    ("D:\\VMs\\hv1\\a\\LPT\u00b2.txt", "InvalidArgument"),
     ("D:\\VMs\\hv2\\x.vhdx", "PermissionDenied"),
     ("C:\\Windows\\System32\\config\\SAM", "PermissionDenied"),
+    ("\\\\?\\D:\\VMs\\hv1\\x.vhdx", "PermissionDenied"),
+    ("\\\\.\\PhysicalDrive0", "PermissionDenied"),
     ("D:\\VMs\\hv1", "PermissionDenied"),
 ])
 def test_paths_from_the_network_are_checked_strictly(lab, path, category):
     _, make = lab
     h = make("hv1")
     with expect_error(category):
-        h.run("delete_files", {"paths": [path]})
+        h.run("delete_files", {"paths": [path], "roots": roots(h)})
 
 
 def test_delete_refuses_a_symlink_escape_and_files_in_use(lab):
@@ -276,11 +291,13 @@ def test_delete_refuses_a_symlink_escape_and_files_in_use(lab):
     outside.write_text("keep")
     (lab_dir / "hosts/hv1/share/link").symlink_to(lab_dir)
     with expect_error("PermissionDenied"):
-        h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\link\\outside.txt"]})
+        h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\link\\outside.txt"], "roots": roots(h)})
     assert outside.exists()
-    with expect_error("WriteError"):
-        h.run("delete_files", {"paths": [vm["disks"][0]["path"]]})
-    assert h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\nothing.txt"]}) == {"deleted": []}
+    used = h.run("delete_files", {"paths": [vm["disks"][0]["path"]], "roots": roots(h)})
+    assert used == {"deleted": [], "kept": [{"path": vm["disks"][0]["path"], "used_by": f"vm1 ({vm['id']})"}]}
+    assert h.paths.local(vm["disks"][0]["path"]).is_file()
+    assert h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\nothing.txt"], "roots": roots(h)}) == \
+        {"deleted": [], "kept": []}
 
 
 def test_host_info_reports_versions_switches_and_room(lab):
@@ -322,12 +339,15 @@ def test_a_full_quick_migration_between_two_hosts_loses_nothing(lab):
         _copy(h1, h2, f)
     cfg = saved["config_path"].replace("hv1", "hv2", 1)
     with expect_error("InvalidData", "IncompatibleVM"):  # parent still points at hv1
-        h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap, "parent_fixes": []})
+        h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap, "parent_fixes": [],
+                             "roots": roots(h2)})
     imported = h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap,
-                                    "parent_fixes": [{"path": dmap[leaf], "parent_path": dmap[base]}]})["vm"]
+                                    "parent_fixes": [{"path": dmap[leaf], "parent_path": dmap[base]}],
+                                    "roots": roots(h2)})["vm"]
     assert imported["state"] == "Saved" and imported["disks"][0]["chain"] == [dmap[leaf], dmap[base]]
     with expect_error("ResourceExists"):
-        h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap, "parent_fixes": []})
+        h2.run("import_vm", {"config_path": cfg, "disk_paths": dmap, "iso_paths": imap, "parent_fixes": [],
+                             "roots": roots(h2)})
     mid = verify_vm(lab_dir, "mover ☃")
     assert mid["state_by_host"] == {"hv1": "Saved", "hv2": "Saved"} and mid["integrity"] != "ok"
     h2.run("start_vm", {"vm_id": vid})
@@ -335,7 +355,8 @@ def test_a_full_quick_migration_between_two_hosts_loses_nothing(lab):
     # 5 finish
     h2.run("remove_snapshots", {"vm_id": vid, "snapshot_ids": [snap["snapshot"]["id"]]})
     src_files = [leaf, base] + saved["state_files"] + [snap["snapshot"]["config_path"]]
-    assert h1.run("remove_vm", {"vm_id": vid, "turn_off": False, "delete_paths": src_files})["removed"]
+    assert h1.run("remove_vm", {"vm_id": vid, "config_path": saved["config_path"], "turn_off": False,
+                                "delete_paths": src_files, "roots": roots(h1)})["removed"]
     wait_counter(h2, vid, h2.vms[vid].live_counter + 3)
     res = verify_vm(lab_dir, "mover ☃")
     assert res["integrity"] == "ok", res
@@ -369,12 +390,14 @@ def test_pre_copy_rounds_import_with_only_the_leaf_mapped_and_merge_every_checkp
     cfg = saved["config_path"].replace("hv1", "hv2", 1)
     iso = vm["isos"][0]
     h2.run("import_vm", {"config_path": cfg, "disk_paths": {chain[0]: copied[chain[0]]},
-                         "iso_paths": {iso: iso.replace("hv1", "hv2")}, "parent_fixes": fixes})
+                         "iso_paths": {iso: iso.replace("hv1", "hv2")}, "parent_fixes": fixes,
+                         "roots": roots(h2)})
     h2.run("start_vm", {"vm_id": vid})
     assert len(h2.run("describe_vm", {"vm_id": vid})["vm"]["snapshots"]) == 3
     merged = h2.run("remove_snapshots", {"vm_id": vid, "snapshot_ids": snaps})["vm"]
     assert merged["disks"][0]["chain"] == [copied[chain[-1]]] and merged["snapshots"] == []
-    h1.run("remove_vm", {"vm_id": vid, "turn_off": False, "delete_paths": chain})
+    h1.run("remove_vm", {"vm_id": vid, "config_path": saved["config_path"], "turn_off": False,
+                         "delete_paths": chain, "roots": roots(h1)})
     wait_counter(h2, vid, h2.vms[vid].live_counter + 3)
     res = verify_vm(lab_dir, "rounds")
     assert res["integrity"] == "ok" and res["running_on"] == ["hv2"], res
@@ -409,7 +432,8 @@ def test_import_names_the_missing_files(lab):
     vm = new_vm(h1, write_rate_kbps=0)
     cfg = _copy(h1, h2, vm["config_path"])
     with expect_error("InvalidData", "IncompatibleVM") as e:
-        h2.run("import_vm", {"config_path": cfg, "disk_paths": {}, "iso_paths": {}, "parent_fixes": []})
+        h2.run("import_vm", {"config_path": cfg, "disk_paths": {}, "iso_paths": {}, "parent_fixes": [],
+                             "roots": roots(h2)})
     assert "disk0.vhdx" in e.error.message and "lab-tools.iso" in e.error.message
 
 
@@ -495,3 +519,175 @@ def test_file_hash_is_the_copy_engines_digest_or_the_sha256_of_the_file_on_the_h
         h.run("file_hash", {"path": "D:\\VMs\\hv1\\sub\\missing.vhdx", "scheme": "sha256-chunks-8MiB"})
     with expect_error("PermissionDenied"):
         h.run("file_hash", {"path": "D:\\VMs\\hv2\\x.vhdx", "scheme": "sha256-chunks-8MiB"})
+
+
+# -- what quickmig did not create: same-id VMs, shared parents, the roots -------------------
+
+GOLDEN = "D:\\VMs\\hv1\\Golden\\base.vhdx"
+
+
+def test_a_vm_can_be_made_with_a_given_id_in_a_folder_of_its_own_but_never_twice_on_a_host(lab):
+    _, make = lab
+    h1, h2 = make("hv1"), make("hv2")
+    vid = new_vm(h1, "primary", write_rate_kbps=0)["id"]
+    replica = new_vm(h2, "primary", vm_id=vid.upper(), start=False, path=f"D:\\VMs\\hv2\\Hyper-V Replica\\{vid}")
+    assert replica["id"] == vid and replica["path"] == f"D:\\VMs\\hv2\\Hyper-V Replica\\{vid}"
+    assert replica["config_path"].startswith(replica["path"] + "\\Virtual Machines\\")
+    with expect_error("ResourceExists"):
+        new_vm(h2, "again", vm_id=vid, start=False)
+    for bad in ("not-a-guid", 7):
+        with expect_error("InvalidArgument"):
+            new_vm(h2, "bad", vm_id=bad, start=False)
+    with expect_error("InvalidArgument"):
+        new_vm(h2, "elsewhere", path="E:\\Replica")
+
+
+def test_two_vms_on_one_golden_parent_each_boot_and_write_their_own_child(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    a = new_vm(h, "gold-a", parent=GOLDEN)
+    b = new_vm(h, "gold-b", parent=GOLDEN)
+    for vm in (a, b):
+        assert vm["disks"][0]["chain"][1:] == [GOLDEN]
+        wait_counter(h, vm["id"], 3)
+    assert stat.S_IMODE(h.paths.local(GOLDEN).stat().st_mode) == 0o444  # a parent is read-only
+    assert disk.read_records(h.paths.local(GOLDEN)) == []
+    for name in ("gold-a", "gold-b"):
+        assert verify_vm(lab_dir, name)["integrity"] == "ok"
+    with expect_error("InvalidArgument"):
+        new_vm(h, "gold-c", parent="D:\\VMs\\hv1\\Golden\\..\\x.vhdx")
+
+
+@pytest.mark.parametrize("other_running", [True, False])
+def test_removing_a_vm_keeps_the_golden_parent_another_vm_uses_and_that_vm_still_boots(lab, other_running):
+    lab_dir, make = lab
+    h = make("hv1")
+    a = new_vm(h, "gold-a", parent=GOLDEN)
+    b = new_vm(h, "gold-b", parent=GOLDEN, start=other_running)
+    h.run("checkpoint_vm", {"vm_id": a["id"], "snapshot_name": "quickmig-x"})
+    h.run("save_vm", {"vm_id": a["id"]})
+    gone = h.run("describe_vm", {"vm_id": a["id"]})["vm"]
+    files = gone["disks"][0]["chain"] + gone["state_files"] + [s["config_path"] for s in gone["snapshots"]]
+    out = h.run("remove_vm", {"vm_id": a["id"], "config_path": gone["config_path"], "turn_off": False,
+                              "delete_paths": files, "roots": roots(h)})
+    assert out["removed"] and out["not_ours"] is None
+    assert out["kept"] == [{"path": GOLDEN, "used_by": f"gold-b ({b['id']})"}]
+    assert h.paths.local(GOLDEN).is_file() and not (lab_dir / "hosts/hv1/share" / a["id"]).exists()
+    if not other_running:
+        h.run("start_vm", {"vm_id": b["id"]})
+    assert h.run("wait_heartbeat", {"vm_id": b["id"], "timeout_s": 5})["heartbeat"] == "OK"
+    wait_counter(h, b["id"], h.vms[b["id"]].live_counter + 3)
+    assert verify_vm(lab_dir, "gold-b")["integrity"] == "ok"
+    # with no other VM left on it, the golden parent goes like any file of the VM
+    h.run("stop_vm", {"vm_id": b["id"]})
+    chain = h.run("describe_vm", {"vm_id": b["id"]})["vm"]["disks"][0]["chain"]
+    out = h.run("remove_vm", {"vm_id": b["id"], "config_path": h.vms[b["id"]].config_path, "turn_off": False,
+                              "delete_paths": chain, "roots": roots(h)})
+    assert out["deleted"] == chain and out["kept"] == [] and not h.paths.local(GOLDEN).exists()
+
+
+def test_remove_vm_leaves_a_vm_with_the_id_but_another_configuration_alone_running_or_not(lab):
+    lab_dir, make = lab
+    h = make("hv2")
+    vid = "6ddc63c1-0135-40ca-b998-a606d91080e9"
+    replica = new_vm(h, "replica", vm_id=vid, path=f"D:\\VMs\\hv2\\Hyper-V Replica\\{vid}")
+    wait_counter(h, vid, 3)
+    ours_cfg = f"D:\\VMs\\hv2\\{vid}\\Virtual Machines\\{vid.upper()}.vmcx"
+    ours = [f"D:\\VMs\\hv2\\{vid}\\Virtual Hard Disks\\disk0.vhdx", ours_cfg]
+    for hp in ours:
+        h.paths.local(hp).parent.mkdir(parents=True, exist_ok=True)
+        h.paths.local(hp).write_bytes(b"copied by a migration")
+    out = h.run("remove_vm", {"vm_id": vid, "config_path": ours_cfg, "turn_off": True,
+                              "delete_paths": ours + [replica["disks"][0]["path"]], "roots": roots(h)})
+    assert out["removed"] is False and "left untouched" in out["not_ours"] and replica["config_path"] in out["not_ours"]
+    assert out["deleted"] == ours and out["kept"] == [{"path": replica["disks"][0]["path"],
+                                                       "used_by": f"replica ({vid})"}]
+    assert h.vms[vid].state == "Running" and h.paths.local(replica["disks"][0]["path"]).is_file()
+    assert not (lab_dir / "hosts/hv2/share" / vid).exists()
+    wait_counter(h, vid, h.vms[vid].live_counter + 3)
+
+
+def test_remove_vm_merges_the_checkpoints_before_it_removes_the_vm(lab):
+    """Remove-VM.md: a removed VM's checkpoints are merged into its disks after it is gone;
+    remove_vm merges them first (Remove-VMSnapshot), so nothing merges while it deletes."""
+    lab_dir, make = lab
+    h = make("hv1")
+    vid = new_vm(h)["id"]
+    wait_counter(h, vid, 3)
+    snap = h.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": "quickmig-x"})
+    leaf, base = snap["vm"]["disks"][0]["chain"]
+    wait_counter(h, vid, h.vms[vid].live_counter + 3)
+    h.run("save_vm", {"vm_id": vid})
+    counter = h.vms[vid].counter
+    out = h.run("remove_vm", {"vm_id": vid, "config_path": h.vms[vid].config_path, "turn_off": False,
+                              "delete_paths": [], "roots": roots(h)})
+    assert out["removed"] and not h.paths.local(leaf).exists()
+    assert not h.paths.local(snap["snapshot"]["config_path"]).exists()
+    assert max(disk.read_records(h.paths.local(base))) == counter  # the leaf's records are in the base now
+
+
+def test_nothing_is_deleted_while_some_vms_disk_chain_cannot_be_read(lab):
+    _, make = lab
+    h = make("hv1")
+    other = new_vm(h, "other", write_rate_kbps=0, start=False)
+    (h.paths.share / "stray.txt").write_text("x")
+    h.paths.local(other["disks"][0]["path"]).write_bytes(b"not a disk any more")
+    with expect_error("ReadError", "DiskChainUnreadable"):
+        h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\stray.txt"], "roots": roots(h)})
+    assert (h.paths.share / "stray.txt").is_file()
+    h.paths.local(other["disks"][0]["path"]).unlink()  # a file that is not there ends a broken chain
+    assert h.run("delete_files", {"paths": ["D:\\VMs\\hv1\\stray.txt"], "roots": roots(h)})["deleted"] == \
+        ["D:\\VMs\\hv1\\stray.txt"]
+
+
+@pytest.mark.parametrize("roots_arg, category", [
+    (None, "InvalidArgument"), ([], "InvalidArgument"), ("D:\\VMs\\hv1", "InvalidArgument"),
+    (["D:\\VMs\\hv1\\a\\..\\b"], "InvalidArgument"),
+    (["D:\\VMs\\hv2"], "InvalidArgument"), (["C:\\"], "InvalidArgument"),
+])
+def test_scripts_that_delete_or_write_refuse_roots_that_confine_nothing(lab, roots_arg, category):
+    _, make = lab
+    h = make("hv1")
+    with expect_error(category):
+        h.run("delete_files", {"paths": [], "roots": roots_arg})
+
+
+def test_every_path_is_confined_to_the_roots_given_before_anything_changes(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vm = new_vm(h, write_rate_kbps=0, start=False)
+    keep = h.paths.share / "keep.txt"
+    keep.write_text("not quickmig's")
+    narrow = [f"D:\\VMs\\hv1\\{vm['id']}"]
+    mine = f"D:\\VMs\\hv1\\{vm['id']}\\copied.txt"
+    h.paths.local(mine).write_text("ours")
+    fix = {"path": vm["disks"][0]["path"], "parent_path": "D:\\VMs\\hv1\\keep.txt"}
+    for op, args in (
+            ("delete_files", {"paths": [mine, "D:\\VMs\\hv1\\keep.txt"], "roots": narrow}),
+            ("remove_vm", {"vm_id": vm["id"], "config_path": vm["config_path"], "turn_off": True,
+                           "delete_paths": [mine, "D:\\VMs\\hv1\\keep.txt"], "roots": narrow}),
+            ("remove_vm", {"vm_id": vm["id"], "config_path": "D:\\VMs\\hv1\\x\\..\\y.vmcx", "turn_off": True,
+                           "delete_paths": [], "roots": roots(h)}),
+            ("reparent_disks", {"parent_fixes": [fix], "roots": narrow}),
+            ("import_vm", {"config_path": vm["config_path"], "disk_paths": {}, "iso_paths": {},
+                           "parent_fixes": [fix], "roots": narrow})):
+        with expect_error("InvalidArgument"):
+            h.run(op, args)
+    assert keep.read_text() == "not quickmig's" and h.paths.local(mine).read_text() == "ours"
+    assert vm["id"] in h.vms
+
+
+def test_a_link_below_the_root_is_refused_even_when_it_stays_inside_the_storage(lab):
+    """Assert-QmPath refuses any reparse point below the root: a junction inside vm_root could
+    make one VM's folder another's. DeleteFile deletes a link, not its target; Set-VHD and
+    icacls would follow it."""
+    lab_dir, make = lab
+    h = make("hv1")
+    vm = new_vm(h, write_rate_kbps=0, start=False)
+    (h.paths.share / "alias").symlink_to(h.paths.share / vm["id"])
+    via = "D:\\VMs\\hv1\\alias\\Virtual Hard Disks\\disk0.vhdx"
+    with expect_error("InvalidArgument", "PathRefused"):
+        h.run("delete_files", {"paths": [via], "roots": roots(h)})
+    with expect_error("InvalidArgument", "PathRefused"):
+        h.run("reparent_disks", {"parent_fixes": [{"path": via, "parent_path": via}], "roots": roots(h)})
+    assert h.paths.local(vm["disks"][0]["path"]).is_file()

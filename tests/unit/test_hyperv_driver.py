@@ -146,7 +146,7 @@ def test_large_arguments_go_in_several_send_messages():
     assert len(proto.stdin) > 1
     assert [end for _, end in proto.stdin] == [False] * (len(proto.stdin) - 1) + [True]
     assert all(len(chunk) <= driver_mod.SEND_CHUNK_BYTES for chunk, _ in proto.stdin)
-    assert scripts.parse(proto.sent_text()) == ("delete_files", {"paths": paths})
+    assert scripts.parse(proto.sent_text()) == ("delete_files", {"paths": paths, "roots": ["D:\\VMs\\hv1"]})
 
 
 def test_success_is_the_exit_code_even_with_progress_on_stderr_and_noise_on_stdout():

@@ -1,7 +1,8 @@
 import pytest
 
-from workers.model.config import Config, ConfigError, Host
+from workers.model.config import Config, Host
 from workers.model.file_plan import PathMap, downtime_files, frozen_files
+from workers.model.hostpaths import HostPathError
 
 
 def host(name, root):
@@ -41,5 +42,5 @@ def test_paths_map_between_vm_roots_and_parent_paths_follow():
 
 @pytest.mark.parametrize("bad", ["C:\\Windows\\x", "D:\\VMs\\a\\..\\b\\x", "D:\\VMs\\a\\", "D:\\VMs\\ab\\x"])
 def test_paths_outside_the_vm_root_are_refused(bad):
-    with pytest.raises(ConfigError):
+    with pytest.raises(HostPathError):
         CFG.host("a").to_rel(bad)

@@ -331,17 +331,27 @@ class HyperVDriver:
     def import_vm(self, config_path: str, disk_paths: dict[str, str], iso_paths: dict[str, str],
                   parent_fixes: list[dict]) -> dict:
         return self.run("import_vm", {"config_path": config_path, "disk_paths": dict(disk_paths),
-                                      "iso_paths": dict(iso_paths), "parent_fixes": list(parent_fixes)})
+                                      "iso_paths": dict(iso_paths), "parent_fixes": list(parent_fixes),
+                                      "roots": self.host.roots})
 
     def remove_snapshots(self, vm_id: str, snapshot_ids: list[str]) -> dict:
         return self.run("remove_snapshots", {"vm_id": vm_id, "snapshot_ids": list(snapshot_ids)})
 
-    def remove_vm(self, vm_id: str, turn_off: bool = False, delete_paths: list[str] = ()) -> dict:
-        return self.run("remove_vm", {"vm_id": vm_id, "turn_off": bool(turn_off),
-                                      "delete_paths": list(delete_paths)})
+    def remove_vm(self, vm_id: str, config_path: str, turn_off: bool = False, delete_paths: list[str] = ()) -> dict:
+        """Remove the VM with this id if its configuration is `config_path` (else it is left as
+        it is), then delete `delete_paths` no VM refers to; all confined to this host's roots."""
+        return self.run("remove_vm", {"vm_id": vm_id, "config_path": self.host.confine(config_path),
+                                      "turn_off": bool(turn_off), "roots": self.host.roots,
+                                      "delete_paths": [self.host.confine(p) for p in delete_paths]})
 
     def delete_files(self, paths: list[str]) -> dict:
-        return self.run("delete_files", {"paths": list(paths)})
+        return self.run("delete_files", {"paths": [self.host.confine(p) for p in paths], "roots": self.host.roots})
+
+    def reparent_disks(self, parent_fixes: list[dict]) -> dict:
+        """Set-VHD -ParentPath for each {path, parent_path}, all confined to this host's roots."""
+        fixes = [{"path": self.host.confine(f["path"]), "parent_path": self.host.confine(f["parent_path"])}
+                 for f in parent_fixes]
+        return self.run("reparent_disks", {"parent_fixes": fixes, "roots": self.host.roots})
 
     def file_hash(self, path: str, scheme: str = "sha256-chunks-8MiB") -> str:
         """The digest (lowercase hex) of a file on this host, read by the host itself: by

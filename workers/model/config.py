@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from workers.model import states
+from workers.model import hostpaths, states
 from workers.model.errors import QuickmigError
 
 CONFIG_ENV = "QUICKMIG_CONFIG"
@@ -73,18 +73,26 @@ class Host:
     max_copies: int = 2
     max_migrations: int = 2  # migrations at once with this host as source or destination
 
+    @property
+    def roots(self) -> list[str]:
+        """The folders of this host quickmig may write, delete and grant rights in."""
+        return [self.vm_root]
+
     def to_rel(self, host_path: str) -> str:
-        """Host path under vm_root -> path relative to the share root (backslashes)."""
-        root = self.vm_root.rstrip("\\") + "\\"
-        if not host_path.lower().startswith(root.lower()):
-            raise ConfigError(f"{host_path!r} is not under {self.name}'s vm_root {self.vm_root!r}")
-        rel = host_path[len(root):]
-        if not rel or any(part in ("", ".", "..") for part in rel.split("\\")):
-            raise ConfigError(f"{host_path!r} is not a file path under {self.vm_root!r}")
-        return rel
+        """Host path under vm_root -> path relative to the share root (backslashes);
+        HostPathError for anything but a plain file path strictly inside vm_root
+        (workers.model.hostpaths has the rules)."""
+        return hostpaths.relative(host_path, self.vm_root)
 
     def from_rel(self, rel: str) -> str:
-        return self.vm_root.rstrip("\\") + "\\" + rel
+        """The host path of a share-relative path; HostPathError if `rel` could name
+        anything outside vm_root."""
+        return self.confine(self.vm_root.rstrip("\\") + "\\" + rel)
+
+    def confine(self, host_path: str) -> str:
+        """`host_path` if quickmig may delete, overwrite or grant rights on it on this host
+        (a plain file path inside one of its roots); HostPathError otherwise."""
+        return hostpaths.confine(host_path, self.roots)
 
     def smb_path(self, rel: str) -> str:
         return f"\\\\{self.smb_server}\\{self.smb_share}\\{rel}"
@@ -224,6 +232,10 @@ def _host(name: str, t: _Table) -> Host:
         max_copies=t.whole("max_copies", 2),
         max_migrations=t.whole("max_migrations", 2),
     )
+    problem = hostpaths.root_problem(host.vm_root)
+    if problem:
+        raise ConfigError(f"{t.where}: vm_root must be a folder such as 'D:\\VMs' ({problem}), "
+                          f"not {host.vm_root!r}")
     t.done()
     return host
 

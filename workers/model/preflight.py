@@ -53,3 +53,18 @@ def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file
         out.append(f"{destination} has {free / MiB:.0f} MiB free where the VM goes but needs {need / MiB:.0f} MiB "
                    "(disks, saved memory and a margin); free space there or choose another destination")
     return out
+
+
+def same_id_problem(vm: dict, destination: str, there: dict | None) -> str | None:
+    """The destination already has a VM with this VM's id (`there`: its list_vms entry).
+    Import-VM -Register keeps the id and each VM on a host must have its own, so the
+    switchover could never register the VM there; a Hyper-V Replica replica keeps its
+    primary's id, so this is what a replica of the VM on the destination looks like. That
+    VM is someone else's: it is refused here, before the checkpoint, and never touched."""
+    if there is None:
+        return None
+    return (f"{destination} already has a VM with the id of {vm['name']} ({vm['id']}): {there.get('name')!r}, "
+            f"{there.get('state')} (a Hyper-V Replica replica keeps its primary's id); Import-VM -Register keeps "
+            "the id, so the VM could not be registered there. Remove replication and that VM on "
+            f"{destination} if it is no longer needed (Remove-VMReplication, Remove-VM), or choose another "
+            "destination")

@@ -100,11 +100,13 @@ class MigrationRecord(TypedDict, total=False):
     # cutover (workers.steps.cutover)
     save_started_at: float           # the downtime starts here
     import_started_at: float
+    import_config_path: str          # the configuration imported: only the VM registered from it is ours
     start_started_at: float          # from here the guest may run on the destination
     downtime_bytes: int
     downtime_breakdown: dict[str, float]  # save, copy, import, start
     cutover_resumed: bool            # a redelivered cutover rolled forward
     rollback_seconds: float
+    paths_refused: list[str]         # created_files a rollback would not delete (not plain paths in the roots)
     # finish and --keep-source (workers.steps.finish, keep_source)
     source_kept_until: float
     source_removed_at: float | None

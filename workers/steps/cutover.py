@@ -19,7 +19,7 @@ from workers.model.file_plan import PathMap, chain_paths, downtime_files
 from workers.model.record import RecordNotFound, StaleState
 from workers.steps import precopy
 from workers.steps.downtime_copy import DowntimeCopy
-from workers.steps.rollback import fail_rollback, rollback
+from workers.steps.rollback import fail_rollback, imported_by, rollback
 
 HEARTBEAT_TIMEOUT_S = 120
 
@@ -79,12 +79,15 @@ def cutover(mid: str, lg) -> None:
         moved = copier.copy(rec, vm)
         t_copied = time.time()
         fence(rec)
-        context.store().set(mid, import_started_at=time.time())
+        # the configuration quickmig copied: only the VM registered from it is ours to remove
+        config_path = pm.dest(vm["config_path"])
+        context.store().set(mid, import_started_at=time.time(), import_config_path=config_path)
         dst.run("import_vm", {
-            "config_path": pm.dest(vm["config_path"]),
+            "config_path": config_path,
             "disk_paths": pm.mapping(chain_paths(vm)),
             "iso_paths": pm.mapping(vm.get("isos", [])),
             "parent_fixes": pm.parent_fixes(vm),
+            "roots": cfg.host(rec["destination"]).roots,
         })
         t_imported = time.time()
         fence(rec)
@@ -114,9 +117,12 @@ def _resume_interrupted(rec: dict, lg) -> None:
     nothing ran on the destination and rolling back is safe."""
     mid, dst = rec["id"], context.driver(rec["destination"])
     try:
-        there = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]["state"]
+        found = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     except VMNotFound:
-        there = None
+        found = None
+    there = found["state"] if found else None
+    if found and not imported_by(rec, found):
+        there = f"{there} but not the VM this migration imported"
     if there != "Running":
         raise HardFailure(f"cutover was interrupted (worker lost) before the destination VM started "
                           f"(it is {there or 'absent'} there); rolling back")

@@ -46,7 +46,9 @@ def finish(mid: str, lg) -> None:
             end(mid, states.COMPLETED, source_kept_until=keep_source(mid, hours))
             lg.info("kept the source VM on %s, off, for %g h", rec["source"], hours)
             return
-        remove_source(rec, old, lg)
+        left = remove_source(rec, old, lg)
+        if left:
+            raise HardFailure(f"the source's VM with id {rec['vm_id']} changed before it could be removed: {left}")
     end(mid, states.COMPLETED)
 
 
@@ -58,8 +60,31 @@ def keep_source(mid: str, hours: float) -> float:
     return round(until, 3)
 
 
-def remove_source(rec: dict, old: dict, lg) -> None:
-    """Remove-VM on the source and delete the files that were its own."""
-    paths = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
-    context.driver(rec["source"]).run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": False, "delete_paths": paths})
-    lg.info("removed the VM and %d files from %s", len(paths), rec["source"])
+def source_files(rec: dict, old: dict) -> list[str]:
+    """What finish may delete on the source once the VM is removed there: the VM's own disk
+    chains, state files and checkpoint configurations that this migration copied (so a file
+    it never read, an ISO image, or anything else the record does not list stays), each a
+    plain path inside the source's roots. remove_vm then leaves any of them that another VM
+    on the source refers to at that moment (a golden parent several VMs share)."""
+    host = context.config().host(rec["source"])
+    copied = {c["path"].lower() for c in rec.get("copied", []) if not c.get("shared")}
+    isos = {p.lower() for p in old.get("isos", [])}
+    isos |= {f["path"].lower() for f in (rec.get("plan") or {}).get("frozen", []) if f.get("kind") == "iso"}
+    own = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]
+    return [host.confine(p) for p in dict.fromkeys(own) if p.lower() in copied and p.lower() not in isos]
+
+
+def remove_source(rec: dict, old: dict, lg) -> str | None:
+    """Remove-VM on the source (the VM described as `old`, nothing else with its id) and
+    delete the files that were its own and that no other VM there uses; None, or why the
+    VM with that id was left in place (it is no longer the one described)."""
+    paths = source_files(rec, old)
+    out = context.driver(rec["source"]).remove_vm(rec["vm_id"], old["config_path"], turn_off=False,
+                                                   delete_paths=paths)
+    for k in out.get("kept") or []:
+        lg.info("kept %s on %s: %s uses it", k["path"], rec["source"], k["used_by"])
+    if out.get("not_ours"):
+        lg.warning("left the VM with id %s on %s in place: %s", rec["vm_id"], rec["source"], out["not_ours"])
+        return out["not_ours"]
+    lg.info("removed the VM and %d files from %s", len(out.get("deleted") or []), rec["source"])
+    return None

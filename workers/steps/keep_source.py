@@ -72,5 +72,7 @@ def _reap(rec: dict, fence) -> dict:
         lg.warning("%s", note)
         return {"source_removed_at": None, "source_note": note}
     fence()
-    remove_source(rec, old, lg)
+    left = remove_source(rec, old, lg)
+    if left:
+        return {"source_removed_at": None, "source_note": f"kept source VM not removed: {left}"}
     return {"source_removed_at": time.time(), "source_note": None}

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from workers.engine import context
 from workers.engine.step import HardFailure, resume, send, start_rollback, step_task
-from workers.hyperv.errors import VMNotFound
-from workers.model import routing, states
+from workers.model import preflight, routing, states
 from workers.model.file_plan import PathMap
 
 
@@ -17,13 +16,12 @@ def prepare(mid: str, lg) -> None:
         return
     cfg = context.config()
     dst = context.driver(rec["destination"])
-    try:
-        dst.run("describe_vm", {"vm_id": rec["vm_id"]})
-    except VMNotFound:
-        pass
-    else:
-        raise HardFailure(f"{rec['destination']} already has a VM with id {rec['vm_id']}; "
-                          "Import-VM -Register cannot register it twice")
+    # pre-flight refused this already; a VM with the id that appeared since is refused the same
+    # way, and the rollback leaves it alone (only a VM this migration imported is removed)
+    there = next((v for v in dst.run("list_vms", {})["vms"] if v["id"].lower() == rec["vm_id"].lower()), None)
+    problem = preflight.same_id_problem({"name": rec["vm"], "id": rec["vm_id"]}, rec["destination"], there)
+    if problem:
+        raise HardFailure(problem)
     pm = PathMap(cfg, rec["source"], rec["destination"])
     report = dst.run("compare_vm", {"config_path": pm.dest(rec["snapshot"]["config_path"]),
                                     "vm_root": cfg.host(rec["destination"]).vm_root})

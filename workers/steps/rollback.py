@@ -2,10 +2,12 @@
 the VM runs on the source again (docs/design.md, "The method").
 
 It removes what this migration made on the destination (the files it recorded in
-created_files before their first byte, an imported VM, ISO images no other VM there
-uses), brings back whatever the guest wrote on the destination if it ever started there,
-resumes the source VM (from its saved state, if the cutover saved it) and merges our
-checkpoint. It runs on the `cutover` pool: it may be what brings a saved VM back.
+created_files before their first byte that no VM there refers to, each a plain path inside
+the destination's roots; the VM it imported, only if the VM with that id there is the one
+registered from the configuration it copied; ISO images no other VM there uses), brings
+back whatever the guest wrote on the destination if it ever started there, resumes the
+source VM (from its saved state, if the cutover saved it) and merges our checkpoint. It
+runs on the `cutover` pool: it may be what brings a saved VM back.
 """
 from __future__ import annotations
 
@@ -15,10 +17,30 @@ from workers.coord.shared_files import SharedFiles
 from workers.engine import context
 from workers.engine.step import RetryPolicy, end, fence, resume, step_task
 from workers.hyperv.errors import VMNotFound
-from workers.model import routing, states
+from workers.model import hostpaths, routing, states
 from workers.model.file_plan import PathMap
 from workers.smb import file_copy
 from workers.steps.checkpoint import ours
+
+
+def import_config_path(rec: dict) -> str | None:
+    """The configuration the cutover imported on the destination (None before the import
+    started): the VM registered from it, and only that one, is this migration's to remove."""
+    if not rec.get("import_started_at"):
+        return None
+    if rec.get("import_config_path"):
+        return rec["import_config_path"]
+    # a record from before the cutover noted it: the path the cutover computed then
+    src = context.driver(rec["source"]).run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    return PathMap(context.config(), rec["source"], rec["destination"]).dest(src["config_path"])
+
+
+def imported_by(rec: dict, vm: dict) -> bool:
+    """Whether `vm` (a VMInfo on the destination) is the VM this migration imported there: the
+    import started, and the VM's configuration is the one the migration copied. A VM with the
+    same id and another configuration (a Hyper-V Replica replica keeps its primary's id) is not."""
+    path = import_config_path(rec)
+    return path is not None and hostpaths.same(vm.get("config_path") or "", path)
 
 
 def _bring_back(rec: dict, src, dst, lg) -> None:
@@ -29,6 +51,10 @@ def _bring_back(rec: dict, src, dst, lg) -> None:
         vm = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     except VMNotFound:
         return  # already removed by an earlier run of this rollback, after the copy back
+    if not imported_by(rec, vm):
+        lg.warning("the VM with id %s on %s is not the one this migration imported (its configuration is %s); "
+                   "nothing brought back from it", rec["vm_id"], rec["destination"], vm.get("config_path"))
+        return
     if vm["state"] == "Running":
         fence(rec)
         vm = dst.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
@@ -38,13 +64,32 @@ def _bring_back(rec: dict, src, dst, lg) -> None:
     dst_ep, src_ep = context.smb_endpoint(rec["destination"]), context.smb_endpoint(rec["source"])
     paths = [d["chain"][0] for d in vm["disks"] if d["chain"]]
     paths += [p for p in vm.get("state_files", []) if not p.lower().endswith(".vmcx")]
+    # every path from the destination's answer must be a plain path inside both hosts' roots
+    # (PathMap) before it names a file to overwrite on the source: share path -> source file
+    targets = {back.rel(p): back.dest(p) for p in paths}
+    fixes = [{"path": back.dest(d["chain"][0]), "parent_path": back.dest(d["chain"][1])}
+             for d in vm["disks"] if len(d["chain"]) > 1]
     fence(rec)
-    for p in paths:
-        file_copy.copy_file(dst_ep, back.rel(p), src_ep, back.rel(p))
-    src.run("reparent_disks", {"parent_fixes": [
-        {"path": back.dest(d["chain"][0]), "parent_path": back.dest(d["chain"][1])}
-        for d in vm["disks"] if len(d["chain"]) > 1]})
+    for rel in targets:
+        file_copy.copy_file(dst_ep, rel, src_ep, rel)
+    src.reparent_disks(fixes)
     lg.info("brought %d files the guest changed on %s back to %s", len(paths), rec["destination"], rec["source"])
+
+
+def _confined(rec: dict, paths: list[str], lg) -> list[str]:
+    """The paths quickmig may delete on the destination (plain paths inside its roots); any
+    other one is left alone, and said so in the log and the record."""
+    host = context.config().host(rec["destination"])
+    ok, refused = [], []
+    for p in paths:
+        try:
+            ok.append(host.confine(p))
+        except hostpaths.HostPathError as e:
+            refused.append(str(e))
+    if refused:
+        lg.warning("not deleting %d path(s) on %s: %s", len(refused), rec["destination"], "; ".join(refused))
+        context.store().set(rec["id"], paths_refused=refused)
+    return ok
 
 
 def _leave_isos(rec: dict) -> tuple[set[str], list[str]]:
@@ -84,15 +129,28 @@ def rollback(mid: str, lg) -> None:
     created = [p for p in rec.get("created_files", []) if p not in keep]
     created += [p for p in last_use if p not in created]
     created = created + [p + file_copy.PARTIAL_SUFFIX for p in created]
+    created = _confined(rec, list(dict.fromkeys(created)), lg)
     fence(rec)
     if rec.get("start_started_at"):
         _bring_back(rec, src, dst, lg)
-    if rec.get("import_started_at") or created:
-        # remove_vm also deletes what we copied and the folders that leaves empty; a copy that
-        # was registered is turned off before the source runs again: never two
-        out = dst.run("remove_vm", {"vm_id": rec["vm_id"], "turn_off": True, "delete_paths": created})
+    config_path = import_config_path(rec)
+    if config_path is not None:
+        # the VM registered from the configuration we copied, and no other, is turned off and
+        # removed before the source runs again (never two); remove_vm also deletes what we
+        # copied that no VM there refers to, and the folders that leaves empty
+        out = dst.remove_vm(rec["vm_id"], config_path, turn_off=True, delete_paths=created)
+        if out.get("not_ours"):
+            lg.warning("left the VM with id %s on %s alone: %s", rec["vm_id"], rec["destination"], out["not_ours"])
+    elif created:
+        # the import never started: whatever VM has this id there is not ours
+        out = dst.delete_files(created)
+    else:
+        out = {}
+    if out:
         lg.info("removed %d files%s from %s", len(out.get("deleted") or []),
                 " and the imported VM" if out.get("removed") else "", rec["destination"])
+        for k in out.get("kept") or []:
+            lg.warning("kept %s on %s: %s refers to it", k["path"], rec["destination"], k["used_by"])
     for path in last_use:
         SharedFiles(context.store().r).deleted(rec["destination"], path, mid)
     if keep:

@@ -32,6 +32,11 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
     files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
     file_bytes = sum(file_copy.file_size(ep, pm.rel(p)) for p in files)
     found = preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
+    same_id = next((v for v in context.driver(rec["destination"]).run("list_vms", {})["vms"]
+                    if v["id"].lower() == vm["id"].lower()), None)
+    problem = preflight.same_id_problem(vm, rec["destination"], same_id)
+    if problem:
+        found.append(problem)
     if found:
         raise HardFailure("pre-flight refused: " + "; ".join(found))
     lg.info("pre-flight ok: %d files, %.0f MiB to move", len(files), file_bytes / 2**20)

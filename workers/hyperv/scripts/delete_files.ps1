@@ -5,16 +5,13 @@ $Req = @'
 __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
-$deleted = @(foreach ($p in $Req.paths) {
-    if (Test-Path -LiteralPath $p -PathType Container) {
-        Write-Error -Message ('delete_files removes files only; ' + $p + ' is a folder.') -Category InvalidArgument -ErrorId 'NotAFile' -TargetObject $p
-    }
-    # A file that is not there is not an error: an earlier delivery may have removed it.
-    if (Test-Path -LiteralPath $p -PathType Leaf) {
-        Remove-Item -LiteralPath $p -Force
-        [string]$p
-    }
-})
-$result = [ordered]@{ deleted = $deleted }
+# quickmig-include: hostfiles
+
+# Every path is checked against the roots before any is deleted; a file a VM on this host
+# refers to (walked now) stays, and is listed in kept.
+$roots = @($Req.roots)
+$out = Remove-QmFiles @($Req.paths) $roots
+Remove-QmEmptyFolders @($Req.paths) $roots
+$result = [ordered]@{ deleted = $out.deleted; kept = $out.kept }
 
 $result | ConvertTo-Json -Compress -Depth 8

@@ -6,6 +6,7 @@ __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
 # quickmig-include: vminfo
+# quickmig-include: hostfiles
 
 function ConvertTo-QmMap($Object) {
     # JSON object -> case-insensitive hashtable (Windows paths compare without case).
@@ -18,15 +19,23 @@ function ConvertTo-QmMap($Object) {
 
 function Grant-QmVMAccess([string]$Path, [string]$Account, [string]$Rights) {
     # Copied files lost the per-VM ACE; Hyper-V's worker process runs as NT VIRTUAL MACHINE\<VMId>.
+    $null = Assert-QmPath $Path $roots
     $out = & icacls.exe $Path /grant ($Account + ':' + $Rights) /Q
     if ($LASTEXITCODE -ne 0) {
         Write-Error -Message ('icacls could not grant ' + $Account + ' ' + $Rights + ' on ' + $Path + ': ' + (@($out) -join ' ')) -Category WriteError -ErrorId 'GrantFailed' -TargetObject $Path
     }
 }
 
-$configPath = [string]$Req.config_path
+$roots = @($Req.roots)
+$configPath = Assert-QmPath ([string]$Req.config_path) $roots
 $diskMap = ConvertTo-QmMap $Req.disk_paths
 $isoMap = ConvertTo-QmMap $Req.iso_paths
+# Set-VHD writes each child and icacls grants rights: every path is checked before anything changes.
+foreach ($p in @($diskMap.Values) + @($isoMap.Values)) { $null = Assert-QmPath $p $roots }
+foreach ($fix in $Req.parent_fixes) {
+    $null = Assert-QmPath ([string]$fix.path) $roots
+    $null = Assert-QmPath ([string]$fix.parent_path) $roots
+}
 
 # 1. Differencing disks point at their parents by path: re-point them at the copies.
 foreach ($fix in $Req.parent_fixes) {
