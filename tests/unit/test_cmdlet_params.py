@@ -374,8 +374,8 @@ EXPECTED = {  # cmdlets each script must be seen to call: proves the checker rea
                     "Get-VMNetworkAdapter"},
     "host_info": {"Get-VMHost", "Get-VMHostSupportedVersion", "Get-VMSwitch"},
     "checkpoint_vm": {"Checkpoint-VM", "Get-VMSnapshot", "Get-VM"},
-    "save_vm": {"Save-VM", "Get-VM"},
-    "start_vm": {"Start-VM", "Get-VM"},
+    "save_vm": {"Set-VM", "Save-VM", "Get-VM"},
+    "start_vm": {"Start-VM", "Set-VM", "Get-VM"},
     "wait_heartbeat": {"Get-VMIntegrationService", "Get-VM"},
     "compare_vm": {"Compare-VM"},
     "import_vm": {"Set-VHD", "Compare-VM", "Get-VMHardDiskDrive", "Set-VMHardDiskDrive", "Get-VMDvdDrive",
@@ -384,7 +384,7 @@ EXPECTED = {  # cmdlets each script must be seen to call: proves the checker rea
     "remove_vm": {"Get-VM", "Stop-VM", "Remove-VM"},
     "delete_files": set(),
     "reparent_disks": {"Set-VHD"},
-    "stop_vm": {"Get-VM", "Stop-VM"},
+    "stop_vm": {"Get-VM", "Remove-VMSavedState", "Stop-VM", "Set-VM"},
     "file_hash": set(),
 }
 
