@@ -179,3 +179,24 @@ def test_a_dynamic_memory_vm_moves_its_assigned_memory_and_keeps_its_settings(la
     assert there["memory_assigned_bytes"] == 48 * MiB and there["memory_maximum_bytes"] == 4096 * MiB
     check = lab.verify("lc-dm")
     assert check["running_on"] == ["hv3"] and check["integrity"] == "ok", check
+
+
+def test_lab_add_vm_takes_the_lifecycle_options_and_refuses_a_bad_one_in_one_line(lab):
+    res, vm = lab.cli_json("lab", "add-vm", "lc-cli", "--host", "hv2", "--memory-mb", "16", "--disk-mb", "16",
+                           "--automatic-start-action", "Nothing", "--dynamic-memory", "--memory-assigned-mb", "32",
+                           "--memory-maximum-mb", "64", "--json")
+    assert res.returncode == 0, res.stderr
+    assert vm["automatic_start_action"] == "Nothing" and vm["dynamic_memory_enabled"] is True
+    assert vm["memory_assigned_bytes"] == 32 * MiB and vm["memory_maximum_bytes"] == 64 * MiB
+    for args, says in ((("--memory-assigned-mb", "32"), "go with --dynamic-memory"),
+                       (("--dynamic-memory", "--memory-assigned-mb", "128", "--memory-maximum-mb", "64"),
+                        "memory_assigned_mb must be"),
+                       (("--automatic-start-action", "Always"), "invalid choice")):
+        before = [v["id"] for v in lab.emulator("hv2").state()["vms"]]
+        res = lab.cli("lab", "add-vm", "lc-cli-bad", "--host", "hv2", "--memory-mb", "16", *args)
+        assert res.returncode == 2 and says in res.stderr, res.stderr
+        if says != "invalid choice":  # argparse prints its usage first
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert [v["id"] for v in lab.emulator("hv2").state()["vms"]] == before
+    res = lab.cli("lab", "restart-host", "hv9")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr

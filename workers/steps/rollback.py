@@ -34,7 +34,8 @@ def _bring_back(rec: dict, src, dst, lg) -> None:
         return  # already removed by an earlier run of this rollback, after the copy back
     if vm["state"] == "Running":
         fence(rec)
-        vm = dst.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
+        # a copy about to be removed: a restart of the destination must not resume it meanwhile
+        vm = dst.run("save_vm", {"vm_id": rec["vm_id"], "automatic_start_action": start_action.NEVER})["vm"]
     if vm["state"] != "Saved":
         return  # never ran: the source's own saved state is the newest
     back = PathMap(context.config(), rec["destination"], rec["source"])
