@@ -27,15 +27,45 @@ def cmd_down(args) -> int:
     return 0
 
 
+def _lifecycle_options(args) -> dict:
+    """add-vm's automatic start action and Dynamic Memory options, as the emulator takes them."""
+    more: dict = {}
+    if args.automatic_start_action:
+        more["automatic_start_action"] = args.automatic_start_action
+    if not args.dynamic_memory:
+        if args.memory_maximum_mb is not None or args.memory_assigned_mb is not None:
+            raise LabError("--memory-maximum-mb and --memory-assigned-mb go with --dynamic-memory")
+        return more
+    more["dynamic_memory"] = True
+    for key in ("memory_maximum_mb", "memory_assigned_mb"):
+        if getattr(args, key) is not None:
+            more[key] = getattr(args, key)
+    return more
+
+
 def cmd_add_vm(args) -> int:
     more = {"switches": args.switch} if args.switch else {}
     more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path))
                  if v is not None})
+    more.update(_lifecycle_options(args))
+    # the orchestrator turns a host's refusal into a LabError (one line, exit 2)
     vm = orchestrator.add_vm(_cfg(args), args.name, args.host, memory_mb=args.memory_mb,
                              disk_mb=args.disk_mb, write_rate_kbps=args.write_rate_kbps,
                              checkpoint_type=args.checkpoint_type, version=args.config_version,
                              passthrough_disk=args.passthrough_disk, **more)
     print(json.dumps(vm, ensure_ascii=False) if args.json else f"{args.name} running on {args.host}")
+    return 0
+
+
+def cmd_restart_host(args) -> int:
+    cfg = _cfg(args)
+    if cfg.lab_dir is None:
+        raise LabError(f"{cfg.path} is not a lab config")
+    cfg.host(args.host)
+    res = orchestrator.restart_host(cfg.lab_dir, args.host, down_s=args.down_s,
+                                    say=(lambda *_: None) if args.json else print)
+    if args.json:
+        print(json.dumps(res))
     return 0
 
 
@@ -92,8 +122,25 @@ def register(sub, common) -> None:
     a.add_argument("--parent", metavar="PATH", help="host path of a base disk the VM's disk is a differencing "
                    "disk of (made first if it is not there): VMs given the same PATH share a golden parent")
     a.add_argument("--path", metavar="FOLDER", help="host folder of the VM's files (default <vm_root>\\<id>)")
+    a.add_argument("--automatic-start-action", choices=("Nothing", "StartIfRunning", "Start"), default=None,
+                   help="what the VM does when its host starts (default StartIfRunning, as Hyper-V's)")
+    a.add_argument("--dynamic-memory", action="store_true",
+                   help="Dynamic Memory: --memory-mb is the startup memory")
+    a.add_argument("--memory-maximum-mb", type=int, default=None,
+                   help="with --dynamic-memory: its maximum (default 1048576, as Hyper-V's)")
+    a.add_argument("--memory-assigned-mb", type=int, default=None,
+                   help="with --dynamic-memory: what the running guest is assigned, more or less than "
+                        "its startup memory (its saved state is this big; default --memory-mb)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_guard(cmd_add_vm, LabError))
+
+    r = lsub.add_parser("restart-host", parents=[common],
+                        help="restart a lab host as a reboot would: running VMs saved, then each VM "
+                             "does what its automatic start action says")
+    r.add_argument("host")
+    r.add_argument("--down-s", type=float, default=0.0, help="seconds the host stays down (default 0)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_guard(cmd_restart_host, LabError))
 
     v = lsub.add_parser("verify", parents=[common], help="where a VM runs, and whether any write was lost")
     v.add_argument("vm")

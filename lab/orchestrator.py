@@ -1,4 +1,4 @@
-"""`quickmig lab up/down/add-vm`: a whole quickmig environment on this machine.
+"""`quickmig lab up/down/add-vm/restart-host`: a whole quickmig environment on this machine.
 
 Layout of a lab directory:
   quickmig.toml, credentials.toml (0600)   what workers and the CLI read
@@ -266,3 +266,42 @@ def add_vm(cfg, name: str, host: str, **options) -> dict:
         return emulator_client(cfg, host).create_vm(name=name, **{**DEFAULT_VM, **options})
     except EmulatorClientError as e:
         raise LabError(f"{host} refused the VM: {e.message}") from None
+
+
+def restart_host(lab_dir: Path, host: str, *, down_s: float = 0.0, say=print) -> dict:
+    """Restart one lab host as a reboot would: its Hyper-V shuts down (every running VM saved),
+    stays down `down_s` seconds, and starts again, each VM doing what its automatic start
+    action says (lab/emulator/lifecycle.py). Done under the lab's lock, so the supervisor never
+    sees the emulator gone: a restart is not a crash, and lab.json counts it under `reboots`.
+    The host's SMB server stays up. Returns {"host", "saved": [...], "reboots": n}."""
+    lab_dir = Path(lab_dir).resolve()
+    if not 0 <= down_s <= 3600:
+        raise LabError("--down-s must be between 0 and 3600 seconds")
+    name = f"emulator-{host}"
+    cfg = load_config(lab_dir / "quickmig.toml")
+    with locked(lab_dir):
+        lab = read_lab(lab_dir)
+        if not lab or name not in lab["processes"]:
+            raise LabError(f"no lab host {host!r} at {lab_dir} (hosts: {', '.join((lab or {}).get('hosts', []))})")
+        entry = lab["processes"][name]
+        try:
+            done = emulator_client(cfg, host).shutdown_host()
+        except EmulatorClientError as e:
+            raise LabError(f"{host} did not shut down: {e}") from None
+        deadline = time.monotonic() + 30
+        while processes.alive(entry) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        processes.stop(entry)  # what lingers of it after 30 s
+        time.sleep(down_s)
+        env = dict(os.environ, QUICKMIG_CONFIG=str(lab_dir / "quickmig.toml"),
+                   PROMETHEUS_MULTIPROC_DIR=str(lab_dir / "metrics"))
+        new = processes.spawn(entry["argv"], Path(entry["log"]), env=env,
+                              cwd=Path(entry["cwd"]) if entry.get("cwd") else None)
+        new["restarts"] = entry.get("restarts", 0)
+        new["reboots"] = entry.get("reboots", 0) + 1
+        lab["processes"][name] = new
+        _save(lab_dir, lab)
+    emulator_client(cfg, host).wait_ready(30)
+    say(f"{host} restarted: {len(done['saved'])} running VM(s) saved at shutdown; "
+        "each VM did what its automatic start action says")
+    return {"host": host, "saved": done["saved"], "reboots": new["reboots"]}

@@ -7,6 +7,11 @@ command line, log and working directory, so a pool is never left empty. What the
 process left in its process group (a pool's orphaned children) is stopped first. It
 exits when lab.json is gone. Production does the same with systemd (deploy/systemd,
 Restart=always).
+
+A lab host restart (`quickmig lab restart-host`, orchestrator.restart_host) is not a crash:
+it stops and starts the host's emulator while holding the lab's lock, which every check
+here takes too, so no check ever sees that emulator gone; its entry counts `reboots`, not
+`restarts`.
 """
 from __future__ import annotations
 

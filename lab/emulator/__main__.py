@@ -7,7 +7,10 @@ Ready when GET /lab/ping answers (EmulatorClient.wait_ready), and when the line
 "emulator <host> ready on <endpoint>" is on stderr and DIR/hosts/<host>/emulator/ready.json
 exists ({"pid", "endpoint", "started_at"}). SIGTERM/SIGINT stop it cleanly: guest writers
 stop after their last acknowledged write, VM states are kept (a Running VM is Running again
-on the next start; see lifecycle.py).
+on the next start, as after a restart of VMMS alone; see lifecycle.py). POST /lab/shutdown
+ends it as the host's own shutdown instead (`quickmig lab restart-host`): running VMs are
+saved, and the next start is the host's boot, each VM doing what its automatic start action
+says (model.BOOT_MARKER).
 """
 from __future__ import annotations
 

@@ -82,7 +82,8 @@ class EmulatorClient:
     def create_vm(self, name: str, memory_mb: int = 64, disk_mb: int = 128, write_rate_kbps: float = 64,
                   iso: bool = True, checkpoint_type: str = "Standard", start: bool = True, **more) -> dict:
         """Create (and start) a VM; returns its VMInfo. `more`: version, switches, passthrough_disk,
-        vm_id (a given id), parent (a base disk the VM's disk is a child of), path (its folder)."""
+        vm_id (a given id), parent (a base disk the VM's disk is a child of), path (its folder),
+        automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb."""
         doc = {"name": name, "memory_mb": memory_mb, "disk_mb": disk_mb, "write_rate_kbps": write_rate_kbps,
                "iso": iso, "checkpoint_type": checkpoint_type, "start": start, **more}
         return self._call("POST", "/lab/vms", doc, timeout_s=max(self.timeout_s, 120.0))["vm"]  # type: ignore[index]
@@ -122,3 +123,8 @@ class EmulatorClient:
 
     def end_outage(self) -> float:
         return self._call("DELETE", "/lab/outage")["remaining_s"]  # type: ignore[index]
+
+    def shutdown_host(self) -> dict:
+        """Shut the host down (every running VM saved); its process then ends and its next
+        start is a boot. Returns {"host", "saved": [vm ids]}."""
+        return self._call("POST", "/lab/shutdown", {}, timeout_s=max(self.timeout_s, 120.0))  # type: ignore[return-value]

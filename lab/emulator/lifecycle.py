@@ -1,10 +1,16 @@
-"""A VM's lifecycle on one host: New-VM, Start-VM, Save-VM, Stop-VM -TurnOff, Remove-VM, and
-its guest writer (guest.py), which runs exactly while the VM is Running.
+"""A VM's lifecycle on one host: New-VM, Start-VM, Save-VM, Stop-VM -TurnOff,
+Remove-VMSavedState, Set-VM -AutomaticStartAction, Remove-VM, the host's own shutdown and
+start, and the guest writer (guest.py), which runs exactly while the VM is Running.
 
 Crash choice: a VM that was Running when the emulator process stopped is Running again after
 a restart (the guest is treated as having kept running, as a VM does when only VMMS
 restarts); its writer continues after the highest record on its disk chain and the journal
 gets a `recover` line.
+
+A host restart (`quickmig lab restart-host`) is not a crash: `host_shutdown` saves every
+running VM (AutomaticStopAction Save, Hyper-V's default; the other stop actions are not
+modelled) and `boot` then does what each VM's AutomaticStartAction says. The rules and their
+sources are in docs/hyperv-rules.md ("VM lifecycle").
 """
 from __future__ import annotations
 
@@ -23,7 +29,15 @@ from lab.emulator.guest import GuestWriter
 from lab.emulator.hostpaths import is_guid, same_path
 from lab.emulator.hostprops import SWITCHES
 from lab.emulator.registry import Registry
-from lab.emulator.vm import CHECKPOINT_TYPES, MAX_NAME, VM, MiB, invalid_state
+from lab.emulator.vm import (
+    CHECKPOINT_TYPES,
+    DEFAULT_START_ACTION,
+    MAX_NAME,
+    START_ACTIONS,
+    VM,
+    MiB,
+    invalid_state,
+)
 
 log = logging.getLogger("lab.emulator.lifecycle")
 
@@ -55,6 +69,36 @@ def _check_new_vm(name: object, memory_mb: object, disk_mb: object, write_rate_k
     return switches
 
 
+MAX_MEMORY_MB = 1048576  # Hyper-V's largest MemoryMaximum (1 TB), a Dynamic Memory VM's default
+
+
+def _check_start_action(action: object, cmdlet: str) -> str:
+    if action not in START_ACTIONS:
+        raise invalid_arg(f"Cannot validate argument on parameter 'AutomaticStartAction': it must be one of "
+                          f"{', '.join(START_ACTIONS)}.", cmdlet)
+    return action  # type: ignore[return-value]
+
+
+def _check_memory(memory_mb: int, dynamic: object, maximum_mb: object, assigned_mb: object) -> tuple[int, int]:
+    """Dynamic Memory's settings (Set-VM -DynamicMemory -MemoryMaximumBytes): (maximum, assigned)
+    in bytes; 0 for a VM with static memory."""
+    if not isinstance(dynamic, bool):
+        raise invalid_arg("dynamic_memory must be true or false.", "NewVM")
+    if not dynamic:
+        if maximum_mb is not None or assigned_mb is not None:
+            raise invalid_arg("memory_maximum_mb and memory_assigned_mb go with dynamic_memory only.", "NewVM")
+        return 0, 0
+    maximum = MAX_MEMORY_MB if maximum_mb is None else maximum_mb
+    if isinstance(maximum, bool) or not isinstance(maximum, int) or not memory_mb <= maximum <= MAX_MEMORY_MB:
+        raise invalid_arg(f"memory_maximum_mb must be a whole number from memory_mb ({memory_mb}) to "
+                          f"{MAX_MEMORY_MB}.", "NewVM")
+    assigned = memory_mb if assigned_mb is None else assigned_mb
+    if isinstance(assigned, bool) or not isinstance(assigned, int) or not 1 <= assigned <= min(maximum, 65536):
+        raise invalid_arg(f"memory_assigned_mb must be a whole number from 1 to memory_maximum_mb ({maximum}, "
+                          "at most 65536 in the lab).", "NewVM")
+    return maximum * MiB, assigned * MiB
+
+
 def _highest_record(chain: list[disk.ChainLink]) -> int:
     return max((max(disk.read_records(link.local), default=0) for link in chain), default=0)
 
@@ -79,30 +123,28 @@ class VMLifecycle:
                write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                start: object = True, version: object = "10.0", switches: object = None,
                passthrough_disk: object = False, vm_id: object = None, parent: object = None,
-               path: object = None) -> VM:
-        """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
+               path: object = None, automatic_start_action: object = DEFAULT_START_ACTION,
+               dynamic_memory: object = False, memory_maximum_mb: object = None,
+               memory_assigned_mb: object = None) -> VM:
+        r"""New-VM + New-VHD + Add-VMDvdDrive (+ Set-VM + Start-VM): the lab's way to make a VM.
 
         `vm_id`: the VM's id (a GUID) instead of a new one: a VM that shares its id with one on
         another host, as a Hyper-V Replica replica does. `path`: the folder of its files
-        (New-VM -Path; default `<vm_root>\\<id>`). `parent`: the VM's disk is a differencing disk
+        (New-VM -Path; default `<vm_root>\<id>`). `parent`: the VM's disk is a differencing disk
         on this base disk (New-VHD -Differencing -ParentPath), made first (disk_mb) if it is not
         there yet: two VMs given the same parent share one golden image."""
         switches = _check_new_vm(name, memory_mb, disk_mb, write_rate_kbps, checkpoint_type, version, switches)
-        if vm_id is None:
-            vm_id = str(uuid.uuid4())
-        if not isinstance(vm_id, str) or not is_guid(vm_id.lower()):
-            raise invalid_arg("vm_id must be a VM id (a GUID).", "NewVM")
-        vm_id = vm_id.lower()
-        folder = f"{self.paths.vm_root}\\{vm_id}" if path is None else path
-        if not isinstance(folder, str) or not self.paths.is_under(folder):
-            raise invalid_arg(f"path must be a folder under {self.paths.vm_root}.", "NewVM")
-        folder = folder.rstrip("\\")
-        self.paths.local(folder, "NewVM")
+        action = _check_start_action(automatic_start_action, "NewVM")
+        maximum, assigned = _check_memory(int(memory_mb), dynamic_memory, memory_maximum_mb,  # type: ignore[call-overload]
+                                          memory_assigned_mb)
+        vm_id, folder = self._id_and_folder(vm_id, path)
         vm = VM(id=vm_id, name=name, path=folder,
                 config_path=f"{folder}\\Virtual Machines\\{vm_id.upper()}.vmcx",
                 memory_startup_bytes=int(memory_mb) * MiB, checkpoint_type=checkpoint_type,  # type: ignore[arg-type]
                 write_rate_kbps=float(write_rate_kbps), version=version,  # type: ignore[arg-type]
-                switches=list(switches), cpu_vendor=self.reg.props["cpu_vendor"])
+                switches=list(switches), cpu_vendor=self.reg.props["cpu_vendor"],
+                automatic_start_action=action, dynamic_memory_enabled=bool(dynamic_memory),
+                memory_maximum_bytes=maximum, memory_assigned_bytes=assigned)
         base = f"{folder}\\Virtual Hard Disks\\disk0.vhdx"
         with self.reg.lock:
             self._refuse_existing(vm, base)
@@ -128,6 +170,20 @@ class VMLifecycle:
             with vm.op_lock:
                 self.start(vm)
         return vm
+
+    def _id_and_folder(self, vm_id: object, path: object) -> tuple[str, str]:
+        """The new VM's id (given, or a new one) and its folder (given, or <vm_root>\\<id>)."""
+        if vm_id is None:
+            vm_id = str(uuid.uuid4())
+        if not isinstance(vm_id, str) or not is_guid(vm_id.lower()):
+            raise invalid_arg("vm_id must be a VM id (a GUID).", "NewVM")
+        vm_id = vm_id.lower()
+        folder = f"{self.paths.vm_root}\\{vm_id}" if path is None else path
+        if not isinstance(folder, str) or not self.paths.is_under(folder):
+            raise invalid_arg(f"path must be a folder under {self.paths.vm_root}.", "NewVM")
+        folder = folder.rstrip("\\")
+        self.paths.local(folder, "NewVM")
+        return vm_id, folder
 
     def _id_taken(self, vm_id: str) -> OpError:
         return OpError(f"A virtual machine with identifier {vm_id} already exists on {self.reg.name}.",
@@ -202,8 +258,8 @@ class VMLifecycle:
         vmrs.unlink()  # Hyper-V deletes the saved state once the VM runs from it
         return counter
 
-    def start(self, vm: VM) -> None:
-        """Start-VM (the caller holds vm.op_lock)."""
+    def start(self, vm: VM, **why) -> None:
+        """Start-VM (the caller holds vm.op_lock); `why` goes into the start event."""
         if vm.state == "Running":
             log.warning("Start-VM %s: the virtual machine is already in the specified state", vm.id)
             return
@@ -221,7 +277,7 @@ class VMLifecycle:
         vm.heartbeat_at = time.monotonic() + self.heartbeat_delay_s
         vm.writer.start()
         self.reg.save(vm)
-        self.events.event(vm, "start", resumed_from=resumed)
+        self.events.event(vm, "start", resumed_from=resumed, **why)
         log.info("started VM %s on %s (resumed_from=%s)", vm.id, self.reg.name, resumed)
 
     # -- recover after a restart -------------------------------------------------------
@@ -276,30 +332,97 @@ class VMLifecycle:
         return vm.counter
 
     def turn_off(self, vm: VM) -> None:
-        """Stop-VM -TurnOff (the caller saves the VM's records)."""
+        """Stop-VM -TurnOff (the caller saves the VM's records). Stop-VM's page says nothing of
+        a Saved VM; the harsher reading: refused there, its saved state kept
+        (Remove-VMSavedState is the documented way to discard it)."""
+        if vm.state == "Saved":
+            raise invalid_state(vm, "StopVM", "change state")
         if vm.state == "Running":
             counter = self.stop_writer(vm)
             vm.state = "Off"
             self.events.journal(vm, f"stop counter={counter}")
             self.events.event(vm, "stop", turn_off=True)
-        elif vm.state == "Saved":  # Stop-VM -TurnOff discards the saved state
-            self.paths.local(vm.state_file("vmrs")).unlink(missing_ok=True)
-            vm.state = "Off"
-            self.events.event(vm, "stop", discarded_saved_state=True)
 
-    def save(self, vm: VM) -> None:
+    def remove_saved_state(self, vm: VM) -> None:
+        """Remove-VMSavedState (the caller holds vm.op_lock): a Saved VM loses its saved memory
+        and is Off; its disks are unaffected. Any other state: refused (the page speaks of a
+        saved virtual machine only). No journal line: the guest may run on in another host's
+        copy of this VM, and this copy's memory just goes."""
+        if vm.state != "Saved":
+            raise invalid_state(vm, "RemoveVMSavedState", "delete the saved state")
+        self.paths.local(vm.state_file("vmrs")).unlink(missing_ok=True)
+        vm.state = "Off"
+        self.reg.save(vm)
+        self.events.event(vm, "stop", discarded_saved_state=True)
+
+    def set_start_action(self, vm: VM, action: object) -> None:
+        """Set-VM -AutomaticStartAction (the caller holds vm.op_lock). Set-VM's page does not say
+        in which states it may change a VM; its examples set an automatic action without
+        stopping the VM and stop it first only for processor and memory. The harsher reading:
+        Running or Off, never Saved (or Paused), whose configuration goes with the saved state."""
+        action = _check_start_action(action, "SetVM")
+        if vm.state not in ("Running", "Off"):
+            raise invalid_state(vm, "SetVM", "modify its settings")
+        if vm.automatic_start_action != action:
+            vm.automatic_start_action = action  # type: ignore[assignment]
+            self.reg.save(vm)
+            self.events.event(vm, "set", automatic_start_action=action)
+
+    def save(self, vm: VM, **why) -> None:
         """Save-VM (the caller holds vm.op_lock): memory to the .vmrs, the VM Saved."""
         if vm.state != "Running":
             raise invalid_state(vm, "SaveVM", "change state")
         counter = self.stop_writer(vm)
         vmrs_hp = vm.state_file("vmrs")
-        disk.write_vmrs(self.paths.local(vmrs_hp), vm.id, counter, vm.memory_startup_bytes,
+        # the memory as the guest holds it: with Dynamic Memory its assigned memory, not its startup
+        disk.write_vmrs(self.paths.local(vmrs_hp), vm.id, counter, vm.running_memory_bytes,
                         self.reg.name, time.time())
         vm.state = "Saved"
         self.reg.save(vm)
         self.events.journal(vm, f"save counter={counter}")
-        self.events.event(vm, "save", counter=counter)
+        self.events.event(vm, "save", counter=counter, **why)
         log.info("saved VM %s on %s (counter %d)", vm.id, self.reg.name, counter)
+
+    # -- the host's own shutdown and start ----------------------------------------------
+    def host_shutdown(self) -> list[str]:
+        """The host shuts down: every Running VM is saved (AutomaticStopAction Save). Returns
+        their ids."""
+        saved = []
+        for vm in list(self.reg.vms.values()):
+            with vm.op_lock:
+                if vm.state == "Running":
+                    self.save(vm, reason="host shutdown")
+                    saved.append(vm.id)
+        return saved
+
+    @staticmethod
+    def starts_at_boot(vm: VM) -> bool:
+        """AutomaticStartAction at host start: Start starts any VM (a Saved one resumes, an Off
+        one boots); StartIfRunning ("restart if previously active") resumes a Saved VM, with
+        the harsher reading that a VM saved before the host went down counts as active too; an
+        Off one stays off; Nothing leaves every VM as it is."""
+        if vm.automatic_start_action == "Start":
+            return vm.state in ("Off", "Saved")
+        return vm.automatic_start_action == "StartIfRunning" and vm.state == "Saved"
+
+    def boot(self) -> list[str]:
+        """The host started after `host_shutdown`: each VM does what its AutomaticStartAction
+        says. Returns the ids of those started."""
+        started = []
+        for vm in list(self.reg.vms.values()):
+            with vm.op_lock:
+                if vm.state == "Running":  # not saved by the shutdown (the process died in it)
+                    self._recover(vm)
+                    continue
+                if not self.starts_at_boot(vm):
+                    continue
+                try:
+                    self.start(vm, reason="automatic start action " + vm.automatic_start_action)
+                    started.append(vm.id)
+                except OpError as e:  # a real host logs it and leaves the VM as it was
+                    log.error("automatic start of VM %s on %s failed: %s", vm.id, self.reg.name, e.message)
+                    self.events.event(vm, "start_failed", error=e.message)
+        return started
 
     def shutdown(self) -> None:
         """Stop every guest writer (process exit); VM states are kept (see _recover)."""

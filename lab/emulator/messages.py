@@ -166,6 +166,17 @@ CATALOG: list[tuple[str, str]] = [
      "parent muss eine andere Festplatte unterhalb von {root} sein."),
     ("The parent '{path}' is not a virtual hard disk: {detail}",
      "Das übergeordnete Element '{path}' ist keine virtuelle Festplatte: {detail}"),
+    # -- automatic start and memory (New-VM, Set-VM) ------------------------------------
+    ("Cannot validate argument on parameter 'AutomaticStartAction': it must be one of {actions}.",
+     "Das Argument für den Parameter 'AutomaticStartAction' kann nicht überprüft werden: Es muss eines der "
+     "folgenden sein: {actions}."),
+    ("dynamic_memory must be true or false.", "dynamic_memory muss true oder false sein."),
+    ("memory_maximum_mb and memory_assigned_mb go with dynamic_memory only.",
+     "memory_maximum_mb und memory_assigned_mb gelten nur mit dynamic_memory."),
+    ("memory_maximum_mb must be a whole number from memory_mb ({mb}) to {max}.",
+     "memory_maximum_mb muss eine ganze Zahl von memory_mb ({mb}) bis {max} sein."),
+    ("memory_assigned_mb must be a whole number from 1 to memory_maximum_mb ({max}, at most 65536 in the lab).",
+     "memory_assigned_mb muss eine ganze Zahl von 1 bis memory_maximum_mb ({max}, im Lab höchstens 65536) sein."),
     # -- configurations: Compare-VM and Import-VM --------------------------------------
     ("The virtual machine configuration file '{path}' was not found.",
      "Die Konfigurationsdatei des virtuellen Computers '{path}' wurde nicht gefunden."),
@@ -246,7 +257,9 @@ CATALOG: list[tuple[str, str]] = [
 ]
 
 # Words that fill a field of a message ('{name}' failed to {verb}).
-_WORDS = {"de-DE": {"change state": "den Zustand nicht ändern", "start": "nicht starten", "save": "nicht speichern"}}
+_WORDS = {"de-DE": {"change state": "den Zustand nicht ändern", "start": "nicht starten", "save": "nicht speichern",
+                    "delete the saved state": "den gespeicherten Zustand nicht löschen",
+                    "modify its settings": "seine Einstellungen nicht ändern"}}
 
 _FIELD_RE = re.compile(r"\{\{|\}\}|\{([a-z_]+)\}")
 

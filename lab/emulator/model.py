@@ -9,7 +9,9 @@
     vmcx.py          the configuration file (.vmcx)
     registry.py      the registered VMs and the host properties (state.json)
     events.py        events.jsonl and the host's lines in the guest journals
-    lifecycle.py     New-VM, Start-VM, Save-VM, Stop-VM, Remove-VM; recovery after a restart
+    lifecycle.py     New-VM, Start-VM, Save-VM, Stop-VM, Remove-VMSavedState, Set-VM
+                     -AutomaticStartAction, Remove-VM; recovery after a restart; the host's
+                     own shutdown and start (automatic stop and start actions)
     checkpoints.py   Checkpoint-VM, Remove-VMSnapshot, Set-VHD -ParentPath
     files.py         files in use, Remove-Item, pruning empty folders, Get-FileHash
     vmimport.py      Compare-VM, Import-VM
@@ -22,6 +24,8 @@ simplifications (documented gaps) of each part.
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 from lab.emulator import hostprops, messages
@@ -35,6 +39,10 @@ from lab.emulator.registry import Registry
 from lab.emulator.vm import VM, describe
 from lab.emulator.vmcx import write_vmcx
 from lab.emulator.vmimport import Importer
+
+# Left by `host_shutdown` in the host's state folder: the next start of the process is the
+# host starting (each VM's automatic start action), not a restart of VMMS alone.
+BOOT_MARKER = "boot-pending"
 
 
 class HyperVHost:
@@ -59,7 +67,12 @@ class HyperVHost:
             d.mkdir(parents=True, exist_ok=True)
         self.registry.load()
         if recover:
-            self.lifecycle.recover_running()
+            marker = self.state_dir / BOOT_MARKER
+            if marker.is_file():
+                self.lifecycle.boot()
+                marker.unlink()
+            else:
+                self.lifecycle.recover_running()
 
     @property
     def vms(self) -> dict[str, VM]:
@@ -80,18 +93,27 @@ class HyperVHost:
         """Stop every guest writer (process exit); VM states are kept (see lifecycle.py)."""
         self.lifecycle.shutdown()
 
+    def host_shutdown(self) -> dict:
+        """The host shuts down (`quickmig lab restart-host`): every running VM is saved, and the
+        next start of this host is a boot (BOOT_MARKER). The caller then ends the process."""
+        saved = self.lifecycle.host_shutdown()
+        self.registry.persist()
+        (self.state_dir / BOOT_MARKER).write_text(json.dumps({"at": time.time(), "saved": saved}))
+        return {"host": self.name, "saved": saved}
+
     # -- lab control -------------------------------------------------------------------
     def create_vm(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                   write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                   start: object = True, version: object = "10.0", switches: object = None,
-                  passthrough_disk: object = False, vm_id: object = None, parent: object = None,
-                  path: object = None) -> dict:
-        """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM (a given
-        id, a golden parent disk, a folder of its own: `VMLifecycle.create`)."""
+                  passthrough_disk: object = False, **options: object) -> dict:
+        """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
+        `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
+        automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb
+        (`VMLifecycle.create`)."""
         vm = self.lifecycle.create(name, memory_mb=memory_mb, disk_mb=disk_mb, write_rate_kbps=write_rate_kbps,
                                    iso=iso, checkpoint_type=checkpoint_type, start=start, version=version,
-                                   switches=switches, passthrough_disk=passthrough_disk, vm_id=vm_id,
-                                   parent=parent, path=path)
+                                   switches=switches, passthrough_disk=passthrough_disk,
+                                   **options)  # type: ignore[arg-type]
         return {"vm": describe(vm, self.paths)}
 
     def set_props(self, doc: object) -> dict:

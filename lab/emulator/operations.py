@@ -130,24 +130,39 @@ class Operations:
         return self.files.file_hash(hp, local, scheme, chunk_range)
 
     # -- power -------------------------------------------------------------------------
+    # save_vm, start_vm and stop_vm take an optional automatic_start_action, which the scripts
+    # set with Set-VM where the harsher reading allows it: before Save-VM, after Start-VM,
+    # after the saved state is discarded (lifecycle.set_start_action).
     def op_start_vm(self, args: dict) -> dict:
         vm = self.reg.get(args.get("vm_id"), "StartVM")
+        action = args.get("automatic_start_action")
         with vm.op_lock:
             self.lifecycle.start(vm)
+            if action is not None:
+                self.lifecycle.set_start_action(vm, action)
             return {"vm": self._info(vm)}
 
     def op_save_vm(self, args: dict) -> dict:
         vm = self.reg.get(args.get("vm_id"), "SaveVM")
+        action = args.get("automatic_start_action")
         with vm.op_lock:
+            if action is not None and action != vm.automatic_start_action:
+                self.lifecycle.set_start_action(vm, action)
             self.lifecycle.save(vm)
             return {"vm": self._info(vm)}
 
     def op_stop_vm(self, args: dict) -> dict:
         vm = self.reg.get(args.get("vm_id"), "StopVM")
+        action = args.get("automatic_start_action")
         with vm.op_lock:
-            self.lifecycle.turn_off(vm)
+            if vm.state == "Saved":
+                self.lifecycle.remove_saved_state(vm)  # Remove-VMSavedState
+            else:
+                self.lifecycle.turn_off(vm)  # Stop-VM -TurnOff, unless Off already
+            if action is not None:
+                self.lifecycle.set_start_action(vm, action)
             self.reg.save(vm)
-            return {"state": vm.state}
+            return {"state": vm.state, "automatic_start_action": vm.automatic_start_action}
 
     # -- checkpoints -------------------------------------------------------------------
     def op_checkpoint_vm(self, args: dict) -> dict:

@@ -35,6 +35,9 @@ from lab.emulator.hostprops import CPU_VENDOR, SWITCHES
 MiB = 1024 * 1024
 MAX_NAME = 100
 CHECKPOINT_TYPES = ("Standard", "Production", "ProductionOnly", "Disabled")
+# Set-VM -AutomaticStartAction: what the VM does when its host starts (docs/hyperv-rules.md)
+START_ACTIONS = ("Nothing", "StartIfRunning", "Start")
+DEFAULT_START_ACTION = "StartIfRunning"  # a new VM's, as Hyper-V sets it
 
 
 @dataclass
@@ -55,6 +58,10 @@ class VM:
     write_rate_kbps: float = 64.0
     cpu_vendor: str = CPU_VENDOR
     counter: int = 0       # last acknowledged guest seq when the writer last stopped
+    automatic_start_action: str = DEFAULT_START_ACTION
+    dynamic_memory_enabled: bool = False
+    memory_maximum_bytes: int = 0      # Dynamic Memory's ceiling (0: the startup memory)
+    memory_assigned_bytes: int = 0     # what the guest holds while it runs (0: the startup memory)
     # runtime only
     op_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     io_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -63,7 +70,8 @@ class VM:
 
     PERSISTED = ("id", "name", "path", "config_path", "state", "generation", "version",
                  "memory_startup_bytes", "checkpoint_type", "switches", "disks", "isos", "snapshots",
-                 "write_rate_kbps", "cpu_vendor", "counter")
+                 "write_rate_kbps", "cpu_vendor", "counter",
+                 "automatic_start_action", "dynamic_memory_enabled", "memory_maximum_bytes", "memory_assigned_bytes")
 
     def to_state(self) -> dict:
         d = {k: getattr(self, k) for k in self.PERSISTED}
@@ -81,6 +89,14 @@ class VM:
 
     def state_file(self, ext: str) -> str:
         return f"{self.config_dir}\\{self.id.upper()}.{ext}"
+
+    @property
+    def running_memory_bytes(self) -> int:
+        """The memory the guest holds while it runs, which Save-VM writes to the .vmrs: with
+        Dynamic Memory what it was assigned (more or less than its startup memory)."""
+        if self.dynamic_memory_enabled and self.memory_assigned_bytes:
+            return self.memory_assigned_bytes
+        return self.memory_startup_bytes
 
     @property
     def live_counter(self) -> int:
@@ -123,6 +139,10 @@ def describe(vm: VM, paths: HostPaths) -> dict:
     return {
         "id": vm.id, "name": vm.name, "state": vm.state, "generation": vm.generation,
         "version": vm.version, "memory_startup_bytes": vm.memory_startup_bytes,
+        # Get-VM's MemoryAssigned is what a running VM holds; a VM that does not run holds none
+        "memory_assigned_bytes": vm.running_memory_bytes if vm.state == "Running" else 0,
+        "memory_maximum_bytes": vm.memory_maximum_bytes or vm.memory_startup_bytes,
+        "dynamic_memory_enabled": vm.dynamic_memory_enabled, "automatic_start_action": vm.automatic_start_action,
         "checkpoint_type": vm.checkpoint_type, "path": vm.path, "config_path": vm.config_path,
         "state_files": state_files, "disks": disks, "isos": list(vm.isos),
         "snapshots": [{"id": s["id"], "name": s["name"], "config_path": s["config_path"]} for s in vm.snapshots],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lab.emulator.errors import OpError, fqid
 from lab.emulator.hostpaths import HostPaths, is_guid
-from lab.emulator.vm import VM
+from lab.emulator.vm import DEFAULT_START_ACTION, START_ACTIONS, VM
 
 VMCX_FORMAT = "quickmig-emulator-vmcx/1"
 
@@ -30,7 +30,23 @@ def vmcx_doc(vm: VM, vm_root: str, snapshot: dict | None = None) -> dict:
         "snapshots": [] if snapshot else [dict(s) for s in vm.snapshots],
         "snapshot": snapshot,
         "guest": {"write_rate_kbps": vm.write_rate_kbps},
+        "automatic_start_action": vm.automatic_start_action, "dynamic_memory_enabled": vm.dynamic_memory_enabled,
+        "memory_maximum_bytes": vm.memory_maximum_bytes, "memory_assigned_bytes": vm.memory_assigned_bytes,
     }
+
+
+def lifecycle_settings(doc: dict) -> dict:
+    """The automatic start action and memory settings a configuration carries, as VM fields
+    (a registered copy keeps them, as Import-VM keeps every setting of the configuration)."""
+    action = doc.get("automatic_start_action")
+
+    def size(key: str) -> int:
+        v = doc.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+    return {"automatic_start_action": action if action in START_ACTIONS else DEFAULT_START_ACTION,
+            "dynamic_memory_enabled": doc.get("dynamic_memory_enabled") is True,
+            "memory_maximum_bytes": size("memory_maximum_bytes"),
+            "memory_assigned_bytes": size("memory_assigned_bytes")}
 
 
 def write_vmcx(paths: HostPaths, vm: VM) -> None:

@@ -20,7 +20,7 @@ from lab.emulator.hostpaths import is_guid, leaf_name, parent_folder, same_path
 from lab.emulator.hostprops import CPU_VENDOR
 from lab.emulator.registry import Registry
 from lab.emulator.vm import CHECKPOINT_TYPES, VM, MiB
-from lab.emulator.vmcx import read_config
+from lab.emulator.vmcx import lifecycle_settings, read_config
 
 log = logging.getLogger("lab.emulator.vmimport")
 
@@ -94,7 +94,7 @@ def _vm_from_doc(doc: dict, new_path: str, config_path: str, state: str, disks: 
               if doc.get("checkpoint_type") in CHECKPOINT_TYPES else "Standard",
               switches=list(doc.get("switches", [])), disks=disks, isos=isos, snapshots=snapshots,
               write_rate_kbps=float((doc.get("guest") or {}).get("write_rate_kbps", 64.0)),
-              cpu_vendor=str(doc.get("cpu_vendor", CPU_VENDOR)))
+              cpu_vendor=str(doc.get("cpu_vendor", CPU_VENDOR)), **lifecycle_settings(doc))
 
 
 class Importer:

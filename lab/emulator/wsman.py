@@ -41,7 +41,9 @@ Lab control API (JSON, same Basic credentials):
                           "checkpoint_type"="Standard", "start"=true, "version"="10.0",
                           "switches"=["lab-switch"], "passthrough_disk"=false, "vm_id"=null (a GUID: the
                           VM gets that id), "parent"=null (a base disk: the VM's disk is a child of it),
-                          "path"=null (the VM's folder)} -> {"vm": VMInfo}
+                          "path"=null (the VM's folder), "automatic_start_action"="StartIfRunning",
+                          "dynamic_memory"=false, "memory_maximum_mb", "memory_assigned_mb" (with
+                          dynamic_memory)} -> {"vm": VMInfo}
     GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes",
                           "fips"}
     POST   /lab/host     change some of those (free_bytes null = the real free space) -> the same
@@ -54,6 +56,9 @@ Lab control API (JSON, same Basic credentials):
                          by closing the connection unread (the WinRM endpoint is unreachable to
                          a client; commands already running carry on), while /lab/* keeps answering
     DELETE /lab/outage   end it now -> {"remaining_s": 0}
+    POST   /lab/shutdown the host shuts down: WinRM stops answering, every running VM is saved,
+                         the process exits -> {"host", "saved": [vm ids]}; its next start is a
+                         boot (each VM's automatic start action). `quickmig lab restart-host`
 """
 from __future__ import annotations
 
@@ -413,7 +418,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         unknown = set(doc) - {"name", "memory_mb", "disk_mb", "write_rate_kbps", "iso",
                               "checkpoint_type", "start", "version", "switches", "passthrough_disk",
-                              "vm_id", "parent", "path"}
+                              "vm_id", "parent", "path", "automatic_start_action", "dynamic_memory",
+                              "memory_maximum_mb", "memory_assigned_mb"}
         if unknown:
             self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
             return
@@ -460,6 +466,14 @@ class Handler(BaseHTTPRequestHandler):
         self.server.outage_until = 0.0
         self._json(200, {"remaining_s": 0.0})
 
+    def _lab_shutdown(self, doc: object) -> None:
+        srv = self.server
+        srv.outage_until = float("inf")  # no operation may start a VM again while it goes down
+        result = srv.model.host_shutdown()
+        log.warning("host shutdown: saved %d running VM(s); the process ends", len(result["saved"]))
+        self._json(200, result)
+        threading.Thread(target=srv.shutdown, daemon=True).start()
+
     _LAB_ROUTES = {
         ("GET", "/lab/ping"): _lab_ping,
         ("GET", "/lab/state"): _lab_state,
@@ -473,6 +487,7 @@ class Handler(BaseHTTPRequestHandler):
         ("GET", "/lab/outage"): _lab_get_outage,
         ("POST", "/lab/outage"): _lab_start_outage,
         ("DELETE", "/lab/outage"): _lab_end_outage,
+        ("POST", "/lab/shutdown"): _lab_shutdown,
     }
 
     def _hang_up(self) -> None:

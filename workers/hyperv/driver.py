@@ -92,6 +92,17 @@ TRANSPORTS = ("basic", "ntlm", "kerberos", "credssp")
 CERT_VALIDATION = ("validate", "ignore")
 
 
+START_ACTIONS = ("Nothing", "StartIfRunning", "Start")  # Set-VM -AutomaticStartAction's values
+
+
+def _with_action(args: dict, action: str | None) -> dict:
+    if action is None:
+        return args
+    if action not in START_ACTIONS:
+        raise ValueError(f"automatic_start_action must be one of {', '.join(START_ACTIONS)}, not {action!r}")
+    return {**args, "automatic_start_action": action}
+
+
 def _is_loopback(hostname: str | None) -> bool:
     try:
         return ipaddress.ip_address(hostname or "").is_loopback
@@ -316,11 +327,18 @@ class HyperVDriver:
     def checkpoint_vm(self, vm_id: str, snapshot_name: str) -> dict:
         return self.run("checkpoint_vm", {"vm_id": vm_id, "snapshot_name": snapshot_name})
 
-    def save_vm(self, vm_id: str) -> dict:
-        return self.run("save_vm", {"vm_id": vm_id})
+    def save_vm(self, vm_id: str, automatic_start_action: str | None = None) -> dict:
+        """Save-VM; with automatic_start_action, Set-VM it first (while the VM still runs)."""
+        return self.run("save_vm", _with_action({"vm_id": vm_id}, automatic_start_action))
 
-    def start_vm(self, vm_id: str) -> dict:
-        return self.run("start_vm", {"vm_id": vm_id})
+    def start_vm(self, vm_id: str, automatic_start_action: str | None = None) -> dict:
+        """Start-VM; with automatic_start_action, Set-VM it once the VM runs."""
+        return self.run("start_vm", _with_action({"vm_id": vm_id}, automatic_start_action))
+
+    def stop_vm(self, vm_id: str, automatic_start_action: str | None = None) -> dict:
+        """Discard a saved state (Remove-VMSavedState) or turn a running VM off; with
+        automatic_start_action, Set-VM it once the VM is Off."""
+        return self.run("stop_vm", _with_action({"vm_id": vm_id}, automatic_start_action))
 
     def wait_heartbeat(self, vm_id: str, timeout_s: float) -> dict:
         return self.run("wait_heartbeat", {"vm_id": vm_id, "timeout_s": timeout_s})

@@ -14,6 +14,13 @@ MARGIN_FRACTION = 0.10
 MARGIN_MIN_BYTES = 64 * MiB
 
 
+def saved_memory_bytes(vm: dict) -> int:
+    """How much memory Save-VM will write for this VM (VMInfo of the running VM): the memory it
+    holds, which with Dynamic Memory is its assigned memory, more or less than its startup
+    memory; the larger of the two, as the assignment moves while it runs."""
+    return max(int(vm.get("memory_startup_bytes") or 0), int(vm.get("memory_assigned_bytes") or 0))
+
+
 def needed_bytes(file_bytes: int, memory_bytes: int) -> int:
     """Room the destination needs: every file, the saved memory, and a margin."""
     raw = file_bytes + memory_bytes
@@ -45,7 +52,7 @@ def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file
     if sv != dv:
         out.append(f"the source's processors are {sv} and {destination}'s are {dv}; a saved VM cannot resume "
                    "across processor vendors: choose a destination with the same vendor")
-    need = needed_bytes(file_bytes, int(vm.get("memory_startup_bytes") or 0))
+    need = needed_bytes(file_bytes, saved_memory_bytes(vm))
     free = dst_host.get("vm_root_free_bytes")
     if free is None:
         free = dst_host.get("free_bytes")

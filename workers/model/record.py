@@ -98,6 +98,8 @@ class MigrationRecord(TypedDict, total=False):
     delta_bytes: int
     downtime_paths: list[str]        # the files the cutover copies, as the gate last saw them
     # cutover (workers.steps.cutover)
+    automatic_start_action: str      # the source VM's, before the cutover set it to Nothing (so a host
+    #                                  restart never resumes the saved copy); the VM gets it back wherever it runs on
     save_started_at: float           # the downtime starts here
     import_started_at: float
     import_config_path: str          # the configuration imported: only the VM registered from it is ours

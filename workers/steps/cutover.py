@@ -4,6 +4,11 @@ Downtime runs from the start of Save-VM to the destination VM's heartbeat. The s
 is never changed destructively here: a failure anywhere before the heartbeat rolls back
 at once, in this process (`workers.steps.rollback`), and the source resumes from its
 saved state. Runs on the `cutover` pool, which no copy can hold up.
+
+Just before Save-VM the source's AutomaticStartAction becomes Nothing, so a restart of the
+source host never resumes the saved copy while the VM runs on the destination
+(`workers.steps.start_action`); the VM gets it back where it runs on: on the destination
+once started here, on the source in a rollback.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from workers.hyperv.errors import VMNotFound
 from workers.model import options, routing, states
 from workers.model.errors import is_retryable
 from workers.model.file_plan import PathMap, chain_paths, downtime_files
+from workers.model.preflight import saved_memory_bytes
 from workers.model.record import RecordNotFound, StaleState
-from workers.steps import precopy
+from workers.steps import precopy, start_action
 from workers.steps.downtime_copy import DowntimeCopy
 from workers.steps.rollback import fail_rollback, imported_by, rollback
 
@@ -68,12 +74,13 @@ def cutover(mid: str, lg) -> None:
     with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
         fence(rec)
         copier = DowntimeCopy(rec, lg)
-        # the files as the pre-copy gate saw them last (a record from before it noted them: ask)
-        copier.ready(rec, rec.get("downtime_paths") or [
-            f["path"] for f in downtime_files(src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"])])
+        running = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+        rec = start_action.note(mid, rec, running)
+        # the files as the pre-copy gate saw them last (a record from before it noted them: these)
+        copier.ready(rec, rec.get("downtime_paths") or [f["path"] for f in downtime_files(running)])
         t0 = time.time()
         rec = context.store().set(mid, save_started_at=t0)
-        vm = src.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
+        vm = src.run("save_vm", {"vm_id": rec["vm_id"], **start_action.never(rec)})["vm"]
         t_saved = time.time()
         lg.info("saved in %.2fs", t_saved - t0)
         moved = copier.copy(rec, vm)
@@ -93,13 +100,14 @@ def cutover(mid: str, lg) -> None:
         fence(rec)
         # from here the guest may run (and acknowledge writes) on the destination
         context.store().set(mid, start_started_at=time.time())
-        dst.run("start_vm", {"vm_id": rec["vm_id"]})
+        # the copied configuration says Nothing: the VM's own action back once it runs there
+        dst.run("start_vm", {"vm_id": rec["vm_id"], **start_action.restore(rec)})
         dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
         t1 = time.time()
     downtime = t1 - t0
     lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,
             t_saved - t0, t_copied - t_saved, t_imported - t_copied, t1 - t_imported)
-    precopy.remember_costs(rec["source"], rec["destination"], int(vm.get("memory_startup_bytes") or 0),
+    precopy.remember_costs(rec["source"], rec["destination"], saved_memory_bytes(running),
                            t_saved - t0, t1 - t_copied)
     context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
                                downtime_bytes=moved,

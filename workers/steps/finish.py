@@ -1,5 +1,6 @@
 """Phase 5 (docs/design.md, "The method"): the VM runs on the destination; merge our
-checkpoint there and remove the source VM (or keep it off for a while: --keep-source).
+checkpoint there and remove the source VM (or keep it off for a while: --keep-source: its
+saved state discarded, its automatic start action Nothing, so it never starts by itself).
 
 From here nothing rolls back: a failure ends `failed`, with what is left to clean by hand.
 """
@@ -12,6 +13,7 @@ from workers.engine.step import HardFailure, end, fence, resume, step_task
 from workers.hyperv.errors import VMNotFound
 from workers.model import keys, options, routing, states
 from workers.model.file_plan import chain_paths
+from workers.steps import start_action
 from workers.steps.checkpoint import ours
 
 
@@ -26,6 +28,9 @@ def finish(mid: str, lg) -> None:
         return
     dst = context.driver(rec["destination"])
     vm = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if start_action.differs(rec, vm):  # a cutover that died between Start-VM and Set-VM
+        fence(rec)
+        vm = dst.run("start_vm", {"vm_id": rec["vm_id"], **start_action.restore(rec)})["vm"]
     snaps = ours(vm, mid)
     if snaps:
         fence(rec)
@@ -42,7 +47,7 @@ def finish(mid: str, lg) -> None:
         fence(rec)
         hours = options.of(rec).keep_source_hours
         if hours:
-            src.run("stop_vm", {"vm_id": rec["vm_id"]})
+            src.run("stop_vm", {"vm_id": rec["vm_id"], "automatic_start_action": start_action.NEVER})
             end(mid, states.COMPLETED, source_kept_until=keep_source(mid, hours))
             lg.info("kept the source VM on %s, off, for %g h", rec["source"], hours)
             return

@@ -15,6 +15,7 @@ from workers.engine import context
 from workers.engine.step import HardFailure, Later, fence
 from workers.model import keys, options, states
 from workers.model.file_plan import PathMap, downtime_files
+from workers.model.preflight import saved_memory_bytes
 from workers.model.record import StaleState
 from workers.smb import file_copy
 from workers.steps.checkpoint import snapshot_name
@@ -114,7 +115,7 @@ def gate(mid: str, lg) -> dict:
         since = max(now - (rec.get("checkpoint_at") or now), 1e-3)
         write_bps = max(delta - CHILD_HEADER_BYTES * len(vm["disks"]), 0) / since
         rate = copy_bps(rec)
-        pred = predict_s(int(vm.get("memory_startup_bytes") or 0), delta, rate,
+        pred = predict_s(saved_memory_bytes(vm), delta, rate,
                          fixed_costs(rec["source"], rec["destination"]))
         rec = store.set(mid, predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
                         copy_bps=round(rate), delta_bytes=delta,

@@ -6,8 +6,10 @@ created_files before their first byte that no VM there refers to, each a plain p
 the destination's roots; the VM it imported, only if the VM with that id there is the one
 registered from the configuration it copied; ISO images no other VM there uses), brings
 back whatever the guest wrote on the destination if it ever started there, resumes the
-source VM (from its saved state, if the cutover saved it) and merges our checkpoint. It
-runs on the `cutover` pool: it may be what brings a saved VM back.
+source VM (from its saved state, if the cutover saved it), gives it back its automatic
+start action (the cutover set Nothing; the record keeps the value, so this holds after a
+worker crash too) and merges our checkpoint. It runs on the `cutover` pool: it may be what
+brings a saved VM back.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from workers.hyperv.errors import VMNotFound
 from workers.model import hostpaths, routing, states
 from workers.model.file_plan import PathMap
 from workers.smb import file_copy
+from workers.steps import start_action
 from workers.steps.checkpoint import ours
 
 
@@ -57,7 +60,8 @@ def _bring_back(rec: dict, src, dst, lg) -> None:
         return
     if vm["state"] == "Running":
         fence(rec)
-        vm = dst.run("save_vm", {"vm_id": rec["vm_id"]})["vm"]
+        # a copy about to be removed: a restart of the destination must not resume it meanwhile
+        vm = dst.run("save_vm", {"vm_id": rec["vm_id"], "automatic_start_action": start_action.NEVER})["vm"]
     if vm["state"] != "Saved":
         return  # never ran: the source's own saved state is the newest
     back = PathMap(context.config(), rec["destination"], rec["source"])
@@ -156,10 +160,12 @@ def rollback(mid: str, lg) -> None:
     if keep:
         lg.info("kept %d ISO image(s) on %s that other migrated VMs use", len(keep), rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
-    if vm["state"] != "Running":
+    if vm["state"] != "Running" or start_action.differs(rec, vm):
         fence(rec)
-        vm = src.run("start_vm", {"vm_id": rec["vm_id"]})["vm"]
-        lg.info("source VM started again from its %s state", "saved" if rec.get("save_started_at") else "off")
+        was = vm["state"]
+        vm = src.run("start_vm", {"vm_id": rec["vm_id"], **start_action.restore(rec)})["vm"]
+        if was != "Running":
+            lg.info("source VM started again from its %s state", "saved" if rec.get("save_started_at") else "off")
     snaps = ours(vm, mid)
     if snaps:
         fence(rec)

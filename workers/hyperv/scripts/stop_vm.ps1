@@ -7,12 +7,25 @@ __QUICKMIG_ARGS__
 
 # quickmig-include: vminfo
 
-# Turn off without a guest shutdown; for a Saved VM this discards its saved memory, so a
-# kept copy can never be resumed by accident next to the migrated VM.
+# The kept source after a migration: its saved memory goes, so it can never be resumed by
+# accident next to the migrated VM, and (with automatic_start_action Nothing) a host restart
+# never starts it either.
 $vm = Get-QmVM $Req.vm_id
-if ([string]$vm.State -ne 'Off') {
+$state = [string]$vm.State
+if ($state -eq 'Saved') {
+    # The documented way to discard a saved state; Stop-VM's page says nothing of a Saved VM.
+    Remove-VMSavedState -VM $vm
+}
+elseif ($state -ne 'Off') {
     Stop-VM -VM $vm -TurnOff -Force
 }
-$result = [ordered]@{ state = [string](Get-QmVM $Req.vm_id).State }
+$action = [string]$Req.automatic_start_action
+$vm = Get-QmVM $Req.vm_id
+if ($action -and [string]$vm.AutomaticStartAction -ne $action) {
+    # Off now: a state in which Set-VM may change it by any reading
+    Set-VM -VM $vm -AutomaticStartAction $action
+    $vm = Get-QmVM $Req.vm_id
+}
+$result = [ordered]@{ state = [string]$vm.State; automatic_start_action = [string]$vm.AutomaticStartAction }
 
 $result | ConvertTo-Json -Compress -Depth 8

@@ -52,6 +52,8 @@ function Get-QmVMInfo($VM) {
     [ordered]@{
         id = $id; name = [string]$VM.Name; state = [string]$VM.State; generation = [int]$VM.Generation
         version = [string]$VM.Version; memory_startup_bytes = [int64]$VM.MemoryStartup
+        memory_assigned_bytes = [int64]$VM.MemoryAssigned; memory_maximum_bytes = [int64]$VM.MemoryMaximum
+        dynamic_memory_enabled = [bool]$VM.DynamicMemoryEnabled; automatic_start_action = [string]$VM.AutomaticStartAction
         checkpoint_type = [string]$VM.CheckpointType; path = [string]$VM.ConfigurationLocation
         config_path = $base + '.vmcx'; state_files = $stateFiles
         disks = $disks; isos = $isos; snapshots = $snapshots; switches = @($switches | Select-Object -Unique)
