@@ -20,7 +20,7 @@ from lab.emulator.events import EventLog
 from lab.emulator.guest import GuestWriter
 from lab.emulator.hostprops import SWITCHES
 from lab.emulator.registry import Registry
-from lab.emulator.vm import CHECKPOINT_TYPES, MAX_NAME, VM, MiB, invalid_state
+from lab.emulator.vm import CHECKPOINT_TYPES, MAX_NAME, VM, MiB, checkpoint_files, invalid_state
 
 log = logging.getLogger("lab.emulator.lifecycle")
 
@@ -268,10 +268,10 @@ class VMLifecycle:
             if vm.state == "Running":
                 self.turn_off(vm)
             self.stop_writer(vm)
-            # Remove-VM deletes the configuration and saved state, never the disks
+            # Remove-VM deletes the configuration, saved state and checkpoints, never the disks
             config_files = []
             for hp in [vm.config_path, vm.state_file("vmgs"), vm.state_file("vmrs")] + \
-                      [s["config_path"] for s in vm.snapshots]:
+                      [f for s in vm.snapshots for f in checkpoint_files(s)]:
                 try:
                     local = self.paths.local(hp)
                 except OpError:

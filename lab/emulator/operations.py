@@ -18,7 +18,7 @@ from lab.emulator.hostpaths import is_guid
 from lab.emulator.lifecycle import VMLifecycle
 from lab.emulator.registry import Registry
 from lab.emulator.vm import MAX_NAME, VM, describe
-from lab.emulator.vmimport import Importer
+from lab.emulator.vmimport import Importer, check_maps
 from workers.model import chunks
 
 log = logging.getLogger("lab.emulator.operations")
@@ -149,8 +149,8 @@ class Operations:
             raise invalid_arg(f"snapshot_name must be 1-{MAX_NAME} characters.", "CheckpointVM")
         with vm.op_lock:
             snap = self.checkpoints.checkpoint(vm, sname)
-            return {"snapshot": {"id": snap["id"], "name": sname, "config_path": snap["config_path"]},
-                    "vm": self._info(vm)}
+            info = self._info(vm)  # the script answers with the checkpoint as VMInfo lists it
+            return {"snapshot": next(s for s in info["snapshots"] if s["id"] == snap["id"]), "vm": info}
 
     def op_remove_snapshots(self, args: dict) -> dict:
         vm = self.reg.get(args.get("vm_id"), "RemoveVMSnapshot")
@@ -202,15 +202,11 @@ class Operations:
 
     # -- compare and import ------------------------------------------------------------
     def op_compare_vm(self, args: dict) -> dict:
-        return self.importer.compare(args.get("config_path"), args.get("vm_root"))
+        disk_map, iso_map, folder = check_maps(args, "CompareVM")
+        return self.importer.compare(args.get("config_path"), disk_map, iso_map, folder)
 
     def op_import_vm(self, args: dict) -> dict:
-        config_path = args.get("config_path")
-        disk_map = args.get("disk_paths", {}) or {}
-        iso_map = args.get("iso_paths", {}) or {}
-        for what, m in (("disk_paths", disk_map), ("iso_paths", iso_map)):
-            if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
-                raise invalid_arg(f"{what} must map old host paths to new host paths.", "ImportVM")
+        disk_map, iso_map, folder = check_maps(args, "ImportVM")
         fixes = _check_fixes(args.get("parent_fixes", []) or [], "ImportVM")
-        vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes)  # type: ignore[arg-type]
+        vm = self.importer.import_vm(args.get("config_path"), disk_map, iso_map, fixes, folder)  # type: ignore[arg-type]
         return {"vm": self._info(vm)}
