@@ -103,11 +103,11 @@ def lab_class():
 
 
 @contextlib.contextmanager
-def _own_lab(tmp_path_factory, name: str, hosts: int = 3):
+def _own_lab(tmp_path_factory, name: str, hosts: int = 3, vm_roots: dict | None = None):
     from lab import orchestrator
     from producer.migrations import Producer
     lab_dir = tmp_path_factory.mktemp(name)
-    orchestrator.up(lab_dir, hosts=hosts, vms_per_host=0, say=lambda *_: None)
+    orchestrator.up(lab_dir, hosts=hosts, vms_per_host=0, vm_roots=vm_roots, say=lambda *_: None)
     try:
         lab = Lab(lab_dir)
         lab.producer = Producer(lab.cfg)

@@ -80,11 +80,13 @@ def cutover(mid: str, lg) -> None:
         t_copied = time.time()
         fence(rec)
         context.store().set(mid, import_started_at=time.time())
+        fixed = set(rec.get("parents_fixed") or [])  # prepare re-parented the frozen disks already
         dst.run("import_vm", {
             "config_path": pm.dest(vm["config_path"]),
             "disk_paths": pm.mapping(chain_paths(vm)),
             "iso_paths": pm.mapping(vm.get("isos", [])),
-            "parent_fixes": pm.parent_fixes(vm),
+            "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
+            "vm_folder": pm.vm_folder(vm),
         })
         t_imported = time.time()
         fence(rec)
