@@ -193,7 +193,6 @@ class Importer:
             planned["isos"] = [imap.get(i.lower(), i) for i in planned["isos"]]
             if folder is not None:
                 planned["snapshot_location"] = planned["smart_paging_path"] = folder
-            self.reg.persist()
 
     # -- Compare-VM -CompatibilityReport ----------------------------------------------------
     def check(self, planned: dict) -> tuple[list[dict], dict]:
