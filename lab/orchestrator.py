@@ -154,14 +154,14 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         return read_lab(lab_dir)
     if hosts < 2:
         raise LabError("a lab needs at least 2 hosts to migrate between")
-    lab_dir.mkdir(parents=True, exist_ok=True)
     names = [f"hv{i}" for i in range(1, hosts + 1)]
-    ports = {"redis": free_port(), "metrics": metrics_port or free_port()}
-    for h in names:
-        ports[h] = {"winrm": free_port(), "smb": free_port()}
     unknown = set(vm_roots or {}) - set(names)
     if unknown:
         raise LabError(f"vm_roots names hosts the lab does not have: {', '.join(sorted(unknown))}")
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    ports = {"redis": free_port(), "metrics": metrics_port or free_port()}
+    for h in names:
+        ports[h] = {"winrm": free_port(), "smb": free_port()}
     _write_config(lab_dir, names, ports, max_migrations, vm_roots)
     cfg = load_config(lab_dir / "quickmig.toml")
     logs = lab_dir / "logs"
