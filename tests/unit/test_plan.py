@@ -59,6 +59,7 @@ def test_validation_points_drives_at_the_newest_frozen_disk_and_fixes_only_froze
                                               "parent_path": "E:\\Hyper-V\\1\\d.vhdx"}]
     assert pm.frozen_parent_fixes(VM) == []
     assert pm.vm_folder(three) == "E:\\Hyper-V\\1"
+    assert pm.vm_folder({"path": "D:\\VMs\\a\\"}) == "E:\\Hyper-V"  # a VM kept in the root's own folders
 
 
 def test_checkpoints_kept_outside_the_vm_folder_are_refused_with_the_fix():

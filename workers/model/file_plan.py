@@ -111,4 +111,7 @@ class PathMap:
     def vm_folder(self, vm: dict) -> str:
         """The VM's folder on the destination: its configuration location there, and where
         its checkpoint files and Smart Paging file go from now on."""
-        return self.dest(vm["path"].rstrip("\\"))
+        folder = vm["path"].rstrip("\\")
+        if _same_folder(folder, self.src.vm_root):  # VMs that share the root's own folders
+            return self.dst.vm_root.rstrip("\\")
+        return self.dest(folder)
