@@ -1,8 +1,9 @@
 """Validation and import as Hyper-V documents them, in a lab whose hosts keep their VMs on
-different drives in different folders (hv1 D:\\VMs\\hv1, hv2 E:\\Hyper-V), as hosts of a
-real fleet do: Compare-VM and Import-VM -Register look for every file where the
-configuration names it, checkpoints beside the configuration, and a planned VM lasts until
-someone destroys it (docs/hyperv-rules.md, "Validation and import")."""
+different drives, in different folders, one with a space in its name (hv1 D:\\VMs\\hv1, hv2
+E:\\Hyper-V\\Virtual Machines), as hosts of a real fleet do: Compare-VM and Import-VM
+-Register look for every file where the configuration names it, checkpoints beside the
+configuration, and a planned VM lasts until someone destroys it (docs/hyperv-rules.md,
+"Validation and import")."""
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ from workers.model.record import Store
 
 pytestmark = pytest.mark.integration
 
-ROOTS = {"hv1": "D:\\VMs\\hv1", "hv2": "E:\\Hyper-V"}
+ROOTS = {"hv1": "D:\\VMs\\hv1", "hv2": "E:\\Hyper-V\\Virtual Machines"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_a_vm_moves_to_a_host_on_another_drive_and_back(lab, checkpoint_type):
     rec = migrate(lab, name, "hv1", "hv2")
     assert rec["state"] == "completed", rec.get("error")
     vm = vm_on(lab, "hv2", name)
-    folder = f"E:\\Hyper-V\\{vm['id']}"
+    folder = f"{ROOTS['hv2']}\\{vm['id']}"
     assert vm["path"] == folder and vm["snapshot_location"] == folder and vm["smart_paging_path"] == folder
     checkpoint = [f["path"].rsplit(".", 1)[1] for f in rec["plan"]["frozen"] if f["kind"] == "checkpoint"]
     assert checkpoint == (["vmcx", "vmgs", "vmrs"] if checkpoint_type == "Standard" else ["vmcx", "vmgs"])
@@ -85,7 +86,7 @@ def test_a_vm_keeps_its_own_checkpoint_whole_on_the_destination(lab):
     vm = vm_on(lab, "hv2", name)
     [kept] = vm["snapshots"]  # quickmig's are merged, the administrator's stays
     assert kept["name"] == "before the update" and kept["id"] == theirs["snapshot"]["id"]
-    assert kept["files"] == [f.replace("D:\\VMs\\hv1", "E:\\Hyper-V") for f in theirs["snapshot"]["files"]]
+    assert kept["files"] == [f.replace(ROOTS["hv1"], ROOTS["hv2"]) for f in theirs["snapshot"]["files"]]
     assert rec["parents_fixed"], "the frozen disks were re-parented in prepare, before the downtime"
     check = lab.verify(name)
     assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
