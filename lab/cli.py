@@ -17,8 +17,14 @@ def _cfg(args):
 
 
 def cmd_up(args) -> int:
+    roots = {}
+    for item in args.vm_root or []:
+        host, sep, root = item.partition("=")
+        if not sep or not host or not root:
+            raise LabError(f"--vm-root takes HOST=PATH (hv2=E:\\Hyper-V), not {item!r}")
+        roots[host] = root
     orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port,
-                    max_migrations=args.max_migrations, locale=args.locale)
+                    max_migrations=args.max_migrations, locale=args.locale, vm_roots=roots)
     return 0
 
 
@@ -100,6 +106,8 @@ def register(sub, common) -> None:
                    help="each host's max_migrations: migrations at once from or to it")
     u.add_argument("--locale", default=messages.DEFAULT_LOCALE, choices=messages.LOCALES,
                    help="the hosts' display language: every message they write is in it (e.g. de-DE)")
+    u.add_argument("--vm-root", action="append", metavar="HOST=PATH",
+                   help="a host's VM folder instead of D:\\VMs\\<host>, e.g. hv2=E:\\Hyper-V (repeatable)")
     u.set_defaults(func=_guard(cmd_up, LabError))
 
     d = lsub.add_parser("down", parents=[common], help="stop everything the lab started")

@@ -61,7 +61,8 @@ def vm_root(host: str) -> str:
     return f"D:\\VMs\\{host}"
 
 
-def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: int = 2) -> None:
+def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: int = 2,
+                  vm_roots: dict[str, str] | None = None) -> None:
     lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
              "redis_url = " + toml_str(f"redis://127.0.0.1:{ports['redis']}/0"),
              'credentials_file = "credentials.toml"', "",
@@ -74,7 +75,7 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
         lines += [f"[hosts.{h}]",
                   "winrm_endpoint = " + toml_str(f"http://127.0.0.1:{ports[h]['winrm']}/wsman"),
                   'winrm_transport = "basic"',
-                  f"vm_root = {toml_str(vm_root(h))}",
+                  f"vm_root = {toml_str((vm_roots or {}).get(h) or vm_root(h))}",
                   'smb_server = "127.0.0.1"',
                   f"smb_port = {ports[h]['smb']}",
                   f"smb_share = {toml_str(h)}",
@@ -144,8 +145,10 @@ def _wait_redis(port: int, timeout_s: float) -> None:
 
 def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
        metrics_port: int | None = None, max_migrations: int = 2, locale: str = messages.DEFAULT_LOCALE,
-       say=print) -> dict:
-    """Start a lab; `locale` is the display language of every host (messages.py)."""
+       vm_roots: dict[str, str] | None = None, say=print) -> dict:
+    """Start a lab; `locale` is the display language of every host (messages.py); `vm_roots`: a
+    host's VM folder other than D:\\VMs\\<host> (e.g. another drive, as hosts of a fleet
+    differ), by host name."""
     lab_dir = Path(lab_dir).resolve()
     alive = running(lab_dir)
     if alive:
@@ -155,12 +158,15 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         raise LabError("a lab needs at least 2 hosts to migrate between")
     if locale not in messages.LOCALES:
         raise LabError(f"a lab host speaks one of {', '.join(messages.LOCALES)}, not {locale!r}")
-    lab_dir.mkdir(parents=True, exist_ok=True)
     names = [f"hv{i}" for i in range(1, hosts + 1)]
+    unknown = set(vm_roots or {}) - set(names)
+    if unknown:
+        raise LabError(f"vm_roots names hosts the lab does not have: {', '.join(sorted(unknown))}")
+    lab_dir.mkdir(parents=True, exist_ok=True)
     ports = {"redis": free_port(), "metrics": metrics_port or free_port()}
     for h in names:
         ports[h] = {"winrm": free_port(), "smb": free_port()}
-    _write_config(lab_dir, names, ports, max_migrations)
+    _write_config(lab_dir, names, ports, max_migrations, vm_roots)
     cfg = load_config(lab_dir / "quickmig.toml")
     logs = lab_dir / "logs"
     lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time()}

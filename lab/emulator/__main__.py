@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", bind, url.port, e.strerror or e)
         return 2
-    model = HyperVHost(lab_dir, host.name, host.vm_root, locale=ns.locale)
+    model = HyperVHost(lab_dir, host.name, host.vm_root, locale=ns.locale, faults=server.faults)
     server.model = model
 
     stopping = threading.Event()

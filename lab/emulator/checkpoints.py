@@ -1,11 +1,14 @@
 """Checkpoints and the differencing-disk chains they make.
 
 Checkpoint-VM freezes each disk's active leaf and gives it a child `<base>_<sid>.avhdx` in the
-same folder, which the guest writes from then on; Remove-VMSnapshot merges the child of a
-checkpoint's disk back into it; Set-VHD -ParentPath points a child at a moved parent (after a
-copy to another host).
+same folder, which the guest writes from then on, and writes the checkpoint's files to
+`<SnapshotFileLocation>\\Snapshots`: its configuration `<SID>.vmcx`, its guest state
+`<SID>.vmgs` and, for a Standard checkpoint of a running VM, its memory `<SID>.vmrs` (a
+Production checkpoint takes no memory: Microsoft's "Using checkpoints"). Remove-VMSnapshot
+merges the child of a checkpoint's disk back into it and deletes the checkpoint's files;
+Set-VHD -ParentPath points a child at a moved parent (after a copy to another host).
 
-Simplifications (documented gaps): checkpoints write no memory .vmrs (as a Production
+Simplifications (documented gaps): a checkpoint's memory is never restored (nothing applies a
 checkpoint); the process runs as root, so the 0444 mode of parents is advisory (the model
 only ever writes to a VM's leaf).
 """
@@ -21,8 +24,9 @@ from lab.emulator import disk
 from lab.emulator.errors import OpError, fqid
 from lab.emulator.events import EventLog
 from lab.emulator.hostpaths import leaf_name, parent_folder, same_path
+from lab.emulator.lifecycle import VMGS_BYTES
 from lab.emulator.registry import Registry
-from lab.emulator.vm import VM
+from lab.emulator.vm import VM, checkpoint_files
 from lab.emulator.vmcx import vmcx_doc
 
 log = logging.getLogger("lab.emulator.checkpoints")
@@ -47,9 +51,17 @@ class Checkpoints:
             raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are not supported for "
                           f"virtual machines with pass-through disks.", "InvalidOperation",
                           fqid("OperationFailed", "CheckpointVM"), vm.name)
+        folder = f"{vm.snapshot_location}\\Snapshots"
+        if not self.paths.is_under(folder):
+            raise OpError(f"Checkpoint operation failed for '{vm.name}': the checkpoint file location "
+                          f"'{vm.snapshot_location}' is not available on this host.", "ObjectNotFound",
+                          fqid("OperationFailed", "CheckpointVM"), vm.name)
         sid = str(uuid.uuid4())
+        base = f"{folder}\\{sid.upper()}"
+        memory = vm.checkpoint_type == "Standard" and vm.state == "Running"
         frozen = self._freeze_disks(vm, sid)
-        snap = {"id": sid, "name": sname, "config_path": f"{vm.path}\\Snapshots\\{sid.upper()}.vmcx",
+        snap = {"id": sid, "name": sname, "config_path": base + ".vmcx",
+                "files": [base + ".vmcx", base + ".vmgs"] + ([base + ".vmrs"] if memory else []),
                 "disks": frozen, "created": time.time()}
         snap_doc = vmcx_doc(vm, self.paths.vm_root, snapshot={"id": sid, "name": sname, "created": snap["created"]})
         for i, d in enumerate(snap_doc["disks"]):
@@ -57,6 +69,10 @@ class Checkpoints:
         sp = self.paths.local(snap["config_path"])
         sp.parent.mkdir(parents=True, exist_ok=True)
         sp.write_text(json.dumps(snap_doc, indent=1, ensure_ascii=False))
+        disk.write_filler(self.paths.local(base + ".vmgs"), VMGS_BYTES, seed=f"{vm.id}:{sid}:vmgs")
+        if memory:  # a Standard checkpoint of a running VM keeps its memory
+            disk.write_vmrs(self.paths.local(base + ".vmrs"), vm.id, vm.live_counter, vm.memory_startup_bytes,
+                            self.reg.name, snap["created"])
         vm.snapshots.append(snap)
         self.reg.save(vm)
         self.events.event(vm, "checkpoint", snapshot=sname, snapshot_id=sid)
@@ -84,10 +100,11 @@ class Checkpoints:
         with vm.io_lock:
             for i, frozen in enumerate(snap["disks"]):
                 self._merge_disk(vm, snap, i, frozen)
-        try:
-            self.paths.local(snap["config_path"]).unlink(missing_ok=True)
-        except OpError:
-            pass
+        for hp in checkpoint_files(snap):
+            try:
+                self.paths.local(hp).unlink(missing_ok=True)
+            except OpError:
+                pass
         vm.snapshots.remove(snap)
         self.reg.save(vm)
         self.events.event(vm, "merge", snapshot=snap["name"], snapshot_id=snap["id"])

@@ -13,6 +13,10 @@ A rule is `{"op": "save_vm" | "*", "action": "fail"|"delay"|"drop", "seconds": f
 
 `times` is how many runs the rule applies to (default 1; 0 or negative = until cleared).
 Rules for an op are used in the order they were added; "*" matches every op.
+
+A rule for `<op>:<step>` (e.g. `compare_vm:DestroySystem`) with action "fail" makes that one
+step inside the operation fail the way its cmdlet or WMI method would, and the operation
+goes on as its script does after such a failure. "*" never matches a step.
 """
 from __future__ import annotations
 
@@ -82,6 +86,19 @@ class FaultTable:
     def list(self) -> list[dict]:
         with self._lock:
             return [f.describe() for f in self._rules]
+
+    def take_step(self, op: str, step: str) -> Fault | None:
+        """The rule for `<op>:<step>` that applies now (consuming one of its `times`), if any."""
+        name = f"{op}:{step}"
+        with self._lock:
+            for i, f in enumerate(self._rules):
+                if f.op == name:
+                    if f.times > 0:
+                        f.times -= 1
+                        if f.times == 0:
+                            del self._rules[i]
+                    return Fault(op=name, action=f.action, seconds=f.seconds, message=f.message, times=1)
+            return None
 
     def take(self, op: str) -> Fault | None:
         """The rule that applies to this run of `op` (consuming one of its `times`), if any."""

@@ -30,8 +30,14 @@ class HostFiles:
         self.events = events
 
     def locked_files(self, exclude: str | None = None) -> set[str]:
-        """Local paths held open by running VMs (their disk chains, ISOs, config files)."""
+        """Local paths held open by running VMs (their disk chains, ISOs, config files) and
+        the definition files of planned VMs (ImportSystemDefinition: a definition file in use)."""
         held: set[str] = set()
+        for planned in list(self.reg.planned.values()):
+            try:
+                held.add(os.path.realpath(self.paths.local(planned["definition"])))
+            except OpError:
+                pass
         for vm in list(self.reg.vms.values()):
             if vm.id == exclude or vm.state != "Running":
                 continue

@@ -36,6 +36,7 @@ from lab.emulator.vm import (
     START_ACTIONS,
     VM,
     MiB,
+    checkpoint_files,
     invalid_state,
 )
 
@@ -451,7 +452,7 @@ class VMLifecycle:
             # Remove-VM deletes the configuration and saved state, never the disks (Remove-VM.md)
             config_files = []
             for hp in [vm.config_path, vm.state_file("vmgs"), vm.state_file("vmrs")] + \
-                      [s["config_path"] for s in vm.snapshots]:
+                      [f for s in vm.snapshots for f in checkpoint_files(s)]:
                 try:
                     local = self.paths.local(hp)
                 except OpError:

@@ -177,6 +177,39 @@ CATALOG: list[tuple[str, str]] = [
      "memory_maximum_mb muss eine ganze Zahl von memory_mb ({mb}) bis {max} sein."),
     ("memory_assigned_mb must be a whole number from 1 to memory_maximum_mb ({max}, at most 65536 in the lab).",
      "memory_assigned_mb muss eine ganze Zahl von 1 bis memory_maximum_mb ({max}, im Lab höchstens 65536) sein."),
+    # -- validation and import: planned VMs, checkpoints, folders ----------------------
+    ("Checkpoint operation failed for '{name}': the checkpoint file location '{path}' is not available on "
+     "this host.",
+     "Fehler beim Prüfpunktvorgang für '{name}': Der Speicherort der Prüfpunktdateien '{path}' ist auf diesem "
+     "Host nicht verfügbar."),
+    ("{message} (left behind: planned virtual machine {id}: {error})",
+     "{message} (zurückgelassen: geplanter virtueller Computer {id}: {error})"),
+    ("The file '{path}' is the configuration of a checkpoint, not of a virtual machine: checkpoints are "
+     "imported with their virtual machine.",
+     "Die Datei '{path}' ist die Konfiguration eines Prüfpunkts, nicht die eines virtuellen Computers: "
+     "Prüfpunkte werden mit ihrem virtuellen Computer importiert."),
+    ("Failed to import the virtual machine: a virtual machine with identifier {id} already exists on {host} "
+     "(-Register keeps the ID).",
+     "Fehler beim Importieren des virtuellen Computers: Auf {host} ist bereits ein virtueller Computer mit der "
+     "ID {id} vorhanden (-Register behält die ID bei)."),
+    ("The virtual machine configuration '{path}' is in use by planned virtual machine {id} on {host}.",
+     "Die Konfiguration des virtuellen Computers '{path}' wird auf {host} vom geplanten virtuellen Computer "
+     "{id} verwendet."),
+    ("Set-VM: the folder '{path}' does not exist.", "Set-VM: Der Ordner '{path}' ist nicht vorhanden."),
+    ("The {what} '{path}' of the virtual machine is not a folder of this host.",
+     "{what} '{path}' des virtuellen Computers ist kein Ordner dieses Hosts."),
+    ("checkpoint '{name}' ({id})", "Prüfpunkt '{name}' ({id})"),
+    ("Could not find the {label}: {files} missing (its files are looked for in '{folder}').",
+     "{label} wurde nicht gefunden: {files} fehlt (die Dateien werden in '{folder}' gesucht)."),
+    ("The {label} is damaged: {detail}", "{label} ist beschädigt: {detail}"),
+    ("'{path}' is not the configuration of the {label}.", "'{path}' ist nicht die Konfiguration von {label}."),
+    ("The {label} refers to the virtual hard disk '{path}', which is not in the disk chain of the virtual "
+     "machine.",
+     "{label} verweist auf die virtuelle Festplatte '{path}', die nicht in der Datenträgerkette des "
+     "virtuellen Computers ist."),
+    ("The planned virtual machine {id} no longer exists.",
+     "Der geplante virtuelle Computer {id} ist nicht mehr vorhanden."),
+    ("vm_folder must be a host folder.", "vm_folder muss ein Ordner des Hosts sein."),
     # -- configurations: Compare-VM and Import-VM --------------------------------------
     ("The virtual machine configuration file '{path}' was not found.",
      "Die Konfigurationsdatei des virtuellen Computers '{path}' wurde nicht gefunden."),
@@ -259,7 +292,9 @@ CATALOG: list[tuple[str, str]] = [
 # Words that fill a field of a message ('{name}' failed to {verb}).
 _WORDS = {"de-DE": {"change state": "den Zustand nicht ändern", "start": "nicht starten", "save": "nicht speichern",
                     "delete the saved state": "den gespeicherten Zustand nicht löschen",
-                    "modify its settings": "seine Einstellungen nicht ändern"}}
+                    "modify its settings": "seine Einstellungen nicht ändern",
+                    "checkpoint file location": "Der Speicherort der Prüfpunktdateien",
+                    "Smart Paging folder": "Der Smart Paging-Ordner"}}
 
 _FIELD_RE = re.compile(r"\{\{|\}\}|\{([a-z_]+)\}")
 

@@ -14,7 +14,7 @@
                      own shutdown and start (automatic stop and start actions)
     checkpoints.py   Checkpoint-VM, Remove-VMSnapshot, Set-VHD -ParentPath
     files.py         files in use, Remove-Item, pruning empty folders, Get-FileHash
-    vmimport.py      Compare-VM, Import-VM
+    vmimport.py      Compare-VM, Import-VM, the planned VMs between them, DestroySystem
     operations.py    the operation table the WinRM server dispatches by script name
     scriptfacts.py   what the shipped scripts do that changes how a real host answers them
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from lab.emulator import hostprops, messages
 from lab.emulator.checkpoints import Checkpoints
 from lab.emulator.events import EventLog
+from lab.emulator.faults import FaultTable
 from lab.emulator.files import HostFiles
 from lab.emulator.hostpaths import HostPaths
 from lab.emulator.lifecycle import HEARTBEAT_DELAY_S, VMLifecycle
@@ -49,7 +50,8 @@ class HyperVHost:
     """One emulated host: its registry and records, and the parts that act on them."""
 
     def __init__(self, lab_dir: Path, name: str, vm_root: str, *, recover: bool = True,
-                 heartbeat_delay_s: float = HEARTBEAT_DELAY_S, locale: str = messages.DEFAULT_LOCALE):
+                 heartbeat_delay_s: float = HEARTBEAT_DELAY_S, locale: str = messages.DEFAULT_LOCALE,
+                 faults: FaultTable | None = None):
         self.lab_dir = Path(lab_dir)
         self.name = name
         self.locale = messages.check_locale(locale)  # its display language, for the life of the host
@@ -60,9 +62,11 @@ class HyperVHost:
         self.events = EventLog(name, self.lab_dir, self.paths)
         self.lifecycle = VMLifecycle(self.registry, self.events, heartbeat_delay_s)
         checkpoints = Checkpoints(self.registry, self.events)
+        # the WinRM server's fault table: a rule for "<op>:<step>" fails one step inside an operation
+        self.faults = faults if faults is not None else FaultTable()
         self.operations = Operations(self.registry, self.events, self.lifecycle, checkpoints,
                                      HostFiles(self.registry, self.events),
-                                     Importer(self.registry, self.events, checkpoints))
+                                     Importer(self.registry, self.events, checkpoints, self.faults))
         for d in (self.share, self.state_dir, self.events.guests_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.registry.load()
@@ -130,6 +134,8 @@ class HyperVHost:
     def lab_state(self) -> dict:
         with self.registry.lock:
             vms = list(self.registry.vms.values())
+            planned = [{"id": p["id"], "name": p["name"], "definition": p["definition"]}
+                       for p in self.registry.planned.values()]
         out = []
         for vm in vms:
             info = describe(vm, self.paths)
@@ -138,4 +144,5 @@ class HyperVHost:
                            "writer_running": bool(w is not None and w.alive and w.rate_kbps > 0),
                            "writer_error": w.error if w is not None else None}
             out.append(info)
-        return {"host": self.name, "vm_root": self.paths.vm_root, "locale": self.locale, "vms": out}
+        return {"host": self.name, "vm_root": self.paths.vm_root, "locale": self.locale, "vms": out,
+                "planned": planned}

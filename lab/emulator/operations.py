@@ -18,7 +18,7 @@ from lab.emulator.hostpaths import is_guid, same_path
 from lab.emulator.lifecycle import VMLifecycle
 from lab.emulator.registry import Registry
 from lab.emulator.vm import MAX_NAME, VM, describe
-from lab.emulator.vmimport import Importer
+from lab.emulator.vmimport import Importer, check_maps
 from workers.model import chunks
 
 log = logging.getLogger("lab.emulator.operations")
@@ -172,8 +172,8 @@ class Operations:
             raise invalid_arg(f"snapshot_name must be 1-{MAX_NAME} characters.", "CheckpointVM")
         with vm.op_lock:
             snap = self.checkpoints.checkpoint(vm, sname)
-            return {"snapshot": {"id": snap["id"], "name": sname, "config_path": snap["config_path"]},
-                    "vm": self._info(vm)}
+            info = self._info(vm)  # the script answers with the checkpoint as VMInfo lists it
+            return {"snapshot": next(s for s in info["snapshots"] if s["id"] == snap["id"]), "vm": info}
 
     def op_remove_snapshots(self, args: dict) -> dict:
         vm = self.reg.get(args.get("vm_id"), "RemoveVMSnapshot")
@@ -242,23 +242,20 @@ class Operations:
 
     # -- compare and import ------------------------------------------------------------
     def op_compare_vm(self, args: dict) -> dict:
-        return self.importer.compare(args.get("config_path"), args.get("vm_root"))
+        disk_map, iso_map, folder = check_maps(args, "CompareVM")
+        return self.importer.compare(args.get("config_path"), disk_map, iso_map, folder)
 
     def op_import_vm(self, args: dict) -> dict:
-        config_path = args.get("config_path")
-        disk_map = args.get("disk_paths", {}) or {}
-        iso_map = args.get("iso_paths", {}) or {}
-        for what, m in (("disk_paths", disk_map), ("iso_paths", iso_map)):
-            if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
-                raise invalid_arg(f"{what} must map old host paths to new host paths.", "ImportVM")
+        disk_map, iso_map, folder = check_maps(args, "ImportVM")
         fixes = _check_fixes(args.get("parent_fixes", []) or [], "ImportVM")
+        config_path = args.get("config_path")
         roots = self.paths.check_roots(args.get("roots"), "ImportVM")
         # Set-VHD writes each child and icacls grants rights on every file of the VM: like
         # import_vm.ps1, every path is checked against the roots before anything changes
         for hp in [config_path, *disk_map.values(), *iso_map.values(),
-                   *(p for f in fixes for p in (f["path"], f["parent_path"]))]:
+                   *(p for f in fixes for p in (f["path"], f["parent_path"])), *([folder] if folder else [])]:
             self.paths.confined(hp, roots, "ImportVM")
-        vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes)  # type: ignore[arg-type]
+        vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes, folder)  # type: ignore[arg-type]
         info = self._info(vm)
         for hp in info["state_files"] + [p for d in info["disks"] for p in d["chain"]] + info["isos"]:
             self.paths.confined(hp, roots, "ImportVM")  # the grants, as the script checks each

@@ -8,10 +8,13 @@ Layout, as Hyper-V names things (the VM folder is named by the VM id):
     <vm_root>\\<id>\\Virtual Machines\\<ID>.vmgs                 guest state (64 KiB)
     <vm_root>\\<id>\\Virtual Machines\\<ID>.vmrs                 saved memory (Save-VM; removed by Start-VM)
     <vm_root>\\<id>\\Snapshots\\<SID>.vmcx                        checkpoint configuration
+    <vm_root>\\<id>\\Snapshots\\<SID>.vmgs, <SID>.vmrs             its guest state, and its memory (Standard)
     <vm_root>\\ISO\\lab-tools.iso                                  one shared 4 MiB ISO per host
 
 The VM folder is named by the lowercase id; the files in it by the UPPERCASE GUID, as
-Hyper-V names them (and as the shipped scripts compute them).
+Hyper-V names them (and as the shipped scripts compute them). The checkpoint files go to
+`<snapshot_location>\\Snapshots` (Get-VM's SnapshotFileLocation) and the Smart Paging file
+to `smart_paging_path`; New-VM sets both to the VM's folder, and both travel in its .vmcx.
 
 Locks: the registry's `lock` guards the host's table of VMs; each VM has `op_lock` (one
 operation on that VM at a time) and `io_lock` (shared with its guest writer; held while the
@@ -54,7 +57,10 @@ class VM:
     switches: list[str] = field(default_factory=lambda: list(SWITCHES))
     disks: list[dict] = field(default_factory=list)      # controller_* + path (active leaf)
     isos: list[str] = field(default_factory=list)
-    snapshots: list[dict] = field(default_factory=list)  # id, name, config_path, disks (frozen paths), created
+    # id, name, config_path, files (every file of the checkpoint), disks (frozen paths), created
+    snapshots: list[dict] = field(default_factory=list)
+    snapshot_location: str = ""   # SnapshotFileLocation: its checkpoints' files are in <this>\Snapshots
+    smart_paging_path: str = ""   # SmartPagingFilePath
     write_rate_kbps: float = 64.0
     cpu_vendor: str = CPU_VENDOR
     counter: int = 0       # last acknowledged guest seq when the writer last stopped
@@ -70,8 +76,13 @@ class VM:
 
     PERSISTED = ("id", "name", "path", "config_path", "state", "generation", "version",
                  "memory_startup_bytes", "checkpoint_type", "switches", "disks", "isos", "snapshots",
-                 "write_rate_kbps", "cpu_vendor", "counter",
+                 "write_rate_kbps", "cpu_vendor", "counter", "snapshot_location", "smart_paging_path",
                  "automatic_start_action", "dynamic_memory_enabled", "memory_maximum_bytes", "memory_assigned_bytes")
+
+    def __post_init__(self) -> None:
+        # New-VM puts both in the VM's folder
+        self.snapshot_location = self.snapshot_location or self.path
+        self.smart_paging_path = self.smart_paging_path or self.path
 
     def to_state(self) -> dict:
         d = {k: getattr(self, k) for k in self.PERSISTED}
@@ -128,14 +139,7 @@ def _describe_disk(vm: VM, paths: HostPaths, i: int, d: dict) -> dict:
 def describe(vm: VM, paths: HostPaths) -> dict:
     """The VM as Get-VM (with its hard disk drives, DVD drives and checkpoints) shows it."""
     disks = [_describe_disk(vm, paths, i, d) for i, d in enumerate(vm.disks)]
-    state_files = []
-    for ext in ("vmcx", "vmgs", "vmrs"):
-        hp = vm.state_file(ext)
-        try:
-            if paths.local(hp).is_file():
-                state_files.append(hp)
-        except OpError:
-            pass
+    state_files = _existing(paths, [vm.state_file(ext) for ext in ("vmcx", "vmgs", "vmrs")])
     return {
         "id": vm.id, "name": vm.name, "state": vm.state, "generation": vm.generation,
         "version": vm.version, "memory_startup_bytes": vm.memory_startup_bytes,
@@ -145,6 +149,24 @@ def describe(vm: VM, paths: HostPaths) -> dict:
         "dynamic_memory_enabled": vm.dynamic_memory_enabled, "automatic_start_action": vm.automatic_start_action,
         "checkpoint_type": vm.checkpoint_type, "path": vm.path, "config_path": vm.config_path,
         "state_files": state_files, "disks": disks, "isos": list(vm.isos),
-        "snapshots": [{"id": s["id"], "name": s["name"], "config_path": s["config_path"]} for s in vm.snapshots],
+        "snapshot_location": vm.snapshot_location, "smart_paging_path": vm.smart_paging_path,
+        "snapshots": [{"id": s["id"], "name": s["name"], "config_path": s["config_path"],
+                       "files": _existing(paths, checkpoint_files(s))} for s in vm.snapshots],
         "switches": list(vm.switches),
     }
+
+
+def checkpoint_files(snap: dict) -> list[str]:
+    """Every file of a checkpoint (its .vmcx, .vmgs and, with memory, .vmrs)."""
+    return list(snap.get("files") or [snap["config_path"]])
+
+
+def _existing(paths: HostPaths, host_paths: list[str]) -> list[str]:
+    out = []
+    for hp in host_paths:
+        try:
+            if paths.local(hp).is_file():
+                out.append(hp)
+        except OpError:
+            pass
+    return out

@@ -1,9 +1,11 @@
 """The VM configuration file (.vmcx): everything needed to register the VM elsewhere.
 
 Real .vmcx files are binary; the emulator writes a JSON document in their place (format
-`VMCX_FORMAT`). A VM's own configuration is `<ID>.vmcx` in its Virtual Machines folder; a
-checkpoint's is `Snapshots\\<SID>.vmcx`, the same document with `snapshot` set and the
-frozen disks as its disks.
+`VMCX_FORMAT`). A VM's own configuration (a system definition, what Compare-VM and Import-VM
+take) is `<ID>.vmcx` in its Virtual Machines folder; a checkpoint's (a snapshot definition) is
+`Snapshots\\<SID>.vmcx`, the same document with `snapshot` set and the frozen disks as its
+disks. The VM's document lists its checkpoints (each with every file it has) and carries
+its checkpoint file location and Smart Paging folder as paths of the host that wrote it.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def vmcx_doc(vm: VM, vm_root: str, snapshot: dict | None = None) -> dict:
         "memory_startup_bytes": vm.memory_startup_bytes, "checkpoint_type": vm.checkpoint_type,
         "switches": list(vm.switches), "cpu_vendor": vm.cpu_vendor,
         "vm_root": vm_root, "path": vm.path,
+        "snapshot_location": vm.snapshot_location, "smart_paging_path": vm.smart_paging_path,
         "disks": [dict(d) for d in vm.disks], "isos": list(vm.isos),
         "snapshots": [] if snapshot else [dict(s) for s in vm.snapshots],
         "snapshot": snapshot,
@@ -62,8 +65,14 @@ def _well_formed(doc: object) -> bool:
             and isinstance(doc.get("name"), str) and isinstance(doc.get("disks"), list)
             and isinstance(doc.get("isos", []), list) and isinstance(doc.get("snapshots", []), list)
             and isinstance(doc.get("switches", []), list) and isinstance(doc.get("path"), str)
+            and isinstance(doc.get("snapshot_location", ""), str) and isinstance(doc.get("smart_paging_path", ""), str)
             and all(isinstance(d, dict) and isinstance(d.get("path"), str) for d in doc["disks"])
             and all(isinstance(x, str) for x in doc.get("isos", []) + doc.get("switches", [])))
+
+
+def is_checkpoint_definition(doc: dict) -> bool:
+    """A checkpoint's configuration (Snapshots\\<SID>.vmcx), not a VM's."""
+    return doc.get("snapshot") is not None
 
 
 def read_config(paths: HostPaths, config_path: object, cmdlet: str) -> tuple[dict, Path]:

@@ -36,7 +36,8 @@ success is one JSON line on stdout, exit 0, with a CLIXML progress record on std
 Lab control API (JSON, same Basic credentials):
 
     GET    /lab/ping     {"ok": true, "host", "pid", "endpoint", "locale"}
-    GET    /lab/state    {"host", "vm_root", "vms": [VMInfo + "lab": {counter, write_rate_kbps, ...}]}
+    GET    /lab/state    {"host", "vm_root", "locale", "vms": [VMInfo + "lab": {counter, write_rate_kbps, ...}],
+                          "planned": [{"id", "name", "definition"}]}  (planned VMs: vmimport.py)
     POST   /lab/vms      {"name", "memory_mb"=64, "disk_mb"=128, "write_rate_kbps"=64, "iso"=true,
                           "checkpoint_type"="Standard", "start"=true, "version"="10.0",
                           "switches"=["lab-switch"], "passthrough_disk"=false, "vm_id"=null (a GUID: the

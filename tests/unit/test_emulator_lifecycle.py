@@ -207,7 +207,8 @@ def test_a_kept_source_never_starts_by_itself_and_verify_sees_two_copies_if_it_d
         base = vm.disks[0]["path"]
         imported = h2.run("import_vm", {"config_path": vm.config_path.replace("hv1", "hv2", 1),
                                         "disk_paths": {base: base.replace("hv1", "hv2", 1)},
-                                        "iso_paths": {}, "parent_fixes": [], "roots": [h2.paths.vm_root]})["vm"]
+                                        "iso_paths": {}, "parent_fixes": [], "roots": [h2.paths.vm_root],
+                                        "vm_folder": vm.path.replace("hv1", "hv2", 1)})["vm"]
         assert imported["state"] == "Saved"
         assert imported["automatic_start_action"] == ("Nothing" if vid == safe else "Start")
         h2.run("start_vm", {"vm_id": vid, "automatic_start_action": "Start"})

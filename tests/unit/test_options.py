@@ -46,3 +46,6 @@ def test_a_round_pays_only_when_the_guest_writes_less_than_it_saves():
     assert precopy.pays(64 * MiB, write_bps=1e6, copy_rate=50e6)
     assert not precopy.pays(64 * MiB, write_bps=60e6, copy_rate=50e6)  # writes outrun the copy
     assert not precopy.pays(MiB // 2, write_bps=0, copy_rate=50e6)      # too small to be worth a round
+    # a Standard checkpoint's memory is copied with the round's leaf: it makes the round longer
+    assert precopy.pays(8 * MiB, write_bps=4e6, copy_rate=50e6)
+    assert not precopy.pays(8 * MiB, write_bps=4e6, copy_rate=50e6, extra_bytes=512 * MiB)

@@ -63,12 +63,29 @@ def test_scripts_use_literal_paths_and_no_name_wildcards(op):
     assert "Invoke-Expression" not in code and "iex " not in code
 
 
+@pytest.mark.parametrize("op", scripts.ops())
+def test_no_script_silences_an_error(op):
+    """An error is the answer or it is reported; a clean-up that fails says what it left."""
+    code = "\n".join(ln.split("#", 1)[0] for ln in scripts.load(op).split("\n")[1:])
+    assert not re.search(r"-(ErrorAction|ea)\s*:?\s*['\"]?(SilentlyContinue|Ignore|Continue|0)\b", code, re.I), op
+    assert "$ErrorActionPreference = 'Stop'" in code and code.count("$ErrorActionPreference") == 1, op
+
+
+@pytest.mark.parametrize("op", ["compare_vm", "import_vm"])
+def test_a_planned_vm_is_destroyed_unless_it_is_imported(op):
+    """Compare-VM makes a planned VM that nothing removes but DestroySystem or Import-VM."""
+    text = scripts.load(op)
+    register = text.index("Compare-VM -Path $configPath -Register")
+    assert "Remove-QmPlannedVM $plannedId" in text[register:]
+    assert _function(text, "Remove-QmPlannedVM") and "'DestroySystem'" in _function(text, "Remove-QmPlannedVM")
+
+
 def _function(text: str, name: str) -> str | None:
     m = re.search(rf"^function {re.escape(name)}\b.*?^}}$", text, re.M | re.S)
     return m.group(0) if m else None
 
 
-@pytest.mark.parametrize("name", ["Get-QmVM", "Get-QmVMInfo"])
+@pytest.mark.parametrize("name", ["Get-QmVM", "Get-QmVMInfo", "Remove-QmPlannedVM", "Set-QmPlannedPaths"])
 def test_shared_helpers_are_identical_in_every_script(name):
     bodies = {op: _function(scripts.load(op), name) for op in scripts.ops()}
     present = {op: body for op, body in bodies.items() if body}

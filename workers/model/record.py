@@ -97,6 +97,9 @@ class MigrationRecord(TypedDict, total=False):
     copy_bps: int
     delta_bytes: int
     downtime_paths: list[str]        # the files the cutover copies, as the gate last saw them
+    # prepare (workers.steps.prepare)
+    parents_fixed: list[str]         # destination differencing disks re-parented before the downtime
+    validation_left: list[dict[str, Any]]  # what Compare-VM's clean-up could not remove: kind, id, name, error
     # cutover (workers.steps.cutover)
     automatic_start_action: str      # the source VM's, before the cutover set it to Nothing (so a host
     #                                  restart never resumes the saved copy); the VM gets it back wherever it runs on

@@ -89,12 +89,14 @@ def cutover(mid: str, lg) -> None:
         # the configuration quickmig copied: only the VM registered from it is ours to remove
         config_path = pm.dest(vm["config_path"])
         context.store().set(mid, import_started_at=time.time(), import_config_path=config_path)
+        fixed = set(rec.get("parents_fixed") or [])  # prepare re-parented the frozen disks already
         dst.run("import_vm", {
             "config_path": config_path,
             "disk_paths": pm.mapping(chain_paths(vm)),
             "iso_paths": pm.mapping(vm.get("isos", [])),
-            "parent_fixes": pm.parent_fixes(vm),
+            "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
             "roots": cfg.host(rec["destination"]).roots,
+            "vm_folder": pm.vm_folder(vm),
         })
         t_imported = time.time()
         fence(rec)

@@ -14,7 +14,7 @@ import time
 from workers.engine import context
 from workers.engine.step import HardFailure, Later, fence
 from workers.model import keys, options, states
-from workers.model.file_plan import PathMap, downtime_files
+from workers.model.file_plan import PathMap, checkpoint_files, downtime_files
 from workers.model.preflight import saved_memory_bytes
 from workers.model.record import StaleState
 from workers.smb import file_copy
@@ -64,11 +64,18 @@ def predict_s(memory_bytes: int, delta_bytes: int, copy_rate: float, costs: dict
     return save_s + (memory_bytes + delta_bytes + STATE_FILES_BYTES) / copy_rate + costs["register_start_s"]
 
 
-def pays(delta_bytes: int, write_bps: float, copy_rate: float) -> bool:
+def pays(delta_bytes: int, write_bps: float, copy_rate: float, extra_bytes: int = 0) -> bool:
     """A round pays when the delta the guest writes during it is clearly smaller than the one it
-    copies: by at least PAYS_MIN_BYTES and a fifth (slower shrinking would need many rounds)."""
-    left = write_bps * (delta_bytes / copy_rate + ROUND_OVERHEAD_S)
+    copies: by at least PAYS_MIN_BYTES and a fifth (slower shrinking would need many rounds).
+    `extra_bytes`: what the round's checkpoint adds to the copy (a Standard checkpoint's memory)."""
+    left = write_bps * ((delta_bytes + extra_bytes) / copy_rate + ROUND_OVERHEAD_S)
     return delta_bytes - left >= PAYS_MIN_BYTES and left < 0.8 * delta_bytes
+
+
+def round_bytes(vm: dict) -> int:
+    """What a round's checkpoint writes besides the frozen leaf, to be copied with it: a
+    Standard checkpoint of a running VM keeps its memory (.vmrs)."""
+    return saved_memory_bytes(vm) if vm.get("checkpoint_type") == "Standard" else 0
 
 
 def _leaf_bytes(rec: dict, vm: dict) -> int:
@@ -86,7 +93,8 @@ def _round(mid: str, lg) -> None:
                                                               "snapshot_name": snapshot_name(mid)})
     t_cp = time.time()
     frozen = [{"path": d["chain"][1], "kind": "disk"} for d in res["vm"]["disks"] if len(d["chain"]) > 1]
-    frozen.append({"path": res["snapshot"]["config_path"], "kind": "config"})
+    # every file of the new checkpoint: Import-VM -Register needs each checkpoint the VM lists
+    frozen += [{"path": p, "kind": "checkpoint"} for p in checkpoint_files(res["snapshot"])]
     rec = store.set(mid, checkpoint_at=t_cp)
     moved = transfer(rec, frozen, lg)
     took = time.time() - t_cp
@@ -126,7 +134,8 @@ def gate(mid: str, lg) -> dict:
                               "before the cutover could start; ask for a later or longer --window")
         above = o.max_downtime_s is not None and pred > o.max_downtime_s
         total = len(rec.get("rounds", []))
-        if (paying < o.max_rounds and total < options.MAX_ROUNDS_LIMIT and pays(delta, write_bps, rate)
+        if (paying < o.max_rounds and total < options.MAX_ROUNDS_LIMIT
+                and pays(delta, write_bps, rate, round_bytes(vm))
                 and (o.max_downtime_s is None or above)):
             _round(mid, lg)
             paying += 1

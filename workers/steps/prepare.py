@@ -1,12 +1,29 @@
 """Phase 3 (docs/design.md, "The method"): validate the VM on the destination while it
 still runs on the source, so a destination that cannot run it is found before any downtime.
+
+The validation is the cutover's import without its last step, on the same files at the same
+places (docs/hyperv-rules.md, "Validation and import"): the VM's own configuration is copied
+where the cutover will register it (the cutover copies it again after Save-VM), the frozen
+differencing disks are pointed at their parents' copies, and `compare_vm` runs Compare-VM
+-Register on that configuration with the disks, ISO images and folders fixed through the
+report, as `import_vm` will. Nothing is registered; the planned VM Compare-VM makes is
+destroyed, and whatever could not be removed stops the migration here, named in the record.
 """
 from __future__ import annotations
 
 from workers.engine import context
-from workers.engine.step import HardFailure, resume, send, start_rollback, step_task
+from workers.engine.step import HardFailure, fence, resume, send, start_rollback, step_task
 from workers.model import preflight, routing, states
-from workers.model.file_plan import PathMap
+from workers.model.file_plan import PathMap, layout_problems
+from workers.steps.transfer import transfer
+
+
+def _left_behind(rec: dict, left: list[dict]) -> str:
+    what = "; ".join(f"planned virtual machine {item.get('name') or '?'} ({item.get('id')}): {item.get('error')}"
+                     for item in left)
+    return (f"validation on {rec['destination']} could not remove what Compare-VM made: {what}. It keeps the VM's "
+            f"id and its copied configuration in use there; remove it (Msvm_VirtualSystemManagementService."
+            f"DestroySystem) before migrating this VM to {rec['destination']} again")
 
 
 @step_task(routing.PREPARE, on_hard_failure=start_rollback)
@@ -14,21 +31,41 @@ def prepare(mid: str, lg) -> None:
     rec = resume(mid, states.PREPARING)
     if rec is None:
         return
-    cfg = context.config()
-    dst = context.driver(rec["destination"])
+    store, cfg = context.store(), context.config()
+    src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
     # pre-flight refused this already; a VM with the id that appeared since is refused the same
     # way, and the rollback leaves it alone (only a VM this migration imported is removed)
     there = next((v for v in dst.run("list_vms", {})["vms"] if v["id"].lower() == rec["vm_id"].lower()), None)
     problem = preflight.same_id_problem({"name": rec["vm"], "id": rec["vm_id"]}, rec["destination"], there)
     if problem:
         raise HardFailure(problem)
+    vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    found = layout_problems(vm)  # pre-flight refused these; the VM may have changed since
+    if found:
+        raise HardFailure(f"{rec['vm']} cannot be registered on {rec['destination']} as it is laid out: "
+                          + "; ".join(found))
     pm = PathMap(cfg, rec["source"], rec["destination"])
-    report = dst.run("compare_vm", {"config_path": pm.dest(rec["snapshot"]["config_path"]),
-                                    "vm_root": cfg.host(rec["destination"]).vm_root})
+    fence(rec)
+    rec = store.get(mid)
+    transfer(rec, [{"path": vm["config_path"], "kind": "config"}], lg)
+    fixes = pm.frozen_parent_fixes(vm)
+    if fixes:
+        fence(rec)
+        dst.run("reparent_disks", {"parent_fixes": fixes, "roots": cfg.host(rec["destination"]).roots})
+        rec = store.set(mid, parents_fixed=[f["path"] for f in fixes])
+    report = dst.run("compare_vm", {"config_path": pm.dest(vm["config_path"]),
+                                    "disk_paths": pm.validation_disk_paths(vm),
+                                    "iso_paths": pm.mapping(vm.get("isos", [])),
+                                    "vm_folder": pm.vm_folder(vm)})
+    left = report.get("left_behind") or []
+    if left:
+        store.set(mid, validation_left=left)
+        lg.error("validation left on %s: %s", rec["destination"], left)
+        raise HardFailure(_left_behind(rec, left))
     problems = report.get("incompatibilities") or []
     if problems:
         raise HardFailure("destination cannot run this VM: " +
                           "; ".join(f"{p.get('message_id')}: {p.get('message')}" for p in problems))
-    lg.info("destination validated the VM configuration")
-    context.store().transition(mid, {states.PREPARING}, states.CUTTING_OVER)
+    lg.info("destination validated the VM configuration (Compare-VM -Register, nothing left behind)")
+    store.transition(mid, {states.PREPARING}, states.CUTTING_OVER)
     send(routing.CUTOVER, mid)

@@ -17,7 +17,7 @@ from workers.engine.step import (
     step_task,
 )
 from workers.model import preflight, routing, states
-from workers.model.file_plan import PathMap, chain_paths, frozen_files
+from workers.model.file_plan import PathMap, chain_paths, checkpoint_files, frozen_files, layout_problems
 from workers.smb import file_copy
 from workers.steps.checkpoint import ours, snapshot_name
 
@@ -30,8 +30,12 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
         "host_info", {"vm_root": cfg.host(rec["destination"]).vm_root})
     ep, pm = context.smb_endpoint(rec["source"]), PathMap(cfg, rec["source"], rec["destination"])
     files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
+    files |= {p for snap in vm.get("snapshots", []) for p in checkpoint_files(snap)}
     file_bytes = sum(file_copy.file_size(ep, pm.rel(p)) for p in files)
-    found = preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
+    if vm.get("checkpoint_type") == "Standard":  # our checkpoint of the running VM keeps its memory, and moves
+        file_bytes += preflight.saved_memory_bytes(vm)
+    found = layout_problems(vm)
+    found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
     same_id = next((v for v in context.driver(rec["destination"]).run("list_vms", {})["vms"]
                     if v["id"].lower() == vm["id"].lower()), None)
     problem = preflight.same_id_problem(vm, rec["destination"], same_id)
@@ -68,5 +72,5 @@ def snapshot(mid: str, lg) -> None:
         context.store().set(mid, checkpoint_at=time.time())
     lg.info("checkpoint %s taken; active disks now %s", snap["id"], [d["path"] for d in vm["disks"]])
     context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING,
-                               snapshot=snap, plan={"frozen": frozen_files(vm, snap["id"])})
+                               snapshot=snap, plan={"frozen": frozen_files(vm)})
     send(routing.COPY, mid)

@@ -7,15 +7,7 @@ __QUICKMIG_ARGS__
 
 # quickmig-include: vminfo
 # quickmig-include: hostfiles
-
-function ConvertTo-QmMap($Object) {
-    # JSON object -> case-insensitive hashtable (Windows paths compare without case).
-    $map = @{}
-    if ($Object) {
-        foreach ($p in $Object.PSObject.Properties) { $map[$p.Name] = [string]$p.Value }
-    }
-    $map
-}
+# quickmig-include: planned
 
 function Grant-QmVMAccess([string]$Path, [string]$Account, [string]$Rights) {
     # Copied files lost the per-VM ACE; Hyper-V's worker process runs as NT VIRTUAL MACHINE\<VMId>.
@@ -36,6 +28,8 @@ foreach ($fix in $Req.parent_fixes) {
     $null = Assert-QmPath ([string]$fix.path) $roots
     $null = Assert-QmPath ([string]$fix.parent_path) $roots
 }
+# the folder the VM's checkpoints and Smart Paging file will live in
+if ($Req.vm_folder) { $null = Assert-QmPath ([string]$Req.vm_folder) $roots }
 
 # 1. Differencing disks point at their parents by path: re-point them at the copies.
 foreach ($fix in $Req.parent_fixes) {
@@ -43,25 +37,29 @@ foreach ($fix in $Req.parent_fixes) {
 }
 
 # 2. Compare, fix and import in this one process: a compatibility report does not outlive it.
+# -Register keeps the id and the files where they are, and looks for the checkpoints in
+# Snapshots beside the configuration's folder; the disks, ISO images and the folders the
+# configuration still names on the source host are fixed through the report. A planned VM
+# that is not realized is destroyed: it would keep the VM's id and its configuration in use.
 $report = Compare-VM -Path $configPath -Register
-foreach ($drive in @(Get-VMHardDiskDrive -VM $report.VM)) {
-    $old = [string]$drive.Path
-    if ($old -and $diskMap.ContainsKey($old)) {
-        Set-VMHardDiskDrive -VMHardDiskDrive $drive -Path $diskMap[$old]
+$plannedId = $report.VM.Id.ToString()
+try {
+    Set-QmPlannedPaths $report $diskMap $isoMap ([string]$Req.vm_folder)
+    $report = Compare-VM -CompatibilityReport $report
+    $left = @(foreach ($i in $report.Incompatibilities) { [string]$i.MessageId + ': ' + [string]$i.Message })
+    if ($left.Count -gt 0) {
+        Write-Error -Message ('Cannot register ' + $configPath + ' on this host: ' + ($left -join '; ')) -Category InvalidData -ErrorId 'IncompatibleVM' -TargetObject $configPath
     }
+    $imported = Import-VM -CompatibilityReport $report
 }
-foreach ($drive in @(Get-VMDvdDrive -VM $report.VM)) {
-    $old = [string]$drive.Path
-    if ($old -and $isoMap.ContainsKey($old)) {
-        Set-VMDvdDrive -VMDvdDrive $drive -Path $isoMap[$old]
+catch {
+    $failure = $_
+    try { Remove-QmPlannedVM $plannedId }
+    catch {
+        Write-Error -Message ($failure.Exception.Message + ' (left behind: planned virtual machine ' + $plannedId + ': ' + $_.Exception.Message + ')') -Category $failure.CategoryInfo.Category -ErrorId 'PlannedVMLeftBehind' -TargetObject $configPath
     }
+    throw $failure
 }
-$report = Compare-VM -CompatibilityReport $report
-$left = @(foreach ($i in $report.Incompatibilities) { [string]$i.MessageId + ': ' + [string]$i.Message })
-if ($left.Count -gt 0) {
-    Write-Error -Message ('Cannot register ' + $configPath + ' on this host: ' + ($left -join '; ')) -Category InvalidData -ErrorId 'IncompatibleVM' -TargetObject $configPath
-}
-$imported = Import-VM -CompatibilityReport $report
 
 # 3. Give the VM's own account its files back before anyone starts it.
 $info = Get-QmVMInfo (Get-QmVM $imported.Id.ToString())

@@ -40,10 +40,13 @@ function Get-QmVMInfo($VM) {
     $isos = @(foreach ($dvd in @(Get-VMDvdDrive -VM $VM)) { if ($dvd.Path -like '*.iso') { [string]$dvd.Path } })
     $snapshots = @(foreach ($s in @(Get-VMSnapshot -VM $VM)) {
         $sid = $s.Id.ToString()
-        [ordered]@{
-            id = $sid; name = [string]$s.Name
-            config_path = Join-Path -Path $VM.SnapshotFileLocation -ChildPath ('Snapshots\' + $sid.ToUpperInvariant() + '.vmcx')
-        }
+        $sbase = Join-Path -Path $VM.SnapshotFileLocation -ChildPath ('Snapshots\' + $sid.ToUpperInvariant())
+        # Every file of the checkpoint: its configuration, guest state and (Standard, taken
+        # while running) memory; Import-VM -Register needs them all beside the VM's files.
+        $sfiles = @(foreach ($ext in '.vmcx', '.vmgs', '.vmrs') {
+            if (Test-Path -LiteralPath ($sbase + $ext) -PathType Leaf) { $sbase + $ext }
+        })
+        [ordered]@{ id = $sid; name = [string]$s.Name; config_path = $sbase + '.vmcx'; files = $sfiles }
     })
     $switches = @(foreach ($n in @(Get-VMNetworkAdapter -VM $VM)) { if ($n.SwitchName) { [string]$n.SwitchName } })
     $stateFiles = @(foreach ($ext in '.vmcx', '.vmgs', '.vmrs') {
@@ -55,6 +58,7 @@ function Get-QmVMInfo($VM) {
         memory_assigned_bytes = [int64]$VM.MemoryAssigned; memory_maximum_bytes = [int64]$VM.MemoryMaximum
         dynamic_memory_enabled = [bool]$VM.DynamicMemoryEnabled; automatic_start_action = [string]$VM.AutomaticStartAction
         checkpoint_type = [string]$VM.CheckpointType; path = [string]$VM.ConfigurationLocation
+        snapshot_location = [string]$VM.SnapshotFileLocation; smart_paging_path = [string]$VM.SmartPagingFilePath
         config_path = $base + '.vmcx'; state_files = $stateFiles
         disks = $disks; isos = $isos; snapshots = $snapshots; switches = @($switches | Select-Object -Unique)
     }
