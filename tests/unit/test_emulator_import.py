@@ -192,7 +192,8 @@ def test_pre_copy_rounds_need_every_checkpoint_and_their_frozen_disks_are_repare
     move.copy(vm["config_path"])
     args = move.compare_args(vm)
     assert any("Could not find the virtual hard disk 'D:\\VMs\\hv1" in m for m in incompatibilities(h2, args))
-    h2.run("reparent_disks", {"parent_fixes": move.frozen_fixes(vm), "roots": [h2.paths.vm_root]})  # prepare, before Save-VM
+    # prepare, before Save-VM
+    h2.run("reparent_disks", {"parent_fixes": move.frozen_fixes(vm), "roots": [h2.paths.vm_root]})
     assert incompatibilities(h2, args) == []
     saved = h1.run("save_vm", {"vm_id": vid})["vm"]
     move.copy(saved["disks"][0]["chain"][0])
