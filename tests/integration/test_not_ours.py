@@ -92,20 +92,22 @@ def test_a_same_id_vm_on_the_destination_is_refused_before_the_checkpoint_and_le
 
 @pytest.mark.parametrize("appears_during, then", [
     ("checkpoint_vm", "prepare refuses it"),      # after pre-flight, before the copy
-    ("compare_vm", "Import-VM -Register refuses the id"),  # after prepare's look, before the cutover
+    ("compare_vm", "prepare's Compare-VM -Register refuses the id"),  # after prepare's look, during its validation
+    ("save_vm", "the cutover's Import-VM -Register refuses the id"),  # in the downtime, before the import
 ])
 def test_a_same_id_vm_that_appears_later_is_never_removed_by_the_rollback(lab, appears_during, then):
     """Only a VM this migration imported (from the configuration it copied) is removed: a
     rollback that finds another VM with the id, whenever it appeared, leaves it as it is."""
     name = f"sameid-late-{appears_during}"
     vm = lab.add_vm(name, "hv1")
-    faulty = lab.emulator("hv1" if appears_during == "checkpoint_vm" else "hv3")
+    faulty = lab.emulator("hv3" if appears_during == "compare_vm" else "hv1")
     faulty.inject_fault(op=appears_during, action="delay", seconds=4, times=1)
     try:
         res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv3")
         assert res.returncode == 0, res.stderr
         mid = res.stdout.strip()
-        wait_state(lab, mid, ("snapshotting",) if appears_during == "checkpoint_vm" else ("preparing",))
+        wait_state(lab, mid, {"checkpoint_vm": ("snapshotting",), "compare_vm": ("preparing",),
+                              "save_vm": ("cutting_over",)}[appears_during])
         time.sleep(1)  # the delayed operation has started
         replica_of(lab, vm, "hv3", f"{name}-replica")
         before = fingerprint(lab, "hv3", f"{name}-replica")
@@ -114,9 +116,14 @@ def test_a_same_id_vm_that_appears_later_is_never_removed_by_the_rollback(lab, a
         faulty.clear_faults()
     assert rec["state"] == "rolled_back", rec
     if appears_during == "checkpoint_vm":
-        assert "already has a VM with the id" in rec["error"] and rec.get("import_started_at") is None, rec
+        assert "already has a VM with the id" in rec["error"], rec
+    elif appears_during == "compare_vm":  # validation registers the copied configuration as the import would
+        assert rec["error"].startswith("prepare: ") and "already exists" in rec["error"], rec
     else:
-        assert "already exists" in rec["error"] and rec.get("import_started_at"), rec
+        assert rec["error"].startswith("cutover: ") and "already exists" in rec["error"], rec
+        assert rec.get("import_started_at"), rec
+    if appears_during != "save_vm":
+        assert rec.get("import_started_at") is None and rec.get("save_started_at") is None, rec
     assert fingerprint(lab, "hv3", f"{name}-replica") == before, then
     assert ("hv3", "remove") not in events_of(lab, vm["id"])
     check = lab.verify(name)
