@@ -9,14 +9,17 @@ result; anything else is the CLIXML error on stderr, turned into a typed excepti
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import logging
+import threading
 import time
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
 import requests
+import requests.utils
 from winrm.exceptions import (
     InvalidCredentialsError,
     WinRMError,
@@ -38,6 +41,31 @@ from workers.model import chunks
 from workers.model.config import ConfigError, Credentials, Host
 
 log = logging.getLogger(__name__)
+
+
+def _proxy_lookups_take_turns() -> None:
+    """requests' proxy lookup (`requests.utils.should_bypass_proxies`) sets
+    os.environ["no_proxy"] for the length of a call and deletes it again afterwards
+    (psf/requests#4997): two threads in it at once, when no_proxy is not set, end in
+    KeyError('no_proxy'). pywinrm goes through it for every message (its `proxy=None`
+    passes no_proxy="*"), and quickmig makes WinRM calls from several threads at once (the
+    downtime copy checks its files side by side): a cutover failed, and rolled back, for
+    it. A lock makes the lookups take turns; they read the environment, nothing else."""
+    original = requests.utils.should_bypass_proxies
+    if getattr(original, "quickmig_takes_turns", False):
+        return
+    lock = threading.Lock()
+
+    @functools.wraps(original)
+    def taking_turns(url: str, no_proxy: str | None) -> bool:
+        with lock:
+            return original(url, no_proxy=no_proxy)
+
+    taking_turns.quickmig_takes_turns = True  # type: ignore[attr-defined]
+    requests.utils.should_bypass_proxies = taking_turns
+
+
+_proxy_lookups_take_turns()
 
 # Why not `powershell -NoProfile -NonInteractive -Command -`, the obvious way to run a
 # script from stdin: with `-Command -`, powershell.exe treats stdin like an interactive prompt and
