@@ -274,6 +274,27 @@ def add_vm(cfg, name: str, host: str, **options) -> dict:
         raise LabError(f"{host} refused the VM: {e.message}") from None
 
 
+def set_host(cfg, host: str, props: dict, *, reset: bool = False, guardians_from: str | None = None) -> dict:
+    """Change what a lab host offers (lab/emulator/hostprops.py); `guardians_from`: add that host's
+    guardians to this one's, as an administrator imports its certificates with their private
+    keys. LabError if the host refuses."""
+    cfg.host(host)
+    client = emulator_client(cfg, host)
+    try:
+        if reset:
+            client.reset_host()
+        if guardians_from is not None:
+            cfg.host(guardians_from)
+            have = client.host_props()["guardians"]
+            known = {g["encryption_thumbprint"] for g in have}
+            extra = [g for g in emulator_client(cfg, guardians_from).host_props()["guardians"]
+                     if g["encryption_thumbprint"] not in known]
+            props = {**props, "guardians": have + extra}
+        return client.set_host(**props) if props else client.host_props()
+    except EmulatorClientError as e:
+        raise LabError(f"{host} refused the change: {e.message}") from None
+
+
 def restart_host(lab_dir: Path, host: str, *, down_s: float = 0.0, say=print) -> dict:
     """Restart one lab host as a reboot would: its Hyper-V shuts down (every running VM saved),
     stays down `down_s` seconds, and starts again, each VM doing what its automatic start
