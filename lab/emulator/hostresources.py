@@ -33,7 +33,6 @@ free; NUMA placement is not persisted across an emulator restart beyond the node
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 
 from lab.emulator.errors import OpError, fqid
@@ -89,13 +88,13 @@ def compatibility_info(props: dict, vm: VM) -> str:
     return base64.b64encode(json.dumps(doc, sort_keys=True).encode()).decode("ascii")
 
 
-def check_compatibility_info(props: dict, host: str, blob: object) -> dict:
+def check_compatibility_info(props: dict, host: str, blob: bytes) -> dict:
     """CheckSystemCompatibilityInfo on this host: its return value and the reasons (Msvm_Error
     messages) when the VM could not be restored here."""
     try:
-        doc = json.loads(base64.b64decode(str(blob), validate=True))
+        doc = json.loads(blob)
         cpu_set = doc["cpu_set"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError):
         return {"return_value": INVALID_PARAMETER, "compatible": False, "reasons": []}
     if cpu_set in offered_sets(props):
         return {"return_value": COMPATIBLE, "compatible": True, "reasons": []}

@@ -221,6 +221,12 @@ CATALOG: list[tuple[str, str]] = [
     ("compatibility_info must be the base64 text of a compatibility blob.",
      "compatibility_info muss der Base64-Text eines Kompatibilitätsblobs sein."),
     ("guardians must be true or false.", "guardians muss true oder false sein."),
+    ('Exception calling "FromBase64String" with "1" argument(s): "The input is not a valid Base-64 string as it '
+     'contains a non-base 64 character, more than two padding characters, or an illegal character among the '
+     'padding characters."',
+     'Ausnahme beim Aufrufen von "FromBase64String" mit 1 Argument(en):  "Die Eingabe ist keine gültige '
+     'Base-64-Zeichenfolge, da sie ein Nicht-Base-64-Zeichen, mehr als zwei Auffüllzeichen oder ein ungültiges '
+     'Zeichen zwischen den Auffüllzeichen enthält."'),
     # -- validation and import: planned VMs, checkpoints, folders ----------------------
     ("Checkpoint operation failed for '{name}': the checkpoint file location '{path}' is not available on "
      "this host.",

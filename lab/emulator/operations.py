@@ -7,6 +7,8 @@ what the script prints (as JSON).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 
 from lab.emulator import hostprops, scriptfacts
@@ -108,8 +110,17 @@ class Operations:
 
     def op_host_info(self, args: dict) -> dict:
         blob, guardians = args.get("compatibility_info"), args.get("guardians", False)
-        if blob is not None and not isinstance(blob, str):
-            raise invalid_arg("compatibility_info must be the base64 text of a compatibility blob.", "GetVMHost")
+        raw = None
+        if blob is not None:
+            if not isinstance(blob, str):
+                raise invalid_arg("compatibility_info must be the base64 text of a compatibility blob.", "GetVMHost")
+            try:  # [Convert]::FromBase64String, as the script reads it
+                raw = base64.b64decode(blob, validate=True)
+            except binascii.Error:
+                raise OpError('Exception calling "FromBase64String" with "1" argument(s): "The input is not a valid '
+                              'Base-64 string as it contains a non-base 64 character, more than two padding '
+                              'characters, or an illegal character among the padding characters."', "NotSpecified",
+                              "FormatException") from None
         if not isinstance(guardians, bool):
             raise invalid_arg("guardians must be true or false.", "GetVMHost")
         free = hostprops.free_bytes(self.reg.props, self.paths.share)
@@ -124,8 +135,8 @@ class Operations:
             out["guardians"] = [{"name": g["name"], "encryption_thumbprint": g["encryption_thumbprint"],
                                  "signing_thumbprint": g["signing_thumbprint"],
                                  "has_private_signing_key": g["private_keys"]} for g in p["guardians"]]
-        if blob is not None:  # CheckSystemCompatibilityInfo of the VM's blob
-            out["compatibility"] = check_compatibility_info(p, self.reg.name, blob)
+        if raw:  # CheckSystemCompatibilityInfo of the VM's blob (an empty one is not asked about)
+            out["compatibility"] = check_compatibility_info(p, self.reg.name, raw)
         return out
 
     def op_wait_heartbeat(self, args: dict) -> dict:

@@ -111,8 +111,10 @@ def test_check_system_compatibility_info_tells_beforehand_what_the_restore_would
     assert info["compatibility"]["return_value"] == NOT_COMPATIBLE and not info["compatibility"]["compatible"]
     assert "processor-specific features not supported on physical computer 'hv2'" in info["compatibility"]["reasons"][0]
     assert dst.run("host_info", {"compatibility_info": compat_blob})["compatibility"]["compatible"] is True
-    assert dst.run("host_info", {"compatibility_info": "not a blob"})["compatibility"]["return_value"] == \
-        INVALID_PARAMETER
+    assert dst.run("host_info", {"compatibility_info": "bm90IGEgYmxvYg=="})["compatibility"]["return_value"] == \
+        INVALID_PARAMETER  # base64, but of nothing CheckSystemCompatibilityInfo knows
+    with refused("FormatException", "FromBase64String"):
+        dst.run("host_info", {"compatibility_info": "not a blob"})
     assert "compatibility" not in dst.run("host_info", {})
     with refused("InvalidParameter"):
         dst.run("host_info", {"compatibility_info": 5})
