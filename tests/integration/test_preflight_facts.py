@@ -10,7 +10,6 @@ Heartbeat service), and rolls back; a clustered or replicating VM moves and leav
 cluster role or its replication behind."""
 import pytest
 
-from lab import orchestrator
 from tests.integration.test_migration import migrate
 from tests.integration.test_preflight import assert_untouched_on_source
 
@@ -30,6 +29,12 @@ def refused(lab, name: str, *says: str, src: str = "hv1", dst: str = "hv3") -> d
     return rec
 
 
+def set_host(lab, host: str, *args: str) -> dict:
+    res, props = lab.cli_json("lab", "set-host", host, *args, "--json")
+    assert res.returncode == 0, res.stderr
+    return props
+
+
 def completes(lab, name: str, src: str = "hv1", dst: str = "hv3") -> dict:
     res, rec = migrate(lab, name, src, dst)
     assert rec["state"] == "completed", rec["error"]
@@ -40,7 +45,7 @@ def completes(lab, name: str, src: str = "hv1", dst: str = "hv3") -> dict:
 
 @pytest.mark.parametrize("case, vm_opts, says", [
     ("no-service", {"heartbeat": False}, ["Heartbeat integration service reports", "not OK",
-                                          "Hyper-V Heartbeat Service (vmicheartbeat)"]),
+                                          "Hyper-V Heartbeat Service (vmicheartbeat;"]),
     ("disabled", {"heartbeat_enabled": False}, ["Heartbeat integration service of", "is disabled",
                                                 "Enable-VMIntegrationService -VMName pf-hb-disabled -Name Heartbeat"]),
 ])
@@ -56,17 +61,17 @@ def test_another_processor_generation_is_refused_unless_the_vm_runs_in_compatibi
     """Same vendor, another feature set: a saved VM resumes only where the features match, so
     Start-VM on the destination fails after the whole downtime. In processor compatibility
     mode it moves."""
-    lab.add_vm("pf-cpu", "hv1", write_rate_kbps=64)
-    lab.add_vm("pf-cpu-compat", "hv1", write_rate_kbps=64, compat_migration=True)
-    dst = lab.emulator("hv3")
-    dst.set_host(cpu_features=NEWER, cpu_model="Intel(R) Xeon(R) Platinum 8480+")
+    lab.add_vm("pf-gen", "hv1", write_rate_kbps=64)
+    lab.add_vm("pf-gen-compat", "hv1", write_rate_kbps=64, compat_migration=True)
+    props = set_host(lab, "hv3", "--cpu-features", ",".join(NEWER), "--cpu-model", "Intel(R) Xeon(R) Platinum 8480+")
+    assert props["cpu_features"] == NEWER
     try:
-        refused(lab, "pf-cpu", "Intel(R) Xeon(R) Platinum 8480+", "Intel(R) Xeon(R) Gold 6230",
+        refused(lab, "pf-gen", "Intel(R) Xeon(R) Platinum 8480+", "Intel(R) Xeon(R) Gold 6230",
                 "processor-specific features not supported on physical computer 'hv3'",
-                "Set-VMProcessor -VMName pf-cpu -CompatibilityForMigrationEnabled $true", "only while it is off")
-        completes(lab, "pf-cpu-compat")
+                "Set-VMProcessor -VMName pf-gen -CompatibilityForMigrationEnabled $true", "only while it is off")
+        completes(lab, "pf-gen-compat")
     finally:
-        dst.reset_host()
+        set_host(lab, "hv3", "--reset")
 
 
 def test_a_vtpm_vm_moves_only_where_its_key_protector_can_be_unwrapped(lab):
@@ -77,7 +82,8 @@ def test_a_vtpm_vm_moves_only_where_its_key_protector_can_be_unwrapped(lab):
     try:
         refused(lab, "pf-vtpm", "virtual TPM", "could not be unwrapped", "UntrustedGuardian",
                 "Shielded VM Local Certificates", "Grant-HgsKeyProtectorAccess")
-        orchestrator.set_host(lab.cfg, "hv3", {}, guardians_from="hv1")
+        theirs = set_host(lab, "hv3", "--import-guardians-from", "hv1")["guardians"]
+        assert [g["name"] for g in theirs] == ["UntrustedGuardian", "UntrustedGuardian"]  # hv3's own, and hv1's
         completes(lab, "pf-vtpm")
     finally:
         lab.emulator("hv3").reset_host()
@@ -132,3 +138,24 @@ def test_a_device_that_cannot_move_is_refused_before_the_checkpoint(lab, case, d
     name = f"pf-dev-{case}"
     lab.add_vm(name, "hv1", write_rate_kbps=64, checkpoint_type="Production", devices=[device])
     refused(lab, name, *says)
+
+
+def test_lab_add_vm_and_set_host_take_the_options_and_refuse_a_bad_one_in_one_line(lab):
+    res, vm = lab.cli_json("lab", "add-vm", "pf-cli", "--host", "hv2", "--memory-mb", "16", "--disk-mb", "16",
+                           "--no-heartbeat", "--vtpm", "--compat-migration", "--clustered", "--replica", "--sriov",
+                           "--fibre-channel", "fabric-cli", "--json")
+    assert res.returncode == 0, res.stderr
+    state = next(v for v in lab.emulator("hv2").state()["vms"] if v["name"] == "pf-cli")
+    assert state["id"] == vm["id"]
+    assert "fabric-cli" in lab.emulator("hv2").host_props()["sans"]
+    for args, says in ((("--assigned-device", "--dynamic-memory"), "cannot use Dynamic Memory"),
+                       (("--fibre-channel", ""), "needs the name of a virtual SAN"),):
+        before = [v["id"] for v in lab.emulator("hv2").state()["vms"]]
+        res = lab.cli("lab", "add-vm", "pf-cli-bad", "--host", "hv2", "--memory-mb", "16", *args)
+        assert res.returncode == 2 and says in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert [v["id"] for v in lab.emulator("hv2").state()["vms"]] == before
+    before = lab.emulator("hv2").host_props()
+    for args in (("--numa-nodes", "0"), ("--import-guardians-from", "hv9")):
+        res = lab.cli("lab", "set-host", "hv2", *args)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert lab.emulator("hv2").host_props() == before
