@@ -49,17 +49,56 @@ def _lifecycle_options(args) -> dict:
     return more
 
 
+def _movability_options(args) -> dict:
+    """add-vm's options for what does not move with a VM, or what the destination must offer it."""
+    more: dict = {k: True for k in ("compat_migration", "vtpm", "clustered", "replica") if getattr(args, k)}
+    if args.no_heartbeat:
+        more["heartbeat"] = False
+    if args.heartbeat_disabled:
+        more["heartbeat_enabled"] = False
+    devices: list = [kind for kind, on in (("assignable", args.assigned_device), ("gpu_partition", args.gpu_partition),
+                                           ("sriov", args.sriov)) if on]
+    devices += [{"kind": "fibre_channel", "san": san} for san in args.fibre_channel or []]
+    if devices:
+        more["devices"] = devices
+    return more
+
+
 def cmd_add_vm(args) -> int:
     more = {"switches": args.switch} if args.switch else {}
     more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path))
                  if v is not None})
     more.update(_lifecycle_options(args))
+    more.update(_movability_options(args))
     # the orchestrator turns a host's refusal into a LabError (one line, exit 2)
     vm = orchestrator.add_vm(_cfg(args), args.name, args.host, memory_mb=args.memory_mb,
                              disk_mb=args.disk_mb, write_rate_kbps=args.write_rate_kbps,
                              checkpoint_type=args.checkpoint_type, version=args.config_version,
                              passthrough_disk=args.passthrough_disk, **more)
     print(json.dumps(vm, ensure_ascii=False) if args.json else f"{args.name} running on {args.host}")
+    return 0
+
+
+def cmd_set_host(args) -> int:
+    cfg = _cfg(args)
+    if cfg.lab_dir is None:
+        raise LabError(f"{cfg.path} is not a lab config")
+    props: dict = {}
+    if args.cpu_model is not None:
+        props["cpu_model"] = args.cpu_model
+    if args.cpu_features is not None:
+        props["cpu_features"] = [f for f in args.cpu_features.split(",") if f]
+    if args.memory_mb is not None:
+        props["memory_bytes"] = args.memory_mb * 1024 * 1024
+    if args.numa_nodes is not None:
+        props["numa_nodes"] = args.numa_nodes
+    if args.numa_spanning is not None:
+        props["numa_spanning"] = args.numa_spanning == "on"
+    if args.san:
+        props["sans"] = args.san
+    res = orchestrator.set_host(cfg, args.host, props, reset=args.reset, guardians_from=args.import_guardians_from)
+    print(json.dumps(res, ensure_ascii=False) if args.json else f"{args.host}: " + ", ".join(
+        f"{k}={res[k]}" for k in ("cpu_model", "memory_bytes", "numa_nodes", "numa_spanning", "sans")))
     return 0
 
 
@@ -139,8 +178,42 @@ def register(sub, common) -> None:
     a.add_argument("--memory-assigned-mb", type=int, default=None,
                    help="with --dynamic-memory: what the running guest is assigned, more or less than "
                         "its startup memory (its saved state is this big; default --memory-mb)")
+    a.add_argument("--no-heartbeat", action="store_true",
+                   help="the guest does not run the Heartbeat integration service: no heartbeat ever comes")
+    a.add_argument("--heartbeat-disabled", action="store_true",
+                   help="the VM's Heartbeat integration service is disabled (Disable-VMIntegrationService)")
+    a.add_argument("--compat-migration", action="store_true",
+                   help="processor compatibility mode (Set-VMProcessor -CompatibilityForMigrationEnabled $true)")
+    a.add_argument("--vtpm", action="store_true",
+                   help="a virtual TPM whose key protector this host's guardian owns (Enable-VMTPM)")
+    a.add_argument("--clustered", action="store_true", help="a clustered role of a failover cluster (IsClustered)")
+    a.add_argument("--replica", action="store_true", help="replicating with Hyper-V Replica, as its primary")
+    a.add_argument("--assigned-device", action="store_true",
+                   help="a PCIe device assigned with Discrete Device Assignment (Add-VMAssignableDevice)")
+    a.add_argument("--gpu-partition", action="store_true", help="a GPU partition (Add-VMGpuPartitionAdapter)")
+    a.add_argument("--sriov", action="store_true",
+                   help="its network adapter uses an SR-IOV virtual function (IovWeight 100)")
+    a.add_argument("--fibre-channel", action="append", metavar="SAN",
+                   help="a virtual Fibre Channel adapter on this virtual SAN (made on the host if missing; repeatable)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_guard(cmd_add_vm, LabError))
+
+    h = lsub.add_parser("set-host", parents=[common],
+                        help="change what a lab host offers a VM: processor, memory, NUMA, guardians, virtual SANs")
+    h.add_argument("host")
+    h.add_argument("--cpu-model", help="the processor's name (Win32_Processor Name)")
+    h.add_argument("--cpu-features", metavar="A,B,...",
+                   help="the processor features it offers a VM (another generation: another set)")
+    h.add_argument("--memory-mb", type=int, help="memory the host has for VMs")
+    h.add_argument("--numa-nodes", type=int, help="NUMA nodes the memory is split into")
+    h.add_argument("--numa-spanning", choices=("on", "off"), help="whether a VM may use more than one NUMA node")
+    h.add_argument("--import-guardians-from", metavar="HOST",
+                   help="import another lab host's guardians with their private keys (as its certificates "
+                        "exported from its 'Shielded VM Local Certificates' store)")
+    h.add_argument("--san", action="append", metavar="NAME", help="its virtual SANs (repeatable; replaces the list)")
+    h.add_argument("--reset", action="store_true", help="first back to what a lab host offers by default")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=_guard(cmd_set_host, LabError))
 
     r = lsub.add_parser("restart-host", parents=[common],
                         help="restart a lab host as a reboot would: running VMs saved, then each VM "

@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from lab import processes, samba
-from lab.emulator import messages
+from lab.emulator import hostprops, messages
 from lab.emulator.client import EmulatorClient, EmulatorClientError
 from lab.ports import free_port
 from workers.model.config import load_config, toml_str
@@ -272,6 +272,28 @@ def add_vm(cfg, name: str, host: str, **options) -> dict:
         return emulator_client(cfg, host).create_vm(name=name, **{**DEFAULT_VM, **options})
     except EmulatorClientError as e:
         raise LabError(f"{host} refused the VM: {e.message}") from None
+
+
+def set_host(cfg, host: str, props: dict, *, reset: bool = False, guardians_from: str | None = None) -> dict:
+    """Change what a lab host offers (lab/emulator/hostprops.py), in one change: `reset` starts
+    from a lab host's defaults, `guardians_from` adds that host's guardians to this one's, as an
+    administrator imports its certificates with their private keys. LabError if the host
+    refuses; then nothing changed."""
+    cfg.host(host)
+    if guardians_from is not None:
+        cfg.host(guardians_from)
+    client = emulator_client(cfg, host)
+    try:
+        change = {**hostprops.defaults(host), **props} if reset else dict(props)
+        if guardians_from is not None:
+            have = change.get("guardians") or client.host_props()["guardians"]
+            known = {g["encryption_thumbprint"] for g in have}
+            extra = [g for g in emulator_client(cfg, guardians_from).host_props()["guardians"]
+                     if g["encryption_thumbprint"] not in known]
+            change["guardians"] = have + extra
+        return client.set_host(**change) if change else client.host_props()
+    except EmulatorClientError as e:
+        raise LabError(f"{host} refused the change: {e.message}") from None
 
 
 def restart_host(lab_dir: Path, host: str, *, down_s: float = 0.0, say=print) -> dict:

@@ -24,6 +24,7 @@ from lab.emulator import disk
 from lab.emulator.errors import OpError, fqid
 from lab.emulator.events import EventLog
 from lab.emulator.hostpaths import leaf_name, parent_folder, same_path
+from lab.emulator.hostresources import HostResources
 from lab.emulator.lifecycle import VMGS_BYTES
 from lab.emulator.registry import Registry
 from lab.emulator.vm import VM, checkpoint_files
@@ -59,6 +60,8 @@ class Checkpoints:
         sid = str(uuid.uuid4())
         base = f"{folder}\\{sid.upper()}"
         memory = vm.checkpoint_type == "Standard" and vm.state == "Running"
+        if memory:  # its memory is saved as Save-VM saves it (harsher reading: refused alike)
+            HostResources.check_save(vm, "CheckpointVM")
         frozen = self._freeze_disks(vm, sid)
         snap = {"id": sid, "name": sname, "config_path": base + ".vmcx",
                 "files": [base + ".vmcx", base + ".vmgs"] + ([base + ".vmrs"] if memory else []),

@@ -83,7 +83,8 @@ class EmulatorClient:
                   iso: bool = True, checkpoint_type: str = "Standard", start: bool = True, **more) -> dict:
         """Create (and start) a VM; returns its VMInfo. `more`: version, switches, passthrough_disk,
         vm_id (a given id), parent (a base disk the VM's disk is a child of), path (its folder),
-        automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb."""
+        automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
+        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices."""
         doc = {"name": name, "memory_mb": memory_mb, "disk_mb": disk_mb, "write_rate_kbps": write_rate_kbps,
                "iso": iso, "checkpoint_type": checkpoint_type, "start": start, **more}
         return self._call("POST", "/lab/vms", doc, timeout_s=max(self.timeout_s, 120.0))["vm"]  # type: ignore[index]
@@ -92,7 +93,8 @@ class EmulatorClient:
         return self._call("GET", "/lab/host")  # type: ignore[return-value]
 
     def set_host(self, **props) -> dict:
-        """Change what the host offers: supported_versions, switches, cpu_vendor, free_bytes; and
+        """Change what the host offers: supported_versions, switches, cpu_vendor, free_bytes,
+        cpu_model, cpu_features, memory_bytes, numa_nodes, numa_spanning, guardians, sans; and
         fips (the FIPS policy: a script that makes a SHA256Managed is refused)."""
         return self._call("POST", "/lab/host", props)  # type: ignore[return-value]
 

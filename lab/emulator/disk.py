@@ -349,9 +349,14 @@ def merge_into_parent(child: Path, parent: Path) -> int:
 
 # ---- saved memory (.vmrs) and other fixed-size files ------------------------------------
 
-def write_vmrs(path: Path, vm_id: str, counter: int, memory_bytes: int, host: str, saved_at: float) -> None:
+def write_vmrs(path: Path, vm_id: str, counter: int, memory_bytes: int, host: str, saved_at: float,
+               cpu_set: str | None = None) -> None:
+    """A saved state: the guest's counter, its memory, and (Save-VM) the processor features it
+    runs with, which only a host that offers the same may resume."""
     doc = {"vm_id": vm_id, "counter": int(counter), "memory_bytes": int(memory_bytes),
            "saved_at": saved_at, "host": host}
+    if cpu_set is not None:
+        doc["cpu_set"] = cpu_set
     _write_new(path, _pack_header(VMRS_MAGIC, doc), _random_blocks(f"{vm_id}:{counter}", int(memory_bytes)))
 
 

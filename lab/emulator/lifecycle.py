@@ -9,8 +9,12 @@ gets a `recover` line.
 
 A host restart (`quickmig lab restart-host`) is not a crash: `host_shutdown` saves every
 running VM (AutomaticStopAction Save, Hyper-V's default; the other stop actions are not
-modelled) and `boot` then does what each VM's AutomaticStartAction says. The rules and their
-sources are in docs/hyperv-rules.md ("VM lifecycle").
+modelled; a VM that cannot be saved, one with an assigned device, is turned off, as its
+documentation asks its stop action to be) and `boot` then does what each VM's
+AutomaticStartAction says. The rules and their sources are in docs/hyperv-rules.md ("VM
+lifecycle"). What Start-VM and Save-VM check against the host (memory, processor features,
+key protector, virtual SAN, devices) is in hostresources.py; the heartbeat comes only from a
+guest that runs the Heartbeat service, with the service enabled.
 """
 from __future__ import annotations
 
@@ -28,10 +32,12 @@ from lab.emulator.events import EventLog
 from lab.emulator.guest import GuestWriter
 from lab.emulator.hostpaths import is_guid, same_path
 from lab.emulator.hostprops import SWITCHES
+from lab.emulator.hostresources import HostResources, start_set
 from lab.emulator.registry import Registry
 from lab.emulator.vm import (
     CHECKPOINT_TYPES,
     DEFAULT_START_ACTION,
+    DEVICE_KINDS,
     MAX_NAME,
     START_ACTIONS,
     VM,
@@ -100,6 +106,38 @@ def _check_memory(memory_mb: int, dynamic: object, maximum_mb: object, assigned_
     return maximum * MiB, assigned * MiB
 
 
+def _check_hardware(devices: object, switches: list[str], dynamic: object) -> list[dict]:
+    """The lab's devices of a new VM (lab control: `devices`, a list of kinds or {"kind", ...}),
+    each as Get-VM's companion cmdlets describe it."""
+    if devices is None:
+        return []
+    if not isinstance(devices, list):
+        raise invalid_arg(f"devices must be a list of {', '.join(DEVICE_KINDS)}.", "NewVM")
+    out = []
+    for i, d in enumerate(devices):
+        d = {"kind": d} if isinstance(d, str) else d
+        if not isinstance(d, dict) or d.get("kind") not in DEVICE_KINDS:
+            raise invalid_arg(f"devices must be a list of {', '.join(DEVICE_KINDS)}.", "NewVM")
+        kind = d["kind"]
+        if kind == "assignable":  # Add-VMAssignableDevice -LocationPath
+            if dynamic:  # Discrete Device Assignment: "The use of dynamic memory" is not available
+                raise invalid_arg("A VM with an assigned device cannot use Dynamic Memory.", "NewVM")
+            out.append({"kind": kind, "location_path": f"PCIROOT(0)#PCI(03{i:02d})#PCI(0000)",
+                        "instance_path": f"PCI\\VEN_10DE&DEV_1EB8\\{i}"})
+        elif kind == "gpu_partition":  # Add-VMGpuPartitionAdapter
+            out.append({"kind": kind, "adapter_id": f"gpu-partition-{i}"})
+        elif kind == "sriov":  # Set-VMNetworkAdapter -IovWeight on an adapter of an SR-IOV switch
+            if not switches:
+                raise invalid_arg("An SR-IOV network adapter needs a virtual switch.", "NewVM")
+            out.append({"kind": kind, "adapter": "Network Adapter", "switch": switches[0], "iov_weight": 100})
+        else:  # Add-VMFibreChannelHba -SanName
+            san = d.get("san")
+            if not isinstance(san, str) or not san or len(san) > MAX_NAME:
+                raise invalid_arg("A virtual Fibre Channel adapter needs the name of a virtual SAN (san).", "NewVM")
+            out.append({"kind": kind, "san": san})
+    return out
+
+
 def _highest_record(chain: list[disk.ChainLink]) -> int:
     return max((max(disk.read_records(link.local), default=0) for link in chain), default=0)
 
@@ -110,6 +148,7 @@ class VMLifecycle:
         self.paths = registry.paths
         self.events = events
         self.heartbeat_delay_s = heartbeat_delay_s
+        self.resources = HostResources(registry)
 
     # -- create ------------------------------------------------------------------------
     def ensure_iso(self) -> str:
@@ -126,15 +165,36 @@ class VMLifecycle:
                passthrough_disk: object = False, vm_id: object = None, parent: object = None,
                path: object = None, automatic_start_action: object = DEFAULT_START_ACTION,
                dynamic_memory: object = False, memory_maximum_mb: object = None,
-               memory_assigned_mb: object = None) -> VM:
+               memory_assigned_mb: object = None, heartbeat: object = True, heartbeat_enabled: object = True,
+               compat_migration: object = False, vtpm: object = False, clustered: object = False,
+               replica: object = False, devices: object = None) -> VM:
         r"""New-VM + New-VHD + Add-VMDvdDrive (+ Set-VM + Start-VM): the lab's way to make a VM.
 
         `vm_id`: the VM's id (a GUID) instead of a new one: a VM that shares its id with one on
         another host, as a Hyper-V Replica replica does. `path`: the folder of its files
         (New-VM -Path; default `<vm_root>\<id>`). `parent`: the VM's disk is a differencing disk
         on this base disk (New-VHD -Differencing -ParentPath), made first (disk_mb) if it is not
-        there yet: two VMs given the same parent share one golden image."""
+        there yet: two VMs given the same parent share one golden image.
+
+        What moves with it or not: `heartbeat` (its guest runs the Heartbeat service),
+        `heartbeat_enabled` (Enable/Disable-VMIntegrationService), `compat_migration`
+        (Set-VMProcessor -CompatibilityForMigrationEnabled), `vtpm` (Enable-VMTPM with a key
+        protector owned by this host's guardian), `clustered` (a clustered role), `replica`
+        (replicating with Hyper-V Replica, as its primary), `devices` (`_check_hardware`; a
+        virtual SAN a Fibre Channel adapter names is made here first, as New-VMSan would)."""
         switches = _check_new_vm(name, memory_mb, disk_mb, write_rate_kbps, checkpoint_type, version, switches)
+        for what, flag in (("heartbeat", heartbeat), ("heartbeat_enabled", heartbeat_enabled),
+                           ("compat_migration", compat_migration), ("vtpm", vtpm), ("clustered", clustered),
+                           ("replica", replica)):
+            if not isinstance(flag, bool):
+                raise invalid_arg(f"{what} must be true or false.", "NewVM")
+        hardware = _check_hardware(devices, switches, dynamic_memory)
+        key_protector = []
+        if vtpm:  # New-HgsKeyProtector -Owner (this host's guardian), Set-VMKeyProtector, Enable-VMTPM
+            owner = next((g for g in self.reg.props["guardians"] if g["private_keys"]), None)
+            if owner is None:
+                raise invalid_arg("A virtual TPM needs a guardian with its private keys on this host.", "NewVM")
+            key_protector = [{k: owner[k] for k in ("name", "encryption_thumbprint", "signing_thumbprint")}]
         action = _check_start_action(automatic_start_action, "NewVM")
         maximum, assigned = _check_memory(int(memory_mb), dynamic_memory, memory_maximum_mb,  # type: ignore[call-overload]
                                           memory_assigned_mb)
@@ -145,7 +205,10 @@ class VMLifecycle:
                 write_rate_kbps=float(write_rate_kbps), version=version,  # type: ignore[arg-type]
                 switches=list(switches), cpu_vendor=self.reg.props["cpu_vendor"],
                 automatic_start_action=action, dynamic_memory_enabled=bool(dynamic_memory),
-                memory_maximum_bytes=maximum, memory_assigned_bytes=assigned)
+                memory_maximum_bytes=maximum, memory_assigned_bytes=assigned, guest_heartbeat=bool(heartbeat),
+                heartbeat_enabled=bool(heartbeat_enabled), compat_migration=bool(compat_migration),
+                tpm_enabled=bool(vtpm), key_protector=key_protector, devices=hardware,
+                is_clustered=bool(clustered), replication_mode="Primary" if replica else "None")
         base = f"{folder}\\Virtual Hard Disks\\disk0.vhdx"
         with self.reg.lock:
             self._refuse_existing(vm, base)
@@ -163,6 +226,9 @@ class VMLifecycle:
         with self.reg.lock:
             if vm_id in self.reg.vms:  # made meanwhile
                 raise self._id_taken(vm_id)
+            for d in hardware:
+                if d["kind"] == "fibre_channel" and d["san"] not in self.reg.props["sans"]:
+                    self.reg.props["sans"] = [*self.reg.props["sans"], d["san"]]
             self.reg.vms[vm_id] = vm
             self.reg.save(vm)
         self.events.event(vm, "create")
@@ -238,8 +304,8 @@ class VMLifecycle:
                               "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name)
         return chain
 
-    def _restore(self, vm: VM) -> int:
-        """Start-VM of a Saved VM: the guest's counter from its saved memory (.vmrs)."""
+    def _saved_state(self, vm: VM) -> dict:
+        """Start-VM of a Saved VM: its saved memory (.vmrs), read."""
         vmrs_hp = vm.state_file("vmrs")
         vmrs = self.paths.local(vmrs_hp)
         try:
@@ -254,9 +320,13 @@ class VMLifecycle:
         if doc["vm_id"] != vm.id:
             raise OpError(f"'{vm.name}' failed to restore: the saved state file belongs to VM {doc['vm_id']}.",
                           "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name)
+        return doc
+
+    def _restore(self, vm: VM, doc: dict) -> int:
+        """The guest's counter from its saved memory; the saved state goes."""
         counter = doc["counter"]
         self.events.journal(vm, f"start resumed_from={counter}")
-        vmrs.unlink()  # Hyper-V deletes the saved state once the VM runs from it
+        self.paths.local(vm.state_file("vmrs")).unlink()  # Hyper-V deletes the saved state once the VM runs from it
         return counter
 
     def start(self, vm: VM, **why) -> None:
@@ -265,13 +335,19 @@ class VMLifecycle:
             log.warning("Start-VM %s: the virtual machine is already in the specified state", vm.id)
             return
         chain = self._check_bootable(vm)
-        if vm.state == "Saved":
-            counter = self._restore(vm)
+        saved = self._saved_state(vm) if vm.state == "Saved" else None
+        # a saved state of before the processor features were recorded resumes anywhere
+        cpu_set = saved.get("cpu_set") if saved is not None else None
+        vm.numa_node = self.resources.check_start(vm, cpu_set if isinstance(cpu_set, str) else None)
+        if saved is not None:
+            counter = self._restore(vm, saved)
             resumed = str(counter)
         else:
             counter = _highest_record(chain)
             resumed = "cold"
             self.events.journal(vm, f"start resumed_from=cold disk_seq={counter}")
+        # a resumed guest keeps the processor features it started with; a booted one gets this host's
+        vm.cpu_set = cpu_set if isinstance(cpu_set, str) else start_set(self.reg.props, vm)
         vm.counter = counter
         vm.writer = self._writer(vm, counter)
         vm.state = "Running"
@@ -300,6 +376,7 @@ class VMLifecycle:
             vm.writer.error = f"recovery failed: {e}"
             return
         self.events.journal(vm, f"recover resumed_from={counter}")
+        vm.cpu_set = vm.cpu_set or start_set(self.reg.props, vm)
         vm.counter = counter
         vm.writer = self._writer(vm, counter)
         vm.heartbeat_at = time.monotonic() + self.heartbeat_delay_s
@@ -308,6 +385,16 @@ class VMLifecycle:
         log.info("recovered running VM %s on %s (counter %d)", vm.id, self.reg.name, counter)
 
     # -- heartbeat ---------------------------------------------------------------------
+    @staticmethod
+    def heartbeat_status(vm: VM) -> str:
+        """The Heartbeat integration service's PrimaryStatusDescription of a running VM: OK only
+        while the service is enabled, the guest runs it, has booted and answers. A guest without
+        the service never answers; a disabled service reports no heartbeat (harsher reading)."""
+        if not (vm.heartbeat_enabled and vm.guest_heartbeat) or time.monotonic() < vm.heartbeat_at:
+            return "No Contact"
+        w = vm.writer
+        return "OK" if w is None or w.error is None else "Lost Communication"
+
     def wait_heartbeat(self, vm: VM, timeout: float) -> dict:
         """Get-VMIntegrationService Heartbeat, polled until OK or `timeout` seconds."""
         t0 = time.monotonic()
@@ -315,12 +402,10 @@ class VMLifecycle:
             if vm.state != "Running":
                 raise OpError(f"VM {vm.id} is {vm.state}; its heartbeat cannot come up.", "InvalidOperation",
                               "InvalidStateForHeartbeat", vm.id)
-            w = vm.writer
-            booting = time.monotonic() < vm.heartbeat_at
-            if not booting and (w is None or w.error is None):
+            status = self.heartbeat_status(vm)
+            if status == "OK":
                 return {"heartbeat": "OK", "waited_s": round(time.monotonic() - t0, 3)}
             if time.monotonic() - t0 >= timeout:
-                status = "No Contact" if booting else "Lost Communication"
                 raise OpError(f"Heartbeat of VM {vm.id} is \"{status}\", not OK, after {int(timeout)} s.",
                               "OperationTimeout", "HeartbeatTimeout", vm.id)
             time.sleep(0.02)
@@ -373,11 +458,13 @@ class VMLifecycle:
         """Save-VM (the caller holds vm.op_lock): memory to the .vmrs, the VM Saved."""
         if vm.state != "Running":
             raise invalid_state(vm, "SaveVM", "change state")
+        self.resources.check_save(vm)
         counter = self.stop_writer(vm)
         vmrs_hp = vm.state_file("vmrs")
-        # the memory as the guest holds it: with Dynamic Memory its assigned memory, not its startup
+        # the memory as the guest holds it: with Dynamic Memory its assigned memory, not its startup;
+        # and the processor features it runs with, which only a host offering the same may resume
         disk.write_vmrs(self.paths.local(vmrs_hp), vm.id, counter, vm.running_memory_bytes,
-                        self.reg.name, time.time())
+                        self.reg.name, time.time(), cpu_set=vm.cpu_set or start_set(self.reg.props, vm))
         vm.state = "Saved"
         self.reg.save(vm)
         self.events.journal(vm, f"save counter={counter}")
@@ -386,14 +473,19 @@ class VMLifecycle:
 
     # -- the host's own shutdown and start ----------------------------------------------
     def host_shutdown(self) -> list[str]:
-        """The host shuts down: every Running VM is saved (AutomaticStopAction Save). Returns
-        their ids."""
+        """The host shuts down: every Running VM is saved (AutomaticStopAction Save); one that
+        cannot be saved (an assigned device) is turned off. Returns the ids of those saved."""
         saved = []
         for vm in list(self.reg.vms.values()):
             with vm.op_lock:
-                if vm.state == "Running":
+                if vm.state != "Running":
+                    continue
+                try:
                     self.save(vm, reason="host shutdown")
                     saved.append(vm.id)
+                except OpError:
+                    self.turn_off(vm)
+                    self.reg.save(vm)
         return saved
 
     @staticmethod

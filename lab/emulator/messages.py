@@ -177,6 +177,56 @@ CATALOG: list[tuple[str, str]] = [
      "memory_maximum_mb muss eine ganze Zahl von memory_mb ({mb}) bis {max} sein."),
     ("memory_assigned_mb must be a whole number from 1 to memory_maximum_mb ({max}, at most 65536 in the lab).",
      "memory_assigned_mb muss eine ganze Zahl von 1 bis memory_maximum_mb ({max}, im Lab höchstens 65536) sein."),
+    # -- what a host offers a VM: memory, processor, key protector, devices -------------
+    ("'{name}' could not initialize. Not enough memory in the system to start the virtual machine {vm} with ram "
+     "size {size} megabytes. (Virtual machine ID {id})",
+     "'{name}' konnte nicht initialisiert werden. Nicht genügend Arbeitsspeicher im System, um den virtuellen "
+     "Computer {vm} mit einer RAM-Größe von {size} Megabyte zu starten. (ID des virtuellen Computers {id})"),
+    ("'{name}' failed to restore. The virtual machine '{vm}' is using processor-specific features not supported "
+     "on physical computer '{host}'. To allow for migration of this virtual machine to physical computers with "
+     "different processors, modify the virtual machine settings to limit the processor features used by the "
+     "virtual machine. (Virtual machine ID {id})",
+     "'{name}' konnte nicht wiederhergestellt werden. Der virtuelle Computer '{vm}' verwendet prozessorspezifische "
+     "Features, die auf dem physischen Computer '{host}' nicht unterstützt werden. Ändern Sie die Einstellungen des "
+     "virtuellen Computers, um die von ihm verwendeten Prozessorfeatures einzuschränken, damit er auf physische "
+     "Computer mit anderen Prozessoren migriert werden kann. (ID des virtuellen Computers {id})"),
+    ("The virtual machine is using processor-specific features not supported on physical computer '{host}'. To "
+     "allow for migration of this virtual machine to physical computers with different processors, modify the "
+     "virtual machine settings to limit the processor features used by the virtual machine.",
+     "Der virtuelle Computer verwendet prozessorspezifische Features, die auf dem physischen Computer '{host}' "
+     "nicht unterstützt werden. Ändern Sie die Einstellungen des virtuellen Computers, um die von ihm verwendeten "
+     "Prozessorfeatures einzuschränken, damit er auf physische Computer mit anderen Prozessoren migriert werden "
+     "kann."),
+    ("'{name}' failed to start. The key protector for the virtual machine '{vm}' could not be unwrapped. "
+     "HostGuardianService returned: One or more arguments are invalid (0x80070057). Details are included in the "
+     "HostGuardianService-Client event log. (Virtual machine ID {id})",
+     "'{name}' konnte nicht gestartet werden. Die Schlüsselschutzvorrichtung für den virtuellen Computer '{vm}' "
+     "konnte nicht entpackt werden. HostGuardianService hat Folgendes zurückgegeben: Mindestens ein Argument ist "
+     "ungültig (0x80070057). Details finden Sie im Ereignisprotokoll HostGuardianService-Client. (ID des virtuellen "
+     "Computers {id})"),
+    ("'{name}' failed to start. Synthetic Fibre Channel Port: the virtual SAN '{san}' does not exist on this host. "
+     "(Virtual machine ID {id})",
+     "'{name}' konnte nicht gestartet werden. Synthetischer Fibre Channel-Port: Das virtuelle SAN '{san}' ist auf "
+     "diesem Host nicht vorhanden. (ID des virtuellen Computers {id})"),
+    ("'{name}' failed to save. The virtual machine cannot be saved while it has {device}. (Virtual machine ID {id})",
+     "'{name}' konnte nicht gespeichert werden. Der virtuelle Computer kann nicht gespeichert werden, solange er "
+     "{device} hat. (ID des virtuellen Computers {id})"),
+    ("A virtual TPM needs a guardian with its private keys on this host.",
+     "Ein virtuelles TPM benötigt auf diesem Host einen Überwacher mit seinen privaten Schlüsseln."),
+    ("{what} must be true or false.", "{what} muss true oder false sein."),
+    ("No Contact", "Kein Kontakt"),
+    ("Lost Communication", "Kommunikation unterbrochen"),
+    ("OK", "OK"),
+    ("preflight must be true or false.", "preflight muss true oder false sein."),
+    ("compatibility_info must be the base64 text of a compatibility blob.",
+     "compatibility_info muss der Base64-Text eines Kompatibilitätsblobs sein."),
+    ("guardians must be true or false.", "guardians muss true oder false sein."),
+    ('Exception calling "FromBase64String" with "1" argument(s): "The input is not a valid Base-64 string as it '
+     'contains a non-base 64 character, more than two padding characters, or an illegal character among the '
+     'padding characters."',
+     'Ausnahme beim Aufrufen von "FromBase64String" mit 1 Argument(en):  "Die Eingabe ist keine gültige '
+     'Base-64-Zeichenfolge, da sie ein Nicht-Base-64-Zeichen, mehr als zwei Auffüllzeichen oder ein ungültiges '
+     'Zeichen zwischen den Auffüllzeichen enthält."'),
     # -- validation and import: planned VMs, checkpoints, folders ----------------------
     ("Checkpoint operation failed for '{name}': the checkpoint file location '{path}' is not available on "
      "this host.",
@@ -294,6 +344,9 @@ _WORDS = {"de-DE": {"change state": "den Zustand nicht ändern", "start": "nicht
                     "delete the saved state": "den gespeicherten Zustand nicht löschen",
                     "modify its settings": "seine Einstellungen nicht ändern",
                     "checkpoint file location": "Der Speicherort der Prüfpunktdateien",
+                    "an assigned device": "ein zugewiesenes Gerät",
+                    "a GPU partition": "eine GPU-Partition",
+                    "an SR-IOV virtual function": "eine virtuelle SR-IOV-Funktion",
                     "Smart Paging folder": "Der Smart Paging-Ordner"}}
 
 _FIELD_RE = re.compile(r"\{\{|\}\}|\{([a-z_]+)\}")

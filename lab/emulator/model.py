@@ -3,7 +3,10 @@
 `HyperVHost` composes the parts; each lives in its own module with the rules it enforces:
 
     hostpaths.py     host paths <-> files on the share, and the rules every path must pass
-    hostprops.py     what the host offers (versions, switches, CPU vendor, free space, FIPS policy)
+    hostprops.py     what the host offers (versions, switches, processor, memory and NUMA nodes,
+                     guardians, virtual SANs, free space, FIPS policy)
+    hostresources.py what Start-VM and Save-VM check against the host: memory, processor
+                     features, key protector, virtual SAN, devices a saved state cannot hold
     messages.py      the host's display language: every message it writes, translated
     vm.py            the VM record, the layout of its files, the lock order, Get-VM's view
     vmcx.py          the configuration file (.vmcx)
@@ -15,6 +18,8 @@
     checkpoints.py   Checkpoint-VM, Remove-VMSnapshot, Set-VHD -ParentPath
     files.py         files in use, Remove-Item, pruning empty folders, Get-FileHash
     vmimport.py      Compare-VM, Import-VM, the planned VMs between them, DestroySystem
+    vmfacts.py       what describe_vm reports for pre-flight (heartbeat, processor, vTPM,
+                     cluster, replication, devices)
     operations.py    the operation table the WinRM server dispatches by script name
     scriptfacts.py   what the shipped scripts do that changes how a real host answers them
 
@@ -112,8 +117,8 @@ class HyperVHost:
                   passthrough_disk: object = False, **options: object) -> dict:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
         `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
-        automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb
-        (`VMLifecycle.create`)."""
+        automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
+        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices (`VMLifecycle.create`)."""
         vm = self.lifecycle.create(name, memory_mb=memory_mb, disk_mb=disk_mb, write_rate_kbps=write_rate_kbps,
                                    iso=iso, checkpoint_type=checkpoint_type, start=start, version=version,
                                    switches=switches, passthrough_disk=passthrough_disk,
@@ -121,7 +126,7 @@ class HyperVHost:
         return {"vm": describe(vm, self.paths)}
 
     def set_props(self, doc: object) -> dict:
-        """Lab control: change what this host offers (switches, versions, CPU vendor, free space)."""
+        """Lab control: change what this host offers (hostprops.HOST_PROPS)."""
         doc = hostprops.check(doc)
         with self.registry.lock:
             self.registry.props.update(doc)
@@ -129,7 +134,7 @@ class HyperVHost:
         return dict(self.registry.props)
 
     def reset_props(self) -> dict:
-        return self.set_props(hostprops.defaults())
+        return self.set_props(hostprops.defaults(self.name))
 
     def lab_state(self) -> dict:
         with self.registry.lock:

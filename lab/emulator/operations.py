@@ -7,6 +7,8 @@ what the script prints (as JSON).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 
 from lab.emulator import hostprops, scriptfacts
@@ -15,9 +17,11 @@ from lab.emulator.errors import MissingVM, OpError, fips_refusal, get_vm_not_fou
 from lab.emulator.events import EventLog
 from lab.emulator.files import HostFiles
 from lab.emulator.hostpaths import is_guid, same_path
+from lab.emulator.hostresources import check_compatibility_info, numa_available
 from lab.emulator.lifecycle import VMLifecycle
 from lab.emulator.registry import Registry
 from lab.emulator.vm import MAX_NAME, VM, describe
+from lab.emulator.vmfacts import preflight_facts
 from lab.emulator.vmimport import Importer, check_maps
 from workers.model import chunks
 
@@ -78,9 +82,11 @@ class Operations:
             return {"vms": [{"id": v.id, "name": v.name, "state": v.state} for v in self.reg.vms.values()]}
 
     def op_describe_vm(self, args: dict) -> dict:
+        preflight = args.get("preflight", False)
+        if not isinstance(preflight, bool):
+            raise invalid_arg("preflight must be true or false.")
         if args.get("vm_id") is not None:
-            vm = self.reg.get(args["vm_id"])
-            return {"vm": self._info(vm)}
+            return {"vm": self._described(self.reg.get(args["vm_id"]), preflight)}
         name = args.get("name")
         if not isinstance(name, str) or not name:
             raise invalid_arg("describe_vm needs 'name' or 'vm_id'.")
@@ -93,14 +99,45 @@ class Operations:
             ids = ", ".join(v.id for v in found)
             raise OpError(f"More than one virtual machine is named \"{name}\" (ids {ids}); ask by vm_id.",
                           "InvalidResult", "AmbiguousVMName", name)
-        return {"vm": self._info(found[0])}
+        return {"vm": self._described(found[0], preflight)}
+
+    def _described(self, vm: VM, preflight: bool) -> dict:
+        """VMInfo, and with `preflight` what pre-flight asks of the VM besides (vmfacts.py)."""
+        info = self._info(vm)
+        if preflight:
+            info["preflight"] = preflight_facts(vm, self.reg.props)
+        return info
 
     def op_host_info(self, args: dict) -> dict:
+        blob, guardians = args.get("compatibility_info"), args.get("guardians", False)
+        raw = None
+        if blob is not None:
+            if not isinstance(blob, str):
+                raise invalid_arg("compatibility_info must be the base64 text of a compatibility blob.", "GetVMHost")
+            try:  # [Convert]::FromBase64String, as the script reads it
+                raw = base64.b64decode(blob, validate=True)
+            except binascii.Error:
+                raise OpError('Exception calling "FromBase64String" with "1" argument(s): "The input is not a valid '
+                              'Base-64 string as it contains a non-base 64 character, more than two padding '
+                              'characters, or an illegal character among the padding characters."', "NotSpecified",
+                              "FormatException") from None
+        if not isinstance(guardians, bool):
+            raise invalid_arg("guardians must be true or false.", "GetVMHost")
         free = hostprops.free_bytes(self.reg.props, self.paths.share)
         p = self.reg.props
-        return {"name": self.reg.name, "supported_versions": list(p["supported_versions"]),
-                "switches": list(p["switches"]), "cpu_vendor": p["cpu_vendor"], "free_bytes": free,
-                "vm_root_free_bytes": free}
+        with self.reg.lock:
+            numa = numa_available(self.reg)
+        out = {"name": self.reg.name, "supported_versions": list(p["supported_versions"]),
+               "switches": list(p["switches"]), "cpu_vendor": p["cpu_vendor"], "free_bytes": free,
+               "vm_root_free_bytes": free, "cpu_model": p["cpu_model"], "numa_spanning_enabled": p["numa_spanning"],
+               "numa_nodes": [{"id": i, "memory_available_bytes": n} for i, n in enumerate(numa)]}
+        if guardians:  # Get-HgsGuardian: the guardians whose certificates this host holds
+            out["guardians"] = [{"name": g["name"], "encryption_thumbprint": g["encryption_thumbprint"],
+                                 "signing_thumbprint": g["signing_thumbprint"],
+                                 "has_private_signing_key": g["private_keys"]} for g in p["guardians"]]
+        if raw:  # CheckSystemCompatibilityInfo of the VM's blob (an empty one is not asked about)
+            out["compatibility"] = check_compatibility_info(p, self.reg.name, raw)
+        return out
 
     def op_wait_heartbeat(self, args: dict) -> dict:
         vm = self.reg.get(args.get("vm_id"), "GetVMIntegrationService")

@@ -33,7 +33,7 @@ class Registry:
         self.vms: dict[str, VM] = {}
         # planned VM id -> {id, name, definition (the file it came from), ...} (see vmimport.py)
         self.planned: dict[str, dict] = {}
-        self.props: dict = hostprops.defaults()
+        self.props: dict = hostprops.defaults(name)
 
     def load(self) -> None:
         try:

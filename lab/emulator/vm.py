@@ -21,6 +21,14 @@ operation on that VM at a time) and `io_lock` (shared with its guest writer; hel
 active disk is switched). Order: op_lock -> lock -> io_lock. A guest writer is never stopped
 while io_lock is held.
 
+What moves with a VM and what a host must offer it (docs/hyperv-rules.md, "What a host
+offers"): its Heartbeat integration service (enabled, and whether the guest runs it), its
+processor compatibility mode and the processor features it started with (`cpu_set`), its
+virtual TPM and key protector (the guardians that can unwrap it), its devices (`devices`:
+an assigned PCIe device, a GPU partition, an SR-IOV virtual function, a virtual Fibre
+Channel adapter); and what only its host knows: whether it is a clustered role and whether
+it replicates (Hyper-V Replica).
+
 Simplification (a documented gap): one disk per VM (SCSI 0:0).
 """
 from __future__ import annotations
@@ -41,6 +49,11 @@ CHECKPOINT_TYPES = ("Standard", "Production", "ProductionOnly", "Disabled")
 # Set-VM -AutomaticStartAction: what the VM does when its host starts (docs/hyperv-rules.md)
 START_ACTIONS = ("Nothing", "StartIfRunning", "Start")
 DEFAULT_START_ACTION = "StartIfRunning"  # a new VM's, as Hyper-V sets it
+# Devices a VM may have that do not move with it (Get-VMAssignableDevice, Get-VMGpuPartitionAdapter,
+# Get-VMNetworkAdapter's IovWeight, Get-VMFibreChannelHba)
+DEVICE_KINDS = ("assignable", "gpu_partition", "sriov", "fibre_channel")
+# A device whose state a saved state cannot hold: Save-VM (and a checkpoint with memory) refused
+UNSAVABLE_DEVICES = ("assignable", "gpu_partition", "sriov")
 
 
 @dataclass
@@ -68,6 +81,16 @@ class VM:
     dynamic_memory_enabled: bool = False
     memory_maximum_bytes: int = 0      # Dynamic Memory's ceiling (0: the startup memory)
     memory_assigned_bytes: int = 0     # what the guest holds while it runs (0: the startup memory)
+    heartbeat_enabled: bool = True     # its Heartbeat integration service (Enable/Disable-VMIntegrationService)
+    guest_heartbeat: bool = True       # the guest runs the Heartbeat service (the lab's --no-heartbeat: it does not)
+    compat_migration: bool = False     # Set-VMProcessor -CompatibilityForMigrationEnabled
+    cpu_set: str = ""                  # the processor features the running guest started with (hostresources.py)
+    tpm_enabled: bool = False          # a virtual TPM (Enable-VMTPM)
+    key_protector: list[dict] = field(default_factory=list)  # its guardians (owner first): name, thumbprints
+    devices: list[dict] = field(default_factory=list)        # {"kind": one of DEVICE_KINDS, ...}
+    is_clustered: bool = False         # a clustered role of a failover cluster (Get-VM's IsClustered)
+    replication_mode: str = "None"     # Hyper-V Replica: None, Primary, Replica, ...
+    numa_node: int | None = None       # the NUMA node it runs in when the host does not let VMs span nodes
     # runtime only
     op_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     io_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -77,7 +100,9 @@ class VM:
     PERSISTED = ("id", "name", "path", "config_path", "state", "generation", "version",
                  "memory_startup_bytes", "checkpoint_type", "switches", "disks", "isos", "snapshots",
                  "write_rate_kbps", "cpu_vendor", "counter", "snapshot_location", "smart_paging_path",
-                 "automatic_start_action", "dynamic_memory_enabled", "memory_maximum_bytes", "memory_assigned_bytes")
+                 "automatic_start_action", "dynamic_memory_enabled", "memory_maximum_bytes", "memory_assigned_bytes",
+                 "heartbeat_enabled", "guest_heartbeat", "compat_migration", "cpu_set", "tpm_enabled",
+                 "key_protector", "devices", "is_clustered", "replication_mode", "numa_node")
 
     def __post_init__(self) -> None:
         # New-VM puts both in the VM's folder

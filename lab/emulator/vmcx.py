@@ -32,9 +32,12 @@ def vmcx_doc(vm: VM, vm_root: str, snapshot: dict | None = None) -> dict:
         "disks": [dict(d) for d in vm.disks], "isos": list(vm.isos),
         "snapshots": [] if snapshot else [dict(s) for s in vm.snapshots],
         "snapshot": snapshot,
-        "guest": {"write_rate_kbps": vm.write_rate_kbps},
+        "guest": {"write_rate_kbps": vm.write_rate_kbps, "heartbeat": vm.guest_heartbeat},
         "automatic_start_action": vm.automatic_start_action, "dynamic_memory_enabled": vm.dynamic_memory_enabled,
         "memory_maximum_bytes": vm.memory_maximum_bytes, "memory_assigned_bytes": vm.memory_assigned_bytes,
+        "heartbeat_enabled": vm.heartbeat_enabled, "compat_migration": vm.compat_migration,
+        "tpm_enabled": vm.tpm_enabled, "key_protector": [dict(g) for g in vm.key_protector],
+        "devices": [dict(d) for d in vm.devices],
     }
 
 
@@ -50,6 +53,22 @@ def lifecycle_settings(doc: dict) -> dict:
             "dynamic_memory_enabled": doc.get("dynamic_memory_enabled") is True,
             "memory_maximum_bytes": size("memory_maximum_bytes"),
             "memory_assigned_bytes": size("memory_assigned_bytes")}
+
+
+def hardware_settings(doc: dict) -> dict:
+    """What a configuration says of the VM's integration services, processor, virtual TPM and
+    devices, as VM fields (a registered copy keeps them; the guest's Heartbeat service comes
+    with its disks). Whether it is clustered or replicates is its old host's business, not the
+    configuration's (not modelled: a registered copy is neither)."""
+    guest = doc.get("guest") if isinstance(doc.get("guest"), dict) else {}
+    kp = doc.get("key_protector")
+    devices = doc.get("devices")
+    return {"heartbeat_enabled": doc.get("heartbeat_enabled") is not False,
+            "guest_heartbeat": guest.get("heartbeat") is not False,
+            "compat_migration": doc.get("compat_migration") is True,
+            "tpm_enabled": doc.get("tpm_enabled") is True,
+            "key_protector": [dict(g) for g in kp if isinstance(g, dict)] if isinstance(kp, list) else [],
+            "devices": [dict(d) for d in devices if isinstance(d, dict)] if isinstance(devices, list) else []}
 
 
 def write_vmcx(paths: HostPaths, vm: VM) -> None:

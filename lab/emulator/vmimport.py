@@ -49,7 +49,7 @@ from lab.emulator.hostpaths import is_guid, leaf_name, parent_folder, same_path
 from lab.emulator.hostprops import CPU_VENDOR
 from lab.emulator.registry import Registry
 from lab.emulator.vm import CHECKPOINT_TYPES, VM, MiB
-from lab.emulator.vmcx import is_checkpoint_definition, lifecycle_settings, read_config
+from lab.emulator.vmcx import hardware_settings, is_checkpoint_definition, lifecycle_settings, read_config
 
 log = logging.getLogger("lab.emulator.vmimport")
 
@@ -348,7 +348,7 @@ class Importer:
                     write_rate_kbps=float((doc.get("guest") or {}).get("write_rate_kbps", 64.0)),
                     cpu_vendor=str(doc.get("cpu_vendor", CPU_VENDOR)),
                     snapshot_location=planned["snapshot_location"], smart_paging_path=planned["smart_paging_path"],
-                    **lifecycle_settings(doc))
+                    **lifecycle_settings(doc), **hardware_settings(doc))
             for chain in checked["chains"]:
                 for k, link in enumerate(chain or []):
                     os.chmod(link.local, 0o644 if k == 0 else 0o444)

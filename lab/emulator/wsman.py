@@ -44,9 +44,13 @@ Lab control API (JSON, same Basic credentials):
                           VM gets that id), "parent"=null (a base disk: the VM's disk is a child of it),
                           "path"=null (the VM's folder), "automatic_start_action"="StartIfRunning",
                           "dynamic_memory"=false, "memory_maximum_mb", "memory_assigned_mb" (with
-                          dynamic_memory)} -> {"vm": VMInfo}
+                          dynamic_memory), "heartbeat"=true (the guest runs the Heartbeat service),
+                          "heartbeat_enabled"=true, "compat_migration"=false, "vtpm"=false,
+                          "clustered"=false, "replica"=false, "devices"=[] (kinds: assignable,
+                          gpu_partition, sriov, or {"kind": "fibre_channel", "san"})} -> {"vm": VMInfo}
     GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes",
-                          "fips"}
+                          "fips", "cpu_model", "cpu_features", "memory_bytes", "numa_nodes", "numa_spanning",
+                          "guardians", "sans"} (hostprops.py)
     POST   /lab/host     change some of those (free_bytes null = the real free space) -> the same
     DELETE /lab/host     back to the defaults
     GET    /lab/faults   {"faults": [...]}
@@ -301,6 +305,11 @@ class EmulatorServer(ThreadingHTTPServer):
             log.info("op %s ok in %.3fs", op, time.monotonic() - t0)
             for inc in result.get("incompatibilities") or []:  # Compare-VM's messages, in the host's words
                 inc["message"] = messages.translate(inc["message"], self.locale)
+            compat = result.get("compatibility") or {}  # CheckSystemCompatibilityInfo's reasons too
+            compat["reasons"] = [messages.translate(r, self.locale) for r in compat.get("reasons") or []]
+            heartbeat = ((result.get("vm") or {}).get("preflight") or {}).get("heartbeat") or {}
+            if heartbeat.get("status"):  # PrimaryStatusDescription is a display text
+                heartbeat["status"] = messages.translate(heartbeat["status"], self.locale)
             out = json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\r\n"
             self._finish(cmd, 0, stdout=out, stderr=format_clixml_progress())
         except Exception as e:  # a bug in the emulator: still answer like a failed script
@@ -420,7 +429,8 @@ class Handler(BaseHTTPRequestHandler):
         unknown = set(doc) - {"name", "memory_mb", "disk_mb", "write_rate_kbps", "iso",
                               "checkpoint_type", "start", "version", "switches", "passthrough_disk",
                               "vm_id", "parent", "path", "automatic_start_action", "dynamic_memory",
-                              "memory_maximum_mb", "memory_assigned_mb"}
+                              "memory_maximum_mb", "memory_assigned_mb", "heartbeat", "heartbeat_enabled",
+                              "compat_migration", "vtpm", "clustered", "replica", "devices"}
         if unknown:
             self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
             return

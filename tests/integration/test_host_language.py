@@ -78,6 +78,17 @@ def test_refusals_on_a_german_lab_still_name_their_cause(de_lab):
     assert "pre-flight refused" in rec["error"] and "'prod-net'" in rec["error"], rec["error"]
 
 
+def test_a_german_hosts_heartbeat_status_words_do_not_decide_a_refusal(de_lab):
+    """The Heartbeat service's status text is in the host's language ("Kein Kontakt"):
+    pre-flight reads its status code, so a guest without the service is refused, and one with
+    it is not, on a German host as anywhere."""
+    de_lab.add_vm("de-no-heartbeat", "hv1", write_rate_kbps=64, heartbeat=False)
+    res, rec = migrate(de_lab, "de-no-heartbeat", "hv1", "hv2")
+    assert rec["state"] == "rolled_back" and rec.get("save_started_at") is None, rec
+    assert "pre-flight refused" in rec["error"] and "'Kein Kontakt', not OK" in rec["error"], rec["error"]
+    assert de_lab.verify("de-no-heartbeat")["running_on"] == ["hv1"]
+
+
 def test_a_compare_vm_refusal_on_a_german_lab_names_the_switch_and_its_message_id(de_lab):
     """Phase 3: the destination loses the VM's switch after pre-flight passed; Compare-VM's
     German message reaches the record whole, with its MessageId."""

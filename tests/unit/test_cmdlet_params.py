@@ -1,7 +1,7 @@
 """Every Hyper-V cmdlet call in the shipped scripts fits Microsoft's documented parameter sets.
 
-tests/data/hyperv_cmdlets.json holds the documented parameter sets of the 33 Hyper-V cmdlets
-quickmig uses (Windows Server 2022 docs). A small PowerShell tokenizer below finds every
+tests/data/hyperv_cmdlets.json holds the documented parameter sets of the 39 Hyper-V cmdlets
+and the 2 HgsClient cmdlets quickmig uses (Windows Server 2022 docs). A small PowerShell tokenizer below finds every
 call of one of them in each script (through backtick line continuations, pipelines,
 parentheses, subexpressions, script blocks and hashtables) and checks it:
 
@@ -30,7 +30,7 @@ from workers.hyperv import scripts
 DATA = Path(__file__).resolve().parents[1] / "data" / "hyperv_cmdlets.json"
 # SHA-256 of the file as taken from the documentation (tests/data/README.md): it is refreshed
 # from there, never edited by hand
-DATA_SHA256 = "904a58da2f761bf4d47e905e48a07e3125a8dddb2dab2619586abd3b1f6e63aa"
+DATA_SHA256 = "093421133e6e6b5c4ef32e418bc38f3ddd68630d774bc241aba8145f2341a041"
 CMDLETS: dict = json.loads(DATA.read_text(encoding="utf-8"))["cmdlets"]
 BY_LOWER = {name.lower(): name for name in CMDLETS}
 HYPERV_LIKE = re.compile(r"^(?:hyper-v\\)?[a-z]+-(?:vm|vhd)[a-z]*$", re.I)
@@ -371,8 +371,10 @@ def check_script(text: str) -> tuple[list[Call], list[str]]:
 EXPECTED = {  # cmdlets each script must be seen to call: proves the checker really looked
     "list_vms": {"Get-VM"},
     "describe_vm": {"Get-VM", "Get-VMHardDiskDrive", "Get-VHD", "Get-VMDvdDrive", "Get-VMSnapshot",
-                    "Get-VMNetworkAdapter"},
-    "host_info": {"Get-VMHost", "Get-VMHostSupportedVersion", "Get-VMSwitch"},
+                    "Get-VMNetworkAdapter", "Get-VMIntegrationService", "Get-VMProcessor", "Get-VMSecurity",
+                    "Get-VMKeyProtector", "ConvertTo-HgsKeyProtector", "Get-VMReplication", "Get-VMAssignableDevice",
+                    "Get-VMGpuPartitionAdapter", "Get-VMFibreChannelHba"},
+    "host_info": {"Get-VMHost", "Get-VMHostSupportedVersion", "Get-VMSwitch", "Get-VMHostNumaNode", "Get-HgsGuardian"},
     "checkpoint_vm": {"Checkpoint-VM", "Get-VMSnapshot", "Get-VM"},
     "save_vm": {"Set-VM", "Save-VM", "Get-VM"},
     "start_vm": {"Start-VM", "Set-VM", "Get-VM"},
@@ -393,7 +395,7 @@ EXPECTED = {  # cmdlets each script must be seen to call: proves the checker rea
 
 def test_the_cmdlet_data_is_the_documented_file_unchanged():
     data = json.loads(DATA.read_text(encoding="utf-8"))
-    assert len(data["cmdlets"]) == 33
+    assert len(data["cmdlets"]) == 41
     assert "winserver2022-ps/Hyper-V" in data["source"]
     assert hashlib.sha256(DATA.read_bytes()).hexdigest() == DATA_SHA256
 

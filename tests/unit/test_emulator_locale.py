@@ -19,7 +19,7 @@ from workers.hyperv.errors import HyperVError, VMNotFound, error_from_stderr
 EMULATOR = Path(messages.__file__).parent
 # Not the host's words: the lab control API's own checks, test-injected faults, the client.
 NOT_HOST_MESSAGES = {"hostprops.py", "faults.py", "client.py", "messages.py"}
-NOT_HOST_FUNCTIONS = {"_check_new_vm"}
+NOT_HOST_FUNCTIONS = {"_check_new_vm", "_check_hardware"}
 MESSAGE_CALLS = {"OpError": 0, "invalid_arg": 0, "WSManFault": 1, "_inc": 1, "append": 0}
 
 TOML = """redis_url = "redis://127.0.0.1:1/0"

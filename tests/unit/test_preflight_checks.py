@@ -25,3 +25,96 @@ def test_every_problem_is_reported_at_once():
     dst = dict(HOST, cpu_vendor="AuthenticAMD", vm_root_free_bytes=0)
     found = preflight.problems(vm, HOST, dst, destination="hv2", file_bytes=0)
     assert len(found) == 6
+
+
+# -- the pre-flight facts (describe_vm `preflight`, host_info) ------------------------------
+
+FACTS = {"heartbeat": {"enabled": True, "status": "OK", "ok": True}, "compatibility_for_migration": False,
+         "compatibility_info": "blob", "security": {"tpm_enabled": False, "shielded": False, "encrypt_state": False},
+         "key_protector": [], "is_clustered": False, "replication": None, "devices": []}
+SRC = dict(HOST, cpu_model="Xeon Gold 6230")
+DST = dict(HOST, cpu_model="Xeon Gold 6230", numa_spanning_enabled=True,
+           numa_nodes=[{"id": 0, "memory_available_bytes": 4096 * MiB}],
+           compatibility={"return_value": 0, "compatible": True, "reasons": []})
+GUARDIAN = {"name": "UntrustedGuardian", "encryption_thumbprint": "AB12", "signing_thumbprint": "CD34"}
+
+
+def facts(vm=None, dst=None, **changes):
+    vm = dict(VM, id="0f8f", preflight={**FACTS, **changes}, **(vm or {}))
+    return preflight.fact_problems(vm, SRC, dict(DST, **(dst or {})), source="hv1", destination="hv2")
+
+
+def test_facts_of_a_vm_that_moves_as_it_is_raise_nothing():
+    assert facts() == []
+
+
+def test_a_vm_without_facts_is_refused_not_waved_through():
+    vm = dict(VM, id="0f8f")
+    found = preflight.fact_problems(vm, SRC, DST, source="hv1", destination="hv2")
+    assert len(found) == 1 and "no pre-flight facts" in found[0]
+
+
+def test_the_heartbeat_is_read_from_its_status_code_not_its_words():
+    assert facts(heartbeat={"enabled": True, "status": "Kein Kontakt", "ok": True}) == []
+    [silent] = facts(heartbeat={"enabled": True, "status": "Kein Kontakt", "ok": False})
+    assert "'Kein Kontakt', not OK" in silent and "vmicheartbeat" in silent
+    [off] = facts(heartbeat={"enabled": False, "status": "OK", "ok": True})
+    assert "is disabled" in off and "Enable-VMIntegrationService -VMName web -Name Heartbeat" in off
+    [none] = facts(heartbeat=None)
+    assert "no Heartbeat integration service" in none
+
+
+def test_another_processor_generation_is_refused_with_the_fix_that_fits():
+    not_compatible = {"compatibility": {"return_value": 32784, "compatible": False, "reasons": ["features differ"]},
+                      "cpu_model": "Xeon Platinum 8480+"}
+    [off] = facts(dst=not_compatible)
+    assert "'Xeon Gold 6230'" in off and "'Xeon Platinum 8480+'" in off and "features differ" in off
+    assert "Set-VMProcessor -VMName web -CompatibilityForMigrationEnabled $true" in off
+    assert "only while it is off" in off
+    [on] = facts(dst=not_compatible, compatibility_for_migration=True)
+    assert "even in processor compatibility mode" in on and "Set-VMProcessor" not in on
+    [broken] = facts(dst={"compatibility": {"return_value": 32773, "compatible": False, "reasons": []}})
+    assert "returned 32773" in broken
+    [unasked] = facts(dst={"compatibility": None})
+    assert "did not check" in unasked
+    # another vendor is the vendor rule's refusal (problems), not this one's
+    assert facts(dst=dict(not_compatible, cpu_vendor="AuthenticAMD")) == []
+
+
+def test_a_vtpm_vm_needs_one_of_its_guardians_with_its_private_keys_on_the_destination():
+    tpm = {"security": {"tpm_enabled": True, "shielded": False, "encrypt_state": False}, "key_protector": [GUARDIAN]}
+    theirs = dict(GUARDIAN, encryption_thumbprint="EF56", has_private_signing_key=True)
+    [missing] = facts(dst={"guardians": [theirs]}, **tpm)
+    assert "UntrustedGuardian (AB12)" in missing and "could not be unwrapped" in missing
+    assert "Shielded VM Local Certificates" in missing and "Grant-HgsKeyProtectorAccess" in missing
+    assert facts(dst={"guardians": [dict(GUARDIAN, has_private_signing_key=False)]}, **tpm)
+    assert facts(dst={"guardians": [theirs, dict(GUARDIAN, has_private_signing_key=True)]}, **tpm) == []
+    encrypted = {"security": {"tpm_enabled": False, "shielded": False, "encrypt_state": True}, "key_protector": []}
+    [none] = facts(dst={"guardians": []}, **encrypted)
+    assert "guardians, none, is on hv2" in none
+
+
+def test_the_memory_the_vm_resumes_with_must_be_free_in_one_node_unless_vms_may_span_them():
+    two = [{"id": 0, "memory_available_bytes": 300 * MiB}, {"id": 1, "memory_available_bytes": 300 * MiB}]
+    assert facts(dst={"numa_nodes": two}) == []  # 512 MiB of 600, spanning
+    [one] = facts(dst={"numa_nodes": two, "numa_spanning_enabled": False})
+    assert "NUMA spanning is off" in one and "largest NUMA node has 300 MiB" in one and "needs 512 MiB" in one
+    [total] = facts(dst={"numa_nodes": [{"id": 0, "memory_available_bytes": 100 * MiB}]})
+    assert "100 MiB of memory available for VMs" in total and "needs 512 MiB" in total
+    # Dynamic Memory: what it is assigned now, when more than its startup memory
+    [dyn] = facts(vm={"memory_assigned_bytes": 1024 * MiB}, dst={"numa_nodes": two})
+    assert "needs 1024 MiB" in dyn
+
+
+def test_what_a_cluster_or_replication_owns_and_devices_that_do_not_move_are_refused_each_with_its_fix():
+    found = facts(is_clustered=True, replication={"mode": "Primary", "state": "Replicating"},
+                  devices=[{"kind": "assignable", "name": "PCI\\VEN_10DE", "location_path": "PCIROOT(0)#PCI(0300)"},
+                           {"kind": "gpu_partition", "id": "g0"},
+                           {"kind": "sriov", "adapter": "lan", "switch": "lan", "iov_weight": 50},
+                           {"kind": "fibre_channel", "san": "fabric-a"}])
+    assert len(found) == 6
+    for words in ("Move-ClusterVirtualMachineRole", "Remove-VMReplication -VMName web",
+                  "PCIROOT(0)#PCI(0300); Discrete Device Assignment", "Remove-VMGpuPartitionAdapter",
+                  "Set-VMNetworkAdapter -VMName web -Name 'lan' -IovWeight 0", "Remove-VMFibreChannelHba"):
+        assert any(words in f for f in found), words
+    assert facts(replication={"mode": "None", "state": "Disabled"}) == []

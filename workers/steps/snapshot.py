@@ -23,11 +23,19 @@ from workers.steps.checkpoint import ours, snapshot_name
 
 
 def _preflight(rec: dict, vm: dict, lg) -> None:
-    """Phase 0: refuse, before any checkpoint, what the destination could not run."""
+    """Phase 0: refuse, before any checkpoint, what the destination could not run. `vm` is the
+    VMInfo with its pre-flight facts (describe_vm `preflight`); the destination's host_info
+    checks the VM's compatibility blob and lists its guardians when the VM needs them: no
+    WinRM call more than the checks of old."""
     cfg = context.config()
     src_info = context.driver(rec["source"]).run("host_info", {})
-    dst_info = context.driver(rec["destination"]).run(
-        "host_info", {"vm_root": cfg.host(rec["destination"]).vm_root})
+    facts = vm.get("preflight") or {}
+    asked = {"vm_root": cfg.host(rec["destination"]).vm_root}
+    if facts.get("compatibility_info"):
+        asked["compatibility_info"] = facts["compatibility_info"]
+    if preflight.needs_key_protector(vm):
+        asked["guardians"] = True
+    dst_info = context.driver(rec["destination"]).run("host_info", asked)
     ep, pm = context.smb_endpoint(rec["source"]), PathMap(cfg, rec["source"], rec["destination"])
     files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
     files |= {p for snap in vm.get("snapshots", []) for p in checkpoint_files(snap)}
@@ -36,6 +44,7 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
         file_bytes += preflight.saved_memory_bytes(vm)
     found = layout_problems(vm)
     found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
+    found += preflight.fact_problems(vm, src_info, dst_info, source=rec["source"], destination=rec["destination"])
     same_id = next((v for v in context.driver(rec["destination"]).run("list_vms", {})["vms"]
                     if v["id"].lower() == vm["id"].lower()), None)
     problem = preflight.same_id_problem(vm, rec["destination"], same_id)
@@ -58,7 +67,7 @@ def snapshot(mid: str, lg) -> None:
     if rec is None:
         return
     src = context.driver(rec["source"])
-    vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    vm = src.run("describe_vm", {"vm_id": rec["vm_id"], "preflight": True})["vm"]
     if vm["state"] != "Running":
         raise HardFailure(f"{rec['vm']} is {vm['state']} on {rec['source']}; quickmig moves running VMs")
     mine = ours(vm, mid)

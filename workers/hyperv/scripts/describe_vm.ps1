@@ -6,6 +6,7 @@ __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
 # quickmig-include: vminfo
+# quickmig-include: vmfacts
 
 if ($Req.vm_id) {
     $vm = Get-QmVM $Req.vm_id
@@ -27,5 +28,10 @@ else {
     Write-Error -Message 'describe_vm needs a name or a vm_id.' -Category InvalidArgument -ErrorId 'MissingArgument'
 }
 $result = [ordered]@{ vm = (Get-QmVMInfo $vm) }
+if ($Req.preflight) {
+    # What pre-flight asks besides (heartbeat, processor, key protector, cluster, replication,
+    # devices): only then, as it takes a dozen more cmdlets.
+    $result.vm['preflight'] = (Get-QmVMFacts $vm)
+}
 
 $result | ConvertTo-Json -Compress -Depth 8
