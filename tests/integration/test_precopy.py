@@ -60,6 +60,24 @@ def test_proceed_cuts_over_anyway_and_records_prediction_and_downtime(lab):
     assert lab.verify("pc-proceed")["integrity"] == "ok"
 
 
+def test_the_downtime_is_predicted_at_the_rate_the_downtime_copy_gets_not_the_limited_one(lab):
+    # The downtime copy skips the bandwidth limits. Predicted at the limited 8 MB/s, the 48 MiB
+    # of memory alone would take 6 s and --max-downtime 4 would roll back a VM whose
+    # switchover takes about a second.
+    limit = lab.cli("throttle", "--pair", "hv1", "hv2", "8M")
+    assert limit.returncode == 0, limit.stderr
+    try:
+        lab.add_vm("pc-limited", "hv1", memory_mb=48, disk_mb=32, write_rate_kbps=64)
+        res, rec = migrate(lab, "pc-limited", "hv1", "hv2", "--max-downtime", "4")
+    finally:
+        lab.cli("throttle", "--pair", "hv1", "hv2", "0")
+    assert rec["state"] == "completed", rec["error"]
+    assert rec["copy_bps"] < 10e6 < rec["downtime_copy_bps"], rec
+    assert 48 * MiB / rec["copy_bps"] > 4 > rec["predicted_downtime_seconds"], rec
+    assert rec["downtime_seconds"] < 4
+    assert lab.verify("pc-limited")["integrity"] == "ok"
+
+
 def test_the_cutover_waits_for_its_window(lab):
     lab.add_vm("pc-window", "hv1", write_rate_kbps=64)
     opens = time.time() + 10

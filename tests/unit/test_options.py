@@ -1,7 +1,9 @@
+import threading
+
 import pytest
 
 from workers.model import options
-from workers.steps import precopy
+from workers.steps import precopy, transfer
 
 NOW = 1_800_000_000.0
 
@@ -49,3 +51,34 @@ def test_a_round_pays_only_when_the_guest_writes_less_than_it_saves():
     # a Standard checkpoint's memory is copied with the round's leaf: it makes the round longer
     assert precopy.pays(8 * MiB, write_bps=4e6, copy_rate=50e6)
     assert not precopy.pays(8 * MiB, write_bps=4e6, copy_rate=50e6, extra_bytes=512 * MiB)
+
+
+def test_the_downtime_copy_rate_leaves_out_the_waits_for_the_bandwidth_limits():
+    mib = precopy.MiB
+    rec = {"copied": [{"bytes": 80 * mib, "seconds": 10.0, "throttled_s": 9.0},
+                      {"bytes": 20 * mib, "seconds": 2.0},                    # copied before any limit
+                      {"bytes": 1000, "seconds": 1.0, "throttled_s": 0.0}]}   # too small to tell a rate
+    assert precopy.copy_bps(rec) == pytest.approx(100 * mib / 12.0)
+    assert precopy.unlimited_copy_bps(rec) == pytest.approx(100 * mib / 3.0)
+    # a wait counted for a stream that then sat idle never promises an endless rate
+    assert precopy.unlimited_copy_bps({"copied": [{"bytes": 8 * mib, "seconds": 4.0, "throttled_s": 4.0}]}) \
+        == pytest.approx(8 * mib / 0.2)
+    assert precopy.unlimited_copy_bps({}) == precopy.DEFAULT_COPY_BPS
+
+
+def test_bandwidth_waits_count_what_the_least_held_stream_waited():
+    waits = iter([0.5, 1.0, 2.0, 0.25])
+    lock = threading.Lock()
+
+    def wait(nbytes: int) -> float:
+        with lock:
+            return next(waits)
+
+    counted = transfer.BandwidthWaits(wait)
+    assert counted.seconds() == 0.0
+    counted(1)
+    counted(1)  # this stream: 1.5 s held
+    other = threading.Thread(target=lambda: (counted(1), counted(1)))  # that one: 2.25 s
+    other.start()
+    other.join()
+    assert counted.seconds() == pytest.approx(1.5)

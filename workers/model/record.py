@@ -31,6 +31,7 @@ class Copied(TypedDict, total=False):
     digest: str | None   # `digest_scheme` over the whole file, as the destination hashed it
     digest_scheme: str
     seconds: float
+    throttled_s: float   # of those, what its slowest-waiting stream spent held by the bandwidth limits
     bytes_reused: int    # kept from an interrupted attempt (resume record)
     bytes_sent: int      # sent over every attempt
     shared: bool         # an ISO image already there, same content, shared with other VMs
@@ -94,7 +95,8 @@ class MigrationRecord(TypedDict, total=False):
     rounds: list[Round]
     predicted_downtime_seconds: float
     guest_write_bps: int
-    copy_bps: int
+    copy_bps: int                    # the copies while the VM ran, bandwidth limits included
+    downtime_copy_bps: int           # the same copies without their waits for the limits: the downtime copy's rate
     delta_bytes: int
     downtime_paths: list[str]        # the files the cutover copies, as the gate last saw them
     # prepare (workers.steps.prepare)
