@@ -116,7 +116,10 @@ FAULT_TIMEOUT = 2150858793      # ERROR_WSMAN_OPERATION_TIMEDOUT: "poll again"
 FAULT_SHELL_NOT_FOUND = 2150858843
 MAX_BODY = 8 * 1024 * 1024
 MAX_STDIN = 4 * 1024 * 1024
-MAX_SHELLS = 128
+# winrm/config/winrs MaxShellsPerUser: 30 by default (MS-WSMV 2.2.4.42 WinrsType). Idle shells
+# are dropped after SHELL_IDLE_S, longer than WinRS's 180 s default IdleTimeout: a shell a
+# client leaks holds its place longer here than on a real host (the harsher reading).
+MAX_SHELLS_PER_USER = 30
 SHELL_IDLE_S = 900.0
 MAX_OPERATION_TIMEOUT_S = 120.0
 OUTPUT_CHUNK = 96 * 1024          # raw bytes per Receive reply (base64 stays under 153600)
@@ -200,6 +203,7 @@ class EmulatorServer(ThreadingHTTPServer):
         self.outage_until = 0.0  # monotonic time until which WS-Man requests are dropped
         self.shells: dict[str, Shell] = {}
         self.shells_lock = threading.Lock()
+        self.max_shells_per_user = MAX_SHELLS_PER_USER
         self.endpoint = f"http://{bind}:{port}/wsman"
         super().__init__((bind, port), Handler)
         self.endpoint = f"http://{bind}:{self.server_address[1]}/wsman"
@@ -234,9 +238,11 @@ class EmulatorServer(ThreadingHTTPServer):
     def new_shell(self, codepage: int, owner: str) -> Shell:
         with self.shells_lock:
             self._reap()
-            if len(self.shells) >= MAX_SHELLS:
-                raise WSManFault("w:QuotaLimit", "The WS-Management service cannot process the request. "
-                                 "The maximum number of concurrent shells for this user has been exceeded.",
+            if sum(1 for sh in self.shells.values() if sh.owner == owner) >= self.max_shells_per_user:
+                # MS-WSMV 3.1.4.5.2.1 wsman:QuotaLimit, with the message it gives for MaxShellsPerUser
+                raise WSManFault("w:QuotaLimit", "The Windows Remote Shell cannot process the request. The server "
+                                 "is already executing the maximum number of concurrent shells a user can "
+                                 "remotely open on the same system. Retry later.",
                                  2150859174, code="s:Receiver")
             sh = Shell(codepage, owner)
             self.shells[sh.id] = sh
