@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-from tests.unit.test_emulator_model import expect_error, lab, new_vm  # noqa: F401  (lab is a fixture)
+from tests.unit import test_emulator_model
+from tests.unit.test_emulator_model import expect_error, new_vm
+
+lab = test_emulator_model.lab  # the same fixture: emulated hosts in process
 
 
 def _off(h, vid: str) -> None:
