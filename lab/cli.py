@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from lab import demo, orchestrator
-from lab.emulator import messages
+from lab.emulator import costs, messages
 from lab.orchestrator import LabError
 from lab.verify import verify_vm
 from workers.model.config import load_config
@@ -24,7 +24,8 @@ def cmd_up(args) -> int:
             raise LabError(f"--vm-root takes HOST=PATH (hv2=E:\\Hyper-V), not {item!r}")
         roots[host] = root
     orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port,
-                    max_migrations=args.max_migrations, locale=args.locale, vm_roots=roots)
+                    max_migrations=args.max_migrations, locale=args.locale, vm_roots=roots,
+                    host_profile=args.host_profile)
     return 0
 
 
@@ -147,6 +148,9 @@ def register(sub, common) -> None:
                    help="the hosts' display language: every message they write is in it (e.g. de-DE)")
     u.add_argument("--vm-root", action="append", metavar="HOST=PATH",
                    help="a host's VM folder instead of D:\\VMs\\<host>, e.g. hv2=E:\\Hyper-V (repeatable)")
+    u.add_argument("--host-profile", default=costs.FAST.name, choices=sorted(costs.PROFILES),
+                   help="what each host operation costs: fast (the lab's own speed) or windows (a new "
+                        "powershell.exe, the Hyper-V module and each cmdlet as on a Windows Server host)")
     u.set_defaults(func=_guard(cmd_up, LabError))
 
     d = lsub.add_parser("down", parents=[common], help="stop everything the lab started")

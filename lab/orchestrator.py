@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from lab import processes, samba
-from lab.emulator import hostprops, messages
+from lab.emulator import costs, hostprops, messages
 from lab.emulator.client import EmulatorClient, EmulatorClientError
 from lab.ports import free_port
 from workers.model.config import load_config, toml_str
@@ -145,10 +145,10 @@ def _wait_redis(port: int, timeout_s: float) -> None:
 
 def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
        metrics_port: int | None = None, max_migrations: int = 2, locale: str = messages.DEFAULT_LOCALE,
-       vm_roots: dict[str, str] | None = None, say=print) -> dict:
+       vm_roots: dict[str, str] | None = None, host_profile: str = costs.FAST.name, say=print) -> dict:
     """Start a lab; `locale` is the display language of every host (messages.py); `vm_roots`: a
     host's VM folder other than D:\\VMs\\<host> (e.g. another drive, as hosts of a fleet
-    differ), by host name."""
+    differ), by host name; `host_profile`: what each host operation costs (lab/emulator/costs.py)."""
     lab_dir = Path(lab_dir).resolve()
     alive = running(lab_dir)
     if alive:
@@ -158,6 +158,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         raise LabError("a lab needs at least 2 hosts to migrate between")
     if locale not in messages.LOCALES:
         raise LabError(f"a lab host speaks one of {', '.join(messages.LOCALES)}, not {locale!r}")
+    if host_profile not in costs.PROFILES:
+        raise LabError(f"a lab host profile is one of {', '.join(sorted(costs.PROFILES))}, not {host_profile!r}")
     names = [f"hv{i}" for i in range(1, hosts + 1)]
     unknown = set(vm_roots or {}) - set(names)
     if unknown:
@@ -169,7 +171,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
     _write_config(lab_dir, names, ports, max_migrations, vm_roots)
     cfg = load_config(lab_dir / "quickmig.toml")
     logs = lab_dir / "logs"
-    lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time()}
+    lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time(),
+           "host_profile": host_profile}
     procs = lab["processes"]
     env = dict(os.environ, QUICKMIG_CONFIG=str(lab_dir / "quickmig.toml"),
                PROMETHEUS_MULTIPROC_DIR=str(lab_dir / "metrics"))
@@ -189,7 +192,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             samba.set_password(conf, cred.smb_username, cred.smb_password)
             procs[f"smbd-{h}"] = processes.spawn(samba.command(conf), logs / f"smbd-{h}.log")
             procs[f"emulator-{h}"] = processes.spawn(
-                [sys.executable, "-m", "lab.emulator", "--lab-dir", str(lab_dir), "--host", h, "--locale", locale],
+                [sys.executable, "-m", "lab.emulator", "--lab-dir", str(lab_dir), "--host", h, "--locale", locale,
+                 "--host-profile", host_profile],
                 logs / f"emulator-{h}.log", env=env)
             _save(lab_dir, lab)
         metrics_dir = lab_dir / "metrics"
@@ -230,7 +234,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         down(lab_dir, say=lambda *_: None)
         raise
     endpoints = write_endpoints(lab_dir, ports)
-    say(f"lab up at {lab_dir}: hosts {', '.join(names)} ({locale}), {n} VMs, redis on 127.0.0.1:{ports['redis']}")
+    say(f"lab up at {lab_dir}: hosts {', '.join(names)} ({locale}, host profile {host_profile}), {n} VMs, "
+        f"redis on 127.0.0.1:{ports['redis']}")
     for e in endpoints["metrics"]:
         say(f"metrics ({e['serves']}): {e['url']}")
     say(f"config: {lab_dir / 'quickmig.toml'}")

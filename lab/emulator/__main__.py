@@ -1,4 +1,4 @@
-"""`python -m lab.emulator --lab-dir DIR --host hv1 [--locale de-DE]`: serve one emulated
+"""`python -m lab.emulator --lab-dir DIR --host hv1 [--locale de-DE] [--host-profile windows]`: serve one emulated
 Hyper-V host, whose messages are in the given display language (messages.py).
 
 Reads DIR/quickmig.toml (the host's winrm_endpoint gives the loopback port, vm_root the
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lab.emulator import messages
+from lab.emulator import costs, messages
 from lab.emulator.model import HyperVHost
 from lab.emulator.wsman import EmulatorServer
 from workers.model.config import ConfigError, load_config
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default=os.environ.get("QUICKMIG_EMULATOR_LOG", "INFO"))
     ap.add_argument("--locale", default=messages.DEFAULT_LOCALE, choices=messages.LOCALES,
                     help="the host's display language: every message it writes is in it")
+    ap.add_argument("--host-profile", default=costs.FAST.name, choices=sorted(costs.PROFILES),
+                    help="what each operation costs: fast (the lab's own speed) or windows (process starts, "
+                         "module loads and cmdlets as on a Windows Server host; lab/emulator/costs.py)")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(ns.log_level).upper(), logging.INFO), stream=sys.stderr,
                         format=f"%(asctime)s {ns.host} %(levelname)s %(name)s: %(message)s")
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if bind == "::1":
             EmulatorServer.address_family = socket.AF_INET6
         server = EmulatorServer(None, url.port, creds.winrm_username, creds.winrm_password, bind=bind,
-                                host_name=host.name)
+                                host_name=host.name, profile=costs.PROFILES[ns.host_profile])
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", bind, url.port, e.strerror or e)
         return 2
@@ -105,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = ready.with_name(".ready.json.tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "endpoint": host.winrm_endpoint, "started_at": time.time()}))
     os.replace(tmp, ready)
-    log.info("emulator %s ready on %s (pid %d, vm_root %s, share %s, locale %s)", host.name,
-             host.winrm_endpoint, os.getpid(), host.vm_root, model.share, model.locale)
+    log.info("emulator %s ready on %s (pid %d, vm_root %s, share %s, locale %s, host profile %s)", host.name,
+             host.winrm_endpoint, os.getpid(), host.vm_root, model.share, model.locale, ns.host_profile)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

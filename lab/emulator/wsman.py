@@ -82,7 +82,7 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
-from lab.emulator import messages, scriptfacts
+from lab.emulator import costs, messages, scriptfacts
 from lab.emulator.clixml import format_clixml_error, format_clixml_progress
 from lab.emulator.errors import OpError
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
@@ -194,7 +194,8 @@ class EmulatorServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, host: HyperVHost | None, port: int, username: str, password: str,
-                 bind: str = "127.0.0.1", faults: FaultTable | None = None, host_name: str | None = None):
+                 bind: str = "127.0.0.1", faults: FaultTable | None = None, host_name: str | None = None,
+                 profile: costs.HostProfile = costs.FAST):
         self.model = host  # may be set after binding (see __main__), before serve_forever
         self.host_name = host_name or (host.name if host else "")
         self.username = username
@@ -204,6 +205,8 @@ class EmulatorServer(ThreadingHTTPServer):
         self.shells: dict[str, Shell] = {}
         self.shells_lock = threading.Lock()
         self.max_shells_per_user = MAX_SHELLS_PER_USER
+        self.profile = profile
+        self.cost_log: costs.CostLog | None = None  # once the model is there (its state folder)
         self.endpoint = f"http://{bind}:{port}/wsman"
         super().__init__((bind, port), Handler)
         self.endpoint = f"http://{bind}:{self.server_address[1]}/wsman"
@@ -236,6 +239,7 @@ class EmulatorServer(ThreadingHTTPServer):
                 del self.shells[sid]
 
     def new_shell(self, codepage: int, owner: str) -> Shell:
+        costs.spend(self.profile.shell_create_s)
         with self.shells_lock:
             self._reap()
             if sum(1 for sh in self.shells.values() if sh.owner == owner) >= self.max_shells_per_user:
@@ -276,6 +280,17 @@ class EmulatorServer(ThreadingHTTPServer):
         cmd.exit_code = code
         cmd.done.set()
 
+    def _start_process(self, op: str) -> None:
+        """powershell.exe starts for this command, and loads the Hyper-V module if its script
+        calls a Hyper-V cmdlet: noted in the cost log, and spent as the profile says."""
+        start = self.profile.process_start_s
+        load = 0.0 if op in costs.NO_HYPERV_MODULE else self.profile.module_load_s
+        if self.cost_log is None and self.model is not None:
+            self.cost_log = costs.CostLog(self.model.state_dir)
+        if self.cost_log is not None:
+            self.cost_log.note(op, start, load)
+        costs.spend(start + load)
+
     def _execute(self, cmd: Command) -> None:
         text = bytes(cmd.stdin).decode(cmd.shell.encoding, errors="replace")
         if text.startswith("\ufeff"):
@@ -290,6 +305,7 @@ class EmulatorServer(ThreadingHTTPServer):
                     "QuickmigScriptMismatch", locale=self.locale))
                 return
             cmd.op = op
+            self._start_process(op)
             fault = self.faults.take(op)
             if fault is not None:
                 log.warning("fault injection: %s %s (%.1fs)", fault.action, op, fault.seconds)
@@ -301,8 +317,12 @@ class EmulatorServer(ThreadingHTTPServer):
                 elif fault.action == "drop":
                     cmd.drop = True
             t0 = time.monotonic()
+            work = costs.work_s(self.profile, self.model, op, args) if isinstance(args, dict) else 0.0
             try:
-                result = self.model.run(op, args)
+                try:
+                    result = self.model.run(op, args)
+                finally:  # a real host spends it, whether the cmdlet then fails or not
+                    costs.spend(work - (time.monotonic() - t0))
             except OpError as e:
                 log.info("op %s failed: %s [%s / %s]", op, e.message, e.category, e.fqid)
                 self._finish(cmd, 1, stderr=clixml_error(e.message, e.category, e.fqid, target=e.target,
