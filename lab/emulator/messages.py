@@ -306,10 +306,11 @@ CATALOG: list[tuple[str, str]] = [
     ("The script is not a shipped quickmig operation script: {detail}",
      "Das Skript ist kein mitgeliefertes quickmig-Vorgangsskript: {detail}"),
     # -- WS-Management faults ----------------------------------------------------------
-    ("The WS-Management service cannot process the request. The maximum number of concurrent shells for this "
-     "user has been exceeded.",
-     "Der WS-Verwaltungsdienst kann die Anforderung nicht verarbeiten. Die maximale Anzahl gleichzeitiger "
-     "Shells für diesen Benutzer wurde überschritten."),
+    ("The Windows Remote Shell cannot process the request. The server is already executing the maximum number "
+     "of concurrent shells a user can remotely open on the same system. Retry later.",
+     "Die Windows-Remoteshell kann die Anforderung nicht verarbeiten. Auf dem Server wird bereits die maximale "
+     "Anzahl gleichzeitiger Shells ausgeführt, die ein Benutzer remote auf demselben System öffnen kann. "
+     "Versuchen Sie es später erneut."),
     ("The request for the Windows Remote Shell with ShellId {id} failed because the shell was not found on the "
      "server.",
      "Fehler bei der Anforderung für die Windows-Remoteshell mit der ShellId {id}, da die Shell auf dem "
