@@ -44,13 +44,9 @@ def inside_downtime(lab_dir: Path, rec: dict) -> tuple[int, int]:
     """Process starts and module loads on either host between Save-VM's start and the heartbeat."""
     t0 = rec["save_started_at"]
     t1 = t0 + rec["downtime_seconds"]
-    procs = mods = 0
-    for host in ("hv1", "hv2"):
-        for e in costs.read_log(lab_dir / "hosts" / host / "emulator"):
-            if t0 <= e["t"] <= t1:
-                procs += 1
-                mods += e["module_load_s"] > 0 or e["op"] not in costs.NO_HYPERV_MODULE
-    return procs, mods
+    inside = [e["event"] for host in ("hv1", "hv2") for e in costs.read_log(lab_dir / "hosts" / host / "emulator")
+              if t0 <= e["t"] <= t1]
+    return inside.count("process_start"), inside.count("module_load")
 
 
 def main(argv=None) -> int:

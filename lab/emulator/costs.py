@@ -8,6 +8,8 @@ emulator spends them (it sleeps where a real host would work): `fast` spends not
 lab as it always was), `windows` spends the figures below. docs/benchmarks.md says which
 are published and which are assumptions.
 
+A process starts when its WinRS command is created, before its script arrives: a client
+may start the processes it will need ahead of time (workers.hyperv.driver.WarmProcess).
 Every process start and module load is appended to the host's cost log
 (`hosts/<host>/emulator/costs.jsonl`, one JSON object per line with its time), so a
 benchmark can count those that fell inside a downtime.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.emulator.errors import OpError
+from workers.hyperv import scripts
 from workers.model.chunks import CHUNK_BYTES
 
 MB = 1_000_000
@@ -71,21 +74,20 @@ WINDOWS = HostProfile(
 
 PROFILES = {p.name: p for p in (FAST, WINDOWS)}
 
-# The one shipped script that calls no Hyper-V cmdlet, so its process never loads the module
-# (tests/unit/test_host_costs.py checks this against the scripts' text).
-NO_HYPERV_MODULE = frozenset({"file_hash"})
+NO_HYPERV_MODULE = scripts.NO_HYPERV_MODULE
 
 
 class CostLog:
-    """The host's cost log: one line per process start, with what it cost."""
+    """The host's cost log: one line per process start and per module load, with its time
+    (when it began) and what it cost; `op` is the operation, where it was known by then (a
+    process starts before its script arrives)."""
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / "costs.jsonl"
         self._lock = threading.Lock()
 
-    def note(self, op: str, process_start_s: float, module_load_s: float) -> None:
-        line = json.dumps({"t": time.time(), "op": op, "process_start_s": process_start_s,
-                           "module_load_s": module_load_s}, separators=(",", ":"))
+    def note(self, event: str, op: str | None, seconds: float) -> None:
+        line = json.dumps({"t": time.time(), "event": event, "op": op, "s": seconds}, separators=(",", ":"))
         with self._lock, self.path.open("a") as f:
             f.write(line + "\n")
 

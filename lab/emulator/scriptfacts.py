@@ -82,13 +82,38 @@ def of(op: str) -> ScriptFacts:
     return facts_of_text(scripts.load(op))
 
 
-def writes_utf8(command_line: str) -> bool:
-    """Whether powershell.exe started with this command line writes its output in UTF-8."""
+def _bootstrap(command_line: str) -> str:
+    """The text powershell.exe runs from this command line's -EncodedCommand ('' if none)."""
     m = _ENCODED_COMMAND.search(command_line or "")
     if not m:
-        return False
+        return ""
     try:
-        bootstrap = base64.b64decode(m.group(1), validate=True).decode("utf-16-le")
+        return strip_comments(base64.b64decode(m.group(1), validate=True).decode("utf-16-le"))
     except (binascii.Error, UnicodeDecodeError):
-        return False
-    return bool(_UTF8_OUTPUT.search(strip_comments(bootstrap)))
+        return ""
+
+
+def writes_utf8(command_line: str) -> bool:
+    """Whether powershell.exe started with this command line writes its output in UTF-8."""
+    return bool(_UTF8_OUTPUT.search(_bootstrap(command_line)))
+
+
+_READS_STDIN = re.compile(r"\$input\b", re.I)
+_IMPORTS_HYPERV = re.compile(r"\bImport-Module\s+(?:-Name\s+)?Hyper-V\b", re.I)
+_WRITES_LINE = re.compile(r"\[(?:System\.)?Console\]::Out\.WriteLine\(\s*'([^']*)'\s*\)", re.I)
+
+
+@dataclass(frozen=True)
+class StartFacts:
+    imports_hyperv: bool       # the Hyper-V module is loaded before the script is read
+    ready_line: str | None     # a line written to stdout before the script is read
+
+
+def start_facts(command_line: str) -> StartFacts:
+    """What powershell.exe does with this command line before it reads its script from stdin."""
+    boot = _bootstrap(command_line)
+    m = _READS_STDIN.search(boot)
+    before = boot[:m.start()] if m else boot
+    line = _WRITES_LINE.search(before)
+    return StartFacts(imports_hyperv=bool(_IMPORTS_HYPERV.search(before)),
+                      ready_line=line.group(1) if line else None)

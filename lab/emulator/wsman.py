@@ -151,6 +151,9 @@ class Command:
         self.terminated = False
         self.op = ""
         self.utf8 = scriptfacts.writes_utf8(command_line)  # else the host's OEM code page
+        self.start = scriptfacts.start_facts(command_line)
+        self.ready_at = time.monotonic()  # when its process has started (and loaded what it loads first)
+        self.output = threading.Condition()  # notified when output is added or the command is done
 
 
 class Shell:
@@ -275,21 +278,47 @@ class EmulatorServer(ThreadingHTTPServer):
 
     def _finish(self, cmd: Command, code: int, stdout: str = "", stderr: str = "") -> None:
         enc = "utf-8" if cmd.utf8 else messages.oem_codepage(self.locale)
-        cmd.stdout = stdout.encode(enc, errors="replace")
-        cmd.stderr = stderr.encode(enc, errors="replace")
-        cmd.exit_code = code
-        cmd.done.set()
+        with cmd.output:
+            cmd.stdout += stdout.encode(enc, errors="replace")
+            cmd.stderr += stderr.encode(enc, errors="replace")
+            cmd.exit_code = code
+            cmd.done.set()
+            cmd.output.notify_all()
 
-    def _start_process(self, op: str) -> None:
-        """powershell.exe starts for this command, and loads the Hyper-V module if its script
-        calls a Hyper-V cmdlet: noted in the cost log, and spent as the profile says."""
-        start = self.profile.process_start_s
-        load = 0.0 if op in costs.NO_HYPERV_MODULE else self.profile.module_load_s
+    def _note(self, event: str, op: str | None, seconds: float) -> None:
         if self.cost_log is None and self.model is not None:
             self.cost_log = costs.CostLog(self.model.state_dir)
         if self.cost_log is not None:
-            self.cost_log.note(op, start, load)
-        costs.spend(start + load)
+            self.cost_log.note(event, op, seconds)
+
+    def start_process(self, cmd: Command) -> None:
+        """A Command starts powershell.exe at once: it is ready after the profile's process start
+        (and the Hyper-V module, if its command line loads it before reading the script), and
+        then writes the line its command line writes before reading stdin, if any."""
+        start = self.profile.process_start_s
+        load = self.profile.module_load_s if cmd.start.imports_hyperv else 0.0
+        self._note("process_start", None, start)
+        if cmd.start.imports_hyperv:
+            self._note("module_load", None, load)
+        cmd.ready_at = time.monotonic() + start + load
+        if cmd.start.ready_line is not None:
+            line = (cmd.start.ready_line + "\r\n").encode("utf-8" if cmd.utf8 else messages.oem_codepage(self.locale))
+
+            def ready() -> None:
+                with cmd.output:
+                    cmd.stdout += line
+                    cmd.output.notify_all()
+            timer = threading.Timer(start + load, ready)
+            timer.daemon = True
+            timer.start()
+
+    def _run_in_process(self, cmd: Command, op: str) -> None:
+        """The script arrived: wait for its process to be ready, then load the Hyper-V module on
+        the script's first Hyper-V cmdlet if the process has not loaded it yet."""
+        costs.spend(cmd.ready_at - time.monotonic())
+        if op not in costs.NO_HYPERV_MODULE and not cmd.start.imports_hyperv:
+            self._note("module_load", op, self.profile.module_load_s)
+            costs.spend(self.profile.module_load_s)
 
     def _execute(self, cmd: Command) -> None:
         text = bytes(cmd.stdin).decode(cmd.shell.encoding, errors="replace")
@@ -305,7 +334,7 @@ class EmulatorServer(ThreadingHTTPServer):
                     "QuickmigScriptMismatch", locale=self.locale))
                 return
             cmd.op = op
-            self._start_process(op)
+            self._run_in_process(cmd, op)
             fault = self.faults.take(op)
             if fault is not None:
                 log.warning("fault injection: %s %s (%.1fs)", fault.action, op, fault.seconds)
@@ -643,6 +672,7 @@ class Handler(BaseHTTPRequestHandler):
             raise WSManFault("w:QuotaLimit", "Too many commands in this shell.", 2150859174, code="s:Receiver")
         cmd = Command(sh, text.strip())
         sh.commands[cmd.id] = cmd
+        self.server.start_process(cmd)
         log.debug("command %s in shell %s: %s", cmd.id, sh.id, cmd.command_line[:200])
         return f"<rsp:CommandResponse><rsp:CommandId>{cmd.id}</rsp:CommandId></rsp:CommandResponse>"
 
@@ -672,7 +702,9 @@ class Handler(BaseHTTPRequestHandler):
         if desired is None:
             raise WSManFault("w:InvalidParameter", "The Receive request has no rsp:DesiredStream.")
         cmd = self.server.command(sh, desired.get("CommandId"))
-        if not cmd.done.wait(timeout):
+        with cmd.output:  # output so far (a warm process's ready line), or the end
+            cmd.output.wait_for(lambda: cmd.done.is_set() or cmd.out_pos < len(cmd.stdout), timeout)
+        if not cmd.done.is_set() and cmd.out_pos >= len(cmd.stdout):
             raise WSManFault("w:TimedOut", "The WS-Management service cannot complete the operation within the "
                              "time specified in OperationTimeout.", FAULT_TIMEOUT, code="s:Receiver")
         sh.last_used = time.monotonic()
@@ -693,7 +725,7 @@ class Handler(BaseHTTPRequestHandler):
             if data:
                 parts.append(f'<rsp:Stream Name="{name}" CommandId="{cmd.id}">'
                              f'{base64.b64encode(data).decode()}</rsp:Stream>')
-        if out_end and err_end:
+        if out_end and err_end and cmd.done.is_set():
             parts.append(f'<rsp:Stream Name="stdout" CommandId="{cmd.id}" End="true"></rsp:Stream>'
                          f'<rsp:Stream Name="stderr" CommandId="{cmd.id}" End="true"></rsp:Stream>'
                          f'<rsp:CommandState CommandId="{cmd.id}" State="{STATE_DONE}">'

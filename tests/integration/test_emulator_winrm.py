@@ -212,3 +212,44 @@ def test_an_outage_drops_every_wsman_request_while_the_control_api_answers(emula
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert run_op(protocol(emulator["endpoint"]), "host_info", {})[0] == 0
+
+
+def free_shells(endpoint: str) -> int:
+    """How many more shells the host gives the account now (it allows MaxShellsPerUser)."""
+    from winrm.exceptions import WSManFaultError
+    p = protocol(endpoint)
+    shells = []
+    try:
+        while len(shells) < 64:
+            try:
+                shells.append(p.open_shell(codepage=65001))
+            except WSManFaultError:
+                break
+        return len(shells)
+    finally:
+        for sid in shells:
+            p.close_shell(sid)
+
+
+def test_a_warm_process_runs_its_operation_once_and_an_unused_one_is_ended(emulator):
+    from workers.hyperv.driver import HyperVDriver
+    from workers.model.config import load_config
+
+    cfg = load_config(emulator["lab"] / "quickmig.toml")
+    d = HyperVDriver(cfg.host("hv1"), cfg.credentials("hv1"))
+    free = free_shells(emulator["endpoint"])
+    assert 0 < free <= 30
+    cold = d.run("list_vms")
+    warm = d.warm("list_vms")
+    assert warm.early == b""  # the ready line is not the operation's output
+    assert d.run("list_vms", warm=warm) == cold
+    with pytest.raises(ValueError, match="used already"):
+        d.run("list_vms", warm=warm)
+    other = d.warm("list_vms")
+    with pytest.raises(ValueError, match="cannot run describe_vm"):
+        d.run("describe_vm", {"name": "x"}, warm=other)
+    other.close()
+    unused = d.warm("file_hash")
+    unused.close()
+    unused.close()  # once is enough
+    assert free_shells(emulator["endpoint"]) == free  # every shell used or warmed is gone

@@ -14,7 +14,7 @@ from lab.emulator import costs
 from lab.emulator.wsman import Command, EmulatorServer
 from tests.unit import test_emulator_model
 from tests.unit.test_emulator_model import new_vm
-from workers.hyperv import scripts
+from workers.hyperv import driver, scripts
 
 lab = test_emulator_model.lab  # the same fixture: emulated hosts in process
 MiB = 1024 * 1024
@@ -57,13 +57,37 @@ def test_each_command_starts_a_process_that_loads_the_module_and_both_are_logged
         assert time.monotonic() - t0 >= 0.05
         for op, args, least in (("list_vms", {}, 0.1 + 0.15 + 0.2),
                                 ("file_hash", {"path": "D:\\VMs\\hv1\\none", "scheme": "sha256"}, 0.1)):
-            cmd = Command(shell, "powershell.exe")
-            cmd.stdin += scripts.render(op, args).encode("utf-8")
+            cmd = Command(shell, driver.POWERSHELL_COMMAND)
             t0 = time.monotonic()
+            srv.start_process(cmd)
+            cmd.stdin += scripts.render(op, args).encode("utf-8")
             srv._execute(cmd)
             assert cmd.done.is_set() and time.monotonic() - t0 >= least, op
-        logged = costs.read_log(h.state_dir)
-        assert [(e["op"], e["process_start_s"], e["module_load_s"]) for e in logged] == \
-            [("list_vms", 0.1, 0.15), ("file_hash", 0.1, 0.0)]
+        logged = [(e["event"], e["op"], e["s"]) for e in costs.read_log(h.state_dir)]
+        assert logged == [("process_start", None, 0.1), ("module_load", "list_vms", 0.15),
+                          ("process_start", None, 0.1)]
+    finally:
+        srv.server_close()
+
+
+def test_a_warm_process_pays_its_start_and_module_before_its_script_and_says_when_it_is_ready(lab):
+    _, make = lab
+    h = make("hv1")
+    small = dataclasses.replace(costs.WINDOWS, process_start_s=0.2, module_load_s=0.3, op_s={})
+    srv = EmulatorServer(h, 0, "qm", "secret", host_name="hv1", profile=small)
+    try:
+        shell = srv.new_shell(65001, "qm")
+        cmd = Command(shell, driver._command_line(driver.WARM_HYPERV_BOOTSTRAP))
+        t0 = time.monotonic()
+        srv.start_process(cmd)
+        with cmd.output:
+            assert cmd.output.wait_for(lambda: cmd.stdout, 5)
+        assert time.monotonic() - t0 >= 0.5 and cmd.stdout == b"quickmig-ready\r\n" and not cmd.done.is_set()
+        cmd.stdin += scripts.render("list_vms", {}).encode("utf-8")
+        t1 = time.monotonic()
+        srv._execute(cmd)
+        assert time.monotonic() - t1 < 0.25  # nothing left to start or load
+        assert cmd.stdout.startswith(b"quickmig-ready\r\n{") and cmd.exit_code == 0
+        assert [e["event"] for e in costs.read_log(h.state_dir)] == ["process_start", "module_load"]
     finally:
         srv.server_close()

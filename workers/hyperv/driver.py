@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import requests
@@ -87,13 +88,29 @@ _proxy_lookups_take_turns()
 # what comes back needs it. The setters throw where there is no console at all; then
 # nothing better can be done, and the script still runs (Ansible does the same).
 # The lab emulator reads this line for that setting (lab.emulator.scriptfacts).
-BOOTSTRAP = ("try { [Console]::InputEncoding = [Console]::OutputEncoding = "
-             "New-Object System.Text.UTF8Encoding $false } catch { $null = $_ }; "
-             "$ProgressPreference = 'SilentlyContinue'; "
-             "$qmScript = [string]::Join([string][char]10, [string[]]@($input)); "
-             "& ([scriptblock]::Create($qmScript))")
-POWERSHELL_COMMAND = ("powershell.exe -NoProfile -NonInteractive -EncodedCommand "
-                      + base64.b64encode(BOOTSTRAP.encode("utf-16-le")).decode("ascii"))
+_PRELUDE = ("try { [Console]::InputEncoding = [Console]::OutputEncoding = "
+            "New-Object System.Text.UTF8Encoding $false } catch { $null = $_ }; "
+            "$ProgressPreference = 'SilentlyContinue'; ")
+_READ_AND_RUN = ("$qmScript = [string]::Join([string][char]10, [string[]]@($input)); "
+                 "& ([scriptblock]::Create($qmScript))")
+BOOTSTRAP = _PRELUDE + _READ_AND_RUN
+
+
+def _command_line(bootstrap: str) -> str:
+    return ("powershell.exe -NoProfile -NonInteractive -EncodedCommand "
+            + base64.b64encode(bootstrap.encode("utf-16-le")).decode("ascii"))
+
+
+POWERSHELL_COMMAND = _command_line(BOOTSTRAP)
+
+# A process started ahead of its operation (HyperVDriver.warm): the same bootstrap, but it
+# first loads the Hyper-V module (for a script that calls a Hyper-V cmdlet) and says so on
+# stdout, then waits on stdin for its script. The switchover starts the processes it will
+# need before Save-VM, so no process start and no module load falls inside the downtime.
+READY_LINE = "quickmig-ready"
+_READY = f"[Console]::Out.WriteLine('{READY_LINE}'); [Console]::Out.Flush(); "
+WARM_BOOTSTRAP = _PRELUDE + _READY + _READ_AND_RUN
+WARM_HYPERV_BOOTSTRAP = _PRELUDE + "Import-Module Hyper-V -ErrorAction Stop; " + _READY + _READ_AND_RUN
 
 SHELL_CODEPAGE = 65001          # UTF-8 stdin/stdout in the WinRM shell
 OPERATION_TIMEOUT_S = 20        # WS-Man OperationTimeout: how long one Receive may block
@@ -136,6 +153,66 @@ def _is_loopback(hostname: str | None) -> bool:
         return ipaddress.ip_address(hostname or "").is_loopback
     except ValueError:
         return False
+
+
+class WarmProcess:
+    """A powershell.exe started on a host ahead of one operation (`HyperVDriver.warm`): its
+    shell is open, the process has started and loaded what the script needs, and it waits
+    on stdin for the script. `HyperVDriver.run(op, args, warm=it)` uses it once; `close()`
+    ends one that was not used and deletes its shell."""
+
+    def __init__(self, driver: HyperVDriver, op: str, proto: Protocol, shell_id: str, command_id: str,
+                 early: bytes):
+        self.driver, self.op = driver, op
+        self._proto, self._shell_id, self._command_id = proto, shell_id, command_id
+        self.early = early  # stdout after the ready line, already received
+        self._lock = threading.Lock()
+        self.used = False
+
+    def take(self, op: str) -> tuple[Protocol, str, str]:
+        with self._lock:
+            if op != self.op or self.used:
+                raise ValueError(f"the process warmed for {self.op} on {self.driver.host.name} cannot run {op}"
+                                 + (" (it was used already)" if self.used else ""))
+            self.used = True
+        return self._proto, self._shell_id, self._command_id
+
+    def close(self) -> None:
+        with self._lock:
+            if self.used:
+                return
+            self.used = True
+        self.driver._cleanup(self._proto, self._shell_id, self._command_id)
+
+
+class WarmProcesses:
+    """Processes started side by side ahead of the operations they will run, `{name: (driver,
+    op)}`; `get(name)` is the process, or None if it could not be started (the operation then
+    starts its own: slower, never wrong). Every process not used is ended on the way out."""
+
+    def __init__(self, wanted: dict[str, tuple[HyperVDriver, str]]):
+        self.wanted = wanted
+        self.procs: dict[str, WarmProcess | None] = {}
+
+    def __enter__(self) -> WarmProcesses:
+        def start(item: tuple[str, tuple[HyperVDriver, str]]) -> tuple[str, WarmProcess | None]:
+            name, (driver, op) = item
+            try:
+                return name, driver.warm(op)
+            except HyperVError as e:
+                log.warning("hyperv host=%s: could not start the process for %s ahead: %s", driver.host.name, op, e)
+                return name, None
+        with ThreadPoolExecutor(max(1, len(self.wanted)), thread_name_prefix="warm") as pool:
+            self.procs = dict(pool.map(start, self.wanted.items()))
+        return self
+
+    def get(self, name: str) -> WarmProcess | None:
+        return self.procs.get(name)
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs.values():
+            if proc is not None:
+                proc.close()
 
 
 class HyperVDriver:
@@ -206,15 +283,49 @@ class HyperVDriver:
 
     # -- the one way in -----------------------------------------------------------------
 
-    def run(self, op: str, args: dict | None = None, *, timeout_s: float | None = None) -> dict:
-        """Run operation `op` with `args` (see docs/hyperv-operations.md) and return its JSON result."""
+    def warm(self, op: str, *, timeout_s: float = 120) -> WarmProcess:
+        """Start the process for `op` now, to run it later without waiting for a process start
+        or a module load: returns once the host says the process is ready."""
+        scripts.load(op)  # an unknown op never reaches the host
+        bootstrap = WARM_BOOTSTRAP if op in scripts.NO_HYPERV_MODULE else WARM_HYPERV_BOOTSTRAP
+        proto = self._new_protocol()
+        shell_id = command_id = None
+        deadline = time.monotonic() + timeout_s
+        try:
+            try:
+                shell_id = proto.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
+                command_id = proto.run_command(shell_id, _command_line(bootstrap), console_mode_stdin=False)
+                out, err = b"", b""
+                marker = READY_LINE.encode("ascii")
+                while marker not in out:
+                    rc, o, e, done = self._receive_once(proto, shell_id, command_id, op, deadline)
+                    out, err = out + o, err + e
+                    if done:  # it ended before its script: the module would not load, say
+                        raise error_from_stderr(err, op, host=self.host.name, exit_code=rc or 1)
+                early = out.split(marker, 1)[1].lstrip(b"\r\n")
+                return WarmProcess(self, op, proto, shell_id, command_id, early)
+            except HyperVError:
+                raise
+            except Exception as e:
+                mapped = self._transport_error(op, e)
+                if mapped is None:
+                    raise
+                raise mapped from e
+        except BaseException:
+            self._cleanup(proto, shell_id, command_id)
+            raise
+
+    def run(self, op: str, args: dict | None = None, *, timeout_s: float | None = None,
+            warm: WarmProcess | None = None) -> dict:
+        """Run operation `op` with `args` (see docs/hyperv-operations.md) and return its JSON
+        result; in the process `warm` started for it, if given."""
         args = {} if args is None else args
         text = scripts.render(op, args)
         timeout = float(timeout_s) if timeout_s is not None else self.timeout_for(op, args)
         t0 = time.monotonic()
         outcome = "ok"
         try:
-            rc, stdout, stderr = self._execute(op, text, t0 + timeout)
+            rc, stdout, stderr = self._execute(op, text, t0 + timeout, warm)
             if rc != 0:
                 raise error_from_stderr(stderr, op, host=self.host.name, exit_code=rc)
             return self._result(op, stdout)
@@ -248,20 +359,28 @@ class HyperVDriver:
         raise HyperVError(f"{op} on {self.host.name} succeeded but printed no JSON object (got {shown!r})",
                           op=op, host=self.host.name)
 
-    def _execute(self, op: str, text: str, deadline: float) -> tuple[int, bytes, bytes]:
+    def _execute(self, op: str, text: str, deadline: float,
+                 warm: WarmProcess | None = None) -> tuple[int, bytes, bytes]:
         """(exit code, stdout, stderr) of the script; transport faults become TransportError."""
-        proto = self._new_protocol()
-        shell_id = command_id = None
+        early = b""
+        if warm is not None:
+            proto, shell_id, command_id = warm.take(op)
+            early = warm.early
+        else:
+            proto, shell_id, command_id = self._new_protocol(), None, None
         try:
             try:
-                shell_id = proto.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
-                # console_mode_stdin=False: stdin is a pipe we write, as Ansible's WinRM plugin does.
-                command_id = proto.run_command(shell_id, POWERSHELL_COMMAND, console_mode_stdin=False)
+                if shell_id is None:
+                    shell_id = proto.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
+                if command_id is None:
+                    # console_mode_stdin=False: stdin is a pipe we write, as Ansible's WinRM plugin does.
+                    command_id = proto.run_command(shell_id, POWERSHELL_COMMAND, console_mode_stdin=False)
                 data = text.encode("utf-8")
                 for i in range(0, len(data), SEND_CHUNK_BYTES):
                     last = i + SEND_CHUNK_BYTES >= len(data)
                     proto.send_command_input(shell_id, command_id, data[i:i + SEND_CHUNK_BYTES], end=last)
-                return self._receive(proto, shell_id, command_id, op, deadline)
+                rc, out, err = self._receive(proto, shell_id, command_id, op, deadline)
+                return rc, early + out, err
             except HyperVError:
                 raise
             except Exception as e:
@@ -272,23 +391,29 @@ class HyperVDriver:
         finally:
             self._cleanup(proto, shell_id, command_id)
 
+    def _receive_once(self, proto: Protocol, shell_id: str, command_id: str, op: str,
+                      deadline: float) -> tuple[int, bytes, bytes, bool]:
+        """One Receive: (exit code, stdout, stderr, done); nothing yet is (0, b"", b"", False).
+        Not Protocol.get_command_output: it retries Receive timeouts forever. One Receive
+        blocks up to the WS-Man OperationTimeout, which we shorten to what is left of the
+        deadline (read_timeout_sec stays above it)."""
+        raw = getattr(proto, "get_command_output_raw", None) or proto._raw_get_command_output
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OperationTimeout(f"{op} on {self.host.name} did not finish within its deadline; "
+                                   "it may still be running there", op=op, host=self.host.name)
+        proto.operation_timeout_sec = max(1, min(OPERATION_TIMEOUT_S, int(left + 0.999)))
+        try:
+            o, e, rc, done = raw(shell_id, command_id)
+        except WinRMOperationTimeoutError:
+            return 0, b"", b"", False
+        return rc, o, e, done
+
     def _receive(self, proto: Protocol, shell_id: str, command_id: str, op: str,
                  deadline: float) -> tuple[int, bytes, bytes]:
-        # Not Protocol.get_command_output: it retries Receive timeouts forever. One Receive
-        # blocks up to the WS-Man OperationTimeout, which we shorten to what is left of the
-        # deadline (read_timeout_sec stays above it).
-        raw = getattr(proto, "get_command_output_raw", None) or proto._raw_get_command_output
         out, err = [], []
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise OperationTimeout(f"{op} on {self.host.name} did not finish within its deadline; "
-                                       "it may still be running there", op=op, host=self.host.name)
-            proto.operation_timeout_sec = max(1, min(OPERATION_TIMEOUT_S, int(left + 0.999)))
-            try:
-                o, e, rc, done = raw(shell_id, command_id)
-            except WinRMOperationTimeoutError:
-                continue  # no output yet
+            rc, o, e, done = self._receive_once(proto, shell_id, command_id, op, deadline)
             out.append(o)
             err.append(e)
             if done:
@@ -405,7 +530,7 @@ class HyperVDriver:
         "sha256" (the whole file's SHA-256)."""
         return self.run("file_hash", {"path": path, "scheme": scheme})["digest"]
 
-    def chunk_digests(self, path: str, first: int, count: int) -> list[str]:
+    def chunk_digests(self, path: str, first: int, count: int, warm: WarmProcess | None = None) -> list[str]:
         """SHA-256s (lowercase hex) of the 8 MiB chunks first .. first+count-1 of a file on
         this host, read by the host (`file_hash` for a range; fewer when the file ends
         sooner): the copy engine checks what landed while the rest is still copying."""
@@ -414,4 +539,4 @@ class HyperVDriver:
             raise ValueError(f"chunk_digests needs first >= 0 and count 1..{chunks.MAX_RANGE}, "
                              f"not {first!r} and {count!r}")
         return self.run("file_hash", {"path": path, "scheme": chunks.SCHEME, "first": first,
-                                      "count": count})["chunks"]
+                                      "count": count}, warm=warm)["chunks"]

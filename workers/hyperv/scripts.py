@@ -42,6 +42,10 @@ OPS = (
     "file_hash",
 )
 
+# The scripts that call no Hyper-V cmdlet: their powershell.exe never loads the module
+# (tests/unit/test_host_costs.py checks this against the scripts' text).
+NO_HYPERV_MODULE = frozenset({"file_hash"})
+
 _HEADER_RE = re.compile(r"# quickmig-op: ([a-z_]+)\Z")
 # The lines around the placeholder: a single-quoted here-string piped to ConvertFrom-Json.
 _HERE_OPEN = "$Req = @'"

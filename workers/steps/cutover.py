@@ -12,11 +12,13 @@ once started here, on the source in a rollback.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 from workers.coord.locks import Fenced, LeaseKeeper
 from workers.engine import context
 from workers.engine.step import HardFailure, fence, mlog, resume, send, step_task
+from workers.hyperv.driver import WarmProcesses
 from workers.hyperv.errors import VMNotFound
 from workers.model import options, routing, states
 from workers.model.errors import is_retryable
@@ -24,7 +26,7 @@ from workers.model.file_plan import PathMap, chain_paths, downtime_files
 from workers.model.preflight import saved_memory_bytes
 from workers.model.record import RecordNotFound, StaleState
 from workers.steps import precopy, start_action
-from workers.steps.downtime_copy import DowntimeCopy
+from workers.steps.downtime_copy import DowntimeCopy, Hashers, checks_needed
 from workers.steps.rollback import fail_rollback, imported_by, rollback
 
 HEARTBEAT_TIMEOUT_S = 120
@@ -71,19 +73,26 @@ def cutover(mid: str, lg) -> None:
     if end_at is not None and time.time() > end_at:
         raise HardFailure("the cutover window closed before Save-VM could start; "
                           "ask for a later or longer --window")
-    with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
+    # Each operation below starts its powershell.exe and loads the Hyper-V module before Save-VM,
+    # so the downtime pays for the cmdlets only (a cold start is most of a second per call).
+    warm = WarmProcesses({"save": (src, "save_vm"), "import": (dst, "import_vm"), "start": (dst, "start_vm"),
+                          "heartbeat": (dst, "wait_heartbeat")})
+    with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10), warm, contextlib.ExitStack() as stack:
         fence(rec)
         copier = DowntimeCopy(rec, lg)
         running = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
         rec = start_action.note(mid, rec, running)
         # the files as the pre-copy gate saw them last (a record from before it noted them: these)
-        copier.ready(rec, rec.get("downtime_paths") or [f["path"] for f in downtime_files(running)])
+        paths = rec.get("downtime_paths") or [f["path"] for f in downtime_files(running)]
+        copier.ready(rec, paths)
+        hashers = stack.enter_context(Hashers(dst, checks_needed(saved_memory_bytes(running))
+                                              + checks_needed(rec.get("delta_bytes") or 0) + len(paths)))
         t0 = time.time()
         rec = context.store().set(mid, save_started_at=t0)
-        vm = src.run("save_vm", {"vm_id": rec["vm_id"], **start_action.never(rec)})["vm"]
+        vm = src.run("save_vm", {"vm_id": rec["vm_id"], **start_action.never(rec)}, warm=warm.get("save"))["vm"]
         t_saved = time.time()
         lg.info("saved in %.2fs", t_saved - t0)
-        moved = copier.copy(rec, vm)
+        moved = copier.copy(rec, vm, hashers)
         t_copied = time.time()
         fence(rec)
         # the configuration quickmig copied: only the VM registered from it is ours to remove
@@ -97,14 +106,15 @@ def cutover(mid: str, lg) -> None:
             "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
             "roots": cfg.host(rec["destination"]).roots,
             "vm_folder": pm.vm_folder(vm),
-        })
+        }, warm=warm.get("import"))
         t_imported = time.time()
         fence(rec)
         # from here the guest may run (and acknowledge writes) on the destination
         context.store().set(mid, start_started_at=time.time())
         # the copied configuration says Nothing: the VM's own action back once it runs there
-        dst.run("start_vm", {"vm_id": rec["vm_id"], **start_action.restore(rec)})
-        dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S})
+        dst.run("start_vm", {"vm_id": rec["vm_id"], **start_action.restore(rec)}, warm=warm.get("start"))
+        dst.run("wait_heartbeat", {"vm_id": rec["vm_id"], "timeout_s": HEARTBEAT_TIMEOUT_S},
+                warm=warm.get("heartbeat"))
         t1 = time.time()
     downtime = t1 - t0
     lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,

@@ -11,6 +11,10 @@ configured streams (the memory's are opened ahead; a large leaf opens more while
 memory copies). No copy checkpoints, copy slots or bandwidth limits here: a cutover
 interrupted in the downtime rolls back rather than resume a copy, and the VM is down
 while this runs. One update records every copied file at the end.
+
+The destination's checks of what landed are `file_hash` calls, one per range of chunks.
+`ready()` starts their processes (`Hashers`) before Save-VM, as many as the copy can ask
+for, up to MAX_HASHERS; a check beyond those starts its own process.
 """
 from __future__ import annotations
 
@@ -21,14 +25,49 @@ from concurrent.futures import ThreadPoolExecutor
 
 from workers.coord.progress import CopyProgress
 from workers.engine import context
+from workers.hyperv.driver import HyperVDriver, WarmProcess, WarmProcesses
+from workers.model import chunks
 from workers.model.file_plan import PathMap, downtime_files
 from workers.smb import connections, file_copy
+from workers.smb.verifier import MIN_RANGE
 from workers.steps.transfer import (
     copy_verified,
     note_copied,
     note_created,
     refuse_existing,
 )
+
+MAX_HASHERS = 12  # warm processes for the checks; with the switchover's own four, well under 30 shells
+
+
+def checks_needed(n_bytes: int) -> int:
+    """The most `file_hash` calls the copy engine makes for a file of `n_bytes`: a range of at
+    least MIN_RANGE chunks at a time, and one at the end."""
+    return chunks.count(n_bytes) // MIN_RANGE + 1
+
+
+class Hashers:
+    """`file_hash` processes started on the destination before Save-VM for the downtime copy's
+    checks, handed out one per call; when they run out a check starts its own."""
+
+    def __init__(self, driver: HyperVDriver, n: int):
+        self.driver = driver
+        self.warm = WarmProcesses({str(i): (driver, "file_hash") for i in range(max(0, min(n, MAX_HASHERS)))})
+        self._free: list[WarmProcess] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Hashers:
+        self.warm.__enter__()
+        self._free = [p for p in self.warm.procs.values() if p is not None]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.warm.__exit__(*exc)
+
+    def digests(self, path: str, first: int, count: int) -> list[str]:
+        with self._lock:
+            proc = self._free.pop() if self._free else None
+        return self.driver.chunk_digests(path, first, count, warm=proc)
 
 
 class _Abandoned(Exception):
@@ -89,8 +128,9 @@ class DowntimeCopy:
         with ThreadPoolExecutor(len(lanes), thread_name_prefix="downtime-ready") as pool:
             list(pool.map(lambda pl: prepare(*pl), lanes))
 
-    def copy(self, rec: dict, vm: dict) -> int:
-        """Once saved: copy every downtime file of `vm` at once; returns the bytes."""
+    def copy(self, rec: dict, vm: dict, hashers: Hashers | None = None) -> int:
+        """Once saved: copy every downtime file of `vm` at once; returns the bytes. `hashers`:
+        processes started ahead for the destination's checks."""
         lanes = self._lanes([f["path"] for f in downtime_files(vm)])
         with ThreadPoolExecutor(max(1, len(lanes)), thread_name_prefix="downtime-check") as pool:
             new = [d for d in pool.map(lambda pl: self._refuse_theirs(rec, *pl), lanes) if d]
@@ -115,7 +155,8 @@ class DowntimeCopy:
                         total = sum(done)
                     on_bytes(total, 0)
                 try:
-                    return copy_verified(rec, path, self.lg, src_ep=src, dst_ep=dst, progress=on_file_bytes)[0]
+                    return copy_verified(rec, path, self.lg, src_ep=src, dst_ep=dst, progress=on_file_bytes,
+                                         host_digests=hashers.digests if hashers else None)[0]
                 except BaseException:
                     stop.set()
                     raise

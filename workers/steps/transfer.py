@@ -82,19 +82,21 @@ class BandwidthWaits:
 
 
 def copy_verified(rec: dict, src_path: str, lg, *, src_ep, dst_ep, progress=None,
-                  throttle: BandwidthWaits | None = None, resume=None) -> tuple[dict, int]:
+                  throttle: BandwidthWaits | None = None, resume=None,
+                  host_digests: Callable[[str, int, int], list[str]] | None = None) -> tuple[dict, int]:
     """Copy one file, verified by the destination host's hash of what landed; returns its
-    record["copied"] entry and the bytes this call wrote."""
+    record["copied"] entry and the bytes this call wrote. `host_digests(path, first, count)`:
+    how to ask the destination for them (by default a call of its own per range)."""
     pm = PathMap(context.config(), rec["source"], rec["destination"])
     rel, dst_path = pm.rel(src_path), pm.dest(src_path)
-    destination = rec["destination"]
+    ask = host_digests or context.driver(rec["destination"]).chunk_digests
     res = file_copy.copy_file(src_ep, rel, dst_ep, rel, streams=context.config().copy.streams, progress=progress,
                               throttle=throttle, resume=resume,
-                              dest_digests=lambda first, count: context.driver(destination).chunk_digests(
-                                  dst_path + file_copy.PARTIAL_SUFFIX, first, count))
+                              dest_digests=lambda first, count: ask(dst_path + file_copy.PARTIAL_SUFFIX, first,
+                                                                    count))
     lg.info("copied %s (%d bytes, %.1f MB/s, %d streams, %d bytes reused from an earlier attempt)",
             rel, res.bytes, res.mb_per_s, res.streams, res.bytes_reused)
-    metrics.COPIED_BYTES.labels(source=rec["source"], destination=destination).inc(res.bytes_written)
+    metrics.COPIED_BYTES.labels(source=rec["source"], destination=rec["destination"]).inc(res.bytes_written)
     return {"path": src_path, "dest": dst_path, "bytes": res.bytes, "digest": res.digest,
             "digest_scheme": res.scheme, "seconds": round(res.seconds, 3),
             "throttled_s": round(min(throttle.seconds(), res.seconds), 3) if throttle else 0.0,
