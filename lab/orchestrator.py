@@ -26,6 +26,8 @@ from lab import processes, samba
 from lab.emulator import costs, hostprops, messages
 from lab.emulator.client import EmulatorClient, EmulatorClientError
 from lab.ports import free_port
+from workers.hyperv.driver import HyperVDriver
+from workers.hyperv.errors import HyperVError
 from workers.model.config import load_config, toml_str
 
 POOLS = {"snapshot": 2, "copy": 2, "cutover": 2}
@@ -273,10 +275,20 @@ def add_vm(cfg, name: str, host: str, **options) -> dict:
         for vm in emulator_client(cfg, other).state()["vms"]:
             if vm["name"] == name:
                 raise LabError(f"a VM named {name!r} already exists on {other}")
+    opts = {**DEFAULT_VM, **options}
     try:
-        return emulator_client(cfg, host).create_vm(name=name, **{**DEFAULT_VM, **options})
+        vm = emulator_client(cfg, host).create_vm(name=name, **opts)
     except EmulatorClientError as e:
         raise LabError(f"{host} refused the VM: {e.message}") from None
+    if vm.get("state") == "Running" and opts.get("heartbeat", True) and opts.get("heartbeat_enabled", True):
+        # a VM is ready to move once its guest answers (pre-flight refuses one whose heartbeat is
+        # not OK yet): the command returns then, as an administrator would wait for a new VM
+        try:
+            HyperVDriver(cfg.host(host), cfg.credentials(host)).run(
+                "wait_heartbeat", {"vm_id": vm["id"], "timeout_s": 30})
+        except HyperVError as e:
+            raise LabError(f"{name} was made on {host} but its heartbeat did not come: {e}") from None
+    return vm
 
 
 def set_host(cfg, host: str, props: dict, *, reset: bool = False, guardians_from: str | None = None) -> dict:
