@@ -35,7 +35,7 @@ from pathlib import Path
 from lab import history
 from lab.emulator import disk
 from lab.emulator.errors import OpError
-from lab.emulator.hostpaths import HostPaths
+from lab.emulator.hostpaths import HostPaths, for_host
 from workers.model.config import load_config
 
 MAX_LISTED = 5
@@ -302,7 +302,7 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     home = result["running_on"][0] if result["running_on"] else sorted(holders)[0]
     result["host"] = home
     rec = holders[home]
-    paths = HostPaths(cfg.hosts[home].vm_root, lab_dir / "hosts" / home / "share")
+    paths = for_host(lab_dir, cfg.hosts[home])
     _check_story(home, rec, story, problems)
     disk_seqs = _disk_records(home, rec, vm_id, paths, problems)
     result["disk_records"] = len(disk_seqs)

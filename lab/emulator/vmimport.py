@@ -182,7 +182,7 @@ class Importer:
         in the maps; Set-VM -SnapshotFileLocation -SmartPagingFilePath `folder`, a folder here."""
         dmap = {k.lower(): v for k, v in disk_map.items()}
         imap = {k.lower(): v for k, v in iso_map.items()}
-        if folder is not None and not same_path(folder.rstrip("\\"), self.paths.vm_root):
+        if folder is not None and not self.paths.is_root(folder):
             local = self.paths.local(folder, "SetVM")
             if not local.is_dir():
                 raise OpError(f"Set-VM: the folder '{folder}' does not exist.", "ObjectNotFound",
@@ -244,7 +244,7 @@ class Importer:
             return False
 
     def _is_folder(self, hp: str) -> bool:
-        if same_path(hp.rstrip("\\"), self.paths.vm_root):
+        if self.paths.is_root(hp):
             return True
         try:
             return self.paths.local(hp, "CompareVM").is_dir()

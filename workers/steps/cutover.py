@@ -65,7 +65,7 @@ def cutover(mid: str, lg) -> None:
         _resume_interrupted(rec, lg)
         return
     cfg = context.config()
-    pm = PathMap(cfg, rec["source"], rec["destination"])
+    pm = PathMap.for_record(cfg, rec)
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
     end_at = options.of(rec).window_end()
     if end_at is not None and time.time() > end_at:

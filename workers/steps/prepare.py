@@ -40,11 +40,11 @@ def prepare(mid: str, lg) -> None:
     if problem:
         raise HardFailure(problem)
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
-    found = layout_problems(vm)  # pre-flight refused these; the VM may have changed since
+    pm = PathMap.for_record(cfg, rec, vm)
+    found = layout_problems(vm) + pm.problems(vm)  # pre-flight refused these; the VM may have changed since
     if found:
         raise HardFailure(f"{rec['vm']} cannot be registered on {rec['destination']} as it is laid out: "
                           + "; ".join(found))
-    pm = PathMap(cfg, rec["source"], rec["destination"])
     fence(rec)
     rec = store.get(mid)
     transfer(rec, [{"path": vm["config_path"], "kind": "config"}], lg)
