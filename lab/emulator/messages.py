@@ -162,6 +162,8 @@ CATALOG: list[tuple[str, str]] = [
     ("A virtual machine with identifier {id} already exists on {host}.",
      "Auf {host} ist bereits ein virtueller Computer mit der ID {id} vorhanden."),
     ("The file '{path}' already exists.", "Die Datei '{path}' ist bereits vorhanden."),
+    ("disks must be a whole number from 1 to {count}.", "disks muss eine ganze Zahl von 1 bis {count} sein."),
+    ("disk_folders must be folders under {roots}.", "disk_folders müssen Ordner unterhalb von {roots} sein."),
     ("parent must be another disk under {root}.",
      "parent muss eine andere Festplatte unterhalb von {root} sein."),
     ("The parent '{path}' is not a virtual hard disk: {detail}",

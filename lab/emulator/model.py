@@ -120,7 +120,8 @@ class HyperVHost:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
         `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
         automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
-        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices (`VMLifecycle.create`)."""
+        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices, disks, disk_folders
+        (`VMLifecycle.create`)."""
         vm = self.lifecycle.create(name, memory_mb=memory_mb, disk_mb=disk_mb, write_rate_kbps=write_rate_kbps,
                                    iso=iso, checkpoint_type=checkpoint_type, start=start, version=version,
                                    switches=switches, passthrough_disk=passthrough_disk,
