@@ -38,7 +38,7 @@ def _print_json(obj) -> None:
 def cmd_migrate(args) -> int:
     p = Producer.from_config(args.config)
     raw = {k: getattr(args, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
-                                         "keep_source_hours", "destination_path", "storage_map")
+                                         "keep_source_hours", "destination_path", "storage_map", "switch_map")
            if getattr(args, k) is not None}
     req = MigrationRequest(args.vm, args.source, args.destination, raw)
     if args.dry_run:
@@ -49,6 +49,8 @@ def cmd_migrate(args) -> int:
             print(f"{plan['vm']} from {plan['source']} to {plan['destination']}: nothing copied (--dry-run)")
             for line in file_plan.format_plan(plan["files"], {f["path"]: f["bytes"] for f in plan["files"]}):
                 print(line)
+            for src, dst in plan["switches"].items():
+                print(f"switch {src} -> {dst}")
         return EXIT_OK
     rec = p.enqueue(req)
     if not args.wait:
@@ -184,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "-DestinationStoragePath)")
     m.add_argument("--storage-map", action="append", metavar="SRC_PREFIX=DST_PREFIX",
                    help="files under SRC_PREFIX land under DST_PREFIX (repeatable; the longest prefix wins)")
+    m.add_argument("--switch-map", action="append", metavar="SRC=DST",
+                   help="connect the VM's adapters on virtual switch SRC to switch DST of the destination (repeatable)")
     m.add_argument("--dry-run", action="store_true",
                    help="print the file plan (each file, its size, where it lands) and change nothing")
     m.set_defaults(func=cmd_migrate)

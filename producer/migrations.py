@@ -14,7 +14,7 @@ from workers.engine.app import app, configure
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.model import config as config_mod
-from workers.model import file_plan, routing, states
+from workers.model import file_plan, network_map, routing, states
 from workers.model import options as options_mod
 from workers.model.errors import QuickmigError
 from workers.model.hostpaths import HostPathError
@@ -137,8 +137,10 @@ class Producer:
                 f["bytes"] = file_copy.file_size(ep.on_share(storage.share), rel)
             except SmbError as e:
                 raise RequestError(f"cannot read the size of {f['path']} over SMB: {e}") from None
+        switches = network_map.switch_map(self.cfg, req.source, req.destination, options_mod.Options(**opts),
+                                          vm.get("switches", []))
         return {"vm": req.vm, "vm_id": vm["id"], "source": req.source, "destination": req.destination,
-                "options": opts, "files": files}
+                "options": opts, "files": files, "switches": switches}
 
     def enqueue(self, req: MigrationRequest) -> dict:
         opts = self._options(req)

@@ -79,3 +79,25 @@ def test_a_vm_with_four_disks_on_two_volumes_moves_each_disk_where_the_plan_says
     assert out["integrity"] == "ok", out["problems"]
     assert out["host"] == "hv2" and out["disks"] == 4 and out["writes_checked"] > 8
     assert vm_on(lab, "hv1", name) is None
+
+
+def test_a_vm_on_a_switch_the_destination_names_otherwise_moves_with_switch_map_and_not_without(lab):
+    """Item 6: hv1's adapters are on `Front`, hv2 calls its switch `Edge`. Without a map the
+    migration is refused before the checkpoint, naming --switch-map; with `--switch-map
+    Front=Edge` the import connects the adapter to `Edge` through the report."""
+    from lab import orchestrator
+    orchestrator.set_host(lab.cfg, "hv1", {"switches": ["lab-switch", "Front"]})
+    orchestrator.set_host(lab.cfg, "hv2", {"switches": ["lab-switch", "Edge"]})
+    name = "netmap"
+    lab.add_vm(name, "hv1", switches=["Front", "lab-switch"])
+    time.sleep(1.0)  # its heartbeat comes
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "120")
+    assert rec["state"] == "rolled_back" and "--switch-map Front=" in rec["error"], rec.get("error")
+    assert vm_on(lab, "hv1", name)["snapshots"] == [] and vm_on(lab, "hv2", name) is None
+    res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run", "--switch-map", "Front=Edge")
+    assert "switch Front -> Edge" in res.stdout and "switch lab-switch -> lab-switch" in res.stdout
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--switch-map", "Front=Edge",
+                            "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    assert vm_on(lab, "hv2", name)["switches"] == ["Edge", "lab-switch"]
+    assert lab.verify(name)["integrity"] == "ok"

@@ -179,3 +179,20 @@ def test_storage_folders_are_a_list_per_host_and_the_single_folder_form_still_wo
         with pytest.raises(ConfigError) as e:
             load_config(path)
         assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_each_switch_lands_on_the_asked_switch_then_the_pairs_default_then_the_same_name():
+    from workers.model import network_map, options
+    from workers.model.options import OptionError, Options
+    cfg = Config(path=None, redis_url="redis://x", credentials_file=None, hosts=FLEET.hosts,
+                 switch_maps={("a", "b"): [("Back", "Storage"), ("Front", "Edge")]})
+    asked = Options(**options.parse(switch_map=["Front=Uplink"]))
+    mapping = network_map.switch_map(cfg, "a", "b", asked, ["Front", "Back", "lab"])
+    assert mapping == {"Front": "Uplink", "Back": "Storage", "lab": "lab"}
+    assert network_map.changes(mapping) == {"Front": "Uplink", "Back": "Storage"}
+    assert network_map.problems(mapping, ["Uplink", "Storage", "lab"], source="a", destination="b") == []
+    [problem] = network_map.problems(mapping, ["lab"], source="a", destination="b")
+    assert "'Front' (mapped to 'Uplink')" in problem and "--switch-map Front=" in problem
+    for bad in (["Front"], ["=Edge"], ["Front= Edge"], ["A=B", "A=C"], "Front=Edge"):
+        with pytest.raises(OptionError):
+            options.parse(switch_map=bad)

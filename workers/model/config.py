@@ -150,6 +150,8 @@ class Config:
     credentials_file: Path | None
     # (source, destination) -> [(source prefix, destination prefix)]: `[storage_maps.SRC.DST]`
     storage_maps: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    # (source, destination) -> [(source switch, destination switch)]: `[switch_maps.SRC.DST]`
+    switch_maps: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     lab_dir: Path | None = None
     copy: CopySettings = field(default_factory=CopySettings)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
@@ -371,6 +373,22 @@ def _redis_url(top: _Table) -> str:
     return url
 
 
+def _switch_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """`[switch_maps.SRC.DST]`: "source switch" = "destination switch", the pair's default."""
+    out = {}
+    for src in list(t.data):
+        src_t = t.table(src)
+        for dst in list(src_t.data):
+            pair_t = src_t.table(dst)
+            for role, h in (("source", src), ("destination", dst)):
+                if h not in hosts:
+                    raise ConfigError(f"{pair_t.where}: unknown {role} host {h!r}")
+            out[(src, dst)] = [(s, pair_t.text(s)) for s in list(pair_t.data)]
+            pair_t.done()
+        src_t.done()
+    return out
+
+
 def find_config_path(explicit: str | os.PathLike | None = None) -> Path:
     """--config FILE, else $QUICKMIG_CONFIG, else ./quickmig.toml."""
     if explicit:
@@ -397,8 +415,9 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     cred = top.text("credentials_file", None)
     settings = _settings(top)
     maps = _storage_maps(top.table("storage_maps"), hosts)
+    switch_maps = _switch_maps(top.table("switch_maps"), hosts)
     top.done()
-    return Config(path=path, redis_url=redis_url, hosts=hosts, storage_maps=maps,
+    return Config(path=path, redis_url=redis_url, hosts=hosts, storage_maps=maps, switch_maps=switch_maps,
                   credentials_file=(path.parent / cred) if cred else None, **settings)
 
 

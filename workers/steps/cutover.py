@@ -18,7 +18,7 @@ from workers.coord.locks import Fenced, LeaseKeeper
 from workers.engine import context
 from workers.engine.step import HardFailure, fence, mlog, resume, send, step_task
 from workers.hyperv.errors import VMNotFound
-from workers.model import options, routing, states
+from workers.model import network_map, options, routing, states
 from workers.model.errors import is_retryable
 from workers.model.file_plan import PathMap, chain_paths, downtime_files
 from workers.model.preflight import saved_memory_bytes
@@ -97,6 +97,8 @@ def cutover(mid: str, lg) -> None:
             "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
             "roots": cfg.host(rec["destination"]).roots,
             "vm_folder": pm.vm_folder(vm),
+            "switch_map": network_map.changes(network_map.switch_map(
+                cfg, rec["source"], rec["destination"], options.of(rec), vm.get("switches", []))),
         })
         t_imported = time.time()
         fence(rec)

@@ -16,7 +16,7 @@ from workers.engine.step import (
     start_rollback,
     step_task,
 )
-from workers.model import preflight, routing, states
+from workers.model import network_map, options, preflight, routing, states
 from workers.model.file_plan import PathMap, chain_paths, checkpoint_files, frozen_files, layout_problems
 from workers.steps.checkpoint import ours, snapshot_name
 from workers.steps.transfer import file_size
@@ -43,7 +43,9 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
     if vm.get("checkpoint_type") == "Standard":  # our checkpoint of the running VM keeps its memory, and moves
         file_bytes += preflight.saved_memory_bytes(vm)
     found = layout_problems(vm) + pm.problems(vm)  # every file placed where -Register will look
-    found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
+    switches = network_map.switch_map(cfg, rec["source"], rec["destination"], options.of(rec), vm.get("switches", []))
+    found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes,
+                                switches=switches, source=rec["source"])
     found += preflight.fact_problems(vm, src_info, dst_info, source=rec["source"], destination=rec["destination"])
     same_id = next((v for v in context.driver(rec["destination"]).run("list_vms", {})["vms"]
                     if v["id"].lower() == vm["id"].lower()), None)
