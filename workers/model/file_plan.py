@@ -27,7 +27,7 @@ import itertools
 from dataclasses import dataclass
 
 from workers.model import hostpaths
-from workers.model.config import Config, Host
+from workers.model.config import Config, Host, Storage
 from workers.model.hostpaths import HostPathError
 from workers.model.options import Options
 
@@ -179,7 +179,7 @@ class PathMap:
                 f"[storage_maps.{self.source}.{self.destination}] entry")
         return _join(match.path, rel), "the storage of the same name"
 
-    def _src_folder(self, folder: str):
+    def _src_folder(self, folder: str) -> tuple[Storage, str]:
         for s in sorted(self.src.storage, key=lambda s: -len(s.path)):
             rest = _under(folder, s.path)
             if rest is not None:

@@ -162,7 +162,7 @@ def _storage_map(given: object) -> list[list[str]]:
     """'SRC_PREFIX=DST_PREFIX' items (or [src, dst] pairs) -> [[src, dst], ...]."""
     if isinstance(given, (str, dict)) or not isinstance(given, (list, tuple)):
         raise OptionError("--storage-map takes SRC_PREFIX=DST_PREFIX, once per prefix")
-    out = []
+    out: list[list[str]] = []
     for item in given:
         pair = item.split("=", 1) if isinstance(item, str) else item
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
