@@ -141,18 +141,11 @@ class PathMap:
         return cls(cfg, rec["source"], rec["destination"], Options(**(rec.get("options") or {})),
                    vm_folder=(vm or {}).get("path") or rec.get("vm_folder"))
 
-    def for_vm(self, vm: dict) -> PathMap:
-        self.src_vm_folder = vm["path"]
-        return self
-
     def src_place(self, src_path: str) -> Place:
         return place_of(self.src, src_path)
 
     def dst_place(self, src_path: str) -> Place:
         return place_of(self.dst, self.dest(src_path))
-
-    def rel(self, src_path: str) -> str:
-        return self.src_place(src_path).rel
 
     def _landing(self, src_path: str, folder: bool) -> tuple[str, str]:
         """(where `src_path` lands, the option that decided it)."""
