@@ -51,8 +51,19 @@ log = logging.getLogger("lab.emulator.lifecycle")
 ISO_NAME = "lab-tools.iso"
 ISO_BYTES = 4 * MiB
 VMGS_BYTES = 64 * 1024
-MAX_DISKS = 256  # Generation 2: 4 SCSI controllers of 64 locations
+# Plan for Hyper-V scalability: 4 SCSI controllers of 64 disks; Generation 1 also 2 IDE
+# controllers of 2 devices, its startup disk on one of them
+SCSI_DISKS, IDE_DISKS = 256, 4
 HEARTBEAT_DELAY_S = 0.2  # the guest's integration services answer this long after start
+
+
+def _slot(generation: int, i: int) -> dict:
+    """Where disk `i` of a new VM is attached: Generation 1 fills its two IDE controllers
+    first (the startup disk on IDE 0:0), then SCSI; Generation 2 has SCSI only."""
+    if generation == 1 and i < IDE_DISKS:
+        return {"controller_type": "IDE", "controller_number": i // 2, "controller_location": i % 2}
+    i -= IDE_DISKS if generation == 1 else 0
+    return {"controller_type": "SCSI", "controller_number": i // 64, "controller_location": i % 64}
 
 
 def _check_new_vm(name: object, memory_mb: object, disk_mb: object, write_rate_kbps: object,
@@ -170,7 +181,7 @@ class VMLifecycle:
                memory_assigned_mb: object = None, heartbeat: object = True, heartbeat_enabled: object = True,
                compat_migration: object = False, vtpm: object = False, clustered: object = False,
                replica: object = False, devices: object = None, disks: object = 1,
-               disk_folders: object = None) -> VM:
+               disk_folders: object = None, generation: object = 2) -> VM:
         r"""New-VM + New-VHD + Add-VMDvdDrive (+ Set-VM + Start-VM): the lab's way to make a VM.
 
         `vm_id`: the VM's id (a GUID) instead of a new one: a VM that shares its id with one on
@@ -186,10 +197,12 @@ class VMLifecycle:
         (replicating with Hyper-V Replica, as its primary), `devices` (`_check_hardware`; a
         virtual SAN a Fibre Channel adapter names is made here first, as New-VMSan would).
 
-        `disks`: how many virtual disks (New-VHD + Add-VMHardDiskDrive), on SCSI controller 0
-        and on, 64 locations each; `disk_folders`: host folders (any storage folder of the host)
-        the disks are placed in, in turn (default: the VM's `Virtual Hard Disks`). Disk i is
-        `disk<i>.vhdx`; `parent` applies to disk 0."""
+        `disks`: how many virtual disks (New-VHD + Add-VMHardDiskDrive): a Generation 2 VM's on
+        SCSI controller 0 and on, 64 locations each; a Generation 1 VM's (`generation` 1) first
+        on IDE 0:0, 0:1, 1:0, 1:1 (the startup disk on IDE 0:0), then on SCSI; `disk_folders`:
+        host folders (any storage folder of the host) the disks are placed in, in turn
+        (default: the VM's `Virtual Hard Disks`). Disk i is `disk<i>.vhdx`; `parent` applies
+        to disk 0."""
         switches = _check_new_vm(name, memory_mb, disk_mb, write_rate_kbps, checkpoint_type, version, switches)
         for what, flag in (("heartbeat", heartbeat), ("heartbeat_enabled", heartbeat_enabled),
                            ("compat_migration", compat_migration), ("vtpm", vtpm), ("clustered", clustered),
@@ -206,6 +219,8 @@ class VMLifecycle:
         action = _check_start_action(automatic_start_action, "NewVM")
         maximum, assigned = _check_memory(int(memory_mb), dynamic_memory, memory_maximum_mb,  # type: ignore[call-overload]
                                           memory_assigned_mb)
+        if generation not in (1, 2) or isinstance(generation, bool):
+            raise invalid_arg("generation must be 1 or 2.", "NewVM")
         vm_id, folder = self._id_and_folder(vm_id, path)
         vm = VM(id=vm_id, name=name, path=folder,
                 config_path=f"{folder}\\Virtual Machines\\{vm_id.upper()}.vmcx",
@@ -216,8 +231,9 @@ class VMLifecycle:
                 memory_maximum_bytes=maximum, memory_assigned_bytes=assigned, guest_heartbeat=bool(heartbeat),
                 heartbeat_enabled=bool(heartbeat_enabled), compat_migration=bool(compat_migration),
                 tpm_enabled=bool(vtpm), key_protector=key_protector, devices=hardware,
-                is_clustered=bool(clustered), replication_mode="Primary" if replica else "None")
-        paths = self._disk_paths(folder, disks, disk_folders)
+                is_clustered=bool(clustered), replication_mode="Primary" if replica else "None",
+                generation=int(generation))  # type: ignore[call-overload]
+        paths = self._disk_paths(folder, disks, disk_folders, vm.generation)
         base = paths[0]
         with self.reg.lock:
             self._refuse_existing(vm, *paths)
@@ -227,11 +243,9 @@ class VMLifecycle:
             self._create_child_of(base, parent, int(disk_mb))  # type: ignore[arg-type]
         for i, hp in enumerate(paths[1:], 1):
             disk.create_base(self.paths.local(hp, "NewVHD"), int(disk_mb), seed=f"{vm_id}:{i}")  # type: ignore[arg-type]
-        vm.disks = [{"controller_type": "SCSI", "controller_number": i // 64, "controller_location": i % 64,
-                     "path": hp} for i, hp in enumerate(paths)]
+        vm.disks = [{**_slot(vm.generation, i), "path": hp} for i, hp in enumerate(paths)]
         if passthrough_disk:  # Add-VMHardDiskDrive -DiskNumber: a physical disk of this host, no file
-            vm.disks.append({"controller_type": "SCSI", "controller_number": len(paths) // 64,
-                             "controller_location": len(paths) % 64,
+            vm.disks.append({**_slot(vm.generation, len(paths)),
                              "path": "Disk 2 10.00 GB Bus 0 Lun 1 Target 0", "disk_number": 2})
         if iso:
             vm.isos = [self.ensure_iso()]
@@ -265,10 +279,11 @@ class VMLifecycle:
         self.paths.local(folder, "NewVM")
         return vm_id, folder
 
-    def _disk_paths(self, folder: str, count: object, folders: object) -> list[str]:
+    def _disk_paths(self, folder: str, count: object, folders: object, generation: int) -> list[str]:
         """The host paths of a new VM's disks: `disk<i>.vhdx` in `folders` in turn."""
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DISKS:
-            raise invalid_arg(f"disks must be a whole number from 1 to {MAX_DISKS}.", "NewVHD")
+        most = SCSI_DISKS + (IDE_DISKS if generation == 1 else 0)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
+            raise invalid_arg(f"disks must be a whole number from 1 to {most}.", "NewVHD")
         if folders is None or folders == []:
             folders = [f"{folder}\\Virtual Hard Disks"]
         if not isinstance(folders, list) or not all(isinstance(f, str) and self.paths.is_under(f) for f in folders):

@@ -165,6 +165,7 @@ CATALOG: list[tuple[str, str]] = [
     ("Connect-VMNetworkAdapter: the virtual switch '{switch}' was not found on this host.",
      "Connect-VMNetworkAdapter: Der virtuelle Switch '{switch}' wurde auf diesem Host nicht gefunden."),
     ("switch_map must map switch names to switch names.", "switch_map muss Switchnamen auf Switchnamen abbilden."),
+    ("generation must be 1 or 2.", "generation muss 1 oder 2 sein."),
     ("disks must be a whole number from 1 to {count}.", "disks muss eine ganze Zahl von 1 bis {count} sein."),
     ("disk_folders must be folders under {roots}.", "disk_folders müssen Ordner unterhalb von {roots} sein."),
     ("parent must be another disk under {root}.",

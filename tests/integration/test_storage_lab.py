@@ -101,3 +101,22 @@ def test_a_vm_on_a_switch_the_destination_names_otherwise_moves_with_switch_map_
     assert rec["state"] == "completed", rec.get("error")
     assert vm_on(lab, "hv2", name)["switches"] == ["Edge", "lab-switch"]
     assert lab.verify(name)["integrity"] == "ok"
+
+
+def test_a_generation_1_vm_with_disks_on_ide_and_scsi_in_both_folders_moves_and_keeps_every_write(lab):
+    """Items 2 and 5: a Generation 1 VM (startup disk on IDE 0:0, then IDE and SCSI), its disks
+    in both storage folders, moves with every disk re-parented, and stays Generation 1."""
+    name = "gen1"
+    lab.add_vm(name, "hv1", generation=1, disks=5, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\gen1", "E:\\Data\\hv1\\gen1"])
+    time.sleep(1.0)
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    vm = vm_on(lab, "hv2", name)
+    assert vm["generation"] == 1
+    assert [(d["controller_type"], d["path"]) for d in vm["disks"]] == [
+        ("IDE", f"{ROOTS['hv2']}\\gen1\\disk0.vhdx"), ("IDE", "F:\\Data\\hv2\\gen1\\disk1.vhdx"),
+        ("IDE", f"{ROOTS['hv2']}\\gen1\\disk2.vhdx"), ("IDE", "F:\\Data\\hv2\\gen1\\disk3.vhdx"),
+        ("SCSI", f"{ROOTS['hv2']}\\gen1\\disk4.vhdx")]
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["disks"] == 5, out["problems"]

@@ -609,3 +609,19 @@ def test_a_vm_has_disks_in_several_storage_folders_and_each_holds_its_share_of_t
             h.run("start_vm", {"vm_id": vm["id"]})
     finally:
         h.shutdown()
+
+
+def test_a_generation_1_vm_has_its_startup_disk_and_the_next_three_on_ide_and_the_rest_on_scsi(lab):
+    """Plan for Hyper-V scalability: 4 virtual IDE disks, the startup disk on one of them; then
+    4 SCSI controllers of 64. Generation 2 has no IDE controller."""
+    _, make = lab
+    h = make("hv1")
+    with pytest.raises(OpError, match="generation must be 1 or 2"):
+        new_vm(h, "gen3", generation=3)
+    with pytest.raises(OpError, match="from 1 to 260"):
+        new_vm(h, "gen1-too-many", generation=1, disks=261)
+    vm = new_vm(h, "gen1", generation=1, disks=5, write_rate_kbps=0)
+    assert vm["generation"] == 1
+    assert [(d["controller_type"], d["controller_number"], d["controller_location"]) for d in vm["disks"]] == [
+        ("IDE", 0, 0), ("IDE", 0, 1), ("IDE", 1, 0), ("IDE", 1, 1), ("SCSI", 0, 0)]
+    assert vm["disks"][0]["path"].endswith("\\disk0.vhdx")

@@ -30,6 +30,7 @@ def problems(mapping: dict[str, str], dst_switches: list[str], *, source: str, d
     if not missing:
         return []
     what = ", ".join(f"{s!r}" + (f" (mapped to {d!r})" if s != d else "") for s, d in missing.items())
-    return [f"{destination} has no virtual switch named {what} (it has {', '.join(map(repr, dst_switches)) or 'none'}); "
+    has = ", ".join(map(repr, dst_switches)) or "none"
+    return [f"{destination} has no virtual switch named {what} (it has {has}); "
             f"give --switch-map {next(iter(missing))}=<a switch of {destination}> or a [switch_maps.{source}."
             f"{destination}] entry, or create the switch there (New-VMSwitch)"]
