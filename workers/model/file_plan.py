@@ -185,9 +185,10 @@ class PathMap:
         landing, why = self._landing(src_path, folder=False)
         try:
             return self.dst.confine(landing)
-        except HostPathError as e:
-            raise PlacementError(f"{src_path} would land at {landing} ({why}), which is not in a storage folder "
-                                 f"of {self.destination} ({', '.join(self.dst.roots)}): {e}; fix {why}") from None
+        except HostPathError:
+            raise PlacementError(f"{src_path} would land at {landing} ({why}), which is not a plain path in a "
+                                 f"storage folder of {self.destination} ({', '.join(self.dst.roots)}); "
+                                 f"fix {why}") from None
 
     def mapping(self, paths: list[str]) -> dict[str, str]:
         return {p: self.dest(p) for p in paths}
@@ -223,9 +224,10 @@ class PathMap:
         if not any(hostpaths.same(landing, r) for r in self.dst.roots):
             try:
                 self.dst.confine(landing)
-            except HostPathError as e:
-                raise PlacementError(f"the VM's folder {vm['path']} would land at {landing} ({why}), not in a "
-                                     f"storage folder of {self.destination}: {e}; fix {why}") from None
+            except HostPathError:
+                raise PlacementError(f"the VM's folder {vm['path']} would land at {landing} ({why}), not a plain "
+                                     f"path in a storage folder of {self.destination} "
+                                     f"({', '.join(self.dst.roots)}); fix {why}") from None
         return landing
 
     def plan(self, vm: dict) -> list[dict]:
