@@ -120,3 +120,23 @@ def test_a_generation_1_vm_with_disks_on_ide_and_scsi_in_both_folders_moves_and_
         ("SCSI", f"{ROOTS['hv2']}\\gen1\\disk4.vhdx")]
     out = lab.verify(name)
     assert out["integrity"] == "ok" and out["disks"] == 5, out["problems"]
+
+
+def test_writes_made_on_the_destination_come_back_to_each_disks_own_folder_when_the_switchover_fails(lab):
+    """The guest ran on hv2 before its heartbeat failed: the rollback brings each disk's leaf
+    back to the source file it was placed from (here through a --storage-map), on its own share."""
+    name = "back"
+    lab.add_vm(name, "hv1", disks=2, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\back", "E:\\Data\\hv1\\back"])
+    time.sleep(1.0)
+    lab.emulator("hv2").inject_fault(op="wait_heartbeat", action="fail", message="injected: no heartbeat", times=1)
+    try:
+        res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--storage-map",
+                                "E:\\Data\\hv1\\back=F:\\Data\\hv2\\elsewhere", "--wait", "--json", "--timeout", "240")
+    finally:
+        lab.emulator("hv2").clear_faults()
+    assert rec["state"] == "rolled_back" and rec.get("start_started_at"), rec.get("error")
+    out = lab.verify(name)
+    assert out["running_on"] == ["hv1"] and out["integrity"] == "ok" and out["disks"] == 2, out["problems"]
+    assert vm_on(lab, "hv2", name) is None
+    assert not list((lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").rglob("*.vhdx"))
