@@ -67,7 +67,9 @@ def _movability_options(args) -> dict:
 
 def cmd_add_vm(args) -> int:
     more = {"switches": args.switch} if args.switch else {}
-    more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path))
+    more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path),
+                                   ("disks", args.disks), ("disk_folders", args.disk_folder),
+                                   ("generation", args.generation))
                  if v is not None})
     more.update(_lifecycle_options(args))
     more.update(_movability_options(args))
@@ -173,6 +175,12 @@ def register(sub, common) -> None:
     a.add_argument("--parent", metavar="PATH", help="host path of a base disk the VM's disk is a differencing "
                    "disk of (made first if it is not there): VMs given the same PATH share a golden parent")
     a.add_argument("--path", metavar="FOLDER", help="host folder of the VM's files (default <vm_root>\\<id>)")
+    a.add_argument("--disks", type=int, metavar="N", help="how many virtual disks (default 1), on SCSI 0:0 and on")
+    a.add_argument("--generation", type=int, choices=(1, 2),
+                   help="1: BIOS, disks on IDE 0:0, 0:1, 1:0, 1:1 first, then SCSI (default 2: SCSI only)")
+    a.add_argument("--disk-folder", action="append", metavar="PATH",
+                   help="host folder for its disks, in any storage folder of the host (repeatable: disks "
+                        "placed round robin; default the VM's Virtual Hard Disks)")
     a.add_argument("--automatic-start-action", choices=("Nothing", "StartIfRunning", "Start"), default=None,
                    help="what the VM does when its host starts (default StartIfRunning, as Hyper-V's)")
     a.add_argument("--dynamic-memory", action="store_true",

@@ -3,7 +3,7 @@
 Layout of a lab directory:
   quickmig.toml, credentials.toml (0600)   what workers and the CLI read
   lab.json                                  every process we started: pid, start time, log
-  redis/  hosts/<host>/share/  hosts/<host>/smbd/  hosts/<host>/emulator/
+  redis/  hosts/<host>/share/  hosts/<host>/shares/<share>/  hosts/<host>/smbd/  hosts/<host>/emulator/
   guests/  events.jsonl                     the guests' journals, VM start/stop events
   metrics/  logs/
 """
@@ -25,6 +25,7 @@ import redis
 from lab import processes, samba
 from lab.emulator import costs, hostprops, messages
 from lab.emulator.client import EmulatorClient, EmulatorClientError
+from lab.emulator.hostpaths import storage_dir
 from lab.ports import free_port
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError
@@ -63,6 +64,13 @@ def vm_root(host: str) -> str:
     return f"D:\\VMs\\{host}"
 
 
+def data_storage(hosts: list[str], host: str) -> tuple[str, str]:
+    """A lab host's second storage folder and its share: another drive on each host
+    (hv1 E:, hv2 F:, ...), named `data` on all of them."""
+    letter = chr(ord("E") + hosts.index(host) % 20)
+    return f"{letter}:\\Data\\{host}", f"{host}-data"
+
+
 def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: int = 2,
                   vm_roots: dict[str, str] | None = None) -> None:
     lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
@@ -77,10 +85,12 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
         lines += [f"[hosts.{h}]",
                   "winrm_endpoint = " + toml_str(f"http://127.0.0.1:{ports[h]['winrm']}/wsman"),
                   'winrm_transport = "basic"',
-                  f"vm_root = {toml_str((vm_roots or {}).get(h) or vm_root(h))}",
+                  f"storage = [{{ name = \"vms\", path = {toml_str((vm_roots or {}).get(h) or vm_root(h))}, "
+                  f"share = {toml_str(h)} }},",
+                  f"           {{ name = \"data\", path = {toml_str(data_storage(hosts, h)[0])}, "
+                  f"share = {toml_str(data_storage(hosts, h)[1])} }}]",
                   'smb_server = "127.0.0.1"',
                   f"smb_port = {ports[h]['smb']}",
-                  f"smb_share = {toml_str(h)}",
                   "max_copies = 2",
                   f"max_migrations = {int(max_migrations)}", ""]
     (lab_dir / "quickmig.toml").write_text("\n".join(lines))
@@ -187,10 +197,10 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             logs / "redis.log")
         _save(lab_dir, lab)
         for h in names:
-            share = lab_dir / "hosts" / h / "share"
-            share.mkdir(parents=True, exist_ok=True)
+            tops = [(s.share, storage_dir(lab_dir, h, i, s.share)) for i, s in enumerate(cfg.host(h).storage)]
             cred = cfg.credentials(h)
-            conf = samba.write_config(lab_dir / "hosts" / h / "smbd", h, share, ports[h]["smb"], cred.smb_username)
+            conf = samba.write_config(lab_dir / "hosts" / h / "smbd", tops[0][0], tops[0][1], ports[h]["smb"],
+                                      cred.smb_username, more_shares=dict(tops[1:]))
             samba.set_password(conf, cred.smb_username, cred.smb_password)
             procs[f"smbd-{h}"] = processes.spawn(samba.command(conf), logs / f"smbd-{h}.log")
             procs[f"emulator-{h}"] = processes.spawn(

@@ -65,20 +65,27 @@ def _conf_value(what: str, value: str) -> str:
     return value
 
 
-def write_config(state_dir: Path, share_name: str, share_path: Path, port: int, username: str) -> Path:
-    """Write `state_dir/smb.conf` for one loopback smbd exporting `share_path` as `share_name`.
+def write_config(state_dir: Path, share_name: str, share_path: Path, port: int, username: str,
+                 more_shares: dict[str, Path] | None = None) -> Path:
+    """Write `state_dir/smb.conf` for one loopback smbd exporting `share_path` as `share_name`
+    (and each of `more_shares`, name -> folder: a host with several storage folders).
 
-    Creates state_dir, its private/lock/state/cache/pid/ncalrpc/log folders and share_path.
+    Creates state_dir, its private/lock/state/cache/pid/ncalrpc/log folders and the shares' folders.
     Returns the path of the config file.
     """
     state_dir = Path(state_dir).resolve()
-    share_path = Path(share_path).resolve()
-    _conf_value("share name", share_name)
-    if any(c in share_name for c in "[]\\/%"):
-        raise SambaError(f"share name {share_name!r} must not contain []\\/%")
+    shares = {share_name: Path(share_path).resolve()}
+    for name, path in (more_shares or {}).items():
+        if name.lower() in {s.lower() for s in shares}:
+            raise SambaError(f"share name {name!r} is given twice")
+        shares[name] = Path(path).resolve()
+    for name, path in shares.items():
+        _conf_value("share name", name)
+        if any(c in name for c in "[]\\/%"):
+            raise SambaError(f"share name {name!r} must not contain []\\/%")
+        _conf_value("share folder", str(path))
     _conf_value("username", username)
     _conf_value("state folder", str(state_dir))
-    _conf_value("share folder", str(share_path))
     if not 1024 < int(port) < 65536:
         raise SambaError(f"port {port} is not an unprivileged TCP port")
 
@@ -86,7 +93,8 @@ def write_config(state_dir: Path, share_name: str, share_path: Path, port: int, 
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     # secrets.tdb and passdb.tdb hold password hashes: keep them private.
     os.chmod(state_dir / "private", 0o700)
-    share_path.mkdir(parents=True, exist_ok=True)
+    for path in shares.values():
+        path.mkdir(parents=True, exist_ok=True)
 
     d = {sub: state_dir / sub for sub in STATE_SUBDIRS}
     text = f"""\
@@ -134,9 +142,11 @@ def write_config(state_dir: Path, share_name: str, share_path: Path, port: int, 
    smb2 max read = {MAX_IO_BYTES}
    smb2 max write = {MAX_IO_BYTES}
    smb2 max trans = {MAX_IO_BYTES}
-
-[{share_name}]
-   path = {share_path}
+"""
+    for name, path in shares.items():
+        text += f"""
+[{name}]
+   path = {path}
    read only = no
    browseable = yes
    guest ok = no

@@ -35,7 +35,7 @@ from pathlib import Path
 from lab import history
 from lab.emulator import disk
 from lab.emulator.errors import OpError
-from lab.emulator.hostpaths import HostPaths
+from lab.emulator.hostpaths import HostPaths, for_host
 from workers.model.config import load_config
 
 MAX_LISTED = 5
@@ -227,12 +227,15 @@ def _check_story(home: str, rec: dict, story: dict, problems: list[str]) -> None
                         f"but {home} reports it {rec.get('state')}")
 
 
-def _disk_records(home: str, rec: dict, vm_id: str, paths: HostPaths, problems: list[str]) -> list[int]:
-    """Every record the guest wrote, read from each virtual disk's whole chain on `home`."""
-    seqs: list[int] = []
+def _disk_records(home: str, rec: dict, vm_id: str, paths: HostPaths, problems: list[str]) -> list[list[int]]:
+    """Every record the guest wrote, read from each virtual disk's whole chain on `home`:
+    one list per file disk, in the VM's order."""
+    per_disk: list[list[int]] = []
     for d in rec.get("disks", []):
         if d.get("passthrough") or d.get("disk_number") is not None:
             continue  # a physical disk: the guest writer never writes to it
+        seqs: list[int] = []
+        per_disk.append(seqs)
         try:
             chain = disk.read_chain(d["path"], paths.local)
         except FileNotFoundError as e:
@@ -249,7 +252,22 @@ def _disk_records(home: str, rec: dict, vm_id: str, paths: HostPaths, problems: 
             other = scan.vm_ids - {vm_id}
             if other:
                 problems.append(f"{link.host_path} holds records of other VMs: {', '.join(sorted(other))}")
-    return seqs
+    return per_disk
+
+
+def _check_each_disk(home: str, rec: dict, per_disk: list[list[int]], acked: list[int],
+                     problems: list[str]) -> None:
+    """The guest writes record `seq` to its file disk number (seq - 1) % n (lab/emulator/
+    guest.py): every acknowledged write must be on that disk's chain, so a disk left behind,
+    copied stale or re-parented wrong is named."""
+    files = [d for d in rec.get("disks", []) if not d.get("passthrough") and d.get("disk_number") is None]
+    n = len(per_disk)
+    for k, seqs in enumerate(per_disk):
+        have = set(seqs)
+        missing = [s for s in acked if (s - 1) % n == k and s not in have]
+        if missing:
+            problems.append(f"{len(missing)} acknowledged writes missing from disk {k} ({files[k]['path']}) on "
+                            f"{home}: {_fmt(missing)}")
 
 
 def _check_disks(home: str, disk_seqs: list[int], acked: list[int], problems: list[str]) -> None:
@@ -302,11 +320,14 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     home = result["running_on"][0] if result["running_on"] else sorted(holders)[0]
     result["host"] = home
     rec = holders[home]
-    paths = HostPaths(cfg.hosts[home].vm_root, lab_dir / "hosts" / home / "share")
+    paths = for_host(lab_dir, cfg.hosts[home])
     _check_story(home, rec, story, problems)
-    disk_seqs = _disk_records(home, rec, vm_id, paths, problems)
+    per_disk = _disk_records(home, rec, vm_id, paths, problems)
+    disk_seqs = [s for seqs in per_disk for s in seqs]
+    result["disks"] = len(per_disk)
     result["disk_records"] = len(disk_seqs)
     _check_disks(home, disk_seqs, acked, problems)
+    _check_each_disk(home, rec, per_disk, acked, problems)
     if rec.get("state") == "Saved":
         _check_saved_memory(home, rec, vm_id, paths, story, problems)
     result["integrity"] = "ok" if not problems else "; ".join(problems)

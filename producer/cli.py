@@ -17,6 +17,7 @@ import redis
 from producer import report, watch
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
+from workers.model import file_plan
 from workers.model.config import ConfigError, load_config
 from workers.model.record import RecordNotFound, Store
 from workers.obs import metrics
@@ -37,8 +38,21 @@ def _print_json(obj) -> None:
 def cmd_migrate(args) -> int:
     p = Producer.from_config(args.config)
     raw = {k: getattr(args, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
-                                         "keep_source_hours") if getattr(args, k) is not None}
-    rec = p.enqueue(MigrationRequest(args.vm, args.source, args.destination, raw))
+                                         "keep_source_hours", "destination_path", "storage_map", "switch_map")
+           if getattr(args, k) is not None}
+    req = MigrationRequest(args.vm, args.source, args.destination, raw)
+    if args.dry_run:
+        plan = p.plan(req)
+        if args.json:
+            _print_json(plan)
+        else:
+            print(f"{plan['vm']} from {plan['source']} to {plan['destination']}: nothing copied (--dry-run)")
+            for line in file_plan.format_plan(plan["files"], {f["path"]: f["bytes"] for f in plan["files"]}):
+                print(line)
+            for src, dst in plan["switches"].items():
+                print(f"switch {src} -> {dst}")
+        return EXIT_OK
+    rec = p.enqueue(req)
     if not args.wait:
         if args.json:
             _print_json(rec)
@@ -167,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--window", metavar="DURATION", help="cutover window length (from --not-before, else now)")
     m.add_argument("--keep-source", dest="keep_source_hours", metavar="HOURS",
                    help="keep the source VM registered and off this long before removing it")
+    m.add_argument("--destination-path", metavar="PATH",
+                   help="put every file of the VM under this folder of the destination (like Move-VM "
+                        "-DestinationStoragePath)")
+    m.add_argument("--storage-map", action="append", metavar="SRC_PREFIX=DST_PREFIX",
+                   help="files under SRC_PREFIX land under DST_PREFIX (repeatable; the longest prefix wins)")
+    m.add_argument("--switch-map", action="append", metavar="SRC=DST",
+                   help="connect the VM's adapters on virtual switch SRC to switch DST of the destination (repeatable)")
+    m.add_argument("--dry-run", action="store_true",
+                   help="print the file plan (each file, its size, where it lands) and change nothing")
     m.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", parents=[common], help="show one migration")

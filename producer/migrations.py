@@ -14,10 +14,14 @@ from workers.engine.app import app, configure
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.model import config as config_mod
+from workers.model import file_plan, network_map, routing, states
 from workers.model import options as options_mod
-from workers.model import routing, states
 from workers.model.errors import QuickmigError
+from workers.model.hostpaths import HostPathError
 from workers.model.record import StaleState, Store, new_record
+from workers.smb import file_copy
+from workers.smb.endpoint import SmbEndpoint
+from workers.smb.errors import SmbError
 
 # Before the downtime a cancel rolls back; from Save-VM on it would only lengthen it.
 CANCELLABLE = {states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING}
@@ -43,7 +47,7 @@ class MigrationRequest:
     source: str
     destination: str
     # raw cutover options (see workers.model.options.parse): max_downtime, on_exceed, max_rounds,
-    # not_before, window, keep_source_hours
+    # not_before, window, keep_source_hours, destination_path, storage_map
     options: dict = field(default_factory=dict)
 
 
@@ -97,12 +101,51 @@ class Producer:
                                "quickmig moves running VMs (start it first)")
         return vm
 
-    def enqueue(self, req: MigrationRequest) -> dict:
+    @staticmethod
+    def _options(req: MigrationRequest) -> dict:
         try:
-            opts = options_mod.parse(**req.options)
+            return options_mod.parse(**req.options)
         except (options_mod.OptionError, TypeError) as e:
             raise RequestError(str(e)) from None
+
+    def _placed(self, req: MigrationRequest, vm: dict, opts: dict) -> list[dict]:
+        """Every file of the VM with where it lands (workers.model.file_plan); a file with no
+        reachable destination, or a layout Import-VM -Register would not find, is refused
+        here, before anything changes."""
+        pm = file_plan.PathMap(self.cfg, req.source, req.destination, options_mod.Options(**opts), vm["path"])
+        try:
+            files = pm.plan(vm)
+        except HostPathError as e:
+            raise RequestError(str(e)) from None
+        problems = file_plan.layout_problems(vm) + pm.problems(vm)
+        if problems:
+            raise RequestError(f"{req.vm} cannot be registered on {req.destination} as it would be laid out: "
+                               + problems[0])
+        return files
+
+    def plan(self, req: MigrationRequest) -> dict:
+        """What `migrate --dry-run` shows: the VM and its file plan (each source file, its
+        size read over SMB, where it lands), changing nothing anywhere."""
+        opts = self._options(req)
         vm = self.validate(req)
+        files = self._placed(req, vm, opts)
+        host = self.cfg.host(req.source)
+        ep = SmbEndpoint.for_host(host, self.cfg.credentials(req.source))
+        for f in files:
+            storage, rel = host.place(f["path"])
+            try:
+                f["bytes"] = file_copy.file_size(ep.on_share(storage.share), rel)
+            except SmbError as e:
+                raise RequestError(f"cannot read the size of {f['path']} over SMB: {e}") from None
+        switches = network_map.switch_map(self.cfg, req.source, req.destination, options_mod.Options(**opts),
+                                          vm.get("switches", []))
+        return {"vm": req.vm, "vm_id": vm["id"], "source": req.source, "destination": req.destination,
+                "options": opts, "files": files, "switches": switches}
+
+    def enqueue(self, req: MigrationRequest) -> dict:
+        opts = self._options(req)
+        vm = self.validate(req)
+        self._placed(req, vm, opts)
         rec = new_record(vm=req.vm, vm_id=vm["id"], source=req.source,
                          destination=req.destination, fence=0, options=opts)
         try:

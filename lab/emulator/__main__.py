@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", bind, url.port, e.strerror or e)
         return 2
-    model = HyperVHost(lab_dir, host.name, host.vm_root, locale=ns.locale, faults=server.faults)
+    model = HyperVHost(lab_dir, host.name, host.vm_root, locale=ns.locale, faults=server.faults,
+                       more_storage=[(s.path, s.share) for s in host.storage[1:]])
     server.model = model
 
     stopping = threading.Event()

@@ -84,7 +84,7 @@ class EmulatorClient:
         """Create (and start) a VM; returns its VMInfo. `more`: version, switches, passthrough_disk,
         vm_id (a given id), parent (a base disk the VM's disk is a child of), path (its folder),
         automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
-        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices."""
+        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices, disks, disk_folders."""
         doc = {"name": name, "memory_mb": memory_mb, "disk_mb": disk_mb, "write_rate_kbps": write_rate_kbps,
                "iso": iso, "checkpoint_type": checkpoint_type, "start": start, **more}
         return self._call("POST", "/lab/vms", doc, timeout_s=max(self.timeout_s, 120.0))["vm"]  # type: ignore[index]

@@ -34,7 +34,8 @@ class EventLog:
     def file_event(self, event: str, host_path: str) -> None:
         """A file operation in a VM's folder (named by its id), registered here or not: so
         the record shows a destination's part in a migration before any import."""
-        rel = host_path[len(self.paths.vm_root) + 1:] if self.paths.is_under(host_path) else ""
+        found = self.paths._root_of(host_path)
+        rel = host_path[len(found[0]) + 1:] if found else ""
         folder = rel.split("\\", 1)[0].lower()
         if is_guid(folder):
             self._append_event(folder, event, path=host_path)

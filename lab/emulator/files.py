@@ -15,7 +15,7 @@ from pathlib import Path
 from lab.emulator import disk
 from lab.emulator.errors import OpError, invalid_arg
 from lab.emulator.events import EventLog
-from lab.emulator.hostpaths import is_guid, same_path
+from lab.emulator.hostpaths import is_guid
 from lab.emulator.registry import Registry
 from workers.model import chunks
 
@@ -135,11 +135,10 @@ class HostFiles:
     def prune(self, locals_: list[Path], roots: list[str]) -> None:
         """Remove folders left empty: only Hyper-V's own folder names and GUID-named VM folders,
         strictly inside one of `roots`, never a root itself (the rule of the shipped scripts)."""
-        share = self.reg.paths.share.resolve()
         tops = set()
         for r in roots:
             try:
-                tops.add((share if same_path(r, self.paths.vm_root) else self.paths.local(r)).resolve())
+                tops.add((self.paths.root_dir(r) if self.paths.is_root(r) else self.paths.local(r)).resolve())
             except OpError:
                 continue
         for p in locals_:

@@ -1,7 +1,8 @@
 """The guest writer: what a running VM's guest does to its disk, and its journal.
 
 While a VM runs on a host, one thread appends numbered 4 KiB records (disk.make_record)
-to the VM's active disk at `write_rate_kbps` KiB/s, and after each record is written
+to the VM's active disks at `write_rate_kbps` KiB/s (record `seq` to the disk `target(seq)`
+names: with several disks, each in turn), and after each record is written
 appends its seq to the shared journal `DIR/guests/<vm_id>.journal`. So the journal holds
 only acknowledged writes: a seq in the journal was on the disk first.
 
@@ -56,11 +57,12 @@ def append_line(path: Path, line: str) -> None:
 
 
 class GuestWriter:
-    """One running guest. `target()` returns the local path of the active disk (called
-    under io_lock before each write); `on_error` is called once if a write fails."""
+    """One running guest. `target(seq)` returns the local path of the active disk record
+    `seq` goes to (called under io_lock before each write); `on_error` is called once if a
+    write fails."""
 
     def __init__(self, vm_id: str, host: str, journal: Path, io_lock: threading.RLock,
-                 target: Callable[[], Path], rate_kbps: float, counter: int,
+                 target: Callable[[int], Path], rate_kbps: float, counter: int,
                  on_error: Callable[[str], None] | None = None):
         self.vm_id = vm_id
         self.host = host
@@ -114,7 +116,7 @@ class GuestWriter:
                         break
                     seq = self.counter + 1
                     try:
-                        disk.append_records(self.target(), self.vm_id, [seq])
+                        disk.append_records(self.target(seq), self.vm_id, [seq])
                     except Exception as e:  # noqa: BLE001 - the VM's disk vanished or broke: the guest hangs
                         self._fail(f"write of record {seq} failed: {e}")
                         return

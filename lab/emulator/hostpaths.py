@@ -1,9 +1,10 @@
 """Host paths (D:\\VMs\\hv1\\...) and the rules every path from the network must pass.
 
-Storage. The host's disk is the folder `DIR/hosts/<host>/share/`, which is also the root of
-that host's SMB share: host path `<vm_root>\\a\\b.vhdx` <-> `share/a/b.vhdx`. Every path that
+Storage. A host has one or more storage folders, each the root of an SMB share: the first
+(vm_root) is the folder `DIR/hosts/<host>/share/` (host path `<vm_root>\\a\\b.vhdx` <->
+`share/a/b.vhdx`), each further one `DIR/hosts/<host>/shares/<share name>/`. Every path that
 arrives from the network goes through `HostPaths.local`, which refuses anything outside
-vm_root (UNC, `\\\\?\\` and `\\\\.\\` paths included), `.`/`..`/empty components, characters
+the storage folders (UNC, `\\\\?\\` and `\\\\.\\` paths included), `.`/`..`/empty components, characters
 Windows reserves (a colon names an NTFS alternate data stream), trailing dots/spaces (Windows
 drops them, so they could alias another name), reserved device names (`NUL`, `COM1.txt`) and
 symlink escapes. Windows would act on something other than the plain file each of these seems
@@ -50,14 +51,33 @@ def _bad_component(p: str) -> bool:
 
 
 class HostPaths:
-    """Host paths (D:\\VMs\\hv1\\...) <-> files under this host's share folder."""
+    """Host paths (D:\\VMs\\hv1\\...) <-> files under this host's share folders."""
 
-    def __init__(self, vm_root: str, share: Path):
-        self.vm_root = vm_root.rstrip("\\")
-        self.share = Path(share)
+    def __init__(self, vm_root: str, share: Path, more: list[tuple[str, Path]] | None = None):
+        self.storage = [(vm_root.rstrip("\\"), Path(share))] + [(r.rstrip("\\"), Path(d)) for r, d in more or []]
+        self.vm_root, self.share = self.storage[0]
+
+    def _root_of(self, host_path: object) -> tuple[str, Path] | None:
+        """The storage folder `host_path` is strictly inside (the innermost), or None."""
+        if not isinstance(host_path, str):
+            return None
+        inside = [(r, d) for r, d in self.storage if host_path.lower().startswith(r.lower() + "\\")]
+        return max(inside, key=lambda rd: len(rd[0]), default=None)
 
     def is_under(self, host_path: str) -> bool:
-        return isinstance(host_path, str) and host_path.lower().startswith(self.vm_root.lower() + "\\")
+        return self._root_of(host_path) is not None
+
+    def is_root(self, host_path: object) -> bool:
+        """Whether `host_path` is one of the storage folders themselves."""
+        return isinstance(host_path, str) and any(same_path(host_path.rstrip("\\"), r) for r, _ in self.storage)
+
+    def root_dir(self, host_path: str) -> Path:
+        """The local folder of a storage folder (`is_root`)."""
+        return next(d for r, d in self.storage if same_path(host_path.rstrip("\\"), r))
+
+    @property
+    def roots(self) -> list[str]:
+        return [r for r, _ in self.storage]
 
     def check_roots(self, roots: object, cmdlet: str) -> list[str]:
         """The `roots` argument of a script that deletes or writes: folders inside (or equal
@@ -67,7 +87,7 @@ class HostPaths:
         out = []
         for r in roots:
             r = r.rstrip("\\")
-            if not same_path(r, self.vm_root):
+            if not self.is_root(r):
                 try:
                     self.local(r, cmdlet)  # inside the storage, and a plain path
                 except OpError as e:
@@ -98,25 +118,26 @@ class HostPaths:
             raise invalid_arg(f"Cannot validate argument: the path {host_path!r} is not a non-empty string.", cmdlet)
         if len(host_path) > 1024:
             raise invalid_arg("Cannot validate argument: the path is longer than 1024 characters.", cmdlet)
-        if not self.is_under(host_path):
+        found = self._root_of(host_path)
+        if found is None:
             raise OpError(f"Access is denied. The path '{host_path}' is outside this host's virtual machine "
-                          f"storage '{self.vm_root}'.", "PermissionDenied",
+                          f"storage '{', '.join(self.roots)}'.", "PermissionDenied",
                           fqid("UnauthorizedAccess", cmdlet), host_path)
-        parts = host_path[len(self.vm_root) + 1:].split("\\")
+        root, top = found
+        parts = host_path[len(root) + 1:].split("\\")
         if any(_bad_component(p) for p in parts):
             raise invalid_arg(f"The path '{host_path}' is not a valid file path "
                               f"(empty, '.' or '..' component, a character Windows reserves, a trailing dot or "
                               f"space, or a reserved device name).", cmdlet)
-        local = self._existing_spelling(parts)
+        local = self._existing_spelling(top, parts)
         real = os.path.realpath(local)
-        root = os.path.realpath(self.share)
-        if not real.startswith(root + os.sep):
+        if not real.startswith(os.path.realpath(top) + os.sep):
             raise OpError(f"Access is denied. The path '{host_path}' leaves this host's storage.",
                           "PermissionDenied", fqid("UnauthorizedAccess", cmdlet), host_path)
         return local
 
-    def _existing_spelling(self, parts: list[str]) -> Path:
-        local = self.share
+    def _existing_spelling(self, top: Path, parts: list[str]) -> Path:
+        local = top
         for p in parts:  # Windows paths compare without case: use an existing entry's spelling
             cand = local / p
             if not os.path.lexists(cand) and local.is_dir():
@@ -126,5 +147,22 @@ class HostPaths:
         return local
 
     def host(self, local: Path) -> str:
-        rel = Path(local).relative_to(self.share)
-        return self.vm_root + "\\" + "\\".join(rel.parts)
+        for root, top in sorted(self.storage, key=lambda rd: -len(str(rd[1]))):
+            try:
+                rel = Path(local).relative_to(top)
+            except ValueError:
+                continue
+            return root + "\\" + "\\".join(rel.parts)
+        raise ValueError(f"{local} is in no storage folder of this host")
+
+
+def storage_dir(lab_dir: Path, host: str, index: int, share: str) -> Path:
+    """The local folder of a lab host's storage folder number `index` (its share's root)."""
+    base = Path(lab_dir) / "hosts" / host
+    return base / "share" if index == 0 else base / "shares" / share
+
+
+def for_host(lab_dir: Path, host) -> HostPaths:
+    """The HostPaths of an inventory host (workers.model.config.Host) of the lab in lab_dir."""
+    dirs = [(s.path, storage_dir(lab_dir, host.name, i, s.share)) for i, s in enumerate(host.storage)]
+    return HostPaths(dirs[0][0], dirs[0][1], dirs[1:])

@@ -51,7 +51,19 @@ log = logging.getLogger("lab.emulator.lifecycle")
 ISO_NAME = "lab-tools.iso"
 ISO_BYTES = 4 * MiB
 VMGS_BYTES = 64 * 1024
+# Plan for Hyper-V scalability: 4 SCSI controllers of 64 disks; Generation 1 also 2 IDE
+# controllers of 2 devices, its startup disk on one of them
+SCSI_DISKS, IDE_DISKS = 256, 4
 HEARTBEAT_DELAY_S = 0.2  # the guest's integration services answer this long after start
+
+
+def _slot(generation: int, i: int) -> dict:
+    """Where disk `i` of a new VM is attached: Generation 1 fills its two IDE controllers
+    first (the startup disk on IDE 0:0), then SCSI; Generation 2 has SCSI only."""
+    if generation == 1 and i < IDE_DISKS:
+        return {"controller_type": "IDE", "controller_number": i // 2, "controller_location": i % 2}
+    i -= IDE_DISKS if generation == 1 else 0
+    return {"controller_type": "SCSI", "controller_number": i // 64, "controller_location": i % 64}
 
 
 def _check_new_vm(name: object, memory_mb: object, disk_mb: object, write_rate_kbps: object,
@@ -138,8 +150,9 @@ def _check_hardware(devices: object, switches: list[str], dynamic: object) -> li
     return out
 
 
-def _highest_record(chain: list[disk.ChainLink]) -> int:
-    return max((max(disk.read_records(link.local), default=0) for link in chain), default=0)
+def _highest_record(chains: list[list[disk.ChainLink]]) -> int:
+    """The newest record the guest wrote on any of its disks (each disk's whole chain)."""
+    return max((max(disk.read_records(link.local), default=0) for chain in chains for link in chain), default=0)
 
 
 class VMLifecycle:
@@ -167,7 +180,8 @@ class VMLifecycle:
                dynamic_memory: object = False, memory_maximum_mb: object = None,
                memory_assigned_mb: object = None, heartbeat: object = True, heartbeat_enabled: object = True,
                compat_migration: object = False, vtpm: object = False, clustered: object = False,
-               replica: object = False, devices: object = None) -> VM:
+               replica: object = False, devices: object = None, disks: object = 1,
+               disk_folders: object = None, generation: object = 2) -> VM:
         r"""New-VM + New-VHD + Add-VMDvdDrive (+ Set-VM + Start-VM): the lab's way to make a VM.
 
         `vm_id`: the VM's id (a GUID) instead of a new one: a VM that shares its id with one on
@@ -181,7 +195,14 @@ class VMLifecycle:
         (Set-VMProcessor -CompatibilityForMigrationEnabled), `vtpm` (Enable-VMTPM with a key
         protector owned by this host's guardian), `clustered` (a clustered role), `replica`
         (replicating with Hyper-V Replica, as its primary), `devices` (`_check_hardware`; a
-        virtual SAN a Fibre Channel adapter names is made here first, as New-VMSan would)."""
+        virtual SAN a Fibre Channel adapter names is made here first, as New-VMSan would).
+
+        `disks`: how many virtual disks (New-VHD + Add-VMHardDiskDrive): a Generation 2 VM's on
+        SCSI controller 0 and on, 64 locations each; a Generation 1 VM's (`generation` 1) first
+        on IDE 0:0, 0:1, 1:0, 1:1 (the startup disk on IDE 0:0), then on SCSI; `disk_folders`:
+        host folders (any storage folder of the host) the disks are placed in, in turn
+        (default: the VM's `Virtual Hard Disks`). Disk i is `disk<i>.vhdx`; `parent` applies
+        to disk 0."""
         switches = _check_new_vm(name, memory_mb, disk_mb, write_rate_kbps, checkpoint_type, version, switches)
         for what, flag in (("heartbeat", heartbeat), ("heartbeat_enabled", heartbeat_enabled),
                            ("compat_migration", compat_migration), ("vtpm", vtpm), ("clustered", clustered),
@@ -198,6 +219,8 @@ class VMLifecycle:
         action = _check_start_action(automatic_start_action, "NewVM")
         maximum, assigned = _check_memory(int(memory_mb), dynamic_memory, memory_maximum_mb,  # type: ignore[call-overload]
                                           memory_assigned_mb)
+        if generation not in (1, 2) or isinstance(generation, bool):
+            raise invalid_arg("generation must be 1 or 2.", "NewVM")
         vm_id, folder = self._id_and_folder(vm_id, path)
         vm = VM(id=vm_id, name=name, path=folder,
                 config_path=f"{folder}\\Virtual Machines\\{vm_id.upper()}.vmcx",
@@ -208,17 +231,21 @@ class VMLifecycle:
                 memory_maximum_bytes=maximum, memory_assigned_bytes=assigned, guest_heartbeat=bool(heartbeat),
                 heartbeat_enabled=bool(heartbeat_enabled), compat_migration=bool(compat_migration),
                 tpm_enabled=bool(vtpm), key_protector=key_protector, devices=hardware,
-                is_clustered=bool(clustered), replication_mode="Primary" if replica else "None")
-        base = f"{folder}\\Virtual Hard Disks\\disk0.vhdx"
+                is_clustered=bool(clustered), replication_mode="Primary" if replica else "None",
+                generation=int(generation))  # type: ignore[call-overload]
+        paths = self._disk_paths(folder, disks, disk_folders, vm.generation)
+        base = paths[0]
         with self.reg.lock:
-            self._refuse_existing(vm, base)
+            self._refuse_existing(vm, *paths)
         if parent is None:
             disk.create_base(self.paths.local(base), int(disk_mb), seed=vm_id)  # type: ignore[arg-type]
         else:
             self._create_child_of(base, parent, int(disk_mb))  # type: ignore[arg-type]
-        vm.disks = [{"controller_type": "SCSI", "controller_number": 0, "controller_location": 0, "path": base}]
+        for i, hp in enumerate(paths[1:], 1):
+            disk.create_base(self.paths.local(hp, "NewVHD"), int(disk_mb), seed=f"{vm_id}:{i}")  # type: ignore[arg-type]
+        vm.disks = [{**_slot(vm.generation, i), "path": hp} for i, hp in enumerate(paths)]
         if passthrough_disk:  # Add-VMHardDiskDrive -DiskNumber: a physical disk of this host, no file
-            vm.disks.append({"controller_type": "SCSI", "controller_number": 0, "controller_location": 1,
+            vm.disks.append({**_slot(vm.generation, len(paths)),
                              "path": "Disk 2 10.00 GB Bus 0 Lun 1 Target 0", "disk_number": 2})
         if iso:
             vm.isos = [self.ensure_iso()]
@@ -252,14 +279,28 @@ class VMLifecycle:
         self.paths.local(folder, "NewVM")
         return vm_id, folder
 
+    def _disk_paths(self, folder: str, count: object, folders: object, generation: int) -> list[str]:
+        """The host paths of a new VM's disks: `disk<i>.vhdx` in `folders` in turn."""
+        most = SCSI_DISKS + (IDE_DISKS if generation == 1 else 0)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
+            raise invalid_arg(f"disks must be a whole number from 1 to {most}.", "NewVHD")
+        if folders is None or folders == []:
+            folders = [f"{folder}\\Virtual Hard Disks"]
+        if not isinstance(folders, list) or not all(isinstance(f, str) and self.paths.is_under(f) for f in folders):
+            raise invalid_arg(f"disk_folders must be folders under {', '.join(self.paths.roots)}.", "NewVHD")
+        out = [f"{folders[i % len(folders)].rstrip(chr(92))}\\disk{i}.vhdx" for i in range(count)]
+        for hp in out:
+            self.paths.local(hp, "NewVHD")  # a plain path, inside the storage
+        return out
+
     def _id_taken(self, vm_id: str) -> OpError:
         return OpError(f"A virtual machine with identifier {vm_id} already exists on {self.reg.name}.",
                        "ResourceExists", fqid("ObjectAlreadyExists", "NewVM"), vm_id)
 
-    def _refuse_existing(self, vm: VM, base: str) -> None:
+    def _refuse_existing(self, vm: VM, *disks: str) -> None:
         if vm.id in self.reg.vms:  # Import-VM.md: each virtual machine must have a unique identifier
             raise self._id_taken(vm.id)
-        for hp in (base, vm.config_path):
+        for hp in (*disks, vm.config_path):
             if self.paths.local(hp, "NewVM").exists():  # New-VHD and New-VM never overwrite a file
                 raise OpError(f"The file '{hp}' already exists.", "ResourceExists",
                               fqid("ObjectAlreadyExists", "NewVM"), hp)
@@ -281,16 +322,19 @@ class VMLifecycle:
         os.chmod(local, 0o444)
 
     # -- start -------------------------------------------------------------------------
-    def _target(self, vm: VM) -> Path:
-        return self.paths.local(vm.disks[0]["path"])
+    def _target(self, vm: VM, seq: int) -> Path:
+        """The disk record `seq` goes to: the VM's file disks in turn (guest.py)."""
+        files = vm.file_disks()
+        return self.paths.local(vm.disks[files[(seq - 1) % len(files)]]["path"])
 
     def _writer(self, vm: VM, counter: int) -> GuestWriter:
         return GuestWriter(vm.id, self.reg.name, self.events.journal_path(vm.id), vm.io_lock,
-                           lambda: self._target(vm), vm.write_rate_kbps, counter)
+                           lambda seq: self._target(vm, seq), vm.write_rate_kbps, counter)
 
-    def _check_bootable(self, vm: VM) -> list[disk.ChainLink]:
+    def _check_bootable(self, vm: VM) -> list[list[disk.ChainLink]]:
+        """Every file disk's chain, whole (a disk missing anywhere keeps the VM from starting)."""
         try:
-            chain = vm.chain(self.paths)
+            chain = [vm.chain(self.paths, i) for i in vm.file_disks()]
         except FileNotFoundError as e:
             raise OpError(f"'{vm.name}' failed to start. Synthetic SCSI Controller: Failed to power on with "
                           f"error 'The system cannot find the file specified.' ({e.args[0]})",
@@ -369,7 +413,7 @@ class VMLifecycle:
             stale = self.paths.local(vm.state_file("vmrs"))
             if stale.is_file():
                 stale.unlink()  # an interrupted Save-VM: the VM never reached Saved
-            counter = _highest_record(vm.chain(self.paths))
+            counter = _highest_record([vm.chain(self.paths, i) for i in vm.file_disks()])
         except Exception as e:  # noqa: BLE001 - any failure: the VM stays Running with a failed writer (a hung guest)
             log.error("cannot recover running VM %s: %s", vm.id, e)
             vm.writer = self._writer(vm, vm.counter)

@@ -38,7 +38,7 @@ from lab.emulator.checkpoints import Checkpoints
 from lab.emulator.events import EventLog
 from lab.emulator.faults import FaultTable
 from lab.emulator.files import HostFiles
-from lab.emulator.hostpaths import HostPaths
+from lab.emulator.hostpaths import HostPaths, storage_dir
 from lab.emulator.lifecycle import HEARTBEAT_DELAY_S, VMLifecycle
 from lab.emulator.operations import Operations
 from lab.emulator.registry import Registry
@@ -56,13 +56,15 @@ class HyperVHost:
 
     def __init__(self, lab_dir: Path, name: str, vm_root: str, *, recover: bool = True,
                  heartbeat_delay_s: float = HEARTBEAT_DELAY_S, locale: str = messages.DEFAULT_LOCALE,
-                 faults: FaultTable | None = None):
+                 faults: FaultTable | None = None, more_storage: list[tuple[str, str]] | None = None):
+        """`more_storage`: (folder, share name) of each storage folder after vm_root."""
         self.lab_dir = Path(lab_dir)
         self.name = name
         self.locale = messages.check_locale(locale)  # its display language, for the life of the host
         self.share = self.lab_dir / "hosts" / name / "share"
         self.state_dir = self.lab_dir / "hosts" / name / "emulator"
-        self.paths = HostPaths(vm_root, self.share)
+        self.paths = HostPaths(vm_root, self.share, [(root, storage_dir(self.lab_dir, name, i + 1, share))
+                                                     for i, (root, share) in enumerate(more_storage or [])])
         self.registry = Registry(name, self.paths, self.state_dir / "state.json")
         self.events = EventLog(name, self.lab_dir, self.paths)
         self.lifecycle = VMLifecycle(self.registry, self.events, heartbeat_delay_s)
@@ -72,7 +74,7 @@ class HyperVHost:
         self.operations = Operations(self.registry, self.events, self.lifecycle, checkpoints,
                                      HostFiles(self.registry, self.events),
                                      Importer(self.registry, self.events, checkpoints, self.faults))
-        for d in (self.share, self.state_dir, self.events.guests_dir):
+        for d in ([top for _, top in self.paths.storage] + [self.state_dir, self.events.guests_dir]):
             d.mkdir(parents=True, exist_ok=True)
         self.registry.load()
         if recover:
@@ -118,7 +120,8 @@ class HyperVHost:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
         `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
         automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
-        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices (`VMLifecycle.create`)."""
+        heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices, disks, disk_folders
+        (`VMLifecycle.create`)."""
         vm = self.lifecycle.create(name, memory_mb=memory_mb, disk_mb=disk_mb, write_rate_kbps=write_rate_kbps,
                                    iso=iso, checkpoint_type=checkpoint_type, start=start, version=version,
                                    switches=switches, passthrough_disk=passthrough_disk,

@@ -22,7 +22,7 @@ from lab.emulator.lifecycle import VMLifecycle
 from lab.emulator.registry import Registry
 from lab.emulator.vm import MAX_NAME, VM, describe
 from lab.emulator.vmfacts import preflight_facts
-from lab.emulator.vmimport import Importer, check_maps
+from lab.emulator.vmimport import Importer, check_maps, check_switch_map
 from workers.model import chunks
 
 log = logging.getLogger("lab.emulator.operations")
@@ -280,7 +280,8 @@ class Operations:
     # -- compare and import ------------------------------------------------------------
     def op_compare_vm(self, args: dict) -> dict:
         disk_map, iso_map, folder = check_maps(args, "CompareVM")
-        return self.importer.compare(args.get("config_path"), disk_map, iso_map, folder)
+        return self.importer.compare(args.get("config_path"), disk_map, iso_map, folder,
+                                     check_switch_map(args, "CompareVM"))
 
     def op_import_vm(self, args: dict) -> dict:
         disk_map, iso_map, folder = check_maps(args, "ImportVM")
@@ -292,7 +293,8 @@ class Operations:
         for hp in [config_path, *disk_map.values(), *iso_map.values(),
                    *(p for f in fixes for p in (f["path"], f["parent_path"])), *([folder] if folder else [])]:
             self.paths.confined(hp, roots, "ImportVM")
-        vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes, folder)  # type: ignore[arg-type]
+        vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes, folder,  # type: ignore[arg-type]
+                                     check_switch_map(args, "ImportVM"))
         info = self._info(vm)
         for hp in info["state_files"] + [p for d in info["disks"] for p in d["chain"]] + info["isos"]:
             self.paths.confined(hp, roots, "ImportVM")  # the grants, as the script checks each

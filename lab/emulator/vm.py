@@ -29,7 +29,8 @@ an assigned PCIe device, a GPU partition, an SR-IOV virtual function, a virtual 
 Channel adapter); and what only its host knows: whether it is a clustered role and whether
 it replicates (Hyper-V Replica).
 
-Simplification (a documented gap): one disk per VM (SCSI 0:0).
+A VM may have several disks (the lab's `add-vm --disks N --disk-folder PATH`), on SCSI
+controllers (Generation 2), in any storage folder of its host; its guest writes to each in turn.
 """
 from __future__ import annotations
 
@@ -137,6 +138,10 @@ class VM:
     @property
     def live_counter(self) -> int:
         return self.writer.counter if self.writer is not None else self.counter
+
+    def file_disks(self) -> list[int]:
+        """The indexes of its disks that are files (not pass-through physical disks)."""
+        return [i for i, d in enumerate(self.disks) if d.get("disk_number") is None]
 
     def chain(self, paths: HostPaths, index: int = 0) -> list[disk.ChainLink]:
         """The disk chain of disk `index`, active leaf first."""

@@ -94,12 +94,12 @@ class Importer:
 
     # -- the operations, step by step as their scripts run -------------------------------
     def compare(self, config_path: object, disk_map: dict[str, str], iso_map: dict[str, str],
-                folder: str | None) -> dict:
+                folder: str | None, switch_map: dict[str, str] | None = None) -> dict:
         """compare_vm.ps1: Compare-VM -Register, the fixes through the report, the report again,
         then DestroySystem of the planned VM. What the clean-up could not remove is named."""
         planned = self.plan(config_path, "CompareVM")
         try:
-            self.fix(planned, disk_map, iso_map, folder)
+            self.fix(planned, disk_map, iso_map, folder, switch_map)
             inc, _ = self.check(planned)
         except OpError as e:
             raise self._with_left(e, self._clean_up(planned, "compare_vm")) from None
@@ -107,14 +107,14 @@ class Importer:
         return {"incompatibilities": inc, "left_behind": [left] if left else []}
 
     def import_vm(self, config_path: str, disk_map: dict[str, str], iso_map: dict[str, str],
-                  fixes: list[dict], folder: str | None) -> VM:
+                  fixes: list[dict], folder: str | None, switch_map: dict[str, str] | None = None) -> VM:
         """import_vm.ps1: Set-VHD -ParentPath for each fix, then as compare, and if nothing is left
         to fix Import-VM -CompatibilityReport (the planned VM is realized); else DestroySystem."""
         with self.reg.lock:
             self.checkpoints.set_parents(fixes)
             planned = self.plan(config_path, "ImportVM")
             try:
-                self.fix(planned, disk_map, iso_map, folder)
+                self.fix(planned, disk_map, iso_map, folder, switch_map)
                 inc, checked = self.check(planned)
                 if inc:
                     raise OpError(f"Cannot register {config_path} on this host: " +
@@ -177,12 +177,19 @@ class Importer:
         log.info("planned VM %s from %s on %s", vm_id, config_path, self.reg.name)
         return planned
 
-    def fix(self, planned: dict, disk_map: dict[str, str], iso_map: dict[str, str], folder: str | None) -> None:
+    def fix(self, planned: dict, disk_map: dict[str, str], iso_map: dict[str, str], folder: str | None,
+            switch_map: dict[str, str] | None = None) -> None:
         """Set-VMHardDiskDrive / Set-VMDvdDrive on the report's VM for every drive whose path is
-        in the maps; Set-VM -SnapshotFileLocation -SmartPagingFilePath `folder`, a folder here."""
+        in the maps; Set-VM -SnapshotFileLocation -SmartPagingFilePath `folder`, a folder here;
+        Connect-VMNetworkAdapter of every adapter whose switch is in `switch_map` to its switch
+        here (a switch this host does not have: refused, the harsher reading)."""
+        for sw in (switch_map or {}).values():
+            if sw not in self.reg.props["switches"]:
+                raise OpError(f"Connect-VMNetworkAdapter: the virtual switch '{sw}' was not found on this host.",
+                              "ObjectNotFound", fqid("InvalidParameter", "ConnectVMNetworkAdapter"), sw)
         dmap = {k.lower(): v for k, v in disk_map.items()}
         imap = {k.lower(): v for k, v in iso_map.items()}
-        if folder is not None and not same_path(folder.rstrip("\\"), self.paths.vm_root):
+        if folder is not None and not self.paths.is_root(folder):
             local = self.paths.local(folder, "SetVM")
             if not local.is_dir():
                 raise OpError(f"Set-VM: the folder '{folder}' does not exist.", "ObjectNotFound",
@@ -193,6 +200,9 @@ class Importer:
             planned["isos"] = [imap.get(i.lower(), i) for i in planned["isos"]]
             if folder is not None:
                 planned["snapshot_location"] = planned["smart_paging_path"] = folder
+            if switch_map:
+                doc = planned["doc"]
+                doc["switches"] = [switch_map.get(s, s) for s in doc.get("switches", [])]
 
     # -- Compare-VM -CompatibilityReport ----------------------------------------------------
     def check(self, planned: dict) -> tuple[list[dict], dict]:
@@ -244,7 +254,7 @@ class Importer:
             return False
 
     def _is_folder(self, hp: str) -> bool:
-        if same_path(hp.rstrip("\\"), self.paths.vm_root):
+        if self.paths.is_root(hp):
             return True
         try:
             return self.paths.local(hp, "CompareVM").is_dir()
@@ -372,6 +382,14 @@ class Importer:
             if self.reg.planned.pop(planned_id, None) is not None:
                 self.reg.persist()
         log.info("destroyed planned VM %s on %s", planned_id, self.reg.name)
+
+
+def check_switch_map(args: dict, cmdlet: str) -> dict[str, str]:
+    """switch_map (the VM's switch -> this host's) of compare_vm / import_vm."""
+    m = args.get("switch_map", {}) or {}
+    if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in m.items()):
+        raise invalid_arg("switch_map must map switch names to switch names.", cmdlet)
+    return m
 
 
 def check_maps(args: dict, cmdlet: str) -> tuple[dict[str, str], dict[str, str], str | None]:

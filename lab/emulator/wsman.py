@@ -47,7 +47,9 @@ Lab control API (JSON, same Basic credentials):
                           dynamic_memory), "heartbeat"=true (the guest runs the Heartbeat service),
                           "heartbeat_enabled"=true, "compat_migration"=false, "vtpm"=false,
                           "clustered"=false, "replica"=false, "devices"=[] (kinds: assignable,
-                          gpu_partition, sriov, or {"kind": "fibre_channel", "san"})} -> {"vm": VMInfo}
+                          gpu_partition, sriov, or {"kind": "fibre_channel", "san"}), "disks"=1,
+                          "disk_folders"=null (host folders its disks go to, in turn), "generation"=2
+                          (1: disks on IDE first)} -> {"vm": VMInfo}
     GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes",
                           "fips", "cpu_model", "cpu_features", "memory_bytes", "numa_nodes", "numa_spanning",
                           "guardians", "sans"} (hostprops.py)
@@ -485,7 +487,8 @@ class Handler(BaseHTTPRequestHandler):
                               "checkpoint_type", "start", "version", "switches", "passthrough_disk",
                               "vm_id", "parent", "path", "automatic_start_action", "dynamic_memory",
                               "memory_maximum_mb", "memory_assigned_mb", "heartbeat", "heartbeat_enabled",
-                              "compat_migration", "vtpm", "clustered", "replica", "devices"}
+                              "compat_migration", "vtpm", "clustered", "replica", "devices", "disks",
+                              "disk_folders", "generation"}
         if unknown:
             self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
             return

@@ -570,3 +570,58 @@ def test_a_link_below_the_root_is_refused_even_when_it_stays_inside_the_storage(
     with expect_error("InvalidArgument", "PathRefused"):
         h.run("reparent_disks", {"parent_fixes": [{"path": via, "parent_path": via}], "roots": roots(h)})
     assert h.paths.local(vm["disks"][0]["path"]).is_file()
+
+
+def test_a_vm_has_disks_in_several_storage_folders_and_each_holds_its_share_of_the_guests_writes(lab):
+    """`add-vm --disks N --disk-folder`: disks on SCSI 0:0.. in any storage folder of the host;
+    the guest writes to each in turn, Start-VM needs every disk's chain, verify checks each disk.
+    At most 4 SCSI controllers of 64 disks (Plan for Hyper-V scalability: 256 virtual SCSI disks)."""
+    lab_dir, _ = lab
+    (lab_dir / "quickmig.toml").write_text(TOML.replace(
+        "vm_root = 'D:\\VMs\\hv1'\nsmb_server = \"127.0.0.1\"\nsmb_share = \"hv1\"",
+        "storage = [{ path = 'D:\\VMs\\hv1', share = \"hv1\", name = \"vms\" },\n"
+        "           { path = 'E:\\Data\\hv1', share = \"hv1-data\", name = \"data\" }]\nsmb_server = \"127.0.0.1\""))
+    h = HyperVHost(lab_dir, "hv1", "D:\\VMs\\hv1", more_storage=[("E:\\Data\\hv1", "hv1-data")])
+    try:
+        with pytest.raises(OpError, match="disks must be a whole number from 1 to 256"):
+            new_vm(h, "too-many", disks=257)
+        with pytest.raises(OpError, match="disk_folders must be folders under"):
+            new_vm(h, "elsewhere", disks=2, disk_folders=["C:\\Temp"])
+        vm = new_vm(h, "spread", disks=3, disk_folders=["D:\\VMs\\hv1\\spread", "E:\\Data\\hv1\\spread"])
+        assert [(d["controller_location"], d["path"]) for d in vm["disks"]] == [
+            (0, "D:\\VMs\\hv1\\spread\\disk0.vhdx"), (1, "E:\\Data\\hv1\\spread\\disk1.vhdx"),
+            (2, "D:\\VMs\\hv1\\spread\\disk2.vhdx")]
+        assert (lab_dir / "hosts" / "hv1" / "shares" / "hv1-data" / "spread" / "disk1.vhdx").is_file()
+        wait_counter(h, vm["id"], 9)
+        h.run("save_vm", {"vm_id": vm["id"]})
+        for i, d in enumerate(vm["disks"]):  # record n went to disk (n - 1) % 3
+            seqs = disk.scan_records(h.paths.local(d["path"])).seqs
+            assert seqs and all((s - 1) % 3 == i for s in seqs)
+        res = verify_vm(lab_dir, "spread")
+        assert res["integrity"] == "ok" and res["disks"] == 3, res["problems"]
+        second = h.paths.local(vm["disks"][1]["path"])
+        with open(second, "r+b") as f:  # the data disk loses its last record
+            f.truncate(second.stat().st_size - disk.RECORD_BYTES)
+        res = verify_vm(lab_dir, "spread")
+        assert any("missing from disk 1 (E:\\Data\\hv1\\spread\\disk1.vhdx)" in p for p in res["problems"])
+        os.rename(h.paths.local(vm["disks"][2]["path"]), h.paths.local(vm["disks"][2]["path"]).with_suffix(".gone"))
+        with pytest.raises(OpError, match="cannot find the file"):
+            h.run("start_vm", {"vm_id": vm["id"]})
+    finally:
+        h.shutdown()
+
+
+def test_a_generation_1_vm_has_its_startup_disk_and_the_next_three_on_ide_and_the_rest_on_scsi(lab):
+    """Plan for Hyper-V scalability: 4 virtual IDE disks, the startup disk on one of them; then
+    4 SCSI controllers of 64. Generation 2 has no IDE controller."""
+    _, make = lab
+    h = make("hv1")
+    with pytest.raises(OpError, match="generation must be 1 or 2"):
+        new_vm(h, "gen3", generation=3)
+    with pytest.raises(OpError, match="from 1 to 260"):
+        new_vm(h, "gen1-too-many", generation=1, disks=261)
+    vm = new_vm(h, "gen1", generation=1, disks=5, write_rate_kbps=0)
+    assert vm["generation"] == 1
+    assert [(d["controller_type"], d["controller_number"], d["controller_location"]) for d in vm["disks"]] == [
+        ("IDE", 0, 0), ("IDE", 0, 1), ("IDE", 1, 0), ("IDE", 1, 1), ("SCSI", 0, 0)]
+    assert vm["disks"][0]["path"].endswith("\\disk0.vhdx")

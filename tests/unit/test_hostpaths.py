@@ -3,9 +3,10 @@ inside the host's configured roots, or refused (workers.model.hostpaths), in Pyt
 any script is sent; the script checks again on the host (tests/integration/test_not_ours.py)."""
 import pytest
 
-from workers.model import hostpaths, preflight
+from workers.model import hostpaths, options, preflight
 from workers.model.config import Host
 from workers.model.hostpaths import HostPathError
+from workers.model.options import OptionError
 from workers.steps import finish
 
 ROOT = "D:\\VMs\\hv1"
@@ -22,7 +23,8 @@ HOST = Host(name="hv1", winrm_endpoint="http://127.0.0.1:1/wsman", winrm_transpo
 ])
 def test_plain_paths_inside_the_root_are_accepted_as_they_are(path):
     assert HOST.confine(path) == path
-    assert HOST.from_rel(HOST.to_rel(path)) == ROOT + path[len(ROOT):]
+    storage, rel = HOST.place(path)
+    assert (storage.path, storage.share) == (ROOT, "hv1") and ROOT + "\\" + rel == ROOT + path[len(ROOT):]
 
 
 @pytest.mark.parametrize("path, why", [
@@ -59,13 +61,16 @@ def test_anything_else_is_refused_naming_why(path, why):
         HOST.confine(path)
     assert why in str(e.value)
     with pytest.raises(HostPathError):
-        HOST.to_rel(path)
+        HOST.place(path)
 
 
-@pytest.mark.parametrize("rel", ["..\\hv2\\x.vhdx", "a\\..\\..\\x", "x.vhdx:s", "a/../../x", "NUL", ""])
-def test_a_relative_path_cannot_lead_out_of_the_root(rel):
-    with pytest.raises(HostPathError):
-        HOST.from_rel(rel)
+@pytest.mark.parametrize("prefix", ["D:\\VMs\\..\\hv2", "E:\\a\\..\\..\\x", "E:\\x.vhdx:s", "E:\\a/../../x",
+                                    "E:\\NUL", "", "\\\\srv\\share", "VMs"])
+def test_a_placement_option_cannot_name_a_way_out(prefix):
+    with pytest.raises(OptionError):
+        options.parse(destination_path=prefix)
+    with pytest.raises(OptionError):
+        options.parse(storage_map=[f"D:\\VMs={prefix}"])
 
 
 @pytest.mark.parametrize("root", ["D:\\", "D:", "D:\\VMs\\..", "D:\\VMs\\x:y", "\\\\srv\\share", "VMs"])

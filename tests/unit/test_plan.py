@@ -48,7 +48,7 @@ def test_paths_map_between_vm_roots_and_parent_paths_follow():
 @pytest.mark.parametrize("bad", ["C:\\Windows\\x", "D:\\VMs\\a\\..\\b\\x", "D:\\VMs\\a\\", "D:\\VMs\\ab\\x"])
 def test_paths_outside_the_vm_root_are_refused(bad):
     with pytest.raises(HostPathError):
-        CFG.host("a").to_rel(bad)
+        CFG.host("a").place(bad)
 
 
 def test_validation_points_drives_at_the_newest_frozen_disk_and_fixes_only_frozen_parents_before_the_downtime():
@@ -70,3 +70,129 @@ def test_checkpoints_kept_outside_the_vm_folder_are_refused_with_the_fix():
     assert "Move-VMStorage -SnapshotFilePath 'D:\\VMs\\a\\1'" in problem
     stray = dict(VM, snapshots=[{"id": "x", "name": "x", "config_path": "D:\\VMs\\a\\x.vmcx"}])
     assert "D:\\VMs\\a\\x.vmcx" in layout_problems(stray)[0]
+
+
+# -- several storage folders per host, and where each file lands --------------------------
+
+def two_folder_host(name, vms, data, share_data=None):
+    from workers.model.config import Storage
+    return Host(name=name, winrm_endpoint="http://127.0.0.1:1/wsman", winrm_transport="basic", vm_root=vms,
+                smb_server="127.0.0.1", smb_port=1, smb_share=name,
+                storage=(Storage(vms, name, "vms"), Storage(data, share_data or f"{name}-data", "data")))
+
+
+FLEET = Config(path=None, redis_url="redis://x", credentials_file=None,
+               hosts={"a": two_folder_host("a", "D:\\VMs", "E:\\Data"),
+                      "b": two_folder_host("b", "F:\\Hyper-V", "G:\\Store"),
+                      "old": host("old", "D:\\VMs\\old")},
+               storage_maps={("a", "b"): [("E:\\Data\\logs", "F:\\Hyper-V\\logs")]})
+WEB = {"path": "D:\\VMs\\web", "config_path": "D:\\VMs\\web\\Virtual Machines\\W.vmcx",
+       "disks": [{"path": "D:\\VMs\\web\\Virtual Hard Disks\\os.vhdx",
+                  "chain": ["D:\\VMs\\web\\Virtual Hard Disks\\os.vhdx"]},
+                 {"path": "E:\\Data\\web\\db.vhdx", "chain": ["E:\\Data\\web\\db.vhdx"]},
+                 {"path": "E:\\Data\\logs\\web.vhdx", "chain": ["E:\\Data\\logs\\web.vhdx"]}],
+       "state_files": ["D:\\VMs\\web\\Virtual Machines\\W.vmcx"], "isos": [], "snapshots": []}
+
+
+def placed(pm, vm=WEB):
+    return {f["path"]: f["dest"] for f in pm.plan(vm)}
+
+
+def test_a_file_keeps_its_place_under_the_destinations_folder_of_the_same_name_unless_a_map_says_otherwise():
+    from workers.model.options import Options
+    pm = PathMap(FLEET, "a", "b", vm_folder=WEB["path"])
+    assert placed(pm) == {
+        "D:\\VMs\\web\\Virtual Hard Disks\\os.vhdx": "F:\\Hyper-V\\web\\Virtual Hard Disks\\os.vhdx",
+        "E:\\Data\\web\\db.vhdx": "G:\\Store\\web\\db.vhdx",                 # the folder named data
+        "E:\\Data\\logs\\web.vhdx": "F:\\Hyper-V\\logs\\web.vhdx",           # the pair's default map
+        "D:\\VMs\\web\\Virtual Machines\\W.vmcx": "F:\\Hyper-V\\web\\Virtual Machines\\W.vmcx"}
+    assert pm.vm_folder(WEB) == "F:\\Hyper-V\\web"
+    # --storage-map comes before the pair's default, the longest prefix first
+    asked = PathMap(FLEET, "a", "b", Options(storage_map=[["E:\\Data", "F:\\Hyper-V\\data"],
+                                                          ["E:\\Data\\logs", "G:\\Store\\l"]]), WEB["path"])
+    assert placed(asked)["E:\\Data\\web\\db.vhdx"] == "F:\\Hyper-V\\data\\web\\db.vhdx"
+    assert placed(asked)["E:\\Data\\logs\\web.vhdx"] == "G:\\Store\\l\\web.vhdx"
+    # --destination-path before everything: the VM's folder keeps its shape, other disks beside it
+    one = PathMap(FLEET, "a", "b", Options(destination_path="G:\\Store\\web2"), WEB["path"])
+    assert placed(one) == {
+        "D:\\VMs\\web\\Virtual Hard Disks\\os.vhdx": "G:\\Store\\web2\\Virtual Hard Disks\\os.vhdx",
+        "E:\\Data\\web\\db.vhdx": "G:\\Store\\web2\\Virtual Hard Disks\\db.vhdx",
+        "E:\\Data\\logs\\web.vhdx": "G:\\Store\\web2\\Virtual Hard Disks\\web.vhdx",
+        "D:\\VMs\\web\\Virtual Machines\\W.vmcx": "G:\\Store\\web2\\Virtual Machines\\W.vmcx"}
+    assert one.vm_folder(WEB) == "G:\\Store\\web2" and one.problems(WEB) == []
+
+
+def test_a_file_with_no_reachable_destination_is_refused_naming_the_option_that_fixes_it():
+    from workers.model.file_plan import PlacementError
+    from workers.model.options import Options
+    to_old = PathMap(FLEET, "a", "old", vm_folder=WEB["path"])
+    with pytest.raises(PlacementError) as e:
+        to_old.plan(WEB)
+    assert "E:\\Data" in str(e.value) and "--storage-map" in str(e.value) and "--destination-path" in str(e.value)
+    outside = PathMap(FLEET, "a", "b", Options(storage_map=[["E:\\Data", "Z:\\Nowhere"]]), WEB["path"])
+    with pytest.raises(PlacementError) as e:
+        outside.plan(WEB)
+    assert "Z:\\Nowhere" in str(e.value) and "fix --storage-map" in str(e.value)
+    nowhere = PathMap(FLEET, "a", "b", Options(destination_path="C:\\Temp"), WEB["path"])
+    assert "fix --destination-path" in nowhere.problems(WEB)[0]
+    # two files that would land on one path: refused, never one copied over the other
+    clash = dict(WEB, disks=[{"path": p, "chain": [p]} for p in ("D:\\VMs\\x\\d.vhdx", "E:\\Data\\y\\d.vhdx")])
+    with pytest.raises(PlacementError, match="both land"):
+        PathMap(FLEET, "a", "b", Options(destination_path="G:\\Store\\w"), WEB["path"]).plan(clash)
+
+
+def test_a_map_that_splits_the_vm_folder_from_its_checkpoints_is_refused():
+    from workers.model.options import Options
+    vm = dict(WEB, snapshots=[{"id": "s", "name": "s", "config_path": "D:\\VMs\\web\\Snapshots\\S.vmcx"}])
+    split = PathMap(FLEET, "a", "b", Options(storage_map=[["D:\\VMs\\web\\Snapshots", "G:\\Store\\snaps"]]),
+                    WEB["path"])
+    [problem] = split.problems(vm)
+    assert "G:\\Store\\snaps\\S.vmcx" in problem and "F:\\Hyper-V\\web\\Snapshots" in problem
+
+
+def test_storage_folders_are_a_list_per_host_and_the_single_folder_form_still_works(tmp_path):
+    from workers.model.config import ConfigError, load_config
+    head = 'redis_url = "redis://127.0.0.1/0"\n[hosts.a]\nwinrm_endpoint = "http://a/wsman"\nsmb_server = "a"\n'
+    path = tmp_path / "q.toml"
+    path.write_text(head + "storage = [{ path = 'D:\\VMs', share = \"VMs\" }, "
+                    "{ path = 'E:\\Data', share = \"Data\", name = \"data\" }]\n"
+                    '[hosts.b]\nwinrm_endpoint = "http://b/wsman"\nsmb_server = "b"\n'
+                    "vm_root = 'F:\\Hyper-V'\nsmb_share = \"VMs\"\n"
+                    "[storage_maps.a.b]\n'E:\\Data' = 'F:\\Hyper-V\\data'\n")
+    cfg = load_config(path)
+    assert [(s.path, s.share, s.name) for s in cfg.host("a").storage] == [("D:\\VMs", "VMs", "VMs"),
+                                                                          ("E:\\Data", "Data", "data")]
+    assert cfg.host("a").roots == ["D:\\VMs", "E:\\Data"] and cfg.host("a").vm_root == "D:\\VMs"
+    assert [(s.path, s.name) for s in cfg.host("b").storage] == [("F:\\Hyper-V", "vms")]
+    assert cfg.storage_maps == {("a", "b"): [("E:\\Data", "F:\\Hyper-V\\data")]}
+    for bad, says in [("storage = [{ path = 'D:\\VMs', share = \"VMs\" }]\nvm_root = 'D:\\VMs'\n", "not both"),
+                      ("storage = []\n", "must be a list"),
+                      ("storage = [{ path = 'D:\\', share = \"VMs\" }]\n", "whole drive"),
+                      ("storage = [{ path = 'D:\\VMs', share = \"VMs\" }, { path = 'E:\\x', share = \"vms\" }]\n",
+                       "share 'vms' is given twice"),
+                      ("storage = [{ path = 'D:\\VMs', share = \"VMs\", size = 1 }]\n", "unknown key 'size'"),
+                      ("storage = [{ path = 'D:\\VMs', share = \"VMs\" }]\n[storage_maps.a.zz]\n'D:\\x' = 'D:\\VMs'\n",
+                       "unknown destination host 'zz'"),
+                      ("storage = [{ path = 'D:\\VMs', share = \"VMs\" }]\n[storage_maps.a.a]\n'D:\\x' = 'C:\\x'\n",
+                       "in no storage folder of a")]:
+        path.write_text(head + bad)
+        with pytest.raises(ConfigError) as e:
+            load_config(path)
+        assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_each_switch_lands_on_the_asked_switch_then_the_pairs_default_then_the_same_name():
+    from workers.model import network_map, options
+    from workers.model.options import OptionError, Options
+    cfg = Config(path=None, redis_url="redis://x", credentials_file=None, hosts=FLEET.hosts,
+                 switch_maps={("a", "b"): [("Back", "Storage"), ("Front", "Edge")]})
+    asked = Options(**options.parse(switch_map=["Front=Uplink"]))
+    mapping = network_map.switch_map(cfg, "a", "b", asked, ["Front", "Back", "lab"])
+    assert mapping == {"Front": "Uplink", "Back": "Storage", "lab": "lab"}
+    assert network_map.changes(mapping) == {"Front": "Uplink", "Back": "Storage"}
+    assert network_map.problems(mapping, ["Uplink", "Storage", "lab"], source="a", destination="b") == []
+    [problem] = network_map.problems(mapping, ["lab"], source="a", destination="b")
+    assert "'Front' (mapped to 'Uplink')" in problem and "--switch-map Front=" in problem
+    for bad in (["Front"], ["=Edge"], ["Front= Edge"], ["A=B", "A=C"], "Front=Edge"):
+        with pytest.raises(OptionError):
+            options.parse(switch_map=bad)

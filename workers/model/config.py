@@ -1,4 +1,5 @@
-"""quickmig.toml: Redis URL, host inventory, path mapping, where credentials come from, and
+"""quickmig.toml: Redis URL, host inventory (each host's storage folders and their SMB
+shares), the host pairs' default storage maps, where credentials come from, and
 the settings of each part, all checked when the file is loaded.
 
 Every value is checked once, here, before anything runs: a bad one is a `ConfigError`
@@ -60,42 +61,59 @@ class Credentials:
         return f"Credentials(winrm_username={self.winrm_username!r}, smb_username={self.smb_username!r})"
 
 
+# The name of the one storage folder the single-folder form (`vm_root` + `smb_share`) gives a host
+DEFAULT_STORAGE_NAME = "vms"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """One folder of a host that quickmig may use, and the SMB share that exposes it.
+    `name` is its role (the same on every host: `vms`, `data`): with no storage map, a file
+    keeps its place relative to the folder of the same name on the destination."""
+    path: str   # host folder, e.g. D:\VMs
+    share: str  # the SMB share whose root it is
+    name: str = DEFAULT_STORAGE_NAME
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
     winrm_endpoint: str
     winrm_transport: str
-    vm_root: str  # host-side folder (e.g. D:\VMs\hv1) that the SMB share exposes
+    vm_root: str  # the first storage folder: where the host keeps its VMs by default
     smb_server: str
     smb_port: int
-    smb_share: str
+    smb_share: str  # the share of vm_root
     winrm_cert_validation: str = "validate"
     max_copies: int = 2
     max_migrations: int = 2  # migrations at once with this host as source or destination
+    storage: tuple[Storage, ...] = ()  # every folder quickmig may use, vm_root's first
+
+    def __post_init__(self) -> None:
+        if not self.storage:  # the single-folder form
+            object.__setattr__(self, "storage", (Storage(self.vm_root, self.smb_share),))
 
     @property
     def roots(self) -> list[str]:
         """The folders of this host quickmig may write, delete and grant rights in."""
-        return [self.vm_root]
+        return [s.path for s in self.storage]
 
-    def to_rel(self, host_path: str) -> str:
-        """Host path under vm_root -> path relative to the share root (backslashes);
-        HostPathError for anything but a plain file path strictly inside vm_root
-        (workers.model.hostpaths has the rules)."""
-        return hostpaths.relative(host_path, self.vm_root)
-
-    def from_rel(self, rel: str) -> str:
-        """The host path of a share-relative path; HostPathError if `rel` could name
-        anything outside vm_root."""
-        return self.confine(self.vm_root.rstrip("\\") + "\\" + rel)
+    def place(self, host_path: str) -> tuple[Storage, str]:
+        """The storage folder a host path is in, and the path relative to it (its share's
+        root; backslashes); HostPathError for anything but a plain file path strictly
+        inside one of them (workers.model.hostpaths has the rules)."""
+        hostpaths.confine(host_path, self.roots)
+        for s in sorted(self.storage, key=lambda s: -len(s.path)):  # the innermost, if one holds another
+            try:
+                return s, hostpaths.relative(host_path, s.path)
+            except hostpaths.HostPathError:
+                continue
+        raise hostpaths.HostPathError(f"{host_path!r} is outside the configured root(s)")  # confine said inside
 
     def confine(self, host_path: str) -> str:
         """`host_path` if quickmig may delete, overwrite or grant rights on it on this host
         (a plain file path inside one of its roots); HostPathError otherwise."""
         return hostpaths.confine(host_path, self.roots)
-
-    def smb_path(self, rel: str) -> str:
-        return f"\\\\{self.smb_server}\\{self.smb_share}\\{rel}"
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,10 @@ class Config:
     redis_url: str
     hosts: dict[str, Host]
     credentials_file: Path | None
+    # (source, destination) -> [(source prefix, destination prefix)]: `[storage_maps.SRC.DST]`
+    storage_maps: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    # (source, destination) -> [(source switch, destination switch)]: `[switch_maps.SRC.DST]`
+    switch_maps: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     lab_dir: Path | None = None
     copy: CopySettings = field(default_factory=CopySettings)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
@@ -219,25 +241,92 @@ class _Table:
             raise ConfigError(f"{self.where}: unknown key {unknown[0]!r} (known here: {known})")
 
 
+def _storage(t: _Table) -> tuple[Storage, ...]:
+    """`storage = [{path, share, name}, ...]`, or the single-folder form `vm_root` + `smb_share`
+    (one folder named `vms`); not both."""
+    if "storage" not in t.data:
+        t.read.add("storage")
+        root = t.text("vm_root")
+        problem = hostpaths.root_problem(root)
+        if problem:
+            raise ConfigError(f"{t.where}: vm_root must be a folder such as 'D:\\VMs' ({problem}), not {root!r}")
+        return (Storage(root, t.text("smb_share")),)
+    given = t._get("storage", _MISSING)
+    if "vm_root" in t.data or "smb_share" in t.data:
+        raise ConfigError(f"{t.where}: give either storage (a list of folders) or vm_root and smb_share, not both")
+    if not isinstance(given, list) or not given:
+        raise ConfigError(f"{t.where}: storage must be a list of {{ path = 'D:\\VMs', share = \"VMs\" }} tables")
+    out: list[Storage] = []
+    for i, item in enumerate(given):
+        st = _Table(item, f"{t.where} storage[{i}]")
+        entry = Storage(path=st.text("path"), share=st.text("share"), name=st.text("name", None) or st.text("share"))
+        st.done()
+        problem = hostpaths.root_problem(entry.path)
+        if problem:
+            raise ConfigError(f"{st.where}: path must be a folder such as 'D:\\VMs' ({problem}), not {entry.path!r}")
+        for other in out:
+            for what in ("path", "share", "name"):
+                if getattr(other, what).rstrip("\\").lower() == getattr(entry, what).rstrip("\\").lower():
+                    raise ConfigError(f"{st.where}: {what} {getattr(entry, what)!r} is given twice")
+        out.append(Storage(entry.path.rstrip("\\"), entry.share, entry.name))
+    return tuple(out)
+
+
 def _host(name: str, t: _Table) -> Host:
+    storage = _storage(t)
     host = Host(
         name=name,
         winrm_endpoint=t.text("winrm_endpoint"),
         winrm_transport=t.text("winrm_transport", "ntlm"),
         winrm_cert_validation=t.text("winrm_cert_validation", "validate"),
-        vm_root=t.text("vm_root"),
+        vm_root=storage[0].path,
         smb_server=t.text("smb_server"),
         smb_port=t.whole("smb_port", 445, high=65535),
-        smb_share=t.text("smb_share"),
+        smb_share=storage[0].share,
         max_copies=t.whole("max_copies", 2),
         max_migrations=t.whole("max_migrations", 2),
+        storage=storage,
     )
-    problem = hostpaths.root_problem(host.vm_root)
-    if problem:
-        raise ConfigError(f"{t.where}: vm_root must be a folder such as 'D:\\VMs' ({problem}), "
-                          f"not {host.vm_root!r}")
     t.done()
     return host
+
+
+def prefix_problem(host: Host, prefix: str) -> str | None:
+    """Why `prefix` cannot be where files land on `host`: a plain path, one of its storage
+    folders or inside one."""
+    problem = hostpaths.path_problem(prefix)
+    if problem:
+        return problem
+    if any(hostpaths.same(prefix.rstrip("\\"), root) for root in host.roots):
+        return None
+    try:
+        host.confine(prefix)
+    except hostpaths.HostPathError:
+        return f"it is in no storage folder of {host.name} ({', '.join(host.roots)})"
+    return None
+
+
+def _storage_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """`[storage_maps.SRC.DST]`: 'SRC_PREFIX' = 'DST_PREFIX', the pair's default placement."""
+    out = {}
+    for src in list(t.data):
+        src_t = t.table(src)
+        for dst in list(src_t.data):
+            pair_t = src_t.table(dst)
+            for role, h in (("source", src), ("destination", dst)):
+                if h not in hosts:
+                    raise ConfigError(f"{pair_t.where}: unknown {role} host {h!r}")
+            pairs = []
+            for s_prefix in list(pair_t.data):
+                d_prefix = pair_t.text(s_prefix)
+                problem = hostpaths.path_problem(s_prefix.rstrip("\\")) or prefix_problem(hosts[dst], d_prefix)
+                if problem:
+                    raise ConfigError(f"{pair_t.where}: {s_prefix!r} = {d_prefix!r} is refused: {problem}")
+                pairs.append((s_prefix.rstrip("\\"), d_prefix.rstrip("\\")))
+            pair_t.done()
+            out[(src, dst)] = pairs
+        src_t.done()
+    return out
 
 
 def _reconciler(t: _Table) -> ReconcilerSettings:
@@ -284,6 +373,22 @@ def _redis_url(top: _Table) -> str:
     return url
 
 
+def _switch_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """`[switch_maps.SRC.DST]`: "source switch" = "destination switch", the pair's default."""
+    out = {}
+    for src in list(t.data):
+        src_t = t.table(src)
+        for dst in list(src_t.data):
+            pair_t = src_t.table(dst)
+            for role, h in (("source", src), ("destination", dst)):
+                if h not in hosts:
+                    raise ConfigError(f"{pair_t.where}: unknown {role} host {h!r}")
+            out[(src, dst)] = [(s, pair_t.text(s)) for s in list(pair_t.data)]
+            pair_t.done()
+        src_t.done()
+    return out
+
+
 def find_config_path(explicit: str | os.PathLike | None = None) -> Path:
     """--config FILE, else $QUICKMIG_CONFIG, else ./quickmig.toml."""
     if explicit:
@@ -309,8 +414,10 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     hosts = {name: _host(name, _Table(h, f"{path} [hosts.{name}]")) for name, h in hosts_t.data.items()}
     cred = top.text("credentials_file", None)
     settings = _settings(top)
+    maps = _storage_maps(top.table("storage_maps"), hosts)
+    switch_maps = _switch_maps(top.table("switch_maps"), hosts)
     top.done()
-    return Config(path=path, redis_url=redis_url, hosts=hosts,
+    return Config(path=path, redis_url=redis_url, hosts=hosts, storage_maps=maps, switch_maps=switch_maps,
                   credentials_file=(path.parent / cred) if cred else None, **settings)
 
 

@@ -1,19 +1,35 @@
 """Which files a migration moves, and where each lands.
 
-A file keeps its path relative to the host's VM root, so `D:\\VMs\\hv1\\<id>\\...` on the
-source becomes `<destination vm_root>\\<id>\\...` and the SMB paths follow from the
-inventory (docs/design.md section 5).
+A host has several storage folders, each the root of an SMB share (config `storage`). Where
+a source file lands on the destination is decided, first rule that applies (docs/design.md
+section 5):
+
+1. `--destination-path PATH` (options `destination_path`): everything under one folder, as
+   Move-VM -DestinationStoragePath does. A file inside the VM's folder keeps its place
+   relative to it under PATH; any other file goes to `PATH\\Virtual Hard Disks\\<name>`
+   (an ISO image to `PATH\\<name>`).
+2. `--storage-map SRC_PREFIX=DST_PREFIX` (options `storage_map`, repeatable): the longest
+   prefix that holds the file.
+3. The host pair's `[storage_maps.SRC.DST]` in the config, the same way.
+4. Otherwise the same place relative to the destination's storage folder of the same name.
+
+A file with no reachable destination (no rule places it inside one of the destination's
+storage folders) is a `PlacementError` naming the option that would fix it.
 
 Import-VM -Register keeps every file where it is and looks for the VM's checkpoints in
 `Snapshots` beside its configuration's folder (docs/hyperv-rules.md, "Validation and
 import"): a checkpoint's files must therefore be in `<VM folder>\\Snapshots` on the source
-already (`layout_problems`), so that keeping relative paths lands them where -Register looks.
+already (`layout_problems`), and land in `<VM folder there>\\Snapshots` (`PathMap.problems`).
 """
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
-from workers.model.config import Config
+from workers.model import hostpaths
+from workers.model.config import Config, Host, Storage
+from workers.model.hostpaths import HostPathError
+from workers.model.options import Options
 
 
 def checkpoint_files(snap: dict) -> list[str]:
@@ -75,15 +91,104 @@ def chain_paths(vm: dict) -> list[str]:
     return [p for d in vm["disks"] for p in d["chain"]]
 
 
-class PathMap:
-    def __init__(self, cfg: Config, source: str, destination: str):
-        self.src, self.dst = cfg.host(source), cfg.host(destination)
+class PlacementError(HostPathError):
+    """A source file that no placement rule puts in a storage folder of the destination."""
 
-    def rel(self, src_path: str) -> str:
-        return self.src.to_rel(src_path)
+
+@dataclass(frozen=True)
+class Place:
+    """A file on a host: its host path, and where it is over SMB (share, path in the share)."""
+    path: str
+    share: str
+    rel: str
+
+
+def _under(path: str, prefix: str) -> str | None:
+    """`path` relative to `prefix` ('' for the prefix itself), or None when it is not in it."""
+    p, pre = path.rstrip("\\"), prefix.rstrip("\\")
+    if p.lower() == pre.lower():
+        return ""
+    if p.lower().startswith(pre.lower() + "\\"):
+        return p[len(pre) + 1:]
+    return None
+
+
+def _join(folder: str, rest: str) -> str:
+    return folder.rstrip("\\") + ("\\" + rest if rest else "")
+
+
+def place_of(host: Host, path: str) -> Place:
+    storage, rel = host.place(path)
+    return Place(path, storage.share, rel)
+
+
+class PathMap:
+    """Where each file of a VM on `source` lands on `destination` (the rules above)."""
+
+    def __init__(self, cfg: Config, source: str, destination: str, opts: Options | None = None,
+                 vm_folder: str | None = None):
+        self.source, self.destination = source, destination
+        self.src, self.dst = cfg.host(source), cfg.host(destination)
+        opts = opts or Options()
+        self.destination_path = opts.destination_path
+        self.asked = [tuple(pair) for pair in opts.storage_map]
+        self.defaults = list(cfg.storage_maps.get((source, destination), []))
+        self.src_vm_folder = vm_folder  # for --destination-path: what keeps its place under it
+
+    @classmethod
+    def for_record(cls, cfg: Config, rec: dict, vm: dict | None = None) -> PathMap:
+        """The placement of a migration's files (its options), for `vm` (its VMInfo on the source)."""
+        return cls(cfg, rec["source"], rec["destination"], Options(**(rec.get("options") or {})),
+                   vm_folder=(vm or {}).get("path") or rec.get("vm_folder"))
+
+    def src_place(self, src_path: str) -> Place:
+        return place_of(self.src, src_path)
+
+    def dst_place(self, src_path: str) -> Place:
+        return place_of(self.dst, self.dest(src_path))
+
+    def _landing(self, src_path: str, folder: bool) -> tuple[str, str]:
+        """(where `src_path` lands, the option that decided it)."""
+        storage, rel = (self.src.place(src_path) if not folder else self._src_folder(src_path))
+        if self.destination_path:
+            base = self.src_vm_folder
+            rest = _under(src_path, base) if base else None
+            if rest is None:
+                name = src_path.rstrip("\\").rsplit("\\", 1)[-1]
+                rest = name if name.lower().endswith(".iso") or folder else f"Virtual Hard Disks\\{name}"
+            return _join(self.destination_path, rest), "--destination-path"
+        for pairs, what in ((self.asked, "--storage-map"), (self.defaults,
+                                                             f"[storage_maps.{self.source}.{self.destination}]")):
+            best = max(((s, d) for s, d in pairs if _under(src_path, s) is not None),
+                       key=lambda sd: len(sd[0]), default=None)
+            if best is not None:
+                return _join(best[1], _under(src_path, best[0]) or ""), what
+        match = next((s for s in self.dst.storage if s.name.lower() == storage.name.lower()), None)
+        if match is None:
+            raise PlacementError(
+                f"{src_path} is in {storage.path} (storage {storage.name!r}) and {self.destination} has no "
+                f"storage named {storage.name!r}: say where it goes with --storage-map "
+                f"'{storage.path}=<a folder of {self.destination}>' or --destination-path, or give the pair a "
+                f"[storage_maps.{self.source}.{self.destination}] entry")
+        return _join(match.path, rel), "the storage of the same name"
+
+    def _src_folder(self, folder: str) -> tuple[Storage, str]:
+        for s in sorted(self.src.storage, key=lambda s: -len(s.path)):
+            rest = _under(folder, s.path)
+            if rest is not None:
+                return s, rest
+        raise HostPathError(f"{folder!r} is outside the configured root(s) {', '.join(map(repr, self.src.roots))}")
 
     def dest(self, src_path: str) -> str:
-        return self.dst.from_rel(self.src.to_rel(src_path))
+        """The destination host path of a source file; PlacementError when it would land
+        outside the destination's storage folders, HostPathError for a bad source path."""
+        landing, why = self._landing(src_path, folder=False)
+        try:
+            return self.dst.confine(landing)
+        except HostPathError:
+            raise PlacementError(f"{src_path} would land at {landing} ({why}), which is not a plain path in a "
+                                 f"storage folder of {self.destination} ({', '.join(self.dst.roots)}); "
+                                 f"fix {why}") from None
 
     def mapping(self, paths: list[str]) -> dict[str, str]:
         return {p: self.dest(p) for p in paths}
@@ -111,7 +216,64 @@ class PathMap:
     def vm_folder(self, vm: dict) -> str:
         """The VM's folder on the destination: its configuration location there, and where
         its checkpoint files and Smart Paging file go from now on."""
-        folder = vm["path"].rstrip("\\")
-        if _same_folder(folder, self.src.vm_root):  # VMs that share the root's own folders
-            return self.dst.vm_root.rstrip("\\")
-        return self.dest(folder)
+        self.src_vm_folder = self.src_vm_folder or vm["path"]
+        if self.destination_path:
+            landing, why = self.destination_path.rstrip("\\"), "--destination-path"
+        else:
+            landing, why = self._landing(vm["path"], folder=True)
+        if not any(hostpaths.same(landing, r) for r in self.dst.roots):
+            try:
+                self.dst.confine(landing)
+            except HostPathError:
+                raise PlacementError(f"the VM's folder {vm['path']} would land at {landing} ({why}), not a plain "
+                                     f"path in a storage folder of {self.destination} "
+                                     f"({', '.join(self.dst.roots)}); fix {why}") from None
+        return landing
+
+    def plan(self, vm: dict) -> list[dict]:
+        """Every file the migration moves, as it is before our checkpoint: {path, kind, dest}
+        (raises PlacementError for the first one with nowhere to go)."""
+        self.src_vm_folder = self.src_vm_folder or vm["path"]
+        files = [{"path": p, "kind": "disk"} for d in vm["disks"] for p in d.get("chain", [])]
+        files += [{"path": p, "kind": "checkpoint"} for s in vm.get("snapshots", []) for p in checkpoint_files(s)]
+        files += [{"path": p, "kind": "state"} for p in vm.get("state_files", [])]
+        files += [{"path": p, "kind": "iso"} for p in vm.get("isos", [])]
+        seen: dict[str, str] = {}
+        out = []
+        for f in files:
+            if f["path"].lower() in seen:
+                continue
+            dest = self.dest(f["path"])
+            clash = next((src for src, d in seen.items() if d.lower() == dest.lower()), None)
+            if clash is not None:
+                raise PlacementError(f"{f['path']} and {clash} would both land at {dest}: give one of them a "
+                                     f"place of its own with --storage-map")
+            seen[f["path"].lower()] = dest
+            out.append({**f, "dest": dest})
+        return out
+
+    def problems(self, vm: dict) -> list[str]:
+        """Why the planned layout is not one Import-VM -Register finds on the destination:
+        the configuration in `<VM folder>\\Virtual Machines`, every checkpoint file in
+        `<VM folder>\\Snapshots` there."""
+        try:
+            folder = self.vm_folder(vm)
+            files = self.plan(vm)
+        except HostPathError as e:
+            return [str(e)]
+        out = []
+        want = {"state": folder + "\\Virtual Machines", "checkpoint": folder + "\\Snapshots"}
+        for f in files:
+            if f["kind"] in want and _under(f["dest"], want[f["kind"]]) is None:
+                out.append(f"{f['path']} would land at {f['dest']}, outside {want[f['kind']]} where Import-VM "
+                           f"-Register looks for it: map the VM's folder {vm['path']} as a whole")
+        return out[:1]
+
+
+def format_plan(files: list[dict], sizes: dict[str, int]) -> list[str]:
+    """The plan as `quickmig migrate --dry-run` prints it: one line a file."""
+    width = max((len(f["path"]) for f in files), default=0)
+    lines = [f"{f['path']:<{width}}  {sizes.get(f['path'], 0):>14,d} B  {f['kind']:<10}  -> {f['dest']}"
+             for f in files]
+    lines.append(f"{len(files)} files, {sum(sizes.get(f['path'], 0) for f in files):,d} bytes")
+    return lines

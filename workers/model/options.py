@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from workers.model import hostpaths
 from workers.model.errors import QuickmigError
 
 ON_EXCEED = ("abort", "proceed")
@@ -33,6 +34,9 @@ class Options:
     not_before: float | None = None          # Unix time the cutover window opens
     window_s: float | None = None            # how long it stays open
     keep_source_hours: float = 0.0           # keep the saved source VM registered this long
+    destination_path: str | None = None      # every file under this destination folder
+    storage_map: list = field(default_factory=list)  # [source prefix, destination prefix] pairs
+    switch_map: list = field(default_factory=list)   # [source switch, destination switch] pairs
 
     def window_end(self) -> float | None:
         if self.window_s is None:
@@ -74,6 +78,7 @@ def moment(text: object, what: str = "--not-before") -> float:
 
 def parse(*, max_downtime: object = None, on_exceed: object = None, max_rounds: object = None,
           not_before: object = None, window: object = None, keep_source_hours: object = None,
+          destination_path: object = None, storage_map: object = None, switch_map: object = None,
           now: float | None = None) -> dict[str, Any]:
     """Validate raw request options (as a caller sent them: text from the command line, or
     JSON values); returns the JSON form for the record."""
@@ -110,7 +115,64 @@ def parse(*, max_downtime: object = None, on_exceed: object = None, max_rounds: 
                 or not 0 < keep_source_hours <= MAX_KEEP_SOURCE_HOURS):
             raise OptionError(f"--keep-source must be a number of hours above 0, at most {MAX_KEEP_SOURCE_HOURS}")
         o["keep_source_hours"] = float(keep_source_hours)
+    o.update(_placement(destination_path, storage_map, switch_map))
     return o
+
+
+def _placement(destination_path: object, storage_map: object, switch_map: object) -> dict[str, Any]:
+    """--destination-path, --storage-map and --switch-map (where files land is checked against
+    the destination's storage by the producer, which has the inventory; switches by pre-flight)."""
+    o: dict[str, Any] = {}
+    if switch_map is not None:
+        o["switch_map"] = _switch_map(switch_map)
+    if destination_path is not None:
+        o["destination_path"] = _folder(destination_path, "--destination-path")
+    if storage_map is not None:
+        o["storage_map"] = _storage_map(storage_map)
+    if destination_path is not None and storage_map:
+        raise OptionError("--destination-path puts every file in one folder; drop it or --storage-map")
+    return o
+
+
+def _folder(text: object, what: str) -> str:
+    problem = hostpaths.path_problem(text.rstrip("\\") if isinstance(text, str) else text)
+    if problem:
+        raise OptionError(f"{what} must be a folder such as 'E:\\Hyper-V\\web' ({problem}), not {text!r}")
+    assert isinstance(text, str)
+    return text.rstrip("\\")
+
+
+def _switch_map(given: object) -> list[list[str]]:
+    """'SRC=DST' items (or [src, dst] pairs) of virtual switch names -> [[src, dst], ...]."""
+    if isinstance(given, (str, dict)) or not isinstance(given, (list, tuple)):
+        raise OptionError("--switch-map takes SRC=DST (virtual switch names), once per switch")
+    out: list[list[str]] = []
+    for item in given:
+        pair = item.split("=", 1) if isinstance(item, str) else item
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(p, str) and p.strip() == p and p for p in pair)):
+            raise OptionError(f"--switch-map takes SRC=DST (External=Uplink), not {item!r}")
+        if any(pair[0] == s for s, _ in out):
+            raise OptionError(f"--switch-map gives {pair[0]!r} twice")
+        out.append([pair[0], pair[1]])
+    return out
+
+
+def _storage_map(given: object) -> list[list[str]]:
+    """'SRC_PREFIX=DST_PREFIX' items (or [src, dst] pairs) -> [[src, dst], ...]."""
+    if isinstance(given, (str, dict)) or not isinstance(given, (list, tuple)):
+        raise OptionError("--storage-map takes SRC_PREFIX=DST_PREFIX, once per prefix")
+    out: list[list[str]] = []
+    for item in given:
+        pair = item.split("=", 1) if isinstance(item, str) else item
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise OptionError(f"--storage-map takes SRC_PREFIX=DST_PREFIX (D:\\VMs=E:\\Hyper-V), not {item!r}")
+        src = _folder(pair[0], "--storage-map's SRC_PREFIX")
+        dst = _folder(pair[1], "--storage-map's DST_PREFIX")
+        if any(hostpaths.same(src, s) for s, _ in out):
+            raise OptionError(f"--storage-map gives {src} twice")
+        out.append([src, dst])
+    return out
 
 
 def of(rec: dict) -> Options:

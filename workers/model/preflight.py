@@ -8,6 +8,8 @@ pre-flight facts") has the Hyper-V behaviour behind each, with its source.
 """
 from __future__ import annotations
 
+from workers.model import network_map
+
 MiB = 1024 * 1024
 # CheckSystemCompatibilityInfo (Msvm_VirtualSystemMigrationService): 0 compatible
 COMPATIBLE = 0
@@ -31,8 +33,11 @@ def needed_bytes(file_bytes: int, memory_bytes: int) -> int:
     return raw + max(int(raw * MARGIN_FRACTION), MARGIN_MIN_BYTES)
 
 
-def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file_bytes: int) -> list[str]:
-    """Every reason this VM cannot move to `destination` (whose host_info is `dst_host`)."""
+def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file_bytes: int,
+             switches: dict[str, str] | None = None, source: str = "the source") -> list[str]:
+    """Every reason this VM cannot move to `destination` (whose host_info is `dst_host`);
+    `switches`: where each of its switches lands (workers.model.network_map; default: the
+    switch of the same name)."""
     out: list[str] = []
     name = vm["name"]
     if vm.get("checkpoint_type") == "Disabled":
@@ -48,10 +53,9 @@ def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file
         out.append(f"{destination} does not support configuration version {vm.get('version')} of {name} "
                    f"(it supports {', '.join(versions) or 'none'}); choose a destination running a newer "
                    "Windows Server, or migrate to a host that supports it")
-    missing = [s for s in vm.get("switches", []) if s not in (dst_host.get("switches") or [])]
-    if missing:
-        out.append(f"{destination} has no virtual switch named {', '.join(repr(s) for s in missing)}; "
-                   "create it there (New-VMSwitch) with the same name, or connect the VM to a switch both hosts have")
+    landing = switches if switches is not None else {s: s for s in vm.get("switches", [])}
+    out += network_map.problems(landing, list(dst_host.get("switches") or []), source=source,
+                                destination=destination)
     sv, dv = src_host.get("cpu_vendor"), dst_host.get("cpu_vendor")
     if sv != dv:
         out.append(f"the source's processors are {sv} and {destination}'s are {dv}; a saved VM cannot resume "

@@ -86,6 +86,7 @@ class MigrationRecord(TypedDict, total=False):
     checkpoint_at: float             # our latest checkpoint (the guest's writes since go to the leaf)
     snapshot: dict[str, Any]         # our first checkpoint: id, name, config_path
     plan: dict[str, list[dict[str, str]]]  # {"frozen": [{"path", "kind"}]}: what the base copy moves
+    vm_folder: str                   # the VM's folder on the source: --destination-path keeps what is in it
     # copying (workers.steps.transfer, downtime_copy)
     created_files: list[str]         # destination paths we created (and their .partial), for rollback
     copied: list[Copied]

@@ -1,6 +1,7 @@
 """Where a share is and how to log on to it."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TypedDict, Unpack
 
@@ -50,6 +51,11 @@ class SmbEndpoint:
         """\\\\server\\share, with :port when it is not 445 (for messages; not a real UNC)."""
         server = self.server if self.port == 445 else f"{self.server}:{self.port}"
         return f"\\\\{server}\\{self.share}"
+
+    def on_share(self, share: str) -> SmbEndpoint:
+        """The same server, account and lane, another share of it (a host has one per storage
+        folder; they share the connection, each with its own tree connect)."""
+        return self if share == self.share else dataclasses.replace(self, share=share)
 
     def unc(self, rel: str) -> str:
         return f"{self.unc_root}\\{rel}" if rel else self.unc_root

@@ -20,7 +20,7 @@ from workers.engine import context
 from workers.engine.step import HardFailure, fence, mlog, resume, send, step_task
 from workers.hyperv.driver import WarmProcesses
 from workers.hyperv.errors import VMNotFound
-from workers.model import options, routing, states
+from workers.model import network_map, options, routing, states
 from workers.model.errors import is_retryable
 from workers.model.file_plan import PathMap, chain_paths, downtime_files
 from workers.model.preflight import saved_memory_bytes
@@ -67,7 +67,7 @@ def cutover(mid: str, lg) -> None:
         _resume_interrupted(rec, lg)
         return
     cfg = context.config()
-    pm = PathMap(cfg, rec["source"], rec["destination"])
+    pm = PathMap.for_record(cfg, rec)
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
     end_at = options.of(rec).window_end()
     if end_at is not None and time.time() > end_at:
@@ -106,6 +106,8 @@ def cutover(mid: str, lg) -> None:
             "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
             "roots": cfg.host(rec["destination"]).roots,
             "vm_folder": pm.vm_folder(vm),
+            "switch_map": network_map.changes(network_map.switch_map(
+                cfg, rec["source"], rec["destination"], options.of(rec), vm.get("switches", []))),
         }, warm=warm.get("import"))
         t_imported = time.time()
         fence(rec)

@@ -85,7 +85,7 @@ def _rank(path: str | None) -> int:
 class DowntimeCopy:
     def __init__(self, rec: dict, lg):
         self.mid, self.lg = rec["id"], lg
-        self.pm = PathMap(context.config(), rec["source"], rec["destination"])
+        self.pm = PathMap.for_record(context.config(), rec)
         self.src_ep = context.smb_endpoint(rec["source"])
         self.dst_ep = context.smb_endpoint(rec["destination"])
         self.streams = context.config().copy.streams
@@ -102,7 +102,8 @@ class DowntimeCopy:
         its lane): HardFailure. Else its destination path if it is yet to be recorded."""
         if path is None or self.pm.dest(path) in rec.get("created_files", []):
             return None
-        if file_copy.exists(self._eps(lane)[1], self.pm.rel(path)):
+        at = self.pm.dst_place(path)
+        if file_copy.exists(self._eps(lane)[1].on_share(at.share), at.rel):
             refuse_existing(rec, self.pm.dest(path))
         return self.pm.dest(path)
 

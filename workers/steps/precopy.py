@@ -19,9 +19,8 @@ from workers.model import keys, options, states
 from workers.model.file_plan import PathMap, checkpoint_files, downtime_files
 from workers.model.preflight import saved_memory_bytes
 from workers.model.record import StaleState
-from workers.smb import file_copy
 from workers.steps.checkpoint import snapshot_name
-from workers.steps.transfer import transfer
+from workers.steps.transfer import file_size, transfer
 
 MiB = 1024 * 1024
 CHILD_HEADER_BYTES = 4096        # a fresh differencing disk before the guest writes to it
@@ -95,9 +94,9 @@ def round_bytes(vm: dict) -> int:
 
 
 def _leaf_bytes(rec: dict, vm: dict) -> int:
-    pm = PathMap(context.config(), rec["source"], rec["destination"])
+    pm = PathMap.for_record(context.config(), rec)
     ep = context.smb_endpoint(rec["source"])
-    return sum(file_copy.file_size(ep, pm.rel(d["chain"][0])) for d in vm["disks"] if d["chain"])
+    return sum(file_size(ep, pm.src_place(d["chain"][0])) for d in vm["disks"] if d["chain"])
 
 
 def _round(mid: str, lg) -> None:

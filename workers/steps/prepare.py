@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from workers.engine import context
 from workers.engine.step import HardFailure, fence, resume, send, start_rollback, step_task
-from workers.model import preflight, routing, states
+from workers.model import network_map, options, preflight, routing, states
 from workers.model.file_plan import PathMap, layout_problems
 from workers.steps.transfer import transfer
 
@@ -24,6 +24,12 @@ def _left_behind(rec: dict, left: list[dict]) -> str:
     return (f"validation on {rec['destination']} could not remove what Compare-VM made: {what}. It keeps the VM's "
             f"id and its copied configuration in use there; remove it (Msvm_VirtualSystemManagementService."
             f"DestroySystem) before migrating this VM to {rec['destination']} again")
+
+
+def _switch_changes(cfg, rec: dict, vm: dict) -> dict[str, str]:
+    """The adapters to connect to another switch on the destination (--switch-map, the pair's default)."""
+    return network_map.changes(network_map.switch_map(cfg, rec["source"], rec["destination"], options.of(rec),
+                                                      vm.get("switches", [])))
 
 
 @step_task(routing.PREPARE, on_hard_failure=start_rollback)
@@ -40,11 +46,11 @@ def prepare(mid: str, lg) -> None:
     if problem:
         raise HardFailure(problem)
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
-    found = layout_problems(vm)  # pre-flight refused these; the VM may have changed since
+    pm = PathMap.for_record(cfg, rec, vm)
+    found = layout_problems(vm) + pm.problems(vm)  # pre-flight refused these; the VM may have changed since
     if found:
         raise HardFailure(f"{rec['vm']} cannot be registered on {rec['destination']} as it is laid out: "
                           + "; ".join(found))
-    pm = PathMap(cfg, rec["source"], rec["destination"])
     fence(rec)
     rec = store.get(mid)
     transfer(rec, [{"path": vm["config_path"], "kind": "config"}], lg)
@@ -56,7 +62,8 @@ def prepare(mid: str, lg) -> None:
     report = dst.run("compare_vm", {"config_path": pm.dest(vm["config_path"]),
                                     "disk_paths": pm.validation_disk_paths(vm),
                                     "iso_paths": pm.mapping(vm.get("isos", [])),
-                                    "vm_folder": pm.vm_folder(vm)})
+                                    "vm_folder": pm.vm_folder(vm),
+                                    "switch_map": _switch_changes(cfg, rec, vm)})
     left = report.get("left_behind") or []
     if left:
         store.set(mid, validation_left=left)

@@ -20,7 +20,7 @@ from workers.engine import context
 from workers.engine.step import RetryPolicy, end, fence, resume, step_task
 from workers.hyperv.errors import VMNotFound
 from workers.model import hostpaths, routing, states
-from workers.model.file_plan import PathMap
+from workers.model.file_plan import PathMap, place_of
 from workers.smb import file_copy
 from workers.steps import start_action
 from workers.steps.checkpoint import ours
@@ -35,7 +35,7 @@ def import_config_path(rec: dict) -> str | None:
         return rec["import_config_path"]
     # a record from before the cutover noted it: the path the cutover computed then
     src = context.driver(rec["source"]).run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
-    return PathMap(context.config(), rec["source"], rec["destination"]).dest(src["config_path"])
+    return PathMap.for_record(context.config(), rec, src).dest(src["config_path"])
 
 
 def imported_by(rec: dict, vm: dict) -> bool:
@@ -64,18 +64,28 @@ def _bring_back(rec: dict, src, dst, lg) -> None:
         vm = dst.run("save_vm", {"vm_id": rec["vm_id"], "automatic_start_action": start_action.NEVER})["vm"]
     if vm["state"] != "Saved":
         return  # never ran: the source's own saved state is the newest
-    back = PathMap(context.config(), rec["destination"], rec["source"])
+    cfg = context.config()
     dst_ep, src_ep = context.smb_endpoint(rec["destination"]), context.smb_endpoint(rec["source"])
     paths = [d["chain"][0] for d in vm["disks"] if d["chain"]]
     paths += [p for p in vm.get("state_files", []) if not p.lower().endswith(".vmcx")]
-    # every path from the destination's answer must be a plain path inside both hosts' roots
-    # (PathMap) before it names a file to overwrite on the source: share path -> source file
-    targets = {back.rel(p): back.dest(p) for p in paths}
-    fixes = [{"path": back.dest(d["chain"][0]), "parent_path": back.dest(d["chain"][1])}
+    # each file goes back to the source file it was placed from (the migration's placement,
+    # inverted over the saved source's own files, its memory among them); a path from the destination's answer that
+    # is no such file is never written anywhere
+    saved = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    pm = PathMap.for_record(cfg, rec, saved)
+    back = {pm.dest(p).lower(): p for d in saved["disks"] for p in d.get("chain", [])}
+    back |= {pm.dest(p).lower(): p for p in saved.get("state_files", [])}
+
+    def source_of(p: str) -> str:
+        if p.lower() not in back:
+            raise hostpaths.HostPathError(f"{p!r} on {rec['destination']} is no file this migration placed")
+        return back[p.lower()]
+    fixes = [{"path": source_of(d["chain"][0]), "parent_path": source_of(d["chain"][1])}
              for d in vm["disks"] if len(d["chain"]) > 1]
     fence(rec)
-    for rel in targets:
-        file_copy.copy_file(dst_ep, rel, src_ep, rel)
+    for p in paths:
+        there, here = place_of(cfg.host(rec["destination"]), p), pm.src_place(source_of(p))
+        file_copy.copy_file(dst_ep.on_share(there.share), there.rel, src_ep.on_share(here.share), here.rel)
     src.reparent_disks(fixes)
     lg.info("brought %d files the guest changed on %s back to %s", len(paths), rec["destination"], rec["source"])
 
@@ -100,7 +110,7 @@ def _leave_isos(rec: dict) -> tuple[set[str], list[str]]:
     """The ISO images this migration used on the destination: (those another migration's VM
     uses, which stay; those quickmig put there that no one else uses, which go)."""
     isos = [f["path"] for f in (rec.get("plan") or {}).get("frozen", []) if f["kind"] == "iso"]
-    pm = PathMap(context.config(), rec["source"], rec["destination"])
+    pm = PathMap.for_record(context.config(), rec)
     shared = SharedFiles(context.store().r)
     keep, last_use = set(), []
     for path in map(pm.dest, isos):

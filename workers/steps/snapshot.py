@@ -16,10 +16,10 @@ from workers.engine.step import (
     start_rollback,
     step_task,
 )
-from workers.model import preflight, routing, states
+from workers.model import network_map, options, preflight, routing, states
 from workers.model.file_plan import PathMap, chain_paths, checkpoint_files, frozen_files, layout_problems
-from workers.smb import file_copy
 from workers.steps.checkpoint import ours, snapshot_name
+from workers.steps.transfer import file_size
 
 
 def _preflight(rec: dict, vm: dict, lg) -> None:
@@ -36,14 +36,16 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
     if preflight.needs_key_protector(vm):
         asked["guardians"] = True
     dst_info = context.driver(rec["destination"]).run("host_info", asked)
-    ep, pm = context.smb_endpoint(rec["source"]), PathMap(cfg, rec["source"], rec["destination"])
+    ep, pm = context.smb_endpoint(rec["source"]), PathMap.for_record(cfg, rec, vm)
     files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
     files |= {p for snap in vm.get("snapshots", []) for p in checkpoint_files(snap)}
-    file_bytes = sum(file_copy.file_size(ep, pm.rel(p)) for p in files)
+    file_bytes = sum(file_size(ep, pm.src_place(p)) for p in files)
     if vm.get("checkpoint_type") == "Standard":  # our checkpoint of the running VM keeps its memory, and moves
         file_bytes += preflight.saved_memory_bytes(vm)
-    found = layout_problems(vm)
-    found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes)
+    found = layout_problems(vm) + pm.problems(vm)  # every file placed where -Register will look
+    switches = network_map.switch_map(cfg, rec["source"], rec["destination"], options.of(rec), vm.get("switches", []))
+    found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes,
+                                switches=switches, source=rec["source"])
     found += preflight.fact_problems(vm, src_info, dst_info, source=rec["source"], destination=rec["destination"])
     same_id = next((v for v in context.driver(rec["destination"]).run("list_vms", {})["vms"]
                     if v["id"].lower() == vm["id"].lower()), None)
@@ -81,5 +83,5 @@ def snapshot(mid: str, lg) -> None:
         context.store().set(mid, checkpoint_at=time.time())
     lg.info("checkpoint %s taken; active disks now %s", snap["id"], [d["path"] for d in vm["disks"]])
     context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING,
-                               snapshot=snap, plan={"frozen": frozen_files(vm)})
+                               snapshot=snap, plan={"frozen": frozen_files(vm)}, vm_folder=vm["path"])
     send(routing.COPY, mid)

@@ -24,7 +24,7 @@ from workers.coord.slots import CopySlots
 from workers.coord.throttle import Throttle
 from workers.engine import context
 from workers.engine.step import HardFailure
-from workers.model.file_plan import PathMap
+from workers.model.file_plan import PathMap, Place
 from workers.obs import metrics
 from workers.smb import file_copy
 
@@ -87,10 +87,12 @@ def copy_verified(rec: dict, src_path: str, lg, *, src_ep, dst_ep, progress=None
     """Copy one file, verified by the destination host's hash of what landed; returns its
     record["copied"] entry and the bytes this call wrote. `host_digests(path, first, count)`:
     how to ask the destination for them (by default a call of its own per range)."""
-    pm = PathMap(context.config(), rec["source"], rec["destination"])
-    rel, dst_path = pm.rel(src_path), pm.dest(src_path)
+    pm = PathMap.for_record(context.config(), rec)
+    src, dst = pm.src_place(src_path), pm.dst_place(src_path)
+    rel, dst_path = src.rel, dst.path
     ask = host_digests or context.driver(rec["destination"]).chunk_digests
-    res = file_copy.copy_file(src_ep, rel, dst_ep, rel, streams=context.config().copy.streams, progress=progress,
+    res = file_copy.copy_file(src_ep.on_share(src.share), src.rel, dst_ep.on_share(dst.share), dst.rel,
+                              streams=context.config().copy.streams, progress=progress,
                               throttle=throttle, resume=resume,
                               dest_digests=lambda first, count: ask(dst_path + file_copy.PARTIAL_SUFFIX, first,
                                                                     count))
@@ -124,7 +126,7 @@ class _SlotWait:
 
 def _plan_bytes(rec: dict, files: list[dict], pm: PathMap, src_ep) -> dict:
     """Add these files' sizes to the migration's planned bytes (rec["bytes_total"])."""
-    sizes = {f["path"]: file_copy.file_size(src_ep, pm.rel(f["path"])) for f in files
+    sizes = {f["path"]: file_size(src_ep, pm.src_place(f["path"])) for f in files
              if f["path"] not in rec.get("planned", {})}
     if not sizes:
         return rec
@@ -135,6 +137,11 @@ def _plan_bytes(rec: dict, files: list[dict], pm: PathMap, src_ep) -> dict:
     return context.store().update(rec["id"], change)
 
 
+def file_size(ep, place: Place) -> int:
+    """The size of a file, over SMB from its share (`ep`: the host's endpoint)."""
+    return file_copy.file_size(ep.on_share(place.share), place.rel)
+
+
 def transfer(rec: dict, files: list[dict], lg) -> int:
     """Copy each file (skipping those already done) while the VM runs, one after another,
     paced by copy slots and bandwidth limits, each chunk recorded for resuming; returns bytes.
@@ -142,7 +149,7 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
     mid = rec["id"]
     cfg = context.config()
     source, destination = rec["source"], rec["destination"]
-    pm = PathMap(cfg, source, destination)
+    pm = PathMap.for_record(cfg, rec)
     src_ep, dst_ep = context.smb_endpoint(source), context.smb_endpoint(destination)
     store = context.store()
     client = store.r
@@ -155,17 +162,18 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
     moved = 0
     for f in todo:
         src_path = f["path"]
-        rel = pm.rel(src_path)
-        dst_path = pm.dest(src_path)
+        src_at, dst_at = pm.src_place(src_path), pm.dst_place(src_path)
+        dst_path = dst_at.path
+        src_share, dst_share = src_ep.on_share(src_at.share), dst_ep.on_share(dst_at.share)
         # one migration at a time decides on an ISO image several VMs there may share
         deciding = (shared.deciding(destination, dst_path, mid, on_wait=lambda holder, p=dst_path: lg.info(
                         "waiting: migration %s is deciding on %s on %s", holder, p, destination))
                     if f["kind"] == "iso" else contextlib.nullcontext())
         with deciding:
-            if dst_path not in rec.get("created_files", []) and file_copy.exists(dst_ep, rel):
+            if dst_path not in rec.get("created_files", []) and file_copy.exists(dst_share, dst_at.rel):
                 if f["kind"] != "iso":
                     refuse_existing(rec, dst_path)
-                if file_copy.digest_of(dst_ep, rel) != file_copy.digest_of(src_ep, rel):
+                if file_copy.digest_of(dst_share, dst_at.rel) != file_copy.digest_of(src_share, src_at.rel):
                     raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
                                       "rename one of the ISO images")
                 lg.info("ISO %s already on destination with the same content", dst_path)

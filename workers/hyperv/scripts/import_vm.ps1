@@ -44,7 +44,7 @@ foreach ($fix in $Req.parent_fixes) {
 $report = Compare-VM -Path $configPath -Register
 $plannedId = $report.VM.Id.ToString()
 try {
-    Set-QmPlannedPaths $report $diskMap $isoMap ([string]$Req.vm_folder)
+    Set-QmPlannedPaths $report $diskMap $isoMap ([string]$Req.vm_folder) (ConvertTo-QmMap $Req.switch_map)
     $report = Compare-VM -CompatibilityReport $report
     $left = @(foreach ($i in $report.Incompatibilities) { [string]$i.MessageId + ': ' + [string]$i.Message })
     if ($left.Count -gt 0) {

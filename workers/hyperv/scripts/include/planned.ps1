@@ -10,11 +10,12 @@ function ConvertTo-QmMap($Object) {
     $map
 }
 
-function Set-QmPlannedPaths($Report, $DiskMap, $IsoMap, [string]$Folder) {
+function Set-QmPlannedPaths($Report, $DiskMap, $IsoMap, [string]$Folder, $SwitchMap) {
     # Fixed through the compatibility report, as Compare-VM's example 2 fixes a switch: the
-    # planned VM's disks and ISO images are pointed at their copies here, and its checkpoint
+    # planned VM's disks and ISO images are pointed at their copies here, its checkpoint
     # file location and Smart Paging folder (the source host's folders, kept by -Register)
-    # at this host's VM folder, before the report is taken again.
+    # at this host's VM folder, and each network adapter whose switch is mapped connected to
+    # this host's switch, before the report is taken again.
     foreach ($drive in @(Get-VMHardDiskDrive -VM $Report.VM)) {
         $old = [string]$drive.Path
         if ($old -and $DiskMap.ContainsKey($old)) {
@@ -29,6 +30,14 @@ function Set-QmPlannedPaths($Report, $DiskMap, $IsoMap, [string]$Folder) {
     }
     if ($Folder) {
         Set-VM -VM $Report.VM -SnapshotFileLocation $Folder -SmartPagingFilePath $Folder
+    }
+    if ($SwitchMap) {
+        foreach ($adapter in @(Get-VMNetworkAdapter -VM $Report.VM)) {
+            $old = [string]$adapter.SwitchName
+            if ($old -and $SwitchMap.ContainsKey($old)) {
+                Connect-VMNetworkAdapter -VMNetworkAdapter $adapter -SwitchName $SwitchMap[$old]
+            }
+        }
     }
 }
 

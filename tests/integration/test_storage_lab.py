@@ -1,0 +1,142 @@
+"""Storage (issue #13 items 1 and 2): each lab host keeps VMs in two storage folders on two
+shares, on other drives on other hosts (hv1 `D:\\VMs\\hv1` and `E:\\Data\\hv1`, hv2
+`E:\\Hyper-V\\Virtual Machines` and `F:\\Data\\hv2`). A VM's disks may be anywhere in them;
+`migrate --dry-run` shows where each file lands and changes nothing, a file with no
+reachable destination is refused before the checkpoint naming the option that fixes it,
+and every disk is copied, re-parented and still holds every write its guest acknowledged.
+
+Shares the lab of test_validation_lab.py's shape: two hosts whose first folders differ too."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOTS = {"hv1": "D:\\VMs\\hv1", "hv2": "E:\\Hyper-V\\Virtual Machines"}
+
+
+@pytest.fixture(scope="module")
+def lab(own_lab):
+    with own_lab("storage", hosts=2, vm_roots=ROOTS) as lab:
+        yield lab
+
+
+def vm_on(lab, host: str, name: str) -> dict | None:
+    return next((v for v in lab.emulator(host).state()["vms"] if v["name"] == name), None)
+
+
+def test_the_file_plan_is_shown_and_a_file_with_nowhere_to_go_is_refused_before_anything_changes(lab):
+    name = "planned"
+    lab.add_vm(name, "hv1", disks=2, disk_folders=[f"{ROOTS['hv1']}\\planned", "E:\\Data\\hv1\\planned"])
+    before = lab.redis_state()
+    res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    # each file, its size, where it lands: the data disk in hv2's folder named data, on its F: drive
+    data = next(line for line in lines if "E:\\Data\\hv1\\planned\\disk1.vhdx" in line)
+    assert data.endswith("-> F:\\Data\\hv2\\planned\\disk1.vhdx")
+    size = int(data.split()[1].replace(",", ""))  # read over SMB from hv1's second share, as it was then
+    local = lab.dir / "hosts" / "hv1" / "shares" / "hv1-data" / "planned" / "disk1.vhdx"
+    assert 16 * 2**20 < size <= local.stat().st_size
+    os_disk = next(line for line in lines if "planned\\disk0.vhdx" in line)
+    assert os_disk.endswith(f"-> {ROOTS['hv2']}\\planned\\disk0.vhdx")
+    assert any(line.endswith(".vmcx") and ROOTS["hv2"] in line for line in lines)
+    res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run", "--destination-path",
+                  "F:\\Data\\hv2\\one", "--json")
+    plan = json.loads(res.stdout)
+    assert {f["dest"].rsplit("\\", 2)[0] for f in plan["files"] if f["kind"] == "disk"} == {"F:\\Data\\hv2\\one"}
+
+    # nowhere to go: one line, exit 2, naming the file and the option
+    for extra, says in [(("--storage-map", "E:\\Data\\hv1=C:\\Elsewhere"), "--storage-map"),
+                        (("--destination-path", "C:\\Elsewhere"), "--destination-path"),
+                        (("--storage-map", "E:\\Data\\hv1=F:\\Data\\hv2\\..\\x"), "--storage-map")]:
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", *extra)
+        assert res.returncode == 2 and says in res.stderr, (extra, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    vm = vm_on(lab, "hv1", name)
+    assert vm["state"] == "Running" and vm["snapshots"] == [] and vm_on(lab, "hv2", name) is None
+    assert lab.redis_state() == before
+
+
+def test_a_vm_with_four_disks_on_two_volumes_moves_each_disk_where_the_plan_says_and_keeps_every_write(lab):
+    name = "spread"
+    lab.add_vm(name, "hv1", disks=4, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\spread", "E:\\Data\\hv1\\spread"])
+    time.sleep(1.0)  # writes on every disk before the checkpoint, and after it
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--storage-map",
+                            "E:\\Data\\hv1\\spread=F:\\Data\\hv2\\moved", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    vm = vm_on(lab, "hv2", name)
+    assert [d["path"] for d in vm["disks"]] == [
+        f"{ROOTS['hv2']}\\spread\\disk0.vhdx", "F:\\Data\\hv2\\moved\\disk1.vhdx",
+        f"{ROOTS['hv2']}\\spread\\disk2.vhdx", "F:\\Data\\hv2\\moved\\disk3.vhdx"]
+    assert [(d["controller_type"], d["controller_location"]) for d in vm["disks"]] == [("SCSI", i) for i in range(4)]
+    time.sleep(0.5)  # the guest writes on the destination too
+    out = lab.verify(name)
+    assert out["integrity"] == "ok", out["problems"]
+    assert out["host"] == "hv2" and out["disks"] == 4 and out["writes_checked"] > 8
+    assert vm_on(lab, "hv1", name) is None
+
+
+def test_a_vm_on_a_switch_the_destination_names_otherwise_moves_with_switch_map_and_not_without(lab):
+    """Item 6: hv1's adapters are on `Front`, hv2 calls its switch `Edge`. Without a map the
+    migration is refused before the checkpoint, naming --switch-map; with `--switch-map
+    Front=Edge` the import connects the adapter to `Edge` through the report."""
+    from lab import orchestrator
+    orchestrator.set_host(lab.cfg, "hv1", {"switches": ["lab-switch", "Front"]})
+    orchestrator.set_host(lab.cfg, "hv2", {"switches": ["lab-switch", "Edge"]})
+    name = "netmap"
+    lab.add_vm(name, "hv1", switches=["Front", "lab-switch"])
+    time.sleep(1.0)  # its heartbeat comes
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "120")
+    assert rec["state"] == "rolled_back" and "--switch-map Front=" in rec["error"], rec.get("error")
+    assert vm_on(lab, "hv1", name)["snapshots"] == [] and vm_on(lab, "hv2", name) is None
+    res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run", "--switch-map", "Front=Edge")
+    assert "switch Front -> Edge" in res.stdout and "switch lab-switch -> lab-switch" in res.stdout
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--switch-map", "Front=Edge",
+                            "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    assert vm_on(lab, "hv2", name)["switches"] == ["Edge", "lab-switch"]
+    assert lab.verify(name)["integrity"] == "ok"
+
+
+def test_a_generation_1_vm_with_disks_on_ide_and_scsi_in_both_folders_moves_and_keeps_every_write(lab):
+    """Items 2 and 5: a Generation 1 VM (startup disk on IDE 0:0, then IDE and SCSI), its disks
+    in both storage folders, moves with every disk re-parented, and stays Generation 1."""
+    name = "gen1"
+    lab.add_vm(name, "hv1", generation=1, disks=5, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\gen1", "E:\\Data\\hv1\\gen1"])
+    time.sleep(1.0)
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    vm = vm_on(lab, "hv2", name)
+    assert vm["generation"] == 1
+    assert [(d["controller_type"], d["path"]) for d in vm["disks"]] == [
+        ("IDE", f"{ROOTS['hv2']}\\gen1\\disk0.vhdx"), ("IDE", "F:\\Data\\hv2\\gen1\\disk1.vhdx"),
+        ("IDE", f"{ROOTS['hv2']}\\gen1\\disk2.vhdx"), ("IDE", "F:\\Data\\hv2\\gen1\\disk3.vhdx"),
+        ("SCSI", f"{ROOTS['hv2']}\\gen1\\disk4.vhdx")]
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["disks"] == 5, out["problems"]
+
+
+def test_writes_made_on_the_destination_come_back_to_each_disks_own_folder_when_the_switchover_fails(lab):
+    """The guest ran on hv2 before its heartbeat failed: the rollback brings each disk's leaf
+    back to the source file it was placed from (here through a --storage-map), on its own share."""
+    name = "back"
+    lab.add_vm(name, "hv1", disks=2, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\back", "E:\\Data\\hv1\\back"])
+    time.sleep(1.0)
+    lab.emulator("hv2").inject_fault(op="wait_heartbeat", action="fail", message="injected: no heartbeat", times=1)
+    try:
+        res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--storage-map",
+                                "E:\\Data\\hv1\\back=F:\\Data\\hv2\\elsewhere", "--wait", "--json", "--timeout", "240")
+    finally:
+        lab.emulator("hv2").clear_faults()
+    assert rec["state"] == "rolled_back" and rec.get("start_started_at"), rec.get("error")
+    out = lab.verify(name)
+    assert out["running_on"] == ["hv1"] and out["integrity"] == "ok" and out["disks"] == 2, out["problems"]
+    assert vm_on(lab, "hv2", name) is None
+    assert not list((lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").rglob("*.vhdx"))
