@@ -5,8 +5,12 @@ and the lease is released again if enqueueing fails.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import LockHeld, VMLocks
@@ -14,10 +18,10 @@ from workers.engine.app import app, configure
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.model import config as config_mod
+from workers.model import keys, routing, states
 from workers.model import options as options_mod
-from workers.model import routing, states
 from workers.model.errors import QuickmigError
-from workers.model.record import StaleState, Store, new_record
+from workers.model.record import MigrationRecord, StaleState, Store, new_record
 
 # Before the downtime a cancel rolls back; from Save-VM on it would only lengthen it.
 CANCELLABLE = {states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING}
@@ -37,6 +41,10 @@ class RequestError(QuickmigError):
     """The request cannot be carried out as asked; the message says what to fix."""
 
 
+class IdempotencyConflict(QuickmigError):
+    """An idempotency key already used for another request, or for one still being decided."""
+
+
 @dataclass(frozen=True)
 class MigrationRequest:
     vm: str
@@ -46,12 +54,19 @@ class MigrationRequest:
     # not_before, window, keep_source_hours
     options: dict = field(default_factory=dict)
 
+    def digest(self) -> str:
+        """What makes two requests the same request (for an idempotency key)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+PAGE_SCAN_MAX = 5000  # index entries one page looks at before it returns with a cursor
+
 
 class Producer:
     def __init__(self, cfg: config_mod.Config):
         configure(cfg)
         self.cfg, self.app = cfg, app
-        self.store = Store.from_url(cfg.redis_url)
+        self.store = Store.from_url(cfg.redis_url, cfg.events.max_entries)
         self.locks = VMLocks(self.store.r)
         self.admission = Admission.of(self.store.r, cfg)
 
@@ -97,14 +112,14 @@ class Producer:
                                "quickmig moves running VMs (start it first)")
         return vm
 
-    def enqueue(self, req: MigrationRequest) -> dict:
+    def enqueue(self, req: MigrationRequest, requester: str | None = None) -> dict:
         try:
             opts = options_mod.parse(**req.options)
         except (options_mod.OptionError, TypeError) as e:
             raise RequestError(str(e)) from None
         vm = self.validate(req)
         rec = new_record(vm=req.vm, vm_id=vm["id"], source=req.source,
-                         destination=req.destination, fence=0, options=opts)
+                         destination=req.destination, fence=0, options=opts, requester=requester)
         try:
             token = self.locks.acquire(vm["id"], rec["id"])
         except LockHeld as e:
@@ -129,15 +144,92 @@ class Producer:
             raise
         return rec
 
+    def enqueue_once(self, req: MigrationRequest, key: str, caller: str,
+                     requester: str | None = None) -> tuple[dict, bool]:
+        """Enqueue under an idempotency key of `caller`'s: the same key and request again
+        returns the migration the first one made (and False: not new); the same key with
+        another request, or while the first is still being decided, is an
+        IdempotencyConflict. A refused request frees its key."""
+        k = keys.idempotency(caller, key)
+        digest = req.digest()
+        claim = json.dumps({"digest": digest, "migration": None})
+        if not self.store.r.set(k, claim, nx=True, ex=keys.IDEMPOTENCY_TTL_S):
+            held = json.loads(self.store.r.get(k) or claim)
+            if held["digest"] != digest:
+                raise IdempotencyConflict("this Idempotency-Key was already used for another request; "
+                                          "use a new key for a new request")
+            if held["migration"] is None:
+                raise IdempotencyConflict("a request with this Idempotency-Key is still being decided; "
+                                          "retry in a moment")
+            return self.store.get(held["migration"]), False
+        try:
+            rec = self.enqueue(req, requester)
+        except BaseException:
+            self.store.r.delete(k)
+            raise
+        self.store.r.set(k, json.dumps({"digest": digest, "migration": rec["id"]}), ex=keys.IDEMPOTENCY_TTL_S)
+        return rec, True
+
+    def page(self, *, limit: int = 50, cursor: str | None = None, state: str | None = None,
+             vm: str | None = None, host: str | None = None) -> tuple[list[MigrationRecord], str | None]:
+        """Migrations newest first, those matching every filter given (`host`: source or
+        destination), at most `limit`; and the cursor of the next page (None: no more).
+        The cursor is the creation time and id of the last migration looked at, so
+        migrations created meanwhile never shift a page; a page looks at no more than
+        PAGE_SCAN_MAX migrations, so a rare filter may give a short page with a cursor."""
+        start: tuple[float, str] | None = None
+        if cursor is not None:
+            score, _, after = cursor.partition(":")
+            try:
+                start = (float(score), after)
+            except ValueError:
+                raise RequestError(f"cursor {cursor!r} is not one this API gave out") from None
+        out: list[MigrationRecord] = []
+        looked = 0
+        index = self._index_after(start)
+        while True:
+            batch = list(itertools.islice(index, 100))
+            if not batch:
+                return out, None
+            raws = self.store.r.mget([keys.migration(m) for m, _ in batch])
+            for (mid, score), raw in zip(batch, raws, strict=True):
+                looked += 1
+                rec = json.loads(raw) if raw is not None else None
+                if rec is not None and ((state is None or rec["state"] == state) and (vm is None or rec["vm"] == vm)
+                                        and (host is None or host in (rec["source"], rec["destination"]))):
+                    out.append(rec)
+                if len(out) >= limit or looked >= PAGE_SCAN_MAX:
+                    return out, f"{score!r}:{mid}"
+
+    def _index_after(self, start: tuple[float, str] | None) -> Iterator[tuple[str, float]]:
+        """(id, creation time) of every migration after `start` in the index, newest first;
+        equal times in descending id order, as Redis orders them."""
+        r = self.store.r
+        top = "+inf"
+        while True:
+            if start is not None:
+                score, mid = start
+                for m, sc in r.zrevrangebyscore(keys.MIGRATIONS_INDEX, score, score, withscores=True):
+                    if m < mid:
+                        yield m, sc
+                top = f"({score!r}"
+            batch = r.zrevrangebyscore(keys.MIGRATIONS_INDEX, top, "-inf", start=0, num=500, withscores=True)
+            if not batch:
+                return
+            yield from batch
+            last_id, last_score = batch[-1]
+            start = (last_score, last_id)
+
     def admit(self) -> list[str]:
         return admit_and_send(self.admission, self.store,
                               lambda mid: self.app.send_task(routing.SNAPSHOT, args=[mid]))
 
-    def cancel(self, mid: str) -> dict:
+    def cancel(self, mid: str, requester: str | None = None) -> dict:
         """Roll a migration back before its downtime; refuse (RequestError) once the VM is
         down or already runs on the destination, saying why."""
         try:
-            rec = self.store.transition(mid, CANCELLABLE, states.ROLLING_BACK, error="cancelled by request",
+            rec = self.store.transition(mid, CANCELLABLE, states.ROLLING_BACK, by=requester,
+                                        error="cancelled by request" + (f" of {requester}" if requester else ""),
                                         cancelled_at=time.time())
         except StaleState as e:
             raise RequestError(f"cannot cancel migration {mid}: {CANCEL_REFUSED.get(e.actual, e.actual)}") from None

@@ -1,0 +1,260 @@
+"""The routes of `quickmig api` (Litestar: chosen by bench/api_framework.py, docs/benchmarks.md).
+
+Every route but /healthz, /readyz and /openapi.json needs a bearer token (producer.api.auth)
+with the scope its handler's `opt` names. Handlers that talk to Redis or a host run in a
+worker thread (`threaded`): the Producer is the CLI's, synchronous.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+import msgspec
+import redis.asyncio as aioredis
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent
+
+from producer.api import auth, events, problems
+from producer.api.problems import Problem, Refused
+from producer.migrations import MigrationRequest, Producer, RequestError
+from workers.coord.throttle import Throttle, parse_rate
+from workers.model import config as config_mod
+from workers.model import states
+from workers.model.record import MigrationRecord
+
+VERSION = "1"
+PAGE_MAX = 500
+PROBLEM_RESPONSES = "application/problem+json: type, title, status, detail (RFC 9457)"
+
+Option = str | int | float | None
+T = TypeVar("T")
+
+
+@dataclass
+class MigrationIn:
+    """A migration to start: the CLI's `quickmig migrate` arguments and options (same names
+    with underscores, same values: durations as 90s/15m/2h or seconds, times as ISO 8601)."""
+    vm: str
+    source: str
+    destination: str
+    max_downtime: Option = None
+    on_exceed: str | None = None
+    max_rounds: int | None = None
+    not_before: Option = None
+    window: Option = None
+    keep_source_hours: Option = None
+
+
+@dataclass
+class MigrationPage:
+    items: list[MigrationRecord]
+    next_cursor: str | None = None  # pass as ?cursor= for the next page; null: this is the last
+
+
+class PairLimit(msgspec.Struct):
+    source: str
+    destination: str
+    rate: str | int  # bytes/s, or with K/M/G (powers of 1000); 0 removes the limit
+
+
+class ThrottleIn(msgspec.Struct):
+    global_: str | int | None = msgspec.field(default=None, name="global")
+    pairs: list[PairLimit] = msgspec.field(default_factory=list)
+
+
+@dataclass
+class Health:
+    status: str
+
+
+def threaded(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`fn` run in a worker thread, as an async handler of the same signature. Litestar's own
+    sync_to_thread wraps a handler twice when two methods share a path (a coroutine then comes
+    back as the response), so the handlers that block are made async here once."""
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    return run
+
+
+def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    needed = handler.opt.get("scope")
+    if needed is None:
+        return
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    caller = connection.app.state.tokens.caller(token.strip()) if scheme.lower() == "bearer" and token else None
+    if caller is None:
+        raise Problem(401, "unauthorized", "Unauthorized",
+                      "a valid bearer token is needed (Authorization: Bearer <token>)",
+                      {"WWW-Authenticate": 'Bearer realm="quickmig"'})
+    if not caller.may(needed):
+        raise Problem(403, "forbidden", "Forbidden", f"token {caller.name!r} has no {needed!r} scope")
+    connection.state.caller = caller
+
+
+def _producer(state: State) -> Producer:
+    return state.producer
+
+
+def _caller(request: Request) -> auth.Caller:
+    return request.state.caller
+
+
+@get("/healthz", sync_to_thread=False, opt={}, security=[{}])
+def healthz() -> Health:
+    """The process is up (no token needed; says nothing of Redis)."""
+    return Health("ok")
+
+
+@get("/readyz", security=[{}])
+@threaded
+def readyz(state: State) -> Health:
+    """Redis answers: the API can take requests (no token needed)."""
+    _producer(state).store.r.ping()
+    return Health("ready")
+
+
+@post("/v1/migrations", opt={"scope": "migrate"}, status_code=201)
+@threaded
+def create_migration(request: Request, state: State, data: MigrationIn,
+                     idempotency_key: Annotated[str | None, Parameter(
+                         header="Idempotency-Key", default=None, min_length=1, max_length=255,
+                         description="the same key and body return the same migration (200); "
+                                     "the same key with another body is refused (409)")]
+                     ) -> Response[MigrationRecord]:
+    """Validate and enqueue a migration, as `quickmig migrate` does; a refusal is a 422 whose
+    `detail` is the CLI's one-line reason."""
+    raw = {k: getattr(data, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
+                                         "keep_source_hours") if getattr(data, k) is not None}
+    req = MigrationRequest(data.vm, data.source, data.destination, raw)
+    p, who = _producer(state), _caller(request).name
+    if idempotency_key is None:
+        rec, new = p.enqueue(req, requester=who), True
+    else:
+        rec, new = p.enqueue_once(req, idempotency_key, who, requester=who)
+    return Response(rec, status_code=201 if new else 200, headers={"Location": f"/v1/migrations/{rec['id']}"})
+
+
+@get("/v1/migrations/{mid:str}", opt={"scope": "read"})
+@threaded
+def get_migration(state: State, mid: str) -> MigrationRecord:
+    """One migration's record, as `quickmig status --json` prints it (with `waiting` while it waits)."""
+    p = _producer(state)
+    return p.note_waiting([p.get(mid)])[0]
+
+
+@get("/v1/migrations", opt={"scope": "read"})
+@threaded
+def list_migrations(state: State,
+                    state_: Annotated[str | None, Parameter(query="state", default=None,
+                                                            description="only migrations in this state")],
+                    vm: str | None = None,
+                    host: Annotated[str | None, Parameter(default=None,
+                                                          description="only those from or to this host")] = None,
+                    limit: Annotated[int, Parameter(ge=1, le=PAGE_MAX, default=50)] = 50,
+                    cursor: str | None = None) -> MigrationPage:
+    """Migrations newest first, filtered; `next_cursor` continues the list."""
+    if state_ is not None and state_ not in states.ACTIVE and state_ not in states.ENDS:
+        known = ", ".join(states.ACTIVE + tuple(sorted(states.ENDS)))
+        raise Refused(400, "bad-request", "Bad request", f"state {state_!r} is not a state (states: {known})")
+    try:
+        items, nxt = _producer(state).page(limit=limit, cursor=cursor, state=state_, vm=vm, host=host)
+    except RequestError as e:
+        raise Refused(400, "bad-request", "Bad request", str(e)) from None
+    return MigrationPage(items, nxt)
+
+
+@post("/v1/migrations/{mid:str}/cancel", opt={"scope": "migrate"}, status_code=200)
+@threaded
+def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecord:
+    """Roll a migration back before its downtime, as `quickmig cancel`; 409 once it is too late, saying why."""
+    p = _producer(state)
+    p.get(mid)  # an unknown id is a 404, not a refused cancel
+    try:
+        return p.cancel(mid, requester=_caller(request).name)
+    except RequestError as e:
+        raise Refused(409, "cancel-refused", "Cancel refused", str(e)) from None
+
+
+@get("/v1/throttle", opt={"scope": "read"})
+@threaded
+def get_throttle(state: State) -> dict[str, Any]:
+    """Copy bandwidth limits in bytes/s: {"global": n or null, "pairs": {"SRC->DST": n}}."""
+    return Throttle(_producer(state).store.r).limits()
+
+
+@put("/v1/throttle", opt={"scope": "admin"})
+@threaded
+def set_throttle(state: State, data: ThrottleIn) -> dict[str, Any]:
+    """Change copy bandwidth limits, as `quickmig throttle`; every value is checked before any changes."""
+    p = _producer(state)
+    t = Throttle(p.store.r)
+    global_rate = parse_rate(str(data.global_)) if data.global_ is not None else None
+    pairs = [((x.source, x.destination), parse_rate(str(x.rate))) for x in data.pairs]
+    for (src, dst), _rate in pairs:
+        p.cfg.host(src), p.cfg.host(dst)
+    if global_rate is not None:
+        t.set(global_rate)
+    for pair, rate in pairs:
+        t.set(rate, pair=pair)
+    return t.limits()
+
+
+@get("/v1/events", opt={"scope": "read"})
+async def get_events(state: State,
+                     last_event_id: Annotated[str | None, Parameter(
+                         header="Last-Event-ID", default=None,
+                         description="resume after this event (an SSE client sends it on reconnecting)")],
+                     after: Annotated[str | None, Parameter(
+                         default=None, description="as Last-Event-ID, for clients that cannot set it; 0: "
+                                                   "every event still kept")] = None,
+                     migration: Annotated[str | None, Parameter(
+                         default=None, description="only this migration's events")] = None) -> ServerSentEvent:
+    """Server-Sent Events, one `state` event per state change of any migration (data: JSON with
+    id, vm, source, destination, old, new, at, seq, by), resumable with Last-Event-ID."""
+    start = last_event_id if last_event_id is not None else after
+    if start is not None and not events.STREAM_ID.match(start):
+        raise Refused(400, "bad-request", "Bad request", f"{start!r} is not an event id (such as 1700000000000-0)")
+    r: aioredis.Redis = state.aioredis
+    return ServerSentEvent(events.stream(r, await events.start_after(r, start), migration))
+
+
+@get("/openapi.json", sync_to_thread=False, include_in_schema=False)
+def openapi(request: Request) -> dict[str, Any]:
+    return request.app.openapi_schema.to_schema()
+
+
+def create_app(cfg: config_mod.Config | None = None) -> Litestar:
+    cfg = cfg or config_mod.load_config()
+    tokens = auth.Tokens(cfg.credentials_file)
+    producer = Producer(cfg)
+
+    async def close_redis(app: Litestar) -> None:
+        await app.state.aioredis.aclose()
+
+    return Litestar(
+        [healthz, readyz, create_migration, get_migration, list_migrations, cancel_migration,
+         get_throttle, set_throttle, get_events, openapi],
+        guards=[require_scope],
+        exception_handlers=problems.HANDLERS,
+        state=State({"producer": producer, "tokens": tokens,
+                     "aioredis": aioredis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=60,
+                                                         socket_connect_timeout=10)}),
+        on_shutdown=[close_redis],
+        openapi_config=OpenAPIConfig(
+            title="quickmig", version=VERSION, path="/schema",
+            description="Quick Migration of running Hyper-V VMs between hosts. Errors are " + PROBLEM_RESPONSES,
+            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+            security=[{"bearer": []}]),
+        debug=False,
+    )
