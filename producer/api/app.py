@@ -18,13 +18,13 @@ from litestar import Litestar, Request, Response, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 
 from producer.api import auth, events, problems
-from producer.api.problems import Problem, Refused
+from producer.api.problems import Problem, ProblemDetails, Refused
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, parse_rate
 from workers.model import config as config_mod
@@ -33,6 +33,7 @@ from workers.model.record import MigrationRecord
 
 VERSION = "1"
 PAGE_MAX = 500
+CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?:[0-9a-f]*$"  # creation time and id (producer.migrations.Producer.page)
 PROBLEM_RESPONSES = "application/problem+json: type, title, status, detail (RFC 9457)"
 
 Option = str | int | float | None
@@ -76,6 +77,24 @@ class Health:
     status: str
 
 
+PROBLEMS = {
+    400: "the request is malformed (a field, a parameter, a cursor)",
+    401: "no valid bearer token",
+    403: "the token lacks the scope",
+    404: "no such migration",
+    409: "a conflict: an Idempotency-Key reused, a cancel too late",
+    422: "refused: the CLI's one-line reason is the detail",
+    503: "Redis cannot be reached",
+}
+
+
+def problems_doc(*codes: int) -> dict[int, ResponseSpec]:
+    """The problem responses a route may give, for the OpenAPI document."""
+    return {c: ResponseSpec(data_container=ProblemDetails, media_type=problems.MEDIA_TYPE,
+                            description=PROBLEMS[c], generate_examples=False)
+            for c in (400, 401, 403, 503, *codes)}
+
+
 def threaded(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     """`fn` run in a worker thread, as an async handler of the same signature. Litestar's own
     sync_to_thread wraps a handler twice when two methods share a path (a coroutine then comes
@@ -116,7 +135,7 @@ def healthz() -> Health:
     return Health("ok")
 
 
-@get("/readyz", security=[{}])
+@get("/readyz", security=[{}], responses={503: problems_doc()[503]})
 @threaded
 def readyz(state: State) -> Health:
     """Redis answers: the API can take requests (no token needed)."""
@@ -124,7 +143,10 @@ def readyz(state: State) -> Health:
     return Health("ready")
 
 
-@post("/v1/migrations", opt={"scope": "migrate"}, status_code=201)
+@post("/v1/migrations", opt={"scope": "migrate"}, status_code=201, responses={
+    200: ResponseSpec(data_container=MigrationRecord, generate_examples=False,
+                      description="the migration an earlier request with this Idempotency-Key and body made"),
+    **problems_doc(409, 422)})
 @threaded
 def create_migration(request: Request, state: State, data: MigrationIn,
                      idempotency_key: Annotated[str | None, Parameter(
@@ -145,7 +167,7 @@ def create_migration(request: Request, state: State, data: MigrationIn,
     return Response(rec, status_code=201 if new else 200, headers={"Location": f"/v1/migrations/{rec['id']}"})
 
 
-@get("/v1/migrations/{mid:str}", opt={"scope": "read"})
+@get("/v1/migrations/{mid:str}", opt={"scope": "read"}, responses=problems_doc(404))
 @threaded
 def get_migration(state: State, mid: str) -> MigrationRecord:
     """One migration's record, as `quickmig status --json` prints it (with `waiting` while it waits)."""
@@ -153,7 +175,7 @@ def get_migration(state: State, mid: str) -> MigrationRecord:
     return p.note_waiting([p.get(mid)])[0]
 
 
-@get("/v1/migrations", opt={"scope": "read"})
+@get("/v1/migrations", opt={"scope": "read"}, responses=problems_doc())
 @threaded
 def list_migrations(state: State,
                     state_: Annotated[str | None, Parameter(query="state", default=None,
@@ -162,7 +184,9 @@ def list_migrations(state: State,
                     host: Annotated[str | None, Parameter(default=None,
                                                           description="only those from or to this host")] = None,
                     limit: Annotated[int, Parameter(ge=1, le=PAGE_MAX, default=50)] = 50,
-                    cursor: str | None = None) -> MigrationPage:
+                    cursor: Annotated[str | None, Parameter(
+                        default=None, pattern=CURSOR_PATTERN,
+                        description="next_cursor of the page before")] = None) -> MigrationPage:
     """Migrations newest first, filtered; `next_cursor` continues the list."""
     if state_ is not None and state_ not in states.ACTIVE and state_ not in states.ENDS:
         known = ", ".join(states.ACTIVE + tuple(sorted(states.ENDS)))
@@ -174,7 +198,8 @@ def list_migrations(state: State,
     return MigrationPage(items, nxt)
 
 
-@post("/v1/migrations/{mid:str}/cancel", opt={"scope": "migrate"}, status_code=200)
+@post("/v1/migrations/{mid:str}/cancel", opt={"scope": "migrate"}, status_code=200,
+      responses=problems_doc(404, 409))
 @threaded
 def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecord:
     """Roll a migration back before its downtime, as `quickmig cancel`; 409 once it is too late, saying why."""
@@ -186,14 +211,14 @@ def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecor
         raise Refused(409, "cancel-refused", "Cancel refused", str(e)) from None
 
 
-@get("/v1/throttle", opt={"scope": "read"})
+@get("/v1/throttle", opt={"scope": "read"}, responses=problems_doc())
 @threaded
 def get_throttle(state: State) -> dict[str, Any]:
     """Copy bandwidth limits in bytes/s: {"global": n or null, "pairs": {"SRC->DST": n}}."""
     return Throttle(_producer(state).store.r).limits()
 
 
-@put("/v1/throttle", opt={"scope": "admin"})
+@put("/v1/throttle", opt={"scope": "admin"}, responses=problems_doc(422))
 @threaded
 def set_throttle(state: State, data: ThrottleIn) -> dict[str, Any]:
     """Change copy bandwidth limits, as `quickmig throttle`; every value is checked before any changes."""
@@ -210,7 +235,7 @@ def set_throttle(state: State, data: ThrottleIn) -> dict[str, Any]:
     return t.limits()
 
 
-@get("/v1/events", opt={"scope": "read"})
+@get("/v1/events", opt={"scope": "read"}, responses=problems_doc())
 async def get_events(state: State,
                      last_event_id: Annotated[str | None, Parameter(
                          header="Last-Event-ID", default=None,

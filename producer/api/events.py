@@ -44,7 +44,7 @@ async def start_after(r: aioredis.Redis, last_event_id: str | None) -> str:
 
 
 async def stream(r: aioredis.Redis, after: str, migration: str | None) -> AsyncIterator[ServerSentEventMessage]:
-    yield ServerSentEventMessage(comment="quickmig events")
+    yield ServerSentEventMessage(data=None, comment="quickmig events")
     if after not in ("0", "0-0"):
         try:
             info = await r.xinfo_stream(keys.EVENTS)
@@ -56,7 +56,7 @@ async def stream(r: aioredis.Redis, after: str, migration: str | None) -> AsyncI
     while True:
         got = await r.xread({keys.EVENTS: after}, count=100, block=BLOCK_MS)
         if not got:
-            yield ServerSentEventMessage(comment="keep-alive")
+            yield ServerSentEventMessage(data=None, comment="keep-alive")
             continue
         for _name, entries in got:
             for entry_id, fields in entries:
