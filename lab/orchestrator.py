@@ -240,6 +240,10 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         procs["api"] = processes.spawn([sys.executable, "-m", "producer.api"], logs / "api.log", env=env)
         _save(lab_dir, lab)
         _wait_api(api_url(ports), procs["api"], 30)
+        # the Redis intake; a request a killed consumer left is taken over after 5 s, not production's 60
+        procs["intake"] = processes.spawn([sys.executable, "-m", "producer.cli", "intake", "--claim-idle-s", "5"],
+                                          logs / "intake.log", env=env)
+        _save(lab_dir, lab)
         for h in names:
             samba.wait_ready(ports[h]["smb"], 20)
             emulator_client(cfg, h).wait_ready(20)

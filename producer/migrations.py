@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
+import redis
+
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import LockHeld, VMLocks
 from workers.engine.app import app, configure
@@ -59,7 +61,10 @@ class MigrationRequest:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
-PAGE_SCAN_MAX = 5000  # index entries one page looks at before it returns with a cursor
+PAGE_SCAN_MAX = 5000
+# An Idempotency-Key's claim not turned into a migration in this long is taken over: far
+# longer than an enqueue (a WinRM look-up on each host, each within 60 s) takes.
+IDEMPOTENCY_CLAIM_STALE_S = 900  # index entries one page looks at before it returns with a cursor
 
 
 class Producer:
@@ -152,16 +157,21 @@ class Producer:
         IdempotencyConflict. A refused request frees its key."""
         k = keys.idempotency(caller, key)
         digest = req.digest()
-        claim = json.dumps({"digest": digest, "migration": None})
+        claim = json.dumps({"digest": digest, "migration": None, "at": time.time()})
         if not self.store.r.set(k, claim, nx=True, ex=keys.IDEMPOTENCY_TTL_S):
-            held = json.loads(self.store.r.get(k) or claim)
+            raw = self.store.r.get(k)
+            held = json.loads(raw or claim)
             if held["digest"] != digest:
                 raise IdempotencyConflict("this Idempotency-Key was already used for another request; "
                                           "use a new key for a new request")
-            if held["migration"] is None:
+            if held["migration"] is not None:
+                return self.store.get(held["migration"]), False
+            # a claim far older than any enqueue takes was left by a process that died deciding it
+            # (if it died holding the VM's lease, this attempt is refused as "already being migrated")
+            stale = time.time() - held.get("at", 0) > IDEMPOTENCY_CLAIM_STALE_S
+            if not (stale and self._take_over(k, raw, claim)):
                 raise IdempotencyConflict("a request with this Idempotency-Key is still being decided; "
                                           "retry in a moment")
-            return self.store.get(held["migration"]), False
         try:
             rec = self.enqueue(req, requester)
         except BaseException:
@@ -169,6 +179,20 @@ class Producer:
             raise
         self.store.r.set(k, json.dumps({"digest": digest, "migration": rec["id"]}), ex=keys.IDEMPOTENCY_TTL_S)
         return rec, True
+
+    def _take_over(self, k: str, seen: str | None, claim: str) -> bool:
+        """Replace the claim `seen` by ours, unless someone else changed it first."""
+        with self.store.r.pipeline() as p:
+            try:
+                p.watch(k)
+                if p.get(k) != seen:
+                    return False
+                p.multi()
+                p.set(k, claim, ex=keys.IDEMPOTENCY_TTL_S)
+                p.execute()
+                return True
+            except redis.WatchError:
+                return False
 
     def page(self, *, limit: int = 50, cursor: str | None = None, state: str | None = None,
              vm: str | None = None, host: str | None = None) -> tuple[list[MigrationRecord], str | None]:

@@ -182,3 +182,15 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 
 def idempotency(caller: str, key: str) -> str:
     return f"{PREFIX}idem:{caller}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+# The Redis intake (producer.intake): a stream other systems XADD migration requests to
+# (request_id, vm, source, destination, options), consumed by the group "quickmig-intake";
+# an entry is deleted once its outcome is written. The outcome per request_id (hash: state
+# accepted|refused, migration_id or error, at) expires REQUEST_TTL_S after it is written.
+REQUESTS = f"{PREFIX}requests"
+REQUEST_TTL_S = 7 * 24 * 3600
+
+
+def request(request_id: str) -> str:
+    return f"{PREFIX}request:{request_id}"
