@@ -1,11 +1,21 @@
-"""Cursor pages of migrations (producer.migrations.Producer.page, `GET /v1/migrations`) and
-the events stream every state change is appended to, against a real redis-server."""
+"""Cursor pages of migrations (producer.migrations.Producer.page, `GET /v1/migrations`),
+the events stream every state change is appended to, and idempotency claims, against a
+real redis-server."""
 from __future__ import annotations
+
+import json
+import time
 
 import pytest
 import redis
 
-from producer.migrations import Producer, RequestError
+from producer.migrations import (
+    IDEMPOTENCY_CLAIM_STALE_S,
+    IdempotencyConflict,
+    MigrationRequest,
+    Producer,
+    RequestError,
+)
 from workers.model import keys, states
 from workers.model.config import Config, EventSettings
 from workers.model.record import Store, new_record
@@ -92,3 +102,22 @@ def test_every_state_change_is_an_event_and_the_stream_is_bounded(producer):
     for i in range(600):
         _add(store, f"many{i}", "hv1", "hv2", 2.0 + i)
     assert 100 <= store.r.xlen(keys.EVENTS) < 300
+
+
+def test_an_idempotency_claim_is_taken_over_only_when_stale(producer):
+    req = MigrationRequest("vm", "hv1", "hv2")
+    k = keys.idempotency("intake", "r-1")
+    r = producer.store.r
+    fresh = {"digest": req.digest(), "migration": None, "at": time.time()}
+    r.set(k, json.dumps(fresh))
+    with pytest.raises(IdempotencyConflict, match="still being decided"):
+        producer.enqueue_once(req, "r-1", "intake")
+    r.set(k, json.dumps(dict(fresh, at=fresh["at"] - IDEMPOTENCY_CLAIM_STALE_S - 1)))
+    # taken over: this attempt decides it (here: refused, no such host), and frees the key
+    with pytest.raises(RequestError, match="unknown source host"):
+        producer.enqueue_once(req, "r-1", "intake")
+    assert r.get(k) is None
+    # another request under a key still claimed: refused whatever its age
+    r.set(k, json.dumps(dict(fresh, at=0)))
+    with pytest.raises(IdempotencyConflict, match="another request"):
+        producer.enqueue_once(MigrationRequest("vm", "hv1", "hv3"), "r-1", "intake")
