@@ -7,6 +7,7 @@ worker thread (`threaded`): the Producer is the CLI's, synchronous.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -28,7 +29,7 @@ from producer.api.problems import Problem, ProblemDetails, Refused
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, parse_rate
 from workers.model import config as config_mod
-from workers.model import states
+from workers.model import keys, states
 from workers.model.record import MigrationRecord
 
 VERSION = "1"
@@ -81,6 +82,7 @@ PROBLEMS = {
     400: "the request is malformed (a field, a parameter, a cursor)",
     401: "no valid bearer token",
     403: "the token lacks the scope",
+    429: "the token is over its request rate (Retry-After says when to retry)",
     404: "no such migration",
     409: "a conflict: an Idempotency-Key reused, a cancel too late",
     422: "refused: the CLI's one-line reason is the detail",
@@ -92,7 +94,7 @@ def problems_doc(*codes: int) -> dict[int, ResponseSpec]:
     """The problem responses a route may give, for the OpenAPI document."""
     return {c: ResponseSpec(data_container=ProblemDetails, media_type=problems.MEDIA_TYPE,
                             description=PROBLEMS[c], generate_examples=False)
-            for c in (400, 401, 403, 503, *codes)}
+            for c in (400, 401, 403, 429, 503, *codes)}
 
 
 def threaded(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
@@ -105,19 +107,36 @@ def threaded(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     return run
 
 
-def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Who the caller is (401), whether its token has the route's scope (403), and whether it
+    is within its request rate (429): a fixed window per token and minute, counted in Redis
+    so that every API process shares it."""
     needed = handler.opt.get("scope")
     if needed is None:
         return
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    caller = connection.app.state.tokens.caller(token.strip()) if scheme.lower() == "bearer" and token else None
+    state = connection.app.state
+    caller = state.tokens.caller(token.strip()) if scheme.lower() == "bearer" and token else None
     if caller is None:
         raise Problem(401, "unauthorized", "Unauthorized",
                       "a valid bearer token is needed (Authorization: Bearer <token>)",
                       {"WWW-Authenticate": 'Bearer realm="quickmig"'})
     if not caller.may(needed):
         raise Problem(403, "forbidden", "Forbidden", f"token {caller.name!r} has no {needed!r} scope")
+    limit = caller.rate_per_minute or state.rate_per_minute
+    now = time.time()
+    window = int(now // 60)
+    key = keys.api_rate(caller.name, window)
+    async with state.aioredis.pipeline(transaction=True) as p:
+        p.incr(key)
+        p.expire(key, 120)
+        count, _ = await p.execute()
+    if count > limit:
+        wait = max(1, int((window + 1) * 60 - now + 0.999))
+        raise Problem(429, "too-many-requests", "Too many requests",
+                      f"token {caller.name!r} is over its {limit} requests per minute; retry in {wait} s",
+                      {"Retry-After": str(wait)})
     connection.state.caller = caller
 
 
@@ -272,7 +291,7 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
          get_throttle, set_throttle, get_events, openapi],
         guards=[require_scope],
         exception_handlers=problems.HANDLERS,
-        state=State({"producer": producer, "tokens": tokens,
+        state=State({"producer": producer, "tokens": tokens, "rate_per_minute": cfg.api.rate_per_minute,
                      "aioredis": aioredis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=60,
                                                          socket_connect_timeout=10)}),
         on_shutdown=[close_redis],

@@ -6,6 +6,7 @@ with a name and scopes:
     [api_tokens.ci-bot]
     sha256 = "<hex digest of the token>"
     scopes = ["migrate"]
+    rate_per_minute = 120          # optional: this token's request limit instead of [api]'s
 
 Scopes rank read < migrate < admin: a token may do what its highest scope allows (reading
 is part of migrating, changing limits is the admin's). The file is read again when it
@@ -34,6 +35,7 @@ log = logging.getLogger("quickmig.api.auth")
 class Caller:
     name: str
     scope: str  # the highest it was given
+    rate_per_minute: int | None = None  # None: [api] rate_per_minute
 
     def may(self, scope: str) -> bool:
         return SCOPES.index(self.scope) >= SCOPES.index(scope)
@@ -61,17 +63,20 @@ def parse(data: dict, where: str) -> dict[str, Caller]:
     out: dict[str, Caller] = {}
     for name, t in tokens.items():
         here = f"{where} [{TABLE}.{name}]"
-        if not isinstance(t, dict) or set(t) - {"sha256", "scopes"}:
-            raise ConfigError(f"{here}: takes sha256 and scopes only")
+        if not isinstance(t, dict) or set(t) - {"sha256", "scopes", "rate_per_minute"}:
+            raise ConfigError(f"{here}: takes sha256, scopes and rate_per_minute only")
         h = t.get("sha256")
         if not isinstance(h, str) or len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
             raise ConfigError(f"{here}: sha256 must be the 64 hex digits of the token's SHA-256")
         scopes = t.get("scopes")
         if not isinstance(scopes, list) or not scopes or any(s not in SCOPES for s in scopes):
             raise ConfigError(f"{here}: scopes must be a list of {', '.join(SCOPES)}")
+        rate = t.get("rate_per_minute")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate < 1):
+            raise ConfigError(f"{here}: rate_per_minute must be a whole number of at least 1")
         if h.lower() in out:
             raise ConfigError(f"{here}: the same token as {out[h.lower()].name!r}")
-        out[h.lower()] = Caller(name, max(scopes, key=SCOPES.index))
+        out[h.lower()] = Caller(name, max(scopes, key=SCOPES.index), rate)
     return out
 
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from producer.api import auth
+from workers.model import keys
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +30,8 @@ class Api:
         for scope in ("read", "migrate"):
             self.tokens[scope] = auth.new_token()
             entries.append(auth.token_entry(f"test-{scope}", self.tokens[scope], [scope]))
+        self.tokens["slow"] = auth.new_token()  # a token of its own request rate
+        entries.append(auth.token_entry("test-slow", self.tokens["slow"], ["read"]) + "rate_per_minute = 3\n")
         with open(lab.cfg.credentials_file, "a") as f:
             f.write("\n" + "\n".join(entries))
         self.http = httpx.Client(base_url=self.url, timeout=30)
@@ -128,9 +131,29 @@ def test_no_token_wrong_token_and_missing_scope_are_refused(lab, api):
     assert api.call("GET", "/v1/throttle").json() == {"global": None, "pairs": {}}
 
 
+def test_a_token_over_its_rate_is_refused_until_the_next_minute(api):
+    for _attempt in range(3):
+        minute = int(time.time() // 60)
+        codes = [api.call("GET", "/v1/throttle", scope="slow") for _ in range(5)]
+        if int(time.time() // 60) == minute:  # all in one window (else try again in the next)
+            break
+    assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
+    body = problem(codes[3], 429)
+    assert "3 requests per minute" in body["detail"]
+    assert 1 <= int(codes[3].headers["retry-after"]) <= 60
+    # another token is not slowed by it
+    assert api.call("GET", "/v1/throttle", scope="read").status_code == 200
+
+
+def state_but_rates(lab) -> dict:
+    """Redis as a refused request must leave it: all but the tokens' request counters."""
+    rates = keys.api_rate("", 0).split("::")[0]
+    return {k: v for k, v in lab.redis_state().items() if not k.startswith(rates)}
+
+
 def test_a_refusal_is_the_clis_one_line_reason_and_changes_nothing(lab, api):
     lab.add_vm("api-refused", "hv1")
-    before = lab.redis_state()
+    before = state_but_rates(lab)
     for body, cli in [({"vm": "api-refused", "source": "hv2", "destination": "hv3"},
                        ["api-refused", "--from", "hv2", "--to", "hv3"]),
                       ({"vm": "api-refused", "source": "hv1", "destination": "hv7"},
@@ -143,7 +166,7 @@ def test_a_refusal_is_the_clis_one_line_reason_and_changes_nothing(lab, api):
         assert out.returncode == 2
         assert out.stderr.strip() == f"quickmig: {detail}"
     # nothing was written, the refused requests' Idempotency-Key included (each reused it)
-    assert lab.redis_state() == before
+    assert state_but_rates(lab) == before
     problem(api.call("POST", "/v1/migrations", scope="migrate", json={"vm": "x"}), 400)
     problem(api.call("GET", "/v1/migrations/0000000000000000"), 404)
     problem(api.call("GET", "/v1/migrations", params={"state": "sleeping"}), 400)

@@ -30,6 +30,7 @@ COPY_STREAMS_DEFAULT = 4  # docs/benchmarks.md has the measurements behind it
 COPY_STREAMS_MAX = 16
 LOG_FORMATS = ("text", "json")
 API_PORT_DEFAULT = 8780
+API_RATE_PER_MINUTE_DEFAULT = 600
 
 # Seconds a migration may sit in a state with no task working on it and no change to its
 # record before the reconciler acts. `queued` is long because a backlog legitimately
@@ -130,6 +131,7 @@ class ApiSettings:
     """`[api]`: where `quickmig api` listens (loopback unless told otherwise)."""
     addr: str = "127.0.0.1"
     port: int = API_PORT_DEFAULT
+    rate_per_minute: int = API_RATE_PER_MINUTE_DEFAULT  # requests per token (a token's own limit wins)
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,8 @@ def _settings(top: _Table) -> dict[str, Any]:
                                    addr=metrics_t.text("addr", "127.0.0.1")),
         "lab_dir": _optional_path(lab_t.text("dir", None)),
         "api": ApiSettings(addr=api_t.text("addr", "127.0.0.1"),
-                           port=api_t.whole("port", API_PORT_DEFAULT, high=65535)),
+                           port=api_t.whole("port", API_PORT_DEFAULT, high=65535),
+                           rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT)),
         "events": EventSettings(max_entries=events_t.whole("max_entries", keys.EVENTS_MAX_ENTRIES_DEFAULT, low=100)),
     }
     for t in (copy_t, log_t, metrics_t, lab_t, api_t, events_t):

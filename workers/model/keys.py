@@ -194,3 +194,8 @@ REQUEST_TTL_S = 7 * 24 * 3600
 
 def request(request_id: str) -> str:
     return f"{PREFIX}request:{request_id}"
+
+
+# Requests of one API token in one minute (fixed window, a counter expiring after 2 minutes).
+def api_rate(token_name: str, minute: int) -> str:
+    return f"{PREFIX}api-rate:{token_name}:{minute}"
