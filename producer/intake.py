@@ -153,6 +153,9 @@ class Intake:
         while not stop():
             try:
                 self.step()
-            except redis.ConnectionError as e:
-                log.warning("intake: Redis unreachable (%s); retrying", e)
+            except redis.RedisError as e:
+                # Redis away or restarted (the group is lost with a Redis that kept no data)
+                log.warning("intake: %s; retrying in 2 s", e)
                 time.sleep(2)
+                if "NOGROUP" in str(e):
+                    self.ensure_group()
