@@ -149,13 +149,15 @@ class Intake:
             p.execute()
 
     def serve(self, stop=lambda: False) -> None:
-        self.ensure_group()
+        need_group = True
         while not stop():
             try:
+                if need_group:
+                    self.ensure_group()
+                    need_group = False
                 self.step()
             except redis.RedisError as e:
-                # Redis away or restarted (the group is lost with a Redis that kept no data)
+                # Redis away, or restarted without its data (then the group is gone too)
                 log.warning("intake: %s; retrying in 2 s", e)
+                need_group = need_group or "NOGROUP" in str(e)
                 time.sleep(2)
-                if "NOGROUP" in str(e):
-                    self.ensure_group()
