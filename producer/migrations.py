@@ -43,6 +43,10 @@ class RequestError(QuickmigError):
     """The request cannot be carried out as asked; the message says what to fix."""
 
 
+class HostUnreachable(QuickmigError):
+    """A host did not answer a look-up (WinRM down, credentials refused)."""
+
+
 class IdempotencyConflict(QuickmigError):
     """An idempotency key already used for another request, or for one still being decided."""
 
@@ -261,6 +265,30 @@ class Producer:
         # the step now running notices the state change and stops; the rollback waits for it
         self.app.send_task(routing.ROLLBACK, args=[mid])
         return rec
+
+    def host_vms(self, host: str) -> list[dict]:
+        """Every VM on `host` (id, name, state), as Hyper-V lists them now; RequestError if the
+        host is not in the inventory or does not answer."""
+        if host not in self.cfg.hosts:
+            raise RequestError(f"unknown host {host!r} (inventory has: {', '.join(sorted(self.cfg.hosts))})")
+        try:
+            return self._driver(host).run("list_vms", {})["vms"]
+        except HyperVError as e:
+            raise HostUnreachable(f"cannot list the VMs of {host}: {e}") from None
+
+    def host_load(self) -> dict[str, dict]:
+        """Per host of the inventory: its limits and what holds them now (from Redis)."""
+        out = {}
+        now = time.time()
+        for name, h in sorted(self.cfg.hosts.items()):
+            with self.store.r.pipeline(transaction=False) as p:
+                p.scard(keys.admitted(name))
+                p.zcount(keys.copy_slots("read", name), now, "+inf")
+                p.zcount(keys.copy_slots("write", name), now, "+inf")
+                migrations, reading, writing = p.execute()
+            out[name] = {"migrations": migrations, "max_migrations": h.max_migrations,
+                         "copies_reading": reading, "copies_writing": writing, "max_copies": h.max_copies}
+        return out
 
     def get(self, mid: str) -> dict:
         return self.store.get(mid)

@@ -34,6 +34,7 @@ from workers.model.record import MigrationRecord
 
 VERSION = "1"
 PAGE_MAX = 500
+VMS_MAX_AGE_S = 30.0  # GET /v1/hosts/{host}/vms: how old a cached list may be unless the caller says
 CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?:[0-9a-f]*$"  # creation time and id (producer.migrations.Producer.page)
 PROBLEM_RESPONSES = "application/problem+json: type, title, status, detail (RFC 9457)"
 
@@ -83,7 +84,7 @@ PROBLEMS = {
     401: "no valid bearer token",
     403: "the token lacks the scope",
     429: "the token is over its request rate (Retry-After says when to retry)",
-    404: "no such migration",
+    404: "no such migration (or host)",
     409: "a conflict: an Idempotency-Key reused, a cancel too late",
     422: "refused: the CLI's one-line reason is the detail",
     503: "Redis cannot be reached",
@@ -230,6 +231,36 @@ def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecor
         raise Refused(409, "cancel-refused", "Cancel refused", str(e)) from None
 
 
+@get("/v1/hosts", opt={"scope": "read"}, responses=problems_doc())
+@threaded
+def list_hosts(state: State) -> dict[str, Any]:
+    """The inventory: per host, migrations now and its max_migrations, copies reading from and
+    writing to it now and its max_copies."""
+    return {"hosts": [{"name": name, **load} for name, load in _producer(state).host_load().items()]}
+
+
+@get("/v1/hosts/{host:str}/vms", opt={"scope": "read"}, responses={
+    **problems_doc(404), 502: ResponseSpec(data_container=ProblemDetails, media_type=problems.MEDIA_TYPE,
+                                           description="the host did not answer", generate_examples=False)})
+@threaded
+def host_vms(state: State, host: str,
+             max_age: Annotated[float, Parameter(ge=0, le=3600, default=VMS_MAX_AGE_S, description=(
+                 "seconds a cached list may be old (0: ask the host now)"))] = VMS_MAX_AGE_S) -> dict[str, Any]:
+    """The VMs on a host (id, name, state) from Hyper-V's Get-VM, cached: `fetched_at` and
+    `age_seconds` say how old the list is."""
+    p = _producer(state)
+    if host not in p.cfg.hosts:
+        raise Refused(404, "not-found", "No such host",
+                      f"unknown host {host!r} (inventory has: {', '.join(sorted(p.cfg.hosts))})")
+    cache: dict = state.vm_lists
+    now = time.time()
+    hit = cache.get(host)
+    if hit is None or now - hit[0] > max_age:
+        hit = (time.time(), p.host_vms(host))
+        cache[host] = hit
+    return {"host": host, "vms": hit[1], "fetched_at": hit[0], "age_seconds": round(max(0.0, now - hit[0]), 3)}
+
+
 @get("/v1/throttle", opt={"scope": "read"}, responses=problems_doc())
 @threaded
 def get_throttle(state: State) -> dict[str, Any]:
@@ -288,10 +319,11 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
 
     return Litestar(
         [healthz, readyz, create_migration, get_migration, list_migrations, cancel_migration,
-         get_throttle, set_throttle, get_events, openapi],
+         list_hosts, host_vms, get_throttle, set_throttle, get_events, openapi],
         guards=[require_scope],
         exception_handlers=problems.HANDLERS,
         state=State({"producer": producer, "tokens": tokens, "rate_per_minute": cfg.api.rate_per_minute,
+                     "vm_lists": {},
                      "aioredis": aioredis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=60,
                                                          socket_connect_timeout=10)}),
         on_shutdown=[close_redis],

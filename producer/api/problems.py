@@ -10,7 +10,7 @@ import redis
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from producer.migrations import IdempotencyConflict, RequestError
+from producer.migrations import HostUnreachable, IdempotencyConflict, RequestError
 from workers.coord.throttle import ThrottleError
 from workers.model.config import ConfigError
 from workers.model.record import RecordNotFound
@@ -68,6 +68,10 @@ def on_idempotency(_: Request, e: Exception) -> Response:
     return response(409, "idempotency-key-conflict", "Idempotency-Key conflict", _one_line(str(e)))
 
 
+def on_host_unreachable(_: Request, e: Exception) -> Response:
+    return response(502, "host-unreachable", "Host unreachable", _one_line(str(e)))
+
+
 def on_redis_down(_: Request, e: Exception) -> Response:
     return response(503, "redis-unreachable", "Redis unreachable", f"cannot reach Redis: {_one_line(str(e))}")
 
@@ -97,6 +101,7 @@ HANDLERS: dict[type[Exception] | int, Any] = {
     ConfigError: on_refused,
     RecordNotFound: on_not_found,
     IdempotencyConflict: on_idempotency,
+    HostUnreachable: on_host_unreachable,
     redis.ConnectionError: on_redis_down,
     redis.TimeoutError: on_redis_down,
     HTTPException: on_http,

@@ -236,6 +236,24 @@ def test_cancel_over_http_rolls_back_and_is_refused_when_too_late(lab, api):
         lab.emulator("hv2").clear_faults()
 
 
+def test_hosts_show_their_load_and_their_vms_with_the_age_of_the_list(lab, api):
+    hosts = api.call("GET", "/v1/hosts").json()["hosts"]
+    assert [h["name"] for h in hosts] == ["hv1", "hv2", "hv3"]
+    assert all(h["max_migrations"] == lab.cfg.host(h["name"]).max_migrations and h["max_copies"] == 2
+               and 0 <= h["migrations"] <= h["max_migrations"] for h in hosts)
+    first = api.call("GET", "/v1/hosts/hv3/vms", params={"max_age": 0}).json()
+    assert first["host"] == "hv3" and first["age_seconds"] < 5
+    lab.add_vm("api-inventory", "hv3")
+    cached = api.call("GET", "/v1/hosts/hv3/vms", params={"max_age": 600}).json()
+    assert cached["fetched_at"] == first["fetched_at"] and cached["vms"] == first["vms"]
+    assert "api-inventory" not in [v["name"] for v in cached["vms"]]
+    fresh = api.call("GET", "/v1/hosts/hv3/vms", params={"max_age": 0}).json()
+    assert fresh["fetched_at"] > first["fetched_at"]
+    vm = next(v for v in fresh["vms"] if v["name"] == "api-inventory")
+    assert vm["state"] == "Running" and vm["id"]
+    assert "hv9" in problem(api.call("GET", "/v1/hosts/hv9/vms"), 404)["detail"]
+
+
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(lab, api, tmp_path):
     """Property-based, from /openapi.json, against the live server: every response documented
     and matching its schema, none a 5xx. With a `migrate` token, so the admin's throttle
