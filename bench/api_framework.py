@@ -106,13 +106,14 @@ def wait_port(port: int, timeout_s: float = 20) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-async def _conn(port: int, paths: list[str], until: float, lat: list[float], errors: list[str]) -> None:
+async def _conn(port: int, paths: list[str], until: float, lat: list[float], errors: list[str],
+                headers: str = "") -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < until:
             path = random.choice(paths)
             t0 = time.perf_counter()
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{headers}\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             status = head.split(b" ", 2)[1]
             length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
@@ -125,11 +126,13 @@ async def _conn(port: int, paths: list[str], until: float, lat: list[float], err
         writer.close()
 
 
-async def load(port: int, paths: list[str], seconds: float, connections: int) -> dict:
+async def load(port: int, paths: list[str], seconds: float, connections: int, headers: str = "") -> dict:
+    """GET `paths` (at random) from `connections` keep-alive connections for `seconds`;
+    `headers`: extra header lines, each ending in CRLF."""
     lat: list[float] = []
     errors: list[str] = []
     t0 = time.perf_counter()
-    await asyncio.gather(*(_conn(port, paths, t0 + seconds, lat, errors) for _ in range(connections)))
+    await asyncio.gather(*(_conn(port, paths, t0 + seconds, lat, errors, headers) for _ in range(connections)))
     took = time.perf_counter() - t0
     lat.sort()
     return {"rps": len(lat) / took, "p50_ms": 1000 * statistics.median(lat),
