@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=None, help="default: [api] port, else 8780")
     args = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("QUICKMIG_LOG_LEVEL", "INFO").upper(),
-                        format="quickmig-api: %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s quickmig-api: %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config)
         app = create_app(cfg)

@@ -7,6 +7,7 @@ worker thread (`threaded`): the Producer is the CLI's, synchronous.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,9 +31,13 @@ from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, parse_rate
 from workers.model import config as config_mod
 from workers.model import keys, states
+from workers.model.errors import QuickmigError
 from workers.model.record import MigrationRecord
 
 VERSION = "1"
+
+# one line per change a token asked for (who, what, outcome), in the API's log
+audit = logging.getLogger("quickmig.api.audit")
 PAGE_MAX = 500
 VMS_MAX_AGE_S = 30.0  # GET /v1/hosts/{host}/vms: how old a cached list may be unless the caller says
 CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?:[0-9a-f]*$"  # creation time and id (producer.migrations.Producer.page)
@@ -180,10 +185,17 @@ def create_migration(request: Request, state: State, data: MigrationIn,
                                          "keep_source_hours") if getattr(data, k) is not None}
     req = MigrationRequest(data.vm, data.source, data.destination, raw)
     p, who = _producer(state), _caller(request).name
-    if idempotency_key is None:
-        rec, new = p.enqueue(req, requester=who), True
-    else:
-        rec, new = p.enqueue_once(req, idempotency_key, who, requester=who)
+    try:
+        if idempotency_key is None:
+            rec, new = p.enqueue(req, requester=who), True
+        else:
+            rec, new = p.enqueue_once(req, idempotency_key, who, requester=who)
+    except QuickmigError as e:
+        audit.info("token=%s create vm=%s source=%s destination=%s refused: %s", who, data.vm, data.source,
+                   data.destination, e)
+        raise
+    audit.info("token=%s create vm=%s source=%s destination=%s -> migration %s%s", who, data.vm, data.source,
+               data.destination, rec["id"], "" if new else " (Idempotency-Key replay)")
     return Response(rec, status_code=201 if new else 200, headers={"Location": f"/v1/migrations/{rec['id']}"})
 
 
@@ -225,10 +237,14 @@ def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecor
     """Roll a migration back before its downtime, as `quickmig cancel`; 409 once it is too late, saying why."""
     p = _producer(state)
     p.get(mid)  # an unknown id is a 404, not a refused cancel
+    who = _caller(request).name
     try:
-        return p.cancel(mid, requester=_caller(request).name)
+        rec = p.cancel(mid, requester=who)
     except RequestError as e:
+        audit.info("token=%s cancel %s refused: %s", who, mid, e)
         raise Refused(409, "cancel-refused", "Cancel refused", str(e)) from None
+    audit.info("token=%s cancel %s -> rolling back", who, mid)
+    return rec
 
 
 @get("/v1/hosts", opt={"scope": "read"}, responses=problems_doc())
@@ -270,7 +286,7 @@ def get_throttle(state: State) -> dict[str, Any]:
 
 @put("/v1/throttle", opt={"scope": "admin"}, responses=problems_doc(422))
 @threaded
-def set_throttle(state: State, data: ThrottleIn) -> dict[str, Any]:
+def set_throttle(request: Request, state: State, data: ThrottleIn) -> dict[str, Any]:
     """Change copy bandwidth limits, as `quickmig throttle`; every value is checked before any changes."""
     p = _producer(state)
     t = Throttle(p.store.r)
@@ -282,7 +298,9 @@ def set_throttle(state: State, data: ThrottleIn) -> dict[str, Any]:
         t.set(global_rate)
     for pair, rate in pairs:
         t.set(rate, pair=pair)
-    return t.limits()
+    limits = t.limits()
+    audit.info("token=%s throttle set -> %s", _caller(request).name, limits)
+    return limits
 
 
 @get("/v1/events", opt={"scope": "read"}, responses=problems_doc())

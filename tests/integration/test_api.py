@@ -205,6 +205,11 @@ def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_
                for e in seen)
     check = lab.verify("api-e2e")
     assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+    # the audit lines: who asked for what, and what came of it
+    log = (lab.dir / "logs" / "api.log").read_text(errors="replace")
+    assert f"token=test-migrate create vm=api-e2e source=hv1 destination=hv2 -> migration {mid}\n" in log
+    assert f"-> migration {mid} (Idempotency-Key replay)" in log
+    assert "token=test-migrate create vm=api-e2e source=hv1 destination=hv3 refused: this Idempotency-Key" in log
     # the list finds it by state, VM and host
     page = api.call("GET", "/v1/migrations", params={"vm": "api-e2e", "state": "completed", "host": "hv2"}).json()
     assert [r["id"] for r in page["items"]] == [mid]
