@@ -43,16 +43,30 @@ async def start_after(r: aioredis.Redis, last_event_id: str | None) -> str:
     return newest[0][0] if newest else "0-0"
 
 
+async def _trimmed_after(r: aioredis.Redis, after: str) -> str | None:
+    """If events after `after` may have been trimmed: the oldest id kept ("" if none is);
+    else None. Trimmed entries are all older than the oldest kept one, so there is a gap
+    when `after` is older than it and the stream ever dropped an entry (which may, at
+    worst, have been `after` itself: then the gap is empty, and a re-read costs little)."""
+    try:
+        info = await r.xinfo_stream(keys.EVENTS)
+    except aioredis.ResponseError:  # no stream yet: nothing was ever trimmed
+        return None
+    dropped = info.get("entries-added", info["length"] + 1) > info["length"]
+    first = info.get("first-entry")
+    oldest = first[0] if first else None
+    newest = info.get("last-generated-id") or "0-0"
+    if not dropped or (oldest is not None and _key(after) >= _key(oldest)) or _key(after) >= _key(newest):
+        return None
+    return oldest or ""
+
+
 async def stream(r: aioredis.Redis, after: str, migration: str | None) -> AsyncIterator[ServerSentEventMessage]:
     yield ServerSentEventMessage(data=None, comment="quickmig events")
     if after not in ("0", "0-0"):
-        try:
-            info = await r.xinfo_stream(keys.EVENTS)
-        except aioredis.ResponseError:  # no stream yet: nothing was ever trimmed
-            info = {}
-        trimmed_up_to = info.get("max-deleted-entry-id") or "0-0"
-        if _key(after) < _key(trimmed_up_to):
-            yield ServerSentEventMessage(event="gap", data=json.dumps({"after": after, "trimmed_up_to": trimmed_up_to}))
+        oldest = await _trimmed_after(r, after)
+        if oldest is not None:
+            yield ServerSentEventMessage(event="gap", data=json.dumps({"after": after, "oldest_kept": oldest}))
     while True:
         got = await r.xread({keys.EVENTS: after}, count=100, block=BLOCK_MS)
         if not got:

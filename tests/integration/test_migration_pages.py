@@ -121,3 +121,39 @@ def test_an_idempotency_claim_is_taken_over_only_when_stale(producer):
     r.set(k, json.dumps(dict(fresh, at=0)))
     with pytest.raises(IdempotencyConflict, match="another request"):
         producer.enqueue_once(MigrationRequest("vm", "hv1", "hv3"), "r-1", "intake")
+
+
+def test_a_resume_after_trimmed_events_begins_with_a_gap_event(producer):
+    """GET /v1/events's stream (producer/api/events.py) from an id older than what the
+    stream still keeps: a `gap` event first, then what is kept; from a kept id: no gap."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from producer.api import events
+    store = producer.store
+    first = store.r.xadd(keys.EVENTS, {"id": "m", "vm": "v", "source": "a", "destination": "b", "old": "",
+                                       "new": "queued", "at": "1.0", "seq": "1"})
+    for i in range(400):  # far past max_entries (100): the first entries are trimmed
+        _add(store, f"trim{i}", "hv1", "hv2", 10.0 + i)
+    assert store.r.xrange(keys.EVENTS, first, first) == []
+    kept = store.r.xrange(keys.EVENTS, count=1)[0][0]
+
+    async def head(after: str, n: int) -> list:
+        r = aioredis.Redis.from_url(producer.cfg.redis_url,
+                                    decode_responses=True)
+        try:
+            out = []
+            async for msg in events.stream(r, after, None):
+                out.append(msg)
+                if len(out) == n:
+                    return out
+            return out
+        finally:
+            await r.aclose()
+
+    gap = asyncio.run(head(first, 3))
+    assert gap[0].comment and gap[1].event == "gap" and json.loads(gap[1].data)["after"] == first
+    assert gap[2].event == "state" and gap[2].id == kept
+    no_gap = asyncio.run(head(kept, 2))
+    assert no_gap[1].event == "state" and no_gap[1].id > kept
