@@ -6,6 +6,8 @@ Layout of a lab directory:
   redis/  hosts/<host>/share/  hosts/<host>/shares/<share>/  hosts/<host>/smbd/  hosts/<host>/emulator/
   guests/  events.jsonl                     the guests' journals, VM start/stop events
   metrics/  logs/
+  endpoints.json                            Redis, /metrics and the HTTP API's URL
+  api-token (0600)                          an admin bearer token of the lab's HTTP API
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import secrets
 import shutil
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -27,6 +30,7 @@ from lab.emulator import costs, hostprops, messages
 from lab.emulator.client import EmulatorClient, EmulatorClientError
 from lab.emulator.hostpaths import storage_dir
 from lab.ports import free_port
+from producer.api import auth
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError
 from workers.model.config import load_config, toml_str
@@ -78,6 +82,7 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
              'credentials_file = "credentials.toml"', "",
              "[lab]", f"dir = {toml_str(str(lab_dir))}", "",
              "[metrics]", f"port = {ports['metrics']}", "",
+             "[api]", f"port = {ports['api']}", "",
              "# the lab's reconciler acts sooner than production's defaults (docs/design.md section 3.4)",
              "[reconciler]", "max_nudges = 3",
              "deadlines_s = { " + ", ".join(f"{k} = {v}" for k, v in LAB_DEADLINES_S.items()) + " }", ""]
@@ -101,17 +106,48 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
                 f"winrm_username = {toml_str(WINRM_USER)}\n"
                 f"winrm_password = {toml_str(secrets.token_urlsafe(18))}\n"
                 f"smb_username = {toml_str(getpass.getuser())}\n"
-                f"smb_password = {toml_str(secrets.token_urlsafe(18))}\n")
+                f"smb_password = {toml_str(secrets.token_urlsafe(18))}\n"
+                "\n# the HTTP API's tokens (their SHA-256 only); the admin token itself is in api-token\n"
+                + auth.token_entry("lab-admin", _new_api_token(lab_dir), ["admin"]))
+
+
+def _new_api_token(lab_dir: Path) -> str:
+    token = auth.new_token()
+    fd = os.open(lab_dir / "api-token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
 
 def write_endpoints(lab_dir: Path, ports: dict) -> dict:
     """endpoints.json: every scrape endpoint of the lab, for Prometheus or a person."""
     endpoints = {"redis": f"redis://127.0.0.1:{ports['redis']}/0",
+                 "api": api_url(ports),
                  "metrics": [{"url": f"http://127.0.0.1:{ports['metrics']}/metrics",
                               "target": f"127.0.0.1:{ports['metrics']}", "node": "lab",
                               "serves": "node+fleet"}]}
     (lab_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1))
     return endpoints
+
+
+def api_url(ports: dict) -> str:
+    return f"http://127.0.0.1:{ports['api']}"
+
+
+def _wait_api(url: str, entry: dict, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as res:
+                if res.status == 200:
+                    return
+        except OSError:
+            pass
+        if not processes.alive(entry):
+            raise LabError(f"the HTTP API exited during start; see {entry['log']}")
+        if time.monotonic() > deadline:
+            raise LabError(f"the HTTP API at {url} is not ready after {timeout_s}s; see {entry['log']}")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -177,7 +213,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
     if unknown:
         raise LabError(f"vm_roots names hosts the lab does not have: {', '.join(sorted(unknown))}")
     lab_dir.mkdir(parents=True, exist_ok=True)
-    ports = {"redis": free_port(), "metrics": metrics_port or free_port()}
+    ports = {"redis": free_port(), "metrics": metrics_port or free_port(), "api": free_port()}
     for h in names:
         ports[h] = {"winrm": free_port(), "smb": free_port()}
     _write_config(lab_dir, names, ports, max_migrations, vm_roots)
@@ -216,6 +252,14 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             [sys.executable, "-m", "producer.cli", "metrics-exporter", "--port", str(ports["metrics"]), "--fleet"],
             logs / "metrics.log", env=env)
         _wait_redis(ports["redis"], 20)
+        # loopback only (the [api] addr default): the lab's API is plain HTTP
+        procs["api"] = processes.spawn([sys.executable, "-m", "producer.api"], logs / "api.log", env=env)
+        _save(lab_dir, lab)
+        _wait_api(api_url(ports), procs["api"], 30)
+        # the Redis intake; a request a killed consumer left is taken over after 5 s, not production's 60
+        procs["intake"] = processes.spawn([sys.executable, "-m", "producer.cli", "intake", "--claim-idle-s", "5"],
+                                          logs / "intake.log", env=env)
+        _save(lab_dir, lab)
         for h in names:
             samba.wait_ready(ports[h]["smb"], 20)
             emulator_client(cfg, h).wait_ready(20)
@@ -250,6 +294,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         f"redis on 127.0.0.1:{ports['redis']}")
     for e in endpoints["metrics"]:
         say(f"metrics ({e['serves']}): {e['url']}")
+    say(f"api: {endpoints['api']} (in {lab_dir / 'endpoints.json'}), admin token in {lab_dir / 'api-token'}")
     say(f"config: {lab_dir / 'quickmig.toml'}")
     return lab
 

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import redis
 
-from producer import report, watch
+from producer import intake, report, watch
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
 from workers.model import file_plan
@@ -157,6 +157,14 @@ def cmd_watch(args) -> int:
     return EXIT_OK if rec["state"] == "completed" else EXIT_NOT_COMPLETED
 
 
+def cmd_intake(args) -> int:
+    """Consume the Redis intake stream until stopped (producer/intake.py)."""
+    if args.claim_idle_s <= 0:
+        raise ConfigError("--claim-idle-s must be a positive number of seconds")
+    intake.Intake(Producer.from_config(args.config), claim_idle_s=args.claim_idle_s).serve()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -233,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     w.add_argument("--once", action="store_true", help="without ID: print the current view once and exit")
     w.set_defaults(func=cmd_watch)
+
+    it = sub.add_parser("intake", parents=[common],
+                        help="take migration requests from the Redis stream quickmig:requests (any language)")
+    it.add_argument("--claim-idle-s", type=float, default=intake.CLAIM_IDLE_S_DEFAULT,
+                    help="take over a request another consumer took and left this long (default 60)")
+    it.set_defaults(func=cmd_intake)
 
     for ep in entry_points(group=COMMANDS_GROUP):
         ep.load()(sub, common)

@@ -5,8 +5,14 @@ and the lease is released again if enqueueing fails.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import redis
 
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import LockHeld, VMLocks
@@ -14,11 +20,11 @@ from workers.engine.app import app, configure
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.model import config as config_mod
-from workers.model import file_plan, network_map, routing, states
+from workers.model import file_plan, keys, network_map, routing, states
 from workers.model import options as options_mod
 from workers.model.errors import QuickmigError
 from workers.model.hostpaths import HostPathError
-from workers.model.record import StaleState, Store, new_record
+from workers.model.record import MigrationRecord, StaleState, Store, new_record
 from workers.smb import file_copy
 from workers.smb.endpoint import SmbEndpoint
 from workers.smb.errors import SmbError
@@ -41,6 +47,14 @@ class RequestError(QuickmigError):
     """The request cannot be carried out as asked; the message says what to fix."""
 
 
+class HostUnreachable(QuickmigError):
+    """A host did not answer a look-up (WinRM down, credentials refused)."""
+
+
+class IdempotencyConflict(QuickmigError):
+    """An idempotency key already used for another request, or for one still being decided."""
+
+
 @dataclass(frozen=True)
 class MigrationRequest:
     vm: str
@@ -50,12 +64,22 @@ class MigrationRequest:
     # not_before, window, keep_source_hours, destination_path, storage_map
     options: dict = field(default_factory=dict)
 
+    def digest(self) -> str:
+        """What makes two requests the same request (for an idempotency key)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+PAGE_SCAN_MAX = 5000
+# An Idempotency-Key's claim not turned into a migration in this long is taken over: far
+# longer than an enqueue (a WinRM look-up on each host, each within 60 s) takes.
+IDEMPOTENCY_CLAIM_STALE_S = 900  # index entries one page looks at before it returns with a cursor
+
 
 class Producer:
     def __init__(self, cfg: config_mod.Config):
         configure(cfg)
         self.cfg, self.app = cfg, app
-        self.store = Store.from_url(cfg.redis_url)
+        self.store = Store.from_url(cfg.redis_url, cfg.events.max_entries)
         self.locks = VMLocks(self.store.r)
         self.admission = Admission.of(self.store.r, cfg)
 
@@ -142,12 +166,12 @@ class Producer:
         return {"vm": req.vm, "vm_id": vm["id"], "source": req.source, "destination": req.destination,
                 "options": opts, "files": files, "switches": switches}
 
-    def enqueue(self, req: MigrationRequest) -> dict:
+    def enqueue(self, req: MigrationRequest, requester: str | None = None) -> dict:
         opts = self._options(req)
         vm = self.validate(req)
         self._placed(req, vm, opts)
         rec = new_record(vm=req.vm, vm_id=vm["id"], source=req.source,
-                         destination=req.destination, fence=0, options=opts)
+                         destination=req.destination, fence=0, options=opts, requester=requester)
         try:
             token = self.locks.acquire(vm["id"], rec["id"])
         except LockHeld as e:
@@ -172,15 +196,111 @@ class Producer:
             raise
         return rec
 
+    def enqueue_once(self, req: MigrationRequest, key: str, caller: str,
+                     requester: str | None = None) -> tuple[dict, bool]:
+        """Enqueue under an idempotency key of `caller`'s: the same key and request again
+        returns the migration the first one made (and False: not new); the same key with
+        another request, or while the first is still being decided, is an
+        IdempotencyConflict. A refused request frees its key."""
+        k = keys.idempotency(caller, key)
+        digest = req.digest()
+        claim = json.dumps({"digest": digest, "migration": None, "at": time.time()})
+        if not self.store.r.set(k, claim, nx=True, ex=keys.IDEMPOTENCY_TTL_S):
+            raw = self.store.r.get(k)
+            held = json.loads(raw or claim)
+            if held["digest"] != digest:
+                raise IdempotencyConflict("this Idempotency-Key was already used for another request; "
+                                          "use a new key for a new request")
+            if held["migration"] is not None:
+                return self.store.get(held["migration"]), False
+            # a claim far older than any enqueue takes was left by a process that died deciding it
+            # (if it died holding the VM's lease, this attempt is refused as "already being migrated")
+            stale = time.time() - held.get("at", 0) > IDEMPOTENCY_CLAIM_STALE_S
+            if not (stale and self._take_over(k, raw, claim)):
+                raise IdempotencyConflict("a request with this Idempotency-Key is still being decided; "
+                                          "retry in a moment")
+        try:
+            rec = self.enqueue(req, requester)
+        except BaseException:
+            self.store.r.delete(k)
+            raise
+        self.store.r.set(k, json.dumps({"digest": digest, "migration": rec["id"]}), ex=keys.IDEMPOTENCY_TTL_S)
+        return rec, True
+
+    def _take_over(self, k: str, seen: str | None, claim: str) -> bool:
+        """Replace the claim `seen` by ours, unless someone else changed it first."""
+        with self.store.r.pipeline() as p:
+            try:
+                p.watch(k)
+                if p.get(k) != seen:
+                    return False
+                p.multi()
+                p.set(k, claim, ex=keys.IDEMPOTENCY_TTL_S)
+                p.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def page(self, *, limit: int = 50, cursor: str | None = None, state: str | None = None,
+             vm: str | None = None, host: str | None = None) -> tuple[list[MigrationRecord], str | None]:
+        """Migrations newest first, those matching every filter given (`host`: source or
+        destination), at most `limit`; and the cursor of the next page (None: no more).
+        The cursor is the creation time and id of the last migration looked at, so
+        migrations created meanwhile never shift a page; a page looks at no more than
+        PAGE_SCAN_MAX migrations, so a rare filter may give a short page with a cursor."""
+        start: tuple[float, str] | None = None
+        if cursor is not None:
+            score, _, after = cursor.partition(":")
+            try:
+                start = (float(score), after)
+            except ValueError:
+                raise RequestError(f"cursor {cursor!r} is not one this API gave out") from None
+        out: list[MigrationRecord] = []
+        looked = 0
+        index = self._index_after(start)
+        while True:
+            batch = list(itertools.islice(index, 100))
+            if not batch:
+                return out, None
+            raws = self.store.r.mget([keys.migration(m) for m, _ in batch])
+            for (mid, score), raw in zip(batch, raws, strict=True):
+                looked += 1
+                rec = json.loads(raw) if raw is not None else None
+                if rec is not None and ((state is None or rec["state"] == state) and (vm is None or rec["vm"] == vm)
+                                        and (host is None or host in (rec["source"], rec["destination"]))):
+                    out.append(rec)
+                if len(out) >= limit or looked >= PAGE_SCAN_MAX:
+                    return out, f"{score!r}:{mid}"
+
+    def _index_after(self, start: tuple[float, str] | None) -> Iterator[tuple[str, float]]:
+        """(id, creation time) of every migration after `start` in the index, newest first;
+        equal times in descending id order, as Redis orders them."""
+        r = self.store.r
+        top = "+inf"
+        while True:
+            if start is not None:
+                score, mid = start
+                for m, sc in r.zrevrangebyscore(keys.MIGRATIONS_INDEX, score, score, withscores=True):
+                    if m < mid:
+                        yield m, sc
+                top = f"({score!r}"
+            batch = r.zrevrangebyscore(keys.MIGRATIONS_INDEX, top, "-inf", start=0, num=500, withscores=True)
+            if not batch:
+                return
+            yield from batch
+            last_id, last_score = batch[-1]
+            start = (last_score, last_id)
+
     def admit(self) -> list[str]:
         return admit_and_send(self.admission, self.store,
                               lambda mid: self.app.send_task(routing.SNAPSHOT, args=[mid]))
 
-    def cancel(self, mid: str) -> dict:
+    def cancel(self, mid: str, requester: str | None = None) -> dict:
         """Roll a migration back before its downtime; refuse (RequestError) once the VM is
         down or already runs on the destination, saying why."""
         try:
-            rec = self.store.transition(mid, CANCELLABLE, states.ROLLING_BACK, error="cancelled by request",
+            rec = self.store.transition(mid, CANCELLABLE, states.ROLLING_BACK, by=requester,
+                                        error="cancelled by request" + (f" of {requester}" if requester else ""),
                                         cancelled_at=time.time())
         except StaleState as e:
             raise RequestError(f"cannot cancel migration {mid}: {CANCEL_REFUSED.get(e.actual, e.actual)}") from None
@@ -188,6 +308,30 @@ class Producer:
         # the step now running notices the state change and stops; the rollback waits for it
         self.app.send_task(routing.ROLLBACK, args=[mid])
         return rec
+
+    def host_vms(self, host: str) -> list[dict]:
+        """Every VM on `host` (id, name, state), as Hyper-V lists them now; RequestError if the
+        host is not in the inventory or does not answer."""
+        if host not in self.cfg.hosts:
+            raise RequestError(f"unknown host {host!r} (inventory has: {', '.join(sorted(self.cfg.hosts))})")
+        try:
+            return self._driver(host).run("list_vms", {})["vms"]
+        except HyperVError as e:
+            raise HostUnreachable(f"cannot list the VMs of {host}: {e}") from None
+
+    def host_load(self) -> dict[str, dict]:
+        """Per host of the inventory: its limits and what holds them now (from Redis)."""
+        out = {}
+        now = time.time()
+        for name, h in sorted(self.cfg.hosts.items()):
+            with self.store.r.pipeline(transaction=False) as p:
+                p.scard(keys.admitted(name))
+                p.zcount(keys.copy_slots("read", name), now, "+inf")
+                p.zcount(keys.copy_slots("write", name), now, "+inf")
+                migrations, reading, writing = p.execute()
+            out[name] = {"migrations": migrations, "max_migrations": h.max_migrations,
+                         "copies_reading": reading, "copies_writing": writing, "max_copies": h.max_copies}
+        return out
 
     def get(self, mid: str) -> dict:
         return self.store.get(mid)

@@ -35,7 +35,7 @@ def _redis() -> redis.Redis:
 
 
 def store() -> Store:
-    return Store(_redis())
+    return Store(_redis(), config().events.max_entries)
 
 
 def locks() -> VMLocks:

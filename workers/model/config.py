@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from workers.model import hostpaths, states
+from workers.model import hostpaths, keys, states
 from workers.model.errors import QuickmigError
 
 CONFIG_ENV = "QUICKMIG_CONFIG"
@@ -30,6 +30,8 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 COPY_STREAMS_DEFAULT = 4  # docs/benchmarks.md has the measurements behind it
 COPY_STREAMS_MAX = 16
 LOG_FORMATS = ("text", "json")
+API_PORT_DEFAULT = 8780
+API_RATE_PER_MINUTE_DEFAULT = 600
 
 # Seconds a migration may sit in a state with no task working on it and no change to its
 # record before the reconciler acts. `queued` is long because a backlog legitimately
@@ -143,6 +145,20 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """`[api]`: where `quickmig api` listens (loopback unless told otherwise)."""
+    addr: str = "127.0.0.1"
+    port: int = API_PORT_DEFAULT
+    rate_per_minute: int = API_RATE_PER_MINUTE_DEFAULT  # requests per token (a token's own limit wins)
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """`[events]`: how many state changes the events stream keeps (about; oldest trimmed first)."""
+    max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     redis_url: str
@@ -157,6 +173,8 @@ class Config:
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    events: EventSettings = field(default_factory=EventSettings)
 
     def host(self, name: str) -> Host:
         try:
@@ -347,7 +365,8 @@ def _reconciler(t: _Table) -> ReconcilerSettings:
 
 def _settings(top: _Table) -> dict[str, Any]:
     """The optional tables, each checked whole."""
-    copy_t, log_t, metrics_t, lab_t = (top.table(k) for k in ("copy", "logging", "metrics", "lab"))
+    copy_t, log_t, metrics_t, lab_t, api_t, events_t = (
+        top.table(k) for k in ("copy", "logging", "metrics", "lab", "api", "events"))
     out = {
         "copy": CopySettings(streams=copy_t.whole("streams", COPY_STREAMS_DEFAULT, high=COPY_STREAMS_MAX)),
         "reconciler": _reconciler(top.table("reconciler")),
@@ -355,8 +374,12 @@ def _settings(top: _Table) -> dict[str, Any]:
         "metrics": MetricsSettings(port=metrics_t.whole("port", None, high=65535),
                                    addr=metrics_t.text("addr", "127.0.0.1")),
         "lab_dir": _optional_path(lab_t.text("dir", None)),
+        "api": ApiSettings(addr=api_t.text("addr", "127.0.0.1"),
+                           port=api_t.whole("port", API_PORT_DEFAULT, high=65535),
+                           rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT)),
+        "events": EventSettings(max_entries=events_t.whole("max_entries", keys.EVENTS_MAX_ENTRIES_DEFAULT, low=100)),
     }
-    for t in (copy_t, log_t, metrics_t, lab_t):
+    for t in (copy_t, log_t, metrics_t, lab_t, api_t, events_t):
         t.done()
     return out
 

@@ -163,3 +163,39 @@ def iso_users(destination: str, path: str) -> str:
 
 def iso_ours(destination: str, path: str) -> str:
     return _iso(destination, path) + ":ours"
+
+
+# Every state change of every migration (stream; workers.model.record.Store appends each in
+# the same transaction as the change): fields id, vm, source, destination, old, new, at,
+# seq (the migration's count of states entered, so a reader can order one migration's
+# events), by (who asked for it, when someone did). Trimmed to about `[events]
+# max_entries` (approximate MAXLEN); the entry id is the SSE event id of `GET /v1/events`.
+EVENTS = f"{PREFIX}events"
+EVENTS_MAX_ENTRIES_DEFAULT = 100_000  # `[events] max_entries` when the config does not say
+
+
+# An Idempotency-Key of the HTTP API (JSON: body digest, migration id once known), per
+# token name and key digest. Expires IDEMPOTENCY_TTL_S after the request; a refused
+# request's key is deleted at once, so a corrected retry may reuse it.
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def idempotency(caller: str, key: str) -> str:
+    return f"{PREFIX}idem:{caller}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+# The Redis intake (producer.intake): a stream other systems XADD migration requests to
+# (request_id, vm, source, destination, options), consumed by the group "quickmig-intake";
+# an entry is deleted once its outcome is written. The outcome per request_id (hash: state
+# accepted|refused, migration_id or error, at) expires REQUEST_TTL_S after it is written.
+REQUESTS = f"{PREFIX}requests"
+REQUEST_TTL_S = 7 * 24 * 3600
+
+
+def request(request_id: str) -> str:
+    return f"{PREFIX}request:{request_id}"
+
+
+# Requests of one API token in one minute (fixed window, a counter expiring after 2 minutes).
+def api_rate(token_name: str, minute: int) -> str:
+    return f"{PREFIX}api-rate:{token_name}:{minute}"

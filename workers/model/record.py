@@ -68,7 +68,8 @@ class MigrationRecord(TypedDict, total=False):
     created_at: float
     updated_at: float                # every change (Store.update)
     phases: dict[str, Phase]         # phase name -> start/end
-    history: list[dict[str, Any]]    # every state entered: {"state", "at"}
+    history: list[dict[str, Any]]    # every state entered: {"state", "at"}, and "by" when someone asked for it
+    requested_by: str | None         # the API token's name that asked for it (None: the CLI or Python API)
     downtime_seconds: float | None   # Save-VM to the destination VM verified running
     bytes_copied: int
     bytes_total: int | None          # planned bytes of every file (see `planned`)
@@ -134,8 +135,11 @@ class StaleState(QuickmigError):
 
 
 def new_record(*, vm: str, vm_id: str, source: str, destination: str, fence: int,
-               options: dict | None = None) -> MigrationRecord:
+               options: dict | None = None, requester: str | None = None) -> MigrationRecord:
     now = time.time()
+    first: dict[str, Any] = {"state": states.QUEUED, "at": now}
+    if requester is not None:
+        first["by"] = requester
     return {
         "id": uuid.uuid4().hex[:16],
         "vm": vm,
@@ -152,7 +156,8 @@ def new_record(*, vm: str, vm_id: str, source: str, destination: str, fence: int
         "error": None,
         "fence": fence,
         "options": options or {},
-        "history": [{"state": states.QUEUED, "at": now}],
+        "requested_by": requester,
+        "history": [first],
     }
 
 
@@ -165,14 +170,29 @@ def _fields(fields: dict[str, object]) -> MigrationRecord:
     return cast(MigrationRecord, fields)
 
 
+def event(rec: MigrationRecord, old: str | None) -> dict[str, str]:
+    """The events stream's entry for `rec` having just entered its state from `old` (None: created)."""
+    last = rec["history"][-1]
+    fields = {"id": rec["id"], "vm": rec["vm"], "source": rec["source"], "destination": rec["destination"],
+              "old": old or "", "new": rec["state"], "at": repr(last["at"]), "seq": str(len(rec["history"]))}
+    if last.get("by"):
+        fields["by"] = str(last["by"])
+    return fields
+
+
 class Store:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, events_max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT):
         self.r = client
+        self.events_max_entries = events_max_entries
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
+    def from_url(cls, url: str, events_max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT) -> Store:
         return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=30,
-                                        socket_connect_timeout=10, health_check_interval=30))
+                                        socket_connect_timeout=10, health_check_interval=30), events_max_entries)
+
+    def _append_event(self, p: redis.client.Pipeline, rec: MigrationRecord, old: str | None) -> None:
+        # in the caller's transaction: a state change and its event are stored together or not at all
+        p.xadd(keys.EVENTS, cast(Any, event(rec, old)), maxlen=self.events_max_entries, approximate=True)
 
     def create(self, rec: MigrationRecord) -> None:
         key = keys.migration(rec["id"])
@@ -180,6 +200,7 @@ class Store:
             p.set(key, json.dumps(rec), nx=True)
             p.zadd(keys.MIGRATIONS_INDEX, {rec["id"]: rec["created_at"]})
             p.sadd(keys.ACTIVE_SET, rec["id"])
+            self._append_event(p, rec, None)
             p.execute()
 
     def delete(self, mid: str) -> None:
@@ -223,9 +244,12 @@ class Store:
                     if raw is None:
                         raise RecordNotFound(f"no migration with id {mid!r}")
                     rec = json.loads(raw)
+                    old = rec["state"]
                     change(rec)
                     rec["updated_at"] = time.time()
                     p.multi()
+                    if rec["state"] != old:
+                        self._append_event(p, rec, old)
                     if rec["state"] in states.ENDS:
                         p.set(key, json.dumps(rec), ex=keys.RECORD_TTL_S)
                         p.srem(keys.ACTIVE_SET, mid)
@@ -241,8 +265,10 @@ class Store:
         known = _fields(fields)
         return self.update(mid, lambda rec: rec.update(known))
 
-    def transition(self, mid: str, expect: Iterable[str], to: str, **fields: object) -> MigrationRecord:
-        """Move from one of `expect` to `to`, stamping phase ends and starts."""
+    def transition(self, mid: str, expect: Iterable[str], to: str, *, by: str | None = None,
+                   **fields: object) -> MigrationRecord:
+        """Move from one of `expect` to `to`, stamping phase ends and starts; `by`: who asked
+        for it (an API token's name), kept in the history entry."""
         expect = set(expect)
         known = _fields(fields)
 
@@ -259,7 +285,10 @@ class Store:
             if new_phase:
                 rec["phases"].setdefault(new_phase, {"start": now})
             rec["state"] = to
-            rec["history"].append({"state": to, "at": now})
+            entry: dict[str, Any] = {"state": to, "at": now}
+            if by is not None:
+                entry["by"] = by
+            rec["history"].append(entry)
             rec.update(known)
 
         return self.update(mid, change)

@@ -1,0 +1,277 @@
+"""The HTTP API (`quickmig api`) as a caller sees it: the lab's API process (started by
+`lab up`, uvicorn on loopback) over real HTTP, the lab's Redis, workers and emulated hosts
+behind it. Tokens of each scope are added to the lab's credentials file, which the API
+reads again when it changes."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from producer.api import auth
+from workers.model import keys
+
+pytestmark = pytest.mark.integration
+
+
+class Api:
+    def __init__(self, lab):
+        endpoints = json.loads((lab.dir / "endpoints.json").read_text())
+        self.url = endpoints["api"]
+        self.admin = (lab.dir / "api-token").read_text().strip()
+        self.tokens = {"admin": self.admin}
+        entries = []
+        for scope in ("read", "migrate"):
+            self.tokens[scope] = auth.new_token()
+            entries.append(auth.token_entry(f"test-{scope}", self.tokens[scope], [scope]))
+        self.tokens["slow"] = auth.new_token()  # a token of its own request rate
+        entries.append(auth.token_entry("test-slow", self.tokens["slow"], ["read"]) + "rate_per_minute = 3\n")
+        with open(lab.cfg.credentials_file, "a") as f:
+            f.write("\n" + "\n".join(entries))
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def call(self, method: str, path: str, scope: str | None = "read", **kw) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}))
+        if scope is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[scope]}"
+        return self.http.request(method, path, headers=headers, **kw)
+
+    def events(self, scope="read", last_event_id=None, n=None, until=None, timeout_s=240, **params) -> list[dict]:
+        """Read the SSE stream until `n` events came, or one whose `new` is in `until`;
+        then disconnect. Each event: {"id", "event", "data"}."""
+        headers = {"Authorization": f"Bearer {self.tokens[scope]}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        got: list[dict] = []
+        cur: dict = {}
+        deadline = time.monotonic() + timeout_s
+        with self.http.stream("GET", "/v1/events", headers=headers, params=params,
+                              timeout=httpx.Timeout(30, read=20)) as res:
+            assert res.status_code == 200, res.read()
+            assert res.headers["content-type"].startswith("text/event-stream")
+            for line in res.iter_lines():
+                assert time.monotonic() < deadline, f"no end of stream after {timeout_s}s: {got}"
+                if line.startswith(":"):
+                    continue
+                if line:
+                    field, _, value = line.partition(":")
+                    cur[field] = value.removeprefix(" ")
+                    continue
+                if "data" in cur and cur.get("event"):
+                    cur["data"] = json.loads(cur["data"])
+                    got.append(cur)
+                    if (n is not None and len(got) >= n) or (until and cur["data"]["new"] in until):
+                        return got
+                cur = {}
+        return got
+
+
+@pytest.fixture(scope="module")
+def api(lab):
+    a = Api(lab)
+    yield a
+    a.http.close()
+
+
+def problem(res: httpx.Response, status: int) -> dict:
+    assert res.status_code == status, res.text
+    assert res.headers["content-type"] == "application/problem+json"
+    body = res.json()
+    assert body["status"] == status and body["type"].startswith("urn:quickmig:problem:") and body["title"]
+    assert "\n" not in body["detail"]
+    return body
+
+
+def test_lab_up_starts_the_api_and_hands_out_an_admin_token(lab, api):
+    mode = stat.S_IMODE(os.stat(lab.dir / "api-token").st_mode)
+    assert mode == 0o600
+    assert api.url.startswith("http://127.0.0.1:")
+    assert api.http.get("/healthz").json() == {"status": "ok"}
+    assert api.http.get("/readyz").json() == {"status": "ready"}
+    doc = api.http.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"/v1/migrations", "/v1/migrations/{mid}", "/v1/migrations/{mid}/cancel", "/v1/events",
+            "/v1/throttle"} <= set(doc["paths"])
+    # the token file holds the token; the credentials file only its SHA-256
+    assert api.admin not in lab.cfg.credentials_file.read_text()
+    assert auth.digest(api.admin) in lab.cfg.credentials_file.read_text()
+
+
+def test_no_token_wrong_token_and_missing_scope_are_refused(lab, api):
+    res = api.call("GET", "/v1/migrations", scope=None)
+    assert "unauthorized" in problem(res, 401)["type"]
+    assert res.headers["www-authenticate"].startswith("Bearer")
+    problem(api.call("GET", "/v1/migrations", scope=None, headers={"Authorization": "Bearer not-a-token"}), 401)
+    problem(api.call("GET", "/v1/migrations", scope=None, headers={"Authorization": f"Basic {api.admin}"}), 401)
+    assert api.call("GET", "/v1/migrations", scope="read").status_code == 200
+    body = {"vm": "nope", "source": "hv1", "destination": "hv2"}
+    assert "'migrate'" in problem(api.call("POST", "/v1/migrations", scope="read", json=body), 403)["detail"]
+    problem(api.call("PUT", "/v1/throttle", scope="migrate", json={"global": "5M"}), 403)
+    problem(api.call("POST", "/v1/migrations/0123/cancel", scope="read"), 403)
+    # the admin may change limits; the CLI sees what the API set
+    try:
+        res = api.call("PUT", "/v1/throttle", scope="admin",
+                       json={"global": "900M", "pairs": [{"source": "hv1", "destination": "hv3", "rate": "800M"}]})
+        assert res.status_code == 200, res.text
+        _, shown = lab.cli_json("throttle", "--json")
+        assert shown == res.json() == {"global": 900_000_000, "pairs": {"hv1->hv3": 800_000_000}}
+        # one bad value: nothing changes
+        problem(api.call("PUT", "/v1/throttle", scope="admin",
+                         json={"global": "1M", "pairs": [{"source": "hv1", "destination": "hv9", "rate": "1M"}]}), 422)
+        assert api.call("GET", "/v1/throttle").json() == shown
+    finally:
+        api.call("PUT", "/v1/throttle", scope="admin",
+                 json={"global": 0, "pairs": [{"source": "hv1", "destination": "hv3", "rate": 0}]})
+    assert api.call("GET", "/v1/throttle").json() == {"global": None, "pairs": {}}
+
+
+def test_a_token_over_its_rate_is_refused_until_the_next_minute(api):
+    for _attempt in range(3):
+        minute = int(time.time() // 60)
+        codes = [api.call("GET", "/v1/throttle", scope="slow") for _ in range(5)]
+        if int(time.time() // 60) == minute:  # all in one window (else try again in the next)
+            break
+    assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
+    body = problem(codes[3], 429)
+    assert "3 requests per minute" in body["detail"]
+    assert 1 <= int(codes[3].headers["retry-after"]) <= 60
+    # another token is not slowed by it
+    assert api.call("GET", "/v1/throttle", scope="read").status_code == 200
+
+
+def state_but_rates(lab) -> dict:
+    """Redis as a refused request must leave it: all but the tokens' request counters."""
+    rates = keys.api_rate("", 0).split("::")[0]
+    return {k: v for k, v in lab.redis_state().items() if not k.startswith(rates)}
+
+
+def test_a_refusal_is_the_clis_one_line_reason_and_changes_nothing(lab, api):
+    lab.add_vm("api-refused", "hv1")
+    before = state_but_rates(lab)
+    for body, cli in [({"vm": "api-refused", "source": "hv2", "destination": "hv3"},
+                       ["api-refused", "--from", "hv2", "--to", "hv3"]),
+                      ({"vm": "api-refused", "source": "hv1", "destination": "hv7"},
+                       ["api-refused", "--from", "hv1", "--to", "hv7"]),
+                      ({"vm": "api-refused", "source": "hv1", "destination": "hv2", "max_downtime": "soon"},
+                       ["api-refused", "--from", "hv1", "--to", "hv2", "--max-downtime", "soon"])]:
+        res = api.call("POST", "/v1/migrations", scope="migrate", json=body, headers={"Idempotency-Key": "refused-1"})
+        detail = problem(res, 422)["detail"]
+        out = lab.cli("migrate", *cli)
+        assert out.returncode == 2
+        assert out.stderr.strip() == f"quickmig: {detail}"
+    # nothing was written, the refused requests' Idempotency-Key included (each reused it)
+    assert state_but_rates(lab) == before
+    problem(api.call("POST", "/v1/migrations", scope="migrate", json={"vm": "x"}), 400)
+    problem(api.call("GET", "/v1/migrations/0000000000000000"), 404)
+    problem(api.call("GET", "/v1/migrations", params={"state": "sleeping"}), 400)
+    problem(api.call("GET", "/v1/events", params={"after": "yesterday"}), 400)
+
+
+def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_with_resumption(lab, api):
+    lab.add_vm("api-e2e", "hv1", write_rate_kbps=64)
+    time.sleep(1)  # its guest's heartbeat answers shortly after start; pre-flight refuses a VM without one
+    body = {"vm": "api-e2e", "source": "hv1", "destination": "hv2", "max_rounds": 1}
+    res = api.call("POST", "/v1/migrations", scope="migrate", json=body, headers={"Idempotency-Key": "e2e-1"})
+    assert res.status_code == 201, res.text
+    mid = res.json()["id"]
+    assert res.headers["location"] == f"/v1/migrations/{mid}"
+    # the same key and body: the same migration, not a second one
+    again = api.call("POST", "/v1/migrations", scope="migrate", json=body, headers={"Idempotency-Key": "e2e-1"})
+    assert again.status_code == 200 and again.json()["id"] == mid
+    # the same key, another body: refused
+    other = dict(body, destination="hv3")
+    assert "Idempotency-Key" in problem(api.call("POST", "/v1/migrations", scope="migrate", json=other,
+                                                 headers={"Idempotency-Key": "e2e-1"}), 409)["detail"]
+    # follow it: two events, disconnect, resume after the last one seen, to the end
+    first = api.events(after="0", migration=mid, n=2)
+    rest = api.events(last_event_id=first[-1]["id"], migration=mid, until=("completed", "failed", "rolled_back"))
+    seen = first + rest
+    ids = [e["id"] for e in seen]
+    assert len(set(ids)) == len(ids), "an event came twice"
+    assert [e["data"]["seq"] for e in seen] == list(range(1, len(seen) + 1)), "an event was lost or out of order"
+    rec = api.call("GET", f"/v1/migrations/{mid}").json()
+    assert rec["state"] == "completed", rec.get("error")
+    assert [e["data"]["new"] for e in seen] == [h["state"] for h in rec["history"]]
+    assert [e["data"]["old"] for e in seen[1:]] == [h["state"] for h in rec["history"][:-1]]
+    assert seen[0]["data"]["by"] == "test-migrate"
+    assert rec["requested_by"] == "test-migrate" and rec["history"][0]["by"] == "test-migrate"
+    assert all(e["data"]["vm"] == "api-e2e" and e["data"]["source"] == "hv1" and e["data"]["destination"] == "hv2"
+               for e in seen)
+    check = lab.verify("api-e2e")
+    assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+    # the audit lines: who asked for what, and what came of it
+    log = (lab.dir / "logs" / "api.log").read_text(errors="replace")
+    assert f"token=test-migrate create vm=api-e2e source=hv1 destination=hv2 -> migration {mid}\n" in log
+    assert f"-> migration {mid} (Idempotency-Key replay)" in log
+    assert "token=test-migrate create vm=api-e2e source=hv1 destination=hv3 refused: this Idempotency-Key" in log
+    # the list finds it by state, VM and host
+    page = api.call("GET", "/v1/migrations", params={"vm": "api-e2e", "state": "completed", "host": "hv2"}).json()
+    assert [r["id"] for r in page["items"]] == [mid]
+    assert api.call("GET", "/v1/migrations", params={"vm": "api-e2e", "host": "hv3"}).json()["items"] == []
+
+
+def test_cancel_over_http_rolls_back_and_is_refused_when_too_late(lab, api):
+    lab.add_vm("api-cancel", "hv2")
+    lab.emulator("hv2").inject_fault(op="checkpoint_vm", action="delay", seconds=4, times=1)
+    try:
+        res = api.call("POST", "/v1/migrations", scope="migrate",
+                       json={"vm": "api-cancel", "source": "hv2", "destination": "hv1"})
+        assert res.status_code == 201, res.text
+        mid = res.json()["id"]
+        res = api.call("POST", f"/v1/migrations/{mid}/cancel", scope="migrate")
+        assert res.status_code == 200, res.text
+        assert res.json()["state"] == "rolling_back"
+        assert res.json()["history"][-1]["by"] == "test-migrate"
+        assert "already rolling back" in problem(api.call("POST", f"/v1/migrations/{mid}/cancel", scope="migrate"),
+                                                 409)["detail"]
+        problem(api.call("POST", "/v1/migrations/ffffffffffffffff/cancel", scope="migrate"), 404)
+        deadline = time.monotonic() + 120
+        while (rec := api.call("GET", f"/v1/migrations/{mid}").json())["state"] == "rolling_back":
+            assert time.monotonic() < deadline, rec
+            time.sleep(0.5)
+        assert rec["state"] == "rolled_back"
+        assert lab.verify("api-cancel")["running_on"] == ["hv2"]
+    finally:
+        lab.emulator("hv2").clear_faults()
+
+
+def test_hosts_show_their_load_and_their_vms_with_the_age_of_the_list(lab, api):
+    hosts = api.call("GET", "/v1/hosts").json()["hosts"]
+    assert [h["name"] for h in hosts] == ["hv1", "hv2", "hv3"]
+    assert all(h["max_migrations"] == lab.cfg.host(h["name"]).max_migrations and h["max_copies"] == 2
+               and 0 <= h["migrations"] <= h["max_migrations"] for h in hosts)
+    first = api.call("GET", "/v1/hosts/hv3/vms", params={"max_age": 0}).json()
+    assert first["host"] == "hv3" and first["age_seconds"] < 5
+    lab.add_vm("api-inventory", "hv3")
+    cached = api.call("GET", "/v1/hosts/hv3/vms", params={"max_age": 600}).json()
+    assert cached["fetched_at"] == first["fetched_at"] and cached["vms"] == first["vms"]
+    assert "api-inventory" not in [v["name"] for v in cached["vms"]]
+    fresh = api.call("GET", "/v1/hosts/hv3/vms", params={"max_age": 0}).json()
+    assert fresh["fetched_at"] > first["fetched_at"]
+    vm = next(v for v in fresh["vms"] if v["name"] == "api-inventory")
+    assert vm["state"] == "Running" and vm["id"]
+    assert "hv9" in problem(api.call("GET", "/v1/hosts/hv9/vms"), 404)["detail"]
+
+
+def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(lab, api, tmp_path):
+    """Property-based, from /openapi.json, against the live server: every response documented
+    and matching its schema, none a 5xx. With a `migrate` token, so the admin's throttle
+    change is exercised as a 403 and never slows the lab down; /v1/events never ends, so it
+    is left to the SSE tests. Not checked: positive_data_acceptance (a schema-valid request
+    for an unknown host is rightly refused, 422) and allow_header_conformance (Litestar's
+    automatic OPTIONS lists only one method of a path that has two)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{api.url}/openapi.json",
+         "-H", f"Authorization: Bearer {api.tokens['migrate']}", "--exclude-path", "/v1/events",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                     "response_schema_conformance,response_headers_conformance",
+         "--max-examples", "20", "--generation-deterministic", "--request-timeout", "30", "--workers", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+    assert "passed" in res.stdout
