@@ -9,6 +9,7 @@ result; anything else is the CLIXML error on stderr, turned into a typed excepti
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import ipaddress
 import json
@@ -16,6 +17,7 @@ import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -292,7 +294,7 @@ class HyperVDriver:
         shell_id = command_id = None
         deadline = time.monotonic() + timeout_s
         try:
-            try:
+            with self._faults_mapped(op):
                 shell_id = proto.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
                 command_id = proto.run_command(shell_id, _command_line(bootstrap), console_mode_stdin=False)
                 out, err = b"", b""
@@ -304,13 +306,6 @@ class HyperVDriver:
                         raise error_from_stderr(err, op, host=self.host.name, exit_code=rc or 1)
                 early = out.split(marker, 1)[1].lstrip(b"\r\n")
                 return WarmProcess(self, op, proto, shell_id, command_id, early)
-            except HyperVError:
-                raise
-            except Exception as e:
-                mapped = self._transport_error(op, e)
-                if mapped is None:
-                    raise
-                raise mapped from e
         except BaseException:
             self._cleanup(proto, shell_id, command_id)
             raise
@@ -369,7 +364,7 @@ class HyperVDriver:
         else:
             proto, shell_id, command_id = self._new_protocol(), None, None
         try:
-            try:
+            with self._faults_mapped(op):
                 if shell_id is None:
                     shell_id = proto.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
                 if command_id is None:
@@ -381,13 +376,6 @@ class HyperVDriver:
                     proto.send_command_input(shell_id, command_id, data[i:i + SEND_CHUNK_BYTES], end=last)
                 rc, out, err = self._receive(proto, shell_id, command_id, op, deadline)
                 return rc, early + out, err
-            except HyperVError:
-                raise
-            except Exception as e:
-                mapped = self._transport_error(op, e)
-                if mapped is None:
-                    raise
-                raise mapped from e
         finally:
             self._cleanup(proto, shell_id, command_id)
 
@@ -418,6 +406,19 @@ class HyperVDriver:
             err.append(e)
             if done:
                 return rc, b"".join(out), b"".join(err)
+
+    @contextlib.contextmanager
+    def _faults_mapped(self, op: str) -> Iterator[None]:
+        """Transport faults of `op` raised as this package's errors (TransportError, ...)."""
+        try:
+            yield
+        except HyperVError:
+            raise
+        except Exception as e:
+            mapped = self._transport_error(op, e)
+            if mapped is None:
+                raise
+            raise mapped from e
 
     def _transport_error(self, op: str, e: Exception) -> HyperVError | None:
         where = f"{op} on {self.host.name} ({self._endpoint})"

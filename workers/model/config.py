@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,9 +325,8 @@ def prefix_problem(host: Host, prefix: str) -> str | None:
     return None
 
 
-def _storage_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """`[storage_maps.SRC.DST]`: 'SRC_PREFIX' = 'DST_PREFIX', the pair's default placement."""
-    out = {}
+def _host_pairs(t: _Table, hosts: dict[str, Host]) -> Iterator[tuple[str, str, _Table]]:
+    """The `[<table>.SRC.DST]` tables of known host pairs, each with its (source, destination)."""
     for src in list(t.data):
         src_t = t.table(src)
         for dst in list(src_t.data):
@@ -334,16 +334,23 @@ def _storage_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], li
             for role, h in (("source", src), ("destination", dst)):
                 if h not in hosts:
                     raise ConfigError(f"{pair_t.where}: unknown {role} host {h!r}")
-            pairs = []
-            for s_prefix in list(pair_t.data):
-                d_prefix = pair_t.text(s_prefix)
-                problem = hostpaths.path_problem(s_prefix.rstrip("\\")) or prefix_problem(hosts[dst], d_prefix)
-                if problem:
-                    raise ConfigError(f"{pair_t.where}: {s_prefix!r} = {d_prefix!r} is refused: {problem}")
-                pairs.append((s_prefix.rstrip("\\"), d_prefix.rstrip("\\")))
-            pair_t.done()
-            out[(src, dst)] = pairs
+            yield src, dst, pair_t
         src_t.done()
+
+
+def _storage_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """`[storage_maps.SRC.DST]`: 'SRC_PREFIX' = 'DST_PREFIX', the pair's default placement."""
+    out = {}
+    for src, dst, pair_t in _host_pairs(t, hosts):
+        pairs = []
+        for s_prefix in list(pair_t.data):
+            d_prefix = pair_t.text(s_prefix)
+            problem = hostpaths.path_problem(s_prefix.rstrip("\\")) or prefix_problem(hosts[dst], d_prefix)
+            if problem:
+                raise ConfigError(f"{pair_t.where}: {s_prefix!r} = {d_prefix!r} is refused: {problem}")
+            pairs.append((s_prefix.rstrip("\\"), d_prefix.rstrip("\\")))
+        pair_t.done()
+        out[(src, dst)] = pairs
     return out
 
 
@@ -399,16 +406,9 @@ def _redis_url(top: _Table) -> str:
 def _switch_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], list[tuple[str, str]]]:
     """`[switch_maps.SRC.DST]`: "source switch" = "destination switch", the pair's default."""
     out = {}
-    for src in list(t.data):
-        src_t = t.table(src)
-        for dst in list(src_t.data):
-            pair_t = src_t.table(dst)
-            for role, h in (("source", src), ("destination", dst)):
-                if h not in hosts:
-                    raise ConfigError(f"{pair_t.where}: unknown {role} host {h!r}")
-            out[(src, dst)] = [(s, pair_t.text(s)) for s in list(pair_t.data)]
-            pair_t.done()
-        src_t.done()
+    for src, dst, pair_t in _host_pairs(t, hosts):
+        out[(src, dst)] = [(s, pair_t.text(s)) for s in list(pair_t.data)]
+        pair_t.done()
     return out
 
 
