@@ -112,6 +112,14 @@ def cmd_throttle(args) -> int:
     return EXIT_OK
 
 
+def cmd_config_check(args) -> int:
+    """Load and check everything a worker would, connecting nowhere: `ok`, or the one line."""
+    cfg = load_config(args.config)
+    cfg.check_credentials()
+    print("ok")
+    return EXIT_OK
+
+
 def cmd_metrics_exporter(args) -> int:
     fleet_redis = None
     port, addr = args.port, args.addr
@@ -194,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--pair", nargs=3, metavar=("SRC", "DST", "RATE"), help="limit for copies from SRC to DST")
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_throttle)
+
+    cf = sub.add_parser("config", parents=[common], help="check the configuration")
+    cf_sub = cf.add_subparsers(dest="config_command", required=True)
+    cc = cf_sub.add_parser("check", parents=[common],
+                           help="load and check the config, the credentials (and their file modes) and the "
+                                "transports without connecting anywhere; prints ok (exit 0) or what to fix "
+                                "(exit 2)")
+    cc.set_defaults(func=cmd_config_check)
 
     me = sub.add_parser("metrics-exporter", parents=[common],
                         help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")

@@ -11,8 +11,11 @@ from a request), so a Celery message or a migration record can never carry one.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,10 @@ CONFIG_ENV = "QUICKMIG_CONFIG"
 DEFAULT_CONFIG = "quickmig.toml"
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+WINRM_TRANSPORTS = ("basic", "ntlm", "kerberos", "credssp")
+CERT_VALIDATION = ("validate", "ignore")
+CA_BUNDLE_SUFFIXES = (".pem", ".crt", ".cer")
+CREDENTIAL_FIELDS = ("winrm_username", "winrm_password", "smb_username", "smb_password")
 COPY_STREAMS_DEFAULT = 4  # docs/benchmarks.md has the measurements behind it
 COPY_STREAMS_MAX = 16
 LOG_FORMATS = ("text", "json")
@@ -70,6 +77,7 @@ class Host:
     smb_port: int
     smb_share: str
     winrm_cert_validation: str = "validate"
+    smb_encrypt: bool = True  # AES-GCM/CCM on every SMB message; off only where the wire is trusted
     max_copies: int = 2
     max_migrations: int = 2  # migrations at once with this host as source or destination
 
@@ -144,23 +152,52 @@ class Config:
             raise ConfigError(f"unknown host {name!r} (inventory has: {known})") from None
 
     def credentials(self, host: str) -> Credentials:
-        if self.credentials_file is None:
-            raise ConfigError(f"{self.path}: no credentials_file configured")
-        try:
-            data = tomllib.loads(self.credentials_file.read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read credentials file {self.credentials_file}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"credentials file {self.credentials_file} is not valid TOML: {e}") from None
-        merged = dict(data.get("default", {}))
-        merged.update(data.get("hosts", {}).get(host, {}))
-        fields = ("winrm_username", "winrm_password", "smb_username", "smb_password")
-        for k in fields:
-            if k not in merged:
-                raise ConfigError(f"credentials file has no {k} for host {host!r}")
-            if not isinstance(merged[k], str):
-                raise ConfigError(f"credentials file: {k} for host {host!r} must be a string")
-        return Credentials(**{k: merged[k] for k in fields})
+        """The host's accounts, read from `credentials_file` now (so a rotated secret is
+        picked up by the next connection)."""
+        return _credentials(self.credentials_file, self.path, host)
+
+    def check_credentials(self) -> None:
+        """Every host's accounts can be read: what a worker needs before its first task."""
+        for name in self.hosts:
+            self.credentials(name)
+
+
+def secret_file_problem(path: Path) -> str | None:
+    """Why `path` may not hold a secret (group or others may read or write it), else None."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        return f"is open to group or others (mode {mode:04o}); run: chmod 600 {path}"
+    return None
+
+
+def _credentials(path: Path | None, config_path: Path | None, host: str) -> Credentials:
+    if path is None:
+        raise ConfigError(f"{config_path}: credentials_file is required (the hosts' accounts)")
+    try:
+        problem = secret_file_problem(path)
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read credentials file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"credentials file {path} is not UTF-8 text") from None
+    if problem:
+        raise ConfigError(f"credentials file {path} {problem}")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"credentials file {path} is not valid TOML: {e}") from None
+    top = _Table(data, str(path))
+    default = top.table("default")
+    hosts = top.table("hosts")
+    top.done()
+    merged = dict(default.data)
+    if host in hosts.data:
+        merged.update(_Table(hosts.data[host], f"{path} [hosts.{host}]").data)
+    where = f"{path} [hosts.{host}]" if host in hosts.data else f"{path} [default]"
+    t = _Table(merged, where)
+    creds = Credentials(**{k: t.text(k) for k in CREDENTIAL_FIELDS})
+    t.done()
+    return creds
 
 
 # -- reading and checking the file -----------------------------------------------------
@@ -202,6 +239,12 @@ class _Table:
             raise ConfigError(f"{self.where}: {key} must be a whole number {span}, not {value!r}")
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where}: {key} must be true or false, not {value!r}")
+        return value
+
     def choice(self, key: str, choices: tuple[str, ...], default: object = _MISSING) -> Any:
         value = self._get(key, default)
         if value is not default and value not in choices:
@@ -219,12 +262,22 @@ class _Table:
             raise ConfigError(f"{self.where}: unknown key {unknown[0]!r} (known here: {known})")
 
 
+def _host_name(name: str, hosts: _Table) -> str:
+    # a host's name goes into Redis keys, metric labels and terminal output
+    if not name or not name.isprintable() or name != name.strip():
+        raise ConfigError(f"{hosts.where}: host name {name!r} must be printable text without leading or "
+                          "trailing spaces")
+    return name
+
+
 def _host(name: str, t: _Table) -> Host:
+    endpoint = _winrm_endpoint(t)
     host = Host(
         name=name,
-        winrm_endpoint=t.text("winrm_endpoint"),
-        winrm_transport=t.text("winrm_transport", "ntlm"),
-        winrm_cert_validation=t.text("winrm_cert_validation", "validate"),
+        winrm_endpoint=endpoint,
+        winrm_transport=_winrm_transport(t, endpoint),
+        winrm_cert_validation=_cert_validation(t, endpoint),
+        smb_encrypt=t.flag("smb_encrypt", True),
         vm_root=t.text("vm_root"),
         smb_server=t.text("smb_server"),
         smb_port=t.whole("smb_port", 445, high=65535),
@@ -240,6 +293,44 @@ def _host(name: str, t: _Table) -> Host:
     return host
 
 
+def _is_loopback(hostname: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(hostname or "").is_loopback
+    except ValueError:
+        return hostname == "localhost"
+
+
+def _winrm_endpoint(t: _Table) -> str:
+    endpoint = t.text("winrm_endpoint")
+    try:
+        url = urlsplit(endpoint)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        url = None
+    if url is None or url.scheme.lower() not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{t.where}: winrm_endpoint must be an http:// or https:// URL "
+                          f"(e.g. https://hv1.example:5986/wsman), not {endpoint!r}")
+    return endpoint
+
+
+def _winrm_transport(t: _Table, endpoint: str) -> str:
+    transport = t.choice("winrm_transport", WINRM_TRANSPORTS, "ntlm")
+    url = urlsplit(endpoint)
+    if transport == "basic" and url.scheme.lower() != "https" and not _is_loopback(url.hostname):
+        raise ConfigError(f"{t.where}: winrm_transport 'basic' sends the password in the clear over "
+                          f"{endpoint}; use an https:// endpoint or ntlm/kerberos (plain http with basic "
+                          "is only for loopback lab hosts)")
+    return transport
+
+
+def _cert_validation(t: _Table, endpoint: str) -> str:
+    validation = t.text("winrm_cert_validation", "validate")
+    if validation not in CERT_VALIDATION and not validation.endswith(CA_BUNDLE_SUFFIXES):
+        raise ConfigError(f"{t.where}: winrm_cert_validation must be 'validate', 'ignore' or the path of "
+                          f"a CA bundle (.pem/.crt/.cer), not {validation!r}")
+    return validation
+
+
 def _reconciler(t: _Table) -> ReconcilerSettings:
     deadlines = dict(RECONCILER_DEADLINES_S)
     given = t.table("deadlines_s")
@@ -247,7 +338,7 @@ def _reconciler(t: _Table) -> ReconcilerSettings:
         if st not in deadlines:
             raise ConfigError(f"{given.where}: unknown state {st!r} (known: {', '.join(sorted(deadlines))})")
         value = given.data[st]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise ConfigError(f"{given.where}: {st} must be a number of seconds above 0, not {value!r}")
         deadlines[st] = float(value)
     settings = ReconcilerSettings(deadlines_s=deadlines,
@@ -306,7 +397,8 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     top = _Table(data, str(path))
     redis_url = _redis_url(top)
     hosts_t = top.table("hosts")
-    hosts = {name: _host(name, _Table(h, f"{path} [hosts.{name}]")) for name, h in hosts_t.data.items()}
+    hosts = {_host_name(name, hosts_t): _host(name, _Table(h, f"{path} [hosts.{name}]"))
+             for name, h in hosts_t.data.items()}
     cred = top.text("credentials_file", None)
     settings = _settings(top)
     top.done()
