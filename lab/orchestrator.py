@@ -79,6 +79,7 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
                   'smb_server = "127.0.0.1"',
                   f"smb_port = {ports[h]['smb']}",
                   f"smb_share = {toml_str(h)}",
+                  "smb_encrypt = true",
                   "max_copies = 2",
                   f"max_migrations = {int(max_migrations)}", ""]
     (lab_dir / "quickmig.toml").write_text("\n".join(lines))
