@@ -6,7 +6,6 @@ refused or a configuration problem (one line on stderr saying what to fix).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -14,10 +13,10 @@ from importlib.metadata import entry_points
 
 import redis
 
-from producer import report, watch
+from producer import report, terminal, watch
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
-from workers.model.config import ConfigError, load_config
+from workers.model.config import ConfigError, find_config_path, load_config
 from workers.model.record import RecordNotFound, Store
 from workers.obs import metrics
 
@@ -31,7 +30,12 @@ EXIT_OK, EXIT_NOT_COMPLETED, EXIT_REFUSED = 0, 1, 2
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, ensure_ascii=False, sort_keys=True))
+    print(terminal.json_text(obj))
+
+
+def _say(*parts, file=None) -> None:
+    """print() for text that may come from a host or a record: nothing a terminal acts on."""
+    print(*(terminal.text(p) for p in parts), file=file)
 
 
 def cmd_migrate(args) -> int:
@@ -43,9 +47,9 @@ def cmd_migrate(args) -> int:
         if args.json:
             _print_json(rec)
         else:
-            print(rec["id"])
+            _say(rec["id"])
         return EXIT_OK
-    on_change = None if args.json else (lambda r: print(f"{r['id']}: {r['state']}", file=sys.stderr))
+    on_change = None if args.json else (lambda r: _say(f"{r['id']}: {r['state']}", file=sys.stderr))
     rec = p.wait(rec["id"], timeout_s=args.timeout, on_change=on_change)
     if args.json:
         _print_json(rec)
@@ -72,7 +76,7 @@ def cmd_cancel(args) -> int:
     if args.json:
         _print_json(rec)
     else:
-        print(f"{rec['id']}: {rec['state']}")
+        _say(f"{rec['id']}: {rec['state']}")
     return EXIT_OK if not args.wait or rec["state"] == "rolled_back" else EXIT_NOT_COMPLETED
 
 
@@ -106,9 +110,9 @@ def cmd_throttle(args) -> int:
         _print_json(limits)
     else:
         g = limits["global"]
-        print(f"global  {'unlimited' if not g else f'{g} B/s'}")
+        _say(f"global  {'unlimited' if not g else f'{g} B/s'}")
         for pair, rate in sorted(limits["pairs"].items()):
-            print(f"{pair}  {rate} B/s")
+            _say(f"{pair}  {rate} B/s")
     return EXIT_OK
 
 
@@ -123,7 +127,9 @@ def cmd_config_check(args) -> int:
 def cmd_metrics_exporter(args) -> int:
     fleet_redis = None
     port, addr = args.port, args.addr
-    if args.fleet or port is None:
+    # the address comes from [metrics] addr whenever a config is there: the deploy units name
+    # no address, so an exporter listens beyond loopback only where quickmig.toml says so
+    if args.fleet or port is None or (addr is None and find_config_path(args.config).exists()):
         cfg = load_config(args.config)
         port = port if port is not None else cfg.metrics.port
         addr = addr or cfg.metrics.addr
@@ -214,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser("metrics-exporter", parents=[common],
                         help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")
     me.add_argument("--port", type=int, default=None, help="default: [metrics] port in quickmig.toml")
-    me.add_argument("--addr", default=None, help="default: [metrics] addr, else 127.0.0.1")
+    me.add_argument("--addr", default=None, help="default: [metrics] addr in quickmig.toml, else 127.0.0.1")
     me.add_argument("--fleet", action="store_true",
                     help="also export the fleet's state from Redis (in progress, queue depth, live workers); "
                          "run exactly one such exporter per fleet")
@@ -241,10 +247,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (RequestError, ConfigError, RecordNotFound) as e:
-        print(f"quickmig: {e}", file=sys.stderr)
+        _say(f"quickmig: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except redis.ConnectionError as e:
-        print(f"quickmig: cannot reach Redis: {e}", file=sys.stderr)
+        _say(f"quickmig: cannot reach Redis: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.worker.control import Panel
 from kombu import Queue
 
 from workers.model import config as config_mod
@@ -35,6 +36,26 @@ TASK_MODULES = [
     "workers.steps.keep_source",
     "workers.engine.reconciler",
 ]
+
+# The remote control commands a worker answers. Celery's mailbox is a Redis key anyone who
+# can write to Redis can publish to, and its control commands act: `shutdown`,
+# `pool_restart`, `revoke`/`terminate`, `rate_limit`, `time_limit`, `add_consumer`,
+# `cancel_consumer`, `autoscale` and the pool sizes. quickmig itself sends none (it keeps
+# its own liveness and cancels through the record), so the workers answer only the read-only
+# inspections `celery inspect` uses (and `hello`, which workers exchange at start). `conf`
+# and `report` are left out too: they return the settings, the broker URL among them.
+# memdump, memsample and objgraph are costly diagnostics, left out as well.
+REMOTE_CONTROL = ("ping", "stats", "active", "active_queues", "reserved", "scheduled", "registered",
+                  "revoked", "query_task", "clock", "hello")
+
+
+def _restrict_remote_control() -> None:
+    for name in [n for n in Panel.data if n not in REMOTE_CONTROL]:
+        del Panel.data[name]
+        Panel.meta.pop(name, None)
+
+
+_restrict_remote_control()
 
 app = Celery("quickmig", include=TASK_MODULES)
 app.conf.update(
