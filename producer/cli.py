@@ -120,6 +120,8 @@ def cmd_config_check(args) -> int:
     """Load and check everything a worker would, connecting nowhere: `ok`, or the one line."""
     cfg = load_config(args.config)
     cfg.check_credentials()
+    for warning in cfg.warnings():
+        _say(f"quickmig: warning: {warning}", file=sys.stderr)
     print("ok")
     return EXIT_OK
 

@@ -73,3 +73,40 @@ def test_a_redis_url_that_is_not_redis_is_refused(tmp_path):
     path.write_text('redis_url = "http://127.0.0.1:6379/0"\n')
     with pytest.raises(ConfigError, match="redis_url must be a redis://, rediss:// or unix:// URL"):
         load_config(path)
+
+
+# -- WinRM transports ------------------------------------------------------------------------
+
+def host_with(extra: str, endpoint: str = "https://hv1.example:5986/wsman") -> str:
+    return HOST.replace("https://hv1.example:5986/wsman", endpoint) + extra
+
+
+def test_certificate_validation_ignore_is_refused_beyond_loopback(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[hosts.hv1\]: winrm_cert_validation 'ignore' accepts any certificate"):
+        config(tmp_path, host_with('winrm_cert_validation = "ignore"\n'))
+    cfg = config(tmp_path, host_with('winrm_cert_validation = "ignore"\n', "https://127.0.0.1:5986/wsman"))
+    assert cfg.hosts["hv1"].winrm_cert_validation == "ignore"
+
+
+def test_credssp_needs_its_acknowledgement_and_is_then_warned_about(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="winrm_credssp_delegates_credentials = true"):
+        config(tmp_path, host_with('winrm_transport = "credssp"\n'))
+    cfg = config(tmp_path, host_with('winrm_transport = "credssp"\nwinrm_credssp_delegates_credentials = true\n'))
+    assert [w for w in cfg.warnings() if "host hv1" in w and "delegates" in w]
+    assert config(tmp_path, HOST).warnings() == []
+
+
+def test_a_transport_whose_module_is_missing_is_refused_at_load(tmp_path, monkeypatch):
+    import importlib.util
+
+    from workers.model import config as config_mod
+    real = importlib.util.find_spec
+    monkeypatch.setattr(config_mod.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "kerberos" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"winrm_transport 'kerberos' needs .*pip install 'quickmig\[kerberos\]'"):
+        config(tmp_path, host_with('winrm_transport = "kerberos"\n'))
+
+
+def test_the_declared_extras_make_kerberos_and_credssp_usable():
+    import winrm.transport
+    assert winrm.transport.HAVE_KERBEROS and winrm.transport.HAVE_CREDSSP  # dev.sh installs both extras

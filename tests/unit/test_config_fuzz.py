@@ -21,8 +21,9 @@ CASES = 240
 
 HOST_BAD = {
     "winrm_endpoint": [5, "", "ftp://hv1/wsman", "hv1:5985", "http://", "https://hv1:abc/wsman", True, [1]],
-    "winrm_transport": ["kerberoz", 5, "", "NTLM", False],
-    "winrm_cert_validation": ["none", 5, "", True],
+    "winrm_transport": ["kerberoz", 5, "", "NTLM", False, "credssp"],
+    "winrm_cert_validation": ["none", 5, "", True, "ignore"],
+    "winrm_credssp_delegates_credentials": ["yes", 1, []],
     "vm_root": [5, "", "VMs", "D:", "D:\\", "\\\\srv\\share", [], {"a": 1}],
     "smb_server": [5, "", [], {"x": "y"}],
     "smb_port": [0, -1, 65536, "abc", 1.5, True, "445"],

@@ -11,6 +11,7 @@ from a request), so a Celery message or a migration record can never carry one.
 """
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import math
@@ -32,6 +33,9 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 WINRM_TRANSPORTS = ("basic", "ntlm", "kerberos", "credssp")
 CERT_VALIDATION = ("validate", "ignore")
 CA_BUNDLE_SUFFIXES = (".pem", ".crt", ".cer")
+# What each transport needs installed beyond pywinrm (the module pywinrm imports for it,
+# and the extra of quickmig that brings it).
+TRANSPORT_MODULES = {"kerberos": ("kerberos", "kerberos"), "credssp": ("requests_credssp", "credssp")}
 CREDENTIAL_FIELDS = ("winrm_username", "winrm_password", "smb_username", "smb_password")
 COPY_STREAMS_DEFAULT = 4  # docs/benchmarks.md has the measurements behind it
 COPY_STREAMS_MAX = 16
@@ -78,6 +82,8 @@ class Host:
     smb_share: str
     winrm_cert_validation: str = "validate"
     smb_encrypt: bool = True  # AES-GCM/CCM on every SMB message; off only where the wire is trusted
+    # CredSSP hands the account's password to the host: only with this acknowledgement
+    winrm_credssp_delegates_credentials: bool = False
     max_copies: int = 2
     max_migrations: int = 2  # migrations at once with this host as source or destination
 
@@ -155,6 +161,12 @@ class Config:
         """The host's accounts, read from `credentials_file` now (so a rotated secret is
         picked up by the next connection)."""
         return _credentials(self.credentials_file, self.path, host)
+
+    def warnings(self) -> list[str]:
+        """What is allowed but weakens the fleet's security: said at start and by `config check`."""
+        return [f"host {h.name}: winrm_transport 'credssp' delegates the WinRM account's password to the "
+                "host (a compromised host keeps it); prefer ntlm or kerberos over https"
+                for h in self.hosts.values() if h.winrm_transport == "credssp"]
 
     def check_credentials(self) -> None:
         """Every host's accounts can be read: what a worker needs before its first task."""
@@ -277,6 +289,7 @@ def _host(name: str, t: _Table) -> Host:
         winrm_endpoint=endpoint,
         winrm_transport=_winrm_transport(t, endpoint),
         winrm_cert_validation=_cert_validation(t, endpoint),
+        winrm_credssp_delegates_credentials=t.flag("winrm_credssp_delegates_credentials", False),
         smb_encrypt=t.flag("smb_encrypt", True),
         vm_root=t.text("vm_root"),
         smb_server=t.text("smb_server"),
@@ -285,6 +298,10 @@ def _host(name: str, t: _Table) -> Host:
         max_copies=t.whole("max_copies", 2),
         max_migrations=t.whole("max_migrations", 2),
     )
+    if host.winrm_transport == "credssp" and not host.winrm_credssp_delegates_credentials:
+        raise ConfigError(f"{t.where}: winrm_transport 'credssp' hands the account's password to the host; "
+                          "set winrm_credssp_delegates_credentials = true to accept that, or use ntlm or "
+                          "kerberos")
     problem = hostpaths.root_problem(host.vm_root)
     if problem:
         raise ConfigError(f"{t.where}: vm_root must be a folder such as 'D:\\VMs' ({problem}), "
@@ -320,6 +337,11 @@ def _winrm_transport(t: _Table, endpoint: str) -> str:
         raise ConfigError(f"{t.where}: winrm_transport 'basic' sends the password in the clear over "
                           f"{endpoint}; use an https:// endpoint or ntlm/kerberos (plain http with basic "
                           "is only for loopback lab hosts)")
+    if transport in TRANSPORT_MODULES:
+        module, extra = TRANSPORT_MODULES[transport]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{t.where}: winrm_transport {transport!r} needs the Python module {module!r}, "
+                              f"which is not installed: pip install 'quickmig[{extra}]'")
     return transport
 
 
@@ -328,6 +350,11 @@ def _cert_validation(t: _Table, endpoint: str) -> str:
     if validation not in CERT_VALIDATION and not validation.endswith(CA_BUNDLE_SUFFIXES):
         raise ConfigError(f"{t.where}: winrm_cert_validation must be 'validate', 'ignore' or the path of "
                           f"a CA bundle (.pem/.crt/.cer), not {validation!r}")
+    if validation == "ignore" and not _is_loopback(urlsplit(endpoint).hostname):
+        raise ConfigError(f"{t.where}: winrm_cert_validation 'ignore' accepts any certificate from "
+                          f"{endpoint}, so anyone on the path can read the WinRM session; it is only for "
+                          "loopback endpoints: use 'validate' or the path of the CA bundle that issued "
+                          "the host's certificate")
     return validation
 
 
