@@ -83,14 +83,21 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
                   "max_copies = 2",
                   f"max_migrations = {int(max_migrations)}", ""]
     (lab_dir / "quickmig.toml").write_text("\n".join(lines))
-    cred = lab_dir / "credentials.toml"
-    fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # the SMB password in a file of its own (as systemd's LoadCredential gives it), the
+    # WinRM password in credentials.toml: the lab runs both sources
+    _write_private(lab_dir / "smb.secret", secrets.token_urlsafe(18) + "\n")
+    _write_private(lab_dir / "credentials.toml",
+                   "# lab secrets: read by workers only, never sent to Redis\n[default]\n"
+                   f"winrm_username = {toml_str(WINRM_USER)}\n"
+                   f"winrm_password = {toml_str(secrets.token_urlsafe(18))}\n"
+                   f"smb_username = {toml_str(getpass.getuser())}\n"
+                   'smb_password_file = "smb.secret"\n')
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# lab secrets: read by workers only, never sent to Redis\n[default]\n"
-                f"winrm_username = {toml_str(WINRM_USER)}\n"
-                f"winrm_password = {toml_str(secrets.token_urlsafe(18))}\n"
-                f"smb_username = {toml_str(getpass.getuser())}\n"
-                f"smb_password = {toml_str(secrets.token_urlsafe(18))}\n")
+        f.write(text)
 
 
 def write_endpoints(lab_dir: Path, ports: dict) -> dict:

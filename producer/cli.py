@@ -93,7 +93,7 @@ def cmd_list(args) -> int:
 def cmd_throttle(args) -> int:
     """Show or change the copy bandwidth limits (applied to running copies within a chunk)."""
     cfg = load_config(args.config)
-    t = Throttle(Store.from_url(cfg.redis_url).r)
+    t = Throttle(Store.from_url(cfg.broker_url()).r)
     try:  # check everything before changing anything
         global_rate = parse_rate(args.global_limit) if args.global_limit is not None else None
         pair_rate = parse_rate(args.pair[2]) if args.pair else None
@@ -136,7 +136,7 @@ def cmd_metrics_exporter(args) -> int:
         port = port if port is not None else cfg.metrics.port
         addr = addr or cfg.metrics.addr
         if args.fleet:
-            fleet_redis = redis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=10,
+            fleet_redis = redis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=10,
                                                socket_connect_timeout=5)
     addr = addr or "127.0.0.1"
     if port is None:

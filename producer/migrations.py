@@ -51,7 +51,7 @@ class Producer:
     def __init__(self, cfg: config_mod.Config):
         configure(cfg)
         self.cfg, self.app = cfg, app
-        self.store = Store.from_url(cfg.redis_url)
+        self.store = Store.from_url(cfg.broker_url())
         self.locks = VMLocks(self.store.r)
         self.admission = Admission.of(self.store.r, cfg)
 

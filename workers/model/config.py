@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 from workers.model import hostpaths, states
 from workers.model.errors import QuickmigError
@@ -36,7 +36,6 @@ CA_BUNDLE_SUFFIXES = (".pem", ".crt", ".cer")
 # What each transport needs installed beyond pywinrm (the module pywinrm imports for it,
 # and the extra of quickmig that brings it).
 TRANSPORT_MODULES = {"kerberos": ("kerberos", "kerberos"), "credssp": ("requests_credssp", "credssp")}
-CREDENTIAL_FIELDS = ("winrm_username", "winrm_password", "smb_username", "smb_password")
 COPY_STREAMS_DEFAULT = 4  # docs/benchmarks.md has the measurements behind it
 COPY_STREAMS_MAX = 16
 LOG_FORMATS = ("text", "json")
@@ -158,9 +157,36 @@ class Config:
             raise ConfigError(f"unknown host {name!r} (inventory has: {known})") from None
 
     def credentials(self, host: str) -> Credentials:
-        """The host's accounts, read from `credentials_file` now (so a rotated secret is
-        picked up by the next connection)."""
-        return _credentials(self.credentials_file, self.path, host)
+        """The host's accounts, read from `credentials_file` (and the secret files and
+        environment variables it names) now, so a rotated secret is picked up by the next
+        connection."""
+        return _host_credentials(_read_secret_toml(self.credentials_file, self.path), host)
+
+    def redis_credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) for Redis from credentials.toml's [redis] table, or Nones."""
+        if self.credentials_file is None:
+            return None, None
+        t = _read_secret_toml(self.credentials_file, self.path).redis
+        username = t.text("username", None)
+        password = _secret(t, "password", self.credentials_file.parent, optional=True)
+        t.done()
+        return username, password
+
+    def broker_url(self) -> str:
+        """`redis_url` with the Redis ACL user and password of credentials.toml put in: what
+        the store and the Celery broker connect with. Never logged, stored or passed on."""
+        username, password = self.redis_credentials()
+        if password is None and username is None:
+            return self.redis_url
+        url = urlsplit(self.redis_url)
+        if url.scheme == "unix":
+            query = "&".join(q for q in (url.query, urlencode({k: v for k, v in
+                                                               (("username", username), ("password", password))
+                                                               if v is not None})) if q)
+            return urlunsplit(url._replace(query=query))
+        auth = quote(username or "", safe="") + (":" + quote(password, safe="") if password is not None else "")
+        host = url.netloc.rpartition("@")[2]
+        return urlunsplit(url._replace(netloc=f"{auth}@{host}"))
 
     def warnings(self) -> list[str]:
         """What is allowed but weakens the fleet's security: said at start and by `config check`."""
@@ -169,9 +195,10 @@ class Config:
                 for h in self.hosts.values() if h.winrm_transport == "credssp"]
 
     def check_credentials(self) -> None:
-        """Every host's accounts can be read: what a worker needs before its first task."""
+        """Every host's accounts and Redis's can be read: what a worker needs before its first task."""
         for name in self.hosts:
             self.credentials(name)
+        self.redis_credentials()
 
 
 def secret_file_problem(path: Path) -> str | None:
@@ -182,32 +209,87 @@ def secret_file_problem(path: Path) -> str | None:
     return None
 
 
-def _credentials(path: Path | None, config_path: Path | None, host: str) -> Credentials:
-    if path is None:
-        raise ConfigError(f"{config_path}: credentials_file is required (the hosts' accounts)")
+def _read_private(path: Path, what: str) -> str:
+    """The text of a file holding secrets, refused when group or others may open it."""
     try:
         problem = secret_file_problem(path)
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"cannot read credentials file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"credentials file {path} is not UTF-8 text") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
     if problem:
-        raise ConfigError(f"credentials file {path} {problem}")
+        raise ConfigError(f"{what} {path} {problem}")
+    return text
+
+
+@dataclass
+class _SecretToml:
+    path: Path
+    default: _Table
+    hosts: _Table
+    redis: _Table
+
+
+def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretToml:
+    if path is None:
+        raise ConfigError(f"{config_path}: credentials_file is required (the hosts' accounts)")
+    text = _read_private(path, "credentials file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"credentials file {path} is not valid TOML: {e}") from None
     top = _Table(data, str(path))
-    default = top.table("default")
-    hosts = top.table("hosts")
+    out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"))
     top.done()
-    merged = dict(default.data)
-    if host in hosts.data:
-        merged.update(_Table(hosts.data[host], f"{path} [hosts.{host}]").data)
-    where = f"{path} [hosts.{host}]" if host in hosts.data else f"{path} [default]"
+    return out
+
+
+def _secret(t: _Table, key: str, base: Path, *, optional: bool = False) -> Any:
+    """A secret given as `key` (in this file), `key_file` (a file of its own: systemd's
+    LoadCredential, a Kubernetes Secret mount) or `key_env` (an environment variable):
+    exactly one of them."""
+    given = [k for k in (key, f"{key}_file", f"{key}_env") if k in t.data]
+    if len(given) > 1:
+        raise ConfigError(f"{t.where}: give one of {key}, {key}_file, {key}_env, not {' and '.join(given)}")
+    if not given:
+        if optional:
+            return None
+        raise ConfigError(f"{t.where}: {key} is required (or {key}_file, or {key}_env)")
+    source = given[0]
+    value = t.text(source)
+    if source == key:
+        return value
+    if source.endswith("_file"):
+        file = base / value  # relative to the credentials file's folder; an absolute path stays
+        secret = _read_private(file, f"{t.where}: {source}").rstrip("\r\n")
+        where = f"{t.where}: {source} {file}"
+    else:
+        secret = os.environ.get(value, "")
+        where = f"{t.where}: {source}: the environment variable {value}"
+    if not secret:
+        raise ConfigError(f"{where} is empty or not set")
+    return secret
+
+
+SECRET_FIELDS = ("winrm_password", "smb_password")
+
+
+def _host_credentials(f: _SecretToml, host: str) -> Credentials:
+    merged = dict(f.default.data)
+    where = f"{f.path} [default]"
+    if host in f.hosts.data:
+        own = _Table(f.hosts.data[host], f"{f.path} [hosts.{host}]").data
+        for k in SECRET_FIELDS:  # a host's own source of a secret replaces [default]'s, whichever it is
+            if any(v in own for v in (k, f"{k}_file", f"{k}_env")):
+                for v in (k, f"{k}_file", f"{k}_env"):
+                    merged.pop(v, None)
+        merged.update(own)
+        where = f"{f.path} [hosts.{host}]"
     t = _Table(merged, where)
-    creds = Credentials(**{k: t.text(k) for k in CREDENTIAL_FIELDS})
+    base = f.path.parent
+    creds = Credentials(winrm_username=t.text("winrm_username"), winrm_password=_secret(t, "winrm_password", base),
+                        smb_username=t.text("smb_username"), smb_password=_secret(t, "smb_password", base))
     t.done()
     return creds
 
@@ -399,6 +481,10 @@ def _redis_url(top: _Table) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"{top.where}: redis_url must be a redis://, rediss:// or unix:// URL, not {url!r}")
+    reqs = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", ["required"])
+    if scheme == "rediss" and [r.lower() for r in reqs] not in (["required"], ["cert_required"]):
+        raise ConfigError(f"{top.where}: redis_url asks for ssl_cert_reqs={reqs[-1]}; quickmig verifies Redis's "
+                          "certificate always (name the CA with ?ssl_ca_certs=/path/ca.pem)")
     return url
 
 
