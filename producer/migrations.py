@@ -5,19 +5,24 @@ and the lease is released again if enqueueing fails.
 """
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import LockHeld, VMLocks
 from workers.engine.app import app, configure
+from workers.hyperv import vm_location
 from workers.hyperv.driver import HyperVDriver
-from workers.hyperv.errors import HyperVError, VMNotFound
 from workers.model import config as config_mod
+from workers.model import keys, routing, states
 from workers.model import options as options_mod
-from workers.model import routing, states
 from workers.model.errors import QuickmigError
 from workers.model.record import StaleState, Store, new_record
+
+# How long a producer without host credentials waits for a worker to look a VM up.
+LOOKUP_WAIT_S = 60.0
 
 # Before the downtime a cancel rolls back; from Save-VM on it would only lengthen it.
 CANCELLABLE = {states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING}
@@ -63,24 +68,30 @@ class Producer:
         return HyperVDriver(self.cfg.host(host), self.cfg.credentials(host), default_timeout_s=60)
 
     def _find_vm(self, req: MigrationRequest) -> dict:
+        """Look the VM up on the hosts ourselves if this config holds their credentials,
+        else have a worker of the snapshot pool do it (the workers hold them)."""
+        if not self.cfg.holds_host_credentials():
+            return self._ask_a_worker(req)
         try:
-            return self._driver(req.source).run("describe_vm", {"name": req.vm})["vm"]
-        except VMNotFound:
-            pass
-        except HyperVError as e:
-            raise RequestError(f"cannot look up {req.vm!r} on {req.source}: {e}") from None
-        elsewhere = []
-        for host in self.cfg.hosts:
-            if host == req.source:
-                continue
-            try:
-                self._driver(host).run("describe_vm", {"name": req.vm})
-                elsewhere.append(host)
-            except HyperVError:
-                continue
-        if elsewhere:
-            raise RequestError(f"VM {req.vm!r} is not on {req.source}; it is on {', '.join(elsewhere)}")
-        raise RequestError(f"unknown VM {req.vm!r}: no host in the inventory has a VM of that name")
+            return vm_location.find_vm(self.cfg.hosts, self._driver, req.vm, req.source)
+        except vm_location.LookupRefused as e:
+            raise RequestError(str(e)) from None
+
+    def _ask_a_worker(self, req: MigrationRequest) -> dict:
+        reply_key = keys.lookup_reply(uuid.uuid4().hex)
+        self.app.send_task(routing.LOOKUP_VM, args=[reply_key, req.vm, req.source], expires=LOOKUP_WAIT_S)
+        deadline = time.monotonic() + LOOKUP_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            # in slices shorter than the client's socket timeout
+            got = self.store.r.blpop([reply_key], timeout=max(1, int(min(left, 20))))
+            if got is not None:
+                answer = json.loads(got[1])
+                if "error" in answer:
+                    raise RequestError(answer["error"])
+                return answer["vm"]
+        raise RequestError(f"no worker of the snapshot pool looked {req.vm!r} up within {LOOKUP_WAIT_S:.0f} s "
+                           "(this producer holds no host credentials, so a worker does it): are the workers "
+                           "running?")
 
     def validate(self, req: MigrationRequest) -> dict:
         if not req.vm:

@@ -36,6 +36,7 @@ TASK_MODULES = [
     "workers.steps.rollback",
     "workers.steps.finish",
     "workers.steps.keep_source",
+    "workers.steps.lookup",
     "workers.engine.reconciler",
 ]
 

@@ -162,6 +162,15 @@ class Config:
         connection."""
         return _host_credentials(_read_secret_toml(self.credentials_file, self.path), host)
 
+    def holds_host_credentials(self) -> bool:
+        """Whether this config can reach the hosts itself: a credentials file with host
+        accounts ([default] or [hosts]). A producer's config without them has workers look
+        VMs up for it (workers.steps.lookup)."""
+        if self.credentials_file is None:
+            return False
+        f = _read_secret_toml(self.credentials_file, self.path)
+        return bool(f.default.data or f.hosts.data)
+
     def redis_credentials(self) -> tuple[str | None, str | None]:
         """(username, password) for Redis from credentials.toml's [redis] table, or Nones."""
         if self.credentials_file is None:

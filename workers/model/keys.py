@@ -163,3 +163,12 @@ def iso_users(destination: str, path: str) -> str:
 
 def iso_ours(destination: str, path: str) -> str:
     return _iso(destination, path) + ":ours"
+
+
+# A worker's answer to a producer's VM lookup (workers.steps.lookup): a list the producer
+# waits on, gone soon after whether or not anyone read it.
+LOOKUP_REPLY_TTL_S = 120
+
+
+def lookup_reply(request_id: str) -> str:
+    return f"{PREFIX}lookup:{request_id}"
