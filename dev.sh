@@ -12,6 +12,11 @@ command -v smbclient >/dev/null || need_debs+=(smbclient)
 command -v pdbedit >/dev/null || need_debs+=(samba-common-bin)
 command -v promtool >/dev/null || need_debs+=(prometheus)  # promtool + the server the monitoring tests run
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_debs+=(python3-venv python3-pip)
+# the kerberos extra builds pykerberos: the Kerberos headers, a compiler, Python's headers
+command -v krb5-config >/dev/null || need_debs+=(libkrb5-dev)
+command -v gcc >/dev/null || need_debs+=(gcc)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_debs+=(python3-dev)
 if [ ${#need_debs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -28,7 +33,7 @@ fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test,lint]'
+  .venv/bin/python -m pip install -q -e '.[test,lint,kerberos,credssp]'
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

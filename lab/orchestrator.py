@@ -96,26 +96,32 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
                   f"share = {toml_str(data_storage(hosts, h)[1])} }}]",
                   'smb_server = "127.0.0.1"',
                   f"smb_port = {ports[h]['smb']}",
+                  "smb_encrypt = true",
                   "max_copies = 2",
                   f"max_migrations = {int(max_migrations)}", ""]
     (lab_dir / "quickmig.toml").write_text("\n".join(lines))
-    cred = lab_dir / "credentials.toml"
-    fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # the SMB password in a file of its own (as systemd's LoadCredential gives it), the
+    # WinRM password in credentials.toml: the lab runs both sources
+    _write_private(lab_dir / "smb.secret", secrets.token_urlsafe(18) + "\n")
+    _write_private(lab_dir / "credentials.toml",
+                   "# lab secrets: read by workers only, never sent to Redis\n[default]\n"
+                   f"winrm_username = {toml_str(WINRM_USER)}\n"
+                   f"winrm_password = {toml_str(secrets.token_urlsafe(18))}\n"
+                   f"smb_username = {toml_str(getpass.getuser())}\n"
+                   'smb_password_file = "smb.secret"\n'
+                   "\n# the HTTP API's tokens (their SHA-256 only); the admin token itself is in api-token\n"
+                   + auth.token_entry("lab-admin", _new_api_token(lab_dir), ["admin"]))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# lab secrets: read by workers only, never sent to Redis\n[default]\n"
-                f"winrm_username = {toml_str(WINRM_USER)}\n"
-                f"winrm_password = {toml_str(secrets.token_urlsafe(18))}\n"
-                f"smb_username = {toml_str(getpass.getuser())}\n"
-                f"smb_password = {toml_str(secrets.token_urlsafe(18))}\n"
-                "\n# the HTTP API's tokens (their SHA-256 only); the admin token itself is in api-token\n"
-                + auth.token_entry("lab-admin", _new_api_token(lab_dir), ["admin"]))
+        f.write(text)
 
 
 def _new_api_token(lab_dir: Path) -> str:
     token = auth.new_token()
-    fd = os.open(lab_dir / "api-token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    _write_private(lab_dir / "api-token", token + "\n")
     return token
 
 

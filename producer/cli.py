@@ -6,7 +6,6 @@ refused or a configuration problem (one line on stderr saying what to fix).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -14,11 +13,11 @@ from importlib.metadata import entry_points
 
 import redis
 
-from producer import intake, report, watch
+from producer import intake, report, terminal, watch
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
 from workers.model import file_plan
-from workers.model.config import ConfigError, load_config
+from workers.model.config import ConfigError, find_config_path, load_config
 from workers.model.record import RecordNotFound, Store
 from workers.obs import metrics
 
@@ -32,7 +31,12 @@ EXIT_OK, EXIT_NOT_COMPLETED, EXIT_REFUSED = 0, 1, 2
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, ensure_ascii=False, sort_keys=True))
+    print(terminal.json_text(obj))
+
+
+def _say(*parts, file=None) -> None:
+    """print() for text that may come from a host or a record: nothing a terminal acts on."""
+    print(*(terminal.text(p) for p in parts), file=file)
 
 
 def cmd_migrate(args) -> int:
@@ -57,9 +61,9 @@ def cmd_migrate(args) -> int:
         if args.json:
             _print_json(rec)
         else:
-            print(rec["id"])
+            _say(rec["id"])
         return EXIT_OK
-    on_change = None if args.json else (lambda r: print(f"{r['id']}: {r['state']}", file=sys.stderr))
+    on_change = None if args.json else (lambda r: _say(f"{r['id']}: {r['state']}", file=sys.stderr))
     rec = p.wait(rec["id"], timeout_s=args.timeout, on_change=on_change)
     if args.json:
         _print_json(rec)
@@ -86,7 +90,7 @@ def cmd_cancel(args) -> int:
     if args.json:
         _print_json(rec)
     else:
-        print(f"{rec['id']}: {rec['state']}")
+        _say(f"{rec['id']}: {rec['state']}")
     return EXIT_OK if not args.wait or rec["state"] == "rolled_back" else EXIT_NOT_COMPLETED
 
 
@@ -103,7 +107,7 @@ def cmd_list(args) -> int:
 def cmd_throttle(args) -> int:
     """Show or change the copy bandwidth limits (applied to running copies within a chunk)."""
     cfg = load_config(args.config)
-    t = Throttle(Store.from_url(cfg.redis_url).r)
+    t = Throttle(Store.from_url(cfg.broker_url()).r)
     try:  # check everything before changing anything
         global_rate = parse_rate(args.global_limit) if args.global_limit is not None else None
         pair_rate = parse_rate(args.pair[2]) if args.pair else None
@@ -120,21 +124,33 @@ def cmd_throttle(args) -> int:
         _print_json(limits)
     else:
         g = limits["global"]
-        print(f"global  {'unlimited' if not g else f'{g} B/s'}")
+        _say(f"global  {'unlimited' if not g else f'{g} B/s'}")
         for pair, rate in sorted(limits["pairs"].items()):
-            print(f"{pair}  {rate} B/s")
+            _say(f"{pair}  {rate} B/s")
+    return EXIT_OK
+
+
+def cmd_config_check(args) -> int:
+    """Load and check everything a worker would, connecting nowhere: `ok`, or the one line."""
+    cfg = load_config(args.config)
+    cfg.check_credentials()
+    for warning in cfg.warnings():
+        _say(f"quickmig: warning: {warning}", file=sys.stderr)
+    print("ok")
     return EXIT_OK
 
 
 def cmd_metrics_exporter(args) -> int:
     fleet_redis = None
     port, addr = args.port, args.addr
-    if args.fleet or port is None:
+    # the address comes from [metrics] addr whenever a config is there: the deploy units name
+    # no address, so an exporter listens beyond loopback only where quickmig.toml says so
+    if args.fleet or port is None or (addr is None and find_config_path(args.config).exists()):
         cfg = load_config(args.config)
         port = port if port is not None else cfg.metrics.port
         addr = addr or cfg.metrics.addr
         if args.fleet:
-            fleet_redis = redis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=10,
+            fleet_redis = redis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=10,
                                                socket_connect_timeout=5)
     addr = addr or "127.0.0.1"
     if port is None:
@@ -226,10 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_throttle)
 
+    cf = sub.add_parser("config", parents=[common], help="check the configuration")
+    cf_sub = cf.add_subparsers(dest="config_command", required=True)
+    cc = cf_sub.add_parser("check", parents=[common],
+                           help="load and check the config, the credentials (and their file modes) and the "
+                                "transports without connecting anywhere; prints ok (exit 0) or what to fix "
+                                "(exit 2)")
+    cc.set_defaults(func=cmd_config_check)
+
     me = sub.add_parser("metrics-exporter", parents=[common],
                         help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")
     me.add_argument("--port", type=int, default=None, help="default: [metrics] port in quickmig.toml")
-    me.add_argument("--addr", default=None, help="default: [metrics] addr, else 127.0.0.1")
+    me.add_argument("--addr", default=None, help="default: [metrics] addr in quickmig.toml, else 127.0.0.1")
     me.add_argument("--fleet", action="store_true",
                     help="also export the fleet's state from Redis (in progress, queue depth, live workers); "
                          "run exactly one such exporter per fleet")
@@ -262,10 +286,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (RequestError, ConfigError, RecordNotFound) as e:
-        print(f"quickmig: {e}", file=sys.stderr)
+        _say(f"quickmig: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except redis.ConnectionError as e:
-        print(f"quickmig: cannot reach Redis: {e}", file=sys.stderr)
+        _say(f"quickmig: cannot reach Redis: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -17,8 +18,9 @@ import redis
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import LockHeld, VMLocks
 from workers.engine.app import app, configure
+from workers.hyperv import vm_location
 from workers.hyperv.driver import HyperVDriver
-from workers.hyperv.errors import HyperVError, VMNotFound
+from workers.hyperv.errors import HyperVError
 from workers.model import config as config_mod
 from workers.model import file_plan, keys, network_map, routing, states
 from workers.model import options as options_mod
@@ -28,6 +30,9 @@ from workers.model.record import MigrationRecord, StaleState, Store, new_record
 from workers.smb import file_copy
 from workers.smb.endpoint import SmbEndpoint
 from workers.smb.errors import SmbError
+
+# How long a producer without host credentials waits for a worker to look a VM up.
+LOOKUP_WAIT_S = 60.0
 
 # Before the downtime a cancel rolls back; from Save-VM on it would only lengthen it.
 CANCELLABLE = {states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING}
@@ -79,7 +84,7 @@ class Producer:
     def __init__(self, cfg: config_mod.Config):
         configure(cfg)
         self.cfg, self.app = cfg, app
-        self.store = Store.from_url(cfg.redis_url, cfg.events.max_entries)
+        self.store = Store.from_url(cfg.broker_url(), cfg.events.max_entries)
         self.locks = VMLocks(self.store.r)
         self.admission = Admission.of(self.store.r, cfg)
 
@@ -91,24 +96,30 @@ class Producer:
         return HyperVDriver(self.cfg.host(host), self.cfg.credentials(host), default_timeout_s=60)
 
     def _find_vm(self, req: MigrationRequest) -> dict:
+        """Look the VM up on the hosts ourselves if this config holds their credentials,
+        else have a worker of the snapshot pool do it (the workers hold them)."""
+        if not self.cfg.holds_host_credentials():
+            return self._ask_a_worker(req)
         try:
-            return self._driver(req.source).run("describe_vm", {"name": req.vm})["vm"]
-        except VMNotFound:
-            pass
-        except HyperVError as e:
-            raise RequestError(f"cannot look up {req.vm!r} on {req.source}: {e}") from None
-        elsewhere = []
-        for host in self.cfg.hosts:
-            if host == req.source:
-                continue
-            try:
-                self._driver(host).run("describe_vm", {"name": req.vm})
-                elsewhere.append(host)
-            except HyperVError:
-                continue
-        if elsewhere:
-            raise RequestError(f"VM {req.vm!r} is not on {req.source}; it is on {', '.join(elsewhere)}")
-        raise RequestError(f"unknown VM {req.vm!r}: no host in the inventory has a VM of that name")
+            return vm_location.find_vm(self.cfg.hosts, self._driver, req.vm, req.source)
+        except vm_location.LookupRefused as e:
+            raise RequestError(str(e)) from None
+
+    def _ask_a_worker(self, req: MigrationRequest) -> dict:
+        reply_key = keys.lookup_reply(uuid.uuid4().hex)
+        self.app.send_task(routing.LOOKUP_VM, args=[reply_key, req.vm, req.source], expires=LOOKUP_WAIT_S)
+        deadline = time.monotonic() + LOOKUP_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            # in slices shorter than the client's socket timeout
+            got = self.store.r.blpop([reply_key], timeout=max(1, int(min(left, 20))))
+            if got is not None:
+                answer = json.loads(got[1])
+                if "error" in answer:
+                    raise RequestError(answer["error"])
+                return answer["vm"]
+        raise RequestError(f"no worker of the snapshot pool looked {req.vm!r} up within {LOOKUP_WAIT_S:.0f} s "
+                           "(this producer holds no host credentials, so a worker does it): are the workers "
+                           "running?")
 
     def validate(self, req: MigrationRequest) -> dict:
         if not req.vm:

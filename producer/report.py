@@ -1,8 +1,10 @@
-"""Human-readable views of a migration record."""
+"""Human-readable views of a migration record (every string of it made safe for a terminal
+first: producer.terminal)."""
 from __future__ import annotations
 
 import time
 
+from producer import terminal
 from workers.model.states import ENDS
 
 PHASE_ORDER = ("snapshot", "copy", "prepare", "cutover", "finish", "rollback")
@@ -25,6 +27,7 @@ def phase_seconds(rec: dict) -> dict[str, float]:
 
 
 def summary(rec: dict) -> str:
+    rec = terminal.clean(rec)
     lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
     if rec.get("waiting") and rec["state"] not in ENDS:  # a cancel may end it while it waits
         lines.append(f"  {rec['waiting']}")
@@ -68,6 +71,7 @@ def summary(rec: dict) -> str:
 
 
 def one_line(rec: dict) -> str:
+    rec = terminal.clean(rec)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["created_at"]))
     down = f"{rec['downtime_seconds']:.2f}s" if rec.get("downtime_seconds") is not None else "-"
     return f"{rec['id']}  {when}  {rec['state']:<13} {down:>8}  {rec['source']}->{rec['destination']}  {rec['vm']}"

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from producer import terminal
 from workers.model import states
 
 BAR_WIDTH = 20
@@ -108,6 +109,7 @@ def progress(rec: dict, now: float, meter: RateMeter | None = None) -> Progress:
 
 
 def line(rec: dict, now: float, meter: RateMeter | None = None) -> str:
+    rec = terminal.clean(rec)  # the view writes its own escapes; none may come from a record
     p = progress(rec, now, meter)
     frac = p.fraction
     pct = f"{frac * 100:3.0f}%" if frac is not None else "   -"

@@ -50,6 +50,7 @@ winrm_password = "{PASSWORD}"
 smb_username = "root"
 smb_password = "unused"
 """)
+    (lab / "credentials.toml").chmod(0o600)
     log = open(lab / "hv1.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "lab.emulator", "--lab-dir", str(lab), "--host", "hv1"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -88,3 +88,102 @@ def test_a_read_payload_altered_on_the_wire_fails_the_copy_and_lands_nothing(smb
     # the altered chunk was never written: the partial file (kept for a resume) is still empty
     partial = dst.local(partial_name(rel))
     assert not partial.exists() or partial.stat().st_size == 0
+
+
+class SignatureRelay:
+    """A TCP relay to a server that reads the server's messages one by one (Direct TCP
+    framing) and, in each plain SMB2 response of `command` after the session is set up,
+    clears SMB2_FLAGS_SIGNED and zeroes the signature ("strip") or flips one bit of the
+    signature ("corrupt"). Encrypted messages pass untouched (it cannot read them)."""
+
+    def __init__(self, port: int, command: int, how: str):
+        self.port, self.command, self.how = port, command, how
+        self.changed = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listen_port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.port))
+            self.sockets += [client, server]
+            threading.Thread(target=self._plain, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _exactly(sock: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            more = sock.recv(n - len(data))
+            if not more:
+                raise OSError("closed")
+            data += more
+        return data
+
+    def _plain(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    def _responses(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                size = self._exactly(src, 4)
+                msg = bytearray(self._exactly(src, int.from_bytes(size, "big")))
+                if msg[:4] == b"\xfeSMB" and int.from_bytes(msg[12:14], "little") == self.command \
+                        and int.from_bytes(msg[40:48], "little"):  # a session's response
+                    if self.how == "strip":
+                        msg[16] &= ~0x08  # SMB2_FLAGS_SIGNED
+                        msg[48:64] = bytes(16)
+                    else:
+                        msg[50] ^= 0x01
+                    self.changed += 1
+                dst.sendall(size + msg)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+SMB2_CREATE = 5
+
+
+@pytest.mark.parametrize("how", ["strip", "corrupt"])
+def test_a_non_read_response_whose_signature_is_stripped_or_corrupted_is_refused(smb_servers, smb_dir, how):
+    """An existence check (CREATE) answered "not found" without a valid signature must not
+    count as an answer: with signing required, every non-interim response is checked."""
+    from workers.smb import connections
+
+    src, _ = smb_servers
+    relay = SignatureRelay(src.endpoint.port, SMB2_CREATE, how)
+    try:
+        via_relay = dataclasses.replace(src.endpoint, port=relay.listen_port)
+        with pytest.raises(SmbError, match="signature") as e:
+            exists(via_relay, f"{smb_dir}\\no-such.vhdx")
+        assert relay.changed >= 1
+        assert via_relay.unc_root in str(e.value)  # names the server
+    finally:
+        connections.evict(dataclasses.replace(src.endpoint, port=relay.listen_port))
+        relay.close()
+    assert exists(src.endpoint, f"{smb_dir}\\no-such.vhdx") is False  # without the relay: a real answer

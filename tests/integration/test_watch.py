@@ -60,3 +60,25 @@ def test_watch_shows_an_active_migration_with_its_downtime_so_far(lab):
     assert re.search(r"\d+ active", out)
     res = lab.cli("watch", mid, "--interval", "0.5", timeout=240)
     assert res.returncode == 0, res.stdout
+
+
+def test_escape_sequences_in_a_hosts_error_reach_no_terminal(lab):
+    """A host's error text carrying escape sequences (retitle, clear the screen, a bidi
+    override) is shown by status, watch and --json as visible escapes, never raw."""
+    lab.add_vm("watch-esc", "hv1")
+    hostile = "\x1b]0;pwned\x07\x1b[2J\u202eimport refused\x9b1A"
+    lab.emulator("hv3").inject_fault(op="import_vm", action="fail", message=hostile, times=1)
+    try:
+        mid = lab.cli("migrate", "watch-esc", "--from", "hv1", "--to", "hv3").stdout.strip()
+        res = lab.cli("watch", mid, "--interval", "0.2", timeout=240)
+    finally:
+        lab.emulator("hv3").clear_faults()
+    assert res.returncode == 1, res.stdout + res.stderr
+    status = lab.cli("status", mid)
+    as_json = lab.cli("status", mid, "--json")
+    listed = lab.cli("list")
+    for out in (res.stdout, status.stdout, as_json.stdout, listed.stdout):
+        assert not any(c in out for c in ("\x1b", "\x07", "\x9b", "\u202e")), repr(out)
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\u202eimport refused" in status.stdout, status.stdout
+    import json
+    assert hostile in json.loads(as_json.stdout)["error"]  # --json keeps the text, escaped as JSON

@@ -73,3 +73,110 @@ def test_a_redis_url_that_is_not_redis_is_refused(tmp_path):
     path.write_text('redis_url = "http://127.0.0.1:6379/0"\n')
     with pytest.raises(ConfigError, match="redis_url must be a redis://, rediss:// or unix:// URL"):
         load_config(path)
+
+
+# -- WinRM transports ------------------------------------------------------------------------
+
+def host_with(extra: str, endpoint: str = "https://hv1.example:5986/wsman") -> str:
+    return HOST.replace("https://hv1.example:5986/wsman", endpoint) + extra
+
+
+def test_certificate_validation_ignore_is_refused_beyond_loopback(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[hosts.hv1\]: winrm_cert_validation 'ignore' accepts any certificate"):
+        config(tmp_path, host_with('winrm_cert_validation = "ignore"\n'))
+    cfg = config(tmp_path, host_with('winrm_cert_validation = "ignore"\n', "https://127.0.0.1:5986/wsman"))
+    assert cfg.hosts["hv1"].winrm_cert_validation == "ignore"
+
+
+def test_credssp_needs_its_acknowledgement_and_is_then_warned_about(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="winrm_credssp_delegates_credentials = true"):
+        config(tmp_path, host_with('winrm_transport = "credssp"\n'))
+    cfg = config(tmp_path, host_with('winrm_transport = "credssp"\nwinrm_credssp_delegates_credentials = true\n'))
+    assert [w for w in cfg.warnings() if "host hv1" in w and "delegates" in w]
+    assert config(tmp_path, HOST).warnings() == []
+
+
+def test_a_transport_whose_module_is_missing_is_refused_at_load(tmp_path, monkeypatch):
+    import importlib.util
+
+    from workers.model import config as config_mod
+    real = importlib.util.find_spec
+    monkeypatch.setattr(config_mod.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "kerberos" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"winrm_transport 'kerberos' needs .*pip install 'quickmig\[kerberos\]'"):
+        config(tmp_path, host_with('winrm_transport = "kerberos"\n'))
+
+
+def test_the_declared_extras_make_kerberos_and_credssp_usable():
+    import winrm.transport
+    assert winrm.transport.HAVE_KERBEROS and winrm.transport.HAVE_CREDSSP  # dev.sh installs both extras
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+CREDS = '[default]\nwinrm_username = "EX\\\\svc"\nsmb_username = "EX\\\\svc"\n'
+
+
+def with_creds(tmp_path, text: str, mode: int = 0o600):
+    cred = tmp_path / "credentials.toml"
+    cred.write_text(CREDS + text)
+    cred.chmod(mode)
+    path = tmp_path / "quickmig.toml"
+    path.write_text('redis_url = "redis://127.0.0.1:6379/0"\ncredentials_file = "credentials.toml"\n' + HOST)
+    return load_config(path)
+
+
+def secret_file(tmp_path, name: str, value: str, mode: int = 0o600):
+    f = tmp_path / name
+    f.write_text(value)
+    f.chmod(mode)
+    return f
+
+
+def test_each_secret_comes_from_the_file_its_own_file_or_an_environment_variable(tmp_path, monkeypatch):
+    secret_file(tmp_path, "smb.secret", "smb-from-file\n")  # systemd's LoadCredential keeps a newline
+    monkeypatch.setenv("QM_WINRM", "winrm-from-env")
+    cfg = with_creds(tmp_path, 'winrm_password_env = "QM_WINRM"\nsmb_password_file = "smb.secret"\n'
+                               '[hosts.hv1]\nsmb_password = "smb-inline-for-hv1"\n')
+    c = cfg.credentials("hv1")
+    assert (c.winrm_password, c.smb_password) == ("winrm-from-env", "smb-inline-for-hv1")
+    assert "winrm-from-env" not in repr(c) and "smb-inline" not in repr(c)
+
+
+@pytest.mark.parametrize("text, says", [
+    ('winrm_password = "a"\nwinrm_password_env = "X"\nsmb_password = "b"\n',
+     r"\[default\]: give one of winrm_password, winrm_password_file, winrm_password_env"),
+    ('smb_password = "b"\n',
+     r"\[default\]: winrm_password is required \(or winrm_password_file, or winrm_password_env\)"),
+    ('winrm_password_env = "QM_NOT_SET_ANYWHERE"\nsmb_password = "b"\n',
+     r"winrm_password_env: the environment variable QM_NOT_SET_ANYWHERE is empty or not set"),
+    ('winrm_password_file = "missing.secret"\nsmb_password = "b"\n', r"winrm_password_file .*missing.secret"),
+    ('winrm_password_file = "open.secret"\nsmb_password = "b"\n',
+     r"open.secret is open to group or others \(mode 0644\); run: chmod 600 .*open.secret"),
+    ('winrm_password = "a"\nsmb_password = "b"\n[redis]\npassword_file = "open.secret"\n', r"chmod 600"),
+    ('winrm_password = "a"\nsmb_password = "b"\n[redis]\nuser = "x"\n', r"\[redis\]: unknown key 'user'"),
+])
+def test_a_secret_source_that_cannot_be_used_is_one_line_naming_it(tmp_path, text, says):
+    secret_file(tmp_path, "open.secret", "x", 0o644)
+    cfg = with_creds(tmp_path, text)
+    with pytest.raises(ConfigError, match=says):
+        cfg.check_credentials()
+
+
+def test_the_redis_user_and_password_go_into_the_url_quoted_and_only_there(tmp_path):
+    secret_file(tmp_path, "redis.secret", "p@ss:w/rd?#\n")
+    cfg = with_creds(tmp_path, 'winrm_password = "a"\nsmb_password = "b"\n'
+                               '[redis]\nusername = "quickmig"\npassword_file = "redis.secret"\n')
+    assert cfg.redis_url == "redis://127.0.0.1:6379/0"
+    assert cfg.broker_url() == "redis://quickmig:p%40ss%3Aw%2Frd%3F%23@127.0.0.1:6379/0"
+    assert cfg.redis_credentials() == ("quickmig", "p@ss:w/rd?#")
+
+
+def test_a_rediss_url_may_not_turn_certificate_checks_off(tmp_path):
+    path = tmp_path / "quickmig.toml"
+    for reqs in ("none", "optional", "CERT_NONE"):
+        path.write_text(f'redis_url = "rediss://redis.example:6380/0?ssl_cert_reqs={reqs}"\n')
+        with pytest.raises(ConfigError, match=f"ssl_cert_reqs={reqs}; quickmig verifies"):
+            load_config(path)
+    path.write_text('redis_url = "rediss://redis.example:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem"\n')
+    assert load_config(path).redis_url.startswith("rediss://")

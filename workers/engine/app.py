@@ -8,8 +8,11 @@ secret is ever put on a queue: messages carry the migration id only.
 from __future__ import annotations
 
 import os
+import ssl
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
+from celery.worker.control import Panel
 from kombu import Queue
 
 from workers.model import config as config_mod
@@ -33,8 +36,29 @@ TASK_MODULES = [
     "workers.steps.rollback",
     "workers.steps.finish",
     "workers.steps.keep_source",
+    "workers.steps.lookup",
     "workers.engine.reconciler",
 ]
+
+# The remote control commands a worker answers. Celery's mailbox is a Redis key anyone who
+# can write to Redis can publish to, and its control commands act: `shutdown`,
+# `pool_restart`, `revoke`/`terminate`, `rate_limit`, `time_limit`, `add_consumer`,
+# `cancel_consumer`, `autoscale` and the pool sizes. quickmig itself sends none (it keeps
+# its own liveness and cancels through the record), so the workers answer only the read-only
+# inspections `celery inspect` uses (and `hello`, which workers exchange at start). `conf`
+# and `report` are left out too: they return the settings, the broker URL among them.
+# memdump, memsample and objgraph are costly diagnostics, left out as well.
+REMOTE_CONTROL = ("ping", "stats", "active", "active_queues", "reserved", "scheduled", "registered",
+                  "revoked", "query_task", "clock", "hello")
+
+
+def _restrict_remote_control() -> None:
+    for name in [n for n in Panel.data if n not in REMOTE_CONTROL]:
+        del Panel.data[name]
+        Panel.meta.pop(name, None)
+
+
+_restrict_remote_control()
 
 app = Celery("quickmig", include=TASK_MODULES)
 app.conf.update(
@@ -64,13 +88,30 @@ app.conf.update(
 )
 
 
+def _broker_tls(url: str) -> dict | None:
+    """Celery's TLS settings for a rediss:// broker: the server's certificate always verified
+    (kombu verifies only when the URL says so), against the CA the URL names if any, as
+    the store's redis-py client does by default."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    tls: dict = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if query.get(key):
+            tls[key] = query[key]
+    return tls
+
+
 def configure(cfg: config_mod.Config) -> None:
-    if app.conf.broker_url != cfg.redis_url and app._pool is not None:
+    url = cfg.broker_url()
+    if app.conf.broker_url != url and app._pool is not None:
         # a process that talks to a second deployment (tests with two labs) must not keep
         # publishing through the connections it made to the first
         app._pool = None
         app.amqp._producer_pool = None
-    app.conf.broker_url = cfg.redis_url
+    app.conf.broker_url = url
+    app.conf.broker_use_ssl = _broker_tls(url)
 
 
 if os.environ.get(config_mod.CONFIG_ENV) or os.path.exists(config_mod.DEFAULT_CONFIG):

@@ -25,7 +25,7 @@ def config() -> config_mod.Config:
 
 def new_redis() -> redis.Redis:
     """A client of its own, for a thread that must not share this process's cached one."""
-    return redis.Redis.from_url(config().redis_url, decode_responses=True, socket_timeout=30,
+    return redis.Redis.from_url(config().broker_url(), decode_responses=True, socket_timeout=30,
                                 socket_connect_timeout=10, health_check_interval=30)
 
 

@@ -14,6 +14,7 @@ workers.engine.app), before either sets up logging; a process that only sends ta
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -22,6 +23,8 @@ from celery import signals as celery_signals
 from workers.engine import context
 from workers.model import routing
 from workers.obs import liveness, logs, metrics
+
+log = logging.getLogger(__name__)
 
 _liveness: threading.Thread | None = None
 
@@ -63,6 +66,8 @@ def _ready(sender=None, **_) -> None:
     if _liveness is not None and _liveness.is_alive():  # ready again after a broker reconnect
         return
     pools = [q.name for q in sender.task_consumer.queues]
+    for warning in context.config().warnings():  # e.g. a host on CredSSP: said once per start
+        log.warning("%s", warning)
     _liveness = liveness.start(context.new_redis, sender.hostname, pools)
 
 

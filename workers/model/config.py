@@ -12,14 +12,18 @@ from a request), so a Celery message or a migration record can never carry one.
 """
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import json
+import math
 import os
+import stat
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 from workers.model import hostpaths, keys, states
 from workers.model.errors import QuickmigError
@@ -28,6 +32,12 @@ CONFIG_ENV = "QUICKMIG_CONFIG"
 DEFAULT_CONFIG = "quickmig.toml"
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+WINRM_TRANSPORTS = ("basic", "ntlm", "kerberos", "credssp")
+CERT_VALIDATION = ("validate", "ignore")
+CA_BUNDLE_SUFFIXES = (".pem", ".crt", ".cer")
+# What each transport needs installed beyond pywinrm (the module pywinrm imports for it,
+# and the extra of quickmig that brings it).
+TRANSPORT_MODULES = {"kerberos": ("kerberos", "kerberos"), "credssp": ("requests_credssp", "credssp")}
 COPY_STREAMS_DEFAULT = 4  # docs/benchmarks.md has the measurements behind it
 COPY_STREAMS_MAX = 16
 LOG_FORMATS = ("text", "json")
@@ -88,6 +98,9 @@ class Host:
     smb_port: int
     smb_share: str  # the share of vm_root
     winrm_cert_validation: str = "validate"
+    smb_encrypt: bool = True  # AES-GCM/CCM on every SMB message; off only where the wire is trusted
+    # CredSSP hands the account's password to the host: only with this acknowledgement
+    winrm_credssp_delegates_credentials: bool = False
     max_copies: int = 2
     max_migrations: int = 2  # migrations at once with this host as source or destination
     storage: tuple[Storage, ...] = ()  # every folder quickmig may use, vm_root's first
@@ -185,23 +198,151 @@ class Config:
             raise ConfigError(f"unknown host {name!r} (inventory has: {known})") from None
 
     def credentials(self, host: str) -> Credentials:
+        """The host's accounts, read from `credentials_file` (and the secret files and
+        environment variables it names) now, so a rotated secret is picked up by the next
+        connection."""
+        return _host_credentials(_read_secret_toml(self.credentials_file, self.path), host)
+
+    def holds_host_credentials(self) -> bool:
+        """Whether this config can reach the hosts itself: a credentials file with host
+        accounts ([default] or [hosts]). A producer's config without them has workers look
+        VMs up for it (workers.steps.lookup)."""
         if self.credentials_file is None:
-            raise ConfigError(f"{self.path}: no credentials_file configured")
-        try:
-            data = tomllib.loads(self.credentials_file.read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read credentials file {self.credentials_file}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"credentials file {self.credentials_file} is not valid TOML: {e}") from None
-        merged = dict(data.get("default", {}))
-        merged.update(data.get("hosts", {}).get(host, {}))
-        fields = ("winrm_username", "winrm_password", "smb_username", "smb_password")
-        for k in fields:
-            if k not in merged:
-                raise ConfigError(f"credentials file has no {k} for host {host!r}")
-            if not isinstance(merged[k], str):
-                raise ConfigError(f"credentials file: {k} for host {host!r} must be a string")
-        return Credentials(**{k: merged[k] for k in fields})
+            return False
+        f = _read_secret_toml(self.credentials_file, self.path)
+        return bool(f.default.data or f.hosts.data)
+
+    def redis_credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) for Redis from credentials.toml's [redis] table, or Nones."""
+        if self.credentials_file is None:
+            return None, None
+        t = _read_secret_toml(self.credentials_file, self.path).redis
+        username = t.text("username", None)
+        password = _secret(t, "password", self.credentials_file.parent, optional=True)
+        t.done()
+        return username, password
+
+    def broker_url(self) -> str:
+        """`redis_url` with the Redis ACL user and password of credentials.toml put in: what
+        the store and the Celery broker connect with. Never logged, stored or passed on."""
+        username, password = self.redis_credentials()
+        if password is None and username is None:
+            return self.redis_url
+        url = urlsplit(self.redis_url)
+        if url.scheme == "unix":
+            query = "&".join(q for q in (url.query, urlencode({k: v for k, v in
+                                                               (("username", username), ("password", password))
+                                                               if v is not None})) if q)
+            return urlunsplit(url._replace(query=query))
+        auth = quote(username or "", safe="") + (":" + quote(password, safe="") if password is not None else "")
+        host = url.netloc.rpartition("@")[2]
+        return urlunsplit(url._replace(netloc=f"{auth}@{host}"))
+
+    def warnings(self) -> list[str]:
+        """What is allowed but weakens the fleet's security: said at start and by `config check`."""
+        return [f"host {h.name}: winrm_transport 'credssp' delegates the WinRM account's password to the "
+                "host (a compromised host keeps it); prefer ntlm or kerberos over https"
+                for h in self.hosts.values() if h.winrm_transport == "credssp"]
+
+    def check_credentials(self) -> None:
+        """Every host's accounts and Redis's can be read: what a worker needs before its first task."""
+        for name in self.hosts:
+            self.credentials(name)
+        self.redis_credentials()
+
+
+def secret_file_problem(path: Path) -> str | None:
+    """Why `path` may not hold a secret (group or others may read or write it), else None."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        return f"is open to group or others (mode {mode:04o}); run: chmod 600 {path}"
+    return None
+
+
+def _read_private(path: Path, what: str) -> str:
+    """The text of a file holding secrets, refused when group or others may open it."""
+    try:
+        problem = secret_file_problem(path)
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    if problem:
+        raise ConfigError(f"{what} {path} {problem}")
+    return text
+
+
+@dataclass
+class _SecretToml:
+    path: Path
+    default: _Table
+    hosts: _Table
+    redis: _Table
+
+
+def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretToml:
+    if path is None:
+        raise ConfigError(f"{config_path}: credentials_file is required (the hosts' accounts)")
+    text = _read_private(path, "credentials file")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"credentials file {path} is not valid TOML: {e}") from None
+    top = _Table(data, str(path))
+    out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"))
+    top.read.add("api_tokens")  # the HTTP API's token hashes: producer.api.auth reads and checks them
+    top.done()
+    return out
+
+
+def _secret(t: _Table, key: str, base: Path, *, optional: bool = False) -> Any:
+    """A secret given as `key` (in this file), `key_file` (a file of its own: systemd's
+    LoadCredential, a Kubernetes Secret mount) or `key_env` (an environment variable):
+    exactly one of them."""
+    given = [k for k in (key, f"{key}_file", f"{key}_env") if k in t.data]
+    if len(given) > 1:
+        raise ConfigError(f"{t.where}: give one of {key}, {key}_file, {key}_env, not {' and '.join(given)}")
+    if not given:
+        if optional:
+            return None
+        raise ConfigError(f"{t.where}: {key} is required (or {key}_file, or {key}_env)")
+    source = given[0]
+    value = t.text(source)
+    if source == key:
+        return value
+    if source.endswith("_file"):
+        file = base / value  # relative to the credentials file's folder; an absolute path stays
+        secret = _read_private(file, f"{t.where}: {source}").rstrip("\r\n")
+        where = f"{t.where}: {source} {file}"
+    else:
+        secret = os.environ.get(value, "")
+        where = f"{t.where}: {source}: the environment variable {value}"
+    if not secret:
+        raise ConfigError(f"{where} is empty or not set")
+    return secret
+
+
+SECRET_FIELDS = ("winrm_password", "smb_password")
+
+
+def _host_credentials(f: _SecretToml, host: str) -> Credentials:
+    merged = dict(f.default.data)
+    where = f"{f.path} [default]"
+    if host in f.hosts.data:
+        own = _Table(f.hosts.data[host], f"{f.path} [hosts.{host}]").data
+        for k in SECRET_FIELDS:  # a host's own source of a secret replaces [default]'s, whichever it is
+            if any(v in own for v in (k, f"{k}_file", f"{k}_env")):
+                for v in (k, f"{k}_file", f"{k}_env"):
+                    merged.pop(v, None)
+        merged.update(own)
+        where = f"{f.path} [hosts.{host}]"
+    t = _Table(merged, where)
+    base = f.path.parent
+    creds = Credentials(winrm_username=t.text("winrm_username"), winrm_password=_secret(t, "winrm_password", base),
+                        smb_username=t.text("smb_username"), smb_password=_secret(t, "smb_password", base))
+    t.done()
+    return creds
 
 
 # -- reading and checking the file -----------------------------------------------------
@@ -241,6 +382,12 @@ class _Table:
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             span = f"from {low} to {high}" if high is not None else f"of at least {low}"
             raise ConfigError(f"{self.where}: {key} must be a whole number {span}, not {value!r}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where}: {key} must be true or false, not {value!r}")
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: object = _MISSING) -> Any:
@@ -291,13 +438,24 @@ def _storage(t: _Table) -> tuple[Storage, ...]:
     return tuple(out)
 
 
+def _host_name(name: str, hosts: _Table) -> str:
+    # a host's name goes into Redis keys, metric labels and terminal output
+    if not name or not name.isprintable() or name != name.strip():
+        raise ConfigError(f"{hosts.where}: host name {name!r} must be printable text without leading or "
+                          "trailing spaces")
+    return name
+
+
 def _host(name: str, t: _Table) -> Host:
     storage = _storage(t)
+    endpoint = _winrm_endpoint(t)
     host = Host(
         name=name,
-        winrm_endpoint=t.text("winrm_endpoint"),
-        winrm_transport=t.text("winrm_transport", "ntlm"),
-        winrm_cert_validation=t.text("winrm_cert_validation", "validate"),
+        winrm_endpoint=endpoint,
+        winrm_transport=_winrm_transport(t, endpoint),
+        winrm_cert_validation=_cert_validation(t, endpoint),
+        winrm_credssp_delegates_credentials=t.flag("winrm_credssp_delegates_credentials", False),
+        smb_encrypt=t.flag("smb_encrypt", True),
         vm_root=storage[0].path,
         smb_server=t.text("smb_server"),
         smb_port=t.whole("smb_port", 445, high=65535),
@@ -306,6 +464,10 @@ def _host(name: str, t: _Table) -> Host:
         max_migrations=t.whole("max_migrations", 2),
         storage=storage,
     )
+    if host.winrm_transport == "credssp" and not host.winrm_credssp_delegates_credentials:
+        raise ConfigError(f"{t.where}: winrm_transport 'credssp' hands the account's password to the host; "
+                          "set winrm_credssp_delegates_credentials = true to accept that, or use ntlm or "
+                          "kerberos")
     t.done()
     return host
 
@@ -354,6 +516,54 @@ def _storage_maps(t: _Table, hosts: dict[str, Host]) -> dict[tuple[str, str], li
     return out
 
 
+def _is_loopback(hostname: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(hostname or "").is_loopback
+    except ValueError:
+        return hostname == "localhost"
+
+
+def _winrm_endpoint(t: _Table) -> str:
+    endpoint = t.text("winrm_endpoint")
+    try:
+        url = urlsplit(endpoint)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        url = None
+    if url is None or url.scheme.lower() not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"{t.where}: winrm_endpoint must be an http:// or https:// URL "
+                          f"(e.g. https://hv1.example:5986/wsman), not {endpoint!r}")
+    return endpoint
+
+
+def _winrm_transport(t: _Table, endpoint: str) -> str:
+    transport = t.choice("winrm_transport", WINRM_TRANSPORTS, "ntlm")
+    url = urlsplit(endpoint)
+    if transport == "basic" and url.scheme.lower() != "https" and not _is_loopback(url.hostname):
+        raise ConfigError(f"{t.where}: winrm_transport 'basic' sends the password in the clear over "
+                          f"{endpoint}; use an https:// endpoint or ntlm/kerberos (plain http with basic "
+                          "is only for loopback lab hosts)")
+    if transport in TRANSPORT_MODULES:
+        module, extra = TRANSPORT_MODULES[transport]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{t.where}: winrm_transport {transport!r} needs the Python module {module!r}, "
+                              f"which is not installed: pip install 'quickmig[{extra}]'")
+    return transport
+
+
+def _cert_validation(t: _Table, endpoint: str) -> str:
+    validation = t.text("winrm_cert_validation", "validate")
+    if validation not in CERT_VALIDATION and not validation.endswith(CA_BUNDLE_SUFFIXES):
+        raise ConfigError(f"{t.where}: winrm_cert_validation must be 'validate', 'ignore' or the path of "
+                          f"a CA bundle (.pem/.crt/.cer), not {validation!r}")
+    if validation == "ignore" and not _is_loopback(urlsplit(endpoint).hostname):
+        raise ConfigError(f"{t.where}: winrm_cert_validation 'ignore' accepts any certificate from "
+                          f"{endpoint}, so anyone on the path can read the WinRM session; it is only for "
+                          "loopback endpoints: use 'validate' or the path of the CA bundle that issued "
+                          "the host's certificate")
+    return validation
+
+
 def _reconciler(t: _Table) -> ReconcilerSettings:
     deadlines = dict(RECONCILER_DEADLINES_S)
     given = t.table("deadlines_s")
@@ -361,7 +571,7 @@ def _reconciler(t: _Table) -> ReconcilerSettings:
         if st not in deadlines:
             raise ConfigError(f"{given.where}: unknown state {st!r} (known: {', '.join(sorted(deadlines))})")
         value = given.data[st]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise ConfigError(f"{given.where}: {st} must be a number of seconds above 0, not {value!r}")
         deadlines[st] = float(value)
     settings = ReconcilerSettings(deadlines_s=deadlines,
@@ -400,6 +610,10 @@ def _redis_url(top: _Table) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"{top.where}: redis_url must be a redis://, rediss:// or unix:// URL, not {url!r}")
+    reqs = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", ["required"])
+    if scheme == "rediss" and [r.lower() for r in reqs] not in (["required"], ["cert_required"]):
+        raise ConfigError(f"{top.where}: redis_url asks for ssl_cert_reqs={reqs[-1]}; quickmig verifies Redis's "
+                          "certificate always (name the CA with ?ssl_ca_certs=/path/ca.pem)")
     return url
 
 
@@ -434,7 +648,8 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     top = _Table(data, str(path))
     redis_url = _redis_url(top)
     hosts_t = top.table("hosts")
-    hosts = {name: _host(name, _Table(h, f"{path} [hosts.{name}]")) for name, h in hosts_t.data.items()}
+    hosts = {_host_name(name, hosts_t): _host(name, _Table(h, f"{path} [hosts.{name}]"))
+             for name, h in hosts_t.data.items()}
     cred = top.text("credentials_file", None)
     settings = _settings(top)
     maps = _storage_maps(top.table("storage_maps"), hosts)

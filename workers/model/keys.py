@@ -199,3 +199,12 @@ def request(request_id: str) -> str:
 # Requests of one API token in one minute (fixed window, a counter expiring after 2 minutes).
 def api_rate(token_name: str, minute: int) -> str:
     return f"{PREFIX}api-rate:{token_name}:{minute}"
+
+
+# A worker's answer to a producer's VM lookup (workers.steps.lookup): a list the producer
+# waits on, gone soon after whether or not anyone read it.
+LOOKUP_REPLY_TTL_S = 120
+
+
+def lookup_reply(request_id: str) -> str:
+    return f"{PREFIX}lookup:{request_id}"

@@ -22,6 +22,7 @@ FINISH = "quickmig.finish"
 ROLLBACK = "quickmig.rollback"
 RECONCILE = "quickmig.reconcile"
 REAP_KEPT_SOURCES = "quickmig.reap_kept_sources"
+LOOKUP_VM = "quickmig.lookup_vm"  # a producer without host credentials asks a worker
 
 PREFIX = "quickmig."
 
@@ -37,6 +38,7 @@ ROUTES = {
     ROLLBACK: QUEUE_CUTOVER,
     RECONCILE: QUEUE_SNAPSHOT,
     REAP_KEPT_SOURCES: QUEUE_SNAPSHOT,
+    LOOKUP_VM: QUEUE_SNAPSHOT,
 }
 
 # The task that carries a migration forward from each active state (the reconciler re-sends it).

@@ -25,17 +25,22 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from smbprotocol.connection import Dialects
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
 from workers.smb import wire
 from workers.smb.endpoint import SmbEndpoint
-from workers.smb.errors import SmbConnectionError, smb_errors
+from workers.smb.errors import SmbConnectionError, SmbPolicyError, smb_errors
 from workers.smb.wire import Connection
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30
+# SMB 2.x signs with HMAC-SHA256 over the session key, has no encryption and no protection
+# of the negotiation (3.0 brings AES-CMAC signing, AES-CCM encryption and validated
+# negotiation; 3.1.1 pre-authentication integrity).
+MIN_DIALECT = Dialects.SMB_3_0_0
 
 wire.install()
 
@@ -141,8 +146,11 @@ def _connect(ep: SmbEndpoint) -> _Link:
     except ValueError as e:  # smbprotocol's transport wraps refused/unreachable as ValueError
         raise SmbConnectionError(f"{ep.unc_root}: cannot connect: {e}") from e
     try:
+        _check_server(ep, conn)
         session = Session(conn, ep.username, ep.password, require_encryption=ep.encrypt)
         session.connect()
+        if ep.require_signing and not (session.signing_required or session.encrypt_data):
+            raise SmbPolicyError(f"{ep.unc_root}: the session is neither signed nor encrypted")
     except BaseException:
         _close_quietly(conn)
         raise
@@ -150,6 +158,17 @@ def _connect(ep: SmbEndpoint) -> _Link:
               "signing %s, encryption %s)", ep.server, ep.port, ep.username, conn.dialect,
               conn.max_read_size, conn.max_write_size, session.signing_required, session.encrypt_data)
     return _Link(conn, session)
+
+
+def _check_server(ep: SmbEndpoint, conn: Connection) -> None:
+    """The negotiated connection meets the endpoint's floor, before any credential is sent."""
+    if conn.dialect < MIN_DIALECT:
+        raise SmbPolicyError(f"{ep.unc_root}: the server negotiated SMB {conn.dialect >> 8}.{conn.dialect & 0xff:x}; "
+                             "quickmig requires SMB 3.0 or later (enable SMB 3 on the server)")
+    if ep.encrypt and not conn.supports_encryption:
+        raise SmbPolicyError(f"{ep.unc_root}: the server does not offer SMB encryption, which smb_encrypt "
+                             "requires (enable it on the server, or set smb_encrypt = false for this host "
+                             "where the network is trusted)")
 
 
 def tree(ep: SmbEndpoint, stream: int = 0) -> TreeConnect:

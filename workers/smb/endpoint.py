@@ -20,10 +20,11 @@ class Options(TypedDict, total=False):
 class SmbEndpoint:
     """One share on one SMB server, with the account that opens it.
 
-    `require_signing` and `encrypt` are the client's security floor: signing (AES-GMAC on
-    SMB 3.1.1) is on by default; encryption (AES-GCM) is off by default and can be turned
-    on per endpoint (a server that demands it encrypts anyway). The password never
-    appears in repr().
+    `require_signing` and `encrypt` are the client's security floor, both on by default:
+    signing (AES-GMAC on SMB 3.1.1) of every message, and encryption (AES-GCM) of every
+    message; an inventory host turns encryption off with `smb_encrypt = false` (a server
+    that demands it encrypts anyway). SMB 3.0 or later is required either way
+    (`workers.smb.connections`). The password never appears in repr().
 
     `lane` picks one of this process's sets of cached connections to the share
     (`workers.smb.connections`): a connection carries one stream at a time, so copies
@@ -37,12 +38,13 @@ class SmbEndpoint:
     username: str
     password: str = field(repr=False)
     require_signing: bool = True
-    encrypt: bool = False
+    encrypt: bool = True
     lane: int = 0
 
     @classmethod
     def for_host(cls, host: Host, credentials: Credentials, **options: Unpack[Options]) -> SmbEndpoint:
-        """The endpoint of an inventory host's VM share."""
+        """The endpoint of an inventory host's VM share (encrypted unless its `smb_encrypt` is false)."""
+        options.setdefault("encrypt", host.smb_encrypt)
         return cls(host.smb_server, host.smb_port, host.smb_share,
                    credentials.smb_username, credentials.smb_password, **options)
 

@@ -48,6 +48,12 @@ class SmbSharingViolation(SmbError, Retryable):
     """Someone else holds the file open without sharing the access we asked for."""
 
 
+class SmbPolicyError(SmbError):
+    """The server cannot meet the client's security floor (SMB 3.0 or later, signing,
+    encryption when asked for): naming the server and what it lacks. Not retryable: the
+    server's or the inventory's settings must change."""
+
+
 class SourceChangedError(SmbError):
     """The source file changed size while it was being copied.
 

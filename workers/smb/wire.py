@@ -424,6 +424,30 @@ class Connection(smb_connection.Connection):
             request.response = header
             request.response_event.set()
 
+    def _check_clear(self, header: SMB2HeaderResponse, session_id: int, command: int) -> None:
+        """A response that came unencrypted may be accepted (MS-SMB2 3.2.5.1.3): when the
+        session requires signing, every response but an interim one (STATUS_PENDING) and an
+        oplock break (MessageId all ones) must carry a valid signature, whether or not it
+        sets SMB2_FLAGS_SIGNED. smbprotocol checks only the responses that set the flag, so
+        a relay that clears it could make a CREATE answer "not found". On an encrypted
+        session nothing may come in the clear. NEGOTIATE and SESSION_SETUP keep
+        smbprotocol's checks (the final SESSION_SETUP response is verified by
+        Session.connect)."""
+        if command in (Commands.SMB2_NEGOTIATE, Commands.SMB2_SESSION_SETUP):
+            self.verify_signature(header, session_id)
+            return
+        session = self.session_table.get(session_id)
+        if session is not None and session.encrypt_data:
+            raise SMBException(f"the server sent an unencrypted response (command {command}) on an encrypted "
+                               "session")
+        interim = (header["message_id"].get_value() == 0xFFFFFFFFFFFFFFFF
+                   or header["status"].get_value() == NtStatus.STATUS_PENDING)
+        required = session is not None and session.signing_required and not interim
+        if required and not header["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED):
+            raise SMBException(f"Server message signature could not be verified: an unsigned response "
+                               f"(command {command}) on a session that requires signing")
+        self.verify_signature(header, session_id, force=required)
+
     def _dispatch(self, b_msg: bytes, encrypted: bool = False) -> bool:
         """smbprotocol's handling of one received (decrypted) message, compounds included."""
         next_command = -1
@@ -442,7 +466,7 @@ class Connection(smb_connection.Connection):
             session_id = header["session_id"].get_value() if command == Commands.SMB2_SESSION_SETUP \
                 else request.session_id
             if not encrypted:
-                self.verify_signature(header, session_id)
+                self._check_clear(header, session_id, command)
 
             credit_response = header["credit_response"].get_value()
             if credit_response == 0 and not self.supports_multi_credit:
