@@ -181,9 +181,7 @@ def create_migration(request: Request, state: State, data: MigrationIn,
                      ) -> Response[MigrationRecord]:
     """Validate and enqueue a migration, as `quickmig migrate` does; a refusal is a 422 whose
     `detail` is the CLI's one-line reason."""
-    raw = {k: getattr(data, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
-                                         "keep_source_hours") if getattr(data, k) is not None}
-    req = MigrationRequest(data.vm, data.source, data.destination, raw)
+    req = _request_of(data)
     p, who = _producer(state), _caller(request).name
     try:
         if idempotency_key is None:
@@ -197,6 +195,24 @@ def create_migration(request: Request, state: State, data: MigrationIn,
     audit.info("token=%s create vm=%s source=%s destination=%s -> migration %s%s", who, data.vm, data.source,
                data.destination, rec["id"], "" if new else " (Idempotency-Key replay)")
     return Response(rec, status_code=201 if new else 200, headers={"Location": f"/v1/migrations/{rec['id']}"})
+
+
+@post("/v1/migrations:dry-run", opt={"scope": "read"}, status_code=200, responses=problems_doc(422))
+@threaded
+def dry_run_migration(state: State, data: MigrationIn) -> dict[str, Any]:
+    """What POST /v1/migrations with this body would do and cost, changing nothing (no
+    checkpoint, no lease, no record): the file plan (each file, its bytes, where it lands), the
+    switch map, the pre-flight's problems (`preflight.ok` false: the migration would be refused
+    by them), the bytes to copy, and the copy time and downtime predicted from the rates
+    measured on these hosts (`rates.measured` names those measured; the others are defaults).
+    A request the CLI would refuse outright is a 422."""
+    return _producer(state).dry_run(_request_of(data))
+
+
+def _request_of(data: MigrationIn) -> MigrationRequest:
+    raw = {k: getattr(data, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
+                                         "keep_source_hours") if getattr(data, k) is not None}
+    return MigrationRequest(data.vm, data.source, data.destination, raw)
 
 
 @get("/v1/migrations/{mid:str}", opt={"scope": "read"}, responses=problems_doc(404))
@@ -336,7 +352,7 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
         await app.state.aioredis.aclose()
 
     return Litestar(
-        [healthz, readyz, create_migration, get_migration, list_migrations, cancel_migration,
+        [healthz, readyz, create_migration, dry_run_migration, get_migration, list_migrations, cancel_migration,
          list_hosts, host_vms, get_throttle, set_throttle, get_events, openapi],
         guards=[require_scope],
         exception_handlers=problems.HANDLERS,

@@ -216,6 +216,59 @@ def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_
     assert api.call("GET", "/v1/migrations", params={"vm": "api-e2e", "host": "hv3"}).json()["items"] == []
 
 
+def hosts_state(lab) -> dict:
+    """Every emulated host's state as the lab sees it (VMs, their disks and checkpoints, planned
+    VMs), but for what a running guest moves by itself (the counter its writes advance)."""
+    out = {}
+    for h in lab.cfg.hosts:
+        state = lab.emulator(h).state()
+        for vm in state["vms"]:
+            vm["lab"].pop("counter")
+        out[h] = state
+    return out
+
+
+def test_a_dry_run_predicts_from_the_measured_rates_and_changes_nothing(lab, api):
+    """After the migration above, hv1 -> hv2 has measured rates: the dry run predicts from them."""
+    lab.add_vm("api-dry", "hv1", write_rate_kbps=0, disk_mb=24, memory_mb=32)
+    body = {"vm": "api-dry", "source": "hv1", "destination": "hv2"}
+    before, hosts_before = state_but_rates(lab), hosts_state(lab)
+    res = api.call("POST", "/v1/migrations:dry-run", json=body)
+    assert res.status_code == 200, res.text
+    dry = res.json()
+    assert state_but_rates(lab) == before
+    assert hosts_state(lab) == hosts_before
+    assert dry["preflight"] == {"ok": True, "problems": []}
+    assert dry["copy_bytes"] >= 24 * 2**20 and dry["memory_bytes"] == 32 * 2**20
+    assert {f["path"] for f in dry["files"]} and all(f["bytes"] >= 0 for f in dry["files"])
+    rates = dry["rates"]
+    # the copy rates of the newest migration on the pair that measured them; the switchover's costs
+    measured = api.call("GET", f"/v1/migrations/{rates['measured_by']}").json()
+    assert (measured["source"], measured["destination"]) == ("hv1", "hv2")
+    assert rates["copy_bps"] == measured["copy_bps"] and rates["downtime_copy_bps"] == measured["downtime_copy_bps"]
+    assert set(rates["measured"]) == {"copy_bps", "downtime_copy_bps", "save_bps", "register_start_s"}
+    costs = lab.redis().hgetall(keys.cutover_costs("hv1"))
+    assert rates["save_bps"] == round(float(costs["save_bps"]))
+    assert dry["predicted_copy_seconds"] == pytest.approx(dry["copy_bytes"] / rates["copy_bps"], rel=1e-3)
+    parts = dry["downtime_parts"]
+    assert dry["predicted_downtime_seconds"] == pytest.approx(sum(parts.values()), abs=0.01)
+    assert parts["save_seconds"] == pytest.approx(dry["memory_bytes"] / rates["save_bps"], rel=1e-3)
+    # a pair nothing measured yet predicts from the defaults, and says so
+    other = api.call("POST", "/v1/migrations:dry-run", json=dict(body, destination="hv3")).json()
+    assert other["rates"]["measured_by"] is None and "copy_bps" not in other["rates"]["measured"]
+    # a pre-flight problem is reported, not a refusal; a request the CLI refuses is a 422
+    lab.emulator("hv3").set_host(free_bytes=2**20)
+    try:
+        tight = api.call("POST", "/v1/migrations:dry-run", json=dict(body, destination="hv3")).json()
+    finally:
+        lab.emulator("hv3").reset_host()
+    assert tight["preflight"]["ok"] is False and "free" in tight["preflight"]["problems"][0]
+    assert "hv7" in problem(api.call("POST", "/v1/migrations:dry-run", json=dict(body, destination="hv7")),
+                            422)["detail"]
+    problem(api.call("POST", "/v1/migrations:dry-run", scope=None, json=body), 401)
+    assert state_but_rates(lab) == before
+
+
 def test_cancel_over_http_rolls_back_and_is_refused_when_too_late(lab, api):
     lab.add_vm("api-cancel", "hv2")
     lab.emulator("hv2").inject_fault(op="checkpoint_vm", action="delay", seconds=4, times=1)
