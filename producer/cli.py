@@ -10,11 +10,12 @@ import json
 import logging
 import os
 import sys
+import time
 from importlib.metadata import entry_points
 
 import redis
 
-from producer import intake, report, watch
+from producer import intake, report, watch, webhooks
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
 from workers.model import file_plan
@@ -165,6 +166,44 @@ def cmd_intake(args) -> int:
     return EXIT_OK
 
 
+def cmd_webhooks_run(args) -> int:
+    """Deliver the configured webhooks until stopped (producer/webhooks.py)."""
+    if args.retry_for_h * 3600 < webhooks.RETRY_FOR_S_MIN:
+        raise ConfigError("--retry-for-h must be at least 24 (hours)")
+    if args.max_backoff_s <= 0:
+        raise ConfigError("--max-backoff-s must be a positive number of seconds")
+    webhooks.run(load_config(args.config), retry_for_s=args.retry_for_h * 3600,
+                 max_backoff_s=args.max_backoff_s)
+    return EXIT_OK
+
+
+def cmd_webhooks_status(args) -> int:
+    cfg = load_config(args.config)
+    subs = [s for s in webhooks.subscriptions(cfg) if args.name is None or s.name == args.name]
+    if args.name is not None and not subs:
+        known = ", ".join(sorted(cfg.webhooks)) or "none"
+        raise ConfigError(f"no webhook {args.name!r} in the config (it has: {known})")
+    r = redis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=30)
+    out = [webhooks.status(r, s, last=args.last) for s in subs]
+    if args.json:
+        _print_json(out)
+        return EXIT_OK
+    if not out:
+        print("no webhooks configured ([webhooks.NAME] in the config)")
+    for st in out:
+        print(f"{st['name']} -> {st['url']} ({', '.join(st['events']) if st['events'] else 'every state'}): "
+              f"{st['delivered']} delivered, {st['pending']} pending for {st['migrations_waiting']} migration(s), "
+              f"{st['failed_attempts']} failed attempts, {st['dropped']} dropped"
+              + ("" if st["delivering"] else "; no process is delivering it"))
+        if st["last_error"]:
+            print(f"  last error: {st['last_error']}")
+        for e in st["log"]:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["at"]))
+            print(f"  {when} {e['result']:9} {e['migration']} #{e['seq']} {e['new']} "
+                  f"(attempt {e['attempt']}: {e['outcome']})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -247,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--claim-idle-s", type=float, default=intake.CLAIM_IDLE_S_DEFAULT,
                     help="take over a request another consumer took and left this long (default 60)")
     it.set_defaults(func=cmd_intake)
+
+    wh = sub.add_parser("webhooks", parents=[common], help="webhook deliveries: run them, or show their log")
+    whsub = wh.add_subparsers(dest="webhooks_command", required=True)
+    wr = whsub.add_parser("run", parents=[common], help="deliver every [webhooks.NAME] of the config until stopped")
+    wr.add_argument("--retry-for-h", type=float, default=webhooks.RETRY_FOR_S_DEFAULT / 3600,
+                    help="give an event up this long after its first failed attempt (default 72, at least 24)")
+    wr.add_argument("--max-backoff-s", type=float, default=webhooks.MAX_BACKOFF_S_DEFAULT,
+                    help="longest wait between two attempts (default 600)")
+    wr.set_defaults(func=cmd_webhooks_run)
+    ws = whsub.add_parser("status", parents=[common], help="each subscription's deliveries and its latest log")
+    ws.add_argument("name", nargs="?", default=None)
+    ws.add_argument("--last", type=int, default=20, help="log entries shown (default 20)")
+    ws.add_argument("--json", action="store_true")
+    ws.set_defaults(func=cmd_webhooks_status)
 
     for ep in entry_points(group=COMMANDS_GROUP):
         ep.load()(sub, common)

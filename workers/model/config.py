@@ -159,6 +159,15 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """`[webhooks.NAME]`: where state changes are POSTed (producer.webhooks); its secret is in
+    the credentials file (`[webhooks.NAME] secret`)."""
+    name: str
+    url: str
+    events: frozenset[str] | None = None  # the states whose entering is delivered; None: every one
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     redis_url: str
@@ -175,6 +184,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    webhooks: dict[str, Webhook] = field(default_factory=dict)
 
     def host(self, name: str) -> Host:
         try:
@@ -384,6 +394,23 @@ def _settings(top: _Table) -> dict[str, Any]:
     return out
 
 
+def _webhooks(t: _Table) -> dict[str, Webhook]:
+    out = {}
+    known = states.ACTIVE + tuple(sorted(states.ENDS))
+    for name in list(t.data):
+        w = t.table(name)
+        url = w.text("url")
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ConfigError(f"{w.where}: url must be an http:// or https:// URL, not {url!r}")
+        wanted = w._get("events", None)
+        if wanted is not None and (not isinstance(wanted, list) or not wanted
+                                   or any(e not in known for e in wanted)):
+            raise ConfigError(f"{w.where}: events must be a list of states ({', '.join(known)}), not {wanted!r}")
+        w.done()
+        out[name] = Webhook(name, url, frozenset(wanted) if wanted is not None else None)
+    return out
+
+
 def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value is not None else None
 
@@ -439,9 +466,11 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     settings = _settings(top)
     maps = _storage_maps(top.table("storage_maps"), hosts)
     switch_maps = _switch_maps(top.table("switch_maps"), hosts)
+    webhooks = _webhooks(top.table("webhooks"))
     top.done()
     return Config(path=path, redis_url=redis_url, hosts=hosts, storage_maps=maps, switch_maps=switch_maps,
-                  credentials_file=(path.parent / cred) if cred else None, **settings)
+                  credentials_file=(path.parent / cred) if cred else None, webhooks=webhooks,
+                  **settings)
 
 
 def toml_str(value: str) -> str:

@@ -199,3 +199,21 @@ def request(request_id: str) -> str:
 # Requests of one API token in one minute (fixed window, a counter expiring after 2 minutes).
 def api_rate(token_name: str, minute: int) -> str:
     return f"{PREFIX}api-rate:{token_name}:{minute}"
+
+
+# Webhook deliveries (producer.webhooks), per subscription NAME: how far the events stream
+# has been read (string: the last entry id taken), each migration's events not yet
+# delivered (list, oldest first), when each such migration's next attempt is due (sorted
+# set: migration id by Unix time), the failed attempts of each one's oldest event (hash:
+# migration id -> JSON count, first failure), the delivery log (list, newest first, the
+# last WEBHOOK_LOG_MAX kept), counters (hash), and the lease of the one process delivering.
+WEBHOOK_LOG_MAX = 1000
+WEBHOOK_LEASE_TTL_S = 30
+
+
+def webhook(name: str, part: str) -> str:
+    return f"{PREFIX}webhook:{name}:{part}"
+
+
+def webhook_queue(name: str, mid: str) -> str:
+    return f"{PREFIX}webhook:{name}:queue:{mid}"

@@ -180,6 +180,16 @@ def event(rec: MigrationRecord, old: str | None) -> dict[str, str]:
     return fields
 
 
+def event_data(fields: dict[str, str]) -> dict:
+    """An events stream entry's fields as the JSON an SSE event or a webhook carries."""
+    out: dict = {k: fields.get(k) for k in ("id", "vm", "source", "destination", "new")}
+    out["old"] = fields.get("old") or None
+    out["at"] = float(fields["at"])
+    out["seq"] = int(fields["seq"])
+    out["by"] = fields.get("by")
+    return out
+
+
 class Store:
     def __init__(self, client: redis.Redis, events_max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT):
         self.r = client
