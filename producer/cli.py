@@ -17,6 +17,7 @@ import redis
 
 from producer import intake, report, watch, webhooks
 from producer.migrations import MigrationRequest, Producer, RequestError
+from producer.remote import Remote
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
 from workers.model import file_plan
 from workers.model.config import ConfigError, load_config
@@ -36,14 +37,21 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, ensure_ascii=False, sort_keys=True))
 
 
+def _producer(args) -> Producer | Remote:
+    """The API's client when the config has `[api] url` (no Redis, no host credentials here),
+    else the Producer, which talks to Redis and the hosts itself."""
+    cfg = load_config(args.config)
+    return Remote.of(cfg) or Producer(cfg)
+
+
 def cmd_migrate(args) -> int:
-    p = Producer.from_config(args.config)
+    p = _producer(args)
     raw = {k: getattr(args, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
                                          "keep_source_hours", "destination_path", "storage_map", "switch_map")
            if getattr(args, k) is not None}
     req = MigrationRequest(args.vm, args.source, args.destination, raw)
     if args.dry_run:
-        plan = p.plan(req)
+        plan = p.plan(req)  # over the API: the dry run, with its pre-flight and predictions
         if args.json:
             _print_json(plan)
         else:
@@ -52,6 +60,10 @@ def cmd_migrate(args) -> int:
                 print(line)
             for src, dst in plan["switches"].items():
                 print(f"switch {src} -> {dst}")
+            if "predicted_downtime_seconds" in plan:
+                print(f"pre-flight: {'ok' if plan['preflight']['ok'] else '; '.join(plan['preflight']['problems'])}")
+                copy = f"{plan['copy_bytes'] / 2**20:.0f} MiB in {plan['predicted_copy_seconds']:.1f} s"
+                print(f"predicted: copy {copy}, downtime {plan['predicted_downtime_seconds']:.1f} s")
         return EXIT_OK
     rec = p.enqueue(req)
     if not args.wait:
@@ -70,7 +82,7 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_status(args) -> int:
-    p = Producer.from_config(args.config)
+    p = _producer(args)
     rec = p.note_waiting([p.get(args.id)])[0]
     if args.json:
         _print_json(rec)
@@ -80,7 +92,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    p = Producer.from_config(args.config)
+    p = _producer(args)
     rec = p.cancel(args.id)
     if args.wait:
         rec = p.wait(args.id, timeout_s=args.timeout)
@@ -92,7 +104,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_list(args) -> int:
-    recs = Producer.from_config(args.config).list(args.limit)
+    recs = _producer(args).list(args.limit)
     if args.json:
         _print_json(recs)
     else:
@@ -104,20 +116,28 @@ def cmd_list(args) -> int:
 def cmd_throttle(args) -> int:
     """Show or change the copy bandwidth limits (applied to running copies within a chunk)."""
     cfg = load_config(args.config)
-    t = Throttle(Store.from_url(cfg.redis_url).r)
     try:  # check everything before changing anything
         global_rate = parse_rate(args.global_limit) if args.global_limit is not None else None
         pair_rate = parse_rate(args.pair[2]) if args.pair else None
     except ThrottleError as e:
         raise ConfigError(str(e)) from None
+    remote = Remote.of(cfg)
+    if remote is not None:
+        limits = remote.throttle(global_rate, (args.pair[0], args.pair[1], pair_rate)
+                                 if args.pair and pair_rate is not None else None)
+        return _print_limits(limits, args.json)
+    t = Throttle(Store.from_url(cfg.redis_url).r)
     if args.pair:
         cfg.host(args.pair[0]), cfg.host(args.pair[1])  # unknown hosts are refused with the inventory's names
     if global_rate is not None:
         t.set(global_rate)
     if pair_rate is not None:
         t.set(pair_rate, pair=(args.pair[0], args.pair[1]))
-    limits = t.limits()
-    if args.json:
+    return _print_limits(t.limits(), args.json)
+
+
+def _print_limits(limits: dict, as_json: bool) -> int:
+    if as_json:
         _print_json(limits)
     else:
         g = limits["global"]

@@ -239,15 +239,16 @@ class Producer:
             raise RequestError(f"VM {req.vm!r} is already being migrated ({detail}); "
                                "wait for it to end") from None
         rec["fence"] = token
+        event_id = None
         try:
-            self.store.create(rec)
+            event_id = self.store.create(rec)
             # in line for a place on both hosts (workers.coord.admission); the pass starts it now
             # if both have room, else a migration that ends on either host will
             self.admission.wait(rec["id"], req.source, req.destination)
             self.admit()
         except Exception:
             self.admission.release(rec["id"], (req.source, req.destination))
-            self.store.delete(rec["id"])
+            self.store.delete(rec["id"], event_id)
             self.locks.release(vm["id"], rec["id"])
             raise
         return rec

@@ -41,6 +41,8 @@ audit = logging.getLogger("quickmig.api.audit")
 PAGE_MAX = 500
 VMS_MAX_AGE_S = 30.0  # GET /v1/hosts/{host}/vms: how old a cached list may be unless the caller says
 CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?:[0-9a-f]*$"  # creation time and id (producer.migrations.Producer.page)
+OPTIONS = ("max_downtime", "on_exceed", "max_rounds", "not_before", "window", "keep_source_hours",
+           "destination_path", "storage_map", "switch_map")  # MigrationIn's, the CLI's migrate options
 PROBLEM_RESPONSES = "application/problem+json: type, title, status, detail (RFC 9457)"
 
 Option = str | int | float | None
@@ -60,6 +62,9 @@ class MigrationIn:
     not_before: Option = None
     window: Option = None
     keep_source_hours: Option = None
+    destination_path: str | None = None  # every file under this folder of the destination
+    storage_map: list[str] | None = None  # "SRC_PREFIX=DST_PREFIX", the longest prefix wins
+    switch_map: list[str] | None = None  # "SRC=DST": adapters on switch SRC connect to DST
 
 
 @dataclass
@@ -210,8 +215,7 @@ def dry_run_migration(state: State, data: MigrationIn) -> dict[str, Any]:
 
 
 def _request_of(data: MigrationIn) -> MigrationRequest:
-    raw = {k: getattr(data, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
-                                         "keep_source_hours") if getattr(data, k) is not None}
+    raw = {k: getattr(data, k) for k in OPTIONS if getattr(data, k) is not None}
     return MigrationRequest(data.vm, data.source, data.destination, raw)
 
 

@@ -150,6 +150,9 @@ class ApiSettings:
     addr: str = "127.0.0.1"
     port: int = API_PORT_DEFAULT
     rate_per_minute: int = API_RATE_PER_MINUTE_DEFAULT  # requests per token (a token's own limit wins)
+    # the CLI talks to this API instead of Redis and the hosts (producer.remote); then the
+    # config needs no redis_url and no hosts
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -386,12 +389,20 @@ def _settings(top: _Table) -> dict[str, Any]:
         "lab_dir": _optional_path(lab_t.text("dir", None)),
         "api": ApiSettings(addr=api_t.text("addr", "127.0.0.1"),
                            port=api_t.whole("port", API_PORT_DEFAULT, high=65535),
-                           rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT)),
+                           rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT),
+                           url=_api_url(api_t)),
         "events": EventSettings(max_entries=events_t.whole("max_entries", keys.EVENTS_MAX_ENTRIES_DEFAULT, low=100)),
     }
     for t in (copy_t, log_t, metrics_t, lab_t, api_t, events_t):
         t.done()
     return out
+
+
+def _api_url(t: _Table) -> str | None:
+    url = t.text("url", None)
+    if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+        raise ConfigError(f"{t.where}: url must be an http:// or https:// URL, not {url!r}")
+    return url.rstrip("/") if url is not None else None
 
 
 def _webhooks(t: _Table) -> dict[str, Webhook]:
@@ -459,7 +470,9 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from None
     top = _Table(data, str(path))
-    redis_url = _redis_url(top)
+    # a CLI that talks to the API ([api] url) needs no Redis: the API has it
+    api_only = "redis_url" not in data and isinstance(data.get("api"), dict) and "url" in data["api"]
+    redis_url = "" if api_only else _redis_url(top)
     hosts_t = top.table("hosts")
     hosts = {name: _host(name, _Table(h, f"{path} [hosts.{name}]")) for name, h in hosts_t.data.items()}
     cred = top.text("credentials_file", None)
