@@ -376,6 +376,22 @@ class Producer:
         except HyperVError as e:
             raise HostUnreachable(f"cannot list the VMs of {host}: {e}") from None
 
+    def host_health(self, host: str) -> dict:
+        """Whether `host` answers over WinRM now, and the free space of each of its storage
+        folders (host_info, one look-up per folder, read-only); `error` says why it did not."""
+        h = self.cfg.host(host)
+        free: dict[str, int] = {}
+        t0 = time.time()
+        try:
+            for s in h.storage:
+                info = self._driver(host).run("host_info", {"vm_root": s.path})
+                free[s.name] = int(info["vm_root_free_bytes"])
+        except (HyperVError, QuickmigError, OSError) as e:
+            return {"reachable": False, "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                    "free_bytes": free, "checked_at": t0}
+        return {"reachable": True, "error": None, "free_bytes": free, "checked_at": t0,
+                "answered_in_seconds": round(time.time() - t0, 3)}
+
     def host_load(self) -> dict[str, dict]:
         """Per host of the inventory: its limits and what holds them now (from Redis)."""
         out = {}

@@ -6,6 +6,7 @@ worker thread (`threaded`): the Producer is the CLI's, synchronous.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import time
@@ -39,6 +40,7 @@ VERSION = "1"
 # one line per change a token asked for (who, what, outcome), in the API's log
 audit = logging.getLogger("quickmig.api.audit")
 PAGE_MAX = 500
+HEALTH_MAX_AGE_S = 30.0  # GET /v1/hosts?health=true: how old a host's cached answer may be
 VMS_MAX_AGE_S = 30.0  # GET /v1/hosts/{host}/vms: how old a cached list may be unless the caller says
 CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?:[0-9a-f]*$"  # creation time and id (producer.migrations.Producer.page)
 OPTIONS = ("max_downtime", "on_exceed", "max_rounds", "not_before", "window", "keep_source_hours",
@@ -269,10 +271,28 @@ def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecor
 
 @get("/v1/hosts", opt={"scope": "read"}, responses=problems_doc())
 @threaded
-def list_hosts(state: State) -> dict[str, Any]:
+def list_hosts(state: State,
+               health: Annotated[bool, Parameter(default=False, description=(
+                   "also ask each host (WinRM, one look-up per storage folder), cached for max_age"))] = False,
+               max_age: Annotated[float, Parameter(ge=0, le=3600, default=HEALTH_MAX_AGE_S, description=(
+                   "with health: seconds a cached answer may be old (0: ask now)"))] = HEALTH_MAX_AGE_S
+               ) -> dict[str, Any]:
     """The inventory: per host, migrations now and its max_migrations, copies reading from and
-    writing to it now and its max_copies."""
-    return {"hosts": [{"name": name, **load} for name, load in _producer(state).host_load().items()]}
+    writing to it now and its max_copies (copy slots); with `health`, whether it answers over
+    WinRM and the free space of each storage folder (`health.checked_at`, `health.age_seconds`)."""
+    p = _producer(state)
+    hosts = [{"name": name, **load} for name, load in p.host_load().items()]
+    if health:
+        cache: dict = state.host_health
+        now = time.time()
+        stale = [h["name"] for h in hosts if h["name"] not in cache or now - cache[h["name"]]["checked_at"] > max_age]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(stale) or 1)) as pool:
+            for name, got in zip(stale, pool.map(p.host_health, stale), strict=True):
+                cache[name] = got
+        for h in hosts:
+            got = cache[h["name"]]
+            h["health"] = {**got, "age_seconds": round(max(0.0, time.time() - got["checked_at"]), 3)}
+    return {"hosts": hosts}
 
 
 @get("/v1/hosts/{host:str}/vms", opt={"scope": "read"}, responses={
@@ -361,7 +381,7 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
         guards=[require_scope],
         exception_handlers=problems.HANDLERS,
         state=State({"producer": producer, "tokens": tokens, "rate_per_minute": cfg.api.rate_per_minute,
-                     "vm_lists": {},
+                     "vm_lists": {}, "host_health": {},
                      "aioredis": aioredis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=60,
                                                          socket_connect_timeout=10)}),
         on_shutdown=[close_redis],

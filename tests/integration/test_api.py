@@ -312,6 +312,29 @@ def test_hosts_show_their_load_and_their_vms_with_the_age_of_the_list(lab, api):
     assert "hv9" in problem(api.call("GET", "/v1/hosts/hv9/vms"), 404)["detail"]
 
 
+def test_hosts_health_says_who_answers_and_the_free_space_of_each_folder(lab, api):
+    def hosts_now(**params) -> dict:
+        res = api.call("GET", "/v1/hosts", params={"health": "true", **params})
+        return {h["name"]: h for h in res.json()["hosts"]}
+    lab.emulator("hv3").set_host(free_bytes=123_456_789)
+    lab.emulator("hv2").outage(30)
+    try:
+        hosts = hosts_now(max_age=0)
+    finally:
+        lab.emulator("hv2").end_outage()
+        lab.emulator("hv3").reset_host()
+    assert hosts["hv3"]["health"]["reachable"] and hosts["hv3"]["health"]["error"] is None
+    assert hosts["hv3"]["health"]["free_bytes"] == {s.name: 123_456_789 for s in lab.cfg.host("hv3").storage}
+    assert hosts["hv1"]["health"]["reachable"] and hosts["hv1"]["health"]["free_bytes"]["vms"] > 2**20
+    assert hosts["hv2"]["health"]["reachable"] is False and hosts["hv2"]["health"]["error"]
+    # cached: the same answer within max_age, a new one when asked
+    again = hosts_now()
+    assert again["hv2"]["health"]["checked_at"] == hosts["hv2"]["health"]["checked_at"]
+    fresh = hosts_now(max_age=0)
+    assert fresh["hv2"]["health"]["reachable"] and fresh["hv3"]["health"]["free_bytes"]["vms"] != 123_456_789
+    assert "health" not in api.call("GET", "/v1/hosts").json()["hosts"][0]
+
+
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(lab, api, tmp_path):
     """Property-based, from /openapi.json, against the live server: every response documented
     and matching its schema, none a 5xx. With a `migrate` token, so the admin's throttle
