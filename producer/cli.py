@@ -51,7 +51,7 @@ def cmd_migrate(args) -> int:
            if getattr(args, k) is not None}
     req = MigrationRequest(args.vm, args.source, args.destination, raw)
     if args.dry_run:
-        plan = p.plan(req)  # over the API: the dry run, with its pre-flight and predictions
+        plan = p.dry_run(req)
         if args.json:
             _print_json(plan)
         else:
@@ -60,10 +60,9 @@ def cmd_migrate(args) -> int:
                 print(line)
             for src, dst in plan["switches"].items():
                 print(f"switch {src} -> {dst}")
-            if "predicted_downtime_seconds" in plan:
-                print(f"pre-flight: {'ok' if plan['preflight']['ok'] else '; '.join(plan['preflight']['problems'])}")
-                copy = f"{plan['copy_bytes'] / 2**20:.0f} MiB in {plan['predicted_copy_seconds']:.1f} s"
-                print(f"predicted: copy {copy}, downtime {plan['predicted_downtime_seconds']:.1f} s")
+            print(f"pre-flight: {'ok' if plan['preflight']['ok'] else '; '.join(plan['preflight']['problems'])}")
+            copy = f"{plan['copy_bytes'] / 2**20:.0f} MiB in {plan['predicted_copy_seconds']:.1f} s"
+            print(f"predicted: copy {copy}, downtime {plan['predicted_downtime_seconds']:.1f} s")
         return EXIT_OK
     rec = p.enqueue(req)
     if not args.wait:
@@ -256,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--switch-map", action="append", metavar="SRC=DST",
                    help="connect the VM's adapters on virtual switch SRC to switch DST of the destination (repeatable)")
     m.add_argument("--dry-run", action="store_true",
-                   help="print the file plan (each file, its size, where it lands) and change nothing")
+                   help="print the file plan (each file, its size, where it lands), the pre-flight's "
+                        "problems and the predicted copy time and downtime; change nothing")
     m.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", parents=[common], help="show one migration")

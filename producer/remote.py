@@ -81,9 +81,6 @@ class Remote:
     def dry_run(self, req: MigrationRequest) -> dict:
         return self.call("POST", "/v1/migrations:dry-run", self._body(req))
 
-    def plan(self, req: MigrationRequest) -> dict:
-        return self.dry_run(req)
-
     def enqueue(self, req: MigrationRequest) -> dict:
         # a key of this call's own: should the answer be lost and the call repeated, one migration
         return self.call("POST", "/v1/migrations", self._body(req), {"Idempotency-Key": uuid.uuid4().hex})
