@@ -24,7 +24,7 @@ def receiver():
     refuse: set[tuple[str, int]] = set()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             t, v1 = (p.split("=", 1)[1] for p in self.headers["Quickmig-Signature"].split(","))
             ok = hmac.compare_digest(v1, hmac.new(b"s" * 16, f"{t}.".encode() + body, hashlib.sha256).hexdigest())
