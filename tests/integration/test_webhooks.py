@@ -7,13 +7,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from lab import orchestrator, processes
 from lab.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -113,7 +116,12 @@ def test_webhooks_arrive_signed_in_order_after_the_receiver_returns(lab):
                           "no failed attempt logged while the receiver was down")
         assert down["t-every"]["delivered"] == 0 and down["t-every"]["pending"] >= 2 * 5
         assert any(e["result"] == "failed" and "not delivered" in e["outcome"] for e in down["t-every"]["log"])
-        # it comes back: every state change of both arrives, signed, in order per migration
+        # the delivering process is killed meanwhile; the lab's supervisor starts it again
+        before = orchestrator.read_lab(lab.dir)["processes"]["webhooks"]
+        os.kill(before["pid"], signal.SIGKILL)
+        wait_until(lambda: (now := orchestrator.read_lab(lab.dir)["processes"]["webhooks"])["pid"] != before["pid"]
+                   and processes.alive(now), 60, "the webhooks process was not restarted")
+        # the receiver comes back: every state change of both arrives, signed, in order per migration
         receiver.start()
         total = sum(len(r["history"]) for r in recs)
         wait_until(lambda: len({e["event_id"] for e in receiver.events("/every")}) >= total
