@@ -265,6 +265,10 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         # the Redis intake; a request a killed consumer left is taken over after 5 s, not production's 60
         procs["intake"] = processes.spawn([sys.executable, "-m", "producer.cli", "intake", "--claim-idle-s", "5"],
                                           logs / "intake.log", env=env)
+        # webhook deliveries ([webhooks.NAME] in quickmig.toml, read again when it changes); a
+        # receiver that is down is tried again within 2 s of its return, not production's 10 min
+        procs["webhooks"] = processes.spawn([sys.executable, "-m", "producer.cli", "webhooks", "run",
+                                             "--max-backoff-s", "2"], logs / "webhooks.log", env=env)
         _save(lab_dir, lab)
         for h in names:
             samba.wait_ready(ports[h]["smb"], 20)

@@ -9,12 +9,14 @@ import argparse
 import logging
 import os
 import sys
+import time
 from importlib.metadata import entry_points
 
 import redis
 
-from producer import intake, report, terminal, watch
+from producer import intake, report, terminal, watch, webhooks
 from producer.migrations import MigrationRequest, Producer, RequestError
+from producer.remote import Remote
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
 from workers.model import file_plan
 from workers.model.config import ConfigError, find_config_path, load_config
@@ -39,14 +41,21 @@ def _say(*parts, file=None) -> None:
     print(*(terminal.text(p) for p in parts), file=file)
 
 
+def _producer(args) -> Producer | Remote:
+    """The API's client when the config has `[api] url` (no Redis, no host credentials here),
+    else the Producer, which talks to Redis and the hosts itself."""
+    cfg = load_config(args.config)
+    return Remote.of(cfg) or Producer(cfg)
+
+
 def cmd_migrate(args) -> int:
-    p = Producer.from_config(args.config)
+    p = _producer(args)
     raw = {k: getattr(args, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
                                          "keep_source_hours", "destination_path", "storage_map", "switch_map")
            if getattr(args, k) is not None}
     req = MigrationRequest(args.vm, args.source, args.destination, raw)
     if args.dry_run:
-        plan = p.plan(req)
+        plan = p.dry_run(req)
         if args.json:
             _print_json(plan)
         else:
@@ -55,6 +64,9 @@ def cmd_migrate(args) -> int:
                 print(line)
             for src, dst in plan["switches"].items():
                 print(f"switch {src} -> {dst}")
+            print(f"pre-flight: {'ok' if plan['preflight']['ok'] else '; '.join(plan['preflight']['problems'])}")
+            copy = f"{plan['copy_bytes'] / 2**20:.0f} MiB in {plan['predicted_copy_seconds']:.1f} s"
+            print(f"predicted: copy {copy}, downtime {plan['predicted_downtime_seconds']:.1f} s")
         return EXIT_OK
     rec = p.enqueue(req)
     if not args.wait:
@@ -73,7 +85,7 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_status(args) -> int:
-    p = Producer.from_config(args.config)
+    p = _producer(args)
     rec = p.note_waiting([p.get(args.id)])[0]
     if args.json:
         _print_json(rec)
@@ -83,7 +95,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    p = Producer.from_config(args.config)
+    p = _producer(args)
     rec = p.cancel(args.id)
     if args.wait:
         rec = p.wait(args.id, timeout_s=args.timeout)
@@ -95,7 +107,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_list(args) -> int:
-    recs = Producer.from_config(args.config).list(args.limit)
+    recs = _producer(args).list(args.limit)
     if args.json:
         _print_json(recs)
     else:
@@ -107,20 +119,28 @@ def cmd_list(args) -> int:
 def cmd_throttle(args) -> int:
     """Show or change the copy bandwidth limits (applied to running copies within a chunk)."""
     cfg = load_config(args.config)
-    t = Throttle(Store.from_url(cfg.broker_url()).r)
     try:  # check everything before changing anything
         global_rate = parse_rate(args.global_limit) if args.global_limit is not None else None
         pair_rate = parse_rate(args.pair[2]) if args.pair else None
     except ThrottleError as e:
         raise ConfigError(str(e)) from None
+    remote = Remote.of(cfg)
+    if remote is not None:
+        limits = remote.throttle(global_rate, (args.pair[0], args.pair[1], pair_rate)
+                                 if args.pair and pair_rate is not None else None)
+        return _print_limits(limits, args.json)
+    t = Throttle(Store.from_url(cfg.broker_url()).r)
     if args.pair:
         cfg.host(args.pair[0]), cfg.host(args.pair[1])  # unknown hosts are refused with the inventory's names
     if global_rate is not None:
         t.set(global_rate)
     if pair_rate is not None:
         t.set(pair_rate, pair=(args.pair[0], args.pair[1]))
-    limits = t.limits()
-    if args.json:
+    return _print_limits(t.limits(), args.json)
+
+
+def _print_limits(limits: dict, as_json: bool) -> int:
+    if as_json:
         _print_json(limits)
     else:
         g = limits["global"]
@@ -181,6 +201,44 @@ def cmd_intake(args) -> int:
     return EXIT_OK
 
 
+def cmd_webhooks_run(args) -> int:
+    """Deliver the configured webhooks until stopped (producer/webhooks.py)."""
+    if args.retry_for_h * 3600 < webhooks.RETRY_FOR_S_MIN:
+        raise ConfigError("--retry-for-h must be at least 24 (hours)")
+    if args.max_backoff_s <= 0:
+        raise ConfigError("--max-backoff-s must be a positive number of seconds")
+    webhooks.run(load_config(args.config), retry_for_s=args.retry_for_h * 3600,
+                 max_backoff_s=args.max_backoff_s)
+    return EXIT_OK
+
+
+def cmd_webhooks_status(args) -> int:
+    cfg = load_config(args.config)
+    subs = [s for s in webhooks.subscriptions(cfg) if args.name is None or s.name == args.name]
+    if args.name is not None and not subs:
+        known = ", ".join(sorted(cfg.webhooks)) or "none"
+        raise ConfigError(f"no webhook {args.name!r} in the config (it has: {known})")
+    r = redis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=30)
+    out = [webhooks.status(r, s, last=args.last) for s in subs]
+    if args.json:
+        _print_json(out)
+        return EXIT_OK
+    if not out:
+        print("no webhooks configured ([webhooks.NAME] in the config)")
+    for st in out:
+        print(f"{st['name']} -> {st['url']} ({', '.join(st['events']) if st['events'] else 'every state'}): "
+              f"{st['delivered']} delivered, {st['pending']} pending for {st['migrations_waiting']} migration(s), "
+              f"{st['failed_attempts']} failed attempts, {st['dropped']} dropped"
+              + ("" if st["delivering"] else "; no process is delivering it"))
+        if st["last_error"]:
+            print(f"  last error: {st['last_error']}")
+        for e in st["log"]:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["at"]))
+            print(f"  {when} {e['result']:9} {e['migration']} #{e['seq']} {e['new']} "
+                  f"(attempt {e['attempt']}: {e['outcome']})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -213,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--switch-map", action="append", metavar="SRC=DST",
                    help="connect the VM's adapters on virtual switch SRC to switch DST of the destination (repeatable)")
     m.add_argument("--dry-run", action="store_true",
-                   help="print the file plan (each file, its size, where it lands) and change nothing")
+                   help="print the file plan (each file, its size, where it lands), the pre-flight's "
+                        "problems and the predicted copy time and downtime; change nothing")
     m.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", parents=[common], help="show one migration")
@@ -271,6 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--claim-idle-s", type=float, default=intake.CLAIM_IDLE_S_DEFAULT,
                     help="take over a request another consumer took and left this long (default 60)")
     it.set_defaults(func=cmd_intake)
+
+    wh = sub.add_parser("webhooks", parents=[common], help="webhook deliveries: run them, or show their log")
+    whsub = wh.add_subparsers(dest="webhooks_command", required=True)
+    wr = whsub.add_parser("run", parents=[common], help="deliver every [webhooks.NAME] of the config until stopped")
+    wr.add_argument("--retry-for-h", type=float, default=webhooks.RETRY_FOR_S_DEFAULT / 3600,
+                    help="give an event up this long after its first failed attempt (default 72, at least 24)")
+    wr.add_argument("--max-backoff-s", type=float, default=webhooks.MAX_BACKOFF_S_DEFAULT,
+                    help="longest wait between two attempts (default 600)")
+    wr.set_defaults(func=cmd_webhooks_run)
+    ws = whsub.add_parser("status", parents=[common], help="each subscription's deliveries and its latest log")
+    ws.add_argument("name", nargs="?", default=None)
+    ws.add_argument("--last", type=int, default=20, help="log entries shown (default 20)")
+    ws.add_argument("--json", action="store_true")
+    ws.set_defaults(func=cmd_webhooks_status)
 
     for ep in entry_points(group=COMMANDS_GROUP):
         ep.load()(sub, common)

@@ -26,10 +26,12 @@ from workers.model import file_plan, keys, network_map, routing, states
 from workers.model import options as options_mod
 from workers.model.errors import QuickmigError
 from workers.model.hostpaths import HostPathError
+from workers.model.preflight import saved_memory_bytes
 from workers.model.record import MigrationRecord, StaleState, Store, new_record
 from workers.smb import file_copy
 from workers.smb.endpoint import SmbEndpoint
 from workers.smb.errors import SmbError
+from workers.steps import precopy, snapshot
 
 # How long a producer without host credentials waits for a worker to look a VM up.
 LOOKUP_WAIT_S = 60.0
@@ -75,6 +77,7 @@ class MigrationRequest:
 
 
 PAGE_SCAN_MAX = 5000
+RATE_PAGES = 3  # a dry run looks for measured copy rates in this many pages of the pair's source
 # An Idempotency-Key's claim not turned into a migration in this long is taken over: far
 # longer than an enqueue (a WinRM look-up on each host, each within 60 s) takes.
 IDEMPOTENCY_CLAIM_STALE_S = 900  # index entries one page looks at before it returns with a cursor
@@ -162,7 +165,9 @@ class Producer:
         """What `migrate --dry-run` shows: the VM and its file plan (each source file, its
         size read over SMB, where it lands), changing nothing anywhere."""
         opts = self._options(req)
-        vm = self.validate(req)
+        return self._plan(req, opts, self.validate(req))
+
+    def _plan(self, req: MigrationRequest, opts: dict, vm: dict) -> dict:
         files = self._placed(req, vm, opts)
         host = self.cfg.host(req.source)
         ep = SmbEndpoint.for_host(host, self.cfg.credentials(req.source))
@@ -176,6 +181,57 @@ class Producer:
                                           vm.get("switches", []))
         return {"vm": req.vm, "vm_id": vm["id"], "source": req.source, "destination": req.destination,
                 "options": opts, "files": files, "switches": switches}
+
+    def dry_run(self, req: MigrationRequest) -> dict:
+        """What the migration would do and cost, changing nothing anywhere (no checkpoint, no
+        lease, no Redis write): the file plan, the pre-flight's problems (empty: it would pass),
+        the bytes the base copy moves, and the copy time and downtime predicted from the rates
+        measured on these hosts (the defaults where none are; `measured` names those that were).
+        The downtime is the switchover's with the leaf copied down to its header, as pre-copy
+        rounds leave it for a guest that writes little: a floor for a busy guest."""
+        opts = self._options(req)
+        vm = self.validate(req)
+        plan = self._plan(req, opts, vm)
+        rec = {"source": req.source, "destination": req.destination, "options": opts, "vm": req.vm}
+        try:
+            full = self._driver(req.source).run("describe_vm", {"vm_id": vm["id"], "preflight": True})["vm"]
+            found, _, copy_bytes = snapshot.preflight_problems(
+                self.cfg, rec, full, self._driver(req.source), self._driver(req.destination),
+                SmbEndpoint.for_host(self.cfg.host(req.source), self.cfg.credentials(req.source)))
+        except (HyperVError, SmbError) as e:
+            raise RequestError(f"cannot run the pre-flight of {req.vm!r}: {e}") from None
+        rates = self._measured_rates(req.source, req.destination)
+        costs = precopy.remembered_costs(self.store.r, req.source, req.destination)
+        memory = saved_memory_bytes(full)
+        leaf = precopy.CHILD_HEADER_BYTES * len(full["disks"])
+        save_s = memory / costs["save_bps"]
+        down_copy_s = (memory + leaf + precopy.STATE_FILES_BYTES) / rates["downtime_copy_bps"]
+        downtime = precopy.predict_s(memory, leaf, rates["downtime_copy_bps"], costs)
+        return {**plan, "preflight": {"ok": not found, "problems": found},
+                "copy_bytes": copy_bytes, "memory_bytes": memory,
+                "predicted_copy_seconds": round(copy_bytes / rates["copy_bps"], 3),
+                "predicted_downtime_seconds": round(downtime, 3),
+                "downtime_parts": {"save_seconds": round(save_s, 3), "copy_seconds": round(down_copy_s, 3),
+                                   "register_start_seconds": round(costs["register_start_s"], 3)},
+                "rates": {"copy_bps": round(rates["copy_bps"]), "downtime_copy_bps": round(rates["downtime_copy_bps"]),
+                          "save_bps": round(costs["save_bps"]), "register_start_s": costs["register_start_s"],
+                          "measured": sorted(rates["measured"] + costs["measured"]),
+                          "measured_by": rates["measured_by"]}}
+
+    def _measured_rates(self, source: str, destination: str) -> dict:
+        """The copy rates the newest migration from `source` to `destination` that measured
+        them saw (its pre-copy gate records them), else the defaults."""
+        cursor = None
+        for _ in range(RATE_PAGES):
+            recs, cursor = self.page(limit=100, cursor=cursor, host=source)
+            for r in recs:
+                if r["destination"] == destination and r.get("copy_bps") and r.get("downtime_copy_bps"):
+                    return {"copy_bps": float(r["copy_bps"]), "downtime_copy_bps": float(r["downtime_copy_bps"]),
+                            "measured": ["copy_bps", "downtime_copy_bps"], "measured_by": r["id"]}
+            if cursor is None:
+                break
+        return {"copy_bps": precopy.DEFAULT_COPY_BPS, "downtime_copy_bps": precopy.DEFAULT_COPY_BPS,
+                "measured": [], "measured_by": None}
 
     def enqueue(self, req: MigrationRequest, requester: str | None = None) -> dict:
         opts = self._options(req)
@@ -194,15 +250,16 @@ class Producer:
             raise RequestError(f"VM {req.vm!r} is already being migrated ({detail}); "
                                "wait for it to end") from None
         rec["fence"] = token
+        event_id = None
         try:
-            self.store.create(rec)
+            event_id = self.store.create(rec)
             # in line for a place on both hosts (workers.coord.admission); the pass starts it now
             # if both have room, else a migration that ends on either host will
             self.admission.wait(rec["id"], req.source, req.destination)
             self.admit()
         except Exception:
             self.admission.release(rec["id"], (req.source, req.destination))
-            self.store.delete(rec["id"])
+            self.store.delete(rec["id"], event_id)
             self.locks.release(vm["id"], rec["id"])
             raise
         return rec
@@ -329,6 +386,22 @@ class Producer:
             return self._driver(host).run("list_vms", {})["vms"]
         except HyperVError as e:
             raise HostUnreachable(f"cannot list the VMs of {host}: {e}") from None
+
+    def host_health(self, host: str) -> dict:
+        """Whether `host` answers over WinRM now, and the free space of each of its storage
+        folders (host_info, one look-up per folder, read-only); `error` says why it did not."""
+        h = self.cfg.host(host)
+        free: dict[str, int] = {}
+        t0 = time.time()
+        try:
+            for s in h.storage:
+                info = self._driver(host).run("host_info", {"vm_root": s.path})
+                free[s.name] = int(info["vm_root_free_bytes"])
+        except (HyperVError, QuickmigError, OSError) as e:
+            return {"reachable": False, "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                    "free_bytes": free, "checked_at": t0}
+        return {"reachable": True, "error": None, "free_bytes": free, "checked_at": t0,
+                "answered_in_seconds": round(time.time() - t0, 3)}
 
     def host_load(self) -> dict[str, dict]:
         """Per host of the inventory: its limits and what holds them now (from Redis)."""

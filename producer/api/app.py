@@ -6,6 +6,7 @@ worker thread (`threaded`): the Producer is the CLI's, synchronous.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import time
@@ -39,8 +40,11 @@ VERSION = "1"
 # one line per change a token asked for (who, what, outcome), in the API's log
 audit = logging.getLogger("quickmig.api.audit")
 PAGE_MAX = 500
+HEALTH_MAX_AGE_S = 30.0  # GET /v1/hosts?health=true: how old a host's cached answer may be
 VMS_MAX_AGE_S = 30.0  # GET /v1/hosts/{host}/vms: how old a cached list may be unless the caller says
 CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?:[0-9a-f]*$"  # creation time and id (producer.migrations.Producer.page)
+OPTIONS = ("max_downtime", "on_exceed", "max_rounds", "not_before", "window", "keep_source_hours",
+           "destination_path", "storage_map", "switch_map")  # MigrationIn's, the CLI's migrate options
 PROBLEM_RESPONSES = "application/problem+json: type, title, status, detail (RFC 9457)"
 
 Option = str | int | float | None
@@ -60,6 +64,9 @@ class MigrationIn:
     not_before: Option = None
     window: Option = None
     keep_source_hours: Option = None
+    destination_path: str | None = None  # every file under this folder of the destination
+    storage_map: list[str] | None = None  # "SRC_PREFIX=DST_PREFIX", the longest prefix wins
+    switch_map: list[str] | None = None  # "SRC=DST": adapters on switch SRC connect to DST
 
 
 @dataclass
@@ -181,9 +188,7 @@ def create_migration(request: Request, state: State, data: MigrationIn,
                      ) -> Response[MigrationRecord]:
     """Validate and enqueue a migration, as `quickmig migrate` does; a refusal is a 422 whose
     `detail` is the CLI's one-line reason."""
-    raw = {k: getattr(data, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
-                                         "keep_source_hours") if getattr(data, k) is not None}
-    req = MigrationRequest(data.vm, data.source, data.destination, raw)
+    req = _request_of(data)
     p, who = _producer(state), _caller(request).name
     try:
         if idempotency_key is None:
@@ -197,6 +202,23 @@ def create_migration(request: Request, state: State, data: MigrationIn,
     audit.info("token=%s create vm=%s source=%s destination=%s -> migration %s%s", who, data.vm, data.source,
                data.destination, rec["id"], "" if new else " (Idempotency-Key replay)")
     return Response(rec, status_code=201 if new else 200, headers={"Location": f"/v1/migrations/{rec['id']}"})
+
+
+@post("/v1/migrations:dry-run", opt={"scope": "read"}, status_code=200, responses=problems_doc(422))
+@threaded
+def dry_run_migration(state: State, data: MigrationIn) -> dict[str, Any]:
+    """What POST /v1/migrations with this body would do and cost, changing nothing (no
+    checkpoint, no lease, no record): the file plan (each file, its bytes, where it lands), the
+    switch map, the pre-flight's problems (`preflight.ok` false: the migration would be refused
+    by them), the bytes to copy, and the copy time and downtime predicted from the rates
+    measured on these hosts (`rates.measured` names those measured; the others are defaults).
+    A request the CLI would refuse outright is a 422."""
+    return _producer(state).dry_run(_request_of(data))
+
+
+def _request_of(data: MigrationIn) -> MigrationRequest:
+    raw = {k: getattr(data, k) for k in OPTIONS if getattr(data, k) is not None}
+    return MigrationRequest(data.vm, data.source, data.destination, raw)
 
 
 @get("/v1/migrations/{mid:str}", opt={"scope": "read"}, responses=problems_doc(404))
@@ -249,10 +271,28 @@ def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecor
 
 @get("/v1/hosts", opt={"scope": "read"}, responses=problems_doc())
 @threaded
-def list_hosts(state: State) -> dict[str, Any]:
+def list_hosts(state: State,
+               health: Annotated[bool, Parameter(default=False, description=(
+                   "also ask each host (WinRM, one look-up per storage folder), cached for max_age"))] = False,
+               max_age: Annotated[float, Parameter(ge=0, le=3600, default=HEALTH_MAX_AGE_S, description=(
+                   "with health: seconds a cached answer may be old (0: ask now)"))] = HEALTH_MAX_AGE_S
+               ) -> dict[str, Any]:
     """The inventory: per host, migrations now and its max_migrations, copies reading from and
-    writing to it now and its max_copies."""
-    return {"hosts": [{"name": name, **load} for name, load in _producer(state).host_load().items()]}
+    writing to it now and its max_copies (copy slots); with `health`, whether it answers over
+    WinRM and the free space of each storage folder (`health.checked_at`, `health.age_seconds`)."""
+    p = _producer(state)
+    hosts = [{"name": name, **load} for name, load in p.host_load().items()]
+    if health:
+        cache: dict = state.host_health
+        now = time.time()
+        stale = [h["name"] for h in hosts if h["name"] not in cache or now - cache[h["name"]]["checked_at"] > max_age]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(stale) or 1)) as pool:
+            for name, got in zip(stale, pool.map(p.host_health, stale), strict=True):
+                cache[name] = got
+        for h in hosts:
+            got = cache[h["name"]]
+            h["health"] = {**got, "age_seconds": round(max(0.0, time.time() - got["checked_at"]), 3)}
+    return {"hosts": hosts}
 
 
 @get("/v1/hosts/{host:str}/vms", opt={"scope": "read"}, responses={
@@ -336,13 +376,13 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
         await app.state.aioredis.aclose()
 
     return Litestar(
-        [healthz, readyz, create_migration, get_migration, list_migrations, cancel_migration,
+        [healthz, readyz, create_migration, dry_run_migration, get_migration, list_migrations, cancel_migration,
          list_hosts, host_vms, get_throttle, set_throttle, get_events, openapi],
         guards=[require_scope],
         exception_handlers=problems.HANDLERS,
         state=State({"producer": producer, "tokens": tokens, "rate_per_minute": cfg.api.rate_per_minute,
-                     "vm_lists": {},
-                     "aioredis": aioredis.Redis.from_url(cfg.redis_url, decode_responses=True, socket_timeout=60,
+                     "vm_lists": {}, "host_health": {},
+                     "aioredis": aioredis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=60,
                                                          socket_connect_timeout=10)}),
         on_shutdown=[close_redis],
         openapi_config=OpenAPIConfig(

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from litestar.response import ServerSentEventMessage
 
 from workers.model import keys
+from workers.model.record import event_data
 
 BLOCK_MS = 15_000  # a keep-alive comment this often when nothing happens (proxies drop idle streams)
 STREAM_ID = re.compile(r"^(0|\d+-\d+)$")
@@ -23,16 +24,6 @@ STREAM_ID = re.compile(r"^(0|\d+-\d+)$")
 def _key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def as_event(fields: dict[str, str]) -> dict:
-    """A stream entry's fields as the JSON an event carries."""
-    out: dict = {k: fields.get(k) for k in ("id", "vm", "source", "destination", "new")}
-    out["old"] = fields.get("old") or None
-    out["at"] = float(fields["at"])
-    out["seq"] = int(fields["seq"])
-    out["by"] = fields.get("by")
-    return out
 
 
 async def start_after(r: aioredis.Redis, last_event_id: str | None) -> str:
@@ -77,4 +68,4 @@ async def stream(r: aioredis.Redis, after: str, migration: str | None) -> AsyncI
                 after = entry_id
                 if migration is not None and fields.get("id") != migration:
                     continue
-                yield ServerSentEventMessage(id=entry_id, event="state", data=json.dumps(as_event(fields)))
+                yield ServerSentEventMessage(id=entry_id, event="state", data=json.dumps(event_data(fields)))

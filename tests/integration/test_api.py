@@ -216,6 +216,59 @@ def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_
     assert api.call("GET", "/v1/migrations", params={"vm": "api-e2e", "host": "hv3"}).json()["items"] == []
 
 
+def hosts_state(lab) -> dict:
+    """Every emulated host's state as the lab sees it (VMs, their disks and checkpoints, planned
+    VMs), but for what a running guest moves by itself (the counter its writes advance)."""
+    out = {}
+    for h in lab.cfg.hosts:
+        state = lab.emulator(h).state()
+        for vm in state["vms"]:
+            vm["lab"].pop("counter")
+        out[h] = state
+    return out
+
+
+def test_a_dry_run_predicts_from_the_measured_rates_and_changes_nothing(lab, api):
+    """After the migration above, hv1 -> hv2 has measured rates: the dry run predicts from them."""
+    lab.add_vm("api-dry", "hv1", write_rate_kbps=0, disk_mb=24, memory_mb=32)
+    body = {"vm": "api-dry", "source": "hv1", "destination": "hv2"}
+    before, hosts_before = state_but_rates(lab), hosts_state(lab)
+    res = api.call("POST", "/v1/migrations:dry-run", json=body)
+    assert res.status_code == 200, res.text
+    dry = res.json()
+    assert state_but_rates(lab) == before
+    assert hosts_state(lab) == hosts_before
+    assert dry["preflight"] == {"ok": True, "problems": []}
+    assert dry["copy_bytes"] >= 24 * 2**20 and dry["memory_bytes"] == 32 * 2**20
+    assert {f["path"] for f in dry["files"]} and all(f["bytes"] >= 0 for f in dry["files"])
+    rates = dry["rates"]
+    # the copy rates of the newest migration on the pair that measured them; the switchover's costs
+    measured = api.call("GET", f"/v1/migrations/{rates['measured_by']}").json()
+    assert (measured["source"], measured["destination"]) == ("hv1", "hv2")
+    assert rates["copy_bps"] == measured["copy_bps"] and rates["downtime_copy_bps"] == measured["downtime_copy_bps"]
+    assert set(rates["measured"]) == {"copy_bps", "downtime_copy_bps", "save_bps", "register_start_s"}
+    costs = lab.redis().hgetall(keys.cutover_costs("hv1"))
+    assert rates["save_bps"] == round(float(costs["save_bps"]))
+    assert dry["predicted_copy_seconds"] == pytest.approx(dry["copy_bytes"] / rates["copy_bps"], rel=1e-3, abs=2e-3)
+    parts = dry["downtime_parts"]
+    assert dry["predicted_downtime_seconds"] == pytest.approx(sum(parts.values()), abs=0.01)
+    assert parts["save_seconds"] == pytest.approx(dry["memory_bytes"] / rates["save_bps"], rel=1e-3, abs=2e-3)
+    # a pair nothing measured yet predicts from the defaults, and says so
+    other = api.call("POST", "/v1/migrations:dry-run", json=dict(body, destination="hv3")).json()
+    assert other["rates"]["measured_by"] is None and "copy_bps" not in other["rates"]["measured"]
+    # a pre-flight problem is reported, not a refusal; a request the CLI refuses is a 422
+    lab.emulator("hv3").set_host(free_bytes=2**20)
+    try:
+        tight = api.call("POST", "/v1/migrations:dry-run", json=dict(body, destination="hv3")).json()
+    finally:
+        lab.emulator("hv3").reset_host()
+    assert tight["preflight"]["ok"] is False and "free" in tight["preflight"]["problems"][0]
+    assert "hv7" in problem(api.call("POST", "/v1/migrations:dry-run", json=dict(body, destination="hv7")),
+                            422)["detail"]
+    problem(api.call("POST", "/v1/migrations:dry-run", scope=None, json=body), 401)
+    assert state_but_rates(lab) == before
+
+
 def test_cancel_over_http_rolls_back_and_is_refused_when_too_late(lab, api):
     lab.add_vm("api-cancel", "hv2")
     lab.emulator("hv2").inject_fault(op="checkpoint_vm", action="delay", seconds=4, times=1)
@@ -257,6 +310,29 @@ def test_hosts_show_their_load_and_their_vms_with_the_age_of_the_list(lab, api):
     vm = next(v for v in fresh["vms"] if v["name"] == "api-inventory")
     assert vm["state"] == "Running" and vm["id"]
     assert "hv9" in problem(api.call("GET", "/v1/hosts/hv9/vms"), 404)["detail"]
+
+
+def test_hosts_health_says_who_answers_and_the_free_space_of_each_folder(lab, api):
+    def hosts_now(**params) -> dict:
+        res = api.call("GET", "/v1/hosts", params={"health": "true", **params})
+        return {h["name"]: h for h in res.json()["hosts"]}
+    lab.emulator("hv3").set_host(free_bytes=123_456_789)
+    lab.emulator("hv2").outage(30)
+    try:
+        hosts = hosts_now(max_age=0)
+    finally:
+        lab.emulator("hv2").end_outage()
+        lab.emulator("hv3").reset_host()
+    assert hosts["hv3"]["health"]["reachable"] and hosts["hv3"]["health"]["error"] is None
+    assert hosts["hv3"]["health"]["free_bytes"] == {s.name: 123_456_789 for s in lab.cfg.host("hv3").storage}
+    assert hosts["hv1"]["health"]["reachable"] and hosts["hv1"]["health"]["free_bytes"]["vms"] > 2**20
+    assert hosts["hv2"]["health"]["reachable"] is False and hosts["hv2"]["health"]["error"]
+    # cached: the same answer within max_age, a new one when asked
+    again = hosts_now()
+    assert again["hv2"]["health"]["checked_at"] == hosts["hv2"]["health"]["checked_at"]
+    fresh = hosts_now(max_age=0)
+    assert fresh["hv2"]["health"]["reachable"] and fresh["hv3"]["health"]["free_bytes"]["vms"] != 123_456_789
+    assert "health" not in api.call("GET", "/v1/hosts").json()["hosts"][0]
 
 
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(lab, api, tmp_path):

@@ -164,12 +164,24 @@ class ApiSettings:
     addr: str = "127.0.0.1"
     port: int = API_PORT_DEFAULT
     rate_per_minute: int = API_RATE_PER_MINUTE_DEFAULT  # requests per token (a token's own limit wins)
+    # the CLI talks to this API instead of Redis and the hosts (producer.remote); then the
+    # config needs no redis_url and no hosts
+    url: str | None = None
 
 
 @dataclass(frozen=True)
 class EventSettings:
     """`[events]`: how many state changes the events stream keeps (about; oldest trimmed first)."""
     max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """`[webhooks.NAME]`: where state changes are POSTed (producer.webhooks); its secret is in
+    the credentials file (`[webhooks.NAME] secret`)."""
+    name: str
+    url: str
+    events: frozenset[str] | None = None  # the states whose entering is delivered; None: every one
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    webhooks: dict[str, Webhook] = field(default_factory=dict)
 
     def host(self, name: str) -> Host:
         try:
@@ -291,7 +304,9 @@ def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretTom
         raise ConfigError(f"credentials file {path} is not valid TOML: {e}") from None
     top = _Table(data, str(path))
     out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"))
-    top.read.add("api_tokens")  # the HTTP API's token hashes: producer.api.auth reads and checks them
+    # read and checked by their own readers: the HTTP API's token hashes (producer.api.auth), the
+    # webhooks' secrets (producer.webhooks), the CLI's token for the API (producer.remote)
+    top.read.update(("api_tokens", "webhooks", "api"))
     top.done()
     return out
 
@@ -593,11 +608,36 @@ def _settings(top: _Table) -> dict[str, Any]:
         "lab_dir": _optional_path(lab_t.text("dir", None)),
         "api": ApiSettings(addr=api_t.text("addr", "127.0.0.1"),
                            port=api_t.whole("port", API_PORT_DEFAULT, high=65535),
-                           rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT)),
+                           rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT),
+                           url=_api_url(api_t)),
         "events": EventSettings(max_entries=events_t.whole("max_entries", keys.EVENTS_MAX_ENTRIES_DEFAULT, low=100)),
     }
     for t in (copy_t, log_t, metrics_t, lab_t, api_t, events_t):
         t.done()
+    return out
+
+
+def _api_url(t: _Table) -> str | None:
+    url = t.text("url", None)
+    if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+        raise ConfigError(f"{t.where}: url must be an http:// or https:// URL, not {url!r}")
+    return url.rstrip("/") if url is not None else None
+
+
+def _webhooks(t: _Table) -> dict[str, Webhook]:
+    out = {}
+    known = states.ACTIVE + tuple(sorted(states.ENDS))
+    for name in list(t.data):
+        w = t.table(name)
+        url = w.text("url")
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ConfigError(f"{w.where}: url must be an http:// or https:// URL, not {url!r}")
+        wanted = w._get("events", None)
+        if wanted is not None and (not isinstance(wanted, list) or not wanted
+                                   or any(e not in known for e in wanted)):
+            raise ConfigError(f"{w.where}: events must be a list of states ({', '.join(known)}), not {wanted!r}")
+        w.done()
+        out[name] = Webhook(name, url, frozenset(wanted) if wanted is not None else None)
     return out
 
 
@@ -646,7 +686,9 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from None
     top = _Table(data, str(path))
-    redis_url = _redis_url(top)
+    # a CLI that talks to the API ([api] url) needs no Redis: the API has it
+    api_only = "redis_url" not in data and isinstance(data.get("api"), dict) and "url" in data["api"]
+    redis_url = "" if api_only else _redis_url(top)
     hosts_t = top.table("hosts")
     hosts = {_host_name(name, hosts_t): _host(name, _Table(h, f"{path} [hosts.{name}]"))
              for name, h in hosts_t.data.items()}
@@ -654,9 +696,11 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     settings = _settings(top)
     maps = _storage_maps(top.table("storage_maps"), hosts)
     switch_maps = _switch_maps(top.table("switch_maps"), hosts)
+    webhooks = _webhooks(top.table("webhooks"))
     top.done()
     return Config(path=path, redis_url=redis_url, hosts=hosts, storage_maps=maps, switch_maps=switch_maps,
-                  credentials_file=(path.parent / cred) if cred else None, **settings)
+                  credentials_file=(path.parent / cred) if cred else None, webhooks=webhooks,
+                  **settings)
 
 
 def toml_str(value: str) -> str:

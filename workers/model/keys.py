@@ -208,3 +208,21 @@ LOOKUP_REPLY_TTL_S = 120
 
 def lookup_reply(request_id: str) -> str:
     return f"{PREFIX}lookup:{request_id}"
+
+
+# Webhook deliveries (producer.webhooks), per subscription NAME: how far the events stream
+# has been read (string: the last entry id taken), each migration's events not yet
+# delivered (list, oldest first), when each such migration's next attempt is due (sorted
+# set: migration id by Unix time), the failed attempts of each one's oldest event (hash:
+# migration id -> JSON count, first failure), the delivery log (list, newest first, the
+# last WEBHOOK_LOG_MAX kept), counters (hash), and the lease of the one process delivering.
+WEBHOOK_LOG_MAX = 1000
+WEBHOOK_LEASE_TTL_S = 30
+
+
+def webhook(name: str, part: str) -> str:
+    return f"{PREFIX}webhook:{name}:{part}"
+
+
+def webhook_queue(name: str, mid: str) -> str:
+    return f"{PREFIX}webhook:{name}:queue:{mid}"

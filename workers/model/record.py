@@ -180,6 +180,16 @@ def event(rec: MigrationRecord, old: str | None) -> dict[str, str]:
     return fields
 
 
+def event_data(fields: dict[str, str]) -> dict:
+    """An events stream entry's fields as the JSON an SSE event or a webhook carries."""
+    out: dict = {k: fields.get(k) for k in ("id", "vm", "source", "destination", "new")}
+    out["old"] = fields.get("old") or None
+    out["at"] = float(fields["at"])
+    out["seq"] = int(fields["seq"])
+    out["by"] = fields.get("by")
+    return out
+
+
 class Store:
     def __init__(self, client: redis.Redis, events_max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT):
         self.r = client
@@ -194,20 +204,26 @@ class Store:
         # in the caller's transaction: a state change and its event are stored together or not at all
         p.xadd(keys.EVENTS, cast(Any, event(rec, old)), maxlen=self.events_max_entries, approximate=True)
 
-    def create(self, rec: MigrationRecord) -> None:
+    def create(self, rec: MigrationRecord) -> str:
+        """Store a new migration; returns the id of its `queued` event in the events stream."""
         key = keys.migration(rec["id"])
         with self.r.pipeline() as p:
             p.set(key, json.dumps(rec), nx=True)
             p.zadd(keys.MIGRATIONS_INDEX, {rec["id"]: rec["created_at"]})
             p.sadd(keys.ACTIVE_SET, rec["id"])
             self._append_event(p, rec, None)
-            p.execute()
+            return cast(str, p.execute()[-1])
 
-    def delete(self, mid: str) -> None:
+    def delete(self, mid: str, event_id: str | None = None) -> None:
+        """Remove a migration that never started (its enqueue failed after create), and with
+        `event_id` its `queued` event, so that a reader who has not read it yet never hears of a
+        migration that does not exist."""
         with self.r.pipeline() as p:
             p.delete(keys.migration(mid))
             p.zrem(keys.MIGRATIONS_INDEX, mid)
             p.srem(keys.ACTIVE_SET, mid)
+            if event_id is not None:
+                p.xdel(keys.EVENTS, event_id)
             p.execute()
 
     def get(self, mid: str) -> MigrationRecord:

@@ -56,11 +56,17 @@ def unlimited_copy_bps(rec: dict) -> float:
 
 
 def fixed_costs(source: str, destination: str) -> dict:
-    r = context.store().r
+    return remembered_costs(context.store().r, source, destination)
+
+
+def remembered_costs(r, source: str, destination: str) -> dict:
+    """Save rate of `source` and register+start time of `destination` as the last switchovers
+    there measured them (remember_costs), else the defaults; `measured` says which were."""
     save = r.hget(keys.cutover_costs(source), "save_bps")
     reg = r.hget(keys.cutover_costs(destination), "register_start_s")
     return {"save_bps": float(save) if save else DEFAULT_SAVE_BPS,
-            "register_start_s": float(reg) if reg else DEFAULT_REGISTER_START_S}
+            "register_start_s": float(reg) if reg else DEFAULT_REGISTER_START_S,
+            "measured": [k for k, v in (("save_bps", save), ("register_start_s", reg)) if v]}
 
 
 def remember_costs(source: str, destination: str, memory_bytes: int, save_s: float, register_start_s: float) -> None:

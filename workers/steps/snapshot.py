@@ -16,27 +16,31 @@ from workers.engine.step import (
     start_rollback,
     step_task,
 )
+from workers.hyperv.driver import HyperVDriver
 from workers.model import network_map, options, preflight, routing, states
+from workers.model.config import Config
 from workers.model.file_plan import PathMap, chain_paths, checkpoint_files, frozen_files, layout_problems
+from workers.smb.endpoint import SmbEndpoint
 from workers.steps.checkpoint import ours, snapshot_name
 from workers.steps.transfer import file_size
 
 
-def _preflight(rec: dict, vm: dict, lg) -> None:
-    """Phase 0: refuse, before any checkpoint, what the destination could not run. `vm` is the
-    VMInfo with its pre-flight facts (describe_vm `preflight`); the destination's host_info
-    checks the VM's compatibility blob and lists its guardians when the VM needs them: no
-    WinRM call more than the checks of old."""
-    cfg = context.config()
-    src_info = context.driver(rec["source"]).run("host_info", {})
+def preflight_problems(cfg: Config, rec: dict, vm: dict, src: HyperVDriver, dst: HyperVDriver,
+                       ep: SmbEndpoint) -> tuple[list[str], int, int]:
+    """Phase 0's checks, look-ups only (they change nothing, so a dry run makes them too):
+    every reason the destination could not run the VM, how many files move and their bytes.
+    `rec`: the migration (source, destination, options); `vm`: the VMInfo with its pre-flight
+    facts (describe_vm `preflight`). The destination's host_info checks the VM's compatibility
+    blob and lists its guardians when the VM needs them."""
+    src_info = src.run("host_info", {})
     facts = vm.get("preflight") or {}
     asked = {"vm_root": cfg.host(rec["destination"]).vm_root}
     if facts.get("compatibility_info"):
         asked["compatibility_info"] = facts["compatibility_info"]
     if preflight.needs_key_protector(vm):
         asked["guardians"] = True
-    dst_info = context.driver(rec["destination"]).run("host_info", asked)
-    ep, pm = context.smb_endpoint(rec["source"]), PathMap.for_record(cfg, rec, vm)
+    dst_info = dst.run("host_info", asked)
+    pm = PathMap.for_record(cfg, rec, vm)
     files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
     files |= {p for snap in vm.get("snapshots", []) for p in checkpoint_files(snap)}
     file_bytes = sum(file_size(ep, pm.src_place(p)) for p in files)
@@ -47,14 +51,21 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
     found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes,
                                 switches=switches, source=rec["source"])
     found += preflight.fact_problems(vm, src_info, dst_info, source=rec["source"], destination=rec["destination"])
-    same_id = next((v for v in context.driver(rec["destination"]).run("list_vms", {})["vms"]
-                    if v["id"].lower() == vm["id"].lower()), None)
+    same_id = next((v for v in dst.run("list_vms", {})["vms"] if v["id"].lower() == vm["id"].lower()), None)
     problem = preflight.same_id_problem(vm, rec["destination"], same_id)
     if problem:
         found.append(problem)
+    return found, len(files), file_bytes
+
+
+def _preflight(rec: dict, vm: dict, lg) -> None:
+    """Phase 0: refuse, before any checkpoint, what the destination could not run."""
+    found, n_files, file_bytes = preflight_problems(context.config(), rec, vm, context.driver(rec["source"]),
+                                                    context.driver(rec["destination"]),
+                                                    context.smb_endpoint(rec["source"]))
     if found:
         raise HardFailure("pre-flight refused: " + "; ".join(found))
-    lg.info("pre-flight ok: %d files, %.0f MiB to move", len(files), file_bytes / 2**20)
+    lg.info("pre-flight ok: %d files, %.0f MiB to move", n_files, file_bytes / 2**20)
 
 
 @step_task(routing.SNAPSHOT, on_hard_failure=start_rollback)
