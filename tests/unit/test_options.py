@@ -82,3 +82,9 @@ def test_bandwidth_waits_count_what_the_least_held_stream_waited():
     other.start()
     other.join()
     assert counted.seconds() == pytest.approx(1.5)
+
+
+def test_the_downtime_copy_is_predicted_at_the_rate_the_last_switchover_measured_if_there_was_one():
+    rec = {"copied": [{"bytes": 80 * precopy.MiB, "seconds": 10.0, "throttled_s": 9.0}]}
+    assert precopy.downtime_copy_bps(rec, {"downtime_copy_bps": 123e6}) == 123e6
+    assert precopy.downtime_copy_bps(rec, {}) == precopy.unlimited_copy_bps(rec)

@@ -122,7 +122,7 @@ def cutover(mid: str, lg) -> None:
     lg.info("switchover %.2fs (save %.2f, copy %.2f, import %.2f, start %.2f)", downtime,
             t_saved - t0, t_copied - t_saved, t_imported - t_copied, t1 - t_imported)
     precopy.remember_costs(rec["source"], rec["destination"], saved_memory_bytes(running),
-                           t_saved - t0, t1 - t_copied)
+                           t_saved - t0, t1 - t_copied, moved, t_copied - t_saved)
     context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING, downtime_seconds=round(downtime, 3),
                                downtime_bytes=moved,
                                downtime_breakdown={"save": round(t_saved - t0, 3),

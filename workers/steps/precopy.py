@@ -6,7 +6,8 @@ copying that leaf would cost more downtime than a round costs, take another chec
 VM runs. The prediction uses only what this run measured: the copy engine's throughput,
 the guest's write rate (leaf growth since the checkpoint), and the fixed costs of save,
 register and start measured by earlier cutovers on these hosts. The downtime copy skips the
-bandwidth limits, so it is predicted at the copies' own rate, their waits for the limits
+bandwidth limits, so it is predicted at the rate the last switchover between these hosts
+measured for its own copy, else at this migration's copy rate with its waits for the limits
 taken out; the rounds run within the limits and are weighed at the limited rate.
 """
 from __future__ import annotations
@@ -64,16 +65,30 @@ def remembered_costs(r, source: str, destination: str) -> dict:
     there measured them (remember_costs), else the defaults; `measured` says which were."""
     save = r.hget(keys.cutover_costs(source), "save_bps")
     reg = r.hget(keys.cutover_costs(destination), "register_start_s")
-    return {"save_bps": float(save) if save else DEFAULT_SAVE_BPS,
-            "register_start_s": float(reg) if reg else DEFAULT_REGISTER_START_S,
-            "measured": [k for k, v in (("save_bps", save), ("register_start_s", reg)) if v]}
+    down = r.hget(keys.cutover_costs(source), f"downtime_copy_bps:{destination}")
+    out = {"save_bps": float(save) if save else DEFAULT_SAVE_BPS,
+           "register_start_s": float(reg) if reg else DEFAULT_REGISTER_START_S,
+           "measured": [k for k, v in (("save_bps", save), ("register_start_s", reg),
+                                       ("downtime_copy_bps", down)) if v]}
+    if down:  # the last switchover's own copy from source to destination, limits skipped as they are
+        out["downtime_copy_bps"] = float(down)
+    return out
 
 
-def remember_costs(source: str, destination: str, memory_bytes: int, save_s: float, register_start_s: float) -> None:
+def downtime_copy_bps(rec: dict, costs: dict) -> float:
+    """The rate the downtime copy will get: as the last switchover between these hosts measured
+    it, else this migration's copies without their waits for the bandwidth limits."""
+    return costs.get("downtime_copy_bps") or unlimited_copy_bps(rec)
+
+
+def remember_costs(source: str, destination: str, memory_bytes: int, save_s: float, register_start_s: float,
+                   copied_bytes: int = 0, copy_s: float = 0.0) -> None:
     """What a finished switchover measured, for the next prediction on these hosts."""
     r = context.store().r
     if save_s > 0 and memory_bytes > 0:
         r.hset(keys.cutover_costs(source), "save_bps", memory_bytes / save_s)
+    if copy_s > 0 and copied_bytes >= MiB:
+        r.hset(keys.cutover_costs(source), f"downtime_copy_bps:{destination}", copied_bytes / copy_s)
     r.hset(keys.cutover_costs(destination), "register_start_s", register_start_s)
     for h in (source, destination):
         r.expire(keys.cutover_costs(h), keys.CUTOVER_COSTS_TTL_S)
@@ -143,9 +158,9 @@ def gate(mid: str, lg) -> dict:
         delta = _leaf_bytes(rec, vm)
         since = max(now - (rec.get("checkpoint_at") or now), 1e-3)
         write_bps = max(delta - CHILD_HEADER_BYTES * len(vm["disks"]), 0) / since
-        rate, down_rate = copy_bps(rec), unlimited_copy_bps(rec)
-        pred = predict_s(saved_memory_bytes(vm), delta, down_rate,
-                         fixed_costs(rec["source"], rec["destination"]))
+        costs = fixed_costs(rec["source"], rec["destination"])
+        rate, down_rate = copy_bps(rec), downtime_copy_bps(rec, costs)
+        pred = predict_s(saved_memory_bytes(vm), delta, down_rate, costs)
         rec = store.set(mid, predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
                         copy_bps=round(rate), downtime_copy_bps=round(down_rate), delta_bytes=delta,
                         downtime_paths=[f["path"] for f in downtime_files(vm)])  # the cutover need not ask again
