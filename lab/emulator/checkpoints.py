@@ -34,6 +34,9 @@ log = logging.getLogger("lab.emulator.checkpoints")
 
 _SET_VHD_FQID = "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD"
 
+# Plan for Hyper-V scalability in Windows Server, "Maximums for virtual machines": Checkpoints 50
+MAX_CHECKPOINTS = 50
+
 
 class Checkpoints:
     def __init__(self, registry: Registry, events: EventLog):
@@ -52,6 +55,10 @@ class Checkpoints:
             raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are not supported for "
                           f"virtual machines with pass-through disks.", "InvalidOperation",
                           fqid("OperationFailed", "CheckpointVM"), vm.name)
+        if len(vm.snapshots) >= MAX_CHECKPOINTS:
+            raise OpError(f"Checkpoint operation failed for '{vm.name}': the virtual machine already has "
+                          f"{len(vm.snapshots)} checkpoints, the most Hyper-V allows ({MAX_CHECKPOINTS}).",
+                          "LimitsExceeded", fqid("OperationFailed", "CheckpointVM"), vm.name)
         folder = f"{vm.snapshot_location}\\Snapshots"
         if not self.paths.is_under(folder):
             raise OpError(f"Checkpoint operation failed for '{vm.name}': the checkpoint file location "

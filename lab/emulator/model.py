@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from lab.emulator import hostprops, messages
-from lab.emulator.checkpoints import Checkpoints
+from lab.emulator.checkpoints import MAX_CHECKPOINTS, Checkpoints
+from lab.emulator.errors import invalid_arg
 from lab.emulator.events import EventLog
 from lab.emulator.faults import FaultTable
 from lab.emulator.files import HostFiles
@@ -49,6 +50,10 @@ from lab.emulator.vmimport import Importer
 # Left by `host_shutdown` in the host's state folder: the next start of the process is the
 # host starting (each VM's automatic start action), not a restart of VMMS alone.
 BOOT_MARKER = "boot-pending"
+
+# create_vm's user checkpoints: the kinds taken in turn, and the guest's time to write between them
+CHECKPOINT_CYCLE = ("Standard", "Production")
+CHECKPOINT_GAP_S = 0.1
 
 
 class HyperVHost:
@@ -68,7 +73,7 @@ class HyperVHost:
         self.registry = Registry(name, self.paths, self.state_dir / "state.json")
         self.events = EventLog(name, self.lab_dir, self.paths)
         self.lifecycle = VMLifecycle(self.registry, self.events, heartbeat_delay_s)
-        checkpoints = Checkpoints(self.registry, self.events)
+        self.checkpoints = checkpoints = Checkpoints(self.registry, self.events)
         # the WinRM server's fault table: a rule for "<op>:<step>" fails one step inside an operation
         self.faults = faults if faults is not None else FaultTable()
         self.operations = Operations(self.registry, self.events, self.lifecycle, checkpoints,
@@ -116,17 +121,38 @@ class HyperVHost:
     def create_vm(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                   write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                   start: object = True, version: object = "10.0", switches: object = None,
-                  passthrough_disk: object = False, **options: object) -> dict:
+                  passthrough_disk: object = False, checkpoints: object = 0, **options: object) -> dict:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
         `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
         automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
         heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices, disks, disk_folders
-        (`VMLifecycle.create`)."""
+        (`VMLifecycle.create`). `checkpoints`: that many user checkpoints in a chain, taken while
+        the guest writes (Checkpoint-VM), alternately Standard and Production (Set-VM
+        -CheckpointType before each), named `checkpoint 1`, `checkpoint 2`, ...; the VM keeps
+        its `checkpoint_type` afterwards."""
+        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) \
+                or not 0 <= checkpoints <= MAX_CHECKPOINTS:
+            raise invalid_arg(f"checkpoints must be a whole number from 0 to {MAX_CHECKPOINTS}.", "CheckpointVM")
         vm = self.lifecycle.create(name, memory_mb=memory_mb, disk_mb=disk_mb, write_rate_kbps=write_rate_kbps,
                                    iso=iso, checkpoint_type=checkpoint_type, start=start, version=version,
                                    switches=switches, passthrough_disk=passthrough_disk,
                                    **options)  # type: ignore[arg-type]
+        if checkpoints:
+            self._take_checkpoints(vm, checkpoints)
         return {"vm": describe(vm, self.paths)}
+
+    def _take_checkpoints(self, vm: VM, n: int) -> None:
+        kept = vm.checkpoint_type
+        try:
+            for i in range(1, n + 1):
+                time.sleep(CHECKPOINT_GAP_S)  # the guest writes between checkpoints
+                with vm.op_lock:
+                    vm.checkpoint_type = CHECKPOINT_CYCLE[(i - 1) % len(CHECKPOINT_CYCLE)]
+                    self.checkpoints.checkpoint(vm, f"checkpoint {i}")
+        finally:
+            with vm.op_lock:
+                vm.checkpoint_type = kept
+                self.registry.save(vm)
 
     def set_props(self, doc: object) -> dict:
         """Lab control: change what this host offers (hostprops.HOST_PROPS)."""

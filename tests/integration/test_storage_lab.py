@@ -140,3 +140,30 @@ def test_writes_made_on_the_destination_come_back_to_each_disks_own_folder_when_
     assert out["running_on"] == ["hv1"] and out["integrity"] == "ok" and out["disks"] == 2, out["problems"]
     assert vm_on(lab, "hv2", name) is None
     assert not list((lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").rglob("*.vhdx"))
+
+
+def test_a_vm_with_a_tree_of_user_checkpoints_moves_with_every_one_whole_and_in_order(lab):
+    """Item 3: three user checkpoints (Standard, Production, Standard), taken while the guest
+    wrote, on a VM whose two disks are on two volumes, move with it like Move-VM moves them:
+    the same names in the same order, every file of each in the VM's folder on hv2, each
+    checkpoint's disks links of the moved chains; only quickmig's own checkpoint is merged."""
+    name = "tree"
+    lab.add_vm(name, "hv1", disks=2, checkpoints=3, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\tree", "E:\\Data\\hv1\\tree"])
+    before = lab.verify(name)
+    assert before["checkpoints"] == ["checkpoint 1", "checkpoint 2", "checkpoint 3"], before
+    src = vm_on(lab, "hv1", name)
+    time.sleep(0.5)
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    vm = vm_on(lab, "hv2", name)
+    assert [(s["id"], s["name"]) for s in vm["snapshots"]] == [(s["id"], s["name"]) for s in src["snapshots"]]
+    for old, new in zip(src["snapshots"], vm["snapshots"], strict=True):
+        assert new["files"] == [f.replace(src["path"], vm["path"]) for f in old["files"]]
+    assert vm["path"] == f"{ROOTS['hv2']}\\{src['id']}"
+    assert all(len(d["chain"]) == 4 for d in vm["disks"])  # three checkpoints, no trace of ours
+    time.sleep(0.5)  # the guest writes on hv2 on top of the tree
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["host"] == "hv2", out["problems"]
+    assert out["checkpoints"] == before["checkpoints"] and out["disks"] == 2
+    assert vm_on(lab, "hv1", name) is None
