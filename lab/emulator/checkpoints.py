@@ -96,7 +96,9 @@ class Checkpoints:
             links = [vm.chain(self.paths, i) for i in range(len(vm.disks))]
             for i, d in enumerate(vm.disks):
                 leaf = links[i][0]
-                stem = leaf_name(links[i][-1].host_path).rsplit(".", 1)[0]
+                # named after the disk the drive had before any checkpoint (not a golden parent below it)
+                own = next(link for link in links[i] if not link.host_path.lower().endswith((".avhdx", ".avhd")))
+                stem = leaf_name(own.host_path).rsplit(".", 1)[0]
                 new_hp = f"{parent_folder(leaf.host_path)}\\{stem}_{sid}.avhdx"
                 disk.create_child(self.paths.local(new_hp), leaf.host_path, leaf.header)
                 os.chmod(leaf.local, 0o444)  # a parent is read-only while it has a child

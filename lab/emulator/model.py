@@ -30,6 +30,7 @@ simplifications (documented gaps) of each part.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ BOOT_MARKER = "boot-pending"
 # create_vm's user checkpoints: the kinds taken in turn, and the guest's time to write between them
 CHECKPOINT_CYCLE = ("Standard", "Production")
 CHECKPOINT_GAP_S = 0.1
+GOLDEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class HyperVHost:
@@ -121,7 +123,8 @@ class HyperVHost:
     def create_vm(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                   write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                   start: object = True, version: object = "10.0", switches: object = None,
-                  passthrough_disk: object = False, checkpoints: object = 0, **options: object) -> dict:
+                  passthrough_disk: object = False, checkpoints: object = 0, golden: object = None,
+                  **options: object) -> dict:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
         `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
         automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
@@ -129,7 +132,14 @@ class HyperVHost:
         (`VMLifecycle.create`). `checkpoints`: that many user checkpoints in a chain, taken while
         the guest writes (Checkpoint-VM), alternately Standard and Production (Set-VM
         -CheckpointType before each), named `checkpoint 1`, `checkpoint 2`, ...; the VM keeps
-        its `checkpoint_type` afterwards."""
+        its `checkpoint_type` afterwards. `golden`: the name of a golden image of this host,
+        `<vm_root>\\Golden\\<name>.vhdx`, made on first use: the VM's boot disk is a
+        differencing disk on it (as `parent`), and every VM given that name shares it."""
+        if golden is not None:
+            if not isinstance(golden, str) or not GOLDEN_NAME.fullmatch(golden) or "parent" in options:
+                raise invalid_arg("golden must be a name of letters, digits, '.', '_' or '-', without parent.",
+                                  "NewVHD")
+            options["parent"] = f"{self.paths.vm_root}\\Golden\\{golden}.vhdx"
         if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) \
                 or not 0 <= checkpoints <= MAX_CHECKPOINTS:
             raise invalid_arg(f"checkpoints must be a whole number from 0 to {MAX_CHECKPOINTS}.", "CheckpointVM")

@@ -167,3 +167,40 @@ def test_a_vm_with_a_tree_of_user_checkpoints_moves_with_every_one_whole_and_in_
     assert out["integrity"] == "ok" and out["host"] == "hv2", out["problems"]
     assert out["checkpoints"] == before["checkpoints"] and out["disks"] == 2
     assert vm_on(lab, "hv1", name) is None
+
+
+def test_a_vm_on_a_golden_parent_with_four_disks_and_checkpoints_moves_and_the_parent_is_copied_once(lab):
+    """Items 2-4, the issue's "done when": a VM with 4 disks on two volumes, 3 user
+    checkpoints and a boot disk on the golden image `base` moves between hosts whose folders
+    differ; another VM on the same golden image keeps running on hv1 with every write; when
+    that one moves too, it shares the parent already copied to hv2 instead of copying it again."""
+    golden = f"{ROOTS['hv1']}\\Golden\\base.vhdx"
+    other = lab.add_vm("golden-b", "hv1", golden="base", write_rate_kbps=128)
+    assert other["disks"][0]["chain"][-1] == golden
+    name = "golden-a"
+    lab.add_vm(name, "hv1", golden="base", disks=4, checkpoints=3, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\{name}", f"E:\\Data\\hv1\\{name}"])
+    res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    print("\n" + res.stdout)
+    parent_line = next(line for line in res.stdout.splitlines() if line.startswith(golden))
+    assert " parent " in parent_line and parent_line.endswith(f"-> {ROOTS['hv2']}\\Golden\\base.vhdx")
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["host"] == "hv2", out["problems"]
+    assert out["disks"] == 4 and out["checkpoints"] == ["checkpoint 1", "checkpoint 2", "checkpoint 3"]
+    assert vm_on(lab, "hv2", name)["disks"][0]["chain"][-1] == f"{ROOTS['hv2']}\\Golden\\base.vhdx"
+    # the other VM on the golden image still runs on hv1, its parent where it was
+    stay = lab.verify("golden-b")
+    assert stay["running_on"] == ["hv1"] and stay["integrity"] == "ok", stay["problems"]
+    parent_there = lab.dir / "hosts" / "hv2" / "share" / "Golden" / "base.vhdx"
+    made = parent_there.stat().st_mtime_ns
+    res, rec = lab.cli_json("migrate", "golden-b", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                            "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    [entry] = [c for c in rec["copied"] if c["path"] == golden]
+    assert entry["shared"] and entry["bytes"] == 0 and parent_there.stat().st_mtime_ns == made
+    for vm in (name, "golden-b"):
+        out = lab.verify(vm)
+        assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (vm, out["problems"])
