@@ -70,7 +70,7 @@ def cmd_add_vm(args) -> int:
     more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path),
                                    ("disks", args.disks), ("disk_folders", args.disk_folder),
                                    ("generation", args.generation), ("checkpoints", args.checkpoints),
-                                   ("golden", args.golden))
+                                   ("golden", args.golden), ("state", args.state))
                  if v is not None})
     more.update(_lifecycle_options(args))
     more.update(_movability_options(args))
@@ -181,6 +181,8 @@ def register(sub, common) -> None:
                    help="1: BIOS, disks on IDE 0:0, 0:1, 1:0, 1:1 first, then SCSI (default 2: SCSI only)")
     a.add_argument("--checkpoints", type=int, metavar="N",
                    help="take N user checkpoints in a chain while the guest writes, Standard and Production in turn")
+    a.add_argument("--state", choices=("Running", "Off", "Saved"),
+                   help="Off (turned off) or Saved (Save-VM) after it ran and wrote a while (default Running)")
     a.add_argument("--golden", metavar="NAME", help="the boot disk is a child of the host's shared golden image "
                    "NAME (<vm_root>\\Golden\\NAME.vhdx, made on first use)")
     a.add_argument("--disk-folder", action="append", metavar="PATH",

@@ -169,6 +169,8 @@ CATALOG: list[tuple[str, str]] = [
     ("disks must be a whole number from 1 to {count}.", "disks muss eine ganze Zahl von 1 bis {count} sein."),
     ("checkpoints must be a whole number from 0 to {count}.",
      "checkpoints muss eine ganze Zahl von 0 bis {count} sein."),
+    ("state must be Running, Off or Saved, and the VM started.",
+     "state muss Running, Off oder Saved sein, und der virtuelle Computer gestartet."),
     ("golden must be a name of letters, digits, '.', '_' or '-', without parent.",
      "golden muss ein Name aus Buchstaben, Ziffern, '.', '_' oder '-' sein, ohne parent."),
     ("Checkpoint operation failed for '{name}': the virtual machine already has {count} checkpoints, the most "

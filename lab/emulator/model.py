@@ -55,6 +55,7 @@ BOOT_MARKER = "boot-pending"
 # create_vm's user checkpoints: the kinds taken in turn, and the guest's time to write between them
 CHECKPOINT_CYCLE = ("Standard", "Production")
 CHECKPOINT_GAP_S = 0.1
+VM_STATES = ("Running", "Off", "Saved")
 GOLDEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -124,7 +125,7 @@ class HyperVHost:
                   write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                   start: object = True, version: object = "10.0", switches: object = None,
                   passthrough_disk: object = False, checkpoints: object = 0, golden: object = None,
-                  **options: object) -> dict:
+                  state: object = "Running", **options: object) -> dict:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
         `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
         automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
@@ -134,7 +135,11 @@ class HyperVHost:
         -CheckpointType before each), named `checkpoint 1`, `checkpoint 2`, ...; the VM keeps
         its `checkpoint_type` afterwards. `golden`: the name of a golden image of this host,
         `<vm_root>\\Golden\\<name>.vhdx`, made on first use: the VM's boot disk is a
-        differencing disk on it (as `parent`), and every VM given that name shares it."""
+        differencing disk on it (as `parent`), and every VM given that name shares it.
+        `state`: Running, or Off (turned off) or Saved (Save-VM) after it ran and wrote a while
+        (and took its checkpoints)."""
+        if state not in VM_STATES or (state != "Running" and start is False):
+            raise invalid_arg("state must be Running, Off or Saved, and the VM started.", "NewVM")
         if golden is not None:
             if not isinstance(golden, str) or not GOLDEN_NAME.fullmatch(golden) or "parent" in options:
                 raise invalid_arg("golden must be a name of letters, digits, '.', '_' or '-', without parent.",
@@ -149,6 +154,14 @@ class HyperVHost:
                                    **options)  # type: ignore[arg-type]
         if checkpoints:
             self._take_checkpoints(vm, checkpoints)
+        if state != "Running":
+            time.sleep(CHECKPOINT_GAP_S)  # the guest writes before it stops
+            with vm.op_lock:
+                if state == "Saved":
+                    self.lifecycle.save(vm, reason="lab")
+                else:
+                    self.lifecycle.turn_off(vm)
+                self.registry.save(vm)
         return {"vm": describe(vm, self.paths)}
 
     def _take_checkpoints(self, vm: VM, n: int) -> None:

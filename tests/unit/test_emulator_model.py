@@ -267,6 +267,19 @@ def test_a_lab_vm_takes_a_chain_of_user_checkpoints_of_both_kinds_and_verify_che
     assert "out of order" in verify_vm(lab_dir, "vm1")["integrity"]
 
 
+@pytest.mark.parametrize("state", ["Off", "Saved"])
+def test_a_lab_vm_can_be_made_off_or_saved_after_it_ran_with_its_checkpoints(lab, state):
+    lab_dir, make = lab
+    h = make("hv1")
+    vm = new_vm(h, state=state, checkpoints=1)
+    assert vm["state"] == state and [s["name"] for s in vm["snapshots"]] == ["checkpoint 1"]
+    assert any(f.endswith(".vmrs") for f in vm["state_files"]) == (state == "Saved")
+    res = verify_vm(lab_dir, "vm1")
+    assert res["integrity"] == "ok" and res["running_on"] == [] and res["writes_checked"] > 0, res
+    with expect_error("InvalidArgument"):
+        new_vm(h, "vm2", state="Paused")
+
+
 def test_checkpoint_vm_is_refused_at_fifty_checkpoints(lab):
     _, make = lab
     h = make("hv1")
