@@ -204,3 +204,23 @@ def test_a_vm_on_a_golden_parent_with_four_disks_and_checkpoints_moves_and_the_p
     for vm in (name, "golden-b"):
         out = lab.verify(vm)
         assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (vm, out["problems"])
+
+
+def test_a_golden_parent_quickmig_copied_goes_with_its_last_user_when_the_switchover_fails(lab):
+    """Item 4: a golden parent this migration copied, which no other VM on hv2 uses, is
+    removed by the rollback with the rest; the source's parent and VM are as they were."""
+    golden = f"{ROOTS['hv1']}\\Golden\\solo.vhdx"
+    lab.add_vm("solo", "hv1", golden="solo", write_rate_kbps=128)
+    time.sleep(0.5)
+    lab.emulator("hv2").inject_fault(op="wait_heartbeat", action="fail", message="injected: no heartbeat", times=1)
+    try:
+        res, rec = lab.cli_json("migrate", "solo", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                                "--timeout", "240")
+    finally:
+        lab.emulator("hv2").clear_faults()
+    assert rec["state"] == "rolled_back", rec.get("error")
+    assert any(c["path"] == golden and not c.get("shared") for c in rec["copied"])  # it was copied there
+    assert not (lab.dir / "hosts" / "hv2" / "share" / "Golden" / "solo.vhdx").exists()
+    out = lab.verify("solo")
+    assert out["running_on"] == ["hv1"] and out["integrity"] == "ok", out["problems"]
+    assert vm_on(lab, "hv1", "solo")["disks"][0]["chain"][-1] == golden
