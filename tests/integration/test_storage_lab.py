@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.integration.test_validation_lab import ended
+
 pytestmark = pytest.mark.integration
 
 ROOTS = {"hv1": "D:\\VMs\\hv1", "hv2": "E:\\Hyper-V\\Virtual Machines"}
@@ -224,3 +226,26 @@ def test_a_golden_parent_quickmig_copied_goes_with_its_last_user_when_the_switch
     out = lab.verify("solo")
     assert out["running_on"] == ["hv1"] and out["integrity"] == "ok", out["problems"]
     assert vm_on(lab, "hv1", "solo")["disks"][0]["chain"][-1] == golden
+
+
+def test_two_vms_on_one_golden_parent_moving_at_once_copy_it_once_and_share_it(lab):
+    """Item 4: two migrations to hv2 need the same golden parent at the same time. One
+    migration at a time decides on it (the lease ISO images use): one copies it, the other
+    finds the same disk there and shares it; both VMs run on hv2 on the one copy."""
+    golden = f"{ROOTS['hv1']}\\Golden\\twin.vhdx"
+    for name in ("twin-a", "twin-b"):
+        lab.add_vm(name, "hv1", golden="twin", write_rate_kbps=128)
+    time.sleep(0.5)
+    mids = []
+    for name in ("twin-a", "twin-b"):
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--max-rounds", "0")
+        assert res.returncode == 0, res.stderr
+        mids.append(res.stdout.strip())
+    recs = [ended(lab, mid, deadline_s=240) for mid in mids]
+    assert [r["state"] for r in recs] == ["completed", "completed"], [r.get("error") for r in recs]
+    entries = sorted((c for r in recs for c in r["copied"] if c["path"] == golden), key=lambda c: c["bytes"])
+    assert [bool(e.get("shared")) for e in entries] == [True, False] and entries[1]["bytes"] > 0
+    for name in ("twin-a", "twin-b"):
+        out = lab.verify(name)
+        assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (name, out["problems"])
+        assert vm_on(lab, "hv2", name)["disks"][0]["chain"][-1] == f"{ROOTS['hv2']}\\Golden\\twin.vhdx"
