@@ -1,7 +1,7 @@
 """Downtime benchmark in the lab: how close each switchover comes to what its bytes allow.
 
     .venv/bin/python bench/downtime.py [--memory 64,256,1024] [--rates 0,1,8] [--disk-mb 256]
-                                       [--host-profile fast|windows]
+                                       [--host-profile fast|windows] [--disks 1]
 
 For each VM memory size (MiB) and guest write rate (MB/s), one migration in single-round
 mode (--max-rounds 0) and one with pre-copy rounds, on a fresh lab. Per row: downtime,
@@ -32,8 +32,10 @@ MiB = 2**20
 MODES = {"single": {"max_rounds": 0}, "pre-copy": {"max_rounds": 5}}
 
 
-def one(p: Producer, cfg, name: str, memory_mb: int, rate_mbs: float, disk_mb: int, opts: dict) -> dict:
-    orchestrator.add_vm(cfg, name, "hv1", memory_mb=memory_mb, disk_mb=disk_mb,
+def one(p: Producer, cfg, name: str, memory_mb: int, rate_mbs: float, disk_mb: int, opts: dict,
+        disks: int = 1) -> dict:
+    # the guest's writes go to its disks in turn: the rate is the VM's, over all of them
+    orchestrator.add_vm(cfg, name, "hv1", memory_mb=memory_mb, disk_mb=disk_mb, disks=disks,
                         write_rate_kbps=int(rate_mbs * 1e6 / 1024))
     time.sleep(1.0)
     rec = p.enqueue(MigrationRequest(name, "hv1", "hv2", dict(opts)))
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", default="64,256,1024", help="VM memory sizes, MiB")
     ap.add_argument("--rates", default="0,1,8", help="guest write rates, MB/s")
     ap.add_argument("--disk-mb", type=int, default=256)
+    ap.add_argument("--disks", type=int, default=1, help="virtual disks per VM, disk-mb each")
     ap.add_argument("--host-profile", default=costs.FAST.name, choices=sorted(costs.PROFILES),
                     help="what each host operation costs (lab/emulator/costs.py)")
     ns = ap.parse_args(argv)
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
     lab_dir = Path(tempfile.mkdtemp(prefix="quickmig-bench-"))
     orchestrator.up(lab_dir, hosts=2, vms_per_host=0, host_profile=ns.host_profile, say=lambda *_: None)
     profile = costs.PROFILES[ns.host_profile]
-    print(f"host profile {profile.name}")
+    print(f"host profile {profile.name}, {ns.disks} disk(s) of {ns.disk_mb} MiB per VM")
     rows = []
     try:
         cfg = load_config(lab_dir / "quickmig.toml")
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
             for rate in rates:
                 for mode, opts in MODES.items():
                     name = f"b{mem}-{rate:g}-{mode}"
-                    rec = one(p, cfg, name, mem, rate, ns.disk_mb, opts)
+                    rec = one(p, cfg, name, mem, rate, ns.disk_mb, opts, ns.disks)
                     if rec["state"] != "completed":
                         print(f"{mem:>7} {rate:>5g} {mode:<8} {rec['state']}: {rec.get('error')}")
                         continue

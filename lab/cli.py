@@ -69,7 +69,8 @@ def cmd_add_vm(args) -> int:
     more = {"switches": args.switch} if args.switch else {}
     more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path),
                                    ("disks", args.disks), ("disk_folders", args.disk_folder),
-                                   ("generation", args.generation))
+                                   ("generation", args.generation), ("checkpoints", args.checkpoints),
+                                   ("golden", args.golden), ("state", args.state))
                  if v is not None})
     more.update(_lifecycle_options(args))
     more.update(_movability_options(args))
@@ -178,6 +179,12 @@ def register(sub, common) -> None:
     a.add_argument("--disks", type=int, metavar="N", help="how many virtual disks (default 1), on SCSI 0:0 and on")
     a.add_argument("--generation", type=int, choices=(1, 2),
                    help="1: BIOS, disks on IDE 0:0, 0:1, 1:0, 1:1 first, then SCSI (default 2: SCSI only)")
+    a.add_argument("--checkpoints", type=int, metavar="N",
+                   help="take N user checkpoints in a chain while the guest writes, Standard and Production in turn")
+    a.add_argument("--state", choices=("Running", "Off", "Saved"),
+                   help="Off (turned off) or Saved (Save-VM) after it ran and wrote a while (default Running)")
+    a.add_argument("--golden", metavar="NAME", help="the boot disk is a child of the host's shared golden image "
+                   "NAME (<vm_root>\\Golden\\NAME.vhdx, made on first use)")
     a.add_argument("--disk-folder", action="append", metavar="PATH",
                    help="host folder for its disks, in any storage folder of the host (repeatable: disks "
                         "placed round robin; default the VM's Virtual Hard Disks)")

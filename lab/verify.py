@@ -7,7 +7,9 @@ the host that holds the VM. It returns
 
     {"vm": name, "vm_id": id|None, "running_on": [hosts], "state_by_host": {host: state},
      "integrity": "ok" | "<what is missing or wrong>", "writes_checked": int,
-     "host": the host whose disks were checked, "problems": [str, ...],
+     "host": the host whose disks were checked, "disks": file disks there,
+     "checkpoints": [names from the root of the checkpoint tree to the current one, there],
+     "problems": [str, ...],
      "overlaps": [moments it started on one host while another still ran it]}
 
 and checks, in that order:
@@ -20,7 +22,9 @@ and checks, in that order:
   (the emulator restarted; the writer continues after the highest record on disk);
 - every acknowledged seq is a valid record (magic, CRC, VM id) in the disk chain of the host
   where the VM runs now (or sits Saved/Off), with no duplicate records;
-- a Saved VM's .vmrs holds the counter of the last save.
+- a Saved VM's .vmrs holds the counter of the last save;
+- every checkpoint has its files there, and its disks are links of the VM's chains now, in
+  the order the checkpoints were taken (`_check_checkpoints`).
 The journal is read before the disks (a write is on the disk before it is acknowledged), and
 a running VM is checked up to three times, so a checkpoint or merge racing the check is not
 reported as a loss.
@@ -280,6 +284,50 @@ def _check_disks(home: str, disk_seqs: list[int], acked: list[int], problems: li
         problems.append(f"{len(missing)} acknowledged writes missing from the disk chain on {home}: {_fmt(missing)}")
 
 
+def _check_checkpoints(home: str, rec: dict, vm_id: str, paths: HostPaths, problems: list[str]) -> list[str]:
+    """The VM's checkpoint tree on `home`, from the root to the current one (their names),
+    checking every checkpoint: each of its files is there, a kept memory is this VM's, and
+    each of its disks is a link of that disk's chain now, deeper than the disk of the
+    checkpoint taken after it (so the tree kept its order and every disk was re-pointed)."""
+    snaps = sorted((s for s in rec.get("snapshots", []) if isinstance(s, dict)), key=lambda s: s.get("created", 0))
+    files = [d for d in rec.get("disks", []) if not d.get("passthrough") and d.get("disk_number") is None]
+    chains: list[list[str]] = []
+    for d in files:
+        try:
+            chains.append([link.host_path.lower() for link in disk.read_chain(d["path"], paths.local)])
+        except (FileNotFoundError, disk.DiskFormatError, OpError):
+            chains.append([])  # _disk_records names it
+    depth = [len(c) for c in chains]
+    for s in snaps:
+        label = f"checkpoint {s.get('name')!r}"
+        for hp in s.get("files", []):
+            try:
+                local = paths.local(hp)
+            except OpError as e:
+                problems.append(f"{label}: {hp} is not a path of {home}: {e}")
+                continue
+            if not local.is_file():
+                problems.append(f"{label}: {hp} is missing on {home}")
+            elif hp.lower().endswith(".vmrs"):
+                try:
+                    if disk.read_vmrs(local)["vm_id"] != vm_id:
+                        problems.append(f"{label}: its memory {hp} belongs to another VM")
+                except (OSError, disk.DiskFormatError) as e:
+                    problems.append(f"{label}: its memory {hp} is unreadable: {e}")
+        if len(s.get("disks", [])) != len(files):
+            problems.append(f"{label} has {len(s.get('disks', []))} disks, the VM {len(files)}")
+        for i, hp in enumerate(s.get("disks", [])[:len(files)]):
+            if hp.lower() not in chains[i]:
+                problems.append(f"{label}: its disk {hp} is not in the chain of disk {i} ({files[i]['path']}) "
+                                f"on {home}")
+                continue
+            at = chains[i].index(hp.lower())
+            if at >= depth[i] or at == 0:
+                problems.append(f"{label}: its disk {hp} is out of order in the chain of disk {i} on {home}")
+            depth[i] = at
+    return [str(s.get("name")) for s in snaps]
+
+
 def _check_saved_memory(home: str, rec: dict, vm_id: str, paths: HostPaths, story: dict,
                         problems: list[str]) -> None:
     """A saved VM's memory holds the counter its last save recorded."""
@@ -328,6 +376,7 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     result["disk_records"] = len(disk_seqs)
     _check_disks(home, disk_seqs, acked, problems)
     _check_each_disk(home, rec, per_disk, acked, problems)
+    result["checkpoints"] = _check_checkpoints(home, rec, vm_id, paths, problems)
     if rec.get("state") == "Saved":
         _check_saved_memory(home, rec, vm_id, paths, story, problems)
     result["integrity"] = "ok" if not problems else "; ".join(problems)

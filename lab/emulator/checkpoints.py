@@ -34,6 +34,9 @@ log = logging.getLogger("lab.emulator.checkpoints")
 
 _SET_VHD_FQID = "InvalidParameter,Microsoft.Vhd.PowerShell.Cmdlets.SetVHD"
 
+# Plan for Hyper-V scalability in Windows Server, "Maximums for virtual machines": Checkpoints 50
+MAX_CHECKPOINTS = 50
+
 
 class Checkpoints:
     def __init__(self, registry: Registry, events: EventLog):
@@ -52,6 +55,10 @@ class Checkpoints:
             raise OpError(f"Checkpoint operation failed for '{vm.name}': checkpoints are not supported for "
                           f"virtual machines with pass-through disks.", "InvalidOperation",
                           fqid("OperationFailed", "CheckpointVM"), vm.name)
+        if len(vm.snapshots) >= MAX_CHECKPOINTS:
+            raise OpError(f"Checkpoint operation failed for '{vm.name}': the virtual machine already has "
+                          f"{len(vm.snapshots)} checkpoints, the most Hyper-V allows ({MAX_CHECKPOINTS}).",
+                          "LimitsExceeded", fqid("OperationFailed", "CheckpointVM"), vm.name)
         folder = f"{vm.snapshot_location}\\Snapshots"
         if not self.paths.is_under(folder):
             raise OpError(f"Checkpoint operation failed for '{vm.name}': the checkpoint file location "
@@ -89,7 +96,9 @@ class Checkpoints:
             links = [vm.chain(self.paths, i) for i in range(len(vm.disks))]
             for i, d in enumerate(vm.disks):
                 leaf = links[i][0]
-                stem = leaf_name(links[i][-1].host_path).rsplit(".", 1)[0]
+                # named after the disk the drive had before any checkpoint (not a golden parent below it)
+                own = next(link for link in links[i] if not link.host_path.lower().endswith((".avhdx", ".avhd")))
+                stem = leaf_name(own.host_path).rsplit(".", 1)[0]
                 new_hp = f"{parent_folder(leaf.host_path)}\\{stem}_{sid}.avhdx"
                 disk.create_child(self.paths.local(new_hp), leaf.host_path, leaf.header)
                 os.chmod(leaf.local, 0o444)  # a parent is read-only while it has a child

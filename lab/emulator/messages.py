@@ -167,6 +167,16 @@ CATALOG: list[tuple[str, str]] = [
     ("switch_map must map switch names to switch names.", "switch_map muss Switchnamen auf Switchnamen abbilden."),
     ("generation must be 1 or 2.", "generation muss 1 oder 2 sein."),
     ("disks must be a whole number from 1 to {count}.", "disks muss eine ganze Zahl von 1 bis {count} sein."),
+    ("checkpoints must be a whole number from 0 to {count}.",
+     "checkpoints muss eine ganze Zahl von 0 bis {count} sein."),
+    ("state must be Running, Off or Saved, and the VM started.",
+     "state muss Running, Off oder Saved sein, und der virtuelle Computer gestartet."),
+    ("golden must be a name of letters, digits, '.', '_' or '-', without parent.",
+     "golden muss ein Name aus Buchstaben, Ziffern, '.', '_' oder '-' sein, ohne parent."),
+    ("Checkpoint operation failed for '{name}': the virtual machine already has {count} checkpoints, the most "
+     "Hyper-V allows ({max}).",
+     "Fehler beim Prüfpunktvorgang für '{name}': Der virtuelle Computer hat bereits {count} Prüfpunkte, so viele "
+     "wie Hyper-V höchstens zulässt ({max})."),
     ("disk_folders must be folders under {roots}.", "disk_folders müssen Ordner unterhalb von {roots} sein."),
     ("parent must be another disk under {root}.",
      "parent muss eine andere Festplatte unterhalb von {root} sein."),

@@ -30,11 +30,13 @@ simplifications (documented gaps) of each part.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 from lab.emulator import hostprops, messages
-from lab.emulator.checkpoints import Checkpoints
+from lab.emulator.checkpoints import MAX_CHECKPOINTS, Checkpoints
+from lab.emulator.errors import invalid_arg
 from lab.emulator.events import EventLog
 from lab.emulator.faults import FaultTable
 from lab.emulator.files import HostFiles
@@ -49,6 +51,12 @@ from lab.emulator.vmimport import Importer
 # Left by `host_shutdown` in the host's state folder: the next start of the process is the
 # host starting (each VM's automatic start action), not a restart of VMMS alone.
 BOOT_MARKER = "boot-pending"
+
+# create_vm's user checkpoints: the kinds taken in turn, and the guest's time to write between them
+CHECKPOINT_CYCLE = ("Standard", "Production")
+CHECKPOINT_GAP_S = 0.1
+VM_STATES = ("Running", "Off", "Saved")
+GOLDEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class HyperVHost:
@@ -68,7 +76,7 @@ class HyperVHost:
         self.registry = Registry(name, self.paths, self.state_dir / "state.json")
         self.events = EventLog(name, self.lab_dir, self.paths)
         self.lifecycle = VMLifecycle(self.registry, self.events, heartbeat_delay_s)
-        checkpoints = Checkpoints(self.registry, self.events)
+        self.checkpoints = checkpoints = Checkpoints(self.registry, self.events)
         # the WinRM server's fault table: a rule for "<op>:<step>" fails one step inside an operation
         self.faults = faults if faults is not None else FaultTable()
         self.operations = Operations(self.registry, self.events, self.lifecycle, checkpoints,
@@ -116,17 +124,58 @@ class HyperVHost:
     def create_vm(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                   write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                   start: object = True, version: object = "10.0", switches: object = None,
-                  passthrough_disk: object = False, **options: object) -> dict:
+                  passthrough_disk: object = False, checkpoints: object = 0, golden: object = None,
+                  state: object = "Running", **options: object) -> dict:
         """New-VM + New-VHD + Add-VMDvdDrive (+ Start-VM): the lab's way to make a VM.
         `options`: vm_id, parent, path (a given id, a golden parent disk, a folder of its own),
         automatic_start_action, dynamic_memory, memory_maximum_mb, memory_assigned_mb, heartbeat,
         heartbeat_enabled, compat_migration, vtpm, clustered, replica, devices, disks, disk_folders
-        (`VMLifecycle.create`)."""
+        (`VMLifecycle.create`). `checkpoints`: that many user checkpoints in a chain, taken while
+        the guest writes (Checkpoint-VM), alternately Standard and Production (Set-VM
+        -CheckpointType before each), named `checkpoint 1`, `checkpoint 2`, ...; the VM keeps
+        its `checkpoint_type` afterwards. `golden`: the name of a golden image of this host,
+        `<vm_root>\\Golden\\<name>.vhdx`, made on first use: the VM's boot disk is a
+        differencing disk on it (as `parent`), and every VM given that name shares it.
+        `state`: Running, or Off (turned off) or Saved (Save-VM) after it ran and wrote a while
+        (and took its checkpoints)."""
+        if state not in VM_STATES or (state != "Running" and start is False):
+            raise invalid_arg("state must be Running, Off or Saved, and the VM started.", "NewVM")
+        if golden is not None:
+            if not isinstance(golden, str) or not GOLDEN_NAME.fullmatch(golden) or "parent" in options:
+                raise invalid_arg("golden must be a name of letters, digits, '.', '_' or '-', without parent.",
+                                  "NewVHD")
+            options["parent"] = f"{self.paths.vm_root}\\Golden\\{golden}.vhdx"
+        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) \
+                or not 0 <= checkpoints <= MAX_CHECKPOINTS:
+            raise invalid_arg(f"checkpoints must be a whole number from 0 to {MAX_CHECKPOINTS}.", "CheckpointVM")
         vm = self.lifecycle.create(name, memory_mb=memory_mb, disk_mb=disk_mb, write_rate_kbps=write_rate_kbps,
                                    iso=iso, checkpoint_type=checkpoint_type, start=start, version=version,
                                    switches=switches, passthrough_disk=passthrough_disk,
                                    **options)  # type: ignore[arg-type]
+        if checkpoints:
+            self._take_checkpoints(vm, checkpoints)
+        if state != "Running":
+            time.sleep(CHECKPOINT_GAP_S)  # the guest writes before it stops
+            with vm.op_lock:
+                if state == "Saved":
+                    self.lifecycle.save(vm, reason="lab")
+                else:
+                    self.lifecycle.turn_off(vm)
+                self.registry.save(vm)
         return {"vm": describe(vm, self.paths)}
+
+    def _take_checkpoints(self, vm: VM, n: int) -> None:
+        kept = vm.checkpoint_type
+        try:
+            for i in range(1, n + 1):
+                time.sleep(CHECKPOINT_GAP_S)  # the guest writes between checkpoints
+                with vm.op_lock:
+                    vm.checkpoint_type = CHECKPOINT_CYCLE[(i - 1) % len(CHECKPOINT_CYCLE)]
+                    self.checkpoints.checkpoint(vm, f"checkpoint {i}")
+        finally:
+            with vm.op_lock:
+                vm.checkpoint_type = kept
+                self.registry.save(vm)
 
     def set_props(self, doc: object) -> dict:
         """Lab control: change what this host offers (hostprops.HOST_PROPS)."""

@@ -49,7 +49,10 @@ Lab control API (JSON, same Basic credentials):
                           "clustered"=false, "replica"=false, "devices"=[] (kinds: assignable,
                           gpu_partition, sriov, or {"kind": "fibre_channel", "san"}), "disks"=1,
                           "disk_folders"=null (host folders its disks go to, in turn), "generation"=2
-                          (1: disks on IDE first)} -> {"vm": VMInfo}
+                          (1: disks on IDE first), "checkpoints"=0 (user checkpoints in a chain,
+                          Standard and Production in turn), "golden"=null (a name: the boot disk is a
+                          child of <vm_root>\\Golden\\<name>.vhdx, made on first use), "state"="Running"
+                          (or Off, Saved: after it ran a while)} -> {"vm": VMInfo}
     GET    /lab/host     what the host offers: {"supported_versions", "switches", "cpu_vendor", "free_bytes",
                           "fips", "cpu_model", "cpu_features", "memory_bytes", "numa_nodes", "numa_spanning",
                           "guardians", "sans"} (hostprops.py)
@@ -488,7 +491,7 @@ class Handler(BaseHTTPRequestHandler):
                               "vm_id", "parent", "path", "automatic_start_action", "dynamic_memory",
                               "memory_maximum_mb", "memory_assigned_mb", "heartbeat", "heartbeat_enabled",
                               "compat_migration", "vtpm", "clustered", "replica", "devices", "disks",
-                              "disk_folders", "generation"}
+                              "disk_folders", "generation", "checkpoints", "golden", "state"}
         if unknown:
             self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
             return

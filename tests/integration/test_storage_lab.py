@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.integration.test_validation_lab import ended
+
 pytestmark = pytest.mark.integration
 
 ROOTS = {"hv1": "D:\\VMs\\hv1", "hv2": "E:\\Hyper-V\\Virtual Machines"}
@@ -140,3 +142,110 @@ def test_writes_made_on_the_destination_come_back_to_each_disks_own_folder_when_
     assert out["running_on"] == ["hv1"] and out["integrity"] == "ok" and out["disks"] == 2, out["problems"]
     assert vm_on(lab, "hv2", name) is None
     assert not list((lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").rglob("*.vhdx"))
+
+
+def test_a_vm_with_a_tree_of_user_checkpoints_moves_with_every_one_whole_and_in_order(lab):
+    """Item 3: three user checkpoints (Standard, Production, Standard), taken while the guest
+    wrote, on a VM whose two disks are on two volumes, move with it like Move-VM moves them:
+    the same names in the same order, every file of each in the VM's folder on hv2, each
+    checkpoint's disks links of the moved chains; only quickmig's own checkpoint is merged."""
+    name = "tree"
+    lab.add_vm(name, "hv1", disks=2, checkpoints=3, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\tree", "E:\\Data\\hv1\\tree"])
+    before = lab.verify(name)
+    assert before["checkpoints"] == ["checkpoint 1", "checkpoint 2", "checkpoint 3"], before
+    src = vm_on(lab, "hv1", name)
+    time.sleep(0.5)
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    vm = vm_on(lab, "hv2", name)
+    assert [(s["id"], s["name"]) for s in vm["snapshots"]] == [(s["id"], s["name"]) for s in src["snapshots"]]
+    for old, new in zip(src["snapshots"], vm["snapshots"], strict=True):
+        assert new["files"] == [f.replace(src["path"], vm["path"]) for f in old["files"]]
+    assert vm["path"] == f"{ROOTS['hv2']}\\{src['id']}"
+    assert all(len(d["chain"]) == 4 for d in vm["disks"])  # three checkpoints, no trace of ours
+    time.sleep(0.5)  # the guest writes on hv2 on top of the tree
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["host"] == "hv2", out["problems"]
+    assert out["checkpoints"] == before["checkpoints"] and out["disks"] == 2
+    assert vm_on(lab, "hv1", name) is None
+
+
+def test_a_vm_on_a_golden_parent_with_four_disks_and_checkpoints_moves_and_the_parent_is_copied_once(lab):
+    """Items 2-4, the issue's "done when": a VM with 4 disks on two volumes, 3 user
+    checkpoints and a boot disk on the golden image `base` moves between hosts whose folders
+    differ; another VM on the same golden image keeps running on hv1 with every write; when
+    that one moves too, it shares the parent already copied to hv2 instead of copying it again."""
+    golden = f"{ROOTS['hv1']}\\Golden\\base.vhdx"
+    other = lab.add_vm("golden-b", "hv1", golden="base", write_rate_kbps=128)
+    assert other["disks"][0]["chain"][-1] == golden
+    name = "golden-a"
+    lab.add_vm(name, "hv1", golden="base", disks=4, checkpoints=3, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\{name}", f"E:\\Data\\hv1\\{name}"])
+    res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    print("\n" + res.stdout)
+    parent_line = next(line for line in res.stdout.splitlines() if line.startswith(golden))
+    assert " parent " in parent_line and parent_line.endswith(f"-> {ROOTS['hv2']}\\Golden\\base.vhdx")
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["host"] == "hv2", out["problems"]
+    assert out["disks"] == 4 and out["checkpoints"] == ["checkpoint 1", "checkpoint 2", "checkpoint 3"]
+    assert vm_on(lab, "hv2", name)["disks"][0]["chain"][-1] == f"{ROOTS['hv2']}\\Golden\\base.vhdx"
+    # the other VM on the golden image still runs on hv1, its parent where it was
+    stay = lab.verify("golden-b")
+    assert stay["running_on"] == ["hv1"] and stay["integrity"] == "ok", stay["problems"]
+    parent_there = lab.dir / "hosts" / "hv2" / "share" / "Golden" / "base.vhdx"
+    made = parent_there.stat().st_mtime_ns
+    res, rec = lab.cli_json("migrate", "golden-b", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                            "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    [entry] = [c for c in rec["copied"] if c["path"] == golden]
+    assert entry["shared"] and entry["bytes"] == 0 and parent_there.stat().st_mtime_ns == made
+    for vm in (name, "golden-b"):
+        out = lab.verify(vm)
+        assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (vm, out["problems"])
+
+
+def test_a_golden_parent_quickmig_copied_goes_with_its_last_user_when_the_switchover_fails(lab):
+    """Item 4: a golden parent this migration copied, which no other VM on hv2 uses, is
+    removed by the rollback with the rest; the source's parent and VM are as they were."""
+    golden = f"{ROOTS['hv1']}\\Golden\\solo.vhdx"
+    lab.add_vm("solo", "hv1", golden="solo", write_rate_kbps=128)
+    time.sleep(0.5)
+    lab.emulator("hv2").inject_fault(op="wait_heartbeat", action="fail", message="injected: no heartbeat", times=1)
+    try:
+        res, rec = lab.cli_json("migrate", "solo", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                                "--timeout", "240")
+    finally:
+        lab.emulator("hv2").clear_faults()
+    assert rec["state"] == "rolled_back", rec.get("error")
+    assert any(c["path"] == golden and not c.get("shared") for c in rec["copied"])  # it was copied there
+    assert not (lab.dir / "hosts" / "hv2" / "share" / "Golden" / "solo.vhdx").exists()
+    out = lab.verify("solo")
+    assert out["running_on"] == ["hv1"] and out["integrity"] == "ok", out["problems"]
+    assert vm_on(lab, "hv1", "solo")["disks"][0]["chain"][-1] == golden
+
+
+def test_two_vms_on_one_golden_parent_moving_at_once_copy_it_once_and_share_it(lab):
+    """Item 4: two migrations to hv2 need the same golden parent at the same time. One
+    migration at a time decides on it (the lease ISO images use): one copies it, the other
+    finds the same disk there and shares it; both VMs run on hv2 on the one copy."""
+    golden = f"{ROOTS['hv1']}\\Golden\\twin.vhdx"
+    for name in ("twin-a", "twin-b"):
+        lab.add_vm(name, "hv1", golden="twin", write_rate_kbps=128)
+    time.sleep(0.5)
+    mids = []
+    for name in ("twin-a", "twin-b"):
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--max-rounds", "0")
+        assert res.returncode == 0, res.stderr
+        mids.append(res.stdout.strip())
+    recs = [ended(lab, mid, deadline_s=240) for mid in mids]
+    assert [r["state"] for r in recs] == ["completed", "completed"], [r.get("error") for r in recs]
+    entries = sorted((c for r in recs for c in r["copied"] if c["path"] == golden), key=lambda c: c["bytes"])
+    assert [bool(e.get("shared")) for e in entries] == [True, False] and entries[1]["bytes"] > 0
+    for name in ("twin-a", "twin-b"):
+        out = lab.verify(name)
+        assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (name, out["problems"])
+        assert vm_on(lab, "hv2", name)["disks"][0]["chain"][-1] == f"{ROOTS['hv2']}\\Golden\\twin.vhdx"

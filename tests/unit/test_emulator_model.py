@@ -246,6 +246,51 @@ def test_checkpoint_is_refused_when_checkpoints_are_disabled(lab):
         h.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": "m1"})
 
 
+def test_a_lab_vm_takes_a_chain_of_user_checkpoints_of_both_kinds_and_verify_checks_every_one(lab):
+    lab_dir, make = lab
+    h = make("hv1")
+    vm = new_vm(h, disks=2, checkpoints=3)
+    names = [s["name"] for s in vm["snapshots"]]
+    assert names == ["checkpoint 1", "checkpoint 2", "checkpoint 3"] and vm["checkpoint_type"] == "Standard"
+    kinds = [sorted(f.rsplit(".", 1)[1] for f in s["files"]) for s in vm["snapshots"]]
+    assert kinds == [["vmcx", "vmgs", "vmrs"], ["vmcx", "vmgs"], ["vmcx", "vmgs", "vmrs"]]  # Standard, Production
+    assert all(len(d["chain"]) == 4 for d in vm["disks"])  # each checkpoint froze both disks in turn
+    res = verify_vm(lab_dir, "vm1")
+    assert res["integrity"] == "ok" and res["checkpoints"] == names, res
+    # a checkpoint file lost, or the tree out of order, is named
+    h.paths.local(vm["snapshots"][1]["files"][1]).unlink()
+    res = verify_vm(lab_dir, "vm1")
+    assert "checkpoint 'checkpoint 2'" in res["integrity"] and ".vmgs is missing" in res["integrity"], res
+    snaps = h.vms[vm["id"]].snapshots
+    snaps[0]["disks"], snaps[2]["disks"] = snaps[2]["disks"], snaps[0]["disks"]
+    h.registry.save(h.vms[vm["id"]])
+    assert "out of order" in verify_vm(lab_dir, "vm1")["integrity"]
+
+
+@pytest.mark.parametrize("state", ["Off", "Saved"])
+def test_a_lab_vm_can_be_made_off_or_saved_after_it_ran_with_its_checkpoints(lab, state):
+    lab_dir, make = lab
+    h = make("hv1")
+    vm = new_vm(h, state=state, checkpoints=1)
+    assert vm["state"] == state and [s["name"] for s in vm["snapshots"]] == ["checkpoint 1"]
+    assert any(f.endswith(".vmrs") for f in vm["state_files"]) == (state == "Saved")
+    res = verify_vm(lab_dir, "vm1")
+    assert res["integrity"] == "ok" and res["running_on"] == [] and res["writes_checked"] > 0, res
+    with expect_error("InvalidArgument"):
+        new_vm(h, "vm2", state="Paused")
+
+
+def test_checkpoint_vm_is_refused_at_fifty_checkpoints(lab):
+    _, make = lab
+    h = make("hv1")
+    vid = new_vm(h, write_rate_kbps=0, checkpoint_type="Production", checkpoints=50)["id"]
+    assert len(h.vms[vid].snapshots) == 50
+    with expect_error("LimitsExceeded"):
+        h.run("checkpoint_vm", {"vm_id": vid, "snapshot_name": "one more"})
+    with expect_error("InvalidArgument"):
+        new_vm(h, "vm2", checkpoints=51)
+
+
 def test_describe_reports_unknown_and_ambiguous_names(lab):
     _, make = lab
     h = make("hv1")

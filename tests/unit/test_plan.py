@@ -1,7 +1,7 @@
 import pytest
 
 from workers.model.config import Config, Host
-from workers.model.file_plan import PathMap, downtime_files, frozen_files, layout_problems
+from workers.model.file_plan import SHARED_KINDS, PathMap, downtime_files, frozen_files, layout_problems, shared_parents
 from workers.model.hostpaths import HostPathError
 
 
@@ -196,3 +196,15 @@ def test_each_switch_lands_on_the_asked_switch_then_the_pairs_default_then_the_s
     for bad in (["Front"], ["=Edge"], ["Front= Edge"], ["A=B", "A=C"], "Front=Edge"):
         with pytest.raises(OptionError):
             options.parse(switch_map=bad)
+
+
+def test_a_parent_below_a_differencing_disk_no_checkpoint_made_is_a_golden_parent_shared_as_isos_are():
+    vm = {"disks": [
+        {"chain": ["D:\\vm\\disk0_S2.avhdx", "D:\\vm\\disk0_S1.avhdx", "D:\\vm\\disk0.vhdx", "D:\\Golden\\base.vhdx",
+                   "D:\\Golden\\os.vhdx"]},
+        {"chain": ["E:\\d\\disk1_S1.avhdx", "E:\\d\\disk1.vhdx"]}]}
+    assert shared_parents(vm) == {"d:\\golden\\base.vhdx", "d:\\golden\\os.vhdx"}
+    kinds = {f["path"]: f["kind"] for f in frozen_files(vm)}
+    assert kinds == {"D:\\vm\\disk0_S1.avhdx": "disk", "D:\\vm\\disk0.vhdx": "disk", "D:\\Golden\\base.vhdx": "parent",
+                     "D:\\Golden\\os.vhdx": "parent", "E:\\d\\disk1.vhdx": "disk"}
+    assert set(SHARED_KINDS) == {"iso", "parent"}

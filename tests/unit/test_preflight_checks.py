@@ -11,6 +11,15 @@ def test_a_compatible_destination_with_room_passes():
     assert preflight.problems(VM, HOST, HOST, destination="hv2", file_bytes=1024 * MiB) == []
 
 
+def test_a_vm_at_hyperv_s_checkpoint_limit_is_refused_as_the_migration_adds_one():
+    snaps = [{"id": str(i), "name": f"c{i}"} for i in range(preflight.MAX_CHECKPOINTS)]
+    assert preflight.problems(dict(VM, snapshots=snaps[:-1]), HOST, HOST, destination="hv2", file_bytes=0) == []
+    assert preflight.room_for_checkpoint(dict(VM, snapshots=snaps[:-1]))
+    [found] = preflight.problems(dict(VM, snapshots=snaps), HOST, HOST, destination="hv2", file_bytes=0)
+    assert "50 checkpoints" in found and "Remove-VMSnapshot" in found
+    assert not preflight.room_for_checkpoint(dict(VM, snapshots=snaps))
+
+
 def test_space_counts_files_memory_and_a_margin():
     need = preflight.needed_bytes(1000 * MiB, 512 * MiB)
     assert need >= 1512 * MiB + preflight.MARGIN_MIN_BYTES

@@ -37,6 +37,37 @@ def checkpoint_files(snap: dict) -> list[str]:
     return list(snap.get("files") or [snap["config_path"]])
 
 
+# Hyper-V names the differencing disks of checkpoints .avhdx (.avhd): "Each checkpoint is
+# stored as an .avhd file" (Plan for Hyper-V scalability). A parent whose child has another
+# name was given one with New-VHD -Differencing: a golden image other VMs may share.
+CHECKPOINT_DISK_SUFFIXES = (".avhdx", ".avhd")
+
+
+# Files several VMs may use on one host, each copied once per destination and shared,
+# with what to do when the destination has another file of that name.
+SHARED_KINDS = {"iso": "rename one of the ISO images",
+                "parent": "give one of the parent disks another name or place (--storage-map)"}
+
+
+def shared_parents(vm: dict) -> set[str]:
+    """The disks (lower case) of the VM's chains below a differencing disk that no checkpoint
+    made: golden parents, which other VMs (here or on the destination) may use too."""
+    out: set[str] = set()
+    for d in vm["disks"]:
+        chain = d.get("chain") or []
+        for k in range(1, len(chain)):
+            if not chain[k - 1].lower().endswith(CHECKPOINT_DISK_SUFFIXES):
+                out.update(p.lower() for p in chain[k:])
+                break
+    return out
+
+
+def disk_kind(vm: dict, path: str) -> str:
+    """`parent` for a golden parent (copied once per destination and shared, as ISO images
+    are), else `disk`."""
+    return "parent" if path.lower() in shared_parents(vm) else "disk"
+
+
 def frozen_files(vm: dict) -> list[dict]:
     """What is read-only once our checkpoint exists: parent disks, every file of every
     checkpoint (the VM's configuration names them all, and -Register needs them all), ISOs."""
@@ -49,7 +80,7 @@ def frozen_files(vm: dict) -> list[dict]:
 
     for disk in vm["disks"]:
         for parent in disk["chain"][1:]:
-            add(parent, "disk")
+            add(parent, disk_kind(vm, parent))
     for snap in vm.get("snapshots", []):
         for path in checkpoint_files(snap):
             add(path, "checkpoint")
@@ -234,7 +265,7 @@ class PathMap:
         """Every file the migration moves, as it is before our checkpoint: {path, kind, dest}
         (raises PlacementError for the first one with nowhere to go)."""
         self.src_vm_folder = self.src_vm_folder or vm["path"]
-        files = [{"path": p, "kind": "disk"} for d in vm["disks"] for p in d.get("chain", [])]
+        files = [{"path": p, "kind": disk_kind(vm, p)} for d in vm["disks"] for p in d.get("chain", [])]
         files += [{"path": p, "kind": "checkpoint"} for s in vm.get("snapshots", []) for p in checkpoint_files(s)]
         files += [{"path": p, "kind": "state"} for p in vm.get("state_files", [])]
         files += [{"path": p, "kind": "iso"} for p in vm.get("isos", [])]

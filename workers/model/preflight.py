@@ -14,6 +14,10 @@ MiB = 1024 * 1024
 # CheckSystemCompatibilityInfo (Msvm_VirtualSystemMigrationService): 0 compatible
 COMPATIBLE = 0
 
+# Plan for Hyper-V scalability in Windows Server, "Maximums for virtual machines":
+# Checkpoints 50. The migration adds at least one of its own.
+MAX_CHECKPOINTS = 50
+
 # The leaf keeps growing while we copy and the saved memory lands next to it: ask for
 # this much room beyond what the files measure now.
 MARGIN_FRACTION = 0.10
@@ -25,6 +29,12 @@ def saved_memory_bytes(vm: dict) -> int:
     holds, which with Dynamic Memory is its assigned memory, more or less than its startup
     memory; the larger of the two, as the assignment moves while it runs."""
     return max(int(vm.get("memory_startup_bytes") or 0), int(vm.get("memory_assigned_bytes") or 0))
+
+
+def room_for_checkpoint(vm: dict) -> bool:
+    """Whether Hyper-V takes one more checkpoint of `vm` (VMInfo): a pre-copy round stops at
+    the limit, the user's checkpoints and ours counted alike."""
+    return len(vm.get("snapshots") or []) < MAX_CHECKPOINTS
 
 
 def needed_bytes(file_bytes: int, memory_bytes: int) -> int:
@@ -44,6 +54,10 @@ def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file
         out.append(f"checkpoints are disabled for {name} (CheckpointType Disabled), and the migration copies "
                    "its disks behind a checkpoint; enable them with Set-VM -CheckpointType Production "
                    "(or Standard) and retry")
+    have = len(vm.get("snapshots") or [])
+    if have >= MAX_CHECKPOINTS:
+        out.append(f"{name} has {have} checkpoints, and Hyper-V allows {MAX_CHECKPOINTS} per VM: the migration "
+                   "needs one more of its own; remove one first (Remove-VMSnapshot, which merges it)")
     passthrough = [d["path"] for d in vm["disks"] if d.get("passthrough") or not d.get("chain")]
     if passthrough:
         out.append(f"{name} has pass-through disk(s) {', '.join(passthrough)}, which cannot be checkpointed "

@@ -18,7 +18,7 @@ from workers.engine import context
 from workers.engine.step import HardFailure, Later, fence
 from workers.model import keys, options, states
 from workers.model.file_plan import PathMap, checkpoint_files, downtime_files
-from workers.model.preflight import saved_memory_bytes
+from workers.model.preflight import room_for_checkpoint, saved_memory_bytes
 from workers.model.record import StaleState
 from workers.steps.checkpoint import snapshot_name
 from workers.steps.transfer import file_size, transfer
@@ -170,7 +170,7 @@ def gate(mid: str, lg) -> dict:
                               "before the cutover could start; ask for a later or longer --window")
         above = o.max_downtime_s is not None and pred > o.max_downtime_s
         total = len(rec.get("rounds", []))
-        if (paying < o.max_rounds and total < options.MAX_ROUNDS_LIMIT
+        if (paying < o.max_rounds and total < options.MAX_ROUNDS_LIMIT and room_for_checkpoint(vm)
                 and pays(delta, write_bps, rate, round_bytes(vm))
                 and (o.max_downtime_s is None or above)):
             _round(mid, lg)
@@ -178,7 +178,7 @@ def gate(mid: str, lg) -> dict:
             continue
         if o.not_before is not None and now < o.not_before:
             # keep the delta small until the window opens
-            if delta >= WAIT_SYNC_BYTES and total < options.MAX_ROUNDS_LIMIT:
+            if delta >= WAIT_SYNC_BYTES and total < options.MAX_ROUNDS_LIMIT and room_for_checkpoint(vm):
                 _round(mid, lg)
                 continue
             # Not in a worker: a window hours away would hold a copy worker (and the VM's

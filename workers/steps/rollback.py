@@ -20,7 +20,7 @@ from workers.engine import context
 from workers.engine.step import RetryPolicy, end, fence, resume, step_task
 from workers.hyperv.errors import VMNotFound
 from workers.model import hostpaths, routing, states
-from workers.model.file_plan import PathMap, place_of
+from workers.model.file_plan import SHARED_KINDS, PathMap, place_of
 from workers.smb import file_copy
 from workers.steps import start_action
 from workers.steps.checkpoint import ours
@@ -107,9 +107,10 @@ def _confined(rec: dict, paths: list[str], lg) -> list[str]:
 
 
 def _leave_isos(rec: dict) -> tuple[set[str], list[str]]:
-    """The ISO images this migration used on the destination: (those another migration's VM
-    uses, which stay; those quickmig put there that no one else uses, which go)."""
-    isos = [f["path"] for f in (rec.get("plan") or {}).get("frozen", []) if f["kind"] == "iso"]
+    """The ISO images and golden parents this migration used on the destination: (those
+    another migration's VM uses, which stay; those quickmig put there that no one else uses,
+    which go)."""
+    isos = [f["path"] for f in (rec.get("plan") or {}).get("frozen", []) if f["kind"] in SHARED_KINDS]
     pm = PathMap.for_record(context.config(), rec)
     shared = SharedFiles(context.store().r)
     keep, last_use = set(), []
@@ -168,7 +169,8 @@ def rollback(mid: str, lg) -> None:
     for path in last_use:
         SharedFiles(context.store().r).deleted(rec["destination"], path, mid)
     if keep:
-        lg.info("kept %d ISO image(s) on %s that other migrated VMs use", len(keep), rec["destination"])
+        lg.info("kept %d ISO image(s) or parent disk(s) on %s that other migrated VMs use", len(keep),
+                rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     if vm["state"] != "Running" or start_action.differs(rec, vm):
         fence(rec)

@@ -24,7 +24,7 @@ from workers.coord.slots import CopySlots
 from workers.coord.throttle import Throttle
 from workers.engine import context
 from workers.engine.step import HardFailure
-from workers.model.file_plan import PathMap, Place
+from workers.model.file_plan import SHARED_KINDS, PathMap, Place
 from workers.obs import metrics
 from workers.smb import file_copy
 
@@ -165,22 +165,24 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
         src_at, dst_at = pm.src_place(src_path), pm.dst_place(src_path)
         dst_path = dst_at.path
         src_share, dst_share = src_ep.on_share(src_at.share), dst_ep.on_share(dst_at.share)
-        # one migration at a time decides on an ISO image several VMs there may share
+        # one migration at a time decides on an ISO image or a golden parent several VMs
+        # there may share
+        sharable = f["kind"] in SHARED_KINDS
         deciding = (shared.deciding(destination, dst_path, mid, on_wait=lambda holder, p=dst_path: lg.info(
                         "waiting: migration %s is deciding on %s on %s", holder, p, destination))
-                    if f["kind"] == "iso" else contextlib.nullcontext())
+                    if sharable else contextlib.nullcontext())
         with deciding:
             if dst_path not in rec.get("created_files", []) and file_copy.exists(dst_share, dst_at.rel):
-                if f["kind"] != "iso":
+                if not sharable:
                     refuse_existing(rec, dst_path)
                 if file_copy.digest_of(dst_share, dst_at.rel) != file_copy.digest_of(src_share, src_at.rel):
                     raise HardFailure(f"{rec['destination']} has a different {dst_path}; "
-                                      "rename one of the ISO images")
-                lg.info("ISO %s already on destination with the same content", dst_path)
+                                      f"{SHARED_KINDS[f['kind']]}")
+                lg.info("%s %s already on destination with the same content", f["kind"], dst_path)
                 entry = {"path": src_path, "dest": dst_path, "bytes": 0, "digest": None, "shared": True,
                          "planned_bytes": rec["planned"][src_path]}
             else:
-                if f["kind"] == "iso":
+                if sharable:
                     shared.mark_ours(destination, dst_path)
                 note_created(mid, [dst_path])
                 base = (rec.get("bytes_copied") or 0) + sum(
