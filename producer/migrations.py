@@ -10,7 +10,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import redis
@@ -430,18 +430,25 @@ class Producer:
         return self.store.recent(limit)
 
     def wait(self, mid: str, timeout_s: float | None = None, poll_s: float = 0.3, on_change=None) -> dict:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last = None
-        while True:
-            rec = self.store.get(mid)
-            if on_change and rec["state"] != last:
-                on_change(rec)
-            last = rec["state"]
-            if rec["state"] in states.ENDS:
-                return rec
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"migration {mid} still {rec['state']} after {timeout_s}s")
-            time.sleep(poll_s)
+        return follow(self.store.get, mid, timeout_s, poll_s, on_change)
+
+
+def follow(get: Callable[[str], dict], mid: str, timeout_s: float | None, poll_s: float,
+           on_change: Callable[[dict], object] | None = None) -> dict:
+    """Read migration `mid` with `get` every `poll_s` until it ends; returns its last record.
+    `on_change(record)` at each new state; TimeoutError after `timeout_s`."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = None
+    while True:
+        rec = get(mid)
+        if on_change and rec["state"] != last:
+            on_change(rec)
+        last = rec["state"]
+        if rec["state"] in states.ENDS:
+            return rec
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"migration {mid} still {rec['state']} after {timeout_s}s")
+        time.sleep(poll_s)
 
 
 def enqueue_migration(vm: str, source: str, destination: str, *, config=None, **options) -> dict:

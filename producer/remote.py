@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -21,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from producer.migrations import MigrationRequest, RequestError
+from producer.migrations import MigrationRequest, RequestError, follow
 from workers.model import config as config_mod
-from workers.model import states
 
 TOKEN_ENV = "QUICKMIG_API_TOKEN"
 TIMEOUT_S = 120.0  # an enqueue looks the VM up on the hosts (each within 60 s)
@@ -110,18 +108,7 @@ class Remote:
 
     def wait(self, mid: str, timeout_s: float | None = None, poll_s: float = 1.0,
              on_change: Callable[[dict], object] | None = None) -> dict:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last = None
-        while True:
-            rec = self.get(mid)
-            if on_change and rec["state"] != last:
-                on_change(rec)
-            last = rec["state"]
-            if rec["state"] in states.ENDS:
-                return rec
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"migration {mid} still {rec['state']} after {timeout_s}s")
-            time.sleep(poll_s)
+        return follow(self.get, mid, timeout_s, poll_s, on_change)
 
     def throttle(self, global_rate: int | None, pair: tuple[str, str, int] | None) -> dict:
         """Set what is given (nothing: only read) and return the limits, as Throttle.limits()."""
