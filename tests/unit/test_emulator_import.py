@@ -18,36 +18,14 @@ from lab.emulator.errors import OpError
 from lab.emulator.faults import parse_fault
 from lab.emulator.model import HyperVHost
 from lab.verify import verify_vm
+from tests.unit import emulated
 
 ROOTS = {"hv1": "D:\\VMs\\hv1", "hv2": "E:\\Hyper-V"}
-TOML = """redis_url = "redis://127.0.0.1:1/0"
-credentials_file = "credentials.toml"
-[hosts.hv1]
-winrm_endpoint = "http://127.0.0.1:1/wsman"
-vm_root = 'D:\\VMs\\hv1'
-smb_server = "127.0.0.1"
-smb_share = "hv1"
-[hosts.hv2]
-winrm_endpoint = "http://127.0.0.1:2/wsman"
-vm_root = 'E:\\Hyper-V'
-smb_server = "127.0.0.1"
-smb_share = "hv2"
-"""
 
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    (tmp_path / "quickmig.toml").write_text(TOML)
-    hosts: list[HyperVHost] = []
-
-    def make(name: str) -> HyperVHost:
-        h = HyperVHost(tmp_path, name, ROOTS[name])
-        hosts.append(h)
-        return h
-
-    yield tmp_path, make
-    for h in hosts:
-        h.shutdown()
+    yield from emulated.hosts_in(tmp_path, ROOTS)
 
 
 def expect_error(category: str, fqid_prefix: str = ""):

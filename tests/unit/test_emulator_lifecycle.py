@@ -15,36 +15,14 @@ from lab.emulator.errors import OpError
 from lab.emulator.model import BOOT_MARKER, HyperVHost
 from lab.history import load_events, overlaps
 from lab.verify import verify_vm
+from tests.unit import emulated
 
 MiB = 1024 * 1024
-TOML = """redis_url = "redis://127.0.0.1:1/0"
-credentials_file = "credentials.toml"
-[hosts.hv1]
-winrm_endpoint = "http://127.0.0.1:1/wsman"
-vm_root = 'D:\\VMs\\hv1'
-smb_server = "127.0.0.1"
-smb_share = "hv1"
-[hosts.hv2]
-winrm_endpoint = "http://127.0.0.1:2/wsman"
-vm_root = 'D:\\VMs\\hv2'
-smb_server = "127.0.0.1"
-smb_share = "hv2"
-"""
 
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    (tmp_path / "quickmig.toml").write_text(TOML)
-    hosts: list[HyperVHost] = []
-
-    def make(name: str) -> HyperVHost:
-        h = HyperVHost(tmp_path, name, f"D:\\VMs\\{name}", heartbeat_delay_s=0.0)
-        hosts.append(h)
-        return h
-
-    yield tmp_path, make
-    for h in hosts:
-        h.shutdown()
+    yield from emulated.hosts_in(tmp_path, heartbeat_delay_s=0.0)
 
 
 def new_vm(h: HyperVHost, name: str = "vm1", **kw) -> dict:

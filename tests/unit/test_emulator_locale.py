@@ -13,6 +13,7 @@ from lab.emulator import messages, scriptfacts
 from lab.emulator.errors import MissingVM, OpError, fips_refusal, get_vm_not_found
 from lab.emulator.model import HyperVHost
 from lab.emulator.wsman import clixml_error
+from tests.unit import emulated
 from workers.hyperv import driver, scripts
 from workers.hyperv.errors import HyperVError, VMNotFound, error_from_stderr
 
@@ -22,14 +23,6 @@ NOT_HOST_MESSAGES = {"hostprops.py", "faults.py", "client.py", "messages.py"}
 NOT_HOST_FUNCTIONS = {"_check_new_vm", "_check_hardware"}
 MESSAGE_CALLS = {"OpError": 0, "invalid_arg": 0, "WSManFault": 1, "_inc": 1, "append": 0}
 
-TOML = """redis_url = "redis://127.0.0.1:1/0"
-credentials_file = "credentials.toml"
-[hosts.hv1]
-winrm_endpoint = "http://127.0.0.1:1/wsman"
-vm_root = 'D:\\VMs\\hv1'
-smb_server = "127.0.0.1"
-smb_share = "hv1"
-"""
 
 # What the scripts said before (quickmig 0.1): the emulator must still answer them as a
 # real host would, so a test run against that code fails the way a host would fail it.
@@ -174,7 +167,7 @@ def test_utf8_output_comes_only_from_a_command_line_that_sets_it():
 
 @pytest.fixture
 def host(tmp_path, monkeypatch):
-    (tmp_path / "quickmig.toml").write_text(TOML)
+    (tmp_path / "quickmig.toml").write_text(emulated.config({"hv1": "D:\\VMs\\hv1"}))
     h = HyperVHost(tmp_path, "hv1", "D:\\VMs\\hv1", locale="de-DE")
     yield h
     h.shutdown()

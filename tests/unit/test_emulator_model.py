@@ -15,37 +15,15 @@ from lab.emulator.errors import OpError
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
 from lab.emulator.model import HyperVHost
 from lab.verify import check_journal, parse_journal, verify_vm
+from tests.unit import emulated
 
 RATE = 400  # KiB/s = 100 records/s: enough records in a few tenths of a second
 
-TOML = """redis_url = "redis://127.0.0.1:1/0"
-credentials_file = "credentials.toml"
-[hosts.hv1]
-winrm_endpoint = "http://127.0.0.1:1/wsman"
-vm_root = 'D:\\VMs\\hv1'
-smb_server = "127.0.0.1"
-smb_share = "hv1"
-[hosts.hv2]
-winrm_endpoint = "http://127.0.0.1:2/wsman"
-vm_root = 'D:\\VMs\\hv2'
-smb_server = "127.0.0.1"
-smb_share = "hv2"
-"""
 
 
 @pytest.fixture
 def lab(tmp_path: Path):
-    (tmp_path / "quickmig.toml").write_text(TOML)
-    hosts: list[HyperVHost] = []
-
-    def make(name: str) -> HyperVHost:
-        h = HyperVHost(tmp_path, name, f"D:\\VMs\\{name}")
-        hosts.append(h)
-        return h
-
-    yield tmp_path, make
-    for h in hosts:
-        h.shutdown()
+    yield from emulated.hosts_in(tmp_path)
 
 
 def roots(h: HyperVHost) -> list[str]:
@@ -622,7 +600,7 @@ def test_a_vm_has_disks_in_several_storage_folders_and_each_holds_its_share_of_t
     the guest writes to each in turn, Start-VM needs every disk's chain, verify checks each disk.
     At most 4 SCSI controllers of 64 disks (Plan for Hyper-V scalability: 256 virtual SCSI disks)."""
     lab_dir, _ = lab
-    (lab_dir / "quickmig.toml").write_text(TOML.replace(
+    (lab_dir / "quickmig.toml").write_text(emulated.config({"hv1": "D:\\VMs\\hv1", "hv2": "D:\\VMs\\hv2"}).replace(
         "vm_root = 'D:\\VMs\\hv1'\nsmb_server = \"127.0.0.1\"\nsmb_share = \"hv1\"",
         "storage = [{ path = 'D:\\VMs\\hv1', share = \"hv1\", name = \"vms\" },\n"
         "           { path = 'E:\\Data\\hv1', share = \"hv1-data\", name = \"data\" }]\nsmb_server = \"127.0.0.1\""))
