@@ -90,24 +90,20 @@ class FaultTable:
     def take_step(self, op: str, step: str) -> Fault | None:
         """The rule for `<op>:<step>` that applies now (consuming one of its `times`), if any."""
         name = f"{op}:{step}"
+        return self._consume(name, lambda rule: rule == name)
+
+    def take(self, op: str) -> Fault | None:
+        """The rule that applies to this run of `op` (consuming one of its `times`), if any."""
+        return self._consume(op, lambda rule: rule in (op, "*"))
+
+    def _consume(self, name: str, matches) -> Fault | None:
+        """The first rule whose op `matches`, one of its `times` used up (gone after its last)."""
         with self._lock:
             for i, f in enumerate(self._rules):
-                if f.op == name:
+                if matches(f.op):
                     if f.times > 0:
                         f.times -= 1
                         if f.times == 0:
                             del self._rules[i]
                     return Fault(op=name, action=f.action, seconds=f.seconds, message=f.message, times=1)
-            return None
-
-    def take(self, op: str) -> Fault | None:
-        """The rule that applies to this run of `op` (consuming one of its `times`), if any."""
-        with self._lock:
-            for i, f in enumerate(self._rules):
-                if f.op in (op, "*"):
-                    if f.times > 0:
-                        f.times -= 1
-                        if f.times == 0:
-                            del self._rules[i]
-                    return Fault(op=op, action=f.action, seconds=f.seconds, message=f.message, times=1)
             return None

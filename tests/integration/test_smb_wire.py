@@ -16,13 +16,12 @@ pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 
 
-class BitFlipRelay:
-    """A TCP relay to a server that flips one bit of what the server sends, `after` bytes into
-    every connection that carries that much (the payload of the first big READ response)."""
+class Relay:
+    """A TCP relay between the client and a server on `port`: what the client sends goes by
+    `_to_server`, what the server answers by `_to_client` (both pass it on as it is)."""
 
-    def __init__(self, port: int, after: int):
-        self.port, self.after = port, after
-        self.flipped = 0
+    def __init__(self, port: int):
+        self.port = port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listen_port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = [self.listener]
@@ -36,31 +35,58 @@ class BitFlipRelay:
                 return
             server = socket.create_connection(("127.0.0.1", self.port))
             self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+            threading.Thread(target=self._to_server, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(server, client), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, flip: bool) -> None:
+    def _to_server(self, src: socket.socket, dst: socket.socket) -> None:
+        self._pump(src, dst)
+
+    def _to_client(self, src: socket.socket, dst: socket.socket) -> None:
+        self._pump(src, dst)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, change=None) -> None:
         seen = 0
         try:
             while data := src.recv(65536):
-                if flip and seen <= self.after < seen + len(data):
-                    data = bytearray(data)
-                    data[self.after - seen] ^= 0x10
-                    self.flipped += 1
+                if change is not None:
+                    data = change(data, seen)
                 seen += len(data)
                 dst.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._close(src, dst)
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         for s in self.sockets:
             s.close()
+
+
+class BitFlipRelay(Relay):
+    """A TCP relay to a server that flips one bit of what the server sends, `after` bytes into
+    every connection that carries that much (the payload of the first big READ response)."""
+
+    def __init__(self, port: int, after: int):
+        self.after, self.flipped = after, 0
+        super().__init__(port)
+
+    def _to_client(self, src: socket.socket, dst: socket.socket) -> None:
+        self._pump(src, dst, self._flip)
+
+    def _flip(self, data: bytes, seen: int) -> bytes:
+        if seen <= self.after < seen + len(data):
+            data = bytearray(data)
+            data[self.after - seen] ^= 0x10
+            self.flipped += 1
+        return data
 
 
 @pytest.mark.parametrize("encrypt", [False, True], ids=["signed", "encrypted"])
@@ -90,30 +116,15 @@ def test_a_read_payload_altered_on_the_wire_fails_the_copy_and_lands_nothing(smb
     assert not partial.exists() or partial.stat().st_size == 0
 
 
-class SignatureRelay:
+class SignatureRelay(Relay):
     """A TCP relay to a server that reads the server's messages one by one (Direct TCP
     framing) and, in each plain SMB2 response of `command` after the session is set up,
     clears SMB2_FLAGS_SIGNED and zeroes the signature ("strip") or flips one bit of the
     signature ("corrupt"). Encrypted messages pass untouched (it cannot read them)."""
 
     def __init__(self, port: int, command: int, how: str):
-        self.port, self.command, self.how = port, command, how
-        self.changed = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listen_port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.port))
-            self.sockets += [client, server]
-            threading.Thread(target=self._plain, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
+        self.command, self.how, self.changed = command, how, 0
+        super().__init__(port)
 
     @staticmethod
     def _exactly(sock: socket.socket, n: int) -> bytes:
@@ -125,16 +136,7 @@ class SignatureRelay:
             data += more
         return data
 
-    def _plain(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._close(src, dst)
-
-    def _responses(self, src: socket.socket, dst: socket.socket) -> None:
+    def _to_client(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 size = self._exactly(src, 4)
@@ -152,18 +154,6 @@ class SignatureRelay:
             pass
         finally:
             self._close(src, dst)
-
-    @staticmethod
-    def _close(*socks: socket.socket) -> None:
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
 
 
 SMB2_CREATE = 5
