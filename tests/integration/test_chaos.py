@@ -114,6 +114,48 @@ def test_a_redis_restart_mid_copy_loses_nothing_and_leaves_nothing_stuck(chaos_l
     assert p.store.r.get(f"quickmig:lock:vm:{check['vm_id']}") is None
 
 
+def test_a_cutover_worker_sent_sigterm_finishes_the_switchover_it_holds_before_it_exits(chaos_lab):
+    """What Kubernetes (and `docker stop`) does to a pod in a rolling update: SIGTERM to the
+    container's main process only, here the cutover pool's Celery main process, while its
+    child holds a VM's downtime. Celery's warm shutdown lets the switchover finish, then exits
+    (deploy/kubernetes/: the grace period covers the switchover's deadlines)."""
+    lab = chaos_lab
+    lab.add_vm("term-vm", "hv1")
+    lab.emulator("hv2").inject_fault(op="import_vm", action="delay", seconds=6, times=1)
+    try:
+        res = lab.cli("migrate", "term-vm", "--from", "hv1", "--to", "hv2")
+        assert res.returncode == 0, res.stderr
+        mid = res.stdout.strip()
+        deadline = time.monotonic() + 120
+        while not any(v["name"] == "term-vm" and v["state"] == "Saved" for v in lab.emulator("hv1").state()["vms"]):
+            assert time.monotonic() < deadline, "the source VM was never saved"
+            time.sleep(0.05)
+        pool = orchestrator.read_lab(lab.dir)["processes"]["worker-cutover"]
+        os.kill(pool["pid"], signal.SIGTERM)  # the main process only, as the kubelet does
+        termed = time.time()
+        deadline = time.monotonic() + 120
+        while processes.alive(pool):
+            assert time.monotonic() < deadline, "the cutover pool did not exit after its switchover"
+            time.sleep(0.05)
+        exited = time.time()
+    finally:
+        lab.emulator("hv2").clear_faults()
+    rec = lab.producer.get(mid)
+    states = {h["state"]: h["at"] for h in rec["history"]}
+    # the switchover ended (the record left cutting_over) in this worker, before it exited
+    assert "finishing" in states and states["cutting_over"] < termed < states["finishing"] < exited, rec["history"]
+    assert exited - termed > 3  # it waited out the slow import, it did not die at once
+    assert "rolling_back" not in states and not rec.get("cutover_resumed")
+    assert "Warm shutdown" in Path(pool["log"]).read_text()
+    deadline = time.monotonic() + 180
+    while (rec := lab.producer.get(mid))["state"] not in ("completed", "failed", "rolled_back"):
+        assert time.monotonic() < deadline, rec["state"]
+        time.sleep(0.5)
+    assert rec["state"] == "completed", rec["error"]
+    check = lab.verify("term-vm")
+    assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+
+
 def test_a_short_chaos_run_has_no_violation(chaos_lab):
     trials = chaos.run(chaos_lab.dir, trials=2, migrations=3, seed=7, max_delay_s=6, bound_s=180,
                        say=lambda *_: None)
