@@ -329,3 +329,13 @@ def test_the_renderer_refuses_what_it_does_not_implement(tmp_path):
     k.write_text(k.read_text().replace("replicas:\n  - {name: quickmig-api, count: 2}\n", ""))
     with pytest.raises(KustomizeError, match="smb-password"):
         render(overlay)
+
+
+def test_the_manifests_use_no_yaml_anchors():
+    """Plain YAML only: what this renderer (PyYAML) expands, kustomize's YAML library may
+    keep as an alias or refuse, so the two could disagree about the same file."""
+    import yaml
+    for f in K8S.glob("**/*.yaml"):
+        aliases = [e for e in yaml.parse(f.read_text()) if isinstance(e, yaml.AliasEvent)
+                   or getattr(e, "anchor", None)]
+        assert aliases == [], f
