@@ -6,9 +6,10 @@ Supported: `resources` (files, or folders holding a kustomization.yaml), `namesp
 `labels` (pairs set on metadata.labels only, as kustomize does without includeSelectors),
 `images` (newName, newTag, digest), `configMapGenerator` and `secretGenerator` with `files`
 (`KEY=PATH` or `PATH`) and `generatorOptions: {disableNameSuffixHash: true}` (a name hash
-would need every reference rewritten), and `patches` given by `path` (strategic merge: maps
-merged; the lists below merged by their key, as Kubernetes' patch strategy says for those
-fields; any other list replaced, which is what kustomize does for custom resources).
+would need every reference rewritten), and `patches` given by `path`, one patch per file as
+kustomize requires (strategic merge: maps merged; the lists below merged by their key, as
+Kubernetes' patch strategy says for those fields; any other list replaced, and every list of
+a custom resource, which kustomize patches as a JSON merge patch).
 """
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ def render(folder: Path) -> list[dict]:
     for patch in k.get("patches", []):
         if set(patch) != {"path"}:
             raise KustomizeError(f"{kfile}: only patches given by path are implemented: {patch}")
-        for doc in load_docs(folder / patch["path"]):
-            _apply_patch(objs, doc, kfile)
+        docs = load_docs(folder / patch["path"])
+        if len(docs) != 1:  # kustomize: one patch per path (kubernetes-sigs/kustomize#3929)
+            raise KustomizeError(f"{kfile}: {patch['path']} holds {len(docs)} patches, kustomize takes one")
+        _apply_patch(objs, docs[0], kfile)
     for label in k.get("labels", []):
         if set(label) != {"pairs"}:
             raise KustomizeError(f"{kfile}: labels: only pairs are implemented")
@@ -89,19 +92,26 @@ def _apply_patch(objs: list[dict], patch: dict, where: Path) -> None:
     hits = [o for o in objs if o["kind"] == patch["kind"] and o["metadata"]["name"] == patch["metadata"]["name"]]
     if len(hits) != 1:
         raise KustomizeError(f"{where}: patch for {patch['kind']}/{patch['metadata']['name']} matches {len(hits)}")
-    merged = merge(hits[0], patch)
+    merged = merge(hits[0], patch, custom=_is_custom(patch["apiVersion"]))
     hits[0].clear()
     hits[0].update(merged)
 
 
-def merge(base: Any, patch: Any, field: str | None = None) -> Any:
-    """Strategic merge of `patch` into `base` (a copy)."""
+def _is_custom(api_version: str) -> bool:
+    """A custom resource's apiVersion names a group with a dot outside *.k8s.io."""
+    group = api_version.rpartition("/")[0]
+    return "." in group and not group.endswith(".k8s.io")
+
+
+def merge(base: Any, patch: Any, field: str | None = None, *, custom: bool = False) -> Any:
+    """Strategic merge of `patch` into `base` (a copy); for a custom resource, whose schema
+    kustomize does not know, a JSON merge patch: every list replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = copy.deepcopy(base)
         for k, v in patch.items():
-            out[k] = merge(base[k], v, k) if k in base else copy.deepcopy(v)
+            out[k] = merge(base[k], v, k, custom=custom) if k in base else copy.deepcopy(v)
         return out
-    if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS:
+    if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS and not custom:
         key = MERGE_KEYS[field]
         out = copy.deepcopy(base)
         for item in patch:

@@ -325,6 +325,14 @@ def test_the_renderer_refuses_what_it_does_not_implement(tmp_path):
     k.write_text(k.read_text() + "replicas:\n  - {name: quickmig-api, count: 2}\n")
     with pytest.raises(KustomizeError, match="replicas"):
         render(overlay)
+    k.write_text(k.read_text().replace("replicas:\n  - {name: quickmig-api, count: 2}\n", ""))
+    two = overlay / "patches" / "api-resources.yaml"
+    two.write_text(two.read_text() + "---\n" + (overlay / "patches" / "worker-copy-resources.yaml").read_text())
+    with pytest.raises(KustomizeError, match="kustomize takes one"):
+        render(overlay)
+    (overlay / "patches" / "worker-copy-resources.yaml").write_text(two.read_text().split("---\n")[1])
+    two.write_text(two.read_text().split("---\n")[0])
+    render(overlay)
     (overlay / "secrets" / "smb-password").unlink()
     k.write_text(k.read_text().replace("replicas:\n  - {name: quickmig-api, count: 2}\n", ""))
     with pytest.raises(KustomizeError, match="smb-password"):
