@@ -25,7 +25,7 @@ def cmd_up(args) -> int:
         roots[host] = root
     orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port,
                     max_migrations=args.max_migrations, locale=args.locale, vm_roots=roots,
-                    host_profile=args.host_profile)
+                    host_profile=args.host_profile, redis_mode=args.redis)
     return 0
 
 
@@ -154,6 +154,9 @@ def register(sub, common) -> None:
     u.add_argument("--host-profile", default=costs.FAST.name, choices=sorted(costs.PROFILES),
                    help="what each host operation costs: fast (the lab's own speed) or windows (a new "
                         "powershell.exe, the Hyper-V module and each cmdlet as on a Windows Server host)")
+    u.add_argument("--redis", default="single", choices=orchestrator.REDIS_MODES,
+                   help="single: one redis-server; sentinel: a master and a replica under three sentinels "
+                        "(redis-master, redis-replica, sentinel-1..3 in lab.json), so a failover can be forced")
     u.set_defaults(func=_guard(cmd_up, LabError))
 
     d = lsub.add_parser("down", parents=[common], help="stop everything the lab started")

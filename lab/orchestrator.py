@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -36,6 +37,13 @@ from workers.hyperv.errors import HyperVError
 from workers.model.config import load_config, toml_str
 
 POOLS = {"snapshot": 2, "copy": 2, "cutover": 2}
+# `lab up --redis`: one redis-server, or a master with a replica under three sentinels
+REDIS_MODES = ("single", "sentinel")
+SENTINEL_SERVICE = "quickmig"
+SENTINEL_QUORUM = 2
+# a master silent for 1 s is down and a failover starts; production's default is 30 s
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 5000
 WINRM_USER = "quickmig-lab"
 DEFAULT_VM = {"memory_mb": 64, "disk_mb": 128, "write_rate_kbps": 64}
 LAB_DEADLINES_S = {"queued": 20, "snapshotting": 15, "copying": 15, "preparing": 15,
@@ -75,10 +83,18 @@ def data_storage(hosts: list[str], host: str) -> tuple[str, str]:
     return f"{letter}:\\Data\\{host}", f"{host}-data"
 
 
+def redis_url(ports: dict) -> str:
+    """The lab's redis_url: its one server, or its sentinels when it runs Redis under Sentinel."""
+    if "sentinels" in ports:
+        members = ",".join(f"127.0.0.1:{p}" for p in ports["sentinels"])
+        return f"redis+sentinel://{members}/{SENTINEL_SERVICE}/0"
+    return f"redis://127.0.0.1:{ports['redis']}/0"
+
+
 def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: int = 2,
                   vm_roots: dict[str, str] | None = None) -> None:
     lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
-             "redis_url = " + toml_str(f"redis://127.0.0.1:{ports['redis']}/0"),
+             "redis_url = " + toml_str(redis_url(ports)),
              'credentials_file = "credentials.toml"', "",
              "[lab]", f"dir = {toml_str(str(lab_dir))}", "",
              "[metrics]", f"port = {ports['metrics']}", "",
@@ -127,7 +143,7 @@ def _new_api_token(lab_dir: Path) -> str:
 
 def write_endpoints(lab_dir: Path, ports: dict) -> dict:
     """endpoints.json: every scrape endpoint of the lab, for Prometheus or a person."""
-    endpoints = {"redis": f"redis://127.0.0.1:{ports['redis']}/0",
+    endpoints = {"redis": redis_url(ports),
                  "api": api_url(ports),
                  "metrics": [{"url": f"http://127.0.0.1:{ports['metrics']}/metrics",
                               "target": f"127.0.0.1:{ports['metrics']}", "node": "lab",
@@ -184,7 +200,31 @@ def emulator_client(cfg, host: str):
     return EmulatorClient(cfg.host(host).winrm_endpoint, c.winrm_username, c.winrm_password)
 
 
-def _wait_redis(port: int, timeout_s: float) -> None:
+def wait_sentinels(ports: dict, timeout_s: float) -> None:
+    """Until every sentinel knows the master and its replica is in sync: what a failover needs."""
+    deadline = time.monotonic() + timeout_s
+    for port in ports["sentinels"]:
+        s = redis.Redis(port=port, socket_connect_timeout=1, decode_responses=True)
+        while True:
+            try:
+                m = s.sentinel_master(SENTINEL_SERVICE)
+                if int(m.get("num-slaves", 0)) >= 1 and int(m.get("num-other-sentinels", 0)) >= 2:
+                    break
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(f"sentinel on port {port} does not see the master, its replica and the other "
+                               f"sentinels after {timeout_s:.0f} s; see logs/sentinel-*.log")
+            time.sleep(0.2)
+
+
+def _wait_redis(ports: dict, timeout_s: float) -> None:
+    wait_redis_port(ports["redis"], timeout_s)
+    if "sentinels" in ports:
+        wait_sentinels(ports, timeout_s)
+
+
+def wait_redis_port(port: int, timeout_s: float) -> None:
     r = redis.Redis(port=port, socket_connect_timeout=1)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -197,12 +237,56 @@ def _wait_redis(port: int, timeout_s: float) -> None:
             time.sleep(0.1)
 
 
+def _ports(names: list[str], metrics_port: int | None, redis_mode: str) -> dict[str, Any]:
+    ports: dict[str, Any] = {"redis": free_port(), "metrics": metrics_port or free_port(), "api": free_port()}
+    if redis_mode == "sentinel":
+        ports["redis-replica"] = free_port()
+        ports["sentinels"] = [free_port() for _ in range(3)]
+    for h in names:
+        ports[h] = {"winrm": free_port(), "smb": free_port()}
+    return ports
+
+
+def _redis_command(port: int, data: Path, *more: str) -> list[str]:
+    data.mkdir(parents=True, exist_ok=True)
+    return [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(data), "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", "",
+            "--daemonize", "no", *more]
+
+
+def _start_redis(lab_dir: Path, ports: dict, procs: dict, logs: Path, mode: str) -> None:
+    """One redis-server, or (mode `sentinel`) a master, its replica and three sentinels that
+    fail over within seconds (production's defaults take 30 s to notice a master gone)."""
+    if mode != "sentinel":
+        procs["redis"] = processes.spawn(_redis_command(ports["redis"], lab_dir / "redis"), logs / "redis.log")
+        return
+    procs["redis-master"] = processes.spawn(_redis_command(ports["redis"], lab_dir / "redis-master"),
+                                            logs / "redis-master.log")
+    procs["redis-replica"] = processes.spawn(
+        _redis_command(ports["redis-replica"], lab_dir / "redis-replica", "--replicaof", "127.0.0.1",
+                       str(ports["redis"])), logs / "redis-replica.log")
+    for i, port in enumerate(ports["sentinels"], 1):
+        d = lab_dir / f"sentinel-{i}"
+        d.mkdir(exist_ok=True)
+        # sentinels rewrite their own config file (what they learn of the topology)
+        (d / "sentinel.conf").write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+            f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {ports['redis']} {SENTINEL_QUORUM}\n"
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SENTINEL_SERVICE} {SENTINEL_FAILOVER_TIMEOUT_MS}\n")
+        procs[f"sentinel-{i}"] = processes.spawn(
+            [shutil.which("redis-server") or "redis-server", str(d / "sentinel.conf"), "--sentinel"],
+            logs / f"sentinel-{i}.log")
+
+
 def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
        metrics_port: int | None = None, max_migrations: int = 2, locale: str = messages.DEFAULT_LOCALE,
-       vm_roots: dict[str, str] | None = None, host_profile: str = costs.FAST.name, say=print) -> dict:
+       vm_roots: dict[str, str] | None = None, host_profile: str = costs.FAST.name, redis_mode: str = "single",
+       say=print) -> dict:
     """Start a lab; `locale` is the display language of every host (messages.py); `vm_roots`: a
     host's VM folder other than D:\\VMs\\<host> (e.g. another drive, as hosts of a fleet
-    differ), by host name; `host_profile`: what each host operation costs (lab/emulator/costs.py)."""
+    differ), by host name; `host_profile`: what each host operation costs (lab/emulator/costs.py);
+    `redis_mode`: `single` (one redis-server) or `sentinel` (a master, a replica, three sentinels)."""
     lab_dir = Path(lab_dir).resolve()
     alive = running(lab_dir)
     if alive:
@@ -214,29 +298,24 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         raise LabError(f"a lab host speaks one of {', '.join(messages.LOCALES)}, not {locale!r}")
     if host_profile not in costs.PROFILES:
         raise LabError(f"a lab host profile is one of {', '.join(sorted(costs.PROFILES))}, not {host_profile!r}")
+    if redis_mode not in REDIS_MODES:
+        raise LabError(f"a lab's Redis is one of {', '.join(REDIS_MODES)}, not {redis_mode!r}")
     names = [f"hv{i}" for i in range(1, hosts + 1)]
     unknown = set(vm_roots or {}) - set(names)
     if unknown:
         raise LabError(f"vm_roots names hosts the lab does not have: {', '.join(sorted(unknown))}")
     lab_dir.mkdir(parents=True, exist_ok=True)
-    ports = {"redis": free_port(), "metrics": metrics_port or free_port(), "api": free_port()}
-    for h in names:
-        ports[h] = {"winrm": free_port(), "smb": free_port()}
+    ports = _ports(names, metrics_port, redis_mode)
     _write_config(lab_dir, names, ports, max_migrations, vm_roots)
     cfg = load_config(lab_dir / "quickmig.toml")
     logs = lab_dir / "logs"
     lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time(),
-           "host_profile": host_profile}
+           "host_profile": host_profile, "redis": redis_mode}
     procs = lab["processes"]
     env = dict(os.environ, QUICKMIG_CONFIG=str(lab_dir / "quickmig.toml"),
                PROMETHEUS_MULTIPROC_DIR=str(lab_dir / "metrics"))
     try:
-        (lab_dir / "redis").mkdir(exist_ok=True)
-        procs["redis"] = processes.spawn(
-            [shutil.which("redis-server") or "redis-server", "--port", str(ports["redis"]),
-             "--bind", "127.0.0.1", "--dir", str(lab_dir / "redis"), "--appendonly", "yes",
-             "--maxmemory-policy", "noeviction", "--save", "", "--daemonize", "no"],
-            logs / "redis.log")
+        _start_redis(lab_dir, ports, procs, logs, redis_mode)
         _save(lab_dir, lab)
         for h in names:
             tops = [(s.share, storage_dir(lab_dir, h, i, s.share)) for i, s in enumerate(cfg.host(h).storage)]
@@ -257,7 +336,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
             # One node, so its exporter also serves the fleet's state (read from Redis).
             [sys.executable, "-m", "producer.cli", "metrics-exporter", "--port", str(ports["metrics"]), "--fleet"],
             logs / "metrics.log", env=env)
-        _wait_redis(ports["redis"], 20)
+        _wait_redis(ports, 20)
         # loopback only (the [api] addr default): the lab's API is plain HTTP
         procs["api"] = processes.spawn([sys.executable, "-m", "producer.api"], logs / "api.log", env=env)
         _save(lab_dir, lab)
@@ -301,7 +380,8 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         raise
     endpoints = write_endpoints(lab_dir, ports)
     say(f"lab up at {lab_dir}: hosts {', '.join(names)} ({locale}, host profile {host_profile}), {n} VMs, "
-        f"redis on 127.0.0.1:{ports['redis']}")
+        f"redis on 127.0.0.1:{ports['redis']}" + (f" under 3 sentinels ({redis_url(ports)})"
+                                                   if redis_mode == "sentinel" else ""))
     for e in endpoints["metrics"]:
         say(f"metrics ({e['serves']}): {e['url']}")
     say(f"api: {endpoints['api']} (in {lab_dir / 'endpoints.json'}), admin token in {lab_dir / 'api-token'}")
@@ -321,7 +401,7 @@ def down(lab_dir: Path, say=print) -> int:
         processes.stop(lab["processes"]["supervisor"])
         lab = read_lab(lab_dir) or lab  # it may have restarted something just before it stopped
     order = sorted(lab["processes"], key=lambda n: (n != "supervisor", not n.startswith(("worker", "beat")),
-                                                    n == "redis"))
+                                                    n.startswith(("redis", "sentinel"))))
     for name in order:
         processes.stop(lab["processes"][name])
     left = [n for n, e in lab["processes"].items() if processes.alive(e)]

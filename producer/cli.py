@@ -20,7 +20,7 @@ from producer.remote import Remote
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
 from workers.model import file_plan
 from workers.model.config import ConfigError, find_config_path, load_config
-from workers.model.record import RecordNotFound, Store
+from workers.model.record import CLIENT_OPTIONS, RecordNotFound
 from workers.obs import metrics
 
 # Other packages add subcommands through this entry point group: each entry is a
@@ -129,7 +129,7 @@ def cmd_throttle(args) -> int:
         limits = remote.throttle(global_rate, (args.pair[0], args.pair[1], pair_rate)
                                  if args.pair and pair_rate is not None else None)
         return _print_limits(limits, args.json)
-    t = Throttle(Store.from_url(cfg.broker_url()).r)
+    t = Throttle(cfg.redis_client(**CLIENT_OPTIONS))
     if args.pair:
         cfg.host(args.pair[0]), cfg.host(args.pair[1])  # unknown hosts are refused with the inventory's names
     if global_rate is not None:
@@ -170,8 +170,7 @@ def cmd_metrics_exporter(args) -> int:
         port = port if port is not None else cfg.metrics.port
         addr = addr or cfg.metrics.addr
         if args.fleet:
-            fleet_redis = redis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=10,
-                                               socket_connect_timeout=5)
+            fleet_redis = cfg.redis_client(decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
     addr = addr or "127.0.0.1"
     if port is None:
         raise ConfigError("no metrics port: pass --port or set [metrics] port in quickmig.toml")
@@ -218,7 +217,7 @@ def cmd_webhooks_status(args) -> int:
     if args.name is not None and not subs:
         known = ", ".join(sorted(cfg.webhooks)) or "none"
         raise ConfigError(f"no webhook {args.name!r} in the config (it has: {known})")
-    r = redis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=30)
+    r = cfg.redis_client(decode_responses=True, socket_timeout=30)
     out = [webhooks.status(r, s, last=args.last) for s in subs]
     if args.json:
         _print_json(out)

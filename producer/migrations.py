@@ -27,7 +27,7 @@ from workers.model import options as options_mod
 from workers.model.errors import QuickmigError
 from workers.model.hostpaths import HostPathError
 from workers.model.preflight import saved_memory_bytes
-from workers.model.record import MigrationRecord, StaleState, Store, new_record
+from workers.model.record import CLIENT_OPTIONS, MigrationRecord, StaleState, Store, new_record
 from workers.smb import file_copy
 from workers.smb.endpoint import SmbEndpoint
 from workers.smb.errors import SmbError
@@ -87,7 +87,7 @@ class Producer:
     def __init__(self, cfg: config_mod.Config):
         configure(cfg)
         self.cfg, self.app = cfg, app
-        self.store = Store.from_url(cfg.broker_url(), cfg.events.max_entries)
+        self.store = Store(cfg.redis_client(**CLIENT_OPTIONS), cfg.events.max_entries)
         self.locks = VMLocks(self.store.r)
         self.admission = Admission.of(self.store.r, cfg)
 

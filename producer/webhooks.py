@@ -301,7 +301,7 @@ def run(cfg: config_mod.Config, *, retry_for_s: float = RETRY_FOR_S_DEFAULT,
     changes, so adding or removing one needs no restart (a config that no longer loads keeps
     the old ones, with a warning). With none it idles, so a service can always run."""
     stop = stop or threading.Event()
-    r = redis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=30, socket_connect_timeout=10)
+    r = cfg.redis_client(decode_responses=True, socket_timeout=30, socket_connect_timeout=10)
     subs = subscriptions(cfg)
     while True:
         generation = threading.Event()

@@ -73,8 +73,7 @@ class Lab:
         return out
 
     def redis(self):
-        import redis
-        return redis.Redis.from_url(self.cfg.redis_url, decode_responses=True)
+        return self.cfg.redis_client(decode_responses=True)
 
     def redis_state(self) -> dict:
         """Every quickmig key's value, except those that move on their own (worker

@@ -382,8 +382,8 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
         exception_handlers=problems.HANDLERS,
         state=State({"producer": producer, "tokens": tokens, "rate_per_minute": cfg.api.rate_per_minute,
                      "vm_lists": {}, "host_health": {},
-                     "aioredis": aioredis.Redis.from_url(cfg.broker_url(), decode_responses=True, socket_timeout=60,
-                                                         socket_connect_timeout=10)}),
+                     "aioredis": cfg.async_redis_client(decode_responses=True, socket_timeout=60,
+                                                           socket_connect_timeout=10)}),
         on_shutdown=[close_redis],
         openapi_config=OpenAPIConfig(
             title="quickmig", version=VERSION, path="/schema",

@@ -100,7 +100,7 @@ def test_a_redis_restart_mid_copy_loses_nothing_and_leaves_nothing_stuck(chaos_l
     processes.stop(entry)
     time.sleep(3)
     orchestrator.replace_process(lab.dir, "redis", processes.spawn(entry["argv"], Path(entry["log"])))
-    orchestrator._wait_redis(info["ports"]["redis"], 20)
+    orchestrator.wait_redis_port(info["ports"]["redis"], 20)
     deadline = time.monotonic() + 240
     while True:
         rec = p.get(mid)  # the record survived the restart (AOF)

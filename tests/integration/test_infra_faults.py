@@ -75,7 +75,7 @@ def test_redis_down_30s_mid_migration_workers_reconnect_and_the_migration_ends_b
     wait_for(lab, mid, lambda r: r["state"] not in ("queued", "snapshotting"), 60, "copy start")
     port = orchestrator.read_lab(lab.dir)["ports"]["redis"]
     t0 = time.monotonic()
-    restart(lab, "redis", 30, lambda: orchestrator._wait_redis(port, 20))
+    restart(lab, "redis", 30, lambda: orchestrator.wait_redis_port(port, 20))
     rec = wait_end(lab, mid, bound_s=150)
     print(f"redis down 30 s: {rec['state']} {time.monotonic() - t0:.1f}s after the stop")
     assert_clean(lab, mid, rec, "rd-vm")

@@ -15,12 +15,14 @@ import redis
 
 from workers.coord import redis_lua
 from workers.model import keys
-from workers.model.errors import QuickmigError
+from workers.model.errors import QuickmigError, Retryable
 
 _ACQUIRE = redis_lua.load("lease_acquire")
 _EXTEND_IF_HOLDER = redis_lua.load("extend_if_holder")
 _RELEASE_IF_HOLDER = redis_lua.load("release_if_holder")
 _CHECK = redis_lua.load("fence_check")
+# How long a fence waits for a replica to confirm; a healthy replica on a LAN answers in ms.
+REPLICATION_TIMEOUT_MS = 2000
 
 
 class LockHeld(QuickmigError):
@@ -33,9 +35,19 @@ class Fenced(QuickmigError):
     """Our lease or token is no longer current: another actor owns this VM now."""
 
 
+class NotReplicated(Retryable):
+    """Redis did not confirm that a replica holds what we wrote: the server we talk to may be a
+    master that Sentinel has already replaced. No destructive step until it does."""
+
+
 class VMLocks:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, *, replicas: int = 0,
+                 replication_timeout_ms: int = REPLICATION_TIMEOUT_MS):
+        """`replicas`: how many replicas must hold every write before a destructive step
+        (1 under Sentinel, whose failover keeps only what reached the replica; 0 for one server)."""
         self.r = client
+        self.replicas = replicas
+        self.replication_timeout_ms = replication_timeout_ms
         self._acquire = client.register_script(_ACQUIRE)
         self._extend = client.register_script(_EXTEND_IF_HOLDER)
         self._release = client.register_script(_RELEASE_IF_HOLDER)
@@ -63,9 +75,34 @@ class VMLocks:
         if claim is not None:
             ks.append(keys.step_claim(mid))
             args.append(claim)
-        if not self._check(keys=ks, args=args):
+        if self.replicas:
+            ok = self._check_replicated(ks, args, mid)
+        else:
+            ok = self._check(keys=ks, args=args)
+        if not ok:
             raise Fenced(f"migration {mid} no longer holds VM {vm_id} (token {token})"
                          + ("" if claim is None else " or its step claim"))
+
+    def _check_replicated(self, ks: list[str], args: list[str], mid: str) -> bool:
+        """The fence check, then a write and WAIT on the same connection: the replication
+        stream is ordered, so a replica that has our write has every write before it (the
+        state that led to this step, from whichever connection wrote it). A master Sentinel
+        has failed over has lost its replica: WAIT answers 0 and we go to the sentinels for
+        the new master instead of acting on what the old one says."""
+        try:
+            with self.r.pipeline(transaction=False) as p:
+                self._check(keys=ks, args=args, client=p)
+                p.set(keys.replication_probe(mid), "1", ex=60)
+                p.execute_command("WAIT", self.replicas, self.replication_timeout_ms)
+                ok, _, acked = p.execute()
+        except (redis.ReadOnlyError, redis.ResponseError) as e:
+            self.r.connection_pool.disconnect()
+            raise NotReplicated(f"Redis refused the fence's write ({e}); asking Sentinel for the master again") from e
+        if int(acked) < self.replicas:
+            self.r.connection_pool.disconnect()
+            raise NotReplicated(f"{acked} of {self.replicas} Redis replicas confirmed the fence within "
+                                f"{self.replication_timeout_ms} ms; no destructive step until they do")
+        return bool(ok)
 
     # -- step claims: one task delivery at a time works on a migration -----------------
     def claim_step(self, mid: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> str | None:

@@ -16,7 +16,7 @@ from celery.worker.control import Panel
 from kombu import Queue
 
 from workers.model import config as config_mod
-from workers.model import routing
+from workers.model import redis_endpoint, routing
 
 # Above the longest single step (a copy of a large disk), or Redis redelivers it mid-run.
 VISIBILITY_TIMEOUT_S = 12 * 3600
@@ -60,6 +60,8 @@ def _restrict_remote_control() -> None:
 
 _restrict_remote_control()
 
+BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+
 app = Celery("quickmig", include=TASK_MODULES)
 app.conf.update(
     # what each worker process does at its lifecycle points (logging, fork, liveness)
@@ -75,7 +77,7 @@ app.conf.update(
     task_queues=[Queue(q, routing_key=q) for q in routing.QUEUES],
     task_default_queue=routing.QUEUE_SNAPSHOT,
     task_routes={name: {"queue": q, "routing_key": q} for name, q in routing.ROUTES.items()},
-    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    broker_transport_options=BROKER_TRANSPORT_OPTIONS,
     result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
     broker_connection_retry_on_startup=True,
     worker_send_task_events=False,
@@ -104,14 +106,15 @@ def _broker_tls(url: str) -> dict | None:
 
 
 def configure(cfg: config_mod.Config) -> None:
-    url = cfg.broker_url()
+    url, sentinel_options, sentinel_tls = redis_endpoint.celery_broker(cfg.broker_url(), cfg.sentinel_credentials())
     if app.conf.broker_url != url and app._pool is not None:
         # a process that talks to a second deployment (tests with two labs) must not keep
         # publishing through the connections it made to the first
         app._pool = None
         app.amqp._producer_pool = None
     app.conf.broker_url = url
-    app.conf.broker_use_ssl = _broker_tls(url)
+    app.conf.broker_use_ssl = sentinel_tls if sentinel_options else _broker_tls(url)
+    app.conf.broker_transport_options = {**BROKER_TRANSPORT_OPTIONS, **sentinel_options}
 
 
 if os.environ.get(config_mod.CONFIG_ENV) or os.path.exists(config_mod.DEFAULT_CONFIG):

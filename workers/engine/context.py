@@ -13,7 +13,7 @@ from workers.coord.admission import Admission
 from workers.coord.locks import VMLocks
 from workers.hyperv.driver import HyperVDriver
 from workers.model import config as config_mod
-from workers.model.record import Store
+from workers.model.record import CLIENT_OPTIONS, Store
 from workers.smb.connections import reset_connections
 from workers.smb.endpoint import SmbEndpoint
 
@@ -25,8 +25,7 @@ def config() -> config_mod.Config:
 
 def new_redis() -> redis.Redis:
     """A client of its own, for a thread that must not share this process's cached one."""
-    return redis.Redis.from_url(config().broker_url(), decode_responses=True, socket_timeout=30,
-                                socket_connect_timeout=10, health_check_interval=30)
+    return config().redis_client(**CLIENT_OPTIONS)
 
 
 @lru_cache(maxsize=1)
@@ -39,7 +38,8 @@ def store() -> Store:
 
 
 def locks() -> VMLocks:
-    return VMLocks(_redis())
+    # under Sentinel a destructive step waits until the replica has the state that led to it
+    return VMLocks(_redis(), replicas=1 if config().redis_sentinels() else 0)
 
 
 def admission() -> Admission:

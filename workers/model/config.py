@@ -23,9 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from workers.model import hostpaths, keys, states
+import redis
+import redis.asyncio as aioredis
+
+from workers.model import hostpaths, keys, redis_endpoint, states
 from workers.model.errors import QuickmigError
 
 CONFIG_ENV = "QUICKMIG_CONFIG"
@@ -227,13 +230,18 @@ class Config:
 
     def redis_credentials(self) -> tuple[str | None, str | None]:
         """(username, password) for Redis from credentials.toml's [redis] table, or Nones."""
+        return self._redis_secrets()[:2]
+
+    def _redis_secrets(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """credentials.toml's [redis]: user and password for Redis, then for its sentinels."""
         if self.credentials_file is None:
-            return None, None
+            return None, None, None, None
         t = _read_secret_toml(self.credentials_file, self.path).redis
-        username = t.text("username", None)
-        password = _secret(t, "password", self.credentials_file.parent, optional=True)
+        base = self.credentials_file.parent
+        out = (t.text("username", None), _secret(t, "password", base, optional=True),
+               t.text("sentinel_username", None), _secret(t, "sentinel_password", base, optional=True))
         t.done()
-        return username, password
+        return out
 
     def broker_url(self) -> str:
         """`redis_url` with the Redis ACL user and password of credentials.toml put in: what
@@ -247,9 +255,26 @@ class Config:
                                                                (("username", username), ("password", password))
                                                                if v is not None})) if q)
             return urlunsplit(url._replace(query=query))
-        auth = quote(username or "", safe="") + (":" + quote(password, safe="") if password is not None else "")
-        host = url.netloc.rpartition("@")[2]
-        return urlunsplit(url._replace(netloc=f"{auth}@{host}"))
+        return redis_endpoint.with_auth(self.redis_url, username, password)
+
+    def redis_sentinels(self) -> bool:
+        """Whether redis_url names a master under Sentinel (rather than one server)."""
+        return redis_endpoint.is_sentinel(self.redis_url)
+
+    def sentinel_credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) the sentinels ask for, from credentials.toml's [redis]
+        `sentinel_username` / `sentinel_password` (or its _file / _env forms), or Nones."""
+        if not redis_endpoint.is_sentinel(self.redis_url):
+            return None, None
+        return self._redis_secrets()[2:]
+
+    def redis_client(self, **kw: Any) -> redis.Redis:
+        """A Redis client of the fleet's store (kw: redis-py's connection options), following
+        the master through a Sentinel failover when redis_url names sentinels."""
+        return redis_endpoint.connect(self.broker_url(), self.sentinel_credentials(), **kw)
+
+    def async_redis_client(self, **kw: Any) -> aioredis.Redis:
+        return redis_endpoint.connect_async(self.broker_url(), self.sentinel_credentials(), **kw)
 
     def warnings(self) -> list[str]:
         """What is allowed but weakens the fleet's security: said at start and by `config check`."""
@@ -648,8 +673,15 @@ def _optional_path(value: str | None) -> Path | None:
 def _redis_url(top: _Table) -> str:
     url = top.text("redis_url")
     scheme = urlsplit(url).scheme
+    if scheme in redis_endpoint.SENTINEL_SCHEMES:
+        try:
+            redis_endpoint.parse_sentinel(url)
+        except redis_endpoint.RedisUrlError as e:
+            raise ConfigError(f"{top.where}: redis_url: {e}") from None
+        return url
     if scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"{top.where}: redis_url must be a redis://, rediss:// or unix:// URL, not {url!r}")
+        raise ConfigError(f"{top.where}: redis_url must be a redis://, rediss://, unix://, redis+sentinel:// or "
+                          f"rediss+sentinel:// URL, not {url!r}")
     reqs = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", ["required"])
     if scheme == "rediss" and [r.lower() for r in reqs] not in (["required"], ["cert_required"]):
         raise ConfigError(f"{top.where}: redis_url asks for ssl_cert_reqs={reqs[-1]}; quickmig verifies Redis's "

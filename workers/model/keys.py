@@ -45,6 +45,11 @@ def vm_lock(vm_id: str) -> str:
 
 # Per-VM fencing counter: INCR on each lock acquisition, never expires, so a token from
 # an older lease can never equal the current one.
+def replication_probe(mid: str) -> str:
+    """Written by a fence under Sentinel so WAIT covers every write before it (coord.locks)."""
+    return f"{PREFIX}replicated:{mid}"
+
+
 def vm_fence(vm_id: str) -> str:
     return f"{PREFIX}fence:vm:{vm_id}"
 

@@ -190,6 +190,12 @@ def event_data(fields: dict[str, str]) -> dict:
     return out
 
 
+# How the store's clients talk to Redis: text replies; a dead connection noticed within
+# 30 s (health checks) rather than at the next timeout.
+CLIENT_OPTIONS: dict[str, Any] = {"decode_responses": True, "socket_timeout": 30, "socket_connect_timeout": 10,
+                                  "health_check_interval": 30}
+
+
 class Store:
     def __init__(self, client: redis.Redis, events_max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT):
         self.r = client
@@ -197,8 +203,7 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, events_max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT) -> Store:
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=30,
-                                        socket_connect_timeout=10, health_check_interval=30), events_max_entries)
+        return cls(redis.Redis.from_url(url, **CLIENT_OPTIONS), events_max_entries)
 
     def _append_event(self, p: redis.client.Pipeline, rec: MigrationRecord, old: str | None) -> None:
         # in the caller's transaction: a state change and its event are stored together or not at all
