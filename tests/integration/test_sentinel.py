@@ -71,13 +71,13 @@ def migrate_three(lab, tag: str, disk_mb: int = 48) -> tuple[list[str], list[str
     for i, (src, _) in enumerate(PAIRS):
         vms.append(f"{tag}{i}")
         lab.add_vm(vms[-1], src, disk_mb=disk_mb, memory_mb=16)
-    mids = [lab.producer.enqueue(MigrationRequest(vm, src, dst))["id"] for vm, (src, dst) in zip(vms, PAIRS)]
+    mids = [lab.producer.enqueue(MigrationRequest(vm, src, dst))["id"] for vm, (src, dst) in zip(vms, PAIRS, strict=True)]
     return vms, mids
 
 
 def assert_ended_whole(lab, vms: list[str], mids: list[str]) -> list[dict]:
     recs = wait_until(lab, mids, lambda r: r["state"] in ENDS, 240, "every migration's end")
-    for vm, rec in zip(vms, recs):
+    for vm, rec in zip(vms, recs, strict=True):
         assert rec["state"] in (states.COMPLETED, states.ROLLED_BACK), (vm, rec["state"], rec["error"])
         check = lab.verify(vm)
         assert check["integrity"] == "ok" and len(check["running_on"]) == 1, check
