@@ -71,7 +71,8 @@ def migrate_three(lab, tag: str, disk_mb: int = 48) -> tuple[list[str], list[str
     for i, (src, _) in enumerate(PAIRS):
         vms.append(f"{tag}{i}")
         lab.add_vm(vms[-1], src, disk_mb=disk_mb, memory_mb=16)
-    mids = [lab.producer.enqueue(MigrationRequest(vm, src, dst))["id"] for vm, (src, dst) in zip(vms, PAIRS, strict=True)]
+    mids = [lab.producer.enqueue(MigrationRequest(vm, src, dst))["id"]
+            for vm, (src, dst) in zip(vms, PAIRS, strict=True)]
     return vms, mids
 
 

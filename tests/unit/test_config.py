@@ -71,7 +71,8 @@ def test_typed_sections_carry_their_values(tmp_path):
 def test_a_redis_url_that_is_not_redis_is_refused(tmp_path):
     path = tmp_path / "quickmig.toml"
     path.write_text('redis_url = "http://127.0.0.1:6379/0"\n')
-    with pytest.raises(ConfigError, match="redis_url must be a redis://, rediss://, unix://, redis\\+sentinel:// or rediss\\+sentinel:// URL"):
+    with pytest.raises(ConfigError, match=r"redis_url must be a redis://, rediss://, unix://, "
+                                          r"redis\+sentinel:// or rediss\+sentinel:// URL"):
         load_config(path)
 
 
