@@ -48,6 +48,24 @@ def test_the_fence_still_fails_on_a_lost_lease_whatever_the_claim(store):
         locks.check("vm-1", "m1", token, claim=claim)
 
 
+def test_the_token_fences_out_an_earlier_holder_of_the_same_name_after_its_lease_lapsed(store):
+    """The one case the lease's value cannot tell apart: the kept-source reaper takes the VM's
+    lease under the same name (`reap:<mid>`) in every round. A round that stalled past its
+    lease, while a later round took the lease again, finds its own name in the lease; only
+    the fencing token says the lease is no longer the one it was given."""
+    locks = VMLocks(store.r)
+    stalled = locks.acquire("vm-1", "reap:m1", ttl_s=1)
+    deadline = time.monotonic() + 5
+    while locks.holder("vm-1") is not None:  # the stalled round's lease lapses
+        assert time.monotonic() < deadline, "the lease did not expire"
+        time.sleep(0.05)
+    later = locks.acquire("vm-1", "reap:m1")
+    assert later > stalled
+    locks.check("vm-1", "reap:m1", later)
+    with pytest.raises(Fenced, match=f"token {stalled}"):
+        locks.check("vm-1", "reap:m1", stalled)
+
+
 def test_a_migration_leaves_the_active_set_when_it_ends(store):
     rec = new_record(vm="vm", vm_id="id-1", source="a", destination="b", fence=1)
     store.create(rec)
