@@ -1,7 +1,8 @@
 """The CLI as a client of the HTTP API: with `[api] url` in its config, `quickmig migrate`,
 `status`, `list`, `cancel` and `throttle` ask the API instead of Redis and the hosts, so the
 machine running the CLI needs neither Redis access nor the hosts' credentials, only a bearer
-token: `$QUICKMIG_API_TOKEN`, else `[api] token` in the credentials file.
+token: `$QUICKMIG_API_TOKEN`, else `[api] token` (or token_file, token_env) in the
+credentials file.
 
 `Remote` has the methods of producer.migrations.Producer that those commands use, with the
 same results (the API returns the records the Producer makes); a refusal is a RequestError
@@ -11,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from producer.migrations import MigrationRequest, RequestError, follow
@@ -28,21 +27,15 @@ TIMEOUT_S = 120.0  # an enqueue looks the VM up on the hosts (each within 60 s)
 
 
 def token_of(cfg: config_mod.Config) -> str:
-    """The bearer token: $QUICKMIG_API_TOKEN, else `[api] token` in the credentials file."""
+    """The bearer token: $QUICKMIG_API_TOKEN, else the credentials file's `[api] token` (or
+    `token_file`, or `token_env`; the file's mode checked as for every secret)."""
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV].strip()
-    if cfg.credentials_file is not None:
-        try:
-            data = tomllib.loads(Path(cfg.credentials_file).read_text())
-        except OSError as e:
-            raise config_mod.ConfigError(f"cannot read credentials file {cfg.credentials_file}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise config_mod.ConfigError(f"credentials file {cfg.credentials_file} is not valid TOML: {e}") from None
-        token = (data.get("api") or {}).get("token")
-        if isinstance(token, str) and token.strip():
-            return token.strip()
+    token = cfg.api_token()
+    if token:
+        return token
     raise config_mod.ConfigError(f"[api] url is set but there is no API token: set ${TOKEN_ENV}, or "
-                                 "[api] token in the credentials file")
+                                 "[api] token (or token_file, or token_env) in the credentials file")
 
 
 class Remote:

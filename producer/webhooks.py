@@ -35,12 +35,10 @@ import logging
 import os
 import threading
 import time
-import tomllib
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -78,23 +76,12 @@ class Subscription:
 
 
 def secrets_of(cfg: config_mod.Config) -> dict[str, bytes]:
-    """NAME -> secret, from the credentials file's `[webhooks.NAME] secret`."""
-    if cfg.credentials_file is None:
-        return {}
+    """NAME -> secret, from the credentials file's `[webhooks.NAME] secret` (or `secret_file`,
+    or `secret_env`), read as every secret is (workers.model.config)."""
     try:
-        data = tomllib.loads(Path(cfg.credentials_file).read_text())
-    except OSError as e:
-        raise WebhookError(f"cannot read credentials file {cfg.credentials_file}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise WebhookError(f"credentials file {cfg.credentials_file} is not valid TOML: {e}") from None
-    out = {}
-    for name, t in (data.get(CREDENTIALS_TABLE) or {}).items():
-        secret = t.get("secret") if isinstance(t, dict) else None
-        if not isinstance(secret, str) or len(secret) < 16:
-            raise WebhookError(f"credentials file [{CREDENTIALS_TABLE}.{name}]: secret must be a string of "
-                               "at least 16 characters")
-        out[name] = secret.encode()
-    return out
+        return {name: secret.encode() for name, secret in cfg.webhook_secrets().items()}
+    except config_mod.ConfigError as e:
+        raise WebhookError(str(e)) from None
 
 
 def subscriptions(cfg: config_mod.Config) -> list[Subscription]:
@@ -104,7 +91,7 @@ def subscriptions(cfg: config_mod.Config) -> list[Subscription]:
     for name, w in sorted(cfg.webhooks.items()):
         if name not in found:
             raise WebhookError(f"webhook {name!r} has no secret: add [{CREDENTIALS_TABLE}.{name}] secret = \"...\" "
-                               f"to the credentials file {cfg.credentials_file}")
+                               f"(or secret_file, or secret_env) to the credentials file {cfg.credentials_file}")
         out.append(Subscription(name, w.url, w.events, found[name]))
     return out
 

@@ -251,6 +251,32 @@ class Config:
         host = url.netloc.rpartition("@")[2]
         return urlunsplit(url._replace(netloc=f"{auth}@{host}"))
 
+    def api_token(self) -> str | None:
+        """The CLI's bearer token for the HTTP API ([api] url): credentials.toml's `[api] token`,
+        `token_file` or `token_env`, or None."""
+        if self.credentials_file is None:
+            return None
+        t = _read_secret_toml(self.credentials_file, self.path).api
+        token = _secret(t, "token", self.credentials_file.parent, optional=True)
+        t.done()
+        return token.strip() if token is not None else None
+
+    def webhook_secrets(self) -> dict[str, str]:
+        """NAME -> the secret webhook NAME signs with: credentials.toml's `[webhooks.NAME]
+        secret`, `secret_file` or `secret_env`, read now (a rotated secret is picked up)."""
+        if self.credentials_file is None:
+            return {}
+        f = _read_secret_toml(self.credentials_file, self.path)
+        out = {}
+        for name, data in f.webhooks.data.items():
+            t = _Table(data, f"{f.path} [webhooks.{name}]")
+            secret = _secret(t, "secret", self.credentials_file.parent)
+            t.done()
+            if len(secret) < WEBHOOK_SECRET_MIN:
+                raise ConfigError(f"{t.where}: the secret must be at least {WEBHOOK_SECRET_MIN} characters")
+            out[name] = secret
+        return out
+
     def warnings(self) -> list[str]:
         """What is allowed but weakens the fleet's security: said at start and by `config check`."""
         return [f"host {h.name}: winrm_transport 'credssp' delegates the WinRM account's password to the "
@@ -292,6 +318,8 @@ class _SecretToml:
     default: _Table
     hosts: _Table
     redis: _Table
+    api: _Table  # the CLI's token for the HTTP API
+    webhooks: _Table  # the webhooks' secrets
 
 
 def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretToml:
@@ -303,10 +331,10 @@ def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretTom
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"credentials file {path} is not valid TOML: {e}") from None
     top = _Table(data, str(path))
-    out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"))
-    # read and checked by their own readers: the HTTP API's token hashes (producer.api.auth), the
-    # webhooks' secrets (producer.webhooks), the CLI's token for the API (producer.remote)
-    top.read.update(("api_tokens", "webhooks", "api"))
+    out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"), top.table("api"),
+                      top.table("webhooks"))
+    # read and checked by its own reader: the HTTP API's token hashes (producer.api.auth)
+    top.read.add("api_tokens")
     top.done()
     return out
 
@@ -339,6 +367,7 @@ def _secret(t: _Table, key: str, base: Path, *, optional: bool = False) -> Any:
 
 
 SECRET_FIELDS = ("winrm_password", "smb_password")
+WEBHOOK_SECRET_MIN = 16  # characters: an HMAC key a receiver cannot guess
 
 
 def _host_credentials(f: _SecretToml, host: str) -> Credentials:
