@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from producer.migrations import MigrationRequest, RequestError, follow
@@ -38,14 +40,24 @@ def token_of(cfg: config_mod.Config) -> str:
                                  "[api] token (or token_file, or token_env) in the credentials file")
 
 
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """What an https:// API is checked with: its certificate must chain to `ca_file`'s CAs (else
+    the system's) and name the URL's host. Nothing turns the check off."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    except (OSError, ssl.SSLError) as e:
+        raise config_mod.ConfigError(f"[api] ca_file {ca_file}: {getattr(e, 'strerror', None) or e}") from None
+
+
 class Remote:
-    def __init__(self, url: str, token: str, timeout_s: float = TIMEOUT_S):
+    def __init__(self, url: str, token: str, timeout_s: float = TIMEOUT_S, ca_file: Path | None = None):
         self.url, self.token, self.timeout_s = url.rstrip("/"), token, timeout_s
+        self.tls = tls_context(ca_file)
 
     @classmethod
     def of(cls, cfg: config_mod.Config) -> Remote | None:
         """The API client the config asks for, or None (the CLI talks to Redis itself)."""
-        return cls(cfg.api.url, token_of(cfg)) if cfg.api.url else None
+        return cls(cfg.api.url, token_of(cfg), ca_file=cfg.api.ca_file) if cfg.api.url else None
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -53,7 +65,7 @@ class Remote:
             "Authorization": f"Bearer {self.token}", "Accept": "application/json",
             **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as res:
+            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self.tls) as res:
                 return json.loads(res.read() or b"null")
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -63,7 +75,11 @@ class Remote:
                 detail = f"HTTP {e.code} from the API at {self.url}"
             raise RequestError(str(detail).splitlines()[0] if str(detail) else f"HTTP {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise RequestError(f"cannot reach the API at {self.url}: {getattr(e, 'reason', e)}") from None
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise RequestError(f"the API at {self.url} has a certificate this machine does not trust "
+                                   f"({reason.verify_message}): name its CA in [api] ca_file") from None
+            raise RequestError(f"cannot reach the API at {self.url}: {reason}") from None
 
     @staticmethod
     def _body(req: MigrationRequest) -> dict[str, Any]:

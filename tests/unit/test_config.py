@@ -1,5 +1,7 @@
 """quickmig.toml is checked whole when it loads: every section typed, a bad value refused
 with one line naming the key, before anything runs."""
+from pathlib import Path
+
 import pytest
 
 from workers.model import routing, states
@@ -223,3 +225,23 @@ def test_a_rediss_url_may_not_turn_certificate_checks_off(tmp_path):
             load_config(path)
     path.write_text('redis_url = "rediss://redis.example:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem"\n')
     assert load_config(path).redis_url.startswith("rediss://")
+
+
+def test_the_apis_tls_files_are_both_or_neither_relative_to_the_config_and_ca_file_is_for_https(tmp_path):
+    path = tmp_path / "quickmig.toml"
+    path.write_text('redis_url = "redis://127.0.0.1:6379/0"\n[api]\ntls_cert = "tls/api.crt"\ntls_key = "/k/api.key"\n')
+    api = load_config(path).api
+    assert (api.tls_cert, api.tls_key, api.ca_file) == (tmp_path / "tls/api.crt", Path("/k/api.key"), None)
+    path.write_text('redis_url = "redis://127.0.0.1:6379/0"\n[api]\ntls_cert = "api.crt"\n')
+    with pytest.raises(ConfigError, match=r"\[api\]: give both tls_cert and tls_key"):
+        load_config(path)
+    path.write_text('[api]\nurl = "https://api.example:8780"\nca_file = "ca.pem"\n')
+    cfg = load_config(path)
+    assert cfg.api.ca_file == tmp_path / "ca.pem" and cfg.warnings() == []
+    path.write_text('[api]\nurl = "http://api.example:8780"\nca_file = "ca.pem"\n')
+    with pytest.raises(ConfigError, match=r"\[api\]: ca_file is the CAs an https:// url is checked against"):
+        load_config(path)
+    path.write_text('[api]\nurl = "http://api.example:8780"\n')
+    assert any("plain HTTP to another machine" in w for w in load_config(path).warnings())
+    path.write_text('[api]\nurl = "http://127.0.0.1:8780"\n')
+    assert load_config(path).warnings() == []

@@ -167,6 +167,12 @@ class ApiSettings:
     # the CLI talks to this API instead of Redis and the hosts (producer.remote); then the
     # config needs no redis_url and no hosts
     url: str | None = None
+    # the server's certificate chain and key (PEM): `quickmig api` serves HTTPS with them
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # the CAs the CLI trusts for an https:// url (PEM); default the system's. There is no
+    # setting that turns the check off.
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -279,9 +285,14 @@ class Config:
 
     def warnings(self) -> list[str]:
         """What is allowed but weakens the fleet's security: said at start and by `config check`."""
-        return [f"host {h.name}: winrm_transport 'credssp' delegates the WinRM account's password to the "
-                "host (a compromised host keeps it); prefer ntlm or kerberos over https"
-                for h in self.hosts.values() if h.winrm_transport == "credssp"]
+        out = [f"host {h.name}: winrm_transport 'credssp' delegates the WinRM account's password to the "
+               "host (a compromised host keeps it); prefer ntlm or kerberos over https"
+               for h in self.hosts.values() if h.winrm_transport == "credssp"]
+        url = urlsplit(self.api.url or "")
+        if url.scheme == "http" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
+            out.append(f"[api] url {self.api.url} is plain HTTP to another machine: the token and every "
+                       "answer cross the network readable; serve the API over https (its [api] tls_cert)")
+        return out
 
     def check_credentials(self) -> None:
         """Every host's accounts and Redis's can be read: what a worker needs before its first task."""
@@ -624,8 +635,8 @@ def _reconciler(t: _Table) -> ReconcilerSettings:
     return settings
 
 
-def _settings(top: _Table) -> dict[str, Any]:
-    """The optional tables, each checked whole."""
+def _settings(top: _Table, base: Path) -> dict[str, Any]:
+    """The optional tables, each checked whole (`base`: the folder relative paths start from)."""
     copy_t, log_t, metrics_t, lab_t, api_t, events_t = (
         top.table(k) for k in ("copy", "logging", "metrics", "lab", "api", "events"))
     out = {
@@ -638,7 +649,7 @@ def _settings(top: _Table) -> dict[str, Any]:
         "api": ApiSettings(addr=api_t.text("addr", "127.0.0.1"),
                            port=api_t.whole("port", API_PORT_DEFAULT, high=65535),
                            rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT),
-                           url=_api_url(api_t)),
+                           url=_api_url(api_t), **_api_tls(api_t, base)),
         "events": EventSettings(max_entries=events_t.whole("max_entries", keys.EVENTS_MAX_ENTRIES_DEFAULT, low=100)),
     }
     for t in (copy_t, log_t, metrics_t, lab_t, api_t, events_t):
@@ -651,6 +662,16 @@ def _api_url(t: _Table) -> str | None:
     if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         raise ConfigError(f"{t.where}: url must be an http:// or https:// URL, not {url!r}")
     return url.rstrip("/") if url is not None else None
+
+
+def _api_tls(t: _Table, base: Path) -> dict[str, Path | None]:
+    """tls_cert and tls_key (both or neither) and ca_file, relative to the config's folder."""
+    out = {k: (base / v if (v := t.text(k, None)) is not None else None) for k in ("tls_cert", "tls_key", "ca_file")}
+    if (out["tls_cert"] is None) != (out["tls_key"] is None):
+        raise ConfigError(f"{t.where}: give both tls_cert and tls_key (HTTPS), or neither (plain HTTP)")
+    if out["ca_file"] is not None and not (t.data.get("url") or "").startswith("https://"):
+        raise ConfigError(f"{t.where}: ca_file is the CAs an https:// url is checked against; url is not https://")
+    return out
 
 
 def _webhooks(t: _Table) -> dict[str, Webhook]:
@@ -722,7 +743,7 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     hosts = {_host_name(name, hosts_t): _host(name, _Table(h, f"{path} [hosts.{name}]"))
              for name, h in hosts_t.data.items()}
     cred = top.text("credentials_file", None)
-    settings = _settings(top)
+    settings = _settings(top, path.parent)
     maps = _storage_maps(top.table("storage_maps"), hosts)
     switch_maps = _switch_maps(top.table("switch_maps"), hosts)
     webhooks = _webhooks(top.table("webhooks"))
