@@ -55,6 +55,9 @@ TIMEOUT_S = 10.0  # per POST: a receiver that hangs costs its subscription this 
 IDLE_S = 0.5  # how long a subscription with nothing to do waits for new events
 DUE_BATCH = 50
 SIGNATURE_HEADER = "Quickmig-Signature"
+STATE_EVENT = "state"  # Quickmig-Event-Type of a state change
+GAP_EVENT = "events.gap"  # ... of the notice that events were trimmed before this subscription read them
+GAP_QUEUE = "~gaps"  # the notices' own queue beside the migrations' (no migration id has a ~)
 CREDENTIALS_TABLE = "webhooks"
 
 log = logging.getLogger("quickmig.webhooks")
@@ -102,6 +105,27 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
+def id_parts(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_after(a: str, b: str) -> bool:
+    """Whether stream entry id `a` comes after `b`."""
+    return id_parts(a) > id_parts(b)
+
+
+def id_before(entry_id: str) -> str:
+    """The greatest stream entry id below `entry_id` (XREAD after it starts at `entry_id`)."""
+    ms, seq = id_parts(entry_id)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2 ** 64 - 1}"
+
+
+def id_time(entry_id: str) -> float:
+    """The Unix time a stream entry id was made at (its milliseconds part)."""
+    return id_parts(entry_id)[0] / 1000
+
+
 def backoff_s(attempts: int, max_backoff_s: float) -> float:
     """The wait after the `attempts`-th failure in a row: 1 s, 2 s, 4 s, ... up to the cap."""
     return min(max_backoff_s, FIRST_BACKOFF_S * 2 ** min(attempts - 1, 30))
@@ -141,8 +165,11 @@ class Deliverer:
         if cursor is None:
             newest = self.r.xrevrange(keys.EVENTS, count=1)
             cursor = newest[0][0] if newest else "0-0"
+            if not newest and self.r.exists(keys.EVENTS):  # emptied by trimming: after its last id
+                cursor = str(self.r.xinfo_stream(keys.EVENTS)["last-generated-id"])
             self.r.set(self.k["cursor"], cursor, nx=True)
             cursor = self.r.get(self.k["cursor"]) or cursor
+        cursor = self._past_gap(cursor)
         got = self.r.xread({keys.EVENTS: cursor}, count=500, block=block_ms)
         if not got:
             return 0
@@ -161,12 +188,54 @@ class Deliverer:
             p.execute()
         return queued
 
+    def _past_gap(self, cursor: str) -> str:
+        """The cursor to read after: `cursor`, or, when the stream was trimmed past it (events
+        this subscription never read are gone), the id just before the oldest event kept,
+        the gap recorded (log, status, metric) and an `events.gap` notice queued for the
+        subscriber, in one transaction with the move, so it is said once.
+
+        Trimming removes the oldest entries first: while the cursor's own entry is kept,
+        nothing after it was trimmed. So there is a gap when that entry is gone and the oldest
+        entry kept is newer than it (a subscription that began before the stream existed, at
+        0-0, when the stream lost any entry: XINFO's entries-added above its length). The one
+        other deletion (the event of an enqueue that failed, workers.model.record) looks the
+        same when it was the cursor's entry and also the oldest: a gap is said then too, the
+        harsher reading. The read that follows moves the cursor onto a kept entry, so a gap is
+        said once."""
+        first = self.r.xrange(keys.EVENTS, count=1)
+        if not first or not id_after(first[0][0], cursor) or self.r.xrange(keys.EVENTS, cursor, cursor, count=1):
+            return cursor
+        if cursor == "0-0":
+            info = self.r.xinfo_stream(keys.EVENTS)
+            if int(info["entries-added"]) <= int(info["length"]):
+                return cursor  # every entry ever added is still there
+        oldest = first[0][0]
+        now = time.time()
+        notice = {"type": GAP_EVENT, "event_id": f"gap:{cursor}:{oldest}", "subscription": self.sub.name,
+                  "after": cursor, "before": oldest, "lost_between": [id_time(cursor), id_time(oldest)],
+                  "at": now}
+        log.warning("webhook %s: the events stream was trimmed past its cursor: events after %s and before %s "
+                    "were lost before delivery ([events] max_entries, or `webhooks run` down too long)",
+                    self.sub.name, cursor, oldest)
+        with self.r.pipeline(transaction=True) as p:
+            p.rpush(keys.webhook_queue(self.sub.name, GAP_QUEUE), json.dumps(notice))
+            p.zadd(self.k["due"], {GAP_QUEUE: now}, nx=True)
+            self._log(p, {"at": now, "result": "gap", "migration": "-", "new": GAP_EVENT, "seq": 0, "attempt": 0,
+                          "event_id": notice["event_id"], "after": cursor, "before": oldest,
+                          "outcome": f"events after {cursor} and before {oldest} were trimmed unread"})
+            p.hincrby(self.k["stats"], "gaps", 1)
+            p.hset(self.k["stats"], "last_gap", json.dumps({"at": now, "after": cursor, "before": oldest}))
+            p.set(self.k["cursor"], id_before(oldest))
+            p.execute()
+        return id_before(oldest)
+
     # -- delivering ------------------------------------------------------------------------
-    def post(self, body: bytes, event_id: str) -> tuple[bool, str]:
+    def post(self, body: bytes, event_id: str, event_type: str = STATE_EVENT) -> tuple[bool, str]:
         """One attempt: (accepted, what came of it)."""
         headers = {"Content-Type": "application/json", "User-Agent": "quickmig-webhooks",
                    SIGNATURE_HEADER: sign(self.sub.secret, int(time.time()), body),
-                   "Quickmig-Event-Id": event_id, "Quickmig-Subscription": self.sub.name}
+                   "Quickmig-Event-Id": event_id, "Quickmig-Subscription": self.sub.name,
+                   "Quickmig-Event-Type": event_type}
         req = urllib.request.Request(self.sub.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as res:
@@ -195,10 +264,12 @@ class Deliverer:
             return
         event = json.loads(raw)
         held = json.loads(self.r.hget(self.k["attempts"], mid) or '{"n": 0, "first": null}')
-        ok, outcome = self.post(raw.encode(), event["event_id"])
+        kind = event.get("type", STATE_EVENT)
+        ok, outcome = self.post(raw.encode(), event["event_id"], kind)
         now = time.time()
-        entry = {"at": now, "event_id": event["event_id"], "migration": mid, "new": event["new"],
-                 "seq": event["seq"], "attempt": held["n"] + 1, "outcome": outcome}
+        entry = {"at": now, "event_id": event["event_id"], "migration": mid if kind == STATE_EVENT else "-",
+                 "new": event.get("new", kind), "seq": event.get("seq", 0), "attempt": held["n"] + 1,
+                 "outcome": outcome}
         if ok:
             self._pop(qkey, mid, dict(entry, result="delivered"), "delivered")
             return
@@ -264,6 +335,8 @@ def status(r: redis.Redis, sub: Subscription, last: int = 20) -> dict[str, Any]:
             "next_attempt_at": min((s for _, s in waiting), default=None),
             "delivered": int(stats.get("delivered", 0)), "dropped": int(stats.get("dropped", 0)),
             "failed_attempts": int(stats.get("failed_attempts", 0)),
+            "gaps": int(stats.get("gaps", 0)),
+            "last_gap": json.loads(stats["last_gap"]) if "last_gap" in stats else None,
             "last_delivered_at": float(stats["last_delivered_at"]) if "last_delivered_at" in stats else None,
             "last_error": stats.get("last_error"),
             "log": [json.loads(x) for x in r.lrange(k["log"], 0, last - 1)]}
