@@ -4,13 +4,16 @@ quickmig:requests, the outcome read from quickmig:request:<request_id>, with the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from producer.intake import GROUP
+from tests.unit.test_intake_examples import example
 from workers.model import keys
 
 pytestmark = pytest.mark.integration
@@ -112,3 +115,47 @@ def test_a_request_a_dead_consumer_took_is_taken_over(lab):
     got = outcome(lab, "t-orphan", timeout_s=60)
     assert got["state"] == "refused" and "intake-none" in got["error"]
     settled(lab)
+
+
+GO_LIBS = Path("/usr/share/gocode")  # Debian's Go libraries (golang-github-gomodule-redigo-dev), GOPATH mode
+
+
+@pytest.fixture(scope="module")
+def go_intake(tmp_path_factory) -> Path:
+    """The docs' Go example (docs/operations.md, The Redis intake), compiled as a user would."""
+    if shutil.which("go") is None or not (GO_LIBS / "src/github.com/gomodule/redigo/redis").is_dir():
+        pytest.skip("no Go toolchain or redigo (dev.sh installs golang-go and golang-github-gomodule-redigo-dev)")
+    d = tmp_path_factory.mktemp("go-intake")
+    (d / "intake.go").write_text(example("go"))
+    env = dict(os.environ, GOPATH=str(GO_LIBS), GO111MODULE="off", GOCACHE=str(d / "cache"), GOFLAGS="")
+    res = subprocess.run(["go", "build", "-o", str(d / "intake"), str(d / "intake.go")], env=env, cwd=d,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return d / "intake"
+
+
+def test_the_docs_go_example_requests_a_migration_that_completes_and_gets_a_refusal(lab, go_intake):
+    lab.add_vm("intake-go", "hv2")
+    time.sleep(1)  # its guest's heartbeat answers shortly after start
+    env = dict(os.environ, REDIS_URL=lab.cfg.broker_url())
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(go_intake), *args], env=env, capture_output=True, text=True, timeout=360)
+
+    refused = run("t-go-refused", "intake-go", "hv2", "hv9")
+    assert refused.returncode == 2, refused.stderr
+    cli = lab.cli("migrate", "intake-go", "--from", "hv2", "--to", "hv9")
+    assert refused.stdout.strip() == "refused: " + cli.stderr.strip().removeprefix("quickmig: ")
+    ok = run("t-go-ok", "intake-go", "hv2", "hv1", json.dumps({"max-rounds": 1}))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    mid = ok.stdout.strip().removeprefix("migration ")
+    assert outcome(lab, "t-go-ok") == {**outcome(lab, "t-go-ok"), "state": "accepted", "migration_id": mid}
+    deadline = time.monotonic() + 240
+    _, rec = lab.cli_json("status", mid, "--json")
+    while rec["state"] not in ("completed", "failed", "rolled_back"):
+        assert time.monotonic() < deadline, rec
+        time.sleep(0.5)
+        _, rec = lab.cli_json("status", mid, "--json")
+    assert rec["state"] == "completed", rec["error"]
+    assert rec["requested_by"] == "redis-intake" and rec["options"] == {"max_rounds": 1}
+    assert lab.verify("intake-go")["running_on"] == ["hv1"]
