@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import time
 import httpx
 import pytest
 
+from lab.ports import free_port
 from producer.api import auth
+from tests.integration.test_webhooks import Receiver, wait_until
 from workers.model import keys
 
 pytestmark = pytest.mark.integration
@@ -169,7 +172,35 @@ def test_a_refusal_is_the_clis_one_line_reason_and_changes_nothing(lab, api):
     problem(api.call("GET", "/v1/events", params={"after": "yesterday"}), 400)
 
 
-def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_with_resumption(lab, api):
+@pytest.fixture
+def e2e_receiver(lab):
+    """A webhook subscription (its secret in a file of its own, as `secret_file`) to a
+    receiver on loopback that checks every signature, taken up by the lab's `webhooks run`."""
+    port, secret = free_port(), secrets.token_hex(24)
+    receiver = Receiver(port, {"/e2e": secret.encode()})
+    receiver.start()
+    secret_file = lab.dir / "webhook-e2e.secret"
+    secret_file.write_text(secret + "\n")
+    secret_file.chmod(0o600)
+    config, creds = lab.config_path.read_text(), lab.cfg.credentials_file.read_text()
+    try:
+        lab.config_path.write_text(config + f'\n[webhooks.t-e2e]\nurl = "http://127.0.0.1:{port}/e2e"\n')
+        lab.cfg.credentials_file.write_text(creds + f'\n[webhooks.t-e2e]\nsecret_file = "{secret_file}"\n')
+        wait_until(lambda: any(s["name"] == "t-e2e" and s["delivering"] and s["cursor"]
+                               for s in lab.cli_json("webhooks", "status", "--json")[1]),
+                   30, "the lab's webhooks process did not take up the subscription")
+        yield receiver
+    finally:
+        receiver.stop()
+        lab.config_path.write_text(config)
+        lab.cfg.credentials_file.write_text(creds)
+
+
+def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_with_resumption(
+        lab, api, e2e_receiver):
+    """The issue's "done when": created over HTTP with only a `migrate` token, followed to its
+    end over SSE (resumed after a disconnect), and a webhook receiver got every state change,
+    signed, in order."""
     lab.add_vm("api-e2e", "hv1", write_rate_kbps=64)
     time.sleep(1)  # its guest's heartbeat answers shortly after start; pre-flight refuses a VM without one
     body = {"vm": "api-e2e", "source": "hv1", "destination": "hv2", "max_rounds": 1}
@@ -201,6 +232,15 @@ def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_
                for e in seen)
     check = lab.verify("api-e2e")
     assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
+    # the webhook receiver: every state change, each signed (a bad signature is refused and
+    # kept in `refused`), in order (at least once: a repeat of an event_id is allowed)
+    got = wait_until(lambda: (g := [e for e in e2e_receiver.events("/e2e") if e["id"] == mid])
+                     and len({e["event_id"] for e in g}) >= len(rec["history"]) and g, 60,
+                     "the webhook receiver did not get every state change")
+    assert e2e_receiver.refused == []
+    first = list(dict.fromkeys(e["event_id"] for e in got))
+    assert first == [e["id"] for e in seen]  # the same events as SSE, in the same order
+    assert [next(e["new"] for e in got if e["event_id"] == i) for i in first] == [h["state"] for h in rec["history"]]
     # the audit lines: who asked for what, and what came of it
     log = (lab.dir / "logs" / "api.log").read_text(errors="replace")
     assert f"token=test-migrate create vm=api-e2e source=hv1 destination=hv2 -> migration {mid}\n" in log
