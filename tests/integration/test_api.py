@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -387,3 +389,16 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(lab, 
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
     assert "passed" in res.stdout
+
+
+def test_the_api_benchmark_runs_short_on_the_lab(lab):
+    """bench/api.py's short version (the long one's numbers are in docs/benchmarks.md): every
+    status read, SSE delivery and create succeeds and each ratio to the reference is printed."""
+    res = subprocess.run([sys.executable, "bench/api.py", "--dir", str(lab.dir), "--seconds", "1",
+                          "--connections", "2", "--listeners", "5", "--events", "10", "--creates", "2"],
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert re.search(r"status reads / healthz: \d+\.\d\d", out), out
+    assert "SSE fan-out: 50/50 deliveries to 5 listeners" in out and re.search(r"p50 / healthz p50: \d", out), out
+    assert re.search(r"creates: \d+\.\d/s .* of 2, errors 0; .* creates / healthz: \d+\.\d{3}", out), out
