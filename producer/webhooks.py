@@ -38,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -72,7 +72,7 @@ class Subscription:
     name: str
     url: str
     events: frozenset[str] | None
-    secret: bytes = b""
+    secret: bytes = field(default=b"", repr=False)  # never in a log line or a traceback
 
     def wants(self, fields: dict[str, str]) -> bool:
         return self.events is None or fields.get("new") in self.events

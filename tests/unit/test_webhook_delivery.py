@@ -153,3 +153,8 @@ def test_stream_ids_compare_and_step_back_as_redis_orders_them():
     assert webhooks.id_after("5-2", "5-1") and not webhooks.id_after("5-1", "5-1")
     assert webhooks.id_before("5-2") == "5-1"
     assert webhooks.id_before("5-0") == f"4-{2 ** 64 - 1}"
+
+
+def test_a_subscriptions_secret_is_not_in_its_repr():
+    sub = webhooks.Subscription("t", "http://127.0.0.1:9/", None, b"k" * 24)
+    assert "k" * 24 not in repr(sub) and "k" * 24 not in str(sub)
