@@ -196,6 +196,11 @@ def e2e_receiver(lab):
         receiver.stop()
         lab.config_path.write_text(config)
         lab.cfg.credentials_file.write_text(creds)
+        # the subscription's keys go with it, once its deliverer let go (what later tests compare)
+        r = lab.redis()
+        wait_until(lambda: not r.exists(keys.webhook("t-e2e", "lease")), 30, "the deliverer kept its lease")
+        for k in r.scan_iter(keys.webhook("t-e2e", "*")):
+            r.delete(k)
 
 
 def test_a_migration_over_http_with_a_migrate_token_completes_followed_over_sse_with_resumption(
