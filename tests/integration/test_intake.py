@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from lab import orchestrator, processes
 from producer.intake import GROUP
 from tests.unit.test_intake_examples import example
 from workers.model import keys
@@ -159,3 +161,46 @@ def test_the_docs_go_example_requests_a_migration_that_completes_and_gets_a_refu
     assert rec["state"] == "completed", rec["error"]
     assert rec["requested_by"] == "redis-intake" and rec["options"] == {"max_rounds": 1}
     assert lab.verify("intake-go")["running_on"] == ["hv1"]
+
+
+def blocked_reader(r) -> dict | None:
+    """The intake's connection while Redis holds it blocked in XREADGROUP, else None."""
+    return next((c for c in r.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")), None)
+
+
+def test_the_lab_intake_killed_holding_a_request_is_restarted_and_the_request_taken_over(lab):
+    """The real consumer process, not a stand-in: stopped while Redis holds its XREADGROUP
+    blocked, so the request added next is handed to it (pending under its name), then killed
+    before it can decide it; the lab's supervisor starts another, which claims it."""
+    r = lab.redis()
+    entry = orchestrator.read_lab(lab.dir)["processes"]["intake"]
+    pid = entry["pid"]
+    deadline = time.monotonic() + 30
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        if blocked_reader(r) is not None:
+            break
+        os.kill(pid, signal.SIGCONT)  # caught between two reads: let it block again
+        assert time.monotonic() < deadline, "the intake never blocked in XREADGROUP"
+        time.sleep(0.05)
+    try:
+        xadd(lab, "request_id", "t-killed", "vm", "intake-gone", "source", "hv1", "destination", "hv2")
+        held = wait_until_pending(r)
+        assert len(held) == 1 and held[0]["name"].endswith(f"-{pid}") and held[0]["pending"] == 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (now := orchestrator.read_lab(lab.dir)["processes"]["intake"])["pid"] == pid or not processes.alive(now):
+        assert time.monotonic() < deadline, "the intake was not restarted"
+        time.sleep(0.3)
+    got = outcome(lab, "t-killed", timeout_s=60)
+    assert got["state"] == "refused" and "intake-gone" in got["error"]
+    settled(lab)
+
+
+def wait_until_pending(r, timeout_s: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while not (held := r.xpending(keys.REQUESTS, GROUP)["consumers"]):
+        assert time.monotonic() < deadline, "the request was not handed to the stopped consumer"
+        time.sleep(0.05)
+    return held
