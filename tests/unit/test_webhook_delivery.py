@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from producer import webhooks
+from producer import cli, webhooks
 from workers.model import keys, states
 from workers.model.record import Store, new_record
 from workers.obs.fleet_metrics import webhook_gaps
@@ -99,6 +99,12 @@ def drain(r, d, sub, seen, want: int) -> None:
 
 
 def test_events_trimmed_past_the_cursor_are_a_recorded_gap_and_a_signed_notice_not_a_silent_skip(r, receiver):
+    gap_scenario(r, receiver)
+
+
+def gap_scenario(r, receiver) -> tuple[str, str]:
+    """Events read, then some written and trimmed while the deliverer is away: the gap is
+    recorded once and a signed notice delivered; returns the gap's (after, before)."""
     url, seen, _ = receiver
     sub = webhooks.Subscription("t", url, None, b"s" * 16)
     d = webhooks.Deliverer(r, sub, max_backoff_s=0.1)
@@ -146,6 +152,21 @@ def test_events_trimmed_past_the_cursor_are_a_recorded_gap_and_a_signed_notice_n
     migration("after", states.SNAPSHOTTING)
     drain(r, d, sub, seen, 7)
     assert webhooks.status(r, sub)["gaps"] == 1 and len([s for s in seen if s[0] == "events.gap"]) == 1
+    return cursor, oldest
+
+
+def test_webhooks_status_says_events_were_lost(r, receiver, redis_url, tmp_path, capsys):
+    cursor, oldest = gap_scenario(r, receiver)
+    (tmp_path / "credentials.toml").write_text('[webhooks.t]\nsecret = "' + "s" * 16 + '"\n')
+    (tmp_path / "credentials.toml").chmod(0o600)
+    (tmp_path / "quickmig.toml").write_text(f'redis_url = "{redis_url}"\ncredentials_file = "credentials.toml"\n'
+                                            f'[webhooks.t]\nurl = "{receiver[0]}"\n')
+    assert cli.main(["webhooks", "status", "--config", str(tmp_path / "quickmig.toml")]) == 0
+    out = capsys.readouterr().out
+    assert f"EVENTS LOST: 1 time(s) the events stream was trimmed before this subscription read it; last: " \
+           f"events after {cursor} and before {oldest}" in out
+    assert (f"gap       - #0 events.gap (attempt 0: events after {cursor} and before {oldest} "
+            "were trimmed unread)") in out
 
 
 def test_stream_ids_compare_and_step_back_as_redis_orders_them():
