@@ -12,6 +12,10 @@ command -v smbclient >/dev/null || need_debs+=(smbclient)
 command -v pdbedit >/dev/null || need_debs+=(samba-common-bin)
 command -v promtool >/dev/null || need_debs+=(prometheus)  # promtool + the server the monitoring tests run
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_debs+=(python3-venv python3-pip)
+# the Redis intake's Go example (docs/operations.md) is compiled and run by the tests:
+# Debian's Go and its redigo package (GOPATH mode: no module download), about 15 s to install
+command -v go >/dev/null || need_debs+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/gomodule/redigo ] || need_debs+=(golang-github-gomodule-redigo-dev)
 # the kerberos extra builds pykerberos: the Kerberos headers, a compiler, Python's headers
 command -v krb5-config >/dev/null || need_debs+=(libkrb5-dev)
 command -v gcc >/dev/null || need_debs+=(gcc)

@@ -231,6 +231,10 @@ def cmd_webhooks_status(args) -> int:
               + ("" if st["delivering"] else "; no process is delivering it"))
         if st["last_error"]:
             print(f"  last error: {st['last_error']}")
+        if st["gaps"]:
+            g = st["last_gap"]
+            print(f"  EVENTS LOST: {st['gaps']} time(s) the events stream was trimmed before this subscription "
+                  f"read it; last: events after {g['after']} and before {g['before']}")
         for e in st["log"]:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["at"]))
             print(f"  {when} {e['result']:9} {e['migration']} #{e['seq']} {e['new']} "

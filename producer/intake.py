@@ -36,6 +36,11 @@ GROUP = "quickmig-intake"
 REQUESTER = "redis-intake"  # the requester recorded: an entry in Redis carries no identity to trust
 OPTIONS = ("max_downtime", "on_exceed", "max_rounds", "not_before", "window", "keep_source_hours")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+# an entry's fields: request_id and these three are needed, options may be left out
+REQUIRED = ("vm", "source", "destination")
+FIELDS = ("request_id", *REQUIRED, "options")
+# the outcome hash's fields: state is accepted (with migration_id) or refused (with error)
+OUTCOME_FIELDS = ("state", "migration_id", "error", "at")
 CLAIM_IDLE_S_DEFAULT = 60.0
 
 log = logging.getLogger("quickmig.intake")
@@ -128,7 +133,7 @@ class Intake:
 
     def decide(self, rid: str, fields: dict[str, str]) -> dict[str, str]:
         try:
-            missing = [f for f in ("vm", "source", "destination") if not fields.get(f)]
+            missing = [f for f in REQUIRED if not fields.get(f)]
             if missing:
                 raise RequestError(f"the request has no {', '.join(missing)}")
             req = MigrationRequest(fields["vm"], fields["source"], fields["destination"],

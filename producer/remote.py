@@ -1,7 +1,8 @@
 """The CLI as a client of the HTTP API: with `[api] url` in its config, `quickmig migrate`,
 `status`, `list`, `cancel` and `throttle` ask the API instead of Redis and the hosts, so the
 machine running the CLI needs neither Redis access nor the hosts' credentials, only a bearer
-token: `$QUICKMIG_API_TOKEN`, else `[api] token` in the credentials file.
+token: `$QUICKMIG_API_TOKEN`, else `[api] token` (or token_file, token_env) in the
+credentials file.
 
 `Remote` has the methods of producer.migrations.Producer that those commands use, with the
 same results (the API returns the records the Producer makes); a refusal is a RequestError
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,31 +29,35 @@ TIMEOUT_S = 120.0  # an enqueue looks the VM up on the hosts (each within 60 s)
 
 
 def token_of(cfg: config_mod.Config) -> str:
-    """The bearer token: $QUICKMIG_API_TOKEN, else `[api] token` in the credentials file."""
+    """The bearer token: $QUICKMIG_API_TOKEN, else the credentials file's `[api] token` (or
+    `token_file`, or `token_env`; the file's mode checked as for every secret)."""
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV].strip()
-    if cfg.credentials_file is not None:
-        try:
-            data = tomllib.loads(Path(cfg.credentials_file).read_text())
-        except OSError as e:
-            raise config_mod.ConfigError(f"cannot read credentials file {cfg.credentials_file}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise config_mod.ConfigError(f"credentials file {cfg.credentials_file} is not valid TOML: {e}") from None
-        token = (data.get("api") or {}).get("token")
-        if isinstance(token, str) and token.strip():
-            return token.strip()
+    token = cfg.api_token()
+    if token:
+        return token
     raise config_mod.ConfigError(f"[api] url is set but there is no API token: set ${TOKEN_ENV}, or "
-                                 "[api] token in the credentials file")
+                                 "[api] token (or token_file, or token_env) in the credentials file")
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """What an https:// API is checked with: its certificate must chain to `ca_file`'s CAs (else
+    the system's) and name the URL's host. Nothing turns the check off."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    except (OSError, ssl.SSLError) as e:
+        raise config_mod.ConfigError(f"[api] ca_file {ca_file}: {getattr(e, 'strerror', None) or e}") from None
 
 
 class Remote:
-    def __init__(self, url: str, token: str, timeout_s: float = TIMEOUT_S):
+    def __init__(self, url: str, token: str, timeout_s: float = TIMEOUT_S, ca_file: Path | None = None):
         self.url, self.token, self.timeout_s = url.rstrip("/"), token, timeout_s
+        self.tls = tls_context(ca_file)
 
     @classmethod
     def of(cls, cfg: config_mod.Config) -> Remote | None:
         """The API client the config asks for, or None (the CLI talks to Redis itself)."""
-        return cls(cfg.api.url, token_of(cfg)) if cfg.api.url else None
+        return cls(cfg.api.url, token_of(cfg), ca_file=cfg.api.ca_file) if cfg.api.url else None
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -60,7 +65,7 @@ class Remote:
             "Authorization": f"Bearer {self.token}", "Accept": "application/json",
             **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as res:
+            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self.tls) as res:
                 return json.loads(res.read() or b"null")
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -70,7 +75,11 @@ class Remote:
                 detail = f"HTTP {e.code} from the API at {self.url}"
             raise RequestError(str(detail).splitlines()[0] if str(detail) else f"HTTP {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise RequestError(f"cannot reach the API at {self.url}: {getattr(e, 'reason', e)}") from None
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise RequestError(f"the API at {self.url} has a certificate this machine does not trust "
+                                   f"({reason.verify_message}): name its CA in [api] ca_file") from None
+            raise RequestError(f"cannot reach the API at {self.url}: {reason}") from None
 
     @staticmethod
     def _body(req: MigrationRequest) -> dict[str, Any]:

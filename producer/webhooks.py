@@ -35,12 +35,10 @@ import logging
 import os
 import threading
 import time
-import tomllib
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -57,6 +55,9 @@ TIMEOUT_S = 10.0  # per POST: a receiver that hangs costs its subscription this 
 IDLE_S = 0.5  # how long a subscription with nothing to do waits for new events
 DUE_BATCH = 50
 SIGNATURE_HEADER = "Quickmig-Signature"
+STATE_EVENT = "state"  # Quickmig-Event-Type of a state change
+GAP_EVENT = "events.gap"  # ... of the notice that events were trimmed before this subscription read them
+GAP_QUEUE = "~gaps"  # the notices' own queue beside the migrations' (no migration id has a ~)
 CREDENTIALS_TABLE = "webhooks"
 
 log = logging.getLogger("quickmig.webhooks")
@@ -71,30 +72,19 @@ class Subscription:
     name: str
     url: str
     events: frozenset[str] | None
-    secret: bytes = b""
+    secret: bytes = field(default=b"", repr=False)  # never in a log line or a traceback
 
     def wants(self, fields: dict[str, str]) -> bool:
         return self.events is None or fields.get("new") in self.events
 
 
 def secrets_of(cfg: config_mod.Config) -> dict[str, bytes]:
-    """NAME -> secret, from the credentials file's `[webhooks.NAME] secret`."""
-    if cfg.credentials_file is None:
-        return {}
+    """NAME -> secret, from the credentials file's `[webhooks.NAME] secret` (or `secret_file`,
+    or `secret_env`), read as every secret is (workers.model.config)."""
     try:
-        data = tomllib.loads(Path(cfg.credentials_file).read_text())
-    except OSError as e:
-        raise WebhookError(f"cannot read credentials file {cfg.credentials_file}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise WebhookError(f"credentials file {cfg.credentials_file} is not valid TOML: {e}") from None
-    out = {}
-    for name, t in (data.get(CREDENTIALS_TABLE) or {}).items():
-        secret = t.get("secret") if isinstance(t, dict) else None
-        if not isinstance(secret, str) or len(secret) < 16:
-            raise WebhookError(f"credentials file [{CREDENTIALS_TABLE}.{name}]: secret must be a string of "
-                               "at least 16 characters")
-        out[name] = secret.encode()
-    return out
+        return {name: secret.encode() for name, secret in cfg.webhook_secrets().items()}
+    except config_mod.ConfigError as e:
+        raise WebhookError(str(e)) from None
 
 
 def subscriptions(cfg: config_mod.Config) -> list[Subscription]:
@@ -104,7 +94,7 @@ def subscriptions(cfg: config_mod.Config) -> list[Subscription]:
     for name, w in sorted(cfg.webhooks.items()):
         if name not in found:
             raise WebhookError(f"webhook {name!r} has no secret: add [{CREDENTIALS_TABLE}.{name}] secret = \"...\" "
-                               f"to the credentials file {cfg.credentials_file}")
+                               f"(or secret_file, or secret_env) to the credentials file {cfg.credentials_file}")
         out.append(Subscription(name, w.url, w.events, found[name]))
     return out
 
@@ -113,6 +103,27 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     """The Quickmig-Signature header: the time and the HMAC-SHA256 over "<time>." and the body."""
     mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"
+
+
+def id_parts(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_after(a: str, b: str) -> bool:
+    """Whether stream entry id `a` comes after `b`."""
+    return id_parts(a) > id_parts(b)
+
+
+def id_before(entry_id: str) -> str:
+    """The greatest stream entry id below `entry_id` (XREAD after it starts at `entry_id`)."""
+    ms, seq = id_parts(entry_id)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2 ** 64 - 1}"
+
+
+def id_time(entry_id: str) -> float:
+    """The Unix time a stream entry id was made at (its milliseconds part)."""
+    return id_parts(entry_id)[0] / 1000
 
 
 def backoff_s(attempts: int, max_backoff_s: float) -> float:
@@ -154,8 +165,11 @@ class Deliverer:
         if cursor is None:
             newest = self.r.xrevrange(keys.EVENTS, count=1)
             cursor = newest[0][0] if newest else "0-0"
+            if not newest and self.r.exists(keys.EVENTS):  # emptied by trimming: after its last id
+                cursor = str(self.r.xinfo_stream(keys.EVENTS)["last-generated-id"])
             self.r.set(self.k["cursor"], cursor, nx=True)
             cursor = self.r.get(self.k["cursor"]) or cursor
+        cursor = self._past_gap(cursor)
         got = self.r.xread({keys.EVENTS: cursor}, count=500, block=block_ms)
         if not got:
             return 0
@@ -174,12 +188,54 @@ class Deliverer:
             p.execute()
         return queued
 
+    def _past_gap(self, cursor: str) -> str:
+        """The cursor to read after: `cursor`, or, when the stream was trimmed past it (events
+        this subscription never read are gone), the id just before the oldest event kept,
+        the gap recorded (log, status, metric) and an `events.gap` notice queued for the
+        subscriber, in one transaction with the move, so it is said once.
+
+        Trimming removes the oldest entries first: while the cursor's own entry is kept,
+        nothing after it was trimmed. So there is a gap when that entry is gone and the oldest
+        entry kept is newer than it (a subscription that began before the stream existed, at
+        0-0, when the stream lost any entry: XINFO's entries-added above its length). The one
+        other deletion (the event of an enqueue that failed, workers.model.record) looks the
+        same when it was the cursor's entry and also the oldest: a gap is said then too, the
+        harsher reading. The read that follows moves the cursor onto a kept entry, so a gap is
+        said once."""
+        first = self.r.xrange(keys.EVENTS, count=1)
+        if not first or not id_after(first[0][0], cursor) or self.r.xrange(keys.EVENTS, cursor, cursor, count=1):
+            return cursor
+        if cursor == "0-0":
+            info = self.r.xinfo_stream(keys.EVENTS)
+            if int(info["entries-added"]) <= int(info["length"]):
+                return cursor  # every entry ever added is still there
+        oldest = first[0][0]
+        now = time.time()
+        notice = {"type": GAP_EVENT, "event_id": f"gap:{cursor}:{oldest}", "subscription": self.sub.name,
+                  "after": cursor, "before": oldest, "lost_between": [id_time(cursor), id_time(oldest)],
+                  "at": now}
+        log.warning("webhook %s: the events stream was trimmed past its cursor: events after %s and before %s "
+                    "were lost before delivery ([events] max_entries, or `webhooks run` down too long)",
+                    self.sub.name, cursor, oldest)
+        with self.r.pipeline(transaction=True) as p:
+            p.rpush(keys.webhook_queue(self.sub.name, GAP_QUEUE), json.dumps(notice))
+            p.zadd(self.k["due"], {GAP_QUEUE: now}, nx=True)
+            self._log(p, {"at": now, "result": "gap", "migration": "-", "new": GAP_EVENT, "seq": 0, "attempt": 0,
+                          "event_id": notice["event_id"], "after": cursor, "before": oldest,
+                          "outcome": f"events after {cursor} and before {oldest} were trimmed unread"})
+            p.hincrby(self.k["stats"], "gaps", 1)
+            p.hset(self.k["stats"], "last_gap", json.dumps({"at": now, "after": cursor, "before": oldest}))
+            p.set(self.k["cursor"], id_before(oldest))
+            p.execute()
+        return id_before(oldest)
+
     # -- delivering ------------------------------------------------------------------------
-    def post(self, body: bytes, event_id: str) -> tuple[bool, str]:
+    def post(self, body: bytes, event_id: str, event_type: str = STATE_EVENT) -> tuple[bool, str]:
         """One attempt: (accepted, what came of it)."""
         headers = {"Content-Type": "application/json", "User-Agent": "quickmig-webhooks",
                    SIGNATURE_HEADER: sign(self.sub.secret, int(time.time()), body),
-                   "Quickmig-Event-Id": event_id, "Quickmig-Subscription": self.sub.name}
+                   "Quickmig-Event-Id": event_id, "Quickmig-Subscription": self.sub.name,
+                   "Quickmig-Event-Type": event_type}
         req = urllib.request.Request(self.sub.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as res:
@@ -208,10 +264,12 @@ class Deliverer:
             return
         event = json.loads(raw)
         held = json.loads(self.r.hget(self.k["attempts"], mid) or '{"n": 0, "first": null}')
-        ok, outcome = self.post(raw.encode(), event["event_id"])
+        kind = event.get("type", STATE_EVENT)
+        ok, outcome = self.post(raw.encode(), event["event_id"], kind)
         now = time.time()
-        entry = {"at": now, "event_id": event["event_id"], "migration": mid, "new": event["new"],
-                 "seq": event["seq"], "attempt": held["n"] + 1, "outcome": outcome}
+        entry = {"at": now, "event_id": event["event_id"], "migration": mid if kind == STATE_EVENT else "-",
+                 "new": event.get("new", kind), "seq": event.get("seq", 0), "attempt": held["n"] + 1,
+                 "outcome": outcome}
         if ok:
             self._pop(qkey, mid, dict(entry, result="delivered"), "delivered")
             return
@@ -277,6 +335,8 @@ def status(r: redis.Redis, sub: Subscription, last: int = 20) -> dict[str, Any]:
             "next_attempt_at": min((s for _, s in waiting), default=None),
             "delivered": int(stats.get("delivered", 0)), "dropped": int(stats.get("dropped", 0)),
             "failed_attempts": int(stats.get("failed_attempts", 0)),
+            "gaps": int(stats.get("gaps", 0)),
+            "last_gap": json.loads(stats["last_gap"]) if "last_gap" in stats else None,
             "last_delivered_at": float(stats["last_delivered_at"]) if "last_delivered_at" in stats else None,
             "last_error": stats.get("last_error"),
             "log": [json.loads(x) for x in r.lrange(k["log"], 0, last - 1)]}

@@ -28,10 +28,11 @@ from litestar.response import ServerSentEvent
 
 from producer.api import auth, events, problems
 from producer.api.problems import Problem, ProblemDetails, Refused
+from producer.api.ratelimit import RateLimit
 from producer.migrations import MigrationRequest, Producer, RequestError
 from workers.coord.throttle import Throttle, parse_rate
 from workers.model import config as config_mod
-from workers.model import keys, states
+from workers.model import states
 from workers.model.errors import QuickmigError
 from workers.model.record import MigrationRecord
 
@@ -122,8 +123,7 @@ def threaded(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
 
 async def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Who the caller is (401), whether its token has the route's scope (403), and whether it
-    is within its request rate (429): a fixed window per token and minute, counted in Redis
-    so that every API process shares it."""
+    is within its request rate (429: producer.api.ratelimit, shared by every API process)."""
     needed = handler.opt.get("scope")
     if needed is None:
         return
@@ -138,15 +138,9 @@ async def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -
     if not caller.may(needed):
         raise Problem(403, "forbidden", "Forbidden", f"token {caller.name!r} has no {needed!r} scope")
     limit = caller.rate_per_minute or state.rate_per_minute
-    now = time.time()
-    window = int(now // 60)
-    key = keys.api_rate(caller.name, window)
-    async with state.aioredis.pipeline(transaction=True) as p:
-        p.incr(key)
-        p.expire(key, 120)
-        count, _ = await p.execute()
-    if count > limit:
-        wait = max(1, int((window + 1) * 60 - now + 0.999))
+    verdict = await state.rate_limit.admit(caller.name, limit)
+    if not verdict.admitted:
+        wait = verdict.retry_after_s
         raise Problem(429, "too-many-requests", "Too many requests",
                       f"token {caller.name!r} is over its {limit} requests per minute; retry in {wait} s",
                       {"Retry-After": str(wait)})
@@ -372,6 +366,8 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
     tokens = auth.Tokens(cfg.credentials_file)
     producer = Producer(cfg)
 
+    r = cfg.async_redis_client(decode_responses=True, socket_timeout=60, socket_connect_timeout=10)
+
     async def close_redis(app: Litestar) -> None:
         await app.state.aioredis.aclose()
 
@@ -381,9 +377,7 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
         guards=[require_scope],
         exception_handlers=problems.HANDLERS,
         state=State({"producer": producer, "tokens": tokens, "rate_per_minute": cfg.api.rate_per_minute,
-                     "vm_lists": {}, "host_health": {},
-                     "aioredis": cfg.async_redis_client(decode_responses=True, socket_timeout=60,
-                                                           socket_connect_timeout=10)}),
+                     "vm_lists": {}, "host_health": {}, "aioredis": r, "rate_limit": RateLimit(r)}),
         on_shutdown=[close_redis],
         openapi_config=OpenAPIConfig(
             title="quickmig", version=VERSION, path="/schema",

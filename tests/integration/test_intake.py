@@ -4,13 +4,18 @@ quickmig:requests, the outcome read from quickmig:request:<request_id>, with the
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from lab import orchestrator, processes
 from producer.intake import GROUP
+from tests.unit.test_intake_examples import example
 from workers.model import keys
 
 pytestmark = pytest.mark.integration
@@ -112,3 +117,90 @@ def test_a_request_a_dead_consumer_took_is_taken_over(lab):
     got = outcome(lab, "t-orphan", timeout_s=60)
     assert got["state"] == "refused" and "intake-none" in got["error"]
     settled(lab)
+
+
+GO_LIBS = Path("/usr/share/gocode")  # Debian's Go libraries (golang-github-gomodule-redigo-dev), GOPATH mode
+
+
+@pytest.fixture(scope="module")
+def go_intake(tmp_path_factory) -> Path:
+    """The docs' Go example (docs/operations.md, The Redis intake), compiled as a user would."""
+    if shutil.which("go") is None or not (GO_LIBS / "src/github.com/gomodule/redigo/redis").is_dir():
+        pytest.skip("no Go toolchain or redigo (dev.sh installs golang-go and golang-github-gomodule-redigo-dev)")
+    d = tmp_path_factory.mktemp("go-intake")
+    (d / "intake.go").write_text(example("go"))
+    env = dict(os.environ, GOPATH=str(GO_LIBS), GO111MODULE="off", GOCACHE=str(d / "cache"), GOFLAGS="")
+    res = subprocess.run(["go", "build", "-o", str(d / "intake"), str(d / "intake.go")], env=env, cwd=d,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return d / "intake"
+
+
+def test_the_docs_go_example_requests_a_migration_that_completes_and_gets_a_refusal(lab, go_intake):
+    lab.add_vm("intake-go", "hv2")
+    time.sleep(1)  # its guest's heartbeat answers shortly after start
+    env = dict(os.environ, REDIS_URL=lab.cfg.broker_url())
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(go_intake), *args], env=env, capture_output=True, text=True, timeout=360)
+
+    refused = run("t-go-refused", "intake-go", "hv2", "hv9")
+    assert refused.returncode == 2, refused.stderr
+    cli = lab.cli("migrate", "intake-go", "--from", "hv2", "--to", "hv9")
+    assert refused.stdout.strip() == "refused: " + cli.stderr.strip().removeprefix("quickmig: ")
+    ok = run("t-go-ok", "intake-go", "hv2", "hv1", json.dumps({"max-rounds": 1}))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    mid = ok.stdout.strip().removeprefix("migration ")
+    assert outcome(lab, "t-go-ok") == {**outcome(lab, "t-go-ok"), "state": "accepted", "migration_id": mid}
+    deadline = time.monotonic() + 240
+    _, rec = lab.cli_json("status", mid, "--json")
+    while rec["state"] not in ("completed", "failed", "rolled_back"):
+        assert time.monotonic() < deadline, rec
+        time.sleep(0.5)
+        _, rec = lab.cli_json("status", mid, "--json")
+    assert rec["state"] == "completed", rec["error"]
+    assert rec["requested_by"] == "redis-intake" and rec["options"] == {"max_rounds": 1}
+    assert lab.verify("intake-go")["running_on"] == ["hv1"]
+
+
+def blocked_reader(r) -> dict | None:
+    """The intake's connection while Redis holds it blocked in XREADGROUP, else None."""
+    return next((c for c in r.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")), None)
+
+
+def test_the_lab_intake_killed_holding_a_request_is_restarted_and_the_request_taken_over(lab):
+    """The real consumer process, not a stand-in: stopped while Redis holds its XREADGROUP
+    blocked, so the request added next is handed to it (pending under its name), then killed
+    before it can decide it; the lab's supervisor starts another, which claims it."""
+    r = lab.redis()
+    entry = orchestrator.read_lab(lab.dir)["processes"]["intake"]
+    pid = entry["pid"]
+    deadline = time.monotonic() + 30
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        if blocked_reader(r) is not None:
+            break
+        os.kill(pid, signal.SIGCONT)  # caught between two reads: let it block again
+        assert time.monotonic() < deadline, "the intake never blocked in XREADGROUP"
+        time.sleep(0.05)
+    try:
+        xadd(lab, "request_id", "t-killed", "vm", "intake-gone", "source", "hv1", "destination", "hv2")
+        held = wait_until_pending(r)
+        assert len(held) == 1 and held[0]["name"].endswith(f"-{pid}") and held[0]["pending"] == 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (now := orchestrator.read_lab(lab.dir)["processes"]["intake"])["pid"] == pid or not processes.alive(now):
+        assert time.monotonic() < deadline, "the intake was not restarted"
+        time.sleep(0.3)
+    got = outcome(lab, "t-killed", timeout_s=60)
+    assert got["state"] == "refused" and "intake-gone" in got["error"]
+    settled(lab)
+
+
+def wait_until_pending(r, timeout_s: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while not (held := r.xpending(keys.REQUESTS, GROUP)["consumers"]):
+        assert time.monotonic() < deadline, "the request was not handed to the stopped consumer"
+        time.sleep(0.05)
+    return held

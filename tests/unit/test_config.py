@@ -1,5 +1,7 @@
 """quickmig.toml is checked whole when it loads: every section typed, a bad value refused
 with one line naming the key, before anything runs."""
+from pathlib import Path
+
 import pytest
 
 from workers.model import routing, states
@@ -173,6 +175,49 @@ def test_the_redis_user_and_password_go_into_the_url_quoted_and_only_there(tmp_p
     assert cfg.redis_credentials() == ("quickmig", "p@ss:w/rd?#")
 
 
+def test_webhook_secrets_and_the_api_token_come_from_the_file_their_own_file_or_the_environment(
+        tmp_path, monkeypatch):
+    secret_file(tmp_path, "hook.secret", "s" * 20 + "\n")
+    secret_file(tmp_path, "api.token", "token-from-its-file\n")
+    monkeypatch.setenv("QM_HOOK", "e" * 24)
+    cfg = with_creds(tmp_path, 'winrm_password = "a"\nsmb_password = "b"\n'
+                               '[webhooks.inline]\nsecret = "' + "i" * 16 + '"\n'
+                               '[webhooks.filed]\nsecret_file = "hook.secret"\n'
+                               '[webhooks.env]\nsecret_env = "QM_HOOK"\n'
+                               '[api]\ntoken_file = "api.token"\n')
+    assert cfg.webhook_secrets() == {"inline": "i" * 16, "filed": "s" * 20, "env": "e" * 24}
+    assert cfg.api_token() == "token-from-its-file"
+    monkeypatch.setenv("QM_API", "token-from-env")
+    cfg = with_creds(tmp_path, 'winrm_password = "a"\nsmb_password = "b"\n[api]\ntoken_env = "QM_API"\n')
+    assert cfg.api_token() == "token-from-env" and cfg.webhook_secrets() == {}
+    assert with_creds(tmp_path, 'winrm_password = "a"\nsmb_password = "b"\n').api_token() is None
+
+
+@pytest.mark.parametrize("text, says", [
+    ('[webhooks.w]\nsecret_file = "open.secret"\n', r"\[webhooks.w\]: secret_file .*open.secret is open to group "
+                                                    r"or others \(mode 0644\); run: chmod 600"),
+    ('[webhooks.w]\nsecret = "' + "x" * 16 + '"\nsecret_env = "X"\n',
+     r"\[webhooks.w\]: give one of secret, secret_file, secret_env, not secret and secret_env"),
+    ('[webhooks.w]\nsecret = "short"\n', r"\[webhooks.w\]: the secret must be at least 16 characters"),
+    ('[webhooks.w]\nsecret_env = "QM_NOT_SET_ANYWHERE"\n', r"QM_NOT_SET_ANYWHERE is empty or not set"),
+    ('[webhooks.w]\nsecret = "' + "x" * 16 + '"\nsecrett = "y"\n', r"\[webhooks.w\]: unknown key 'secrett'"),
+    ('[api]\ntoken_file = "open.secret"\n', r"\[api\]: token_file .*open.secret is open to group or others"),
+    ('[api]\ntoken = "a"\ntoken_file = "open.secret"\n', r"give one of token, token_file, token_env"),
+])
+def test_a_webhook_secret_or_api_token_that_cannot_be_used_is_one_line_naming_it(tmp_path, text, says):
+    secret_file(tmp_path, "open.secret", "x" * 20, 0o644)
+    cfg = with_creds(tmp_path, 'winrm_password = "a"\nsmb_password = "b"\n' + text)
+    with pytest.raises(ConfigError, match=says):
+        cfg.api_token() if text.startswith("[api]") else cfg.webhook_secrets()
+
+
+def test_the_webhook_secrets_and_the_api_token_are_refused_from_an_open_credentials_file(tmp_path):
+    cfg = with_creds(tmp_path, '[api]\ntoken = "t"\n[webhooks.w]\nsecret = "' + "x" * 16 + '"\n', mode=0o640)
+    for read in (cfg.api_token, cfg.webhook_secrets):
+        with pytest.raises(ConfigError, match=r"credentials file .* is open to group or others \(mode 0640\)"):
+            read()
+
+
 def test_a_rediss_url_may_not_turn_certificate_checks_off(tmp_path):
     path = tmp_path / "quickmig.toml"
     for reqs in ("none", "optional", "CERT_NONE"):
@@ -181,3 +226,23 @@ def test_a_rediss_url_may_not_turn_certificate_checks_off(tmp_path):
             load_config(path)
     path.write_text('redis_url = "rediss://redis.example:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem"\n')
     assert load_config(path).redis_url.startswith("rediss://")
+
+
+def test_the_apis_tls_files_are_both_or_neither_relative_to_the_config_and_ca_file_is_for_https(tmp_path):
+    path = tmp_path / "quickmig.toml"
+    path.write_text('redis_url = "redis://127.0.0.1:6379/0"\n[api]\ntls_cert = "tls/api.crt"\ntls_key = "/k/api.key"\n')
+    api = load_config(path).api
+    assert (api.tls_cert, api.tls_key, api.ca_file) == (tmp_path / "tls/api.crt", Path("/k/api.key"), None)
+    path.write_text('redis_url = "redis://127.0.0.1:6379/0"\n[api]\ntls_cert = "api.crt"\n')
+    with pytest.raises(ConfigError, match=r"\[api\]: give both tls_cert and tls_key"):
+        load_config(path)
+    path.write_text('[api]\nurl = "https://api.example:8780"\nca_file = "ca.pem"\n')
+    cfg = load_config(path)
+    assert cfg.api.ca_file == tmp_path / "ca.pem" and cfg.warnings() == []
+    path.write_text('[api]\nurl = "http://api.example:8780"\nca_file = "ca.pem"\n')
+    with pytest.raises(ConfigError, match=r"\[api\]: ca_file is the CAs an https:// url is checked against"):
+        load_config(path)
+    path.write_text('[api]\nurl = "http://api.example:8780"\n')
+    assert any("plain HTTP to another machine" in w for w in load_config(path).warnings())
+    path.write_text('[api]\nurl = "http://127.0.0.1:8780"\n')
+    assert load_config(path).warnings() == []

@@ -170,6 +170,12 @@ class ApiSettings:
     # the CLI talks to this API instead of Redis and the hosts (producer.remote); then the
     # config needs no redis_url and no hosts
     url: str | None = None
+    # the server's certificate chain and key (PEM): `quickmig api` serves HTTPS with them
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # the CAs the CLI trusts for an https:// url (PEM); default the system's. There is no
+    # setting that turns the check off.
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -276,11 +282,42 @@ class Config:
     def async_redis_client(self, **kw: Any) -> aioredis.Redis:
         return redis_endpoint.connect_async(self.broker_url(), self.sentinel_credentials(), **kw)
 
+    def api_token(self) -> str | None:
+        """The CLI's bearer token for the HTTP API ([api] url): credentials.toml's `[api] token`,
+        `token_file` or `token_env`, or None."""
+        if self.credentials_file is None:
+            return None
+        t = _read_secret_toml(self.credentials_file, self.path).api
+        token = _secret(t, "token", self.credentials_file.parent, optional=True)
+        t.done()
+        return token.strip() if token is not None else None
+
+    def webhook_secrets(self) -> dict[str, str]:
+        """NAME -> the secret webhook NAME signs with: credentials.toml's `[webhooks.NAME]
+        secret`, `secret_file` or `secret_env`, read now (a rotated secret is picked up)."""
+        if self.credentials_file is None:
+            return {}
+        f = _read_secret_toml(self.credentials_file, self.path)
+        out = {}
+        for name, data in f.webhooks.data.items():
+            t = _Table(data, f"{f.path} [webhooks.{name}]")
+            secret = _secret(t, "secret", self.credentials_file.parent)
+            t.done()
+            if len(secret) < WEBHOOK_SECRET_MIN:
+                raise ConfigError(f"{t.where}: the secret must be at least {WEBHOOK_SECRET_MIN} characters")
+            out[name] = secret
+        return out
+
     def warnings(self) -> list[str]:
         """What is allowed but weakens the fleet's security: said at start and by `config check`."""
-        return [f"host {h.name}: winrm_transport 'credssp' delegates the WinRM account's password to the "
-                "host (a compromised host keeps it); prefer ntlm or kerberos over https"
-                for h in self.hosts.values() if h.winrm_transport == "credssp"]
+        out = [f"host {h.name}: winrm_transport 'credssp' delegates the WinRM account's password to the "
+               "host (a compromised host keeps it); prefer ntlm or kerberos over https"
+               for h in self.hosts.values() if h.winrm_transport == "credssp"]
+        url = urlsplit(self.api.url or "")
+        if url.scheme == "http" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
+            out.append(f"[api] url {self.api.url} is plain HTTP to another machine: the token and every "
+                       "answer cross the network readable; serve the API over https (its [api] tls_cert)")
+        return out
 
     def check_credentials(self) -> None:
         """Every host's accounts and Redis's can be read: what a worker needs before its first task."""
@@ -317,6 +354,8 @@ class _SecretToml:
     default: _Table
     hosts: _Table
     redis: _Table
+    api: _Table  # the CLI's token for the HTTP API
+    webhooks: _Table  # the webhooks' secrets
 
 
 def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretToml:
@@ -328,10 +367,10 @@ def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretTom
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"credentials file {path} is not valid TOML: {e}") from None
     top = _Table(data, str(path))
-    out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"))
-    # read and checked by their own readers: the HTTP API's token hashes (producer.api.auth), the
-    # webhooks' secrets (producer.webhooks), the CLI's token for the API (producer.remote)
-    top.read.update(("api_tokens", "webhooks", "api"))
+    out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"), top.table("api"),
+                      top.table("webhooks"))
+    # read and checked by its own reader: the HTTP API's token hashes (producer.api.auth)
+    top.read.add("api_tokens")
     top.done()
     return out
 
@@ -364,6 +403,7 @@ def _secret(t: _Table, key: str, base: Path, *, optional: bool = False) -> Any:
 
 
 SECRET_FIELDS = ("winrm_password", "smb_password")
+WEBHOOK_SECRET_MIN = 16  # characters: an HMAC key a receiver cannot guess
 
 
 def _host_credentials(f: _SecretToml, host: str) -> Credentials:
@@ -620,8 +660,8 @@ def _reconciler(t: _Table) -> ReconcilerSettings:
     return settings
 
 
-def _settings(top: _Table) -> dict[str, Any]:
-    """The optional tables, each checked whole."""
+def _settings(top: _Table, base: Path) -> dict[str, Any]:
+    """The optional tables, each checked whole (`base`: the folder relative paths start from)."""
     copy_t, log_t, metrics_t, lab_t, api_t, events_t = (
         top.table(k) for k in ("copy", "logging", "metrics", "lab", "api", "events"))
     out = {
@@ -634,7 +674,7 @@ def _settings(top: _Table) -> dict[str, Any]:
         "api": ApiSettings(addr=api_t.text("addr", "127.0.0.1"),
                            port=api_t.whole("port", API_PORT_DEFAULT, high=65535),
                            rate_per_minute=api_t.whole("rate_per_minute", API_RATE_PER_MINUTE_DEFAULT),
-                           url=_api_url(api_t)),
+                           url=_api_url(api_t), **_api_tls(api_t, base)),
         "events": EventSettings(max_entries=events_t.whole("max_entries", keys.EVENTS_MAX_ENTRIES_DEFAULT, low=100)),
     }
     for t in (copy_t, log_t, metrics_t, lab_t, api_t, events_t):
@@ -647,6 +687,16 @@ def _api_url(t: _Table) -> str | None:
     if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         raise ConfigError(f"{t.where}: url must be an http:// or https:// URL, not {url!r}")
     return url.rstrip("/") if url is not None else None
+
+
+def _api_tls(t: _Table, base: Path) -> dict[str, Path | None]:
+    """tls_cert and tls_key (both or neither) and ca_file, relative to the config's folder."""
+    out = {k: (base / v if (v := t.text(k, None)) is not None else None) for k in ("tls_cert", "tls_key", "ca_file")}
+    if (out["tls_cert"] is None) != (out["tls_key"] is None):
+        raise ConfigError(f"{t.where}: give both tls_cert and tls_key (HTTPS), or neither (plain HTTP)")
+    if out["ca_file"] is not None and not (t.data.get("url") or "").startswith("https://"):
+        raise ConfigError(f"{t.where}: ca_file is the CAs an https:// url is checked against; url is not https://")
+    return out
 
 
 def _webhooks(t: _Table) -> dict[str, Webhook]:
@@ -725,7 +775,7 @@ def load_config(explicit: str | os.PathLike | None = None) -> Config:
     hosts = {_host_name(name, hosts_t): _host(name, _Table(h, f"{path} [hosts.{name}]"))
              for name, h in hosts_t.data.items()}
     cred = top.text("credentials_file", None)
-    settings = _settings(top)
+    settings = _settings(top, path.parent)
     maps = _storage_maps(top.table("storage_maps"), hosts)
     switch_maps = _switch_maps(top.table("switch_maps"), hosts)
     webhooks = _webhooks(top.table("webhooks"))

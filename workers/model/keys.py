@@ -201,9 +201,10 @@ def request(request_id: str) -> str:
     return f"{PREFIX}request:{request_id}"
 
 
-# Requests of one API token in one minute (fixed window, a counter expiring after 2 minutes).
-def api_rate(token_name: str, minute: int) -> str:
-    return f"{PREFIX}api-rate:{token_name}:{minute}"
+# The requests one API token was admitted in the last minute (producer.api.ratelimit: a
+# sorted set of their times, expiring a minute after the last).
+def api_rate(token_name: str) -> str:
+    return f"{PREFIX}api-rate:{token_name}"
 
 
 # A worker's answer to a producer's VM lookup (workers.steps.lookup): a list the producer

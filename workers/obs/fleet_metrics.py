@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from workers.model import states
+from workers.model import keys, states
 from workers.model.record import Store
 from workers.model.routing import QUEUES
 from workers.obs import liveness
@@ -50,6 +50,7 @@ class FleetCollector:
                     p.llen(q)
                 lengths = p.execute()
             alive = {q: liveness.alive(self.r, q, now) for q in QUEUES}
+            gaps = webhook_gaps(self.r)
         except Exception:  # noqa: BLE001 - node metrics must still be served when Redis is away
             up.add_metric([], 0)
             yield up
@@ -68,4 +69,20 @@ class FleetCollector:
             depth.add_metric([q], n)
         for q, n in alive.items():
             workers.add_metric([q], n)
-        yield from (up, in_progress, oldest, depth, workers)
+        lost = CounterMetricFamily("quickmig_webhook_event_gaps", "Times the events stream was trimmed past a "
+                                   "webhook subscription's cursor (events it never delivered)",
+                                   labels=["subscription"])
+        for name, n in sorted(gaps.items()):
+            lost.add_metric([name], n)
+        yield from (up, in_progress, oldest, depth, workers, lost)
+
+
+def webhook_gaps(r) -> dict[str, int]:
+    """Subscription -> the gaps its deliverer recorded (producer.webhooks, its stats hash)."""
+    head, tail = keys.webhook("\0", "stats").split("\0")
+    out = {}
+    for k in r.scan_iter(match=keys.webhook("*", "stats"), count=500):
+        n = r.hget(k, "gaps")
+        if n is not None:
+            out[k[len(head):-len(tail)]] = int(n)
+    return out
