@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import redis
 
-from producer import intake, report, terminal, watch, webhooks
+from producer import intake, plan_file, plans, report, terminal, watch, webhooks
 from producer.migrations import MigrationRequest, Producer, RequestError
 from producer.remote import Remote
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
@@ -147,6 +147,19 @@ def _print_limits(limits: dict, as_json: bool) -> int:
         _say(f"global  {'unlimited' if not g else f'{g} B/s'}")
         for pair, rate in sorted(limits["pairs"].items()):
             _say(f"{pair}  {rate} B/s")
+    return EXIT_OK
+
+
+def cmd_plan_dry_run(args) -> int:
+    """Every member's pre-flight and the plan's predicted schedule, changing nothing."""
+    cfg = load_config(args.config)
+    plan = plan_file.load(args.file, hosts=cfg.hosts)
+    out = plans.dry_run(Producer(cfg), plan)
+    if args.json:
+        _print_json(out)
+    else:
+        for line in plans.schedule_lines(out):
+            _say(line)
     return EXIT_OK
 
 
@@ -301,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_throttle)
 
+    pl = sub.add_parser("plan", parents=[common], help="plans: many migrations in ordered groups (a YAML or JSON "
+                                                       "file, docs/plan.schema.json)")
+    pl_sub = pl.add_subparsers(dest="plan_command", required=True)
+    pd = pl_sub.add_parser("dry-run", parents=[common],
+                           help="run every member's pre-flight and print the predicted schedule: each VM's "
+                                "start, copy time, downtime and finish, and the plan's finish; change nothing")
+    pd.add_argument("file", metavar="FILE")
+    pd.add_argument("--json", action="store_true")
+    pd.set_defaults(func=cmd_plan_dry_run)
+
     cf = sub.add_parser("config", parents=[common], help="check the configuration")
     cf_sub = cf.add_subparsers(dest="config_command", required=True)
     cc = cf_sub.add_parser("check", parents=[common],
@@ -358,7 +381,7 @@ def main(argv=None) -> int:
         args.config = None
     try:
         return args.func(args)
-    except (RequestError, ConfigError, RecordNotFound) as e:
+    except (RequestError, ConfigError, RecordNotFound, plan_file.PlanError) as e:
         _say(f"quickmig: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except redis.ConnectionError as e:
