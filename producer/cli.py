@@ -163,6 +163,47 @@ def cmd_plan_dry_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_plan_apply(args) -> int:
+    """Check every member, store the plan and release its first members; --wait follows it."""
+    cfg = load_config(args.config)
+    plan = plan_file.load(args.file, hosts=cfg.hosts)
+    p = Producer(cfg)
+    st = plans.apply(p, plan)
+    if args.wait:
+        on_change = None if args.json else (
+            lambda s: _say(f"{s['id']}: {s['state']}; " + ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items())),
+                           file=sys.stderr))
+        st = plans.wait(p, st["id"], timeout_s=args.timeout, on_change=on_change)
+    if args.json:
+        _print_json(st)
+    elif args.wait:
+        for line in plans.status_lines(st):
+            _say(line)
+    else:
+        _say(st["id"])
+    return EXIT_OK if not args.wait or st["state"] == "completed" else EXIT_NOT_COMPLETED
+
+
+def cmd_plan_status(args) -> int:
+    st = plans.status(Producer.from_config(args.config), args.id)
+    if args.json:
+        _print_json(st)
+    else:
+        for line in plans.status_lines(st):
+            _say(line)
+    return EXIT_OK
+
+
+def cmd_plan_cancel(args) -> int:
+    st = plans.cancel(Producer.from_config(args.config), args.id)
+    if args.json:
+        _print_json(st)
+    else:
+        _say(f"{st['id']}: {st['state']}" + ("" if st["state"] == "cancelled" else
+                                            " (cancelled: its running members are rolling back)"))
+    return EXIT_OK
+
+
 def cmd_config_check(args) -> int:
     """Load and check everything a worker would, connecting nowhere: `ok`, or the one line."""
     cfg = load_config(args.config)
@@ -323,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("file", metavar="FILE")
     pd.add_argument("--json", action="store_true")
     pd.set_defaults(func=cmd_plan_dry_run)
+    pa = pl_sub.add_parser("apply", parents=[common],
+                           help="check every member (each pre-flight must pass, else nothing changes), store "
+                                "the plan and start it; prints its id")
+    pa.add_argument("file", metavar="FILE")
+    pa.add_argument("--wait", action="store_true", help="follow the plan to its end (exit 0 if it completed)")
+    pa.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N s")
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(func=cmd_plan_apply)
+    pst = pl_sub.add_parser("status", parents=[common], help="a plan's state, each member's, and its live ETA")
+    pst.add_argument("id", metavar="PLAN")
+    pst.add_argument("--json", action="store_true")
+    pst.set_defaults(func=cmd_plan_status)
+    pc = pl_sub.add_parser("cancel", parents=[common],
+                           help="release no more members and cancel those before their downtime")
+    pc.add_argument("id", metavar="PLAN")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=cmd_plan_cancel)
 
     cf = sub.add_parser("config", parents=[common], help="check the configuration")
     cf_sub = cf.add_subparsers(dest="config_command", required=True)

@@ -10,12 +10,14 @@ took for the phases around the copy the last time a migration between them compl
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from producer import schedule
 from producer.migrations import MigrationRequest, Producer, RequestError
 from producer.plan_file import Member, Plan
 from workers.coord.throttle import Throttle
+from workers.engine import plans as plan_engine
 from workers.model import states
 from workers.steps.precopy import DEFAULT_COPY_BPS
 
@@ -102,8 +104,8 @@ def dry_run(p: Producer, plan: Plan, now: float | None = None) -> dict:
                            gate_s=ph["gate_s"], finish_s=ph["finish_s"], not_before=opts.get("not_before"),
                            window_end=window_end)
         jobs.append(job)
-        row.update(preflight={"ok": True, "problems": []}, copy_bytes=c["copy_bytes"], rates=c["rates"],
-                   phases=ph, job=job)
+        row.update(preflight={"ok": True, "problems": []}, vm_id=c["vm_id"], options=c["options"],
+                   copy_bytes=c["copy_bytes"], rates=c["rates"], phases=ph, job=job)
     hosts = {name: schedule.HostLimits(h.max_migrations, h.max_copies) for name, h in p.cfg.hosts.items()}
     groups = [schedule.GroupSpec(g.name, g.after, g.switchover == "together") for g in plan.groups]
     res = schedule.simulate(jobs, groups, hosts, plan.concurrency, global_bps=limits["global"],
@@ -188,4 +190,173 @@ def schedule_lines(out: dict) -> list[str]:
                  + f"; defaults where not: copy {DEFAULT_COPY_BPS / 1e6:.0f} MB/s, checkpoint {DEFAULT_SETUP_S:.0f} s, "
                  f"pre-copy and prepare {DEFAULT_GATE_S:.0f} s, after the downtime {DEFAULT_FINISH_S:.0f} s")
     lines += [f"problem: {p}" for p in out["problems"]]
+    return lines
+
+
+def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
+    """Check every member (its pre-flight must pass: otherwise nothing changes and the first
+    problem is the refusal), store the plan and release its first members."""
+    for g in plan.groups:
+        if g.switchover == "together":
+            raise RequestError(f"group {g.name}: switchover together is predicted by plan dry-run but not "
+                               "carried out by plan apply yet; use switchover: independent")
+    dry = dry_run(p, plan)
+    by_key = {m.key: m for m in plan.members()}
+    for row in dry["members"]:
+        if not row["preflight"]["ok"]:
+            raise RequestError(f"{by_key[row['key']].where}: {row['vm']} would not pass its pre-flight: "
+                               f"{row['preflight']['problems'][0]}")
+    rows = {r["key"]: r for r in dry["members"]}
+    now = time.time()
+    record = {"id": uuid.uuid4().hex[:16], "name": plan.name, "state": plan_engine.RUNNING, "created_at": now,
+              "concurrency": plan.concurrency, "on_failure": plan.on_failure, "requested_by": requester,
+              "predicted_finish": dry["predicted_finish"],
+              "groups": [{"name": g.name, "after": list(g.after), "switchover": g.switchover,
+                          "members": [_member(rows[m.key]) for m in g.members]} for g in plan.groups]}
+    r = p.store.r
+    plan_engine.create(r, record)
+    plan_engine.advance(p.store, p.locks, p.admission, record["id"], wait_s=10)
+    p.admit()
+    return status(p, record["id"])
+
+
+def _member(row: dict) -> dict:
+    """What the plan record keeps of a member: what releasing it takes, and what the live ETA
+    predicts its phases from."""
+    pr = row["predicted"]
+    return {"key": row["key"], "vm": row["vm"], "vm_id": row["vm_id"], "source": row["source"],
+            "destination": row["destination"], "options": row["options"], "migration": None,
+            "estimate": {"copy_bytes": row["copy_bytes"], "copy_bps": row["rates"]["copy_bps"],
+                         "downtime_s": pr["downtime_seconds"], **{k: row["phases"][k]
+                                                                   for k in ("setup_s", "gate_s", "finish_s")}}}
+
+
+def load(p: Producer, pid: str) -> dict:
+    plan = plan_engine.load(p.store.r, pid)
+    if plan is None:
+        raise RequestError(f"no plan with id {pid!r}")
+    return plan
+
+
+def status(p: Producer, pid: str) -> dict:
+    """The plan, each member's state and migration, and while it runs its live ETA: the
+    schedule of what is left, simulated from now."""
+    plan = load(p, pid)
+    recs = plan_engine.migration_states(p.store.r, plan)
+    counts: dict[str, int] = {}
+    for g in plan["groups"]:
+        for m in g["members"]:
+            st = plan_engine.member_state(m, recs)
+            m["state"] = st
+            rec = recs.get(m["key"])
+            m["error"] = m.get("refused") or m.get("skipped") or (rec or {}).get("error")
+            counts[st] = counts.get(st, 0) + 1
+    plan["counts"] = counts
+    plan["eta"] = _eta(p, plan, recs) if plan["state"] == plan_engine.RUNNING else None
+    return plan
+
+
+# how much of a member's run is left, by the state its migration is in
+_LEFT = {states.QUEUED: ("setup", "copy", "gate", "down", "finish"),
+         states.SNAPSHOTTING: ("setup", "copy", "gate", "down", "finish"),
+         states.COPYING: ("copy", "gate", "down", "finish"),
+         states.PREPARING: ("gate", "down", "finish"), states.CUTTING_OVER: ("down", "finish"),
+         states.FINISHING: ("finish",), states.ROLLING_BACK: ("finish",)}
+
+
+def _eta(p: Producer, plan: dict, recs: dict[str, dict]) -> float | None:
+    now = time.time()
+    if plan.get("cancelled") or plan.get("stopped_because"):
+        return None
+    jobs, groups = [], []
+    for g in plan["groups"]:
+        left = [m for m in g["members"] if m["state"] not in states.ENDS and m["state"] not in ("skipped", "refused")]
+        if not left:
+            continue
+        groups.append(schedule.GroupSpec(g["name"], (), g["switchover"] == "together"))
+        for m in left:
+            e, rec = m["estimate"], recs.get(m["key"])
+            phases = _LEFT["queued"] if rec is None else _LEFT.get(rec["state"], ())
+            copied = float((rec or {}).get("bytes_copied") or 0)
+            jobs.append(schedule.Job(
+                key=m["key"], group=g["name"], source=m["source"], destination=m["destination"],
+                copy_bytes=max(0.0, float(e["copy_bytes"]) - copied) if "copy" in phases else 0.0,
+                copy_bps=float(e["copy_bps"]), downtime_s=float(e["downtime_s"]) if "down" in phases else 0.0,
+                setup_s=float(e["setup_s"]) if "setup" in phases else 0.0,
+                gate_s=float(e["gate_s"]) if "gate" in phases else 0.0,
+                finish_s=float(e["finish_s"]) if "finish" in phases else 0.0,
+                held=rec is not None and bool(rec.get("admitted_at"))))
+    if not jobs:
+        return now
+    # a group waits for those it comes after that are not over yet
+    names = {g.name for g in groups}
+    specs = [schedule.GroupSpec(g.name, tuple(a for a in next(x["after"] for x in plan["groups"]
+                                                              if x["name"] == g.name) if a in names), g.together)
+             for g in groups]
+    hosts = {n: schedule.HostLimits(h.max_migrations, h.max_copies) for n, h in p.cfg.hosts.items()}
+    limits = Throttle(p.store.r).limits()
+    pair_bps = {(k.partition("->")[0], k.partition("->")[2]): float(v) for k, v in limits["pairs"].items() if v}
+    res = schedule.simulate(jobs, specs, hosts, plan["concurrency"], global_bps=limits["global"],
+                            pair_bps=pair_bps, start=now)
+    return res.finish
+
+
+def cancel(p: Producer, pid: str, requester: str | None = None) -> dict:
+    """Release no more members and cancel those before their downtime; one in its downtime
+    ends by itself (started on the destination or rolled back)."""
+    load(p, pid)
+
+    def mark(plan: dict) -> None:
+        if plan["state"] == plan_engine.RUNNING:
+            plan["cancelled"] = True
+            plan["cancelled_at"] = time.time()
+    plan = plan_engine.locked(p.store.r, pid, mark, wait_s=10)
+    if plan is None:
+        raise RequestError(f"plan {pid} is busy; try again")
+    if plan["state"] != plan_engine.RUNNING:
+        raise RequestError(f"cannot cancel plan {pid}: it has already ended ({plan['state']})")
+    recs = plan_engine.migration_states(p.store.r, plan)
+    for m in plan_engine.members(plan):
+        rec = recs.get(m["key"])
+        if rec is not None and rec["state"] not in states.ENDS:
+            try:
+                p.cancel(rec["id"], requester)
+            except RequestError:
+                pass  # in its downtime or past it: it ends by itself
+    plan_engine.advance(p.store, p.locks, p.admission, pid, wait_s=10)
+    return status(p, pid)
+
+
+def wait(p: Producer, pid: str, timeout_s: float | None = None, poll_s: float = 0.5,
+         on_change=None) -> dict:
+    """Follow a plan until it ends; TimeoutError after `timeout_s`."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = None
+    while True:
+        st = status(p, pid)
+        seen = (st["state"], tuple(sorted(st["counts"].items())))
+        if on_change and seen != last:
+            on_change(st)
+        last = seen
+        if st["state"] != plan_engine.RUNNING:
+            return st
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"plan {pid} still running after {timeout_s}s")
+        time.sleep(poll_s)
+
+
+def status_lines(st: dict) -> list[str]:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(st["counts"].items()))
+    head = f"plan {st['id']} ({st['name']}): {st['state']}; {counts}"
+    if st.get("eta") is not None:
+        head += "; ETA " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st["eta"]))
+    if st.get("stopped_because"):
+        head += f"; stopped: {st['stopped_because']}"
+    lines = [head]
+    for g in st["groups"]:
+        after = f" after {', '.join(g['after'])}" if g["after"] else ""
+        lines.append(f"group {g['name']}{after}:")
+        for m in g["members"]:
+            lines.append(f"  {m['vm']:24} {m['source']:>8} -> {m['destination']:8} {m['state']:13} "
+                         f"{m.get('migration') or '-':16} {m.get('error') or ''}".rstrip())
     return lines

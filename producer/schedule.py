@@ -46,6 +46,7 @@ class Job:
     finish_s: float
     not_before: float | None = None  # its cutover window opens (Unix time)
     window_end: float | None = None
+    held: bool = False  # already admitted (a live ETA's running member): it holds its places
     # results
     start: float | None = None        # admitted
     copy_start: float | None = None
@@ -119,7 +120,7 @@ class _Sim:
     def admit(self) -> None:
         still = []
         for j in self.waiting:
-            if self.fits(j):
+            if j.held or self.fits(j):
                 self.running += 1
                 self.places[j.source] += 1
                 self.places[j.destination] += 1
