@@ -96,3 +96,104 @@ def test_a_bad_plan_file_is_one_line_naming_the_field_and_exit_2(lab, tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("quickmig: cannot read the plan file") \
         and "Traceback" not in res.stderr
     assert lab.redis_state() == before
+
+
+def _plan_file(tmp_path, text: str):
+    f = tmp_path / "plan.yaml"
+    f.write_text(text)
+    return f
+
+
+def _wait_plan(lab, pid: str, until, timeout_s: float = 240) -> dict:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while True:
+        res, st = lab.cli_json("plan", "status", pid, "--json")
+        if until(st):
+            return st
+        assert time.monotonic() < deadline, st
+        time.sleep(0.3)
+
+
+def test_plan_apply_runs_groups_in_after_order_within_its_concurrency_without_the_cli(lab, tmp_path):
+    from lab.history import load_events, migration_spans
+    from workers.coord import audit
+    vms = {"pa-a1": "hv2", "pa-a2": "hv3", "pa-a3": "hv2", "pa-b1": "hv3", "pa-b2": "hv2"}
+    ids = {name: lab.add_vm(name, "hv1", write_rate_kbps=32)["id"] for name in vms}
+    plan = _plan_file(tmp_path, "name: two-groups\nconcurrency: 2\ngroups:\n"
+                      "  - name: a\n    vms:\n"
+                      + "".join(f"      - {{vm: {v}, from: hv1, to: {vms[v]}}}\n" for v in ("pa-a1", "pa-a2", "pa-a3"))
+                      + "  - name: b\n    after: [a]\n    vms:\n"
+                      + "".join(f"      - {{vm: {v}, from: hv1, to: {vms[v]}}}\n" for v in ("pa-b1", "pa-b2")))
+    # the CLI applies the plan and exits: the workers carry it on
+    res, st = lab.cli_json("plan", "apply", str(plan), "--json")
+    assert res.returncode == 0, res.stderr
+    assert st["state"] == "running" and st["eta"] is not None and st["eta"] > st["created_at"]
+    assert sum(m["state"] != "pending" for g in st["groups"] for m in g["members"]) == 2  # concurrency 2
+    pid = st["id"]
+    st = _wait_plan(lab, pid, lambda s: s["state"] != "running")
+    assert st["state"] == "completed", st
+    assert st["counts"] == {"completed": 5} and st["eta"] is None
+    # from the emulated hosts' own record: every b member began after every a member was over,
+    # and never more than 2 of the plan's migrations were under way at once
+    spans = {s["vm_id"]: s for s in migration_spans(load_events(lab.dir)) if s["vm_id"] in ids.values()}
+    assert set(spans) == set(ids.values()) and not any(s["open"] for s in spans.values())
+    a_end = max(spans[ids[v]]["end"] for v in ("pa-a1", "pa-a2", "pa-a3"))
+    assert min(spans[ids[v]]["start"] for v in ("pa-b1", "pa-b2")) > a_end
+    peak = audit.peak([(s["start"], "plan", v, True) for v, s in spans.items()]
+                      + [(s["end"], "plan", v, False) for v, s in spans.items()])
+    assert peak["plan"] == 2
+    for name, dst in vms.items():
+        check = lab.verify(name)
+        assert check["running_on"] == [dst] and check["integrity"] == "ok", (name, check)
+    res = lab.cli("plan", "status", "nope")
+    assert res.returncode == 2 and res.stderr == "quickmig: no plan with id 'nope'\n"
+
+
+def test_a_plan_cancelled_in_the_middle_rolls_back_its_running_member_and_releases_no_more(lab, tmp_path):
+    names = ["pc-1", "pc-2", "pc-3"]
+    for n in names:
+        lab.add_vm(n, "hv2", write_rate_kbps=32)
+    plan = _plan_file(tmp_path, "name: cancel-me\nconcurrency: 1\ngroups:\n  - name: g\n    vms:\n"
+                      + "".join(f"      - {{vm: {n}, from: hv2, to: hv3}}\n" for n in names))
+    lab.emulator("hv2").inject_fault(op="checkpoint_vm", action="delay", seconds=4, times=1)
+    try:
+        res, st = lab.cli_json("plan", "apply", str(plan), "--json")
+        assert res.returncode == 0, res.stderr
+        pid = st["id"]
+        res = lab.cli("plan", "cancel", pid)
+        assert res.returncode == 0, res.stderr
+    finally:
+        lab.emulator("hv2").clear_faults()
+    st = _wait_plan(lab, pid, lambda s: s["state"] != "running")
+    assert st["state"] == "cancelled", st
+    first, *rest = st["groups"][0]["members"]
+    assert first["state"] == "rolled_back" and first["migration"]
+    assert [(m["state"], m["migration"]) for m in rest] == [("pending", None), ("pending", None)]
+    for n in names:
+        check = lab.verify(n)
+        assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", (n, check)
+    res = lab.cli("plan", "cancel", pid)
+    assert res.returncode == 2 and "already ended (cancelled)" in res.stderr
+
+
+def test_on_failure_stop_releases_nothing_after_a_failed_member(lab, tmp_path):
+    names = ["ps-1", "ps-2", "ps-3"]
+    for n in names:
+        lab.add_vm(n, "hv3", write_rate_kbps=32)
+    plan = _plan_file(tmp_path, "name: stop-me\nconcurrency: 1\non_failure: stop\ngroups:\n"
+                      "  - name: g\n    vms:\n"
+                      + "".join(f"      - {{vm: {n}, from: hv3, to: hv1}}\n" for n in names))
+    lab.emulator("hv1").inject_fault(op="import_vm", action="fail", message="injected: import broke", times=1)
+    try:
+        res, st = lab.cli_json("plan", "apply", str(plan), "--wait", "--json", timeout=300)
+    finally:
+        lab.emulator("hv1").clear_faults()
+    assert res.returncode == 1, res.stderr
+    assert st["state"] == "stopped" and st["stopped_because"].startswith("g/ps-1 ended rolled_back"), st
+    first, *rest = st["groups"][0]["members"]
+    assert first["state"] == "rolled_back" and first["error"].startswith("cutover:")
+    assert [m["state"] for m in rest] == ["pending", "pending"]
+    for n in names:
+        check = lab.verify(n)
+        assert check["running_on"] == ["hv3"] and check["integrity"] == "ok", (n, check)
