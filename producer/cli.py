@@ -240,6 +240,12 @@ def cmd_watch(args) -> int:
     p = Producer.from_config(args.config)
     if args.interval <= 0:
         raise ConfigError("--interval must be a positive number of seconds")
+    if args.plan is not None:
+        if args.id is not None:
+            raise ConfigError("watch takes a migration id or --plan PLAN, not both")
+        plans.load(p, args.plan)  # an unknown plan is refused before the first draw
+        st = watch.watch_plan(lambda: plans.status(p, args.plan), plans.status_lines, interval_s=args.interval)
+        return EXIT_OK if st["state"] == "completed" else EXIT_NOT_COMPLETED
     if args.id is None:
         return watch.watch_all(p.store, interval_s=args.interval, once=args.once, note=p.note_waiting)
     rec = watch.watch_one(p.store, args.id, interval_s=args.interval, note=p.note_waiting)
@@ -404,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("id", nargs="?", default=None)
     w.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     w.add_argument("--once", action="store_true", help="without ID: print the current view once and exit")
+    w.add_argument("--plan", metavar="PLAN", default=None,
+                   help="follow a plan to its end instead: each member's state and the live ETA "
+                        "(exit 0 if it completed)")
     w.set_defaults(func=cmd_watch)
 
     it = sub.add_parser("intake", parents=[common],

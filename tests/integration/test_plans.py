@@ -148,6 +148,18 @@ def test_plan_apply_runs_groups_in_after_order_within_its_concurrency_without_th
         assert check["running_on"] == [dst] and check["integrity"] == "ok", (name, check)
     res = lab.cli("plan", "status", "nope")
     assert res.returncode == 2 and res.stderr == "quickmig: no plan with id 'nope'\n"
+    # the watch of an ended plan shows it once and says how it ended
+    res = lab.cli("watch", "--plan", pid, "--interval", "0.2")
+    assert res.returncode == 0, res.stderr
+    assert f"plan {pid} (two-groups): completed; 5 completed" in res.stdout
+    assert "group b after a:" in res.stdout
+    res = lab.cli("watch", "--plan", "nope")
+    assert res.returncode == 2 and res.stderr == "quickmig: no plan with id 'nope'\n"
+    # the fleet exporter counts plans by state
+    from workers.obs.fleet_metrics import FleetCollector
+    fams = {f.name: f for f in FleetCollector(lab.redis()).collect()}
+    by_state = {s.labels["state"]: s.value for s in fams["quickmig_plans"].samples}
+    assert by_state["completed"] >= 1 and set(by_state) >= {"running", "failed", "stopped", "cancelled"}
 
 
 def test_a_plan_cancelled_in_the_middle_rolls_back_its_running_member_and_releases_no_more(lab, tmp_path):
