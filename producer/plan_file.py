@@ -107,6 +107,12 @@ def parse(text: str, *, source: str = "plan", as_json: bool = False, hosts: Coll
     return _Checker(source, lines, hosts, now).plan(data)
 
 
+def from_data(data: Any, *, source: str = "plan", hosts: Collection[str] | None = None,
+              now: float | None = None) -> Plan:
+    """A plan already decoded (an HTTP request's JSON body): the messages name the path alone."""
+    return _Checker(source, {}, hosts, now).plan(data)
+
+
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     loader = yaml.SafeLoader(text)
     try:

@@ -19,6 +19,7 @@ from producer.plan_file import Member, Plan
 from workers.coord.throttle import Throttle
 from workers.engine import plans as plan_engine
 from workers.model import states
+from workers.model.record import RecordNotFound
 from workers.steps.precopy import DEFAULT_COPY_BPS
 
 # What a member takes around its copy and downtime until a migration between the same two
@@ -234,7 +235,7 @@ def _member(row: dict) -> dict:
 def load(p: Producer, pid: str) -> dict:
     plan = plan_engine.load(p.store.r, pid)
     if plan is None:
-        raise RequestError(f"no plan with id {pid!r}")
+        raise RecordNotFound(f"no plan with id {pid!r}")
     return plan
 
 

@@ -209,3 +209,44 @@ def test_on_failure_stop_releases_nothing_after_a_failed_member(lab, tmp_path):
     for n in names:
         check = lab.verify(n)
         assert check["running_on"] == ["hv3"] and check["integrity"] == "ok", (n, check)
+
+
+def test_plans_over_the_http_api(lab):
+    import time
+
+    import httpx
+    url = json.loads((lab.dir / "endpoints.json").read_text())["api"]
+    token = (lab.dir / "api-token").read_text().strip()
+    http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"})
+    lab.add_vm("ph-1", "hv2", write_rate_kbps=32)
+    plan = {"name": "over-http", "groups": [{"name": "g", "vms": [{"vm": "ph-1", "from": "hv2", "to": "hv1"}]}]}
+    bad = {"name": "over-http", "groups": [{"name": "g", "vms": [{"vm": "ph-1", "from": "hv2", "to": "hv9"}]}]}
+    from workers.model import keys
+    rates = keys.api_rate("", 0).split("::")[0]  # the token's request counters move with every call
+
+    def state():
+        return {k: v for k, v in lab.redis_state().items() if not k.startswith(rates)}
+    before = state()
+    res = http.post("/v1/plans:dry-run", json=bad)
+    assert res.status_code == 422 and res.headers["content-type"] == "application/problem+json"
+    assert res.json()["detail"].startswith("the plan (groups[0].vms[0].to): unknown host 'hv9'")
+    assert http.post("/v1/plans", json=bad).status_code == 422
+    dry = http.post("/v1/plans:dry-run", json=plan)
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["members"][0]["preflight"]["ok"] is True and dry.json()["predicted_seconds"] > 0
+    assert state() == before
+    res = http.post("/v1/plans", json=plan)
+    assert res.status_code == 201, res.text
+    pid = res.json()["id"]
+    assert res.headers["location"] == f"/v1/plans/{pid}"
+    deadline = time.monotonic() + 120
+    while (st := http.get(f"/v1/plans/{pid}").json())["state"] == "running":
+        assert time.monotonic() < deadline, st
+        time.sleep(0.3)
+    assert st["state"] == "completed" and st["groups"][0]["members"][0]["state"] == "completed", st
+    assert st["requested_by"] == "lab-admin"
+    res = http.post(f"/v1/plans/{pid}/cancel")
+    assert res.status_code == 409 and "already ended (completed)" in res.json()["detail"]
+    assert http.get("/v1/plans/nope").status_code == 404
+    assert http.post("/v1/plans/nope/cancel").status_code == 404
+    http.close()
