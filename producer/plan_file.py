@@ -257,7 +257,7 @@ class _Checker:
         w = self.mapping(raw, ("window",), WINDOW_FIELDS, WINDOW_FIELDS)
         try:
             opts = options_mod.parse(not_before=w["not_before"], window=w["duration"], now=self.now)
-        except options_mod.OptionError as e:
+        except (options_mod.OptionError, TypeError, ValueError) as e:
             bad = "not_before" if "--not-before" in str(e) else "duration"
             raise self.fail(("window", bad), _plain(str(e))) from None
         return {"not_before": opts["not_before"], "window_s": opts["window_s"]}
@@ -312,7 +312,7 @@ class _Checker:
             merged["not_before"], merged["window"] = window["not_before"], window["window_s"]
         try:
             options_mod.parse(**merged, now=self.now)
-        except options_mod.OptionError as e:
+        except (options_mod.OptionError, TypeError, ValueError) as e:
             msg = str(e)
             flag = min((f for f in _FLAG_FIELD if f in msg), key=msg.index, default=None)  # the first named
             key = _FLAG_FIELD[flag] if flag else None
