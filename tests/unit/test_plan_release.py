@@ -118,3 +118,13 @@ def test_a_second_caller_leaves_the_work_to_the_lock_holder(r, parts):
     assert released(r, pid)["a/a1"] is None
     r.delete(keys.plan_lock(pid))
     assert len(plans.advance(*parts, pid, wait_s=0)) == 1
+
+
+def test_a_member_named_a_migration_that_never_came_counts_as_failed(r, parts):
+    """A process that died between naming the member's migration and creating it."""
+    pid = make_plan(r, [("a", [], ["a1", "a2"])], on_failure="stop", concurrency=1)
+    plans.locked(r, pid, lambda p: p["groups"][0]["members"][0].update(migration="never-created"))
+    assert advance(r, parts, pid) == []
+    plan = plans.load(r, pid)
+    assert plan["stopped_because"] == "a/a1 ended failed and on_failure is stop" and plan["state"] == "stopped"
+    assert released(r, pid)["a/a2"] is None

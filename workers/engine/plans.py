@@ -189,6 +189,11 @@ def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, group: st
     except LockHeld as e:
         m["refused"] = f"VM {m['vm']!r} is already being migrated (migration {e.holder})"
         return False
+    # the plan names the migration before it exists: a process that dies in between leaves a
+    # member whose migration never came (it counts as failed), never a migration the plan
+    # does not know of (it would run outside the plan's concurrency and `after`)
+    m["migration"], m["released_at"] = rec["id"], rec["created_at"]
+    save(store.r, plan)
     event_id = None
     try:
         event_id = store.create(rec)
@@ -197,9 +202,9 @@ def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, group: st
         adm.release(rec["id"], (m["source"], m["destination"]))
         store.delete(rec["id"], event_id)
         locks.release(m["vm_id"], rec["id"])
+        m["migration"] = m["released_at"] = None
+        save(store.r, plan)
         raise
-    m["migration"] = rec["id"]
-    m["released_at"] = rec["created_at"]
     return True
 
 
