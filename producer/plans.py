@@ -215,7 +215,7 @@ def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
               "groups": [{"name": g.name, "after": list(g.after), "switchover": g.switchover,
                           "members": [_member(rows[m.key]) for m in g.members]} for g in plan.groups]}
     r = p.store.r
-    plan_engine.create(r, record)
+    plan_engine.create(r, record, p.store.events_max_entries)
     plan_engine.advance(p.store, p.locks, p.admission, record["id"], wait_s=10)
     p.admit()
     return status(p, record["id"])

@@ -74,6 +74,8 @@ class Subscription:
     secret: bytes = b""
 
     def wants(self, fields: dict[str, str]) -> bool:
+        if fields.get("kind") == "plan":  # a plan's entries (workers.engine.plans): not a migration's state
+            return False
         return self.events is None or fields.get("new") in self.events
 
 

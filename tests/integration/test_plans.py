@@ -249,4 +249,20 @@ def test_plans_over_the_http_api(lab):
     assert res.status_code == 409 and "already ended (completed)" in res.json()["detail"]
     assert http.get("/v1/plans/nope").status_code == 404
     assert http.post("/v1/plans/nope/cancel").status_code == 404
+    # the plan's own events on the SSE stream: started, its member released, ended
+    seen, cur = [], {}
+    with http.stream("GET", "/v1/events", headers={"Last-Event-ID": "0"}, timeout=httpx.Timeout(30, read=20)) as res:
+        for line in res.iter_lines():
+            if line and not line.startswith(":"):
+                field, _, value = line.partition(":")
+                cur[field] = value.removeprefix(" ")
+                continue
+            if cur.get("event") == "plan" and json.loads(cur["data"])["plan"] == pid:
+                seen.append(json.loads(cur["data"]))
+                if seen[-1]["event"] == "ended":
+                    break
+            cur = {}
+    assert [(e["event"], e["new"]) for e in seen] == [("started", "running"), ("released", "running"),
+                                                     ("ended", "completed")]
+    assert seen[1]["member"] == "g/ph-1" and seen[1]["migration"] == st["groups"][0]["members"][0]["migration"]
     http.close()

@@ -128,3 +128,18 @@ def test_a_member_named_a_migration_that_never_came_counts_as_failed(r, parts):
     plan = plans.load(r, pid)
     assert plan["stopped_because"] == "a/a1 ended failed and on_failure is stop" and plan["state"] == "stopped"
     assert released(r, pid)["a/a2"] is None
+
+
+def test_a_plan_tells_the_events_stream_it_started_released_each_member_and_ended(r, parts):
+    from producer.webhooks import Subscription
+    pid = make_plan(r, [("a", [], ["a1"])])
+    advance(r, parts, pid)
+    end(r, released(r, pid)["a/a1"], "completed")
+    advance(r, parts, pid)
+    entries = [f for _, f in r.xrange(keys.EVENTS) if f.get("kind") == "plan"]
+    assert [(e["event"], e["new"]) for e in entries] == [("started", "running"), ("released", "running"),
+                                                         ("ended", "completed")]
+    assert entries[1]["member"] == "a/a1" and entries[1]["migration"] == released(r, pid)["a/a1"]
+    assert all(e["plan"] == pid for e in entries)
+    # a webhook carries a migration's states only, whatever its filter
+    assert not any(Subscription("w", "http://127.0.0.1:1/", None, b"k").wants(e) for e in entries)

@@ -52,11 +52,24 @@ def save(r: redis.Redis, plan: dict) -> None:
         p.execute()
 
 
-def create(r: redis.Redis, plan: dict) -> None:
+def event(plan: dict, what: str, **extra: str) -> dict[str, str]:
+    """The events stream's entry for a plan: `kind` plan (a migration's entries have none),
+    `event` started, released (a member's migration was created) or ended, `new` the plan's
+    state then."""
+    return {"kind": "plan", "plan": plan["id"], "name": plan["name"], "event": what, "new": plan["state"],
+            "at": repr(time.time()), **extra}
+
+
+def _append(r: redis.Redis, maxlen: int, entry: dict[str, str]) -> None:
+    r.xadd(keys.EVENTS, entry, maxlen=maxlen, approximate=True)
+
+
+def create(r: redis.Redis, plan: dict, events_max_entries: int = keys.EVENTS_MAX_ENTRIES_DEFAULT) -> None:
     with r.pipeline() as p:
         p.set(keys.plan(plan["id"]), json.dumps(plan), ex=keys.RECORD_TTL_S, nx=True)
         p.zadd(keys.PLANS_INDEX, {plan["id"]: plan["created_at"]})
         p.sadd(keys.PLANS_RUNNING, plan["id"])
+        p.xadd(keys.EVENTS, event(plan, "started"), maxlen=events_max_entries, approximate=True)
         p.execute()
 
 
@@ -166,6 +179,7 @@ def _advance(store: Store, locks: VMLocks, adm: Admission, plan: dict, created: 
                 st[m["key"]] = "refused"
     if _all_ended(st) or (not releasing and running == 0):
         _end(plan, st)
+        _append(store.r, store.events_max_entries, event(plan, "ended"))
 
 
 def _all_ended(st: dict[str, str]) -> bool:
@@ -194,6 +208,7 @@ def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, group: st
     # does not know of (it would run outside the plan's concurrency and `after`)
     m["migration"], m["released_at"] = rec["id"], rec["created_at"]
     save(store.r, plan)
+    _append(store.r, store.events_max_entries, event(plan, "released", member=m["key"], migration=rec["id"]))
     event_id = None
     try:
         event_id = store.create(rec)
