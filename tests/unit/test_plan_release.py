@@ -143,3 +143,33 @@ def test_a_plan_tells_the_events_stream_it_started_released_each_member_and_ende
     assert all(e["plan"] == pid for e in entries)
     # a webhook carries a migration's states only, whatever its filter
     assert not any(Subscription("w", "http://127.0.0.1:1/", None, b"k").wants(e) for e in entries)
+
+
+def test_a_reconciler_pass_carries_a_plan_on_when_no_one_else_did(r, redis_url, tmp_path, monkeypatch):
+    """A worker that died between a member's end and the plan's advance: the next pass
+    releases the next member (and admits it), with no producer anywhere."""
+    from tests.unit.test_reconciler_leases import CONFIG
+    from workers.engine import app as app_mod
+    from workers.engine import context, reconciler
+    path = tmp_path / "quickmig.toml"
+    path.write_text(CONFIG.format(url=redis_url))
+    monkeypatch.setenv("QUICKMIG_CONFIG", str(path))
+    context.reset()
+    try:
+        app_mod.configure(context.config())  # tasks the pass sends go to this Redis
+        parts = (Store(r), VMLocks(r), Admission.of(r, context.config()))
+        pid = make_plan(r, [("a", [], ["a1", "a2"])], concurrency=1)
+        advance(r, parts, pid)
+        first = released(r, pid)["a/a1"]
+        parts[2].admit()
+        end(r, first, "completed")  # ended, but nobody advanced the plan
+        parts[2].release(first, ("hv1", "hv2"))
+        assert released(r, pid)["a/a2"] is None
+        reconciler.reconcile()
+        second = released(r, pid)["a/a2"]
+        assert second is not None and parts[2].holds(second, "hv1")  # released and admitted
+        end(r, second, "completed")
+        reconciler.reconcile()
+        assert plans.load(r, pid)["state"] == "completed"
+    finally:
+        context.reset()
