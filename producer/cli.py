@@ -150,11 +150,26 @@ def _print_limits(limits: dict, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _plan_on(args) -> tuple:
+    """(the Producer or the API's client, the checked plan file): over the API when the config
+    has `[api] url` (the server checks the hosts; here only the file's grammar and values)."""
+    cfg = load_config(args.config)
+    remote = Remote.of(cfg)
+    if remote is not None:
+        return remote, plan_file.load_data(args.file, hosts=cfg.hosts or None)
+    return Producer(cfg), plan_file.load(args.file, hosts=cfg.hosts)
+
+
+def _plan_status(args, pid: str) -> dict:
+    cfg = load_config(args.config)
+    remote = Remote.of(cfg)
+    return remote.plan_status(pid) if remote is not None else plans.status(Producer(cfg), pid)
+
+
 def cmd_plan_dry_run(args) -> int:
     """Every member's pre-flight and the plan's predicted schedule, changing nothing."""
-    cfg = load_config(args.config)
-    plan = plan_file.load(args.file, hosts=cfg.hosts)
-    out = plans.dry_run(Producer(cfg), plan)
+    p, plan = _plan_on(args)
+    out = p.plan_dry_run(plan) if isinstance(p, Remote) else plans.dry_run(p, plan)
     if args.json:
         _print_json(out)
     else:
@@ -165,15 +180,16 @@ def cmd_plan_dry_run(args) -> int:
 
 def cmd_plan_apply(args) -> int:
     """Check every member, store the plan and release its first members; --wait follows it."""
-    cfg = load_config(args.config)
-    plan = plan_file.load(args.file, hosts=cfg.hosts)
-    p = Producer(cfg)
-    st = plans.apply(p, plan)
+    p, plan = _plan_on(args)
+    st = p.plan_apply(plan) if isinstance(p, Remote) else plans.apply(p, plan)
     if args.wait:
         on_change = None if args.json else (
             lambda s: _say(f"{s['id']}: {s['state']}; " + ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items())),
                            file=sys.stderr))
-        st = plans.wait(p, st["id"], timeout_s=args.timeout, on_change=on_change)
+        if isinstance(p, Remote):
+            st = p.plan_wait(st["id"], timeout_s=args.timeout, on_change=on_change)
+        else:
+            st = plans.wait(p, st["id"], timeout_s=args.timeout, on_change=on_change)
     if args.json:
         _print_json(st)
     elif args.wait:
@@ -185,7 +201,7 @@ def cmd_plan_apply(args) -> int:
 
 
 def cmd_plan_status(args) -> int:
-    st = plans.status(Producer.from_config(args.config), args.id)
+    st = _plan_status(args, args.id)
     if args.json:
         _print_json(st)
     else:
@@ -195,7 +211,9 @@ def cmd_plan_status(args) -> int:
 
 
 def cmd_plan_cancel(args) -> int:
-    st = plans.cancel(Producer.from_config(args.config), args.id)
+    cfg = load_config(args.config)
+    remote = Remote.of(cfg)
+    st = remote.plan_cancel(args.id) if remote is not None else plans.cancel(Producer(cfg), args.id)
     if args.json:
         _print_json(st)
     else:

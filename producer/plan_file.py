@@ -93,12 +93,26 @@ class Plan:
 def load(path: str | Path, hosts: Collection[str] | None = None, now: float | None = None) -> Plan:
     """Read and check a plan file (.json: JSON; anything else: YAML, of which JSON is a subset).
     `hosts`: the inventory's names, to refuse a VM's `from` or `to` outside it."""
+    data, lines, source = _decode(path)
+    return _Checker(source, lines, hosts, now).plan(data)
+
+
+def load_data(path: str | Path, hosts: Collection[str] | None = None, now: float | None = None) -> Any:
+    """The plan file checked as `load` checks it, as the decoded document (what the HTTP API
+    takes as its body)."""
+    data, lines, source = _decode(path)
+    _Checker(source, lines, hosts, now).plan(data)
+    return data
+
+
+def _decode(path: str | Path) -> tuple[Any, dict[tuple, int], str]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(f"cannot read the plan file {p}: {getattr(e, 'strerror', None) or e}") from None
-    return parse(text, source=str(p), as_json=p.suffix.lower() == ".json", hosts=hosts, now=now)
+    data, lines = _read_json(text, str(p)) if p.suffix.lower() == ".json" else _read_yaml(text, str(p))
+    return data, lines, str(p)
 
 
 def parse(text: str, *, source: str = "plan", as_json: bool = False, hosts: Collection[str] | None = None,

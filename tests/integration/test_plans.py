@@ -266,3 +266,27 @@ def test_plans_over_the_http_api(lab):
                                                      ("ended", "completed")]
     assert seen[1]["member"] == "g/ph-1" and seen[1]["migration"] == st["groups"][0]["members"][0]["migration"]
     http.close()
+
+
+def test_the_plan_commands_over_the_api_alone(lab, tmp_path):
+    """A CLI whose config has only `[api] url`: no Redis, no hosts, no host credentials."""
+    from tests.integration.test_cli_remote import Client
+    c = Client(lab, tmp_path)
+    lab.add_vm("pr-1", "hv3", write_rate_kbps=32)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("name: remote\ngroups:\n  - name: g\n    vms:\n      - {vm: pr-1, from: hv3, to: hv2}\n")
+    dry = c.json("plan", "dry-run", str(plan), "--json")
+    assert dry["members"][0]["preflight"]["ok"] and dry["predicted_seconds"] > 0
+    st = c.json("plan", "apply", str(plan), "--wait", "--json")
+    assert st["state"] == "completed" and st["requested_by"] == c.name, st
+    assert c.json("plan", "status", st["id"], "--json")["counts"] == {"completed": 1}
+    assert lab.verify("pr-1")["running_on"] == ["hv2"]
+    # the file's grammar is checked here, with its line; the hosts by the server, by path
+    plan.write_text("name: remote\ngroups:\n  - name: g\n    switchover: maybe\n    vms: []\n")
+    res = c.run("plan", "dry-run", str(plan))
+    assert res.returncode == 2 and res.stderr.startswith(f"quickmig: {plan} line 4 (groups[0].switchover)")
+    plan.write_text("name: remote\ngroups:\n  - name: g\n    vms:\n      - {vm: pr-1, from: hv2, to: hv9}\n")
+    res = c.run("plan", "apply", str(plan))
+    assert res.returncode == 2 and "(groups[0].vms[0].to): unknown host 'hv9'" in res.stderr
+    res = c.run("plan", "cancel", st["id"])
+    assert res.returncode == 2 and "already ended (completed)" in res.stderr
