@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import redis
 
-from producer import intake, report, terminal, watch, webhooks
+from producer import intake, plan_file, plans, report, terminal, watch, webhooks
 from producer.migrations import MigrationRequest, Producer, RequestError
 from producer.remote import Remote
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
@@ -150,6 +150,78 @@ def _print_limits(limits: dict, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _plan_on(args) -> tuple:
+    """(the Producer or the API's client, the checked plan file): over the API when the config
+    has `[api] url` (the server checks the hosts; here only the file's grammar and values)."""
+    cfg = load_config(args.config)
+    remote = Remote.of(cfg)
+    if remote is not None:
+        return remote, plan_file.load_data(args.file, hosts=cfg.hosts or None)
+    return Producer(cfg), plan_file.load(args.file, hosts=cfg.hosts)
+
+
+def _plan_status(args, pid: str) -> dict:
+    cfg = load_config(args.config)
+    remote = Remote.of(cfg)
+    return remote.plan_status(pid) if remote is not None else plans.status(Producer(cfg), pid)
+
+
+def cmd_plan_dry_run(args) -> int:
+    """Every member's pre-flight and the plan's predicted schedule, changing nothing."""
+    p, plan = _plan_on(args)
+    out = p.plan_dry_run(plan) if isinstance(p, Remote) else plans.dry_run(p, plan)
+    if args.json:
+        _print_json(out)
+    else:
+        for line in plans.schedule_lines(out):
+            _say(line)
+    return EXIT_OK
+
+
+def cmd_plan_apply(args) -> int:
+    """Check every member, store the plan and release its first members; --wait follows it."""
+    p, plan = _plan_on(args)
+    st = p.plan_apply(plan) if isinstance(p, Remote) else plans.apply(p, plan)
+    if args.wait:
+        on_change = None if args.json else (
+            lambda s: _say(f"{s['id']}: {s['state']}; " + ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items())),
+                           file=sys.stderr))
+        if isinstance(p, Remote):
+            st = p.plan_wait(st["id"], timeout_s=args.timeout, on_change=on_change)
+        else:
+            st = plans.wait(p, st["id"], timeout_s=args.timeout, on_change=on_change)
+    if args.json:
+        _print_json(st)
+    elif args.wait:
+        for line in plans.status_lines(st):
+            _say(line)
+    else:
+        _say(st["id"])
+    return EXIT_OK if not args.wait or st["state"] == "completed" else EXIT_NOT_COMPLETED
+
+
+def cmd_plan_status(args) -> int:
+    st = _plan_status(args, args.id)
+    if args.json:
+        _print_json(st)
+    else:
+        for line in plans.status_lines(st):
+            _say(line)
+    return EXIT_OK
+
+
+def cmd_plan_cancel(args) -> int:
+    cfg = load_config(args.config)
+    remote = Remote.of(cfg)
+    st = remote.plan_cancel(args.id) if remote is not None else plans.cancel(Producer(cfg), args.id)
+    if args.json:
+        _print_json(st)
+    else:
+        _say(f"{st['id']}: {st['state']}" + ("" if st["state"] == "cancelled" else
+                                            " (cancelled: its running members are rolling back)"))
+    return EXIT_OK
+
+
 def cmd_config_check(args) -> int:
     """Load and check everything a worker would, connecting nowhere: `ok`, or the one line."""
     cfg = load_config(args.config)
@@ -185,6 +257,12 @@ def cmd_watch(args) -> int:
     p = Producer.from_config(args.config)
     if args.interval <= 0:
         raise ConfigError("--interval must be a positive number of seconds")
+    if args.plan is not None:
+        if args.id is not None:
+            raise ConfigError("watch takes a migration id or --plan PLAN, not both")
+        plans.load(p, args.plan)  # an unknown plan is refused before the first draw
+        st = watch.watch_plan(lambda: plans.status(p, args.plan), plans.status_lines, interval_s=args.interval)
+        return EXIT_OK if st["state"] == "completed" else EXIT_NOT_COMPLETED
     if args.id is None:
         return watch.watch_all(p.store, interval_s=args.interval, once=args.once, note=p.note_waiting)
     rec = watch.watch_one(p.store, args.id, interval_s=args.interval, note=p.note_waiting)
@@ -304,6 +382,33 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_throttle)
 
+    pl = sub.add_parser("plan", parents=[common], help="plans: many migrations in ordered groups (a YAML or JSON "
+                                                       "file, docs/plan.schema.json)")
+    pl_sub = pl.add_subparsers(dest="plan_command", required=True)
+    pd = pl_sub.add_parser("dry-run", parents=[common],
+                           help="run every member's pre-flight and print the predicted schedule: each VM's "
+                                "start, copy time, downtime and finish, and the plan's finish; change nothing")
+    pd.add_argument("file", metavar="FILE")
+    pd.add_argument("--json", action="store_true")
+    pd.set_defaults(func=cmd_plan_dry_run)
+    pa = pl_sub.add_parser("apply", parents=[common],
+                           help="check every member (each pre-flight must pass, else nothing changes), store "
+                                "the plan and start it; prints its id")
+    pa.add_argument("file", metavar="FILE")
+    pa.add_argument("--wait", action="store_true", help="follow the plan to its end (exit 0 if it completed)")
+    pa.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N s")
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(func=cmd_plan_apply)
+    pst = pl_sub.add_parser("status", parents=[common], help="a plan's state, each member's, and its live ETA")
+    pst.add_argument("id", metavar="PLAN")
+    pst.add_argument("--json", action="store_true")
+    pst.set_defaults(func=cmd_plan_status)
+    pc = pl_sub.add_parser("cancel", parents=[common],
+                           help="release no more members and cancel those before their downtime")
+    pc.add_argument("id", metavar="PLAN")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=cmd_plan_cancel)
+
     cf = sub.add_parser("config", parents=[common], help="check the configuration")
     cf_sub = cf.add_subparsers(dest="config_command", required=True)
     cc = cf_sub.add_parser("check", parents=[common],
@@ -326,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("id", nargs="?", default=None)
     w.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     w.add_argument("--once", action="store_true", help="without ID: print the current view once and exit")
+    w.add_argument("--plan", metavar="PLAN", default=None,
+                   help="follow a plan to its end instead: each member's state and the live ETA "
+                        "(exit 0 if it completed)")
     w.set_defaults(func=cmd_watch)
 
     it = sub.add_parser("intake", parents=[common],
@@ -361,7 +469,7 @@ def main(argv=None) -> int:
         args.config = None
     try:
         return args.func(args)
-    except (RequestError, ConfigError, RecordNotFound) as e:
+    except (RequestError, ConfigError, RecordNotFound, plan_file.PlanError) as e:
         _say(f"quickmig: {e}", file=sys.stderr)
         return EXIT_REFUSED
     except redis.ConnectionError as e:

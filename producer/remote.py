@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -84,6 +86,35 @@ class Remote:
     @staticmethod
     def _body(req: MigrationRequest) -> dict[str, Any]:
         return {"vm": req.vm, "source": req.source, "destination": req.destination, **req.options}
+
+    def plan_dry_run(self, plan: Any) -> dict:
+        return self.call("POST", "/v1/plans:dry-run", plan)
+
+    def plan_apply(self, plan: Any) -> dict:
+        return self.call("POST", "/v1/plans", plan)
+
+    def plan_status(self, pid: str) -> dict:
+        return self.call("GET", f"/v1/plans/{urllib.parse.quote(pid, safe='')}")
+
+    def plan_cancel(self, pid: str) -> dict:
+        return self.call("POST", f"/v1/plans/{urllib.parse.quote(pid, safe='')}/cancel")
+
+    def plan_wait(self, pid: str, timeout_s: float | None = None, poll_s: float = 1.0,
+                  on_change: Callable[[dict], object] | None = None) -> dict:
+        """Follow a plan over the API until it ends; TimeoutError after `timeout_s`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last = None
+        while True:
+            st = self.plan_status(pid)
+            seen = (st["state"], tuple(sorted(st["counts"].items())))
+            if on_change and seen != last:
+                on_change(st)
+            last = seen
+            if st["state"] != "running":
+                return st
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"plan {pid} still running after {timeout_s}s")
+            time.sleep(poll_s)
 
     def dry_run(self, req: MigrationRequest) -> dict:
         return self.call("POST", "/v1/migrations:dry-run", self._body(req))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from producer import terminal
@@ -195,4 +196,29 @@ def watch_one(store, mid: str, *, interval_s: float = 1.0, out=sys.stdout, tty: 
             if tty:
                 out.write("\n")
             return rec
+        time.sleep(interval_s)
+
+
+def watch_plan(status: Callable[[], dict], lines: Callable[[dict], list[str]], *, interval_s: float = 1.0,
+               out=sys.stdout, tty: bool | None = None) -> dict:
+    """Follow a plan to its end (`status()` reads it, `lines(status)` shows it) and return its
+    last status. On a terminal the view is redrawn in place; otherwise it is printed again
+    whenever it changes, and every PLAIN_EVERY_S."""
+    tty = out.isatty() if tty is None else tty
+    last, last_at = None, 0.0
+    while True:
+        st = status()
+        now = time.time()
+        shown = [terminal.text(x) for x in lines(st)]
+        if tty:
+            out.write("\x1b[H\x1b[2J" + "\n".join(shown) + "\n")
+        else:
+            # the ETA moves on its own: a change of what the members do is what earns a new print
+            key = shown[1:] + [st["state"]]
+            if key != last or now - last_at >= PLAIN_EVERY_S:
+                out.write(time.strftime("%H:%M:%S\n", time.localtime(now)) + "\n".join(shown) + "\n")
+                last, last_at = key, now
+        out.flush()
+        if st["state"] != "running":
+            return st
         time.sleep(interval_s)

@@ -75,6 +75,8 @@ class Subscription:
     secret: bytes = field(default=b"", repr=False)  # never in a log line or a traceback
 
     def wants(self, fields: dict[str, str]) -> bool:
+        if fields.get("kind") == "plan":  # a plan's entries (workers.engine.plans): not a migration's state
+            return False
         return self.events is None or fields.get("new") in self.events
 
 

@@ -26,6 +26,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 
+from producer import plan_file, plans
 from producer.api import auth, events, problems
 from producer.api.problems import Problem, ProblemDetails, Refused
 from producer.api.ratelimit import RateLimit
@@ -263,6 +264,57 @@ def cancel_migration(request: Request, state: State, mid: str) -> MigrationRecor
     return rec
 
 
+def _plan_of(state: State, data: dict[str, Any]) -> plan_file.Plan:
+    return plan_file.from_data(data, source="the plan", hosts=_producer(state).cfg.hosts)
+
+
+@post("/v1/plans:dry-run", opt={"scope": "read"}, status_code=200, responses=problems_doc(422))
+@threaded
+def dry_run_plan(state: State, data: dict[str, Any]) -> dict[str, Any]:
+    """What `quickmig plan dry-run` prints with --json, for a plan given as JSON (the grammar of
+    docs/plan.schema.json): every member's pre-flight and the predicted schedule, changing
+    nothing. A plan the CLI would refuse is a 422 naming the bad field's path."""
+    return plans.dry_run(_producer(state), _plan_of(state, data))
+
+
+@post("/v1/plans", opt={"scope": "migrate"}, status_code=201, responses=problems_doc(422))
+@threaded
+def create_plan(request: Request, state: State, data: dict[str, Any]) -> Response[dict[str, Any]]:
+    """Check every member and start the plan, as `quickmig plan apply`; its status, as GET
+    /v1/plans/{id} gives it. A member whose pre-flight would fail refuses the plan (422)."""
+    who = _caller(request).name
+    try:
+        st = plans.apply(_producer(state), _plan_of(state, data), requester=who)
+    except QuickmigError as e:
+        audit.info("token=%s plan refused: %s", who, e)
+        raise
+    audit.info("token=%s plan %s -> plan %s", who, st["name"], st["id"])
+    return Response(st, status_code=201, headers={"Location": f"/v1/plans/{st['id']}"})
+
+
+@get("/v1/plans/{pid:str}", opt={"scope": "read"}, responses=problems_doc(404))
+@threaded
+def get_plan(state: State, pid: str) -> dict[str, Any]:
+    """A plan, each member's state and migration, and while it runs its live ETA (`eta`)."""
+    return plans.status(_producer(state), pid)
+
+
+@post("/v1/plans/{pid:str}/cancel", opt={"scope": "migrate"}, status_code=200, responses=problems_doc(404, 409))
+@threaded
+def cancel_plan(request: Request, state: State, pid: str) -> dict[str, Any]:
+    """Release no more members and cancel those before their downtime, as `quickmig plan cancel`;
+    409 once the plan has ended."""
+    p, who = _producer(state), _caller(request).name
+    plans.load(p, pid)  # an unknown id is a 404
+    try:
+        st = plans.cancel(p, pid, requester=who)
+    except RequestError as e:
+        audit.info("token=%s plan cancel %s refused: %s", who, pid, e)
+        raise Refused(409, "cancel-refused", "Cancel refused", str(e)) from None
+    audit.info("token=%s plan cancel %s -> %s", who, pid, st["state"])
+    return st
+
+
 @get("/v1/hosts", opt={"scope": "read"}, responses=problems_doc())
 @threaded
 def list_hosts(state: State,
@@ -373,7 +425,8 @@ def create_app(cfg: config_mod.Config | None = None) -> Litestar:
 
     return Litestar(
         [healthz, readyz, create_migration, dry_run_migration, get_migration, list_migrations, cancel_migration,
-         list_hosts, host_vms, get_throttle, set_throttle, get_events, openapi],
+         dry_run_plan, create_plan, get_plan, cancel_plan, list_hosts, host_vms, get_throttle, set_throttle,
+         get_events, openapi],
         guards=[require_scope],
         exception_handlers=problems.HANDLERS,
         state=State({"producer": producer, "tokens": tokens, "rate_per_minute": cfg.api.rate_per_minute,

@@ -52,6 +52,13 @@ async def _trimmed_after(r: aioredis.Redis, after: str) -> str | None:
     return oldest or ""
 
 
+def plan_data(fields: dict[str, str]) -> dict:
+    """A plan's entry as the JSON of an SSE `plan` event."""
+    out: dict = {k: fields.get(k) for k in ("plan", "name", "event", "new", "member", "migration")}
+    out["at"] = float(fields["at"])
+    return out
+
+
 async def stream(r: aioredis.Redis, after: str, migration: str | None) -> AsyncIterator[ServerSentEventMessage]:
     yield ServerSentEventMessage(data=None, comment="quickmig events")
     if after not in ("0", "0-0"):
@@ -66,6 +73,10 @@ async def stream(r: aioredis.Redis, after: str, migration: str | None) -> AsyncI
         for _name, entries in got:
             for entry_id, fields in entries:
                 after = entry_id
+                if fields.get("kind") == "plan":  # workers.engine.plans.event
+                    if migration is None:
+                        yield ServerSentEventMessage(id=entry_id, event="plan", data=json.dumps(plan_data(fields)))
+                    continue
                 if migration is not None and fields.get("id") != migration:
                     continue
                 yield ServerSentEventMessage(id=entry_id, event="state", data=json.dumps(event_data(fields)))

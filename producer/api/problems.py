@@ -11,6 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from producer.migrations import HostUnreachable, IdempotencyConflict, RequestError
+from producer.plan_file import PlanError
 from workers.coord.throttle import ThrottleError
 from workers.model.config import ConfigError
 from workers.model.record import RecordNotFound
@@ -97,6 +98,7 @@ def on_crash(request: Request, e: Exception) -> Response:
 HANDLERS: dict[type[Exception] | int, Any] = {
     Problem: on_problem,
     RequestError: on_refused,
+    PlanError: on_refused,
     ThrottleError: on_refused,
     ConfigError: on_refused,
     RecordNotFound: on_not_found,

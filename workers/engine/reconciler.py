@@ -25,7 +25,7 @@ import json
 import logging
 import time
 
-from workers.engine import context
+from workers.engine import context, plans
 from workers.engine.app import RECONCILE_EVERY_S, app
 from workers.engine.step import StepClaim, admit_waiting, end, send, start_rollback
 from workers.model import keys, routing, states
@@ -151,6 +151,12 @@ def reconcile() -> dict:
         done: dict[str, str] = {}
         for mid in sweep_admission():
             done[mid] = "places given back"
+        for pid in plans.running_ids(r):  # a plan carries on whoever applied it
+            try:
+                if plans.advance(context.store(), context.locks(), context.admission(), pid, wait_s=0):
+                    admit_waiting()
+            except Exception:
+                log.exception("[plan %s] advance failed", pid)
         waiting = waiting_ids(r)
         for mid in context.store().active_ids():
             try:

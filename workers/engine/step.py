@@ -21,7 +21,7 @@ import time
 
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import Fenced, Heartbeat
-from workers.engine import context
+from workers.engine import context, plans
 from workers.engine.app import app
 from workers.model import keys, routing, states
 from workers.model.errors import QuickmigError, is_retryable
@@ -138,6 +138,9 @@ def end(mid: str, to: str, **fields) -> dict:
     rec = store.transition(mid, {rec["state"]}, to, **fields)
     context.locks().release(rec["vm_id"], mid)
     forget_copy_resume(rec)
+    if rec.get("member_of"):
+        # the plan's next member queues now, before the places this one frees are handed out
+        plans.advance(context.store(), context.locks(), context.admission(), rec["member_of"]["plan"])
     release_places(rec)
     metrics.observe_end(rec)
     return rec

@@ -16,6 +16,22 @@ def migration(mid: str) -> str:
     return f"{PREFIX}migration:{mid}"
 
 
+def plan(pid: str) -> str:
+    return f"{PREFIX}plan:{pid}"
+
+
+def plan_lock(pid: str) -> str:
+    """Held while one process releases a plan's next members (workers.engine.plans)."""
+    return f"{PREFIX}plan:{pid}:lock"
+
+
+# Every plan id scored by creation time; and the plans not ended yet, which each
+# reconciler pass carries on.
+PLANS_INDEX = f"{PREFIX}plans"
+PLANS_RUNNING = f"{PREFIX}plans:running"
+PLAN_LOCK_TTL_S = 30
+
+
 # Sorted set of every migration id, scored by creation time (for `quickmig list`).
 # Members whose record has expired are dropped when listed.
 MIGRATIONS_INDEX = f"{PREFIX}migrations"

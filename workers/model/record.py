@@ -76,6 +76,7 @@ class MigrationRecord(TypedDict, total=False):
     error: str | None                # why it rolled back or failed, with what to do
     fence: int                       # the VM lease's fencing token
     options: dict[str, Any]          # workers.model.options, validated
+    member_of: dict[str, str]        # the plan it is a member of: plan (its id), group, member (workers.engine.plans)
     # admission (workers.coord.admission) and the step framework (workers.engine.step)
     admitted_at: float
     waiting: str                     # why it waits now (a host full, a copy slot, a window)

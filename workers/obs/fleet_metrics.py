@@ -3,6 +3,7 @@ workers. Computed by one exporter from the source of truth, so no gauge is left 
 by a worker child that died, and no queue is counted once per node."""
 from __future__ import annotations
 
+import json
 import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -11,6 +12,11 @@ from workers.model import keys, states
 from workers.model.record import Store
 from workers.model.routing import QUEUES
 from workers.obs import liveness
+
+# The states a plan can be in (workers.engine.plans), each exported even at 0; and how many
+# of the newest plans a scrape reads.
+PLAN_STATES = ("running", "completed", "failed", "stopped", "cancelled")
+PLANS_SCRAPED = 1000
 
 # Every active state maps to the phase label it is shown under; queued has no phase.
 PHASES = ("queued",) + tuple(states.PHASE_OF[s] for s in states.ACTIVE if s in states.PHASE_OF)
@@ -42,6 +48,8 @@ class FleetCollector:
         depth = GaugeMetricFamily("quickmig_queue_depth", "Tasks waiting in each pool's queue", labels=["queue"])
         workers = GaugeMetricFamily("quickmig_workers_alive", "Workers with a recent heartbeat, by pool",
                                     labels=["pool"])
+        plans = GaugeMetricFamily("quickmig_plans", f"Plans by state (running, or how they ended), of the newest "
+                                  f"{PLANS_SCRAPED} still kept", labels=["state"])
         try:
             now = time.time()
             recs = Store(self.r).active()
@@ -51,6 +59,7 @@ class FleetCollector:
                 lengths = p.execute()
             alive = {q: liveness.alive(self.r, q, now) for q in QUEUES}
             gaps = webhook_gaps(self.r)
+            plan_states = plans_by_state(self.r)
         except Exception:  # noqa: BLE001 - node metrics must still be served when Redis is away
             up.add_metric([], 0)
             yield up
@@ -74,7 +83,9 @@ class FleetCollector:
                                    labels=["subscription"])
         for name, n in sorted(gaps.items()):
             lost.add_metric([name], n)
-        yield from (up, in_progress, oldest, depth, workers, lost)
+        for st, n in plan_states.items():
+            plans.add_metric([st], n)
+        yield from (up, in_progress, oldest, depth, workers, lost, plans)
 
 
 def webhook_gaps(r) -> dict[str, int]:
@@ -86,3 +97,13 @@ def webhook_gaps(r) -> dict[str, int]:
         if n is not None:
             out[k[len(head):-len(tail)]] = int(n)
     return out
+
+
+def plans_by_state(r) -> dict[str, int]:
+    ids = r.zrevrange(keys.PLANS_INDEX, 0, PLANS_SCRAPED - 1)
+    counts = dict.fromkeys(PLAN_STATES, 0)
+    for raw in (r.mget([keys.plan(i) for i in ids]) if ids else []):
+        if raw is not None:
+            st = json.loads(raw).get("state")
+            counts[st] = counts.get(st, 0) + 1
+    return counts
