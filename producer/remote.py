@@ -14,7 +14,6 @@ import json
 import os
 import ssl
 import time
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
