@@ -92,7 +92,7 @@ def redis_url(ports: dict) -> str:
 
 
 def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: int = 2,
-                  vm_roots: dict[str, str] | None = None) -> None:
+                  vm_roots: dict[str, str] | None = None, orphan_sweep_s: int | None = None) -> None:
     lines = ["# written by `quickmig lab up`; the lab's hosts speak WinRM Basic over loopback only",
              "redis_url = " + toml_str(redis_url(ports)),
              'credentials_file = "credentials.toml"', "",
@@ -101,6 +101,9 @@ def _write_config(lab_dir: Path, hosts: list[str], ports: dict, max_migrations: 
              "[api]", f"port = {ports['api']}", "",
              "# the lab's reconciler acts sooner than production's defaults (docs/design.md section 3.4)",
              "[reconciler]", "max_nudges = 3",
+             # production's sweep (every 10 min, acting on what is 15 min old) unless a test asks
+             *([f"orphan_sweep_every_s = {int(orphan_sweep_s)}", f"orphan_grace_s = {int(orphan_sweep_s)}"]
+               if orphan_sweep_s else []),
              "deadlines_s = { " + ", ".join(f"{k} = {v}" for k, v in LAB_DEADLINES_S.items()) + " }", ""]
     for h in hosts:
         lines += [f"[hosts.{h}]",
@@ -282,11 +285,12 @@ def _start_redis(lab_dir: Path, ports: dict, procs: dict, logs: Path, mode: str)
 def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
        metrics_port: int | None = None, max_migrations: int = 2, locale: str = messages.DEFAULT_LOCALE,
        vm_roots: dict[str, str] | None = None, host_profile: str = costs.FAST.name, redis_mode: str = "single",
-       say=print) -> dict:
+       orphan_sweep_s: int | None = None, say=print) -> dict:
     """Start a lab; `locale` is the display language of every host (messages.py); `vm_roots`: a
     host's VM folder other than D:\\VMs\\<host> (e.g. another drive, as hosts of a fleet
     differ), by host name; `host_profile`: what each host operation costs (lab/emulator/costs.py);
-    `redis_mode`: `single` (one redis-server) or `sentinel` (a master, a replica, three sentinels)."""
+    `redis_mode`: `single` (one redis-server) or `sentinel` (a master, a replica, three sentinels);
+    `orphan_sweep_s`: sweep for orphans this often, acting on what is this old (tests)."""
     lab_dir = Path(lab_dir).resolve()
     alive = running(lab_dir)
     if alive:
@@ -306,7 +310,7 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         raise LabError(f"vm_roots names hosts the lab does not have: {', '.join(sorted(unknown))}")
     lab_dir.mkdir(parents=True, exist_ok=True)
     ports = _ports(names, metrics_port, redis_mode)
-    _write_config(lab_dir, names, ports, max_migrations, vm_roots)
+    _write_config(lab_dir, names, ports, max_migrations, vm_roots, orphan_sweep_s)
     cfg = load_config(lab_dir / "quickmig.toml")
     logs = lab_dir / "logs"
     lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time(),

@@ -6,6 +6,7 @@ refused or a configuration problem (one line on stderr saying what to fix).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from producer import intake, plan_file, plans, report, terminal, watch, webhooks
 from producer.migrations import MigrationRequest, Producer, RequestError
 from producer.remote import Remote
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
-from workers.model import file_plan
+from workers.model import file_plan, keys
 from workers.model.config import ConfigError, find_config_path, load_config
 from workers.model.record import CLIENT_OPTIONS, RecordNotFound
 from workers.obs import metrics
@@ -289,6 +290,23 @@ def cmd_webhooks_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_orphans(args) -> int:
+    """What the orphan sweep (workers.steps.orphans) found on the hosts and did, newest first."""
+    cfg = load_config(args.config)
+    r = cfg.redis_client(decode_responses=True, socket_timeout=30)
+    out = [json.loads(x) for x in r.lrange(keys.ORPHANS, 0, args.last - 1)]
+    if args.json:
+        _print_json(out)
+        return EXIT_OK
+    if not out:
+        print("the orphan sweep has found nothing (it looks every [reconciler] orphan_sweep_every_s)")
+    for f in out:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f["at"]))
+        _say(f"{when} {f['host']}: {f['kind']} of migration {f['mid']} (VM {f['vm'] or f['vm_id']}): "
+             f"{f['action']}" + (f"; {f['note']}" if f["note"] else ""))
+    return EXIT_OK
+
+
 def cmd_webhooks_status(args) -> int:
     cfg = load_config(args.config)
     subs = [s for s in webhooks.subscriptions(cfg) if args.name is None or s.name == args.name]
@@ -441,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--claim-idle-s", type=float, default=intake.CLAIM_IDLE_S_DEFAULT,
                     help="take over a request another consumer took and left this long (default 60)")
     it.set_defaults(func=cmd_intake)
+
+    orp = sub.add_parser("orphans", parents=[common],
+                         help="what a migration whose record Redis lost had left on the hosts, and what the sweep did")
+    orp.add_argument("--last", type=int, default=50, help="findings shown, newest first (default 50)")
+    orp.add_argument("--json", action="store_true")
+    orp.set_defaults(func=cmd_orphans)
 
     wh = sub.add_parser("webhooks", parents=[common], help="webhook deliveries: run them, or show their log")
     whsub = wh.add_subparsers(dest="webhooks_command", required=True)

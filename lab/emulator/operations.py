@@ -79,7 +79,10 @@ class Operations:
     # -- read-only operations ----------------------------------------------------------
     def op_list_vms(self, args: dict) -> dict:
         with self.reg.lock:
-            return {"vms": [{"id": v.id, "name": v.name, "state": v.state} for v in self.reg.vms.values()]}
+            return {"vms": [{"id": v.id, "name": v.name, "state": v.state,
+                             "quickmig_checkpoints": [{"id": c["id"], "name": c["name"], "created": int(c["created"])}
+                                                      for c in v.snapshots if c["name"].startswith("quickmig-")]}
+                            for v in self.reg.vms.values()]}
 
     def op_describe_vm(self, args: dict) -> dict:
         preflight = args.get("preflight", False)

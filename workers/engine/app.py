@@ -38,6 +38,7 @@ TASK_MODULES = [
     "workers.steps.keep_source",
     "workers.steps.lookup",
     "workers.engine.reconciler",
+    "workers.steps.orphans",
 ]
 
 # The remote control commands a worker answers. Celery's mailbox is a Redis key anyone who
@@ -115,6 +116,9 @@ def configure(cfg: config_mod.Config) -> None:
     app.conf.broker_url = url
     app.conf.broker_use_ssl = sentinel_tls if sentinel_options else _broker_tls(url)
     app.conf.broker_transport_options = {**BROKER_TRANSPORT_OPTIONS, **sentinel_options}
+    app.conf.beat_schedule = {**app.conf.beat_schedule, "sweep-orphans": {
+        "task": routing.SWEEP_ORPHANS, "schedule": float(cfg.reconciler.orphan_sweep_every_s),
+        "options": {"expires": float(cfg.reconciler.orphan_sweep_every_s)}}}
 
 
 if os.environ.get(config_mod.CONFIG_ENV) or os.path.exists(config_mod.DEFAULT_CONFIG):

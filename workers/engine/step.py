@@ -21,7 +21,7 @@ import time
 
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import Fenced, Heartbeat
-from workers.engine import context, plans
+from workers.engine import context, markers, plans
 from workers.engine.app import app
 from workers.model import keys, routing, states
 from workers.model.errors import QuickmigError, is_retryable
@@ -136,6 +136,13 @@ def end(mid: str, to: str, **fields) -> dict:
     store = context.store()
     rec = store.get(mid)
     rec = store.transition(mid, {rec["state"]}, to, **fields)
+    if to != states.FAILED and rec.get("created_files"):
+        # a failed migration keeps its marker: what it left is someone's to look at
+        try:
+            markers.remove(rec)
+        except Exception as e:  # noqa: BLE001 - the end stands; the orphan sweep removes it later
+            logging.getLogger("quickmig").warning("[%s] marker on %s not removed (%s); the orphan sweep will",
+                                                  mid, rec["destination"], e)
     context.locks().release(rec["vm_id"], mid)
     forget_copy_resume(rec)
     if rec.get("member_of"):

@@ -60,6 +60,10 @@ RECONCILER_DEADLINES_S = {
     states.ROLLING_BACK: 30.0,
 }
 RECONCILER_MAX_NUDGES = 3
+# Every host is looked at every 10 minutes; what a migration left is acted on once it is 15
+# minutes old with no record: longer than any step's gap between two writes of its record.
+ORPHAN_SWEEP_EVERY_S = 600
+ORPHAN_GRACE_S = 900
 
 
 class ConfigError(QuickmigError):
@@ -146,6 +150,10 @@ class ReconcilerSettings:
     """`[reconciler]`: when a migration counts as stuck, and how often its step is re-sent."""
     deadlines_s: dict[str, float] = field(default_factory=lambda: dict(RECONCILER_DEADLINES_S))
     max_nudges: int = RECONCILER_MAX_NUDGES
+    # the orphan sweep (workers.steps.orphans): how often it looks at every host, and how old
+    # a quickmig checkpoint or marker with no record must be before it acts on it
+    orphan_sweep_every_s: int = ORPHAN_SWEEP_EVERY_S
+    orphan_grace_s: int = ORPHAN_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -655,7 +663,9 @@ def _reconciler(t: _Table) -> ReconcilerSettings:
             raise ConfigError(f"{given.where}: {st} must be a number of seconds above 0, not {value!r}")
         deadlines[st] = float(value)
     settings = ReconcilerSettings(deadlines_s=deadlines,
-                                  max_nudges=t.whole("max_nudges", RECONCILER_MAX_NUDGES, low=0))
+                                  max_nudges=t.whole("max_nudges", RECONCILER_MAX_NUDGES, low=0),
+                                  orphan_sweep_every_s=t.whole("orphan_sweep_every_s", ORPHAN_SWEEP_EVERY_S, low=1),
+                                  orphan_grace_s=t.whole("orphan_grace_s", ORPHAN_GRACE_S, low=1))
     t.done()
     return settings
 

@@ -192,6 +192,9 @@ def iso_ours(destination: str, path: str) -> str:
 # events), by (who asked for it, when someone did). Trimmed to about `[events]
 # max_entries` (approximate MAXLEN); the entry id is the SSE event id of `GET /v1/events`.
 EVENTS = f"{PREFIX}events"
+# what the orphan sweep found and did, newest first (workers.steps.orphans), and its lock
+ORPHANS = f"{PREFIX}orphans"
+ORPHAN_SWEEP_LOCK = f"{PREFIX}lock:orphan-sweep"
 EVENTS_MAX_ENTRIES_DEFAULT = 100_000  # `[events] max_entries` when the config does not say
 
 

@@ -21,6 +21,7 @@ CUTOVER = "quickmig.cutover"
 FINISH = "quickmig.finish"
 ROLLBACK = "quickmig.rollback"
 RECONCILE = "quickmig.reconcile"
+SWEEP_ORPHANS = "quickmig.sweep_orphans"
 REAP_KEPT_SOURCES = "quickmig.reap_kept_sources"
 LOOKUP_VM = "quickmig.lookup_vm"  # a producer without host credentials asks a worker
 
@@ -37,6 +38,8 @@ ROUTES = {
     CUTOVER: QUEUE_CUTOVER,
     ROLLBACK: QUEUE_CUTOVER,
     RECONCILE: QUEUE_SNAPSHOT,
+    # not the cutover pool, whose slots a switchover must find free
+    SWEEP_ORPHANS: QUEUE_SNAPSHOT,
     REAP_KEPT_SOURCES: QUEUE_SNAPSHOT,
     LOOKUP_VM: QUEUE_SNAPSHOT,
 }

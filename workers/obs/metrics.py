@@ -41,6 +41,9 @@ LAST_SWITCHOVER = Gauge("quickmig_switchover_last_seconds", "Downtime of the mos
 PREDICTED_SWITCHOVER = Histogram("quickmig_predicted_switchover_seconds",
                                  "Downtime predicted before Save-VM, for migrations that switched over",
                                  buckets=DURATION_BUCKETS)
+ORPHANS = Counter("quickmig_orphans_total",
+                  "What the orphan sweep found a migration with no record had left on a host, and did",
+                  ["kind", "action"])
 ROLLBACK = Histogram("quickmig_rollback_seconds", "Time a rollback took, until the source VM ran again",
                      buckets=DURATION_BUCKETS)
 PHASE_DURATION = Histogram("quickmig_phase_duration_seconds", "Time spent in each phase",

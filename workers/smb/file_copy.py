@@ -525,6 +525,42 @@ def exists(ep: SmbEndpoint, rel: str) -> bool:
     return True
 
 
+def write_small(ep: SmbEndpoint, rel: str, data: bytes) -> None:
+    """Write a small file whole (one request), creating its folders: a marker, not a copy."""
+    rel = normalize_rel(rel)
+    with _errors(ep, rel):
+        tree = connections.tree(ep)
+        if "\\" in rel:
+            files.make_dirs(tree, rel.rsplit("\\", 1)[0])
+        fh = files.open_for_write(tree, rel)
+        try:
+            files.write_chunk(fh, 0, data)
+            files.flush(fh)
+        finally:
+            files.close(fh)
+
+
+def read_small(ep: SmbEndpoint, rel: str, limit: int = 1 << 20) -> bytes:
+    """The bytes of a small file (at most `limit`; a larger one is refused, not truncated)."""
+    rel = normalize_rel(rel)
+    with _errors(ep, rel):
+        fh = files.open_for_read(connections.tree(ep), rel)
+        try:
+            size = fh.end_of_file
+            if size > limit:
+                raise SmbError(f"{ep.unc(rel)} is {size} bytes, more than the {limit} expected")
+            return bytes(files.read_chunk(fh, 0, size)) if size else b""
+        finally:
+            files.close(fh)
+
+
+def list_files(ep: SmbEndpoint, rel_dir: str, pattern: str = "*") -> list[str]:
+    """Names of the files matching `pattern` in a folder of the share ([] if there is no such folder)."""
+    rel_dir = normalize_rel(rel_dir)
+    with _errors(ep, rel_dir):
+        return [n for n in files.list_names(connections.tree(ep), rel_dir, pattern) if n not in (".", "..")]
+
+
 def delete_file(ep: SmbEndpoint, rel: str) -> None:
     """Delete a file on the share; nothing happens if it is not there."""
     rel = normalize_rel(rel)

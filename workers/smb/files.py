@@ -18,6 +18,7 @@ from smbprotocol.file_info import (
     FileBasicInformation,
     FileDispositionInformation,
     FileEndOfFileInformation,
+    FileInformationClass,
     FileRenameInformation,
     FileStandardInformation,
 )
@@ -92,6 +93,31 @@ def open_attributes(tree: TreeConnect, rel: str) -> Open:
     fh.create(ImpersonationLevel.Impersonation, Access.FILE_READ_ATTRIBUTES, FileAttributes.FILE_ATTRIBUTE_NORMAL,
               SHARE_ALL, CreateDisposition.FILE_OPEN, 0)
     return fh
+
+
+def list_names(tree: TreeConnect, rel_dir: str, pattern: str) -> list[str]:
+    """Names of the files in rel_dir matching `pattern` (SMB wildcards); a missing folder has none."""
+    d = Open(tree, rel_dir)
+    try:
+        d.create(ImpersonationLevel.Impersonation,
+                 DirectoryAccessMask.FILE_LIST_DIRECTORY | DirectoryAccessMask.FILE_READ_ATTRIBUTES
+                 | DirectoryAccessMask.SYNCHRONIZE,
+                 FileAttributes.FILE_ATTRIBUTE_DIRECTORY, SHARE_ALL, CreateDisposition.FILE_OPEN,
+                 CreateOptions.FILE_DIRECTORY_FILE)
+    except SMBResponseException as e:
+        if e.status in (NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, NtStatus.STATUS_OBJECT_PATH_NOT_FOUND):
+            return []
+        raise
+    try:
+        try:
+            entries = d.query_directory(pattern, FileInformationClass.FILE_NAMES_INFORMATION)
+        except SMBResponseException as e:
+            if e.status == NtStatus.STATUS_NO_SUCH_FILE:
+                return []
+            raise
+        return [e["file_name"].get_value().decode("utf-16-le") for e in entries]
+    finally:
+        close(d)
 
 
 def close(fh: Open) -> None:

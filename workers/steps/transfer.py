@@ -22,7 +22,7 @@ from workers.coord.progress import CopyProgress
 from workers.coord.shared_files import SharedFiles
 from workers.coord.slots import CopySlots
 from workers.coord.throttle import Throttle
-from workers.engine import context
+from workers.engine import context, markers
 from workers.engine.step import HardFailure
 from workers.model.file_plan import SHARED_KINDS, PathMap, Place
 from workers.obs import metrics
@@ -38,7 +38,9 @@ def note_created(mid: str, dst_paths: list[str]) -> dict:
             for path in (dst_path, dst_path + file_copy.PARTIAL_SUFFIX):
                 if path not in rec.setdefault("created_files", []):
                     rec["created_files"].append(path)
-    return context.store().update(mid, change)
+    rec = context.store().update(mid, change)
+    markers.write(rec)  # the destination's own copy, should Redis lose the record
+    return rec
 
 
 def refuse_existing(rec: dict, dst_path: str) -> None:
