@@ -1,7 +1,14 @@
-"""Chaos: SIGKILL a random worker process of a random pool at a random moment, while
-several migrations run, and check that nothing is lost and the VM never runs twice.
+"""Chaos: SIGKILL a random worker process of a random pool (or force a Redis failover) at a
+random moment, while several migrations run, and check that nothing is lost and the VM
+never runs twice.
 
     python bench/chaos.py [--trials 30] [--migrations 3] [--dir DIR] [--seed N] [--bound-s 240]
+                          [--faults kill,failover] [--redis single|sentinel]
+
+`--faults`: what each trial does, picked at random among those given: `kill` (below), or
+`failover` (`SENTINEL FAILOVER`: the replica becomes the master while the old one keeps
+answering until the sentinels demote it; needs `--redis sentinel`, a lab whose Redis is a
+master and a replica under three sentinels).
 
 Brings a lab up (or uses the one in --dir if it is up), creates `--migrations` VMs once,
 and in every trial migrates each of them from where it runs now to another host, all at
@@ -29,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from lab import orchestrator, processes
 from lab.verify import verify_vm
 from producer.migrations import MigrationRequest, Producer
@@ -39,9 +48,13 @@ POOLS = ("snapshot", "copy", "cutover")
 VM_OPTIONS = {"memory_mb": 16, "disk_mb": 24, "write_rate_kbps": 64}
 
 
+FAULTS = ("kill", "failover")
+
+
 @dataclass
 class Trial:
     n: int
+    fault: str = "kill"
     pool: str = ""
     victim: str = ""
     kill_at: float = 0.0
@@ -67,6 +80,37 @@ def pick_victim(lab_dir: Path, rng: random.Random) -> tuple[str, str, int]:
     if kids and rng.random() < 0.5:
         return pool, "child", rng.choice(kids)
     return pool, "main", entry["pid"]
+
+
+def sentinel(lab_dir: Path, i: int = 0) -> redis.Redis:
+    return redis.Redis(port=orchestrator.read_lab(lab_dir)["ports"]["sentinels"][i], decode_responses=True,
+                       socket_timeout=5)
+
+
+def wait_failover_ready(lab_dir: Path, timeout_s: float = 60) -> None:
+    """Until the sentinels agree on a master that has an online replica: what a failover needs
+    (right after one, the old master is still resyncing as the new replica)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            masters = {tuple(sentinel(lab_dir, i).sentinel_get_master_addr_by_name(orchestrator.SENTINEL_SERVICE))
+                       for i in range(3)}
+            if len(masters) == 1:
+                host, port = next(iter(masters))
+                info = redis.Redis(host=host, port=int(port), socket_timeout=5).info("replication")
+                if any(isinstance(v, dict) and v.get("state") == "online" for k, v in info.items()
+                       if k.startswith("slave")):
+                    return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("Redis under Sentinel has no online replica to fail over to")
+        time.sleep(0.3)
+
+
+def force_failover(lab_dir: Path) -> str:
+    sentinel(lab_dir).execute_command("SENTINEL FAILOVER", orchestrator.SENTINEL_SERVICE)
+    return "master"
 
 
 def wait_pools_alive(lab_dir: Path, timeout_s: float = 60) -> None:
@@ -122,24 +166,33 @@ def check_after(lab_dir: Path, cfg, r, name: str, mid: str) -> list[str]:
 def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Random,
               max_delay_s: float, bound_s: float, say=print) -> Trial:
     wait_pools_alive(lab_dir)
+    if t.fault == "failover":
+        wait_failover_ready(lab_dir)
     mids = {}
     for name in vms:
         src = vms[name]
         dst = rng.choice([h for h in cfg.hosts if h != src])
         mids[producer.enqueue(MigrationRequest(name, src, dst)).get("id")] = name
     time.sleep(rng.uniform(0, max_delay_s))
-    pool, kind, pid = pick_victim(lab_dir, rng)
-    t.pool, t.victim = pool, kind
     t.kill_at = time.time()
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        t.victim += " (already gone)"
+    if t.fault == "failover":
+        t.pool, t.victim = "redis", force_failover(lab_dir)
+    else:
+        pool, kind, pid = pick_victim(lab_dir, rng)
+        t.pool, t.victim = pool, kind
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            t.victim += " (already gone)"
     deadline = t.kill_at + bound_s
     pending = set(mids)
     while pending and time.time() < deadline:
         for mid in list(pending):
-            rec = producer.get(mid)
+            try:
+                rec = producer.get(mid)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as e:  # a master replaced
+                say(f"    (reading {mid}: {e})")
+                break
             if rec["state"] in states.ENDS:
                 t.outcomes[mid] = rec["state"]
                 t.recovery_s = max(t.recovery_s, rec["updated_at"] - t.kill_at)
@@ -158,7 +211,7 @@ def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Ran
     r = producer.store.r
     for mid, name in mids.items():
         t.violations += check_after(lab_dir, cfg, r, name, mid)
-    say(f"trial {t.n:3d}: killed {t.pool:8s} {t.victim:6s} | "
+    say(f"trial {t.n:3d}: {t.fault:8s} {t.pool:8s} {t.victim:6s} | "
         + " ".join(sorted(t.outcomes.values())) + f" | recovery {t.recovery_s:6.1f}s | violations "
         + str(len(t.violations)) + "".join(f"\n    - {v}" for v in t.violations))
     return t
@@ -175,7 +228,7 @@ def table(trials: list[Trial]) -> str:
     rows = [("trials", str(len(trials))),
             ("migrations", str(sum(len(t.outcomes) for t in trials))),
             ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(outs.items()))),
-            ("kills (pool/process)", ", ".join(f"{k} {v}" for k, v in sorted(kills.items()))),
+            ("faults (pool/process)", ", ".join(f"{k} {v}" for k, v in sorted(kills.items()))),
             ("longest recovery", f"{max((t.recovery_s for t in trials), default=0):.1f} s after the kill"),
             ("violations", str(sum(len(t.violations) for t in trials)))]
     w = max(len(k) for k, _ in rows)
@@ -185,7 +238,7 @@ def table(trials: list[Trial]) -> str:
 
 
 def run(lab_dir: Path, trials: int, migrations: int, seed: int, max_delay_s: float, bound_s: float,
-        say=print) -> list[Trial]:
+        say=print, faults: tuple[str, ...] = ("kill",)) -> list[Trial]:
     cfg = load_config(lab_dir / "quickmig.toml")
     producer = Producer(cfg)
     rng = random.Random(seed)
@@ -199,7 +252,8 @@ def run(lab_dir: Path, trials: int, migrations: int, seed: int, max_delay_s: flo
     time.sleep(1)
     done = []
     for n in range(1, trials + 1):
-        done.append(run_trial(lab_dir, cfg, producer, vms, Trial(n), rng, max_delay_s, bound_s, say))
+        done.append(run_trial(lab_dir, cfg, producer, vms, Trial(n, fault=rng.choice(faults)), rng, max_delay_s,
+                              bound_s, say))
     return done
 
 
@@ -214,16 +268,25 @@ def main(argv=None) -> int:
     ap.add_argument("--bound-s", type=float, default=240.0,
                     help="every migration must end within this many seconds of the kill")
     ap.add_argument("--json", type=Path, default=None, help="also write the trials here")
+    ap.add_argument("--faults", default="kill", help="comma-separated, picked at random per trial: kill, failover")
+    ap.add_argument("--redis", default="single", choices=orchestrator.REDIS_MODES,
+                    help="the lab's Redis (failover needs sentinel)")
     args = ap.parse_args(argv)
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    if not faults or set(faults) - set(FAULTS):
+        ap.error(f"--faults takes some of {', '.join(FAULTS)}, not {args.faults!r}")
+    if "failover" in faults and args.redis != "sentinel":
+        ap.error("--faults failover needs --redis sentinel")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     lab_dir = args.dir or Path(tempfile.mkdtemp(prefix="quickmig-chaos-"))
     started_here = not orchestrator.running(lab_dir)
     if started_here:
-        orchestrator.up(lab_dir, hosts=args.hosts, vms_per_host=0)
+        orchestrator.up(lab_dir, hosts=args.hosts, vms_per_host=0, redis_mode=args.redis)
     t0 = time.time()
     try:
         print(f"chaos: seed {seed}, {args.trials} trials x {args.migrations} migrations, lab {lab_dir}")
-        trials = run(lab_dir, args.trials, args.migrations, seed, args.max_delay_s, args.bound_s)
+        trials = run(lab_dir, args.trials, args.migrations, seed, args.max_delay_s, args.bound_s,
+                     faults=faults)
     finally:
         if started_here:
             orchestrator.down(lab_dir, say=lambda *_: None)
