@@ -2,9 +2,12 @@
 
 A plan has a name, `concurrency` (its migrations at once; host limits still hold),
 `on_failure` (continue or stop), `defaults` for every migration option, an optional
-shared cutover `window`, and `groups` in order; a group has a name, `vms` (each `vm`,
+shared cutover `window`, optional `hooks` (pre_cutover and post_cutover HTTP callouts:
+`url`, `timeout_s`, `secret` naming a `[hooks.NAME]` table of the credentials file) with
+`on_hook_failure`, and `groups` in order; a group has a name, `vms` (each `vm`,
 `from`, `to` and any migration option that overrides the defaults), `after` (groups that
-must have completed first) and `switchover` (independent or together). docs/plan.schema.json
+must have completed first), `switchover` (independent or together) and its own `hooks`
+(each kind it names replaces the plan's). docs/plan.schema.json
 is the same grammar as a JSON Schema, for editors and other tools.
 
 Every refusal is one PlanError line naming where the bad field is: the file's line when the
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -35,8 +39,19 @@ _FLAG_FIELD = {"--max-downtime": "max_downtime", "--on-exceed": "on_exceed", "--
                "--not-before": "not_before", "--window": "window", "--keep-source": "keep_source_hours",
                "--destination-path": "destination_path", "--storage-map": "storage_map",
                "--switch-map": "switch_map"}
-PLAN_FIELDS = ("name", "concurrency", "on_failure", "defaults", "window", "groups")
-GROUP_FIELDS = ("name", "vms", "after", "switchover")
+PLAN_FIELDS = ("name", "concurrency", "on_failure", "on_hook_failure", "defaults", "window", "hooks", "groups")
+GROUP_FIELDS = ("name", "vms", "after", "switchover", "hooks")
+HOOK_KINDS = ("pre_cutover", "post_cutover")
+HOOK_FIELDS = ("url", "timeout_s", "secret")
+HOOK_TIMEOUT_S_DEFAULT = 10.0
+HOOK_TIMEOUT_S_MAX = 300.0  # a pre-cutover hook holds a copy worker that long at most
+# What a post-cutover hook's failure does. Not `rollback`: the destination VM has run, and its
+# guest may have acknowledged writes the source's saved state lacks; going back would lose them
+# (the reason the cutover itself rolls forward once the destination VM started).
+ON_HOOK_FAILURE = ("continue",)
+NO_ROLLBACK_AFTER_START = ("rollback is refused: a post_cutover hook runs once the destination VM has run, "
+                           "and its guest may have acknowledged writes the source lacks; going back would "
+                           "lose them (use continue, and roll back by hand if the hook's check says so)")
 WINDOW_FIELDS = ("not_before", "duration")
 VM_FIELDS = ("vm", "from", "to", *OPTION_FIELDS)
 ON_FAILURE = ("continue", "stop")
@@ -72,6 +87,8 @@ class Group:
     switchover: str
     after: tuple[str, ...]
     members: tuple[Member, ...]
+    # pre_cutover / post_cutover -> {url, timeout_s, secret}: the group's own, else the plan's
+    hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class Plan:
     groups: tuple[Group, ...]
     defaults: dict[str, Any] = field(default_factory=dict)
     window: dict[str, Any] | None = None
+    on_hook_failure: str = "continue"
 
     def members(self) -> list[Member]:
         return [m for g in self.groups for m in g.members]
@@ -253,17 +271,50 @@ class _Checker:
         on_failure = self.choice(top.get("on_failure", DEFAULT_ON_FAILURE), ("on_failure",), ON_FAILURE)
         defaults = self.mapping(top.get("defaults", {}), ("defaults",), OPTION_FIELDS, ())
         window = self.window(top.get("window"))
+        if top.get("on_hook_failure") == "rollback":
+            raise self.fail(("on_hook_failure",), NO_ROLLBACK_AFTER_START)
+        on_hook_failure = self.choice(top.get("on_hook_failure", "continue"), ("on_hook_failure",), ON_HOOK_FAILURE)
+        hooks = self.hooks(top.get("hooks"), ("hooks",))
         groups_raw = top["groups"]
         if not isinstance(groups_raw, list) or not groups_raw:
             raise self.fail(("groups",), "must be a list of at least one group")
         groups: list[Group] = []
         seen_vms: dict[tuple[str, str], str] = {}
         for i, g in enumerate(groups_raw):
-            groups.append(self.group(g, ("groups", i), [x.name for x in groups], defaults, window, seen_vms))
+            groups.append(self.group(g, ("groups", i), [x.name for x in groups], defaults, window, seen_vms, hooks))
         if len(seen_vms) > MAX_MEMBERS:
             raise self.fail(("groups",), f"has {len(seen_vms)} VMs; a plan holds at most {MAX_MEMBERS}")
         return Plan(name=name, concurrency=concurrency, on_failure=on_failure, groups=tuple(groups),
-                    defaults=dict(defaults), window=window)
+                    defaults=dict(defaults), window=window, on_hook_failure=on_hook_failure)
+
+    def hooks(self, raw: Any, path: tuple) -> dict[str, dict[str, Any]]:
+        """`hooks: {pre_cutover: {url, timeout_s, secret}, post_cutover: ...}`; `secret` names the
+        credentials file's `[hooks.NAME]` table (the secret itself is never in the plan)."""
+        if raw is None:
+            return {}
+        h = self.mapping(raw, path, HOOK_KINDS, ())
+        out = {}
+        for kind, one in h.items():
+            where = (*path, kind)
+            hook = self.mapping(one, where, HOOK_FIELDS, ("url", "secret"))
+            url = hook["url"]
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise self.fail((*where, "url"), f"must be an http:// or https:// URL, not {url!r}")
+            if parts.username is not None or parts.password is not None:
+                raise self.fail((*where, "url"), "must not hold a user or password (the plan is stored in "
+                                                 "Redis); the hook's secret goes in the credentials file")
+            timeout = hook.get("timeout_s", HOOK_TIMEOUT_S_DEFAULT)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                    or not 0 < timeout <= HOOK_TIMEOUT_S_MAX:
+                raise self.fail((*where, "timeout_s"), f"must be seconds above 0 and at most "
+                                                       f"{HOOK_TIMEOUT_S_MAX:g}, not {timeout!r}")
+            secret = hook["secret"]
+            if not isinstance(secret, str) or not _NAME.match(secret):
+                raise self.fail((*where, "secret"), "must name a [hooks.NAME] table of the credentials file "
+                                                    f"(letters, digits, '.', '_' or '-'), not {secret!r}")
+            out[kind] = {"url": url, "timeout_s": float(timeout), "secret": secret}
+        return out
 
     def window(self, raw: Any) -> dict[str, Any] | None:
         if raw is None:
@@ -277,7 +328,7 @@ class _Checker:
         return {"not_before": opts["not_before"], "window_s": opts["window_s"]}
 
     def group(self, raw: Any, path: tuple, earlier: list[str], defaults: dict, window: dict | None,
-              seen_vms: dict[tuple[str, str], str]) -> Group:
+              seen_vms: dict[tuple[str, str], str], plan_hooks: dict[str, dict[str, Any]]) -> Group:
         g = self.mapping(raw, path, GROUP_FIELDS, ("name", "vms"))
         name = self.name(g["name"], (*path, "name"))
         if name in earlier:
@@ -292,12 +343,14 @@ class _Checker:
                         f"{', '.join(earlier) or 'none'})")
                 raise self.fail((*path, "after", j), what)
         switchover = self.choice(g.get("switchover", "independent"), (*path, "switchover"), SWITCHOVER)
+        hooks = {**plan_hooks, **self.hooks(g.get("hooks"), (*path, "hooks"))}
         vms = g["vms"]
         if not isinstance(vms, list) or not vms:
             raise self.fail((*path, "vms"), "must be a list of at least one VM")
         members = tuple(self.member(v, (*path, "vms", j), name, defaults, window, seen_vms)
                         for j, v in enumerate(vms))
-        return Group(name=name, switchover=switchover, after=tuple(dict.fromkeys(after)), members=members)
+        return Group(name=name, switchover=switchover, after=tuple(dict.fromkeys(after)), members=members,
+                     hooks=hooks)
 
     def member(self, raw: Any, path: tuple, group: str, defaults: dict, window: dict | None,
                seen_vms: dict[tuple[str, str], str]) -> Member:

@@ -115,19 +115,43 @@ def dry_run(p: Producer, plan: Plan, now: float | None = None) -> dict:
     problems = [f"{r['key']}: pre-flight: {'; '.join(r['preflight']['problems'])}" for r in refused]
     if refused and plan.on_failure == "stop":
         problems.append(f"on_failure is stop: the plan would stop when {refused[0]['key']} is refused")
+    problems += hook_problems(p, plan)
     for row in out_members:
         job = row.pop("job", None)
         if job is not None:
             row["predicted"] = _predicted(job, now)
-    return {"plan": plan.name, "concurrency": plan.concurrency, "on_failure": plan.on_failure, "computed_at": now,
+    return {"plan": plan.name, "concurrency": plan.concurrency, "on_failure": plan.on_failure,
+            "on_hook_failure": plan.on_hook_failure, "computed_at": now,
             "predicted_finish": res.finish,
             "predicted_seconds": None if res.finish is None else round(res.finish - now, 3),
             "members": out_members,
-            "groups": [_group(g.name, g.switchover, g.after, res.groups[g.name], now) for g in plan.groups],
+            "groups": [{**_group(g.name, g.switchover, g.after, res.groups[g.name], now), "hooks": g.hooks}
+                       for g in plan.groups],
             "limits": {"global_bps": limits["global"], "pairs_bps": limits["pairs"],
                        "hosts": {n: {"max_migrations": h.max_migrations, "max_copies": h.max_copies}
                                  for n, h in sorted(hosts.items())}},
             "problems": problems + res.problems}
+
+
+def hook_problems(p: Producer, plan: Plan) -> list[str]:
+    """Each hook whose secret the credentials file lacks (a producer without one cannot tell:
+    the worker that calls the hook finds out, and the VM rolls back before any downtime)."""
+    if p.cfg.credentials_file is None:
+        return []
+    have = p.cfg.hook_secrets()
+    return [f"group {g.name}: {kind} hook: no secret {h['secret']!r}: add [hooks.{h['secret']}] secret = \"...\" "
+            f"(or secret_file, or secret_env) to the credentials file {p.cfg.credentials_file}"
+            for g in plan.groups for kind, h in g.hooks.items() if h["secret"] not in have]
+
+
+def hook_line(hooks: dict, on_hook_failure: str | None = None) -> str:
+    """`pre_cutover POST URL (timeout 10 s, secret NAME); post_cutover ...`: what a group calls."""
+    parts = []
+    for kind, h in sorted(hooks.items(), key=lambda kv: kv[0] != "pre_cutover"):
+        then = (", on failure: rollback before any downtime" if kind == "pre_cutover"
+                else f", on failure: {on_hook_failure}" if on_hook_failure else "")
+        parts.append(f"{kind} POST {h['url']} (timeout {h['timeout_s']:g} s, secret {h['secret']}{then})")
+    return "; ".join(parts)
 
 
 def _group(name: str, switchover: str, after: tuple[str, ...], sim: dict, now: float) -> dict:
@@ -171,6 +195,8 @@ def schedule_lines(out: dict) -> list[str]:
             and g["switchover"] == "together" else ""
         lines.append(f"group {g['name']} ({g['switchover']}{after}): {_clock(g['start_s'])} to "
                      f"{_clock(g['finish_s'])}{span}")
+        if g.get("hooks"):
+            lines.append(f"  hooks: {hook_line(g['hooks'], out.get('on_hook_failure'))}")
         lines.append(f"  {'VM':24} {'FROM':10} {'TO':10} {'START':>9} {'COPY':>9} {'MiB':>8} {'DOWNTIME':>9} "
                      f"{'FINISH':>9}  PRE-FLIGHT")
         for m in out["members"]:
@@ -201,6 +227,9 @@ def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
         if g.switchover == "together":
             raise RequestError(f"group {g.name}: switchover together is predicted by plan dry-run but not "
                                "carried out by plan apply yet; use switchover: independent")
+    missing = hook_problems(p, plan)
+    if missing:
+        raise RequestError(missing[0])
     dry = dry_run(p, plan)
     by_key = {m.key: m for m in plan.members()}
     for row in dry["members"]:
@@ -211,8 +240,9 @@ def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
     now = time.time()
     record = {"id": uuid.uuid4().hex[:16], "name": plan.name, "state": plan_engine.RUNNING, "created_at": now,
               "concurrency": plan.concurrency, "on_failure": plan.on_failure, "requested_by": requester,
+              "on_hook_failure": plan.on_hook_failure,
               "predicted_finish": dry["predicted_finish"],
-              "groups": [{"name": g.name, "after": list(g.after), "switchover": g.switchover,
+              "groups": [{"name": g.name, "after": list(g.after), "switchover": g.switchover, "hooks": g.hooks,
                           "members": [_member(rows[m.key]) for m in g.members]} for g in plan.groups]}
     r = p.store.r
     plan_engine.create(r, record, p.store.events_max_entries)
@@ -251,6 +281,7 @@ def status(p: Producer, pid: str) -> dict:
             m["state"] = st
             rec = recs.get(m["key"])
             m["error"] = m.get("refused") or m.get("skipped") or (rec or {}).get("error")
+            m["hook_calls"] = (rec or {}).get("hook_calls", [])
             counts[st] = counts.get(st, 0) + 1
     plan["counts"] = counts
     plan["eta"] = _eta(p, plan, recs) if plan["state"] == plan_engine.RUNNING else None
@@ -357,7 +388,11 @@ def status_lines(st: dict) -> list[str]:
     for g in st["groups"]:
         after = f" after {', '.join(g['after'])}" if g["after"] else ""
         lines.append(f"group {g['name']}{after}:")
+        if g.get("hooks"):
+            lines.append(f"  hooks: {hook_line(g['hooks'], st.get('on_hook_failure'))}")
         for m in g["members"]:
             lines.append(f"  {m['vm']:24} {m['source']:>8} -> {m['destination']:8} {m['state']:13} "
                          f"{m.get('migration') or '-':16} {m.get('error') or ''}".rstrip())
+            lines += [f"    {c['hook']} hook: {'ok' if c['ok'] else 'failed'} ({c['outcome']}, {c['seconds']:.2f} s)"
+                      for c in m.get("hook_calls", [])]
     return lines

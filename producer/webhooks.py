@@ -28,15 +28,11 @@ One process delivers a subscription at a time (a lease in Redis), so run one or 
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +40,7 @@ from typing import Any
 import redis
 
 from workers.model import config as config_mod
-from workers.model import keys
+from workers.model import keys, signed_post
 from workers.model.record import event_data
 
 RETRY_FOR_S_DEFAULT = 72 * 3600  # an event is retried this long after its first failure
@@ -54,7 +50,6 @@ FIRST_BACKOFF_S = 1.0
 TIMEOUT_S = 10.0  # per POST: a receiver that hangs costs its subscription this much per attempt
 IDLE_S = 0.5  # how long a subscription with nothing to do waits for new events
 DUE_BATCH = 50
-SIGNATURE_HEADER = "Quickmig-Signature"
 STATE_EVENT = "state"  # Quickmig-Event-Type of a state change
 GAP_EVENT = "events.gap"  # ... of the notice that events were trimmed before this subscription read them
 GAP_QUEUE = "~gaps"  # the notices' own queue beside the migrations' (no migration id has a ~)
@@ -99,12 +94,6 @@ def subscriptions(cfg: config_mod.Config) -> list[Subscription]:
                                f"(or secret_file, or secret_env) to the credentials file {cfg.credentials_file}")
         out.append(Subscription(name, w.url, w.events, found[name]))
     return out
-
-
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """The Quickmig-Signature header: the time and the HMAC-SHA256 over "<time>." and the body."""
-    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
 
 
 def id_parts(entry_id: str) -> tuple[int, int]:
@@ -234,19 +223,10 @@ class Deliverer:
     # -- delivering ------------------------------------------------------------------------
     def post(self, body: bytes, event_id: str, event_type: str = STATE_EVENT) -> tuple[bool, str]:
         """One attempt: (accepted, what came of it)."""
-        headers = {"Content-Type": "application/json", "User-Agent": "quickmig-webhooks",
-                   SIGNATURE_HEADER: sign(self.sub.secret, int(time.time()), body),
-                   "Quickmig-Event-Id": event_id, "Quickmig-Subscription": self.sub.name,
-                   "Quickmig-Event-Type": event_type}
-        req = urllib.request.Request(self.sub.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as res:
-                return 200 <= res.status < 300, f"HTTP {res.status}"
-        except urllib.error.HTTPError as e:
-            return False, f"HTTP {e.code}"
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            return False, f"not delivered: {reason}"
+        headers = {"User-Agent": "quickmig-webhooks", "Quickmig-Event-Id": event_id,
+                   "Quickmig-Subscription": self.sub.name, "Quickmig-Event-Type": event_type}
+        ok, _, outcome = signed_post.post(self.sub.url, body, self.sub.secret, headers, self.timeout_s)
+        return ok, outcome
 
     def deliver_due(self) -> int:
         """Try the oldest event of every migration whose turn it is; returns how many were tried."""

@@ -60,6 +60,8 @@ def test_the_shared_window_is_every_members_window():
     assert p.members()[0].options == {"not_before": 1798768800.0, "window": 7200.0}
 
 
+_G = "groups: [{name: g, vms: [{vm: a, from: hv1, to: hv2}]}]\n"
+
 # (plan text, what the one line must say: the line and path of the bad field, whether the JSON
 # Schema alone refuses it too: earlier groups, the inventory, a VM once and option values are the parser's)
 BAD = [
@@ -95,6 +97,25 @@ BAD = [
     ("name: p\ngroups: [\n", "not valid YAML", False),
     ("name: 'bad name'\ngroups: [{name: g, vms: [{vm: a, from: hv1, to: hv2}]}]\n",
      "line 1 (name): must be a name", True),
+    # hooks
+    ("name: p\nhooks:\n  pre_cutover: {url: 'ftp://h/x', secret: s}\n" + _G,
+     "line 3 (hooks.pre_cutover.url): must be an http:// or https:// URL, not 'ftp://h/x'", True),
+    ("name: p\nhooks:\n  pre_cutover: {url: 'https://u:pw@h/x', secret: s}\n" + _G,
+     "line 3 (hooks.pre_cutover.url): must not hold a user or password", True),
+    ("name: p\nhooks:\n  pre_cutover:\n    url: http://h/x\n    secret: s\n    timeout_s: 0\n" + _G,
+     "line 6 (hooks.pre_cutover.timeout_s): must be seconds above 0 and at most 300, not 0", True),
+    ("name: p\nhooks:\n  post_cutover: {url: 'http://h/x'}\n" + _G,
+     "line 3 (hooks.post_cutover): 'secret' is missing", True),
+    ("name: p\nhooks:\n  post_cutover: {url: 'http://h/x', secret: 'hunter2 hunter2'}\n" + _G,
+     "line 3 (hooks.post_cutover.secret): must name a [hooks.NAME] table of the credentials file", True),
+    ("name: p\nhooks:\n  mid_cutover: {url: 'http://h/x', secret: s}\n" + _G,
+     "line 3 (hooks.mid_cutover): unknown field 'mid_cutover' (known here: pre_cutover, post_cutover)", True),
+    ("name: p\non_hook_failure: rollback\n" + _G,
+     "line 2 (on_hook_failure): rollback is refused: a post_cutover hook runs once the destination VM has run",
+     True),
+    ("name: p\ngroups:\n  - name: g\n    hooks:\n      pre_cutover: {url: 'http://h/x', secret: s, timeout: 5}\n"
+     "    vms: [{vm: a, from: hv1, to: hv2}]\n",
+     "line 5 (groups[0].hooks.pre_cutover.timeout): unknown field 'timeout'", True),
 ]
 
 
@@ -135,3 +156,33 @@ def test_the_json_schema_accepts_the_plans_the_parser_accepts_and_refuses_what_i
     assert set(SCHEMA["$defs"]["vm"]["properties"]) == set(plan_file.VM_FIELDS)
     assert set(SCHEMA["$defs"]["options"]["properties"]) == set(plan_file.OPTION_FIELDS)
     assert set(SCHEMA["$defs"]["group"]["properties"]) == set(plan_file.GROUP_FIELDS)
+    assert set(SCHEMA["$defs"]["hooks"]["properties"]) == set(plan_file.HOOK_KINDS)
+    assert set(SCHEMA["$defs"]["hook"]["properties"]) == set(plan_file.HOOK_FIELDS)
+    assert v.is_valid(yaml.safe_load(HOOKS_YAML))
+
+
+HOOKS_YAML = """\
+name: with-hooks
+on_hook_failure: continue
+hooks:
+  pre_cutover: {url: "https://cmdb.example/pre", secret: cmdb}
+  post_cutover: {url: "https://cmdb.example/post", secret: cmdb, timeout_s: 30}
+groups:
+  - name: db
+    vms: [{vm: sql1, from: hv1, to: hv2}]
+  - name: web
+    hooks:
+      pre_cutover: {url: "http://lb.example/drain", secret: lb, timeout_s: 2.5}
+    vms: [{vm: web1, from: hv2, to: hv3}]
+"""
+
+
+def test_hooks_are_the_plans_unless_a_group_names_its_own_kind():
+    p = plan_file.parse(HOOKS_YAML, hosts=HOSTS)
+    assert p.on_hook_failure == "continue"
+    post = {"url": "https://cmdb.example/post", "timeout_s": 30.0, "secret": "cmdb"}
+    assert p.group("db").hooks == {"pre_cutover": {"url": "https://cmdb.example/pre", "timeout_s": 10.0,
+                                                   "secret": "cmdb"}, "post_cutover": post}
+    assert p.group("web").hooks == {"pre_cutover": {"url": "http://lb.example/drain", "timeout_s": 2.5,
+                                                    "secret": "lb"}, "post_cutover": post}
+    assert plan_file.parse(_G.join(["name: p\n", ""]), hosts=HOSTS).group("g").hooks == {}

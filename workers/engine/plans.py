@@ -171,7 +171,7 @@ def _advance(store: Store, locks: VMLocks, adm: Admission, plan: dict, created: 
                 continue
             if blockers or not releasing or running >= plan["concurrency"]:
                 continue
-            if _release(store, locks, adm, plan, g["name"], m):
+            if _release(store, locks, adm, plan, g, m):
                 created.append(m["migration"])
                 st[m["key"]] = states.QUEUED
                 running += 1
@@ -192,12 +192,17 @@ def _end(plan: dict, st: dict[str, str]) -> None:
     plan["ended_at"] = time.time()
 
 
-def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, group: str, m: dict) -> bool:
+def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, g: dict, m: dict) -> bool:
     """Create the member's migration and put it in line, as the producer's enqueue does
     (the snapshot step's pre-flight checks the VM again before anything changes on a host)."""
     rec = new_record(vm=m["vm"], vm_id=m["vm_id"], source=m["source"], destination=m["destination"],
                      fence=0, options=m["options"], requester=plan.get("requested_by"))
-    rec["member_of"] = {"plan": plan["id"], "group": group, "member": m["key"]}
+    rec["member_of"] = {"plan": plan["id"], "group": g["name"], "member": m["key"]}
+    if g.get("hooks"):
+        # what workers.steps.hooks calls: URL, timeout and the secret's name (its value is read
+        # from the credentials file by the worker that calls)
+        rec["hooks"] = {kind: {**h, **({"on_failure": plan.get("on_hook_failure", "continue")}
+                                       if kind == "post_cutover" else {})} for kind, h in g["hooks"].items()}
     try:
         rec["fence"] = locks.acquire(m["vm_id"], rec["id"])
     except LockHeld as e:

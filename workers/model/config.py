@@ -303,12 +303,20 @@ class Config:
     def webhook_secrets(self) -> dict[str, str]:
         """NAME -> the secret webhook NAME signs with: credentials.toml's `[webhooks.NAME]
         secret`, `secret_file` or `secret_env`, read now (a rotated secret is picked up)."""
+        return self._signing_secrets("webhooks")
+
+    def hook_secrets(self) -> dict[str, str]:
+        """NAME -> the secret a plan's hook naming `secret: NAME` signs with: credentials.toml's
+        `[hooks.NAME] secret`, `secret_file` or `secret_env`, read now."""
+        return self._signing_secrets("hooks")
+
+    def _signing_secrets(self, table: str) -> dict[str, str]:
         if self.credentials_file is None:
             return {}
         f = _read_secret_toml(self.credentials_file, self.path)
         out = {}
-        for name, data in f.webhooks.data.items():
-            t = _Table(data, f"{f.path} [webhooks.{name}]")
+        for name, data in getattr(f, table).data.items():
+            t = _Table(data, f"{f.path} [{table}.{name}]")
             secret = _secret(t, "secret", self.credentials_file.parent)
             t.done()
             if len(secret) < WEBHOOK_SECRET_MIN:
@@ -364,6 +372,7 @@ class _SecretToml:
     redis: _Table
     api: _Table  # the CLI's token for the HTTP API
     webhooks: _Table  # the webhooks' secrets
+    hooks: _Table  # the secrets plans' hooks sign with
 
 
 def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretToml:
@@ -376,7 +385,7 @@ def _read_secret_toml(path: Path | None, config_path: Path | None) -> _SecretTom
         raise ConfigError(f"credentials file {path} is not valid TOML: {e}") from None
     top = _Table(data, str(path))
     out = _SecretToml(path, top.table("default"), top.table("hosts"), top.table("redis"), top.table("api"),
-                      top.table("webhooks"))
+                      top.table("webhooks"), top.table("hooks"))
     # read and checked by its own reader: the HTTP API's token hashes (producer.api.auth)
     top.read.add("api_tokens")
     top.done()

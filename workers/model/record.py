@@ -77,6 +77,10 @@ class MigrationRecord(TypedDict, total=False):
     fence: int                       # the VM lease's fencing token
     options: dict[str, Any]          # workers.model.options, validated
     member_of: dict[str, str]        # the plan it is a member of: plan (its id), group, member (workers.engine.plans)
+    hooks: dict[str, dict[str, Any]]  # its plan group's pre_cutover / post_cutover: url, timeout_s, secret (a
+    #                                  name in the credentials file, never the secret), on_failure (post_cutover)
+    hook_calls: list[dict[str, Any]]  # each call made (workers.steps.hooks): hook, url, at, seconds, ok, status,
+    #                                   outcome
     # admission (workers.coord.admission) and the step framework (workers.engine.step)
     admitted_at: float
     waiting: str                     # why it waits now (a host full, a copy slot, a window)

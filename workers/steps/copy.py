@@ -1,5 +1,6 @@
 """Phase 2 (docs/design.md, "The method"): copy the frozen files while the VM runs, then
-the pre-copy rounds and the gate that decides when the cutover may begin.
+the pre-copy rounds and the gate that decides when the cutover may begin, then the plan's
+pre_cutover hook if it has one (workers.steps.hooks).
 
 Runs alone on the `copy` pool: a copy of a large disk may take hours, and must never
 delay a cutover that holds a VM down.
@@ -10,7 +11,7 @@ from workers.coord.locks import LeaseKeeper
 from workers.engine import context
 from workers.engine.step import fence, resume, send, start_rollback, step_task
 from workers.model import routing, states
-from workers.steps import precopy
+from workers.steps import hooks, precopy
 from workers.steps.transfer import transfer
 
 
@@ -23,5 +24,7 @@ def copy(mid: str, lg) -> None:
         fence(rec)  # a stale delivery must not write over files a newer migration owns
         transfer(rec, rec["plan"]["frozen"], lg)
         precopy.gate(mid, lg)
+        # here, not in the cutover: a hook never runs in the downtime or holds a cutover slot
+        hooks.pre_cutover(mid, lg)
     context.store().transition(mid, {states.COPYING}, states.PREPARING)
     send(routing.PREPARE, mid)

@@ -13,7 +13,7 @@ from workers.engine.step import HardFailure, end, fence, resume, step_task
 from workers.hyperv.errors import VMNotFound
 from workers.model import keys, options, routing, states
 from workers.model.file_plan import chain_paths
-from workers.steps import start_action
+from workers.steps import hooks, start_action
 from workers.steps.checkpoint import ours
 
 
@@ -26,6 +26,7 @@ def finish(mid: str, lg) -> None:
     rec = resume(mid, states.FINISHING)
     if rec is None:
         return
+    hooks.post_cutover(mid, lg)  # the destination VM was verified running; the source is still there
     dst = context.driver(rec["destination"])
     vm = dst.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     if start_action.differs(rec, vm):  # a cutover that died between Start-VM and Set-VM
