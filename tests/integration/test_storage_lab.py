@@ -249,3 +249,34 @@ def test_two_vms_on_one_golden_parent_moving_at_once_copy_it_once_and_share_it(l
         out = lab.verify(name)
         assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (name, out["problems"])
         assert vm_on(lab, "hv2", name)["disks"][0]["chain"][-1] == f"{ROOTS['hv2']}\\Golden\\twin.vhdx"
+
+
+def test_a_legacy_adapter_its_vlan_and_static_mac_move_with_the_vm_and_a_mac_taken_there_is_refused_first(lab):
+    """Items 5 and 6: a Generation 1 VM whose adapter is a legacy one, on VLAN 42 with a static
+    MAC address, moves as Hyper-V would move it: the same adapter type, VLAN and address on
+    hv2, which `lab verify` checks against what the VM was created with. A VM whose static MAC
+    address a running VM of hv2 has too could not start there: refused before the checkpoint,
+    naming the address and the cmdlet that changes it (it used to fail at Start-VM, after the
+    downtime)."""
+    lab.add_vm("nic-holder", "hv2", static_mac="00155D0A0B0D")
+    lab.add_vm("nic-dup", "hv1", static_mac="00155D0A0B0D", write_rate_kbps=64)
+    name = "nic"
+    lab.add_vm(name, "hv1", generation=1, legacy_adapter=True, vlan_id=42, static_mac="00155D0A0B0C",
+               write_rate_kbps=128)
+    time.sleep(0.5)
+    res, rec = lab.cli_json("migrate", "nic-dup", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                            "--timeout", "120")
+    assert rec["state"] == "rolled_back" and rec.get("save_started_at") is None, rec.get("error")
+    assert "00155D0A0B0D" in rec["error"] and "Set-VMNetworkAdapter -StaticMacAddress" in rec["error"], rec["error"]
+    assert vm_on(lab, "hv1", "nic-dup")["snapshots"] == [] and vm_on(lab, "hv2", "nic-dup") is None
+    assert lab.verify("nic-dup")["running_on"] == ["hv1"]
+
+    before = vm_on(lab, "hv1", name)["adapters"]
+    assert before == [{"switch": "lab-switch", "legacy": True, "vlan_id": 42, "static_mac": "00155D0A0B0C"}]
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    vm = vm_on(lab, "hv2", name)
+    assert vm["generation"] == 1 and vm["adapters"] == before
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["running_on"] == ["hv2"], out["problems"]
+    assert out["adapters"] == before
