@@ -280,3 +280,45 @@ def test_a_legacy_adapter_its_vlan_and_static_mac_move_with_the_vm_and_a_mac_tak
     out = lab.verify(name)
     assert out["integrity"] == "ok" and out["running_on"] == ["hv2"], out["problems"]
     assert out["adapters"] == before
+
+
+def test_off_and_saved_vms_move_cold_and_a_saved_one_resumes_there_only_with_start(lab):
+    """Item 8: a VM that is Off or Saved moves without a checkpoint or a downtime, each file
+    copied once; it arrives as it was (Off, or Saved with its memory) unless --start asks to
+    start it there (a Saved VM resumes from its saved state, every acknowledged write kept).
+    A cold move that fails rolls back without touching the source, which stays as it was."""
+    lab.add_vm("cold-off", "hv1", state="Off", disks=2, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\cold-off", "E:\\Data\\hv1\\cold-off"])
+    lab.add_vm("cold-saved", "hv1", state="Saved", write_rate_kbps=128)
+    lab.add_vm("cold-resume", "hv1", state="Saved", write_rate_kbps=128)
+    res = lab.cli("migrate", "cold-off", "--from", "hv1", "--to", "hv2", "--start", "--dry-run")
+    assert res.returncode == 0 and "downtime 0.0 s (a cold move: the VM is Off)" in res.stdout, res
+    # a failed import rolls back: the copies go, the source is left Off, as it was
+    lab.emulator("hv2").inject_fault(op="import_vm", action="fail", message="injected: import refused", times=1)
+    try:
+        res, rec = lab.cli_json("migrate", "cold-off", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                                "--timeout", "120")
+    finally:
+        lab.emulator("hv2").clear_faults()
+    assert rec["state"] == "rolled_back" and "injected" in rec["error"], rec.get("error")
+    assert vm_on(lab, "hv1", "cold-off")["state"] == "Off" and vm_on(lab, "hv2", "cold-off") is None
+    vm_id = vm_on(lab, "hv1", "cold-off")["id"]
+    assert not [p for p in (lab.dir / "hosts" / "hv2").rglob("*")
+                if p.is_file() and ("cold-off" in str(p) or vm_id in str(p).lower())]
+
+    for name, extra, arrives in (("cold-off", (), "Off"), ("cold-saved", (), "Saved"),
+                                 ("cold-resume", ("--start",), "Running")):
+        before = lab.verify(name)
+        res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", *extra, "--wait", "--json",
+                                "--timeout", "240")
+        assert rec["state"] == "completed", (name, rec.get("error"))
+        assert rec.get("cold") and rec.get("snapshot") is None and rec.get("save_started_at") is None, rec
+        assert rec.get("downtime_seconds") is None
+        assert vm_on(lab, "hv1", name) is None and vm_on(lab, "hv2", name)["state"] == arrives
+        out = lab.verify(name)
+        assert out["integrity"] == "ok" and out["host"] == "hv2", (name, out["problems"])
+        assert out["writes_checked"] >= before["writes_checked"] > 0
+    # a running VM is not moved cold
+    lab.add_vm("warm", "hv1")
+    res = lab.cli("migrate", "warm", "--from", "hv1", "--to", "hv2", "--start")
+    assert res.returncode == 2 and "--start" in res.stderr and len(res.stderr.strip().splitlines()) == 1

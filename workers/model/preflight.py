@@ -146,7 +146,8 @@ def needs_key_protector(vm: dict) -> bool:
     return bool(sec.get("tpm_enabled") or sec.get("shielded") or sec.get("encrypt_state"))
 
 
-def fact_problems(vm: dict, src_host: dict, dst_host: dict, *, source: str, destination: str) -> list[str]:
+def fact_problems(vm: dict, src_host: dict, dst_host: dict, *, source: str, destination: str,
+                  start: bool = False) -> list[str]:
     """Every reason from the VM's pre-flight facts (heartbeat, processor, key protector, memory,
     cluster, replication, devices) that it cannot, or must not, move to `destination`: each of
     them would otherwise cost a whole copy and downtime before Start-VM or the heartbeat failed
@@ -155,10 +156,15 @@ def fact_problems(vm: dict, src_host: dict, dst_host: dict, *, source: str, dest
     if not isinstance(facts, dict):
         return [f"{source} reported no pre-flight facts for {vm['name']} (describe_vm without preflight); "
                 "update quickmig's workers so that every one runs the same version, and retry"]
-    found = _heartbeat(vm["name"], facts, destination)
-    found += _processor(vm["name"], facts, src_host, dst_host, source=source, destination=destination)
+    # a cold move (an Off or Saved VM) waits for no heartbeat; an Off VM boots afresh wherever
+    # it starts, and one that is not started there (no --start) needs no memory there yet
+    state = vm.get("state", "Running")
+    found = _heartbeat(vm["name"], facts, destination) if state == "Running" else []
+    if state != "Off":
+        found += _processor(vm["name"], facts, src_host, dst_host, source=source, destination=destination)
     found += _key_protector(vm, facts, dst_host, source=source, destination=destination)
-    found += _memory(vm, dst_host, destination)
+    if state == "Running" or start:
+        found += _memory(vm, dst_host, destination)
     found += _cluster_and_replication(vm["name"], facts, destination)
     found += _devices(vm["name"], facts, destination)
     return found

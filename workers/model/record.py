@@ -88,6 +88,7 @@ class MigrationRecord(TypedDict, total=False):
     snapshot: dict[str, Any]         # our first checkpoint: id, name, config_path
     plan: dict[str, list[dict[str, str]]]  # {"frozen": [{"path", "kind"}]}: what the base copy moves
     vm_folder: str                   # the VM's folder on the source: --destination-path keeps what is in it
+    cold: str                        # a cold move: the VM's state (Off or Saved) when its files were copied
     # copying (workers.steps.transfer, downtime_copy)
     created_files: list[str]         # destination paths we created (and their .partial), for rollback
     copied: list[Copied]

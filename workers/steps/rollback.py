@@ -146,7 +146,7 @@ def rollback(mid: str, lg) -> None:
     created = created + [p + file_copy.PARTIAL_SUFFIX for p in created]
     created = _confined(rec, list(dict.fromkeys(created)), lg)
     fence(rec)
-    if rec.get("start_started_at"):
+    if rec.get("start_started_at") and not rec.get("cold"):
         _bring_back(rec, src, dst, lg)
     config_path = import_config_path(rec)
     if config_path is not None:
@@ -172,6 +172,10 @@ def rollback(mid: str, lg) -> None:
         lg.info("kept %d ISO image(s) or parent disk(s) on %s that other migrated VMs use", len(keep),
                 rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if rec.get("cold"):
+        # a cold move never changed the source: it stays Off or Saved (or whatever it became)
+        end(mid, states.ROLLED_BACK, rollback_seconds=round(time.time() - t0, 3))
+        return
     if vm["state"] != "Running" or start_action.differs(rec, vm):
         fence(rec)
         was = vm["state"]
