@@ -124,6 +124,9 @@ class Operations:
         if not isinstance(guardians, bool):
             raise invalid_arg("guardians must be true or false.", "GetVMHost")
         free = hostprops.free_bytes(self.reg.props, self.paths.share)
+        vm_root = args.get("vm_root")
+        if vm_root is not None and not (isinstance(vm_root, str) and vm_root):
+            raise invalid_arg("vm_root must be a host folder.", "GetVMHost")
         p = self.reg.props
         with self.reg.lock:
             numa = numa_available(self.reg)
@@ -131,7 +134,8 @@ class Operations:
                     for v in self.reg.vms.values() for m in static_macs(v)]
         out = {"name": self.reg.name, "supported_versions": list(p["supported_versions"]),
                "switches": list(p["switches"]), "cpu_vendor": p["cpu_vendor"], "free_bytes": free,
-               "vm_root_free_bytes": free, "cpu_model": p["cpu_model"], "numa_spanning_enabled": p["numa_spanning"],
+               "vm_root_free_bytes": hostprops.folder_free_bytes(p, self.paths.share, vm_root or self.paths.vm_root),
+               "cpu_model": p["cpu_model"], "numa_spanning_enabled": p["numa_spanning"],
                "numa_nodes": [{"id": i, "memory_available_bytes": n} for i, n in enumerate(numa)],
                "static_macs": macs}
         if guardians:  # Get-HgsGuardian: the guardians whose certificates this host holds

@@ -141,7 +141,9 @@ def test_writes_made_on_the_destination_come_back_to_each_disks_own_folder_when_
     out = lab.verify(name)
     assert out["running_on"] == ["hv1"] and out["integrity"] == "ok" and out["disks"] == 2, out["problems"]
     assert vm_on(lab, "hv2", name) is None
-    assert not list((lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").rglob("*.vhdx"))
+    # the folders its copies made there are gone too, the --storage-map's own among them
+    assert not (lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").exists()
+    assert not (lab.dir / "hosts" / "hv2" / "share" / "back").exists()
 
 
 def test_a_vm_with_a_tree_of_user_checkpoints_moves_with_every_one_whole_and_in_order(lab):
@@ -203,6 +205,8 @@ def test_a_vm_on_a_golden_parent_with_four_disks_and_checkpoints_moves_and_the_p
     assert rec["state"] == "completed", rec.get("error")
     [entry] = [c for c in rec["copied"] if c["path"] == golden]
     assert entry["shared"] and entry["bytes"] == 0 and parent_there.stat().st_mtime_ns == made
+    # its last user gone, the parent went with it: none is left on hv1
+    assert not (lab.dir / "hosts" / "hv1" / "share" / "Golden" / "base.vhdx").exists()
     for vm in (name, "golden-b"):
         out = lab.verify(vm)
         assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (vm, out["problems"])
@@ -322,3 +326,27 @@ def test_off_and_saved_vms_move_cold_and_a_saved_one_resumes_there_only_with_sta
     lab.add_vm("warm", "hv1")
     res = lab.cli("migrate", "warm", "--from", "hv1", "--to", "hv2", "--start")
     assert res.returncode == 2 and "--start" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_destination_volume_without_room_for_the_files_that_land_on_it_is_refused_before_the_checkpoint(lab):
+    """Pre-flight measured the room of vm_root's volume only: a disk bound for hv2's second
+    folder (F:) would fail to copy there when F: is full. The files that land on each volume
+    are now measured against its free space, and a refusal names the folder and the options
+    that place them elsewhere."""
+    name = "roomy"
+    lab.add_vm(name, "hv1", disks=2, disk_folders=[f"{ROOTS['hv1']}\\roomy", "E:\\Data\\hv1\\roomy"])
+    time.sleep(0.5)
+    lab.emulator("hv2").set_host(folder_free_bytes={"F:\\Data\\hv2": 8 * 2**20})
+    try:
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run")
+        assert res.returncode == 0, res.stderr
+        assert "8 MiB free on the volume of F:\\Data\\hv2" in res.stdout and "--storage-map" in res.stdout, res.stdout
+        res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                                "--timeout", "120")
+        assert rec["state"] == "rolled_back" and "F:\\Data\\hv2" in rec["error"], rec.get("error")
+        assert vm_on(lab, "hv1", name)["snapshots"] == [] and vm_on(lab, "hv2", name) is None
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run", "--storage-map",
+                      f"E:\\Data\\hv1\\roomy={ROOTS['hv2']}\\roomy-data")
+        assert "pre-flight: ok" in res.stdout, res.stdout
+    finally:
+        lab.emulator("hv2").reset_host()

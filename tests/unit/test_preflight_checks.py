@@ -148,3 +148,12 @@ def test_a_configuration_version_the_destination_does_not_run_is_refused_with_th
     assert "configuration version 11.0" in found and "Update-VMVersion" not in found and "newer" in found
     [found] = preflight.problems(dict(VM, version="12.1"), HOST, old, destination="hv2", file_bytes=0)
     assert "Update-VMVersion" not in found
+
+
+def test_each_volume_is_named_by_its_drive_or_share_and_measured_with_a_margin():
+    assert preflight.volume_of("f:\\Data\\hv2") == "F:" == preflight.volume_of("F:\\other")
+    assert preflight.volume_of("\\\\nas\\vms\\hv2\\a") == preflight.volume_of("\\\\NAS\\VMs\\x") == "\\\\nas\\vms"
+    assert preflight.volume_room_problem("hv2", "F:\\Data", 200 * MiB, 100 * MiB) is None
+    found = preflight.volume_room_problem("hv2", "F:\\Data", 120 * MiB, 100 * MiB)  # 100 + 64 margin
+    assert found and "120 MiB free on the volume of F:\\Data" in found and "164 MiB" in found
+    assert preflight.volume_room_problem("hv2", "F:\\Data", None, 100 * MiB) is None

@@ -83,6 +83,28 @@ def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file
     return out
 
 
+def volume_of(folder: str) -> str:
+    """The volume a host folder is on, as far as its path tells: its drive (`F:`), or a UNC
+    share (`\\\\server\\share`). Folders on one volume share its free space."""
+    if len(folder) >= 2 and folder[1] == ":":
+        return folder[:2].upper()
+    parts = folder.split("\\")
+    return "\\".join(parts[:4]).lower()
+
+
+def volume_room_problem(destination: str, folder: str, free: object, need_files: int) -> str | None:
+    """Room on a destination volume other than vm_root's for the files that land there (the
+    files and the margin; the saved memory lands beside the configuration, under vm_root)."""
+    if not isinstance(free, int) or isinstance(free, bool):
+        return None  # a path that is not a drive letter's: the host cannot tell
+    need = needed_bytes(need_files, 0)
+    if free >= need:
+        return None
+    return (f"{destination} has {free / MiB:.0f} MiB free on the volume of {folder} but the files that land there "
+            f"need {need / MiB:.0f} MiB (and a margin); free space there or place them elsewhere (--storage-map "
+            "or --destination-path)")
+
+
 def _version_number(v: object) -> tuple[int, ...] | None:
     try:
         return tuple(int(p) for p in str(v).split("."))

@@ -91,6 +91,7 @@ class MigrationRecord(TypedDict, total=False):
     cold: str                        # a cold move: the VM's state (Off or Saved) when its files were copied
     # copying (workers.steps.transfer, downtime_copy)
     created_files: list[str]         # destination paths we created (and their .partial), for rollback
+    created_folders: list[str]       # destination folders the copies created, removed by a rollback if left empty
     copied: list[Copied]
     planned: dict[str, int]          # source path -> size, for bytes_total
     progress: Progress

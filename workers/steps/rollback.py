@@ -122,6 +122,18 @@ def _leave_isos(rec: dict) -> tuple[set[str], list[str]]:
     return keep, last_use
 
 
+def _remove_created_folders(rec: dict, lg) -> None:
+    """The folders the copies created on the destination (a --storage-map's or
+    --destination-path's own, say), deepest first, each only if it is empty now: the host's
+    clean-up removes Hyper-V's own folders only."""
+    host, ep = context.config().host(rec["destination"]), context.smb_endpoint(rec["destination"])
+    folders = sorted(_confined(rec, rec.get("created_folders") or [], lg), key=lambda p: -p.count("\\"))
+    removed = [p for p in folders if file_copy.remove_empty_folder(ep.on_share(place_of(host, p).share),
+                                                                    place_of(host, p).rel)]
+    if removed:
+        lg.info("removed %d empty folder(s) the copies had made on %s", len(removed), rec["destination"])
+
+
 def fail_rollback(mid: str, error: str) -> None:
     end(mid, states.FAILED, error=f"rollback incomplete: {error}")
 
@@ -166,6 +178,7 @@ def rollback(mid: str, lg) -> None:
                 " and the imported VM" if out.get("removed") else "", rec["destination"])
         for k in out.get("kept") or []:
             lg.warning("kept %s on %s: %s refers to it", k["path"], rec["destination"], k["used_by"])
+    _remove_created_folders(rec, lg)
     for path in last_use:
         SharedFiles(context.store().r).deleted(rec["destination"], path, mid)
     if keep:

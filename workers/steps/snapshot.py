@@ -27,6 +27,7 @@ from workers.model.file_plan import (
     frozen_files,
     layout_problems,
 )
+from workers.model.hostpaths import HostPathError
 from workers.smb.endpoint import SmbEndpoint
 from workers.steps.checkpoint import ours, snapshot_name
 from workers.steps.transfer import file_size
@@ -50,7 +51,8 @@ def preflight_problems(cfg: Config, rec: dict, vm: dict, src: HyperVDriver, dst:
     pm = PathMap.for_record(cfg, rec, vm)
     files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
     files |= {p for snap in vm.get("snapshots", []) for p in checkpoint_files(snap)}
-    file_bytes = sum(file_size(ep, pm.src_place(p)) for p in files)
+    sizes = {p: file_size(ep, pm.src_place(p)) for p in files}
+    file_bytes = sum(sizes.values())
     cold = vm.get("state") in states.COLD_VM_STATES
     if vm.get("checkpoint_type") == "Standard" and not cold:  # our checkpoint of the running VM keeps its memory
         file_bytes += preflight.saved_memory_bytes(vm)
@@ -60,11 +62,38 @@ def preflight_problems(cfg: Config, rec: dict, vm: dict, src: HyperVDriver, dst:
                                 switches=switches, source=rec["source"])
     found += preflight.fact_problems(vm, src_info, dst_info, source=rec["source"], destination=rec["destination"],
                                      start=options.of(rec).start)
+    found += _room_on_other_volumes(cfg, rec, pm, sizes, dst)
     same_id = next((v for v in dst.run("list_vms", {})["vms"] if v["id"].lower() == vm["id"].lower()), None)
     problem = preflight.same_id_problem(vm, rec["destination"], same_id)
     if problem:
         found.append(problem)
     return found, len(files), file_bytes
+
+
+def _room_on_other_volumes(cfg: Config, rec: dict, pm: PathMap, sizes: dict[str, int], dst: HyperVDriver) -> list[str]:
+    """The room of every destination volume the files land on besides vm_root's (whose room
+    `preflight.problems` checks for everything): what lands on each, against the free space
+    of the volume of one of its storage folders (host_info's vm_root_free_bytes there)."""
+    host = cfg.host(rec["destination"])
+    first = preflight.volume_of(host.vm_root)
+    need: dict[str, int] = {}
+    folder: dict[str, str] = {}
+    for path, n in sizes.items():
+        try:
+            storage, _ = host.place(pm.dest(path))
+        except HostPathError:
+            continue  # pm.problems names it
+        vol = preflight.volume_of(storage.path)
+        if vol != first:
+            need[vol] = need.get(vol, 0) + n
+            folder.setdefault(vol, storage.path)
+    found = []
+    for vol, n in sorted(need.items()):
+        free = dst.run("host_info", {"vm_root": folder[vol]}).get("vm_root_free_bytes")
+        problem = preflight.volume_room_problem(rec["destination"], folder[vol], free, n)
+        if problem:
+            found.append(problem)
+    return found
 
 
 def _preflight(rec: dict, vm: dict, lg) -> None:
