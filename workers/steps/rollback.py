@@ -178,7 +178,6 @@ def rollback(mid: str, lg) -> None:
                 " and the imported VM" if out.get("removed") else "", rec["destination"])
         for k in out.get("kept") or []:
             lg.warning("kept %s on %s: %s refers to it", k["path"], rec["destination"], k["used_by"])
-    _remove_created_folders(rec, lg)
     for path in last_use:
         SharedFiles(context.store().r).deleted(rec["destination"], path, mid)
     if keep:
@@ -187,6 +186,7 @@ def rollback(mid: str, lg) -> None:
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
     if rec.get("cold"):
         # a cold move never changed the source: it stays Off or Saved (or whatever it became)
+        _remove_created_folders(rec, lg)
         end(mid, states.ROLLED_BACK, rollback_seconds=round(time.time() - t0, 3))
         return
     if vm["state"] != "Running" or start_action.differs(rec, vm):
@@ -199,6 +199,7 @@ def rollback(mid: str, lg) -> None:
     if snaps:
         fence(rec)
         src.run("remove_snapshots", {"vm_id": rec["vm_id"], "snapshot_ids": [s["id"] for s in snaps]})
+    _remove_created_folders(rec, lg)  # once the source runs again: it is only tidying
     took = time.time() - t0
     extra = {}
     if rec.get("save_started_at"):
