@@ -70,8 +70,11 @@ def cmd_add_vm(args) -> int:
     more.update({k: v for k, v in (("vm_id", args.id), ("parent", args.parent), ("path", args.path),
                                    ("disks", args.disks), ("disk_folders", args.disk_folder),
                                    ("generation", args.generation), ("checkpoints", args.checkpoints),
-                                   ("golden", args.golden), ("state", args.state))
+                                   ("golden", args.golden), ("state", args.state),
+                                   ("vlan_id", args.vlan), ("static_mac", args.static_mac))
                  if v is not None})
+    if args.legacy_adapter:
+        more["legacy_adapter"] = True
     more.update(_lifecycle_options(args))
     more.update(_movability_options(args))
     # the orchestrator turns a host's refusal into a LabError (one line, exit 2)
@@ -173,6 +176,10 @@ def register(sub, common) -> None:
                    choices=("Standard", "Production", "ProductionOnly", "Disabled"))
     a.add_argument("--config-version", default="10.0", help="the VM's configuration version")
     a.add_argument("--switch", action="append", help="virtual switch of a network adapter (repeatable)")
+    a.add_argument("--legacy-adapter", action="store_true",
+                   help="the first network adapter is a legacy (emulated) one: Generation 1 only")
+    a.add_argument("--vlan", type=int, metavar="ID", help="the first network adapter's access VLAN (1-4094)")
+    a.add_argument("--static-mac", metavar="MAC", help="the first network adapter's static MAC address")
     a.add_argument("--passthrough-disk", action="store_true", help="also attach a pass-through (physical) disk")
     a.add_argument("--id", metavar="GUID", help="the VM's id: e.g. that of a VM on another host, as a "
                    "Hyper-V Replica replica keeps its primary's id")

@@ -9,6 +9,7 @@ the host that holds the VM. It returns
      "integrity": "ok" | "<what is missing or wrong>", "writes_checked": int,
      "host": the host whose disks were checked, "disks": file disks there,
      "checkpoints": [names from the root of the checkpoint tree to the current one, there],
+     "adapters": [{"switch", "legacy", "vlan_id", "static_mac"} of each network adapter, there],
      "problems": [str, ...],
      "overlaps": [moments it started on one host while another still ran it]}
 
@@ -24,7 +25,9 @@ and checks, in that order:
   where the VM runs now (or sits Saved/Off), with no duplicate records;
 - a Saved VM's .vmrs holds the counter of the last save;
 - every checkpoint has its files there, and its disks are links of the VM's chains now, in
-  the order the checkpoints were taken (`_check_checkpoints`).
+  the order the checkpoints were taken (`_check_checkpoints`);
+- each network adapter keeps the type, VLAN and static MAC address it was created with
+  (`_check_adapters`).
 The journal is read before the disks (a write is on the disk before it is acknowledged), and
 a running VM is checked up to three times, so a checkpoint or merge racing the check is not
 reported as a loss.
@@ -40,6 +43,7 @@ from lab import history
 from lab.emulator import disk
 from lab.emulator.errors import OpError
 from lab.emulator.hostpaths import HostPaths, for_host
+from lab.emulator.vm import adapters_of
 from workers.model.config import load_config
 
 MAX_LISTED = 5
@@ -341,6 +345,27 @@ def _check_saved_memory(home: str, rec: dict, vm_id: str, paths: HostPaths, stor
         problems.append(f"{home} reports the VM Saved but its saved state {vmrs_hp} is unreadable: {e}")
 
 
+ADAPTER_KEPT = ("legacy", "vlan_id", "static_mac")
+
+
+def _check_adapters(home: str, rec: dict, events: list[dict], vm_id: str, problems: list[str]) -> list[dict]:
+    """Each network adapter has the type, VLAN and static MAC address it was created with (the
+    host's `create` event); its switch may differ (a --switch-map)."""
+    now = adapters_of(rec.get("switches") or [], rec.get("nics") or [])
+    made = next((e.get("nics") for e in events if e.get("vm_id") == vm_id and e.get("event") == "create"), None)
+    if made is None:  # a VM of before the create event recorded its adapters
+        return now
+    for i, was in enumerate(made):
+        have = now[i] if i < len(now) else None
+        if have is None:
+            problems.append(f"network adapter {i} is gone on {home}")
+            continue
+        lost = [f"{k} {was.get(k)!r} -> {have.get(k)!r}" for k in ADAPTER_KEPT if was.get(k) != have.get(k)]
+        if lost:
+            problems.append(f"network adapter {i} on {home} changed: {', '.join(lost)}")
+    return now
+
+
 def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     by_id = _holders(lab_dir, cfg, name)
     result: dict = {"vm": name, "vm_id": None, "running_on": [], "state_by_host": {}, "integrity": "",
@@ -356,7 +381,8 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     result["vm_id"] = vm_id
     _check_placement(result, holders, problems)
 
-    result["overlaps"] = history.overlaps(history.load_events(lab_dir), vm_id)
+    events = history.load_events(lab_dir)
+    result["overlaps"] = history.overlaps(events, vm_id)
     for o in result["overlaps"]:
         problems.append(f"ran on two hosts at once: started on {o['started_on']} at {o['t']:.3f} "
                         f"while running on {', '.join(o['still_running_on'])}")
@@ -377,6 +403,7 @@ def _check_once(lab_dir: Path, cfg, name: str) -> dict:
     _check_disks(home, disk_seqs, acked, problems)
     _check_each_disk(home, rec, per_disk, acked, problems)
     result["checkpoints"] = _check_checkpoints(home, rec, vm_id, paths, problems)
+    result["adapters"] = _check_adapters(home, rec, events, vm_id, problems)
     if rec.get("state") == "Saved":
         _check_saved_memory(home, rec, vm_id, paths, story, problems)
     result["integrity"] = "ok" if not problems else "; ".join(problems)

@@ -54,6 +54,8 @@ def cmd_migrate(args) -> int:
     raw = {k: getattr(args, k) for k in ("max_downtime", "on_exceed", "max_rounds", "not_before", "window",
                                          "keep_source_hours", "destination_path", "storage_map", "switch_map")
            if getattr(args, k) is not None}
+    if args.start:
+        raw["start"] = True
     req = MigrationRequest(args.vm, args.source, args.destination, raw)
     if args.dry_run:
         plan = p.dry_run(req)
@@ -67,7 +69,8 @@ def cmd_migrate(args) -> int:
                 print(f"switch {src} -> {dst}")
             print(f"pre-flight: {'ok' if plan['preflight']['ok'] else '; '.join(plan['preflight']['problems'])}")
             copy = f"{plan['copy_bytes'] / 2**20:.0f} MiB in {plan['predicted_copy_seconds']:.1f} s"
-            print(f"predicted: copy {copy}, downtime {plan['predicted_downtime_seconds']:.1f} s")
+            cold = f" (a cold move: the VM is {plan['cold']})" if plan.get("cold") else ""
+            print(f"predicted: copy {copy}, downtime {plan['predicted_downtime_seconds']:.1f} s{cold}")
         return EXIT_OK
     rec = p.enqueue(req)
     if not args.wait:
@@ -369,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files under SRC_PREFIX land under DST_PREFIX (repeatable; the longest prefix wins)")
     m.add_argument("--switch-map", action="append", metavar="SRC=DST",
                    help="connect the VM's adapters on virtual switch SRC to switch DST of the destination (repeatable)")
+    m.add_argument("--start", action="store_true",
+                   help="a VM that is Off or Saved (a cold move): start it on the destination (a Saved one "
+                        "resumes from its saved state); without it, it arrives as it is")
     m.add_argument("--dry-run", action="store_true",
                    help="print the file plan (each file, its size, where it lands), the pre-flight's "
                         "problems and the predicted copy time and downtime; change nothing")

@@ -134,9 +134,12 @@ class Producer:
         if req.source == req.destination:
             raise RequestError(f"source and destination are both {req.source}; choose another destination")
         vm = self._find_vm(req)
-        if vm["state"] != "Running":
-            raise RequestError(f"VM {req.vm!r} is {vm['state']} on {req.source}; "
-                               "quickmig moves running VMs (start it first)")
+        if vm["state"] not in states.MOVABLE_VM_STATES:
+            raise RequestError(f"VM {req.vm!r} is {vm['state']} on {req.source}; quickmig moves Running VMs, and "
+                               "Off or Saved ones cold (resume or turn it off first)")
+        if req.options.get("start") and vm["state"] == "Running":
+            raise RequestError(f"--start is for a VM that is Off or Saved, and {req.vm!r} is Running on {req.source} "
+                               "(it runs on the destination after the move anyway); drop --start")
         return vm
 
     @staticmethod
@@ -207,7 +210,10 @@ class Producer:
         save_s = memory / costs["save_bps"]
         down_copy_s = (memory + leaf + precopy.STATE_FILES_BYTES) / rates["downtime_copy_bps"]
         downtime = precopy.predict_s(memory, leaf, rates["downtime_copy_bps"], costs)
-        return {**plan, "preflight": {"ok": not found, "problems": found},
+        cold = full["state"] if full["state"] in states.COLD_VM_STATES else None
+        if cold:  # a cold move: no Save-VM, no copy while the VM is down
+            downtime = save_s = down_copy_s = 0.0
+        return {**plan, "cold": cold, "preflight": {"ok": not found, "problems": found},
                 "copy_bytes": copy_bytes, "memory_bytes": memory,
                 "predicted_copy_seconds": round(copy_bytes / rates["copy_bps"], 3),
                 "predicted_downtime_seconds": round(downtime, 3),

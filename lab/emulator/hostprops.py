@@ -27,7 +27,7 @@ MEMORY_BYTES = 64 * 1024 ** 3   # memory the host has for VMs
 GUARDIAN = "UntrustedGuardian"  # the local guardian Hyper-V makes for the first VM with a virtual TPM
 # What a test may change about a host (POST /lab/host) to make a pre-flight check fail.
 HOST_PROPS = ("supported_versions", "switches", "cpu_vendor", "free_bytes", "fips", "cpu_model", "cpu_features",
-              "memory_bytes", "numa_nodes", "numa_spanning", "guardians", "sans")
+              "memory_bytes", "numa_nodes", "numa_spanning", "guardians", "sans", "folder_free_bytes")
 
 
 def thumbprint(*parts: str) -> str:
@@ -47,7 +47,9 @@ def defaults(host: str = "") -> dict:
     return {"supported_versions": list(SUPPORTED_VERSIONS), "switches": list(SWITCHES),
             "cpu_vendor": CPU_VENDOR, "free_bytes": None, "fips": False, "cpu_model": CPU_MODEL,
             "cpu_features": list(CPU_FEATURES), "memory_bytes": MEMORY_BYTES, "numa_nodes": 1,
-            "numa_spanning": True, "guardians": [local_guardian(host)], "sans": []}
+            "numa_spanning": True, "guardians": [local_guardian(host)], "sans": [],
+            # the free space of the volume of a storage folder (host path) other than free_bytes
+            "folder_free_bytes": {}}
 
 
 def check(doc: object) -> dict:
@@ -69,10 +71,26 @@ def check(doc: object) -> dict:
     if "guardians" in doc and not (isinstance(doc["guardians"], list) and all(_guardian(g) for g in doc["guardians"])):
         raise invalid_arg("guardians must be a list of {name, encryption_thumbprint, signing_thumbprint, "
                           "private_keys}", "SetVMHost")
+    ff = doc.get("folder_free_bytes")
+    if ff is not None and not (isinstance(ff, dict) and all(
+            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in ff.items())):
+        raise invalid_arg("folder_free_bytes must map host folders to byte counts", "SetVMHost")
     fb = doc.get("free_bytes")
     if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or fb < 0):
         raise invalid_arg("free_bytes must be a byte count, or null for the real free space", "SetVMHost")
     return doc
+
+
+def folder_free_bytes(props: dict, share: Path, folder: str) -> int:
+    """The free space of the volume that holds `folder` (a storage folder, or a path in one):
+    what folder_free_bytes says of the storage folder it is in, else free_bytes."""
+    f = folder.rstrip("\\").lower()
+    for root, n in sorted((props.get("folder_free_bytes") or {}).items(), key=lambda kv: -len(kv[0])):
+        r = root.rstrip("\\").lower()
+        if f == r or f.startswith(r + "\\"):
+            return int(n)
+    return free_bytes(props, share)
 
 
 def free_bytes(props: dict, share: Path) -> int:

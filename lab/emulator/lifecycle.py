@@ -44,6 +44,7 @@ from lab.emulator.vm import (
     MiB,
     checkpoint_files,
     invalid_state,
+    static_macs,
 )
 
 log = logging.getLogger("lab.emulator.lifecycle")
@@ -86,6 +87,36 @@ def _check_new_vm(name: object, memory_mb: object, disk_mb: object, write_rate_k
     if not isinstance(switches, list) or not all(isinstance(x, str) and 0 < len(x) <= MAX_NAME for x in switches):
         raise invalid_arg("switches must be a list of switch names.", "NewVM")
     return switches
+
+
+MAC = re.compile(r"[0-9A-F]{12}")
+
+
+def _check_nics(generation: int, switches: list[str], legacy: object, vlan_id: object,
+                static_mac: object) -> list[dict]:
+    """The lab's settings of a new VM's first network adapter (docs/hyperv-rules.md, "Network
+    adapters"): Add-VMNetworkAdapter -IsLegacy (Generation 1 only), Set-VMNetworkAdapterVlan
+    -Access -VlanId, Add-VMNetworkAdapter -StaticMacAddress (12 hex digits, unicast)."""
+    if legacy is False and vlan_id is None and static_mac is None:
+        return []
+    if not switches:
+        raise invalid_arg("legacy_adapter, vlan_id and static_mac need a network adapter (a switch).", "NewVM")
+    if not isinstance(legacy, bool):
+        raise invalid_arg("legacy_adapter must be true or false.", "AddVMNetworkAdapter")
+    if legacy and generation != 1:
+        raise invalid_arg("A legacy network adapter can be added to a Generation 1 virtual machine only.",
+                          "AddVMNetworkAdapter")
+    vlan = 0 if vlan_id is None else vlan_id  # 0: untagged, Set-VMNetworkAdapterVlan -Untagged
+    if vlan_id is not None and (isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094):
+        raise invalid_arg("Cannot validate argument on parameter 'VlanId': it must be from 1 to 4094.",
+                          "SetVMNetworkAdapterVlan")
+    mac = "" if static_mac is None else static_mac
+    if mac:
+        mac = mac.replace("-", "").replace(":", "").upper() if isinstance(mac, str) else ""
+        if not MAC.fullmatch(mac) or int(mac[1], 16) & 1 or mac == "0" * 12:
+            raise invalid_arg("static_mac must be a unicast MAC address of 12 hexadecimal digits.",
+                              "AddVMNetworkAdapter")
+    return [{"legacy": legacy, "vlan_id": vlan, "static_mac": mac}]
 
 
 MAX_MEMORY_MB = 1048576  # Hyper-V's largest MemoryMaximum (1 TB), a Dynamic Memory VM's default
@@ -181,7 +212,8 @@ class VMLifecycle:
                memory_assigned_mb: object = None, heartbeat: object = True, heartbeat_enabled: object = True,
                compat_migration: object = False, vtpm: object = False, clustered: object = False,
                replica: object = False, devices: object = None, disks: object = 1,
-               disk_folders: object = None, generation: object = 2) -> VM:
+               disk_folders: object = None, generation: object = 2, legacy_adapter: object = False,
+               vlan_id: object = None, static_mac: object = None) -> VM:
         r"""New-VM + New-VHD + Add-VMDvdDrive (+ Set-VM + Start-VM): the lab's way to make a VM.
 
         `vm_id`: the VM's id (a GUID) instead of a new one: a VM that shares its id with one on
@@ -202,7 +234,8 @@ class VMLifecycle:
         on IDE 0:0, 0:1, 1:0, 1:1 (the startup disk on IDE 0:0), then on SCSI; `disk_folders`:
         host folders (any storage folder of the host) the disks are placed in, in turn
         (default: the VM's `Virtual Hard Disks`). Disk i is `disk<i>.vhdx`; `parent` applies
-        to disk 0."""
+        to disk 0. `legacy_adapter`, `vlan_id`, `static_mac`: the first network adapter's
+        (`_check_nics`)."""
         switches = _check_new_vm(name, memory_mb, disk_mb, write_rate_kbps, checkpoint_type, version, switches)
         for what, flag in (("heartbeat", heartbeat), ("heartbeat_enabled", heartbeat_enabled),
                            ("compat_migration", compat_migration), ("vtpm", vtpm), ("clustered", clustered),
@@ -221,6 +254,7 @@ class VMLifecycle:
                                           memory_assigned_mb)
         if generation not in (1, 2) or isinstance(generation, bool):
             raise invalid_arg("generation must be 1 or 2.", "NewVM")
+        nics = _check_nics(int(generation), switches, legacy_adapter, vlan_id, static_mac)  # type: ignore[call-overload]
         vm_id, folder = self._id_and_folder(vm_id, path)
         vm = VM(id=vm_id, name=name, path=folder,
                 config_path=f"{folder}\\Virtual Machines\\{vm_id.upper()}.vmcx",
@@ -232,7 +266,7 @@ class VMLifecycle:
                 heartbeat_enabled=bool(heartbeat_enabled), compat_migration=bool(compat_migration),
                 tpm_enabled=bool(vtpm), key_protector=key_protector, devices=hardware,
                 is_clustered=bool(clustered), replication_mode="Primary" if replica else "None",
-                generation=int(generation))  # type: ignore[call-overload]
+                generation=int(generation), nics=nics)  # type: ignore[call-overload]
         paths = self._disk_paths(folder, disks, disk_folders, vm.generation)
         base = paths[0]
         with self.reg.lock:
@@ -258,7 +292,7 @@ class VMLifecycle:
                     self.reg.props["sans"] = [*self.reg.props["sans"], d["san"]]
             self.reg.vms[vm_id] = vm
             self.reg.save(vm)
-        self.events.event(vm, "create")
+        self.events.event(vm, "create", nics=vm.nics)
         log.info("created VM %s (%r) on %s", vm_id, name, self.reg.name)
         if start:
             with vm.op_lock:
@@ -373,12 +407,27 @@ class VMLifecycle:
         self.paths.local(vm.state_file("vmrs")).unlink()  # Hyper-V deletes the saved state once the VM runs from it
         return counter
 
+    def _check_macs(self, vm: VM) -> None:
+        """A static MAC address that a running VM of this host already has is refused (harsher
+        reading: Hyper-V's documentation does not say what two ports with one MAC address do)."""
+        mine = set(static_macs(vm))
+        if not mine:
+            return
+        with self.reg.lock:
+            other = next(((o, m) for o in self.reg.vms.values() if o.id != vm.id and o.state == "Running"
+                          for m in static_macs(o) if m in mine), None)
+        if other is not None:
+            raise OpError(f"'{vm.name}' failed to start: the MAC address {other[1]} is in use by the running "
+                          f"virtual machine '{other[0].name}'.", "NotSpecified",
+                          fqid("OperationFailed", "StartVM"), vm.name)
+
     def start(self, vm: VM, **why) -> None:
         """Start-VM (the caller holds vm.op_lock); `why` goes into the start event."""
         if vm.state == "Running":
             log.warning("Start-VM %s: the virtual machine is already in the specified state", vm.id)
             return
         chain = self._check_bootable(vm)
+        self._check_macs(vm)
         saved = self._saved_state(vm) if vm.state == "Saved" else None
         # a saved state of before the processor features were recorded resumes anywhere
         cpu_set = saved.get("cpu_set") if saved is not None else None

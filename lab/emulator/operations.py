@@ -20,7 +20,7 @@ from lab.emulator.hostpaths import is_guid, same_path
 from lab.emulator.hostresources import check_compatibility_info, numa_available
 from lab.emulator.lifecycle import VMLifecycle
 from lab.emulator.registry import Registry
-from lab.emulator.vm import MAX_NAME, VM, describe
+from lab.emulator.vm import MAX_NAME, VM, describe, static_macs
 from lab.emulator.vmfacts import preflight_facts
 from lab.emulator.vmimport import Importer, check_maps, check_switch_map
 from workers.model import chunks
@@ -127,13 +127,20 @@ class Operations:
         if not isinstance(guardians, bool):
             raise invalid_arg("guardians must be true or false.", "GetVMHost")
         free = hostprops.free_bytes(self.reg.props, self.paths.share)
+        vm_root = args.get("vm_root")
+        if vm_root is not None and not (isinstance(vm_root, str) and vm_root):
+            raise invalid_arg("vm_root must be a host folder.", "GetVMHost")
         p = self.reg.props
         with self.reg.lock:
             numa = numa_available(self.reg)
+            macs = [{"mac": m, "vm": v.name, "vm_id": v.id, "state": v.state}
+                    for v in self.reg.vms.values() for m in static_macs(v)]
         out = {"name": self.reg.name, "supported_versions": list(p["supported_versions"]),
                "switches": list(p["switches"]), "cpu_vendor": p["cpu_vendor"], "free_bytes": free,
-               "vm_root_free_bytes": free, "cpu_model": p["cpu_model"], "numa_spanning_enabled": p["numa_spanning"],
-               "numa_nodes": [{"id": i, "memory_available_bytes": n} for i, n in enumerate(numa)]}
+               "vm_root_free_bytes": hostprops.folder_free_bytes(p, self.paths.share, vm_root or self.paths.vm_root),
+               "cpu_model": p["cpu_model"], "numa_spanning_enabled": p["numa_spanning"],
+               "numa_nodes": [{"id": i, "memory_available_bytes": n} for i, n in enumerate(numa)],
+               "static_macs": macs}
         if guardians:  # Get-HgsGuardian: the guardians whose certificates this host holds
             out["guardians"] = [{"name": g["name"], "encryption_thumbprint": g["encryption_thumbprint"],
                                  "signing_thumbprint": g["signing_thumbprint"],

@@ -69,6 +69,9 @@ class VM:
     memory_startup_bytes: int = 64 * MiB
     checkpoint_type: str = "Standard"
     switches: list[str] = field(default_factory=lambda: list(SWITCHES))
+    # per network adapter, in the order of `switches`: legacy (emulated, Generation 1 only),
+    # vlan_id (access VLAN, 0 untagged), static_mac ("" dynamic); see `adapters`
+    nics: list[dict] = field(default_factory=list)
     disks: list[dict] = field(default_factory=list)      # controller_* + path (active leaf)
     isos: list[str] = field(default_factory=list)
     # id, name, config_path, files (every file of the checkpoint), disks (frozen paths), created
@@ -99,7 +102,7 @@ class VM:
     heartbeat_at: float = field(default=0.0, repr=False, compare=False)
 
     PERSISTED = ("id", "name", "path", "config_path", "state", "generation", "version",
-                 "memory_startup_bytes", "checkpoint_type", "switches", "disks", "isos", "snapshots",
+                 "memory_startup_bytes", "checkpoint_type", "switches", "nics", "disks", "isos", "snapshots",
                  "write_rate_kbps", "cpu_vendor", "counter", "snapshot_location", "smart_paging_path",
                  "automatic_start_action", "dynamic_memory_enabled", "memory_maximum_bytes", "memory_assigned_bytes",
                  "heartbeat_enabled", "guest_heartbeat", "compat_migration", "cpu_set", "tpm_enabled",
@@ -182,8 +185,28 @@ def describe(vm: VM, paths: HostPaths) -> dict:
         "snapshot_location": vm.snapshot_location, "smart_paging_path": vm.smart_paging_path,
         "snapshots": [{"id": s["id"], "name": s["name"], "config_path": s["config_path"],
                        "files": _existing(paths, checkpoint_files(s))} for s in vm.snapshots],
-        "switches": list(vm.switches),
+        "switches": list(vm.switches), "adapters": adapters(vm),
     }
+
+
+NO_NIC = {"legacy": False, "vlan_id": 0, "static_mac": ""}
+
+
+def adapters(vm: VM) -> list[dict]:
+    """Its network adapters as Get-VMNetworkAdapter (IsLegacy, MacAddress with
+    DynamicMacAddressEnabled) and Get-VMNetworkAdapterVlan (AccessVlanId) show them."""
+    return adapters_of(vm.switches, vm.nics)
+
+
+def adapters_of(switches: list[str], nics: list[dict]) -> list[dict]:
+    """The adapters of a VM record (VM.to_state) with these `switches` and `nics`."""
+    nics = (list(nics) + [NO_NIC] * len(switches))[:len(switches)]
+    return [{"switch": sw, **{k: n.get(k, v) for k, v in NO_NIC.items()}}
+            for sw, n in zip(switches, nics, strict=True)]
+
+
+def static_macs(vm: VM) -> list[str]:
+    return [a["static_mac"] for a in adapters(vm) if a["static_mac"]]
 
 
 def checkpoint_files(snap: dict) -> list[str]:

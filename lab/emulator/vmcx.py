@@ -26,7 +26,7 @@ def vmcx_doc(vm: VM, vm_root: str, snapshot: dict | None = None) -> dict:
         "format": VMCX_FORMAT, "id": vm.id, "name": vm.name, "state": vm.state,
         "generation": vm.generation, "version": vm.version,
         "memory_startup_bytes": vm.memory_startup_bytes, "checkpoint_type": vm.checkpoint_type,
-        "switches": list(vm.switches), "cpu_vendor": vm.cpu_vendor,
+        "switches": list(vm.switches), "nics": [dict(n) for n in vm.nics], "cpu_vendor": vm.cpu_vendor,
         "vm_root": vm_root, "path": vm.path,
         "snapshot_location": vm.snapshot_location, "smart_paging_path": vm.smart_paging_path,
         "disks": [dict(d) for d in vm.disks], "isos": list(vm.isos),
@@ -63,7 +63,9 @@ def hardware_settings(doc: dict) -> dict:
     guest = doc.get("guest") if isinstance(doc.get("guest"), dict) else {}
     kp = doc.get("key_protector")
     devices = doc.get("devices")
-    return {"heartbeat_enabled": doc.get("heartbeat_enabled") is not False,
+    nics = doc.get("nics")
+    return {"nics": [dict(n) for n in nics if isinstance(n, dict)] if isinstance(nics, list) else [],
+            "heartbeat_enabled": doc.get("heartbeat_enabled") is not False,
             "guest_heartbeat": guest.get("heartbeat") is not False,
             "compat_migration": doc.get("compat_migration") is True,
             "tpm_enabled": doc.get("tpm_enabled") is True,

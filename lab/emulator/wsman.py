@@ -491,7 +491,8 @@ class Handler(BaseHTTPRequestHandler):
                               "vm_id", "parent", "path", "automatic_start_action", "dynamic_memory",
                               "memory_maximum_mb", "memory_assigned_mb", "heartbeat", "heartbeat_enabled",
                               "compat_migration", "vtpm", "clustered", "replica", "devices", "disks",
-                              "disk_folders", "generation", "checkpoints", "golden", "state"}
+                              "disk_folders", "generation", "checkpoints", "golden", "state",
+                              "legacy_adapter", "vlan_id", "static_mac"}
         if unknown:
             self._json(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
             return

@@ -141,7 +141,9 @@ def test_writes_made_on_the_destination_come_back_to_each_disks_own_folder_when_
     out = lab.verify(name)
     assert out["running_on"] == ["hv1"] and out["integrity"] == "ok" and out["disks"] == 2, out["problems"]
     assert vm_on(lab, "hv2", name) is None
-    assert not list((lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").rglob("*.vhdx"))
+    # the folders its copies made there are gone too, the --storage-map's own among them
+    assert not (lab.dir / "hosts" / "hv2" / "shares" / "hv2-data" / "elsewhere").exists()
+    assert not (lab.dir / "hosts" / "hv2" / "share" / "back").exists()
 
 
 def test_a_vm_with_a_tree_of_user_checkpoints_moves_with_every_one_whole_and_in_order(lab):
@@ -203,6 +205,8 @@ def test_a_vm_on_a_golden_parent_with_four_disks_and_checkpoints_moves_and_the_p
     assert rec["state"] == "completed", rec.get("error")
     [entry] = [c for c in rec["copied"] if c["path"] == golden]
     assert entry["shared"] and entry["bytes"] == 0 and parent_there.stat().st_mtime_ns == made
+    # its last user gone, the parent went with it: none is left on hv1
+    assert not (lab.dir / "hosts" / "hv1" / "share" / "Golden" / "base.vhdx").exists()
     for vm in (name, "golden-b"):
         out = lab.verify(vm)
         assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (vm, out["problems"])
@@ -249,3 +253,100 @@ def test_two_vms_on_one_golden_parent_moving_at_once_copy_it_once_and_share_it(l
         out = lab.verify(name)
         assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (name, out["problems"])
         assert vm_on(lab, "hv2", name)["disks"][0]["chain"][-1] == f"{ROOTS['hv2']}\\Golden\\twin.vhdx"
+
+
+def test_a_legacy_adapter_its_vlan_and_static_mac_move_with_the_vm_and_a_mac_taken_there_is_refused_first(lab):
+    """Items 5 and 6: a Generation 1 VM whose adapter is a legacy one, on VLAN 42 with a static
+    MAC address, moves as Hyper-V would move it: the same adapter type, VLAN and address on
+    hv2, which `lab verify` checks against what the VM was created with. A VM whose static MAC
+    address a running VM of hv2 has too could not start there: refused before the checkpoint,
+    naming the address and the cmdlet that changes it (it used to fail at Start-VM, after the
+    downtime)."""
+    lab.add_vm("nic-holder", "hv2", static_mac="00155D0A0B0D")
+    lab.add_vm("nic-dup", "hv1", static_mac="00155D0A0B0D", write_rate_kbps=64)
+    name = "nic"
+    lab.add_vm(name, "hv1", generation=1, legacy_adapter=True, vlan_id=42, static_mac="00155D0A0B0C",
+               write_rate_kbps=128)
+    time.sleep(0.5)
+    res, rec = lab.cli_json("migrate", "nic-dup", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                            "--timeout", "120")
+    assert rec["state"] == "rolled_back" and rec.get("save_started_at") is None, rec.get("error")
+    assert "00155D0A0B0D" in rec["error"] and "Set-VMNetworkAdapter -StaticMacAddress" in rec["error"], rec["error"]
+    assert vm_on(lab, "hv1", "nic-dup")["snapshots"] == [] and vm_on(lab, "hv2", "nic-dup") is None
+    assert lab.verify("nic-dup")["running_on"] == ["hv1"]
+
+    before = vm_on(lab, "hv1", name)["adapters"]
+    assert before == [{"switch": "lab-switch", "legacy": True, "vlan_id": 42, "static_mac": "00155D0A0B0C"}]
+    res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json", "--timeout", "240")
+    assert rec["state"] == "completed", rec.get("error")
+    vm = vm_on(lab, "hv2", name)
+    assert vm["generation"] == 1 and vm["adapters"] == before
+    out = lab.verify(name)
+    assert out["integrity"] == "ok" and out["running_on"] == ["hv2"], out["problems"]
+    assert out["adapters"] == before
+
+
+def test_off_and_saved_vms_move_cold_and_a_saved_one_resumes_there_only_with_start(lab):
+    """Item 8: a VM that is Off or Saved moves without a checkpoint or a downtime, each file
+    copied once; it arrives as it was (Off, or Saved with its memory) unless --start asks to
+    start it there (a Saved VM resumes from its saved state, every acknowledged write kept).
+    A cold move that fails rolls back without touching the source, which stays as it was."""
+    lab.add_vm("cold-off", "hv1", state="Off", disks=2, write_rate_kbps=128,
+               disk_folders=[f"{ROOTS['hv1']}\\cold-off", "E:\\Data\\hv1\\cold-off"])
+    lab.add_vm("cold-saved", "hv1", state="Saved", write_rate_kbps=128)
+    lab.add_vm("cold-resume", "hv1", state="Saved", write_rate_kbps=128)
+    res = lab.cli("migrate", "cold-off", "--from", "hv1", "--to", "hv2", "--start", "--dry-run")
+    assert res.returncode == 0 and "downtime 0.0 s (a cold move: the VM is Off)" in res.stdout, res
+    # a failed import rolls back: the copies go, the source is left Off, as it was
+    lab.emulator("hv2").inject_fault(op="import_vm", action="fail", message="injected: import refused", times=1)
+    try:
+        res, rec = lab.cli_json("migrate", "cold-off", "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                                "--timeout", "120")
+    finally:
+        lab.emulator("hv2").clear_faults()
+    assert rec["state"] == "rolled_back" and "injected" in rec["error"], rec.get("error")
+    assert vm_on(lab, "hv1", "cold-off")["state"] == "Off" and vm_on(lab, "hv2", "cold-off") is None
+    vm_id = vm_on(lab, "hv1", "cold-off")["id"]
+    assert not [p for p in (lab.dir / "hosts" / "hv2").rglob("*")
+                if p.is_file() and ("cold-off" in str(p) or vm_id in str(p).lower())]
+
+    for name, extra, arrives in (("cold-off", (), "Off"), ("cold-saved", (), "Saved"),
+                                 ("cold-resume", ("--start",), "Running")):
+        before = lab.verify(name)
+        res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", *extra, "--wait", "--json",
+                                "--timeout", "240")
+        assert rec["state"] == "completed", (name, rec.get("error"))
+        assert rec.get("cold") and rec.get("snapshot") is None and rec.get("save_started_at") is None, rec
+        assert rec.get("downtime_seconds") is None
+        assert vm_on(lab, "hv1", name) is None and vm_on(lab, "hv2", name)["state"] == arrives
+        out = lab.verify(name)
+        assert out["integrity"] == "ok" and out["host"] == "hv2", (name, out["problems"])
+        assert out["writes_checked"] >= before["writes_checked"] > 0
+    # a running VM is not moved cold
+    lab.add_vm("warm", "hv1")
+    res = lab.cli("migrate", "warm", "--from", "hv1", "--to", "hv2", "--start")
+    assert res.returncode == 2 and "--start" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_destination_volume_without_room_for_the_files_that_land_on_it_is_refused_before_the_checkpoint(lab):
+    """Pre-flight measured the room of vm_root's volume only: a disk bound for hv2's second
+    folder (F:) would fail to copy there when F: is full. The files that land on each volume
+    are now measured against its free space, and a refusal names the folder and the options
+    that place them elsewhere."""
+    name = "roomy"
+    lab.add_vm(name, "hv1", disks=2, disk_folders=[f"{ROOTS['hv1']}\\roomy", "E:\\Data\\hv1\\roomy"])
+    time.sleep(0.5)
+    lab.emulator("hv2").set_host(folder_free_bytes={"F:\\Data\\hv2": 8 * 2**20})
+    try:
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run")
+        assert res.returncode == 0, res.stderr
+        assert "8 MiB free on the volume of F:\\Data\\hv2" in res.stdout and "--storage-map" in res.stdout, res.stdout
+        res, rec = lab.cli_json("migrate", name, "--from", "hv1", "--to", "hv2", "--wait", "--json",
+                                "--timeout", "120")
+        assert rec["state"] == "rolled_back" and "F:\\Data\\hv2" in rec["error"], rec.get("error")
+        assert vm_on(lab, "hv1", name)["snapshots"] == [] and vm_on(lab, "hv2", name) is None
+        res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2", "--dry-run", "--storage-map",
+                      f"E:\\Data\\hv1\\roomy={ROOTS['hv2']}\\roomy-data")
+        assert "pre-flight: ok" in res.stdout, res.stdout
+    finally:
+        lab.emulator("hv2").reset_host()

@@ -31,10 +31,17 @@ def test_durations_and_times_parse_to_base_units():
     ({"not_before": "2020-01-01T00:00:00Z", "window": "1h"}, "already closed"),
     ({"keep_source_hours": "forever"}, "--keep-source"),
     ({"keep_source_hours": "0"}, "--keep-source"),
+    ({"start": "yes"}, "--start"),
 ])
 def test_bad_options_are_refused_with_the_option_named(raw, says):
     with pytest.raises(options.OptionError, match=says):
         options.parse(now=NOW, **raw)
+
+
+def test_start_is_kept_only_when_asked_for():
+    assert options.parse(now=NOW, start=True) == {"start": True}
+    assert options.parse(now=NOW, start=False) == {} == options.parse(now=NOW)
+    assert options.Options(**options.parse(now=NOW, start=True)).start is True
 
 
 def test_prediction_is_save_plus_bytes_at_copy_rate_plus_register_and_start():

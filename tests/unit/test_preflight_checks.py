@@ -127,3 +127,33 @@ def test_what_a_cluster_or_replication_owns_and_devices_that_do_not_move_are_ref
                   "Set-VMNetworkAdapter -VMName web -Name 'lan' -IovWeight 0", "Remove-VMFibreChannelHba"):
         assert any(words in f for f in found), words
     assert facts(replication={"mode": "None", "state": "Disabled"}) == []
+
+
+def test_a_static_mac_address_a_vm_of_the_destination_has_is_refused_and_the_vm_s_own_is_not():
+    mac = "00155D0A0B0C"
+    vm = dict(VM, id="a1", adapters=[{"switch": "lan", "legacy": True, "vlan_id": 42, "static_mac": mac},
+                                     {"switch": "lan", "legacy": False, "vlan_id": 0, "static_mac": ""}])
+    own = dict(HOST, static_macs=[{"mac": mac, "vm": "web", "vm_id": "a1", "state": "Off"}])
+    assert preflight.problems(vm, HOST, own, destination="hv2", file_bytes=0) == []
+    taken = dict(HOST, static_macs=[{"mac": mac.lower(), "vm": "db", "vm_id": "b2", "state": "Saved"}])
+    [found] = preflight.problems(vm, HOST, taken, destination="hv2", file_bytes=0)
+    assert mac in found and "'db' (Saved)" in found and "Set-VMNetworkAdapter -StaticMacAddress" in found
+
+
+def test_a_configuration_version_the_destination_does_not_run_is_refused_with_the_way_out_that_fits():
+    old = dict(HOST, supported_versions=["9.0", "10.0", "12.0"])
+    [found] = preflight.problems(dict(VM, version="8.0"), HOST, old, destination="hv2", file_bytes=0, source="hv1")
+    assert "configuration version 8.0" in found and "Update-VMVersion" in found and "on hv1" in found
+    [found] = preflight.problems(dict(VM, version="11.0"), HOST, old, destination="hv2", file_bytes=0)
+    assert "configuration version 11.0" in found and "Update-VMVersion" not in found and "newer" in found
+    [found] = preflight.problems(dict(VM, version="12.1"), HOST, old, destination="hv2", file_bytes=0)
+    assert "Update-VMVersion" not in found
+
+
+def test_each_volume_is_named_by_its_drive_or_share_and_measured_with_a_margin():
+    assert preflight.volume_of("f:\\Data\\hv2") == "F:" == preflight.volume_of("F:\\other")
+    assert preflight.volume_of("\\\\nas\\vms\\hv2\\a") == preflight.volume_of("\\\\NAS\\VMs\\x") == "\\\\nas\\vms"
+    assert preflight.volume_room_problem("hv2", "F:\\Data", 200 * MiB, 100 * MiB) is None
+    found = preflight.volume_room_problem("hv2", "F:\\Data", 120 * MiB, 100 * MiB)  # 100 + 64 margin
+    assert found and "120 MiB free on the volume of F:\\Data" in found and "164 MiB" in found
+    assert preflight.volume_room_problem("hv2", "F:\\Data", None, 100 * MiB) is None

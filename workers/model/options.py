@@ -37,6 +37,7 @@ class Options:
     destination_path: str | None = None      # every file under this destination folder
     storage_map: list = field(default_factory=list)  # [source prefix, destination prefix] pairs
     switch_map: list = field(default_factory=list)   # [source switch, destination switch] pairs
+    start: bool = False                      # a cold move (Off or Saved VM): start it on the destination
 
     def window_end(self) -> float | None:
         if self.window_s is None:
@@ -79,7 +80,7 @@ def moment(text: object, what: str = "--not-before") -> float:
 def parse(*, max_downtime: object = None, on_exceed: object = None, max_rounds: object = None,
           not_before: object = None, window: object = None, keep_source_hours: object = None,
           destination_path: object = None, storage_map: object = None, switch_map: object = None,
-          now: float | None = None) -> dict[str, Any]:
+          start: object = None, now: float | None = None) -> dict[str, Any]:
     """Validate raw request options (as a caller sent them: text from the command line, or
     JSON values); returns the JSON form for the record."""
     now = time.time() if now is None else now
@@ -116,7 +117,16 @@ def parse(*, max_downtime: object = None, on_exceed: object = None, max_rounds: 
             raise OptionError(f"--keep-source must be a number of hours above 0, at most {MAX_KEEP_SOURCE_HOURS}")
         o["keep_source_hours"] = float(keep_source_hours)
     o.update(_placement(destination_path, storage_map, switch_map))
+    o.update(_start(start))
     return o
+
+
+def _start(start: object) -> dict[str, Any]:
+    if start is None or start is False:
+        return {}
+    if start is not True:
+        raise OptionError("--start takes no value (true or false over the API)")
+    return {"start": True}
 
 
 def _placement(destination_path: object, storage_map: object, switch_map: object) -> dict[str, Any]:

@@ -62,14 +62,13 @@ def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file
     if passthrough:
         out.append(f"{name} has pass-through disk(s) {', '.join(passthrough)}, which cannot be checkpointed "
                    "or copied; detach them (Remove-VMHardDiskDrive) or move their data to a virtual disk first")
-    versions = dst_host.get("supported_versions") or []
-    if vm.get("version") not in versions:
-        out.append(f"{destination} does not support configuration version {vm.get('version')} of {name} "
-                   f"(it supports {', '.join(versions) or 'none'}); choose a destination running a newer "
-                   "Windows Server, or migrate to a host that supports it")
+    version_problem = _version_problem(vm, dst_host, destination, source)
+    if version_problem:
+        out.append(version_problem)
     landing = switches if switches is not None else {s: s for s in vm.get("switches", [])}
     out += network_map.problems(landing, list(dst_host.get("switches") or []), source=source,
                                 destination=destination)
+    out += mac_problems(vm, dst_host, destination)
     sv, dv = src_host.get("cpu_vendor"), dst_host.get("cpu_vendor")
     if sv != dv:
         out.append(f"the source's processors are {sv} and {destination}'s are {dv}; a saved VM cannot resume "
@@ -81,6 +80,69 @@ def problems(vm: dict, src_host: dict, dst_host: dict, *, destination: str, file
     if free is not None and free < need:
         out.append(f"{destination} has {free / MiB:.0f} MiB free where the VM goes but needs {need / MiB:.0f} MiB "
                    "(disks, saved memory and a margin); free space there or choose another destination")
+    return out
+
+
+def volume_of(folder: str) -> str:
+    """The volume a host folder is on, as far as its path tells: its drive (`F:`), or a UNC
+    share (`\\\\server\\share`). Folders on one volume share its free space."""
+    if len(folder) >= 2 and folder[1] == ":":
+        return folder[:2].upper()
+    parts = folder.split("\\")
+    return "\\".join(parts[:4]).lower()
+
+
+def volume_room_problem(destination: str, folder: str, free: object, need_files: int) -> str | None:
+    """Room on a destination volume other than vm_root's for the files that land there (the
+    files and the margin; the saved memory lands beside the configuration, under vm_root)."""
+    if not isinstance(free, int) or isinstance(free, bool):
+        return None  # a path that is not a drive letter's: the host cannot tell
+    need = needed_bytes(need_files, 0)
+    if free >= need:
+        return None
+    return (f"{destination} has {free / MiB:.0f} MiB free on the volume of {folder} but the files that land there "
+            f"need {need / MiB:.0f} MiB (and a margin); free space there or place them elsewhere (--storage-map "
+            "or --destination-path)")
+
+
+def _version_number(v: object) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(p) for p in str(v).split("."))
+    except ValueError:
+        return None
+
+
+def _version_problem(vm: dict, dst_host: dict, destination: str, source: str) -> str | None:
+    """A host imports a VM only if it supports its configuration version (Get-VMHostSupportedVersion).
+    Update-VMVersion raises a VM's version for good; quickmig never does it, the refusal says
+    when it is the owner's way out (a VM older than every version the destination runs)."""
+    versions = [str(v) for v in dst_host.get("supported_versions") or []]
+    have = vm.get("version")
+    if have in versions:
+        return None
+    said = (f"{destination} does not support configuration version {have} of {vm['name']} "
+            f"(it supports {', '.join(versions) or 'none'}); ")
+    mine, theirs = _version_number(have), [n for n in map(_version_number, versions) if n is not None]
+    if mine is not None and theirs and mine < min(theirs):
+        return said + (f"upgrade the VM on {source} with Update-VMVersion (the VM off; it cannot be undone, "
+                       "so quickmig never does it) if that version is one the destination supports, or choose "
+                       "another destination")
+    return said + "choose a destination running a newer Windows Server that supports it"
+
+
+def mac_problems(vm: dict, dst_host: dict, destination: str) -> list[str]:
+    """A static MAC address of the VM that a VM of the destination has too: the VM keeps its
+    MAC addresses (they are in its configuration), and two VMs with one address cannot both
+    run there (docs/hyperv-rules.md, "Network adapters"). The VM itself (same id) does not count."""
+    held = {m.get("mac", "").upper(): m for m in dst_host.get("static_macs") or [] if m.get("vm_id") != vm.get("id")}
+    out = []
+    for a in vm.get("adapters") or []:
+        mac = (a.get("static_mac") or "").upper()
+        if mac and mac in held:
+            other = held[mac]
+            out.append(f"{vm['name']}'s network adapter on {a.get('switch') or 'no switch'} has the static MAC "
+                       f"address {mac}, which {destination}'s VM {other.get('vm')!r} ({other.get('state')}) has too; "
+                       "give one of them another address (Set-VMNetworkAdapter -StaticMacAddress) and retry")
     return out
 
 
@@ -106,7 +168,8 @@ def needs_key_protector(vm: dict) -> bool:
     return bool(sec.get("tpm_enabled") or sec.get("shielded") or sec.get("encrypt_state"))
 
 
-def fact_problems(vm: dict, src_host: dict, dst_host: dict, *, source: str, destination: str) -> list[str]:
+def fact_problems(vm: dict, src_host: dict, dst_host: dict, *, source: str, destination: str,
+                  start: bool = False) -> list[str]:
     """Every reason from the VM's pre-flight facts (heartbeat, processor, key protector, memory,
     cluster, replication, devices) that it cannot, or must not, move to `destination`: each of
     them would otherwise cost a whole copy and downtime before Start-VM or the heartbeat failed
@@ -115,10 +178,15 @@ def fact_problems(vm: dict, src_host: dict, dst_host: dict, *, source: str, dest
     if not isinstance(facts, dict):
         return [f"{source} reported no pre-flight facts for {vm['name']} (describe_vm without preflight); "
                 "update quickmig's workers so that every one runs the same version, and retry"]
-    found = _heartbeat(vm["name"], facts, destination)
-    found += _processor(vm["name"], facts, src_host, dst_host, source=source, destination=destination)
+    # a cold move (an Off or Saved VM) waits for no heartbeat; an Off VM boots afresh wherever
+    # it starts, and one that is not started there (no --start) needs no memory there yet
+    state = vm.get("state", "Running")
+    found = _heartbeat(vm["name"], facts, destination) if state == "Running" else []
+    if state != "Off":
+        found += _processor(vm["name"], facts, src_host, dst_host, source=source, destination=destination)
     found += _key_protector(vm, facts, dst_host, source=source, destination=destination)
-    found += _memory(vm, dst_host, destination)
+    if state == "Running" or start:
+        found += _memory(vm, dst_host, destination)
     found += _cluster_and_replication(vm["name"], facts, destination)
     found += _devices(vm["name"], facts, destination)
     return found

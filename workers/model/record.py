@@ -93,8 +93,10 @@ class MigrationRecord(TypedDict, total=False):
     snapshot: dict[str, Any]         # our first checkpoint: id, name, config_path
     plan: dict[str, list[dict[str, str]]]  # {"frozen": [{"path", "kind"}]}: what the base copy moves
     vm_folder: str                   # the VM's folder on the source: --destination-path keeps what is in it
+    cold: str                        # a cold move: the VM's state (Off or Saved) when its files were copied
     # copying (workers.steps.transfer, downtime_copy)
     created_files: list[str]         # destination paths we created (and their .partial), for rollback
+    created_folders: list[str]       # destination folders the copies created, removed by a rollback if left empty
     copied: list[Copied]
     planned: dict[str, int]          # source path -> size, for bytes_total
     progress: Progress

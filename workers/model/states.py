@@ -17,6 +17,11 @@ FAILED = "failed"
 ROLLED_BACK = "rolled_back"
 
 ENDS = frozenset({COMPLETED, FAILED, ROLLED_BACK})
+
+# The Hyper-V states of a VM quickmig moves: Running (a quick migration behind a checkpoint),
+# Off and Saved (a cold move: nothing changes while it is copied, docs/design.md)
+MOVABLE_VM_STATES = ("Running", "Off", "Saved")
+COLD_VM_STATES = ("Off", "Saved")
 ACTIVE = (QUEUED, SNAPSHOTTING, COPYING, PREPARING, CUTTING_OVER, FINISHING, ROLLING_BACK)
 
 # Which phase (for timestamps and metrics) each working state belongs to.

@@ -575,6 +575,26 @@ def delete_file(ep: SmbEndpoint, rel: str) -> None:
         return
 
 
+def remove_empty_folder(ep: SmbEndpoint, rel: str) -> bool:
+    """Remove a folder on the share if it is empty; False when it is not there, or not empty
+    or in use (the server refuses to delete it then: nothing in it is ever touched)."""
+    rel = normalize_rel(rel)
+    try:
+        with _errors(ep, rel):
+            fh = files.open_dir_for_delete(connections.tree(ep), rel)
+            try:
+                files.mark_delete(fh)
+            finally:
+                files.close(fh)
+    except (SmbFileNotFoundError, SmbPermissionError):
+        return False
+    except SmbConnectionError:
+        raise
+    except SmbError:
+        return False
+    return True
+
+
 def _chunk_digests(ep: SmbEndpoint, rel: str, each: Callable[[memoryview], object] | None = None) -> list[str]:
     """SHA-256 (hex) of every chunk of a file on the share, read over SMB in one stream;
     `each(data)` also sees every chunk in file order."""

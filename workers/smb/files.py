@@ -87,6 +87,14 @@ def open_for_delete(tree: TreeConnect, rel: str) -> Open:
     return fh
 
 
+def open_dir_for_delete(tree: TreeConnect, rel: str) -> Open:
+    fh = Open(tree, rel)
+    fh.create(ImpersonationLevel.Impersonation, Access.DELETE | Access.FILE_READ_ATTRIBUTES,
+              FileAttributes.FILE_ATTRIBUTE_DIRECTORY, SHARE_ALL, CreateDisposition.FILE_OPEN,
+              CreateOptions.FILE_DIRECTORY_FILE)
+    return fh
+
+
 def open_attributes(tree: TreeConnect, rel: str) -> Open:
     """Open a file or folder just to look at it."""
     fh = Open(tree, rel)

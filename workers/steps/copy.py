@@ -23,7 +23,8 @@ def copy(mid: str, lg) -> None:
     with LeaseKeeper(context.locks(), rec["vm_id"], mid):
         fence(rec)  # a stale delivery must not write over files a newer migration owns
         transfer(rec, rec["plan"]["frozen"], lg)
-        precopy.gate(mid, lg)
+        if not rec.get("cold"):  # a cold move's files were all copied: nothing writes to them
+            precopy.gate(mid, lg)
         # here, not in the cutover: a hook never runs in the downtime or holds a cutover slot
         hooks.pre_cutover(mid, lg)
     context.store().transition(mid, {states.COPYING}, states.PREPARING)

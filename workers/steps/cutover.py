@@ -27,6 +27,7 @@ from workers.model.preflight import saved_memory_bytes
 from workers.model.record import RecordNotFound, StaleState
 from workers.steps import precopy, start_action
 from workers.steps.downtime_copy import DowntimeCopy, Hashers, checks_needed
+from workers.steps.prepare import cold_changed
 from workers.steps.rollback import fail_rollback, imported_by, rollback
 
 HEARTBEAT_TIMEOUT_S = 120
@@ -66,6 +67,9 @@ def cutover(mid: str, lg) -> None:
     if rec.get("save_started_at"):
         _resume_interrupted(rec, lg)
         return
+    if rec.get("cold"):
+        _cold_cutover(rec, lg)
+        return
     cfg = context.config()
     pm = PathMap.for_record(cfg, rec)
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
@@ -96,19 +100,9 @@ def cutover(mid: str, lg) -> None:
         t_copied = time.time()
         fence(rec)
         # the configuration quickmig copied: only the VM registered from it is ours to remove
-        config_path = pm.dest(vm["config_path"])
-        context.store().set(mid, import_started_at=time.time(), import_config_path=config_path)
-        fixed = set(rec.get("parents_fixed") or [])  # prepare re-parented the frozen disks already
-        dst.run("import_vm", {
-            "config_path": config_path,
-            "disk_paths": pm.mapping(chain_paths(vm)),
-            "iso_paths": pm.mapping(vm.get("isos", [])),
-            "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
-            "roots": cfg.host(rec["destination"]).roots,
-            "vm_folder": pm.vm_folder(vm),
-            "switch_map": network_map.changes(network_map.switch_map(
-                cfg, rec["source"], rec["destination"], options.of(rec), vm.get("switches", []))),
-        }, warm=warm.get("import"))
+        args = _import_args(cfg, rec, vm, pm)
+        context.store().set(mid, import_started_at=time.time(), import_config_path=args["config_path"])
+        dst.run("import_vm", args, warm=warm.get("import"))
         t_imported = time.time()
         fence(rec)
         # from here the guest may run (and acknowledge writes) on the destination
@@ -129,6 +123,51 @@ def cutover(mid: str, lg) -> None:
                                                    "copy": round(t_copied - t_saved, 3),
                                                    "import": round(t_imported - t_copied, 3),
                                                    "start": round(t1 - t_imported, 3)})
+    send(routing.FINISH, mid)
+
+
+def _import_args(cfg, rec: dict, vm: dict, pm: PathMap) -> dict:
+    fixed = set(rec.get("parents_fixed") or [])  # prepare re-parented these already
+    return {"config_path": pm.dest(vm["config_path"]),
+            "disk_paths": pm.mapping(chain_paths(vm)),
+            "iso_paths": pm.mapping(vm.get("isos", [])),
+            "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
+            "roots": cfg.host(rec["destination"]).roots,
+            "vm_folder": pm.vm_folder(vm),
+            "switch_map": network_map.changes(network_map.switch_map(
+                cfg, rec["source"], rec["destination"], options.of(rec), vm.get("switches", [])))}
+
+
+def _cold_cutover(rec: dict, lg) -> None:
+    """A cold move's switchover (docs/design.md, "Cold moves"): the VM is Off or Saved on the
+    source and every file is on the destination already, so there is no Save-VM, no copy and
+    no downtime: the destination imports the VM as it is (Saved with its saved state), and
+    starts it only with --start (a Saved VM resumes there). The source must still be what it
+    was when its files were copied, before the import and again after the start, so the VM
+    never runs on both: a source started meanwhile rolls the move back (the imported copy is
+    removed; the source is left as it is)."""
+    mid, cfg = rec["id"], context.config()
+    src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    with LeaseKeeper(context.locks(), rec["vm_id"], mid, every_s=10):
+        fence(rec)
+        vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+        if vm["state"] != rec["cold"]:
+            raise HardFailure(cold_changed(rec, vm))
+        pm = PathMap.for_record(cfg, rec, vm)
+        args = _import_args(cfg, rec, vm, pm)
+        rec = context.store().set(mid, import_started_at=time.time(), import_config_path=args["config_path"])
+        imported = dst.run("import_vm", args)["vm"]
+        lg.info("imported on %s as %s", rec["destination"], imported["state"])
+        if options.of(rec).start:
+            fence(rec)
+            context.store().set(mid, start_started_at=time.time())
+            dst.run("start_vm", {"vm_id": rec["vm_id"]})
+            lg.info("started on %s (%s)", rec["destination"],
+                    "resumed from its saved state" if rec["cold"] == "Saved" else "booted")
+        now = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+        if now["state"] != rec["cold"]:
+            raise HardFailure(cold_changed(rec, now))
+    context.store().transition(mid, {states.CUTTING_OVER}, states.FINISHING)
     send(routing.FINISH, mid)
 
 

@@ -68,12 +68,14 @@ def keep_source(mid: str, hours: float) -> float:
 
 def source_files(rec: dict, old: dict) -> list[str]:
     """What finish may delete on the source once the VM is removed there: the VM's own disk
-    chains, state files and checkpoint configurations that this migration copied (so a file
-    it never read, an ISO image, or anything else the record does not list stays), each a
-    plain path inside the source's roots. remove_vm then leaves any of them that another VM
-    on the source refers to at that moment (a golden parent several VMs share)."""
+    chains, state files and checkpoint configurations that this migration copied, or found
+    on the destination with the same digest (a golden parent an earlier migration copied
+    there), so a file it never read, an ISO image, or anything else the record does not list
+    stays; each a plain path inside the source's roots. remove_vm then leaves any of them
+    that another VM on the source refers to at that moment (a golden parent several VMs
+    share): the last of them to move takes the parent with it."""
     host = context.config().host(rec["source"])
-    copied = {c["path"].lower() for c in rec.get("copied", []) if not c.get("shared")}
+    copied = {c["path"].lower() for c in rec.get("copied", [])}
     isos = {p.lower() for p in old.get("isos", [])}
     isos |= {f["path"].lower() for f in (rec.get("plan") or {}).get("frozen", []) if f.get("kind") == "iso"}
     own = chain_paths(old) + old.get("state_files", []) + [s["config_path"] for s in old.get("snapshots", [])]

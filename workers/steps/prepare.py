@@ -26,6 +26,12 @@ def _left_behind(rec: dict, left: list[dict]) -> str:
             f"DestroySystem) before migrating this VM to {rec['destination']} again")
 
 
+def cold_changed(rec: dict, vm: dict) -> str:
+    """Why a cold move stops: its VM is no longer in the state whose files were copied."""
+    return (f"{rec['vm']} became {vm['state']} on {rec['source']} during its cold move (it was {rec['cold']} when "
+            "its files were copied); it stays there as it is now: migrate it again")
+
+
 def _switch_changes(cfg, rec: dict, vm: dict) -> dict[str, str]:
     """The adapters to connect to another switch on the destination (--switch-map, the pair's default)."""
     return network_map.changes(network_map.switch_map(cfg, rec["source"], rec["destination"], options.of(rec),
@@ -46,6 +52,8 @@ def prepare(mid: str, lg) -> None:
     if problem:
         raise HardFailure(problem)
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if rec.get("cold") and vm["state"] != rec["cold"]:
+        raise HardFailure(cold_changed(rec, vm))
     pm = PathMap.for_record(cfg, rec, vm)
     found = layout_problems(vm) + pm.problems(vm)  # pre-flight refused these; the VM may have changed since
     if found:
@@ -54,13 +62,16 @@ def prepare(mid: str, lg) -> None:
     fence(rec)
     rec = store.get(mid)
     transfer(rec, [{"path": vm["config_path"], "kind": "config"}], lg)
-    fixes = pm.frozen_parent_fixes(vm)
+    cold = bool(rec.get("cold"))
+    # a cold move has every disk there already, its leaves too
+    fixes = pm.parent_fixes(vm) if cold else pm.frozen_parent_fixes(vm)
     if fixes:
         fence(rec)
         dst.run("reparent_disks", {"parent_fixes": fixes, "roots": cfg.host(rec["destination"]).roots})
         rec = store.set(mid, parents_fixed=[f["path"] for f in fixes])
     report = dst.run("compare_vm", {"config_path": pm.dest(vm["config_path"]),
-                                    "disk_paths": pm.validation_disk_paths(vm),
+                                    "disk_paths": (pm.mapping([d["path"] for d in vm["disks"]]) if cold
+                                                   else pm.validation_disk_paths(vm)),
                                     "iso_paths": pm.mapping(vm.get("isos", [])),
                                     "vm_folder": pm.vm_folder(vm),
                                     "switch_map": _switch_changes(cfg, rec, vm)})

@@ -122,6 +122,18 @@ def _leave_isos(rec: dict) -> tuple[set[str], list[str]]:
     return keep, last_use
 
 
+def _remove_created_folders(rec: dict, lg) -> None:
+    """The folders the copies created on the destination (a --storage-map's or
+    --destination-path's own, say), deepest first, each only if it is empty now: the host's
+    clean-up removes Hyper-V's own folders only."""
+    host, ep = context.config().host(rec["destination"]), context.smb_endpoint(rec["destination"])
+    folders = sorted(_confined(rec, rec.get("created_folders") or [], lg), key=lambda p: -p.count("\\"))
+    removed = [p for p in folders if file_copy.remove_empty_folder(ep.on_share(place_of(host, p).share),
+                                                                    place_of(host, p).rel)]
+    if removed:
+        lg.info("removed %d empty folder(s) the copies had made on %s", len(removed), rec["destination"])
+
+
 def fail_rollback(mid: str, error: str) -> None:
     end(mid, states.FAILED, error=f"rollback incomplete: {error}")
 
@@ -146,7 +158,7 @@ def rollback(mid: str, lg) -> None:
     created = created + [p + file_copy.PARTIAL_SUFFIX for p in created]
     created = _confined(rec, list(dict.fromkeys(created)), lg)
     fence(rec)
-    if rec.get("start_started_at"):
+    if rec.get("start_started_at") and not rec.get("cold"):
         _bring_back(rec, src, dst, lg)
     config_path = import_config_path(rec)
     if config_path is not None:
@@ -172,6 +184,11 @@ def rollback(mid: str, lg) -> None:
         lg.info("kept %d ISO image(s) or parent disk(s) on %s that other migrated VMs use", len(keep),
                 rec["destination"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"]})["vm"]
+    if rec.get("cold"):
+        # a cold move never changed the source: it stays Off or Saved (or whatever it became)
+        _remove_created_folders(rec, lg)
+        end(mid, states.ROLLED_BACK, rollback_seconds=round(time.time() - t0, 3))
+        return
     if vm["state"] != "Running" or start_action.differs(rec, vm):
         fence(rec)
         was = vm["state"]
@@ -182,6 +199,7 @@ def rollback(mid: str, lg) -> None:
     if snaps:
         fence(rec)
         src.run("remove_snapshots", {"vm_id": rec["vm_id"], "snapshot_ids": [s["id"] for s in snaps]})
+    _remove_created_folders(rec, lg)  # once the source runs again: it is only tidying
     took = time.time() - t0
     extra = {}
     if rec.get("save_started_at"):

@@ -19,7 +19,15 @@ from workers.engine.step import (
 from workers.hyperv.driver import HyperVDriver
 from workers.model import network_map, options, preflight, routing, states
 from workers.model.config import Config
-from workers.model.file_plan import PathMap, chain_paths, checkpoint_files, frozen_files, layout_problems
+from workers.model.file_plan import (
+    PathMap,
+    chain_paths,
+    checkpoint_files,
+    downtime_files,
+    frozen_files,
+    layout_problems,
+)
+from workers.model.hostpaths import HostPathError
 from workers.smb.endpoint import SmbEndpoint
 from workers.steps.checkpoint import ours, snapshot_name
 from workers.steps.transfer import file_size
@@ -43,19 +51,49 @@ def preflight_problems(cfg: Config, rec: dict, vm: dict, src: HyperVDriver, dst:
     pm = PathMap.for_record(cfg, rec, vm)
     files = set(chain_paths(vm)) | set(vm.get("state_files", [])) | set(vm.get("isos", []))
     files |= {p for snap in vm.get("snapshots", []) for p in checkpoint_files(snap)}
-    file_bytes = sum(file_size(ep, pm.src_place(p)) for p in files)
-    if vm.get("checkpoint_type") == "Standard":  # our checkpoint of the running VM keeps its memory, and moves
+    sizes = {p: file_size(ep, pm.src_place(p)) for p in files}
+    file_bytes = sum(sizes.values())
+    cold = vm.get("state") in states.COLD_VM_STATES
+    if vm.get("checkpoint_type") == "Standard" and not cold:  # our checkpoint of the running VM keeps its memory
         file_bytes += preflight.saved_memory_bytes(vm)
     found = layout_problems(vm) + pm.problems(vm)  # every file placed where -Register will look
     switches = network_map.switch_map(cfg, rec["source"], rec["destination"], options.of(rec), vm.get("switches", []))
     found += preflight.problems(vm, src_info, dst_info, destination=rec["destination"], file_bytes=file_bytes,
                                 switches=switches, source=rec["source"])
-    found += preflight.fact_problems(vm, src_info, dst_info, source=rec["source"], destination=rec["destination"])
+    found += preflight.fact_problems(vm, src_info, dst_info, source=rec["source"], destination=rec["destination"],
+                                     start=options.of(rec).start)
+    found += _room_on_other_volumes(cfg, rec, pm, sizes, dst)
     same_id = next((v for v in dst.run("list_vms", {})["vms"] if v["id"].lower() == vm["id"].lower()), None)
     problem = preflight.same_id_problem(vm, rec["destination"], same_id)
     if problem:
         found.append(problem)
     return found, len(files), file_bytes
+
+
+def _room_on_other_volumes(cfg: Config, rec: dict, pm: PathMap, sizes: dict[str, int], dst: HyperVDriver) -> list[str]:
+    """The room of every destination volume the files land on besides vm_root's (whose room
+    `preflight.problems` checks for everything): what lands on each, against the free space
+    of the volume of one of its storage folders (host_info's vm_root_free_bytes there)."""
+    host = cfg.host(rec["destination"])
+    first = preflight.volume_of(host.vm_root)
+    need: dict[str, int] = {}
+    folder: dict[str, str] = {}
+    for path, n in sizes.items():
+        try:
+            storage, _ = host.place(pm.dest(path))
+        except HostPathError:
+            continue  # pm.problems names it
+        vol = preflight.volume_of(storage.path)
+        if vol != first:
+            need[vol] = need.get(vol, 0) + n
+            folder.setdefault(vol, storage.path)
+    found = []
+    for vol, n in sorted(need.items()):
+        free = dst.run("host_info", {"vm_root": folder[vol]}).get("vm_root_free_bytes")
+        problem = preflight.volume_room_problem(rec["destination"], folder[vol], free, n)
+        if problem:
+            found.append(problem)
+    return found
 
 
 def _preflight(rec: dict, vm: dict, lg) -> None:
@@ -66,6 +104,20 @@ def _preflight(rec: dict, vm: dict, lg) -> None:
     if found:
         raise HardFailure("pre-flight refused: " + "; ".join(found))
     lg.info("pre-flight ok: %d files, %.0f MiB to move", n_files, file_bytes / 2**20)
+
+
+def _cold(mid: str, rec: dict, vm: dict, lg) -> None:
+    """A cold move (docs/design.md, "Cold moves"): the VM is Off or Saved, so nothing writes
+    to its files while they are copied and no checkpoint is taken; every file is copied at
+    once (the copy step) and the cutover imports it, without a Save-VM or a downtime. The
+    state it had is noted (`cold`): the cutover moves it only while it is still that."""
+    _preflight(rec, vm, lg)
+    fence(rec)
+    files = frozen_files(vm) + [f for f in downtime_files(vm) if not f["path"].lower().endswith(".vmcx")]
+    lg.info("cold move of a VM that is %s: no checkpoint, every file copied now", vm["state"])
+    context.store().transition(mid, {states.SNAPSHOTTING}, states.COPYING, cold=vm["state"],
+                               plan={"frozen": files}, vm_folder=vm["path"])
+    send(routing.COPY, mid)
 
 
 @step_task(routing.SNAPSHOT, on_hard_failure=start_rollback)
@@ -81,8 +133,14 @@ def snapshot(mid: str, lg) -> None:
         return
     src = context.driver(rec["source"])
     vm = src.run("describe_vm", {"vm_id": rec["vm_id"], "preflight": True})["vm"]
+    if vm["state"] in states.COLD_VM_STATES:
+        _cold(mid, rec, vm, lg)
+        return
     if vm["state"] != "Running":
-        raise HardFailure(f"{rec['vm']} is {vm['state']} on {rec['source']}; quickmig moves running VMs")
+        raise HardFailure(f"{rec['vm']} is {vm['state']} on {rec['source']}; quickmig moves Running VMs, "
+                          "and Off or Saved ones cold")
+    if options.of(rec).start:
+        raise HardFailure(f"--start is for a VM that is Off or Saved, and {rec['vm']} is Running on {rec['source']}")
     mine = ours(vm, mid)
     if mine:  # a redelivery after the checkpoint was taken
         snap = mine[0]

@@ -27,6 +27,7 @@ from workers.engine.step import HardFailure
 from workers.model.file_plan import SHARED_KINDS, PathMap, Place
 from workers.obs import metrics
 from workers.smb import file_copy
+from workers.smb.endpoint import SmbEndpoint
 
 
 def note_created(mid: str, dst_paths: list[str]) -> dict:
@@ -41,6 +42,27 @@ def note_created(mid: str, dst_paths: list[str]) -> dict:
     rec = context.store().update(mid, change)
     markers.write(rec)  # the destination's own copy, should Redis lose the record
     return rec
+
+
+def note_created_folders(mid: str, dst_ep: SmbEndpoint, place: Place) -> None:
+    """Record the folders the copy of `place` will create on the destination (those missing
+    now, from the file's own up), before it creates them, so that a rollback removes them
+    again when they are left empty (`created_folders`, host paths)."""
+    path, rel = place.path, place.rel
+    share = dst_ep.on_share(place.share)
+    missing = []
+    while "\\" in rel:
+        path, rel = path.rsplit("\\", 1)[0], rel.rsplit("\\", 1)[0]
+        if file_copy.exists(share, rel):
+            break
+        missing.append(path)
+    if not missing:
+        return
+
+    def change(rec):
+        known = rec.setdefault("created_folders", [])
+        known += [p for p in missing if p not in known]
+    context.store().update(mid, change)
 
 
 def refuse_existing(rec: dict, dst_path: str) -> None:
@@ -186,6 +208,7 @@ def transfer(rec: dict, files: list[dict], lg) -> int:
             else:
                 if sharable:
                     shared.mark_ours(destination, dst_path)
+                note_created_folders(mid, dst_ep, dst_at)
                 note_created(mid, [dst_path])
                 base = (rec.get("bytes_copied") or 0) + sum(
                     c.get("planned_bytes", 0) for c in rec.get("copied", []) if c.get("shared"))

@@ -41,6 +41,15 @@ $numa = @(foreach ($n in @(Get-VMHostNumaNode)) {
 # folder when the caller names one, else the host's default virtual machine folder.
 $vmRoot = [string]$Req.vm_root
 if (-not $vmRoot) { $vmRoot = [string]$vmHost.VirtualMachinePath }
+# Static MAC addresses of this host's VMs: a VM that arrives with one of them could not run
+# beside its holder.
+$macs = @(foreach ($vm in @(Get-VM)) {
+    foreach ($n in @(Get-VMNetworkAdapter -VM $vm)) {
+        if (-not $n.DynamicMacAddressEnabled) {
+            [ordered]@{ mac = [string]$n.MacAddress; vm = [string]$vm.Name; vm_id = $vm.Id.ToString(); state = [string]$vm.State }
+        }
+    }
+})
 $result = [ordered]@{
     name = [string]$env:COMPUTERNAME
     supported_versions = $versions
@@ -51,6 +60,7 @@ $result = [ordered]@{
     cpu_model = [string]$cpu.Name
     numa_spanning_enabled = [bool]$vmHost.NumaSpanningEnabled
     numa_nodes = $numa
+    static_macs = $macs
 }
 if ($Req.guardians) {
     # The guardians whose certificates this host holds (a host in HostGuardianService mode

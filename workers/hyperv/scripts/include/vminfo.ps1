@@ -48,7 +48,17 @@ function Get-QmVMInfo($VM) {
         })
         [ordered]@{ id = $sid; name = [string]$s.Name; config_path = $sbase + '.vmcx'; files = $sfiles }
     })
-    $switches = @(foreach ($n in @(Get-VMNetworkAdapter -VM $VM)) { if ($n.SwitchName) { [string]$n.SwitchName } })
+    $nics = @(Get-VMNetworkAdapter -VM $VM)
+    $switches = @(foreach ($n in $nics) { if ($n.SwitchName) { [string]$n.SwitchName } })
+    # What the destination must keep of each adapter: its type, its access VLAN (0: untagged)
+    # and a static MAC address ('' when Hyper-V assigns one from the host's pool).
+    $adapters = @(foreach ($n in $nics) {
+        $vlan = 0
+        if ([string]$n.VlanSetting.OperationMode -eq 'Access') { $vlan = [int]$n.VlanSetting.AccessVlanId }
+        $mac = ''
+        if (-not $n.DynamicMacAddressEnabled) { $mac = [string]$n.MacAddress }
+        [ordered]@{ 'switch' = [string]$n.SwitchName; legacy = [bool]$n.IsLegacy; vlan_id = $vlan; static_mac = $mac }
+    })
     $stateFiles = @(foreach ($ext in '.vmcx', '.vmgs', '.vmrs') {
         if (Test-Path -LiteralPath ($base + $ext) -PathType Leaf) { $base + $ext }
     })
@@ -61,5 +71,6 @@ function Get-QmVMInfo($VM) {
         snapshot_location = [string]$VM.SnapshotFileLocation; smart_paging_path = [string]$VM.SmartPagingFilePath
         config_path = $base + '.vmcx'; state_files = $stateFiles
         disks = $disks; isos = $isos; snapshots = $snapshots; switches = @($switches | Select-Object -Unique)
+        adapters = $adapters
     }
 }
