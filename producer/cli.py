@@ -172,6 +172,7 @@ def cmd_calibrate(args) -> int:
     if args.scratch_mib < calibration.SCRATCH_MIB_MIN or args.samples < 1:
         raise ConfigError(f"--scratch-mib must be at least {calibration.SCRATCH_MIB_MIN} and --samples at least 1")
     r = Store.from_url(cfg.broker_url()).r
+    r.ping()  # where the figures go: unreachable, say so before measuring for a minute
     try:
         doc = calibration.calibrate(cfg, r, args.host, args.scratch_mib, args.samples)
     except calibration.CalibrationError as e:

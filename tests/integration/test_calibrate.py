@@ -79,11 +79,12 @@ def test_bad_calibrate_requests_are_refused_in_one_line(lab, args, says):
 def test_calibrate_reproduces_the_windows_profile_and_the_prediction_uses_it_until_a_cutover(own_lab):
     w = costs.WINDOWS
     with own_lab("calib-windows", hosts=2, host_profile="windows") as lab:
-        docs = {h: calibrate(lab, h, "--scratch-mib", "128") for h in ("hv1", "hv2")}
-        for h, doc in docs.items():
-            assert_reproduces(doc, w)
-            assert abs(doc["hash_bps"] - w.hash_bps) <= HASH_TOLERANCE * w.hash_bps, (h, doc)
-            assert scratch_files(lab, h) == []
+        # hv1 as precisely as the test can; hv2 quickly, for the prediction below
+        docs = {"hv1": calibrate(lab, "hv1", "--scratch-mib", "128"),
+                "hv2": calibrate(lab, "hv2", "--scratch-mib", "16", "--samples", "1")}
+        assert_reproduces(docs["hv1"], w)
+        assert abs(docs["hv1"]["hash_bps"] - w.hash_bps) <= HASH_TOLERANCE * w.hash_bps, docs
+        assert scratch_files(lab, "hv1") == scratch_files(lab, "hv2") == []
         lab.add_vm("cal-vm", "hv1", memory_mb=16, disk_mb=16, write_rate_kbps=0)
         res, plan = lab.cli_json("migrate", "cal-vm", "--from", "hv1", "--to", "hv2", "--dry-run", "--json")
         assert res.returncode == 0, res.stderr
