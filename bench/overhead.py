@@ -200,6 +200,9 @@ def _vms(cfg, prefix: str, n: int) -> list[str]:
     client = orchestrator.emulator_client(cfg, "hv1")
     for name in names:
         client.create_vm(name=name, **TINY_VM)
+    # a guest's heartbeat comes a moment after it starts (lab.emulator.lifecycle); pre-flight
+    # refuses a VM without one, as bench/downtime.py waits for it too
+    time.sleep(1.0)
     return names
 
 

@@ -20,6 +20,7 @@ def test_the_overhead_bench_runs_both_and_prints_the_rate_ratio_and_the_record_s
     rates = re.search(r"quickmig ([\d.]+) migrations/s, bare Celery chain ([\d.]+)/s .* ratio ([\d.]+)", res.stdout)
     assert rates, res.stdout
     ours, theirs, ratio = map(float, rates.groups())
-    assert ours > 0 and theirs > 0 and ratio == pytest.approx(ours / theirs, abs=0.01)
+    # each printed rounded to 0.01
+    assert ours > 0 and theirs > 0 and ratio == pytest.approx(ours / theirs, rel=0.05, abs=0.01)
     size = re.search(r"Redis per finished record: MEMORY USAGE avg (\d+) B, max (\d+) B over 2 records", res.stdout)
     assert size and 0 < int(size.group(1)) <= int(size.group(2)), res.stdout
