@@ -6,10 +6,10 @@ copying that leaf would cost more downtime than a round costs, take another chec
 VM runs. The prediction uses only what this run measured: the copy engine's throughput,
 the guest's write rate (leaf growth since the checkpoint), and the fixed costs of save,
 register and start measured by earlier cutovers on these hosts (until there are some, what
-`quickmig calibrate` measured on them, else defaults; the record says which). The downtime copy skips the
-bandwidth limits, so it is predicted at the rate the last switchover between these hosts
-measured for its own copy, else at this migration's copy rate with its waits for the limits
-taken out; the rounds run within the limits and are weighed at the limited rate.
+`quickmig calibrate` measured on them, else defaults; the record says which). The downtime
+copy skips the bandwidth limits, so it is predicted at the rate the last switchover between
+these hosts measured for its own copy, else at this migration's copy rate with its waits for
+the limits taken out; the rounds run within the limits and are weighed at the limited rate.
 """
 from __future__ import annotations
 
