@@ -15,11 +15,11 @@ from importlib.metadata import entry_points
 
 import redis
 
-from producer import intake, plan_file, plans, report, terminal, watch, webhooks
+from producer import calibration, intake, plan_file, plans, report, terminal, watch, webhooks
 from producer.migrations import MigrationRequest, Producer, RequestError
 from producer.remote import Remote
 from workers.coord.throttle import Throttle, ThrottleError, parse_rate
-from workers.model import file_plan, keys
+from workers.model import file_plan, host_profile, keys
 from workers.model.config import ConfigError, find_config_path, load_config
 from workers.model.record import CLIENT_OPTIONS, RecordNotFound
 from workers.obs import metrics
@@ -71,6 +71,8 @@ def cmd_migrate(args) -> int:
             copy = f"{plan['copy_bytes'] / 2**20:.0f} MiB in {plan['predicted_copy_seconds']:.1f} s"
             cold = f" (a cold move: the VM is {plan['cold']})" if plan.get("cold") else ""
             print(f"predicted: copy {copy}, downtime {plan['predicted_downtime_seconds']:.1f} s{cold}")
+            if plan["rates"].get("sources"):  # an API server of an older version sends none
+                _say(f"predicted from: {report.sources(plan['rates']['sources'])}")
         return EXIT_OK
     rec = p.enqueue(req)
     if not args.wait:
@@ -233,6 +235,32 @@ def cmd_config_check(args) -> int:
     for warning in cfg.warnings():
         _say(f"quickmig: warning: {warning}", file=sys.stderr)
     print("ok")
+    return EXIT_OK
+
+
+def cmd_calibrate(args) -> int:
+    """Measure a host's costs without touching a VM and store them for the downtime prediction."""
+    cfg = load_config(args.config)
+    if not cfg.hosts:
+        raise ConfigError("quickmig calibrate talks to the host itself: it needs a config with the host and "
+                          "redis_url (not only [api] url)")
+    cfg.host(args.host)  # an unknown host is refused with the inventory's names
+    if args.scratch_mib < calibration.SCRATCH_MIB_MIN or args.samples < 1:
+        raise ConfigError(f"--scratch-mib must be at least {calibration.SCRATCH_MIB_MIN} and --samples at least 1")
+    r = cfg.redis_client(**CLIENT_OPTIONS)
+    r.ping()  # where the figures go: unreachable, say so before measuring for a minute
+    try:
+        doc = calibration.calibrate(cfg, r, args.host, args.scratch_mib, args.samples)
+    except calibration.CalibrationError as e:
+        raise RequestError(str(e)) from None
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    _say(f"{doc['host']} calibrated at {host_profile.when(doc)}:")
+    for name in ("shell_create_s", "process_start_s", "module_load_s", "cmdlet_s"):
+        _say(f"  {name:<16} {doc[name]:.3f} s")
+    for name in ("hash_bps", "smb_write_bps", "smb_read_bps"):
+        _say(f"  {name:<16} {doc[name] / 1e6:.0f} MB/s")
     return EXIT_OK
 
 
@@ -440,6 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "transports without connecting anywhere; prints ok (exit 0) or what to fix "
                                 "(exit 2)")
     cc.set_defaults(func=cmd_config_check)
+
+    ca = sub.add_parser("calibrate", parents=[common],
+                        help="measure a host's WinRM shell, process start, Hyper-V module load, a read-only "
+                             "cmdlet, hashing and SMB rates (a scratch file it deletes; no VM touched) for "
+                             "the downtime prediction")
+    ca.add_argument("host")
+    ca.add_argument("--json", action="store_true")
+    ca.add_argument("--scratch-mib", type=int, default=calibration.SCRATCH_MIB_DEFAULT,
+                    help=f"size of the scratch file (default {calibration.SCRATCH_MIB_DEFAULT})")
+    ca.add_argument("--samples", type=int, default=calibration.SAMPLES_DEFAULT,
+                    help=f"samples of each figure, the median kept (default {calibration.SAMPLES_DEFAULT})")
+    ca.set_defaults(func=cmd_calibrate)
 
     me = sub.add_parser("metrics-exporter", parents=[common],
                         help="serve this node's worker metrics (reads $PROMETHEUS_MULTIPROC_DIR)")

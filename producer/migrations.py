@@ -205,6 +205,10 @@ class Producer:
             raise RequestError(f"cannot run the pre-flight of {req.vm!r}: {e}") from None
         rates = self._measured_rates(req.source, req.destination)
         costs = precopy.remembered_costs(self.store.r, req.source, req.destination)
+        sources = {**costs["sources"], "downtime_copy_bps": "this pair's last migration"}
+        if not rates["measured"]:
+            rate, sources["downtime_copy_bps"] = precopy.downtime_copy({}, costs)
+            rates = {**rates, "downtime_copy_bps": rate}
         memory = saved_memory_bytes(full)
         leaf = precopy.CHILD_HEADER_BYTES * len(full["disks"])
         save_s = memory / costs["save_bps"]
@@ -222,7 +226,7 @@ class Producer:
                 "rates": {"copy_bps": round(rates["copy_bps"]), "downtime_copy_bps": round(rates["downtime_copy_bps"]),
                           "save_bps": round(costs["save_bps"]), "register_start_s": costs["register_start_s"],
                           "measured": sorted(rates["measured"] + costs["measured"]),
-                          "measured_by": rates["measured_by"]}}
+                          "measured_by": rates["measured_by"], "sources": sources}}
 
     def _measured_rates(self, source: str, destination: str) -> dict:
         """The copy rates the newest migration from `source` to `destination` that measured

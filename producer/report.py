@@ -26,6 +26,14 @@ def phase_seconds(rec: dict) -> dict[str, float]:
     return out
 
 
+SOURCE_NAMES = {"save_bps": "save rate", "register_start_s": "register+start", "downtime_copy_bps": "copy rate"}
+
+
+def sources(found: dict) -> str:
+    """Where each part of a downtime prediction came from, in one line."""
+    return ", ".join(f"{SOURCE_NAMES.get(k, k)} {v}" for k, v in found.items())
+
+
 def summary(rec: dict) -> str:
     rec = terminal.clean(rec)
     lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
@@ -36,6 +44,8 @@ def summary(rec: dict) -> str:
     if rec.get("predicted_downtime_seconds") is not None:
         lines.append(f"  predicted       {rec['predicted_downtime_seconds']:.2f} s "
                      f"(after {len(rec.get('rounds', []))} pre-copy round(s))")
+        if rec.get("prediction_sources"):
+            lines.append(f"  predicted from  {sources(rec['prediction_sources'])}")
     if rec.get("downtime_bytes") is not None:
         lines.append(f"  moved while down {_mb(rec['downtime_bytes'])}")
     if rec.get("rollback_seconds") is not None:

@@ -310,6 +310,19 @@ class HyperVDriver:
             self._cleanup(proto, shell_id, command_id)
             raise
 
+    def shell_create_s(self) -> float:
+        """How long the host takes to create a WinRS shell (`quickmig calibrate`): one is opened,
+        timed, and deleted again; nothing runs in it."""
+        proto = self._new_protocol()
+        shell_id = None
+        try:
+            with self._faults_mapped("shell"):
+                t0 = time.monotonic()
+                shell_id = proto.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
+                return time.monotonic() - t0
+        finally:
+            self._cleanup(proto, shell_id, None)
+
     def run(self, op: str, args: dict | None = None, *, timeout_s: float | None = None,
             warm: WarmProcess | None = None) -> dict:
         """Run operation `op` with `args` (see docs/hyperv-operations.md) and return its JSON

@@ -92,6 +92,13 @@ def cutover_costs(host: str) -> str:
     return f"{PREFIX}costs:{host}"
 
 
+# What `quickmig calibrate` measured on one host (a JSON object, workers.model.host_profile):
+# the downtime prediction's figures for that host until its cutovers measured their own.
+# Kept until the next calibration replaces it.
+def host_calibration(host: str) -> str:
+    return f"{PREFIX}calibration:{host}"
+
+
 # Sorted set of migration ids whose saved source VM is kept (--keep-source), scored by the
 # Unix time it may be removed. Members leave when the reaper removed the source VM.
 KEPT_SOURCES = f"{PREFIX}kept-sources"

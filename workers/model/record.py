@@ -106,6 +106,9 @@ class MigrationRecord(TypedDict, total=False):
     guest_write_bps: int
     copy_bps: int                    # the copies while the VM ran, bandwidth limits included
     downtime_copy_bps: int           # the same copies without their waits for the limits: the downtime copy's rate
+    # where each part of the prediction came from: save_bps, register_start_s, downtime_copy_bps ->
+    # "measured" (earlier switchovers), "calibrated <time>" (quickmig calibrate), "this migration", "default"
+    prediction_sources: dict[str, str]
     delta_bytes: int
     downtime_paths: list[str]        # the files the cutover copies, as the gate last saw them
     # prepare (workers.steps.prepare)

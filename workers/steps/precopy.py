@@ -5,10 +5,11 @@ copying that leaf would cost more downtime than a round costs, take another chec
 (same name, so finish and rollback merge them all) and copy the now-frozen leaf while the
 VM runs. The prediction uses only what this run measured: the copy engine's throughput,
 the guest's write rate (leaf growth since the checkpoint), and the fixed costs of save,
-register and start measured by earlier cutovers on these hosts. The downtime copy skips the
-bandwidth limits, so it is predicted at the rate the last switchover between these hosts
-measured for its own copy, else at this migration's copy rate with its waits for the limits
-taken out; the rounds run within the limits and are weighed at the limited rate.
+register and start measured by earlier cutovers on these hosts (until there are some, what
+`quickmig calibrate` measured on them, else defaults; the record says which). The downtime
+copy skips the bandwidth limits, so it is predicted at the rate the last switchover between
+these hosts measured for its own copy, else at this migration's copy rate with its waits for
+the limits taken out; the rounds run within the limits and are weighed at the limited rate.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 
 from workers.engine import context
 from workers.engine.step import HardFailure, Later, fence
-from workers.model import keys, options, states
+from workers.model import host_profile, keys, options, states
 from workers.model.file_plan import PathMap, checkpoint_files, downtime_files
 from workers.model.preflight import room_for_checkpoint, saved_memory_bytes
 from workers.model.record import StaleState
@@ -33,6 +34,7 @@ WAIT_POLL_S = 30.0  # how often a migration waiting for its window looks at its 
 DEFAULT_COPY_BPS = 50e6          # until this run has measured its own
 DEFAULT_SAVE_BPS = 300e6
 DEFAULT_REGISTER_START_S = 0.5
+REGISTER_START_SCRIPTS = 3      # import_vm, start_vm, wait_heartbeat on the destination
 
 
 def _big_copies(rec: dict) -> list[dict]:
@@ -62,23 +64,53 @@ def fixed_costs(source: str, destination: str) -> dict:
 
 def remembered_costs(r, source: str, destination: str) -> dict:
     """Save rate of `source` and register+start time of `destination` as the last switchovers
-    there measured them (remember_costs), else the defaults; `measured` says which were."""
+    there measured them (remember_costs), else as `quickmig calibrate` measured the hosts, else
+    the defaults; `measured` names those switchovers measured, `sources` says for each part
+    where it came from ("measured", "calibrated <time>" or "default")."""
     save = r.hget(keys.cutover_costs(source), "save_bps")
     reg = r.hget(keys.cutover_costs(destination), "register_start_s")
     down = r.hget(keys.cutover_costs(source), f"downtime_copy_bps:{destination}")
+    src_cal, dst_cal = host_profile.load(r, source), host_profile.load(r, destination)
     out = {"save_bps": float(save) if save else DEFAULT_SAVE_BPS,
            "register_start_s": float(reg) if reg else DEFAULT_REGISTER_START_S,
            "measured": [k for k, v in (("save_bps", save), ("register_start_s", reg),
                                        ("downtime_copy_bps", down)) if v]}
+    # Save-VM needs a VM: a calibration cannot measure it, so save_bps is measured or the default.
+    sources = {"save_bps": "measured" if save else "default",
+               "register_start_s": "measured" if reg else "default",
+               "downtime_copy_bps": "measured" if down else "this migration"}
+    if not reg and dst_cal is not None:
+        # import, start and the heartbeat wait each run one script in a process started ahead:
+        # at least the calibrated read-only cmdlet's latency each (a floor: Import-VM does more)
+        out["register_start_s"] = REGISTER_START_SCRIPTS * dst_cal["cmdlet_s"]
+        sources["register_start_s"] = f"calibrated {host_profile.when(dst_cal)}"
     if down:  # the last switchover's own copy from source to destination, limits skipped as they are
         out["downtime_copy_bps"] = float(down)
+    elif src_cal is not None and dst_cal is not None:
+        # read from the source's share, written to the destination's: the slower of the two
+        out["calibrated_copy_bps"] = min(src_cal["smb_read_bps"], dst_cal["smb_write_bps"])
+        out["calibrated_at"] = max(src_cal["measured_at"], dst_cal["measured_at"])
+    out["sources"] = sources
     return out
 
 
 def downtime_copy_bps(rec: dict, costs: dict) -> float:
     """The rate the downtime copy will get: as the last switchover between these hosts measured
-    it, else this migration's copies without their waits for the bandwidth limits."""
-    return costs.get("downtime_copy_bps") or unlimited_copy_bps(rec)
+    it, else this migration's copies without their waits for the bandwidth limits, else (no
+    copy of this migration measured yet) as the calibration of both hosts measured SMB."""
+    return downtime_copy(rec, costs)[0]
+
+
+def downtime_copy(rec: dict, costs: dict) -> tuple[float, str]:
+    """downtime_copy_bps and where it came from ("measured", "this migration", "calibrated
+    <time>" or "default")."""
+    if costs.get("downtime_copy_bps"):
+        return costs["downtime_copy_bps"], "measured"
+    if _big_copies(rec) or not costs.get("calibrated_copy_bps"):
+        rate = unlimited_copy_bps(rec)
+        return rate, "this migration" if _big_copies(rec) else "default"
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(costs["calibrated_at"]))
+    return costs["calibrated_copy_bps"], f"calibrated {when}"
 
 
 def remember_costs(source: str, destination: str, memory_bytes: int, save_s: float, register_start_s: float,
@@ -159,10 +191,11 @@ def gate(mid: str, lg) -> dict:
         since = max(now - (rec.get("checkpoint_at") or now), 1e-3)
         write_bps = max(delta - CHILD_HEADER_BYTES * len(vm["disks"]), 0) / since
         costs = fixed_costs(rec["source"], rec["destination"])
-        rate, down_rate = copy_bps(rec), downtime_copy_bps(rec, costs)
+        rate, (down_rate, down_source) = copy_bps(rec), downtime_copy(rec, costs)
         pred = predict_s(saved_memory_bytes(vm), delta, down_rate, costs)
         rec = store.set(mid, predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
                         copy_bps=round(rate), downtime_copy_bps=round(down_rate), delta_bytes=delta,
+                        prediction_sources={**costs["sources"], "downtime_copy_bps": down_source},
                         downtime_paths=[f["path"] for f in downtime_files(vm)])  # the cutover need not ask again
         end = o.window_end()
         if end is not None and now > end:
