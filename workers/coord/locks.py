@@ -7,6 +7,7 @@ equals the token we were given (docs/design.md section 3.3).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import cast
@@ -23,6 +24,10 @@ _RELEASE_IF_HOLDER = redis_lua.load("release_if_holder")
 _CHECK = redis_lua.load("fence_check")
 # How long a fence waits for a replica to confirm; a healthy replica on a LAN answers in ms.
 REPLICATION_TIMEOUT_MS = 2000
+# How long a fence keeps asking (through a failover: the sentinels name the new master
+# within a few seconds once they agree the old one is gone), and how often.
+REPLICATION_WAIT_S = 20.0
+REPLICATION_RETRY_S = 0.5
 
 
 class LockHeld(QuickmigError):
@@ -42,12 +47,13 @@ class NotReplicated(Retryable):
 
 class VMLocks:
     def __init__(self, client: redis.Redis, *, replicas: int = 0,
-                 replication_timeout_ms: int = REPLICATION_TIMEOUT_MS):
+                 replication_timeout_ms: int = REPLICATION_TIMEOUT_MS, replication_wait_s: float = REPLICATION_WAIT_S):
         """`replicas`: how many replicas must hold every write before a destructive step
         (1 under Sentinel, whose failover keeps only what reached the replica; 0 for one server)."""
         self.r = client
         self.replicas = replicas
         self.replication_timeout_ms = replication_timeout_ms
+        self.replication_wait_s = replication_wait_s
         self._acquire = client.register_script(_ACQUIRE)
         self._extend = client.register_script(_EXTEND_IF_HOLDER)
         self._release = client.register_script(_RELEASE_IF_HOLDER)
@@ -88,21 +94,27 @@ class VMLocks:
         stream is ordered, so a replica that has our write has every write before it (the
         state that led to this step, from whichever connection wrote it). A master Sentinel
         has failed over has lost its replica: WAIT answers 0 and we go to the sentinels for
-        the new master instead of acting on what the old one says."""
-        try:
-            with self.r.pipeline(transaction=False) as p:
-                self._check(keys=ks, args=args, client=p)
-                p.set(keys.replication_probe(mid), "1", ex=60)
-                p.execute_command("WAIT", self.replicas, self.replication_timeout_ms)
-                ok, _, acked = p.execute()
-        except (redis.ReadOnlyError, redis.ResponseError) as e:
+        the new master instead of acting on what the old one says. A failover takes seconds,
+        so the fence asks again for up to `replication_wait_s` before it gives up (a step in
+        the downtime would rather wait than roll back)."""
+        deadline = time.monotonic() + self.replication_wait_s
+        while True:
+            try:
+                with self.r.pipeline(transaction=False) as p:
+                    self._check(keys=ks, args=args, client=p)
+                    p.set(keys.replication_probe(mid), "1", ex=60)
+                    p.execute_command("WAIT", self.replicas, self.replication_timeout_ms)
+                    ok, _, acked = p.execute()
+                if int(acked) >= self.replicas:
+                    return bool(ok)
+                why = (f"{acked} of {self.replicas} Redis replicas confirmed the fence within "
+                       f"{self.replication_timeout_ms} ms; no destructive step until they do")
+            except (redis.ReadOnlyError, redis.ResponseError, redis.ConnectionError, redis.TimeoutError) as e:
+                why = f"Redis refused or lost the fence's write ({e}); asking Sentinel for the master again"
             self.r.connection_pool.disconnect()
-            raise NotReplicated(f"Redis refused the fence's write ({e}); asking Sentinel for the master again") from e
-        if int(acked) < self.replicas:
-            self.r.connection_pool.disconnect()
-            raise NotReplicated(f"{acked} of {self.replicas} Redis replicas confirmed the fence within "
-                                f"{self.replication_timeout_ms} ms; no destructive step until they do")
-        return bool(ok)
+            if time.monotonic() >= deadline:
+                raise NotReplicated(why)
+            time.sleep(REPLICATION_RETRY_S)
 
     # -- step claims: one task delivery at a time works on a migration -----------------
     def claim_step(self, mid: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> str | None:
