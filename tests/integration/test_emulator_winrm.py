@@ -137,7 +137,7 @@ def test_list_and_describe_round_trip_with_any_name(emulator):
     vm = client.create_vm(name, memory_mb=1, disk_mb=1, write_rate_kbps=0)
     p = protocol(emulator["endpoint"])
     code, res, _ = run_op(p, "list_vms", {})
-    assert code == 0 and {"id": vm["id"], "name": name, "state": "Running"} in res["vms"]
+    assert code == 0 and {"id": vm["id"], "name": name, "state": "Running", "quickmig_checkpoints": []} in res["vms"]
     code, res, _ = run_op(p, "describe_vm", {"name": name})
     assert code == 0 and res["vm"]["id"] == vm["id"] and res["vm"]["name"] == name
     code, res, err = run_op(p, "describe_vm", {"vm_id": "00000000-0000-4000-8000-000000000000"})
