@@ -43,6 +43,7 @@ from lab.verify import verify_vm
 from producer.migrations import MigrationRequest, Producer
 from workers.model import keys, states
 from workers.model.config import load_config
+from workers.model.record import RecordNotFound
 
 POOLS = ("snapshot", "copy", "cutover")
 VM_OPTIONS = {"memory_mb": 16, "disk_mb": 24, "write_rate_kbps": 64}
@@ -163,6 +164,20 @@ def check_after(lab_dir: Path, cfg, r, name: str, mid: str) -> list[str]:
     return bad
 
 
+def inject(lab_dir: Path, t: Trial, rng: random.Random) -> None:
+    """The trial's fault, now: a failover, or a SIGKILL of a worker process."""
+    t.kill_at = time.time()
+    if t.fault == "failover":
+        t.pool, t.victim = "redis", force_failover(lab_dir)
+        return
+    pool, kind, pid = pick_victim(lab_dir, rng)
+    t.pool, t.victim = pool, kind
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        t.victim += " (already gone)"
+
+
 def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Random,
               max_delay_s: float, bound_s: float, say=print) -> Trial:
     wait_pools_alive(lab_dir)
@@ -174,16 +189,7 @@ def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Ran
         dst = rng.choice([h for h in cfg.hosts if h != src])
         mids[producer.enqueue(MigrationRequest(name, src, dst)).get("id")] = name
     time.sleep(rng.uniform(0, max_delay_s))
-    t.kill_at = time.time()
-    if t.fault == "failover":
-        t.pool, t.victim = "redis", force_failover(lab_dir)
-    else:
-        pool, kind, pid = pick_victim(lab_dir, rng)
-        t.pool, t.victim = pool, kind
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            t.victim += " (already gone)"
+    inject(lab_dir, t, rng)
     deadline = t.kill_at + bound_s
     pending = set(mids)
     while pending and time.time() < deadline:
@@ -193,6 +199,11 @@ def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Ran
             except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as e:  # a master replaced
                 say(f"    (reading {mid}: {e})")
                 break
+            except RecordNotFound:  # a failover lost it: a violation, never a crash of the bench
+                t.outcomes[mid] = "lost"
+                t.violations.append(f"{mids[mid]}: migration {mid}'s record is gone (lost in the failover)")
+                pending.discard(mid)
+                continue
             if rec["state"] in states.ENDS:
                 t.outcomes[mid] = rec["state"]
                 t.recovery_s = max(t.recovery_s, rec["updated_at"] - t.kill_at)
@@ -202,6 +213,8 @@ def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Ran
         t.outcomes[mid] = "stuck:" + producer.get(mid)["state"]
         t.violations.append(f"{mids[mid]}: migration {mid} not ended {bound_s:.0f}s after the kill")
     for mid, out in t.outcomes.items():
+        if out == "lost":
+            continue
         rec = producer.get(mid)
         if out == states.COMPLETED:
             vms[mids[mid]] = rec["destination"]

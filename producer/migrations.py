@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from workers.coord.admission import Admission, admit_and_send
-from workers.coord.locks import LockHeld, VMLocks
+from workers.coord.locks import LockHeld, NotReplicated, VMLocks, replicated
 from workers.engine.app import app, configure
 from workers.hyperv import vm_location
 from workers.hyperv.driver import HyperVDriver
@@ -48,6 +48,10 @@ CANCEL_REFUSED = {
     states.FAILED: "it has already ended (failed)",
     states.ROLLED_BACK: "it has already been rolled back",
 }
+
+# How long an enqueue under Sentinel waits for a replica to confirm its record (a failover
+# in progress takes a few seconds) before it refuses the request.
+DURABLE_WAIT_S = 10.0
 
 
 class RequestError(QuickmigError):
@@ -267,12 +271,25 @@ class Producer:
             # if both have room, else a migration that ends on either host will
             self.admission.wait(rec["id"], req.source, req.destination)
             self.admit()
+            self._durable(rec["id"])
         except Exception:
             self.admission.release(rec["id"], (req.source, req.destination))
             self.store.delete(rec["id"], event_id)
             self.locks.release(vm["id"], rec["id"])
             raise
         return rec
+
+    def _durable(self, mid: str) -> None:
+        """Under Sentinel, a migration's id goes back to its caller only once a replica holds
+        its record: a failover keeps only what reached the replica, and a caller must never
+        hold the id of a migration that then never existed. Not confirmed: nothing stays queued."""
+        if not self.cfg.redis_sentinels():
+            return
+        try:
+            replicated(self.store.r, 1, keys.replication_probe(mid), wait_s=DURABLE_WAIT_S)
+        except NotReplicated as e:
+            raise RequestError(f"Redis did not confirm the request on a replica ({e}); nothing was queued: "
+                               "try again once Redis's replica is back") from None
 
     def enqueue_once(self, req: MigrationRequest, key: str, caller: str,
                      requester: str | None = None) -> tuple[dict, bool]:

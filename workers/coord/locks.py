@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -43,6 +43,35 @@ class Fenced(QuickmigError):
 class NotReplicated(Retryable):
     """Redis did not confirm that a replica holds what we wrote: the server we talk to may be a
     master that Sentinel has already replaced. No destructive step until it does."""
+
+
+def replicated(r: redis.Redis, replicas: int, probe_key: str, before: Callable[[Any], object] | None = None, *,
+               timeout_ms: int = REPLICATION_TIMEOUT_MS, wait_s: float = REPLICATION_WAIT_S) -> list:
+    """Run `before(pipeline)`'s commands, then a write of `probe_key` and WAIT, in one pipeline
+    on one connection; the results of `before`'s commands once `replicas` replicas confirmed.
+    The replication stream is ordered, so a replica that has the probe has every write before
+    it, from whichever connection wrote it. An old master that Sentinel has replaced has no
+    replica left: WAIT answers 0, the clients go back to the sentinels for the master, and
+    this asks again for up to `wait_s` (a failover takes seconds) before NotReplicated."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with r.pipeline(transaction=False) as p:
+                if before is not None:
+                    before(p)
+                p.set(probe_key, "1", ex=60)
+                p.execute_command("WAIT", replicas, timeout_ms)
+                out = p.execute()
+            if int(out[-1]) >= replicas:
+                return out[:-2]
+            why = (f"{out[-1]} of {replicas} Redis replicas confirmed within {timeout_ms} ms; "
+                   "no destructive step until they do")
+        except (redis.ReadOnlyError, redis.ResponseError, redis.ConnectionError, redis.TimeoutError) as e:
+            why = f"Redis refused or lost the write ({e}); asking Sentinel for the master again"
+        r.connection_pool.disconnect()
+        if time.monotonic() >= deadline:
+            raise NotReplicated(why)
+        time.sleep(REPLICATION_RETRY_S)
 
 
 class VMLocks:
@@ -90,31 +119,12 @@ class VMLocks:
                          + ("" if claim is None else " or its step claim"))
 
     def _check_replicated(self, ks: list[str], args: list[str], mid: str) -> bool:
-        """The fence check, then a write and WAIT on the same connection: the replication
-        stream is ordered, so a replica that has our write has every write before it (the
-        state that led to this step, from whichever connection wrote it). A master Sentinel
-        has failed over has lost its replica: WAIT answers 0 and we go to the sentinels for
-        the new master instead of acting on what the old one says. A failover takes seconds,
-        so the fence asks again for up to `replication_wait_s` before it gives up (a step in
-        the downtime would rather wait than roll back)."""
-        deadline = time.monotonic() + self.replication_wait_s
-        while True:
-            try:
-                with self.r.pipeline(transaction=False) as p:
-                    self._check(keys=ks, args=args, client=p)
-                    p.set(keys.replication_probe(mid), "1", ex=60)
-                    p.execute_command("WAIT", self.replicas, self.replication_timeout_ms)
-                    ok, _, acked = p.execute()
-                if int(acked) >= self.replicas:
-                    return bool(ok)
-                why = (f"{acked} of {self.replicas} Redis replicas confirmed the fence within "
-                       f"{self.replication_timeout_ms} ms; no destructive step until they do")
-            except (redis.ReadOnlyError, redis.ResponseError, redis.ConnectionError, redis.TimeoutError) as e:
-                why = f"Redis refused or lost the fence's write ({e}); asking Sentinel for the master again"
-            self.r.connection_pool.disconnect()
-            if time.monotonic() >= deadline:
-                raise NotReplicated(why)
-            time.sleep(REPLICATION_RETRY_S)
+        """The fence check, confirmed by a replica (`replicated`): a master Sentinel has failed
+        over has lost its replica, so its word is never acted on."""
+        out = replicated(self.r, self.replicas, keys.replication_probe(mid),
+                         lambda p: self._check(keys=ks, args=args, client=p),
+                         timeout_ms=self.replication_timeout_ms, wait_s=self.replication_wait_s)
+        return bool(out[0])
 
     # -- step claims: one task delivery at a time works on a migration -----------------
     def claim_step(self, mid: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> str | None:
