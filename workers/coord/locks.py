@@ -64,8 +64,7 @@ def replicated(r: redis.Redis, replicas: int, probe_key: str, before: Callable[[
                 out = p.execute()
             if int(out[-1]) >= replicas:
                 return out[:-2]
-            why = (f"{out[-1]} of {replicas} Redis replicas confirmed within {timeout_ms} ms; "
-                   "no destructive step until they do")
+            why = f"{out[-1]} of {replicas} Redis replicas confirmed within {timeout_ms} ms"
         except (redis.ReadOnlyError, redis.ResponseError, redis.ConnectionError, redis.TimeoutError) as e:
             why = f"Redis refused or lost the write ({e}); asking Sentinel for the master again"
         r.connection_pool.disconnect()
