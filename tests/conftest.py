@@ -68,6 +68,14 @@ class Lab:
         opts.setdefault("memory_mb", 16)
         return add_vm(self.cfg, name, host, **opts)
 
+    def wait_vm_state(self, host: str, name: str, state: str, bound_s: float = 120) -> None:
+        """Until the VM named `name` is in `state` on `host` (the emulator's own view)."""
+        import time
+        deadline = time.monotonic() + bound_s
+        while not any(v["name"] == name and v["state"] == state for v in self.emulator(host).state()["vms"]):
+            assert time.monotonic() < deadline, f"{name} was not {state} on {host} within {bound_s:.0f} s"
+            time.sleep(0.05)
+
     def verify(self, name: str) -> dict:
         res, out = self.cli_json("lab", "verify", name, "--json")
         return out

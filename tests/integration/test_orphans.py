@@ -91,11 +91,7 @@ def test_redis_loses_every_key_in_the_middle_of_a_downtime(orphan_lab):
         mid = start(lab, "od1")
         rec = wait_state(lab, mid, lambda r: r["state"] == states.CUTTING_OVER and r.get("save_started_at"), 90,
                          "the downtime")
-        deadline = time.monotonic() + 10
-        while lab.emulator("hv1").state()["vms"] and not any(
-                v["id"] == rec["vm_id"] and v["state"] == "Saved" for v in lab.emulator("hv1").state()["vms"]):
-            assert time.monotonic() < deadline, "the source VM was not saved"
-            time.sleep(0.05)
+        lab.wait_vm_state("hv1", "od1", "Saved", 10)
         lab.redis().flushall()
         wait_clean(lab, "od1", rec["vm_id"])
     finally:

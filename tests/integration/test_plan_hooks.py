@@ -4,8 +4,6 @@ answers 2xx or 500 by path. The emulated hosts' event record says whether a sour
 ever saved (the downtime's start)."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 import threading
@@ -16,6 +14,7 @@ import pytest
 
 from lab.history import load_events
 from lab.ports import free_port
+from tests import signatures
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +33,7 @@ class HookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                sig = dict(p.split("=", 1) for p in self.headers.get("Quickmig-Signature", "").split(",") if "=" in p)
-                want = hmac.new(outer.secret, f"{sig.get('t')}.".encode() + body, hashlib.sha256).hexdigest()
-                fresh = abs(time.time() - int(sig.get("t", 0))) < 300
-                if not (fresh and hmac.compare_digest(want, sig.get("v1", ""))):
+                if not signatures.valid(outer.secret, self.headers.get("Quickmig-Signature", ""), body):
                     with outer.lock:
                         outer.refused.append(self.path)
                     self.send_response(401)

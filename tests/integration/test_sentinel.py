@@ -65,6 +65,14 @@ def wait_until(lab, mids: list[str], ok, bound_s: float, what: str) -> list[dict
         time.sleep(0.1)
 
 
+def wait_any(lab, mids: list[str], state: str, bound_s: float, what: str) -> None:
+    """Until one of the migrations is in `state` (polled often: the moment is short)."""
+    deadline = time.monotonic() + bound_s
+    while not any(r and r["state"] == state for r in records(lab, mids)):
+        assert time.monotonic() < deadline, f"{what} within {bound_s:.0f} s"
+        time.sleep(0.01)
+
+
 def migrate_three(lab, tag: str, disk_mb: int = 48) -> tuple[list[str], list[str]]:
     from producer.migrations import MigrationRequest
     vms = []
@@ -109,10 +117,7 @@ def test_three_migrations_stay_whole_through_a_failover_in_the_middle_of_a_downt
         lab.emulator(dst).inject_fault(op="import_vm", action="delay", seconds=3, times=1)
     try:
         vms, mids = migrate_three(lab, "sd")
-        deadline = time.monotonic() + 90
-        while not any(r and r["state"] == states.CUTTING_OVER for r in records(lab, mids)):
-            assert time.monotonic() < deadline, "no migration reached its downtime within 90 s"
-            time.sleep(0.05)
+        wait_any(lab, mids, states.CUTTING_OVER, 90, "no migration reached its downtime")
         failover(lab)
         assert_ended_whole(lab, vms, mids)
     finally:
@@ -126,9 +131,6 @@ def test_a_failover_as_the_copies_end_never_lets_an_old_master_drive_the_switcho
     master, whose writes the failover then throws away. The fence's WAIT stops them there."""
     lab = sentinel_lab
     vms, mids = migrate_three(lab, "sp")
-    deadline = time.monotonic() + 90
-    while not any(r and r["state"] == states.PREPARING for r in records(lab, mids)):
-        assert time.monotonic() < deadline, "no migration finished its copy within 90 s"
-        time.sleep(0.01)
+    wait_any(lab, mids, states.PREPARING, 90, "no migration finished its copy")
     failover(lab)
     assert_ended_whole(lab, vms, mids)

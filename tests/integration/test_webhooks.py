@@ -4,8 +4,6 @@ are added to the lab's config and credentials file while it runs (the process re
 again) and removed at the end."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -18,6 +16,7 @@ import pytest
 
 from lab import orchestrator, processes
 from lab.ports import free_port
+from tests import signatures
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +39,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                sig = dict(part.split("=", 1) for part in self.headers.get("Quickmig-Signature", "").split(","))
                 secret = outer.secrets.get(self.path, b"")
-                want = hmac.new(secret, f"{sig.get('t')}.".encode() + body, hashlib.sha256).hexdigest()
-                fresh = abs(time.time() - int(sig.get("t", 0))) < 300
-                if not (fresh and hmac.compare_digest(want, sig.get("v1", ""))):
+                if not signatures.valid(secret, self.headers.get("Quickmig-Signature", ""), body):
                     with outer.lock:
                         outer.refused.append(self.path)
                     self.send_response(401)

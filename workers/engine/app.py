@@ -107,7 +107,7 @@ def _broker_tls(url: str) -> dict | None:
 
 
 def configure(cfg: config_mod.Config) -> None:
-    url, sentinel_options, sentinel_tls = redis_endpoint.celery_broker(cfg.broker_url(), cfg.sentinel_credentials())
+    url, sentinel_options, sentinel_tls = redis_endpoint.celery_broker(*cfg.redis_target())
     if app.conf.broker_url != url and app._pool is not None:
         # a process that talks to a second deployment (tests with two labs) must not keep
         # publishing through the connections it made to the first

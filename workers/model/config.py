@@ -260,35 +260,34 @@ class Config:
     def broker_url(self) -> str:
         """`redis_url` with the Redis ACL user and password of credentials.toml put in: what
         the store and the Celery broker connect with. Never logged, stored or passed on."""
-        username, password = self.redis_credentials()
+        return self.redis_target()[0]
+
+    def redis_target(self) -> tuple[str, tuple[str | None, str | None]]:
+        """(broker_url, the sentinels' user and password) from one read of credentials.toml:
+        what every Redis client quickmig makes connects with (redis_endpoint)."""
+        username, password, sentinel_user, sentinel_password = self._redis_secrets()
+        sentinel_auth = (sentinel_user, sentinel_password) if self.redis_sentinels() else (None, None)
         if password is None and username is None:
-            return self.redis_url
+            return self.redis_url, sentinel_auth
         url = urlsplit(self.redis_url)
         if url.scheme == "unix":
             query = "&".join(q for q in (url.query, urlencode({k: v for k, v in
                                                                (("username", username), ("password", password))
                                                                if v is not None})) if q)
-            return urlunsplit(url._replace(query=query))
-        return redis_endpoint.with_auth(self.redis_url, username, password)
+            return urlunsplit(url._replace(query=query)), sentinel_auth
+        return redis_endpoint.with_auth(self.redis_url, username, password), sentinel_auth
 
     def redis_sentinels(self) -> bool:
         """Whether redis_url names a master under Sentinel (rather than one server)."""
         return redis_endpoint.is_sentinel(self.redis_url)
 
-    def sentinel_credentials(self) -> tuple[str | None, str | None]:
-        """(username, password) the sentinels ask for, from credentials.toml's [redis]
-        `sentinel_username` / `sentinel_password` (or its _file / _env forms), or Nones."""
-        if not redis_endpoint.is_sentinel(self.redis_url):
-            return None, None
-        return self._redis_secrets()[2:]
-
     def redis_client(self, **kw: Any) -> redis.Redis:
         """A Redis client of the fleet's store (kw: redis-py's connection options), following
         the master through a Sentinel failover when redis_url names sentinels."""
-        return redis_endpoint.connect(self.broker_url(), self.sentinel_credentials(), **kw)
+        return redis_endpoint.connect(*self.redis_target(), **kw)
 
     def async_redis_client(self, **kw: Any) -> aioredis.Redis:
-        return redis_endpoint.connect_async(self.broker_url(), self.sentinel_credentials(), **kw)
+        return redis_endpoint.connect_async(*self.redis_target(), **kw)
 
     def api_token(self) -> str | None:
         """The CLI's bearer token for the HTTP API ([api] url): credentials.toml's `[api] token`,

@@ -53,6 +53,7 @@ class _Sweep:
         self.grace = self.cfg.reconciler.orphan_grace_s
         self.findings: list[dict] = []
         self.vms: dict[str, list[dict]] = {}
+        self.changed: set[str] = set()  # hosts whose VMs a destination's cleaning changed
 
     # -- what the hosts have -----------------------------------------------------------
     def look(self, host: str) -> None:
@@ -110,6 +111,7 @@ class _Sweep:
         drv, roots = context.driver(host), self.cfg.host(host).roots
         files = [f for f in doc["files"] if self._confined(host, f)]
         if vm_id.lower() in (v["id"].lower() for v in self.vms.get(host, [])):
+            self.changed.add(host)  # a VM removed or a checkpoint merged: the source pass must see it
             info = drv.run("describe_vm", {"vm_id": vm_id})["vm"]
             ours = any(hostpaths.same(info.get("config_path") or "", f) for f in files)
             if ours and info["state"] == "Running":
@@ -122,7 +124,6 @@ class _Sweep:
                                       "delete_paths": files, "roots": roots})
                 self.found(host, "destination VM", "removed", mid=mid, vm_id=vm_id, vm=vm,
                            note=f"imported by quickmig and never verified ({info['state']})")
-                self.look(host)
         self.fence(vm_id, mid, token)
         out = drv.run("delete_files", {"paths": [*files, markers.host_path(host, mid)], "roots": roots})
         kept = [f"{k['path']} (used by {k['used_by']})" for k in out.get("kept", [])]
@@ -197,8 +198,8 @@ class _Sweep:
         for host, found in docs.items():
             for doc in found:
                 self._guarded(self.destination, host, doc)
-        for host in list(self.vms):
-            self.look(host)  # what the destinations' cleaning changed
+        for host in self.changed & set(self.vms):
+            self.look(host)
         for host, vms in list(self.vms.items()):
             for vm in vms:
                 for snap in vm.get("quickmig_checkpoints", []):
