@@ -118,12 +118,28 @@ def _own_lab(tmp_path_factory, name: str, hosts: int = 3, **up_options):
     from producer.migrations import Producer
     lab_dir = tmp_path_factory.mktemp(name)
     orchestrator.up(lab_dir, hosts=hosts, vms_per_host=0, say=lambda *_: None, **up_options)
+    passed = False
     try:
         lab = Lab(lab_dir)
         lab.producer = Producer(lab.cfg)
         yield lab
+        passed = True
     finally:
         orchestrator.down(lab_dir, say=lambda *_: None)
+        _free_lab_disk(lab_dir, keep_logs=not passed)
+
+
+def _free_lab_disk(lab_dir: Path, keep_logs: bool) -> None:
+    """A module's own lab holds hundreds of MB of disk images, and a whole run starts dozens:
+    left until the session ends they filled a CI machine's disk. A lab whose module failed
+    keeps its logs and configuration (what a reader needs) and loses only its big files."""
+    if not keep_logs:
+        shutil.rmtree(lab_dir, ignore_errors=True)
+        return
+    for f in lab_dir.rglob("*"):
+        with contextlib.suppress(OSError):
+            if f.is_file() and not f.is_symlink() and f.stat().st_size > 1 << 20:
+                f.unlink()
 
 
 @pytest.fixture(scope="session")
