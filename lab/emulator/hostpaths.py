@@ -98,7 +98,7 @@ class HostPaths:
 
     def confined(self, host_path: object, roots: list[str], cmdlet: str) -> Path:
         """`HostPaths.local`, strictly inside one of `roots`, and no link (a reparse point on
-        Windows) below that root: the script's own check (hostfiles.ps1, Assert-QmPath)."""
+        Windows) below that root: the script's own check (hostpaths.ps1, Assert-QmPath)."""
         local = self.local(host_path, cmdlet)
         assert isinstance(host_path, str)
         root = next((r for r in roots if host_path.lower().startswith(r.lower() + "\\")), None)

@@ -131,6 +131,14 @@ CATALOG: list[tuple[str, str]] = [
      "file_hash kennt die Verfahren sha256 und sha256-chunks-8MiB, nicht {scheme}."),
     ("file_hash hashes files only; {path} is not a file.",
      "file_hash berechnet Hashwerte nur für Dateien; {path} ist keine Datei."),
+    ("hash_stream reads its requests from stdin after its script: run it under the streaming bootstrap.",
+     "hash_stream liest seine Anfragen nach seinem Skript von stdin: starten Sie es mit dem Streaming-Bootstrap."),
+    ("A request hashes a range of at most {n} chunks: scheme {scheme}, first and count as whole numbers "
+     ">= 0 and 1..{m}.",
+     "Eine Anfrage berechnet Hashwerte für einen Bereich von höchstens {n} Blöcken: Verfahren {scheme}, first "
+     "und count als ganze Zahlen >= 0 und 1..{m}."),
+    ("hash_stream hashes files only; {path} is not a file.",
+     "hash_stream berechnet Hashwerte nur für Dateien; {path} ist keine Datei."),
     ("first and count (a range of at most {n} chunks) go with the scheme {scheme} only, as whole numbers "
      ">= 0 and 1..{m}.",
      "first und count (ein Bereich von höchstens {n} Blöcken) gelten nur für das Verfahren {scheme}, als "

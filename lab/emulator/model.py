@@ -105,6 +105,10 @@ class HyperVHost:
         """Run one operation of the table (operations.py), as the WinRM server does."""
         return self.operations.run(op, args)
 
+    def hash_request(self, roots: object, req: dict) -> dict:
+        """One request of a hash_stream process (operations.py)."""
+        return self.operations.hash_request(roots, req)
+
     def write_vmcx(self, vm: VM) -> None:
         write_vmcx(self.paths, vm)
 

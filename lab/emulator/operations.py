@@ -44,7 +44,7 @@ def _check_fixes(fixes: object, cmdlet: str) -> list[dict]:
 class Operations:
     OPS = ("list_vms", "describe_vm", "host_info", "checkpoint_vm", "save_vm", "start_vm",
            "wait_heartbeat", "compare_vm", "import_vm", "remove_snapshots", "remove_vm", "delete_files",
-           "reparent_disks", "stop_vm", "file_hash")
+           "reparent_disks", "stop_vm", "file_hash", "hash_stream")
 
     def __init__(self, registry: Registry, events: EventLog, lifecycle: VMLifecycle, checkpoints: Checkpoints,
                  files: HostFiles, importer: Importer):
@@ -175,6 +175,31 @@ class Operations:
                                   "GetFileHash")
             chunk_range = (first, count)
         return self.files.file_hash(hp, local, scheme, chunk_range)
+
+    def op_hash_stream(self, args: dict) -> dict:
+        # Run as a one-shot script, hash_stream finds no request stream ($qmRequests) and says so.
+        raise OpError("hash_stream reads its requests from stdin after its script: run it under the "
+                      "streaming bootstrap.", "InvalidOperation", "NoRequestStream")
+
+    def hash_request(self, roots: object, req: dict) -> dict:
+        """One request of a hash_stream process (hash_stream.ps1): a range of chunks of a file
+        confined to `roots`, checked in the script's order: the range, the path, a file."""
+        hp, first, count = req.get("path"), req.get("first"), req.get("count")
+        if req.get("scheme") != chunks.SCHEME or not _whole(first, 0) or not _whole(count, 1, chunks.MAX_RANGE):
+            raise OpError(f"A request hashes a range of at most {chunks.MAX_RANGE} chunks: scheme {chunks.SCHEME}, "
+                          f"first and count as whole numbers >= 0 and 1..{chunks.MAX_RANGE}.", "InvalidArgument",
+                          "InvalidParameter", str(hp))
+        checked = self.paths.check_roots(roots, "GetFileHash")
+        if isinstance(hp, str) and not any(hp.lower().startswith(r.lower() + "\\") for r in checked):
+            # Assert-QmPath looks at the roots before the path is used at all
+            raise OpError(f"Refused path {hp}: it is outside the configured root(s) {', '.join(checked)}.",
+                          "InvalidArgument", "PathRefused", hp)
+        local = self.paths.confined(hp, checked, "GetFileHash")
+        if not local.is_file():
+            raise OpError(f"hash_stream hashes files only; {hp} is not a file.", "InvalidArgument", "NotAFile", str(hp))
+        assert isinstance(hp, str) and isinstance(first, int) and isinstance(count, int)
+        got = self.files.file_hash(hp, local, chunks.SCHEME, (first, count))
+        return {"path": hp, "first": first, "chunks": got["chunks"]}
 
     # -- power -------------------------------------------------------------------------
     # save_vm, start_vm and stop_vm take an optional automatic_start_action, which the scripts

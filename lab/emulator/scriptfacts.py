@@ -13,6 +13,9 @@ only text it accepts) and at the command line powershell.exe was started with:
 - `ScriptFacts.managed_sha256`: the script makes a SHA-256 that .NET Framework may implement
   as SHA256Managed (`[SHA256]::Create()`, `SHA256Managed`, `Get-FileHash`): a host that
   enforces FIPS-validated algorithms refuses it (hostprops `fips`).
+- `start_facts(command_line).script_end`: the command line's -EncodedCommand reads the
+  script from stdin only up to that line and leaves the rest of stdin to the script, as
+  requests (the hash_stream process).
 - `writes_utf8(command_line)`: the command line's -EncodedCommand sets
   [Console]::OutputEncoding to UTF-8; otherwise powershell.exe writes its stdout and stderr
   in the host's OEM code page.
@@ -103,10 +106,18 @@ _IMPORTS_HYPERV = re.compile(r"\bImport-Module\s+(?:-Name\s+)?Hyper-V\b", re.I)
 _WRITES_LINE = re.compile(r"\[(?:System\.)?Console\]::Out\.WriteLine\(\s*'([^']*)'\s*\)", re.I)
 
 
+# The streaming bootstrap: the script is read line by line from $input up to an end line, and
+# the rest of stdin is left to the script as $qmRequests (workers.hyperv.driver.STREAM_BOOTSTRAP).
+_READS_SCRIPT_UNTIL = re.compile(
+    r"\$input\.MoveNext\(\)\s*-and\s*\[string\]\s*\$input\.Current\s+-cne\s+'([^']+)'", re.I)
+_LEAVES_REQUESTS = re.compile(r"\$qmRequests\s*=\s*\$input\b", re.I)
+
+
 @dataclass(frozen=True)
 class StartFacts:
     imports_hyperv: bool       # the Hyper-V module is loaded before the script is read
     ready_line: str | None     # a line written to stdout before the script is read
+    script_end: str | None = None  # the script ends at this line; the lines after it are its requests
 
 
 def start_facts(command_line: str) -> StartFacts:
@@ -115,5 +126,8 @@ def start_facts(command_line: str) -> StartFacts:
     m = _READS_STDIN.search(boot)
     before = boot[:m.start()] if m else boot
     line = _WRITES_LINE.search(before)
+    until = _READS_SCRIPT_UNTIL.search(boot)
+    streams = until is not None and _LEAVES_REQUESTS.search(boot) is not None
     return StartFacts(imports_hyperv=bool(_IMPORTS_HYPERV.search(before)),
-                      ready_line=line.group(1) if line else None)
+                      ready_line=line.group(1) if line else None,
+                      script_end=until.group(1) if streams and until else None)

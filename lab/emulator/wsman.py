@@ -87,7 +87,7 @@ import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
-from lab.emulator import costs, messages, scriptfacts
+from lab.emulator import costs, messages, requests_stream, scriptfacts
 from lab.emulator.clixml import format_clixml_error, format_clixml_progress
 from lab.emulator.errors import OpError
 from lab.emulator.faults import FaultSpecError, FaultTable, parse_fault
@@ -158,6 +158,7 @@ class Command:
         self.utf8 = scriptfacts.writes_utf8(command_line)  # else the host's OEM code page
         self.start = scriptfacts.start_facts(command_line)
         self.ready_at = time.monotonic()  # when its process has started (and loaded what it loads first)
+        self.streaming = False  # it reads requests after its script, and has been sent some stdin
         self.output = threading.Condition()  # notified when output is added or the command is done
 
 
@@ -280,6 +281,33 @@ class EmulatorServer(ThreadingHTTPServer):
     # -- running an operation ----------------------------------------------------------
     def start_command(self, cmd: Command) -> None:
         threading.Thread(target=self._execute, args=(cmd,), name=f"op-{cmd.id[:8]}", daemon=True).start()
+
+    def feed(self, cmd: Command, chunk: bytes, ended: bool) -> None:
+        """stdin for a process that reads requests after its script (requests_stream.py)."""
+        with cmd.output:
+            cmd.stdin += chunk
+            cmd.stdin_closed = cmd.stdin_closed or ended
+            first = not cmd.streaming
+            cmd.streaming = True
+            cmd.output.notify_all()
+        if first:
+            threading.Thread(target=requests_stream.serve, args=(self, cmd), name=f"stream-{cmd.id[:8]}",
+                             daemon=True).start()
+
+    def refuse_script(self, cmd: Command, why: str) -> None:
+        log.warning("refused a script that is not a shipped operation: %s", why)
+        self._finish(cmd, 1, stderr=clixml_error(f"The script is not a shipped quickmig operation script: {why}",
+                                                 "ParserError", "QuickmigScriptMismatch", locale=self.locale))
+
+    def run_in_process(self, cmd: Command, op: str) -> None:
+        self._run_in_process(cmd, op)
+
+    def finish(self, cmd: Command, code: int, stdout: str = "", stderr: str = "") -> None:
+        self._finish(cmd, code, stdout, stderr)
+
+    def fail_unexpectedly(self, cmd: Command, e: Exception) -> None:
+        self._finish(cmd, 1, stderr=clixml_error(f"Unexpected emulator error: {type(e).__name__}: {e}",
+                                                 "NotSpecified", "QuickmigEmulatorError"))
 
     def _finish(self, cmd: Command, code: int, stdout: str = "", stderr: str = "") -> None:
         enc = "utf-8" if cmd.utf8 else messages.oem_codepage(self.locale)
@@ -697,8 +725,12 @@ class Handler(BaseHTTPRequestHandler):
                 raise WSManFault("w:InvalidParameter", "The stdin stream is not valid base64.") from None
             if len(cmd.stdin) + len(chunk) > MAX_STDIN:
                 raise WSManFault("w:InvalidParameter", "The script is too large.")
+            ended = (stream.get("End") or "").lower() == "true"
+            if cmd.start.script_end is not None:  # it reads on while stdin stays open
+                self.server.feed(cmd, chunk, ended)
+                continue
             cmd.stdin += chunk
-            if (stream.get("End") or "").lower() == "true":
+            if ended:
                 cmd.stdin_closed = True
                 self.server.start_command(cmd)
         return "<rsp:SendResponse/>"
@@ -751,7 +783,9 @@ class Handler(BaseHTTPRequestHandler):
         if cmd is None:
             return "<rsp:SignalResponse/>"  # already gone (e.g. its answer was dropped): nothing to stop
         if code == SIGNAL_TERMINATE or code.endswith("/ctrl_c") or code.endswith("/ctrl_break"):
-            cmd.terminated = True
+            with cmd.output:  # a process reading requests stops waiting for them
+                cmd.terminated = True
+                cmd.output.notify_all()
             sh.commands.pop(cmd.id, None)
         return "<rsp:SignalResponse/>"
 

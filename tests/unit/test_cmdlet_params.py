@@ -390,6 +390,7 @@ EXPECTED = {  # cmdlets each script must be seen to call: proves the checker rea
     "reparent_disks": {"Set-VHD"},
     "stop_vm": {"Get-VM", "Remove-VMSavedState", "Stop-VM", "Set-VM"},
     "file_hash": set(),
+    "hash_stream": set(),
 }
 
 

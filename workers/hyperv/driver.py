@@ -114,6 +114,19 @@ _READY = f"[Console]::Out.WriteLine('{READY_LINE}'); [Console]::Out.Flush(); "
 WARM_BOOTSTRAP = _PRELUDE + _READY + _READ_AND_RUN
 WARM_HYPERV_BOOTSTRAP = _PRELUDE + "Import-Module Hyper-V -ErrorAction Stop; " + _READY + _READ_AND_RUN
 
+# A process that goes on reading stdin after its script (workers.hyperv.hash_stream): it says it
+# is ready, reads the script line by line up to SCRIPT_END (PowerShell's $input hands out
+# stdin's lines as they arrive, one per MoveNext), and runs it with the rest of stdin, the
+# requests, left in $qmRequests. The script is still a shipped text; the requests are data.
+SCRIPT_END = "quickmig-end-of-script"
+_READ_SCRIPT_THEN_REQUESTS = (
+    "$qmLines = New-Object System.Collections.Generic.List[string]; "
+    f"while ($input.MoveNext() -and [string]$input.Current -cne '{SCRIPT_END}') "
+    "{ $qmLines.Add([string]$input.Current) }; "
+    "$qmRequests = $input; "
+    "& ([scriptblock]::Create([string]::Join([string][char]10, $qmLines.ToArray())))")
+STREAM_BOOTSTRAP = _PRELUDE + _READY + _READ_SCRIPT_THEN_REQUESTS
+
 SHELL_CODEPAGE = 65001          # UTF-8 stdin/stdout in the WinRM shell
 OPERATION_TIMEOUT_S = 20        # WS-Man OperationTimeout: how long one Receive may block
 READ_TIMEOUT_S = OPERATION_TIMEOUT_S + 10   # HTTP read timeout, must exceed the above
@@ -132,6 +145,7 @@ OP_TIMEOUT_S = {
     "remove_vm": 900,
     "delete_files": 600,
     "file_hash": 1800,       # reads the whole file (a disk of hundreds of GB)
+    "hash_stream": 600,      # one range of at most 1 GiB per request
     "start_vm": 600,         # restores the memory from the saved state
 }
 
@@ -290,6 +304,13 @@ class HyperVDriver:
         or a module load: returns once the host says the process is ready."""
         scripts.load(op)  # an unknown op never reaches the host
         bootstrap = WARM_BOOTSTRAP if op in scripts.NO_HYPERV_MODULE else WARM_HYPERV_BOOTSTRAP
+        proto, shell_id, command_id, early = self.start_process(op, bootstrap, timeout_s=timeout_s)
+        return WarmProcess(self, op, proto, shell_id, command_id, early)
+
+    def start_process(self, op: str, bootstrap: str, *, timeout_s: float = 120) -> tuple[Protocol, str, str, bytes]:
+        """Open a shell and start powershell.exe with `bootstrap`, which writes READY_LINE once
+        it has loaded what it loads first: (protocol, shell id, command id, stdout after that
+        line). The caller sends the script and ends the command (`close_process`)."""
         proto = self._new_protocol()
         shell_id = command_id = None
         deadline = time.monotonic() + timeout_s
@@ -305,10 +326,14 @@ class HyperVDriver:
                     if done:  # it ended before its script: the module would not load, say
                         raise error_from_stderr(err, op, host=self.host.name, exit_code=rc or 1)
                 early = out.split(marker, 1)[1].lstrip(b"\r\n")
-                return WarmProcess(self, op, proto, shell_id, command_id, early)
+                return proto, shell_id, command_id, early
         except BaseException:
             self._cleanup(proto, shell_id, command_id)
             raise
+
+    def close_process(self, proto: Protocol, shell_id: str | None, command_id: str | None) -> None:
+        """End a process `start_process` started (Signal terminate) and delete its shell."""
+        self._cleanup(proto, shell_id, command_id)
 
     def shell_create_s(self) -> float:
         """How long the host takes to create a WinRS shell (`quickmig calibrate`): one is opened,

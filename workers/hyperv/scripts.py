@@ -40,11 +40,12 @@ OPS = (
     "reparent_disks",
     "stop_vm",
     "file_hash",
+    "hash_stream",
 )
 
 # The scripts that call no Hyper-V cmdlet: their powershell.exe never loads the module
 # (tests/unit/test_host_costs.py checks this against the scripts' text).
-NO_HYPERV_MODULE = frozenset({"file_hash"})
+NO_HYPERV_MODULE = frozenset({"file_hash", "hash_stream"})
 
 _HEADER_RE = re.compile(r"# quickmig-op: ([a-z_]+)\Z")
 # The lines around the placeholder: a single-quoted here-string piped to ConvertFrom-Json.

@@ -4,7 +4,7 @@ host's configured roots, or nothing.
 Paths reach quickmig from hosts (a VM's disk chain, save_vm's answer, a disk brought back
 after a failed switchover) and from the migration record (the files a migration created).
 Every path quickmig deletes, overwrites or grants rights on goes through `confine` at the
-moment of use, here and again in the host's script (`scripts/include/hostfiles.ps1`), so
+moment of use, here and again in the host's script (`scripts/include/hostpaths.ps1`), so
 a forged or garbled path can never reach `Remove-Item`, `Set-VHD` or `icacls`.
 
 The rules follow Windows' "Naming Files, Paths, and Namespaces" (MicrosoftDocs/win32

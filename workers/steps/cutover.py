@@ -26,7 +26,7 @@ from workers.model.file_plan import PathMap, chain_paths, downtime_files
 from workers.model.preflight import saved_memory_bytes
 from workers.model.record import RecordNotFound, StaleState
 from workers.steps import precopy, start_action
-from workers.steps.downtime_copy import DowntimeCopy, Hashers, checks_needed
+from workers.steps.downtime_copy import DowntimeCopy, Hasher
 from workers.steps.prepare import cold_changed
 from workers.steps.rollback import fail_rollback, imported_by, rollback
 
@@ -89,14 +89,13 @@ def cutover(mid: str, lg) -> None:
         # the files as the pre-copy gate saw them last (a record from before it noted them: these)
         paths = rec.get("downtime_paths") or [f["path"] for f in downtime_files(running)]
         copier.ready(rec, paths)
-        hashers = stack.enter_context(Hashers(dst, checks_needed(saved_memory_bytes(running))
-                                              + checks_needed(rec.get("delta_bytes") or 0) + len(paths)))
+        hasher = stack.enter_context(Hasher(dst))
         t0 = time.time()
         rec = context.store().set(mid, save_started_at=t0)
         vm = src.run("save_vm", {"vm_id": rec["vm_id"], **start_action.never(rec)}, warm=warm.get("save"))["vm"]
         t_saved = time.time()
         lg.info("saved in %.2fs", t_saved - t0)
-        moved = copier.copy(rec, vm, hashers)
+        moved = copier.copy(rec, vm, hasher)
         t_copied = time.time()
         fence(rec)
         # the configuration quickmig copied: only the VM registered from it is ours to remove

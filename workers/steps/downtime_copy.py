@@ -12,24 +12,26 @@ memory copies). No copy checkpoints, copy slots or bandwidth limits here: a cuto
 interrupted in the downtime rolls back rather than resume a copy, and the VM is down
 while this runs. One update records every copied file at the end.
 
-The destination's checks of what landed are `file_hash` calls, one per range of chunks.
-`ready()` starts their processes (`Hashers`) before Save-VM, as many as the copy can ask
-for, up to MAX_HASHERS; a check beyond those starts its own process.
+The destination's checks of what landed are ranges of chunks hashed there, all answered by
+one process (`Hasher`, a `workers.hyperv.hash_stream.HashStream`) that the cutover starts
+before Save-VM and ends once the copy is done or failed: no check starts a process inside
+the downtime, whatever the size of the files.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from workers.coord.progress import CopyProgress
 from workers.engine import context
-from workers.hyperv.driver import HyperVDriver, WarmProcess, WarmProcesses
-from workers.model import chunks
+from workers.hyperv.driver import HyperVDriver
+from workers.hyperv.errors import HyperVError
+from workers.hyperv.hash_stream import HashStream
 from workers.model.file_plan import PathMap, downtime_files
 from workers.smb import connections, file_copy
-from workers.smb.verifier import MIN_RANGE
 from workers.steps.transfer import (
     copy_verified,
     note_copied,
@@ -37,37 +39,45 @@ from workers.steps.transfer import (
     refuse_existing,
 )
 
-MAX_HASHERS = 12  # warm processes for the checks; with the switchover's own four, well under 30 shells
+log = logging.getLogger(__name__)
 
 
-def checks_needed(n_bytes: int) -> int:
-    """The most `file_hash` calls the copy engine makes for a file of `n_bytes`: a range of at
-    least MIN_RANGE chunks at a time, and one at the end."""
-    return chunks.count(n_bytes) // MIN_RANGE + 1
+class Hasher:
+    """The destination's hashing process for the downtime copy's checks, started on `__enter__`
+    (before Save-VM). If it cannot be started, each check runs its own `file_hash` (slower,
+    never wrong). `end()` ends it once the copy is done or failed; `__exit__` makes sure."""
 
-
-class Hashers:
-    """`file_hash` processes started on the destination before Save-VM for the downtime copy's
-    checks, handed out one per call; when they run out a check starts its own."""
-
-    def __init__(self, driver: HyperVDriver, n: int):
+    def __init__(self, driver: HyperVDriver):
         self.driver = driver
-        self.warm = WarmProcesses({str(i): (driver, "file_hash") for i in range(max(0, min(n, MAX_HASHERS)))})
-        self._free: list[WarmProcess] = []
-        self._lock = threading.Lock()
+        self.stream: HashStream | None = None
+        self._ending: threading.Thread | None = None
 
-    def __enter__(self) -> Hashers:
-        self.warm.__enter__()
-        self._free = [p for p in self.warm.procs.values() if p is not None]
+    def __enter__(self) -> Hasher:
+        stream = HashStream(self.driver)
+        try:
+            stream.start()
+            self.stream = stream
+        except HyperVError as e:
+            log.warning("hyperv host=%s: could not start the hashing process ahead: %s", self.driver.host.name, e)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.warm.__exit__(*exc)
+        if self._ending is not None:
+            self._ending.join()
+        if self.stream is not None:
+            self.stream.close()
+
+    def end(self) -> None:
+        """End the process and delete its shell, without waiting: the downtime goes on meanwhile
+        (`__exit__` waits for it)."""
+        if self.stream is not None and self._ending is None:
+            self._ending = threading.Thread(target=self.stream.close, name="hasher-end", daemon=True)
+            self._ending.start()
 
     def digests(self, path: str, first: int, count: int) -> list[str]:
-        with self._lock:
-            proc = self._free.pop() if self._free else None
-        return self.driver.chunk_digests(path, first, count, warm=proc)
+        if self.stream is None:
+            return self.driver.chunk_digests(path, first, count)
+        return self.stream.chunk_digests(path, first, count)
 
 
 class _Abandoned(Exception):
@@ -129,9 +139,16 @@ class DowntimeCopy:
         with ThreadPoolExecutor(len(lanes), thread_name_prefix="downtime-ready") as pool:
             list(pool.map(lambda pl: prepare(*pl), lanes))
 
-    def copy(self, rec: dict, vm: dict, hashers: Hashers | None = None) -> int:
-        """Once saved: copy every downtime file of `vm` at once; returns the bytes. `hashers`:
-        processes started ahead for the destination's checks."""
+    def copy(self, rec: dict, vm: dict, hasher: Hasher | None = None) -> int:
+        """Once saved: copy every downtime file of `vm` at once; returns the bytes. `hasher`:
+        the process started ahead for the destination's checks, ended here when done."""
+        try:
+            return self._copy(rec, vm, hasher)
+        finally:
+            if hasher is not None:
+                hasher.end()
+
+    def _copy(self, rec: dict, vm: dict, hasher: Hasher | None) -> int:
         lanes = self._lanes([f["path"] for f in downtime_files(vm)])
         with ThreadPoolExecutor(max(1, len(lanes)), thread_name_prefix="downtime-check") as pool:
             new = [d for d in pool.map(lambda pl: self._refuse_theirs(rec, *pl), lanes) if d]
@@ -157,7 +174,7 @@ class DowntimeCopy:
                     on_bytes(total, 0)
                 try:
                     return copy_verified(rec, path, self.lg, src_ep=src, dst_ep=dst, progress=on_file_bytes,
-                                         host_digests=hashers.digests if hashers else None)[0]
+                                         host_digests=hasher.digests if hasher else None)[0]
                 except BaseException:
                     stop.set()
                     raise

@@ -5,6 +5,7 @@ $Req = @'
 __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
+# quickmig-include: hostpaths
 # quickmig-include: hostfiles
 
 # Every path is checked against the roots before any is deleted; a file a VM on this host

@@ -6,6 +6,7 @@ __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
 # quickmig-include: vminfo
+# quickmig-include: hostpaths
 # quickmig-include: hostfiles
 # quickmig-include: planned
 

@@ -5,6 +5,7 @@ $Req = @'
 __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
+# quickmig-include: hostpaths
 # quickmig-include: hostfiles
 
 $roots = @($Req.roots)

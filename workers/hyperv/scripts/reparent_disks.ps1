@@ -5,6 +5,7 @@ $Req = @'
 __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 
+# quickmig-include: hostpaths
 # quickmig-include: hostfiles
 
 # A differencing disk brought back from another host still names its parent by that host's path.
