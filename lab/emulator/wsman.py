@@ -8,6 +8,8 @@ Content-Type application/soap+xml:
                             stdin; of the command line only its -EncodedCommand counts: whether
                             it sets [Console]::OutputEncoding to UTF-8 (scriptfacts.writes_utf8)
     Send     (rsp)          base64 stdin chunks; End="true" closes stdin and starts the operation
+                            (a command whose bootstrap reads requests after its script runs its
+                            lines as they arrive: requests_stream.py)
     Receive  (rsp)          base64 stdout/stderr streams and CommandState Done + ExitCode; while
                             the command still runs after the request's OperationTimeout, HTTP 500
                             with the WS-Man fault w:TimedOut / WSManFault Code 2150858793, which
