@@ -12,11 +12,19 @@ import time
 import pytest
 from winrm.protocol import Protocol
 
-from lab.emulator import costs
+from lab.emulator import costs, scriptfacts
 from lab.emulator.wsman import EmulatorServer
 from tests.unit import test_emulator_model
 from workers.hyperv import scripts
-from workers.hyperv.driver import BOOTSTRAP, SCRIPT_END, STREAM_BOOTSTRAP, HyperVDriver, _command_line
+from workers.hyperv.driver import (
+    BOOTSTRAP,
+    SCRIPT_END,
+    STREAM_BOOTSTRAP,
+    WARM_BOOTSTRAP,
+    WARM_HYPERV_BOOTSTRAP,
+    HyperVDriver,
+    _command_line,
+)
 from workers.hyperv.errors import HyperVError
 from workers.hyperv.hash_stream import HashStream
 from workers.model import chunks
@@ -183,3 +191,13 @@ def test_the_windows_profile_charges_one_process_start_and_each_range_by_its_byt
         assert logged == [("process_start", 0.3)]  # once, and no Hyper-V module: the script needs none
     finally:
         stop(srv)
+
+
+def test_the_emulator_reads_the_end_line_only_from_the_streaming_bootstrap():
+    assert scriptfacts.start_facts(_command_line(STREAM_BOOTSTRAP)).script_end == SCRIPT_END
+    assert scriptfacts.start_facts(_command_line(STREAM_BOOTSTRAP)).ready_line is not None
+    for other in (BOOTSTRAP, WARM_BOOTSTRAP, WARM_HYPERV_BOOTSTRAP):
+        assert scriptfacts.start_facts(_command_line(other)).script_end is None
+    # reading up to an end line but never leaving the rest to the script is no request stream
+    half = STREAM_BOOTSTRAP.replace("$qmRequests = $input; ", "")
+    assert scriptfacts.start_facts(_command_line(half)).script_end is None
