@@ -131,7 +131,7 @@ def iso_check(src: Host, vm: dict, *, source: str, destination: str, reachable: 
             bad = hostpaths.unc_problem(iso)
             if bad:
                 problems.append(f"ISO image {iso!r} of {vm['name']} on {source} is refused: {bad}; attach it by a "
-                                f"plain UNC path (Set-VMDvdDrive -Path), {fix}")
+                                f"plain UNC path (Set-VMDvdDrive -Path) or empty that DVD drive on {source} first")
                 continue
             if reachable.get(iso):
                 library.append(iso)
