@@ -71,7 +71,7 @@ def cmd_add_vm(args) -> int:
                                    ("disks", args.disks), ("disk_folders", args.disk_folder),
                                    ("generation", args.generation), ("checkpoints", args.checkpoints),
                                    ("golden", args.golden), ("state", args.state),
-                                   ("vlan_id", args.vlan), ("static_mac", args.static_mac))
+                                   ("vlan_id", args.vlan), ("static_mac", args.static_mac), ("iso", args.iso))
                  if v is not None})
     if args.legacy_adapter:
         more["legacy_adapter"] = True
@@ -103,6 +103,8 @@ def cmd_set_host(args) -> int:
         props["numa_spanning"] = args.numa_spanning == "on"
     if args.san:
         props["sans"] = args.san
+    if args.unc_share is not None or args.no_unc_shares:
+        props["unc_shares"] = list(args.unc_share or [])
     res = orchestrator.set_host(cfg, args.host, props, reset=args.reset, guardians_from=args.import_guardians_from)
     print(json.dumps(res, ensure_ascii=False) if args.json else f"{args.host}: " + ", ".join(
         f"{k}={res[k]}" for k in ("cpu_model", "memory_bytes", "numa_nodes", "numa_spanning", "sans")))
@@ -181,6 +183,10 @@ def register(sub, common) -> None:
     a.add_argument("--vlan", type=int, metavar="ID", help="the first network adapter's access VLAN (1-4094)")
     a.add_argument("--static-mac", metavar="MAC", help="the first network adapter's static MAC address")
     a.add_argument("--passthrough-disk", action="store_true", help="also attach a pass-through (physical) disk")
+    a.add_argument("--iso", metavar="PATH",
+                   help="the ISO image on its DVD drive (made there if missing): a UNC path on the lab's library "
+                        "share (\\\\lib01\\ISO\\x.iso; the host must reach it, set-host --unc-share), or a local "
+                        "path outside the storage (C:\\Users\\x\\a.iso); default the host's own lab-tools.iso")
     a.add_argument("--id", metavar="GUID", help="the VM's id: e.g. that of a VM on another host, as a "
                    "Hyper-V Replica replica keeps its primary's id")
     a.add_argument("--parent", metavar="PATH", help="host path of a base disk the VM's disk is a differencing "
@@ -240,6 +246,10 @@ def register(sub, common) -> None:
                    help="import another lab host's guardians with their private keys (as its certificates "
                         "exported from its 'Shielded VM Local Certificates' store)")
     h.add_argument("--san", action="append", metavar="NAME", help="its virtual SANs (repeatable; replaces the list)")
+    h.add_argument("--unc-share", action="append", metavar="\\\\SERVER\\SHARE",
+                   help="an SMB share it reaches (repeatable; replaces the list; default the lab's library "
+                        "\\\\lib01\\ISO): the ISO images a DVD drive may name there")
+    h.add_argument("--no-unc-shares", action="store_true", help="it reaches no SMB share (no library image)")
     h.add_argument("--reset", action="store_true", help="first back to what a lab host offers by default")
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=_guard(cmd_set_host, LabError))

@@ -56,6 +56,8 @@ def cmd_migrate(args) -> int:
            if getattr(args, k) is not None}
     if args.start:
         raw["start"] = True
+    if args.eject_unmovable_isos:
+        raw["eject_unmovable_isos"] = True
     req = MigrationRequest(args.vm, args.source, args.destination, raw)
     if args.dry_run:
         plan = p.dry_run(req)
@@ -67,6 +69,10 @@ def cmd_migrate(args) -> int:
                 print(line)
             for src, dst in plan["switches"].items():
                 print(f"switch {src} -> {dst}")
+            for iso in plan.get("library_isos") or []:
+                print(f"ISO {iso} stays attached as it is ({plan['destination']} reaches it)")
+            for e in plan.get("ejected_isos") or []:
+                print(f"ISO {e['path']} ejected on {plan['destination']}'s copy (--eject-unmovable-isos)")
             print(f"pre-flight: {'ok' if plan['preflight']['ok'] else '; '.join(plan['preflight']['problems'])}")
             copy = f"{plan['copy_bytes'] / 2**20:.0f} MiB in {plan['predicted_copy_seconds']:.1f} s"
             cold = f" (a cold move: the VM is {plan['cold']})" if plan.get("cold") else ""
@@ -400,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files under SRC_PREFIX land under DST_PREFIX (repeatable; the longest prefix wins)")
     m.add_argument("--switch-map", action="append", metavar="SRC=DST",
                    help="connect the VM's adapters on virtual switch SRC to switch DST of the destination (repeatable)")
+    m.add_argument("--eject-unmovable-isos", action="store_true",
+                   help="a DVD drive whose ISO image cannot go with the VM (a local file outside every storage "
+                        "folder, a library share the destination cannot reach) is emptied on the destination's "
+                        "copy instead of refusing the migration; the source keeps it")
     m.add_argument("--start", action="store_true",
                    help="a VM that is Off or Saved (a cold move): start it on the destination (a Saved one "
                         "resumes from its saved state); without it, it arrives as it is")

@@ -22,7 +22,7 @@ from workers.hyperv import vm_location
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError
 from workers.model import config as config_mod
-from workers.model import file_plan, keys, network_map, routing, states
+from workers.model import file_plan, hostpaths, keys, network_map, routing, states
 from workers.model import options as options_mod
 from workers.model.errors import QuickmigError
 from workers.model.hostpaths import HostPathError
@@ -202,7 +202,7 @@ class Producer:
         rec = {"source": req.source, "destination": req.destination, "options": opts, "vm": req.vm}
         try:
             full = self._driver(req.source).run("describe_vm", {"vm_id": vm["id"], "preflight": True})["vm"]
-            found, _, copy_bytes = snapshot.preflight_problems(
+            found, _, copy_bytes, isos = snapshot.preflight_problems(
                 self.cfg, rec, full, self._driver(req.source), self._driver(req.destination),
                 SmbEndpoint.for_host(self.cfg.host(req.source), self.cfg.credentials(req.source)))
         except (HyperVError, SmbError) as e:
@@ -222,6 +222,7 @@ class Producer:
         if cold:  # a cold move: no Save-VM, no copy while the VM is down
             downtime = save_s = down_copy_s = 0.0
         return {**plan, "cold": cold, "preflight": {"ok": not found, "problems": found},
+                "library_isos": isos.library, "ejected_isos": isos.ejects,
                 "copy_bytes": copy_bytes, "memory_bytes": memory,
                 "predicted_copy_seconds": round(copy_bytes / rates["copy_bps"], 3),
                 "predicted_downtime_seconds": round(downtime, 3),
@@ -247,10 +248,30 @@ class Producer:
         return {"copy_bps": precopy.DEFAULT_COPY_BPS, "downtime_copy_bps": precopy.DEFAULT_COPY_BPS,
                 "measured": [], "measured_by": None}
 
+    def _isos_checked(self, req: MigrationRequest, vm: dict, opts: dict) -> None:
+        """The ISO images quickmig does not copy (workers.model.file_plan.iso_check), refused
+        here, before anything changes, where this producer can tell: a local image outside
+        every storage folder always; a library image (UNC path) the destination cannot reach
+        when it holds the hosts' credentials (else the workers' pre-flight asks the destination)."""
+        src = self.cfg.host(req.source)
+        unc = [p for p in file_plan.library_isos(src, vm) if hostpaths.unc_problem(p) is None]
+        reachable = {p: True for p in unc}
+        if unc and self.cfg.holds_host_credentials():
+            try:
+                info = self._driver(req.destination).run("host_info", {"unc_paths": unc})
+            except HyperVError as e:
+                raise RequestError(f"cannot ask {req.destination} which ISO images it reaches: {e}") from None
+            reachable = file_plan.unc_reachable(info, unc)
+        found = file_plan.iso_check(src, vm, source=req.source, destination=req.destination, reachable=reachable,
+                                    eject=bool(opts.get("eject_unmovable_isos"))).problems
+        if found:
+            raise RequestError(found[0])
+
     def enqueue(self, req: MigrationRequest, requester: str | None = None) -> dict:
         opts = self._options(req)
         vm = self.validate(req)
         self._placed(req, vm, opts)
+        self._isos_checked(req, vm, opts)
         rec = new_record(vm=req.vm, vm_id=vm["id"], source=req.source,
                          destination=req.destination, fence=0, options=opts, requester=requester)
         try:

@@ -33,12 +33,12 @@ from workers.model.errors import QuickmigError
 # The migration options a plan's defaults or a VM may set: the keyword arguments of
 # workers.model.options.parse, under the same names.
 OPTION_FIELDS = ("max_downtime", "on_exceed", "max_rounds", "not_before", "window", "keep_source_hours",
-                 "destination_path", "storage_map", "switch_map")
+                 "destination_path", "storage_map", "switch_map", "eject_unmovable_isos")
 # How options.parse names each option in its messages (the CLI's flags) -> the plan's field.
 _FLAG_FIELD = {"--max-downtime": "max_downtime", "--on-exceed": "on_exceed", "--max-rounds": "max_rounds",
                "--not-before": "not_before", "--window": "window", "--keep-source": "keep_source_hours",
                "--destination-path": "destination_path", "--storage-map": "storage_map",
-               "--switch-map": "switch_map"}
+               "--switch-map": "switch_map", "--eject-unmovable-isos": "eject_unmovable_isos"}
 PLAN_FIELDS = ("name", "concurrency", "on_failure", "on_hook_failure", "defaults", "window", "hooks", "groups")
 GROUP_FIELDS = ("name", "vms", "after", "switchover", "hooks")
 HOOK_KINDS = ("pre_cutover", "post_cutover")

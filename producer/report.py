@@ -70,6 +70,10 @@ def summary(rec: dict) -> str:
                      f", {rate / 1e6 if rate else 0:.1f} MB/s"
                      f", ETA {'?' if eta is None else f'{eta:.0f} s'}"
                      f" ({prog.get('file')})")
+    # --eject-unmovable-isos: emptied on the destination's copy only, once it is imported there
+    label = "ejected ISO" if rec["state"] in ("finishing", "completed") else "ISO to eject"
+    for e in rec.get("ejected_isos") or []:
+        lines.append(f"  {label:<15} {e.get('path')} (DVD drive {e.get('drive') or '?'}, on {rec['destination']})")
     if rec.get("error"):
         lines.append(f"  error           {rec['error']}")
     retry = rec.get("retry")

@@ -53,9 +53,48 @@ def _bad_component(p: str) -> bool:
 class HostPaths:
     """Host paths (D:\\VMs\\hv1\\...) <-> files under this host's share folders."""
 
-    def __init__(self, vm_root: str, share: Path, more: list[tuple[str, Path]] | None = None):
+    def __init__(self, vm_root: str, share: Path, more: list[tuple[str, Path]] | None = None, *,
+                 library: Path | None = None, elsewhere: Path | None = None):
+        """`library`: the lab's library shares (`library/<server>/<share>/...` is
+        `\\\\server\\share\\...`), `elsewhere`: this host's local files outside its storage
+        (`elsewhere/C/Users/x/a.iso` is `C:\\Users\\x\\a.iso`); both only for what a DVD drive
+        reads (`medium`), never for anything a script writes or deletes."""
         self.storage = [(vm_root.rstrip("\\"), Path(share))] + [(r.rstrip("\\"), Path(d)) for r, d in more or []]
         self.vm_root, self.share = self.storage[0]
+        self.library, self.elsewhere = library, elsewhere
+
+    def medium(self, host_path: object, unc_shares: list[str]) -> Path | None:
+        """The local file a DVD drive's image path names on this host, for reading, or None when
+        this host cannot reach it: a path in the storage (`local`); a UNC path
+        `\\\\server\\share\\...` (a server, a share and plain components, no `..`) on a share
+        this host reaches (`unc_shares`: host property); any other fully qualified local path
+        (`elsewhere`)."""
+        if not isinstance(host_path, str) or not host_path or len(host_path) > 1024:
+            return None
+        if self.is_under(host_path):
+            try:
+                return self.local(host_path, "GetVMDvdDrive")
+            except OpError:
+                return None
+        if host_path.startswith("\\\\"):
+            parts = host_path[2:].split("\\")
+            if len(parts) < 3 or any(_bad_component(p) for p in parts) or self.library is None:
+                return None
+            share = "\\\\" + "\\".join(parts[:2])
+            if not any(same_path(share, s) for s in unc_shares):
+                return None
+            top, rest = self.library / parts[0].lower() / parts[1].lower(), parts[2:]
+        elif re.match(r"^[A-Za-z]:\\", host_path) and self.elsewhere is not None:
+            rest = host_path[3:].split("\\")
+            if any(_bad_component(p) for p in rest):
+                return None
+            top = self.elsewhere / host_path[0].upper()
+        else:
+            return None
+        local = self._existing_spelling(top, rest)
+        if not os.path.realpath(local).startswith(os.path.realpath(top) + os.sep):
+            return None
+        return local
 
     def _root_of(self, host_path: object) -> tuple[str, Path] | None:
         """The storage folder `host_path` is strictly inside (the innermost), or None."""

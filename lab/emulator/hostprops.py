@@ -24,10 +24,14 @@ CPU_MODEL = "Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz"
 # vendor offers another set
 CPU_FEATURES = ["sse4_2", "aes", "avx", "avx2", "avx512f"]
 MEMORY_BYTES = 64 * 1024 ** 3   # memory the host has for VMs
+# The lab's ISO library share (its files under DIR/library/lib01/iso); which hosts reach it is
+# each host's `unc_shares` (every host by default; a test takes it away from one)
+LIBRARY_SHARE = "\\\\lib01\\ISO"
 GUARDIAN = "UntrustedGuardian"  # the local guardian Hyper-V makes for the first VM with a virtual TPM
 # What a test may change about a host (POST /lab/host) to make a pre-flight check fail.
 HOST_PROPS = ("supported_versions", "switches", "cpu_vendor", "free_bytes", "fips", "cpu_model", "cpu_features",
-              "memory_bytes", "numa_nodes", "numa_spanning", "guardians", "sans", "folder_free_bytes")
+              "memory_bytes", "numa_nodes", "numa_spanning", "guardians", "sans", "folder_free_bytes",
+              "unc_shares")
 
 
 def thumbprint(*parts: str) -> str:
@@ -49,7 +53,9 @@ def defaults(host: str = "") -> dict:
             "cpu_features": list(CPU_FEATURES), "memory_bytes": MEMORY_BYTES, "numa_nodes": 1,
             "numa_spanning": True, "guardians": [local_guardian(host)], "sans": [],
             # the free space of the volume of a storage folder (host path) other than free_bytes
-            "folder_free_bytes": {}}
+            "folder_free_bytes": {},
+            # the SMB shares (\\\\server\\share) this host reaches: the ISO images a DVD drive may name there
+            "unc_shares": [LIBRARY_SHARE]}
 
 
 def check(doc: object) -> dict:
@@ -59,6 +65,11 @@ def check(doc: object) -> dict:
     for k in ("supported_versions", "switches", "cpu_features", "sans"):
         if k in doc and not (isinstance(doc[k], list) and all(isinstance(x, str) and x for x in doc[k])):
             raise invalid_arg(f"{k} must be a list of names", "SetVMHost")
+    us = doc.get("unc_shares")
+    if us is not None and not (isinstance(us, list) and all(
+            isinstance(x, str) and x.startswith("\\\\") and len(x[2:].split("\\")) == 2 and all(x[2:].split("\\"))
+            for x in us)):
+        raise invalid_arg("unc_shares must be a list of \\\\server\\share names", "SetVMHost")
     for k in ("cpu_vendor", "cpu_model"):
         if k in doc and not (isinstance(doc[k], str) and doc[k]):
             raise invalid_arg(f"{k} must be a name", "SetVMHost")

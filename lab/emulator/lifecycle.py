@@ -203,6 +203,20 @@ class VMLifecycle:
                 disk.write_filler(local, ISO_BYTES, seed=ISO_NAME)  # same bytes on every host
         return hp
 
+    def place_iso(self, hp: str) -> str:
+        """The lab puts an ISO image at `hp` (Add-VMDvdDrive -Path names one that is there): a
+        storage path, a UNC path on a library share this host reaches, or any other local path
+        of this host (outside its storage). Made if it is not there (the same bytes wherever)."""
+        local = self.paths.medium(hp, self.reg.props["unc_shares"])
+        if local is None or not hp.lower().endswith(".iso"):
+            raise invalid_arg(f"Add-VMDvdDrive: the ISO image '{hp}' is not a file path this host reaches.",
+                              "AddVMDvdDrive")
+        with self.reg.lock:
+            if not local.is_file():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                disk.write_filler(local, ISO_BYTES, seed=ISO_NAME)
+        return hp
+
     def create(self, name: object, memory_mb: object = 64, disk_mb: object = 128,
                write_rate_kbps: object = 64, iso: object = True, checkpoint_type: object = "Standard",
                start: object = True, version: object = "10.0", switches: object = None,
@@ -281,7 +295,9 @@ class VMLifecycle:
         if passthrough_disk:  # Add-VMHardDiskDrive -DiskNumber: a physical disk of this host, no file
             vm.disks.append({**_slot(vm.generation, len(paths)),
                              "path": "Disk 2 10.00 GB Bus 0 Lun 1 Target 0", "disk_number": 2})
-        if iso:
+        if isinstance(iso, str):
+            vm.isos = [self.place_iso(iso)]
+        elif iso:
             vm.isos = [self.ensure_iso()]
         disk.write_filler(self.paths.local(vm.state_file("vmgs")), VMGS_BYTES, seed=vm_id + ":vmgs")
         with self.reg.lock:
@@ -377,7 +393,8 @@ class VMLifecycle:
             raise OpError(f"'{vm.name}' failed to start: the virtual hard disk chain is broken: {e}",
                           "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name) from None
         for iso in vm.isos:
-            if not self.paths.local(iso).is_file():
+            local = self.paths.medium(iso, self.reg.props["unc_shares"])
+            if local is None or not local.is_file():
                 raise OpError(f"'{vm.name}' failed to start. The ISO image '{iso}' was not found.",
                               "NotSpecified", fqid("OperationFailed", "StartVM"), vm.name)
         return chain

@@ -72,7 +72,9 @@ class HyperVHost:
         self.share = self.lab_dir / "hosts" / name / "share"
         self.state_dir = self.lab_dir / "hosts" / name / "emulator"
         self.paths = HostPaths(vm_root, self.share, [(root, storage_dir(self.lab_dir, name, i + 1, share))
-                                                     for i, (root, share) in enumerate(more_storage or [])])
+                                                     for i, (root, share) in enumerate(more_storage or [])],
+                               library=self.lab_dir / "library",
+                               elsewhere=self.lab_dir / "hosts" / name / "elsewhere")
         self.registry = Registry(name, self.paths, self.state_dir / "state.json")
         self.events = EventLog(name, self.lab_dir, self.paths)
         self.lifecycle = VMLifecycle(self.registry, self.events, heartbeat_delay_s)

@@ -22,7 +22,7 @@ from lab.emulator.lifecycle import VMLifecycle
 from lab.emulator.registry import Registry
 from lab.emulator.vm import MAX_NAME, VM, describe, static_macs
 from lab.emulator.vmfacts import preflight_facts
-from lab.emulator.vmimport import Importer, check_maps, check_switch_map
+from lab.emulator.vmimport import Importer, check_eject, check_maps, check_switch_map
 from workers.model import chunks
 
 log = logging.getLogger("lab.emulator.operations")
@@ -145,6 +145,14 @@ class Operations:
             out["guardians"] = [{"name": g["name"], "encryption_thumbprint": g["encryption_thumbprint"],
                                  "signing_thumbprint": g["signing_thumbprint"],
                                  "has_private_signing_key": g["private_keys"]} for g in p["guardians"]]
+        unc = args.get("unc_paths")
+        if unc is not None:  # Test-Path of each library image, as this host reaches it
+            if not isinstance(unc, list) or not all(isinstance(x, str) and x for x in unc):
+                raise invalid_arg("unc_paths must be a list of UNC paths.", "TestPath")
+            out["unc_reachable"] = {}
+            for x in unc:
+                local = self.paths.medium(x, p["unc_shares"]) if x.startswith("\\\\") else None
+                out["unc_reachable"][x] = local is not None and local.is_file()
         if raw:  # CheckSystemCompatibilityInfo of the VM's blob (an empty one is not asked about)
             out["compatibility"] = check_compatibility_info(p, self.reg.name, raw)
         return out
@@ -316,7 +324,7 @@ class Operations:
     def op_compare_vm(self, args: dict) -> dict:
         disk_map, iso_map, folder = check_maps(args, "CompareVM")
         return self.importer.compare(args.get("config_path"), disk_map, iso_map, folder,
-                                     check_switch_map(args, "CompareVM"))
+                                     check_switch_map(args, "CompareVM"), check_eject(args, "CompareVM"))
 
     def op_import_vm(self, args: dict) -> dict:
         disk_map, iso_map, folder = check_maps(args, "ImportVM")
@@ -329,8 +337,9 @@ class Operations:
                    *(p for f in fixes for p in (f["path"], f["parent_path"])), *([folder] if folder else [])]:
             self.paths.confined(hp, roots, "ImportVM")
         vm = self.importer.import_vm(config_path, disk_map, iso_map, fixes, folder,  # type: ignore[arg-type]
-                                     check_switch_map(args, "ImportVM"))
+                                     check_switch_map(args, "ImportVM"), check_eject(args, "ImportVM"))
         info = self._info(vm)
-        for hp in info["state_files"] + [p for d in info["disks"] for p in d["chain"]] + info["isos"]:
+        # the grants, as the script makes them: the VM's files and the ISO images copied here
+        for hp in info["state_files"] + [p for d in info["disks"] for p in d["chain"]] + list(iso_map.values()):
             self.paths.confined(hp, roots, "ImportVM")  # the grants, as the script checks each
         return {"vm": info}

@@ -181,12 +181,25 @@ def describe(vm: VM, paths: HostPaths) -> dict:
         "memory_maximum_bytes": vm.memory_maximum_bytes or vm.memory_startup_bytes,
         "dynamic_memory_enabled": vm.dynamic_memory_enabled, "automatic_start_action": vm.automatic_start_action,
         "checkpoint_type": vm.checkpoint_type, "path": vm.path, "config_path": vm.config_path,
-        "state_files": state_files, "disks": disks, "isos": list(vm.isos),
+        "state_files": state_files, "disks": disks, "isos": list(vm.isos), "dvd_drives": dvd_drives(vm),
         "snapshot_location": vm.snapshot_location, "smart_paging_path": vm.smart_paging_path,
         "snapshots": [{"id": s["id"], "name": s["name"], "config_path": s["config_path"],
                        "files": _existing(paths, checkpoint_files(s))} for s in vm.snapshots],
         "switches": list(vm.switches), "adapters": adapters(vm),
     }
+
+
+def dvd_drives(vm: VM) -> list[dict]:
+    """Its DVD drives as Get-VMDvdDrive shows them (ControllerType, ControllerNumber,
+    ControllerLocation, Path): one per image, in the slots after its hard disks (a Generation 1
+    VM's on IDE, where its disks leave room, else SCSI; a Generation 2 VM's on SCSI)."""
+    taken = {(d.get("controller_type", "SCSI"), int(d.get("controller_number", 0)),
+              int(d.get("controller_location", 0))) for d in vm.disks}
+    free = [("IDE", c, loc) for c in (0, 1) for loc in (0, 1)] if vm.generation == 1 else []
+    free += [("SCSI", c, loc) for c in range(4) for loc in range(64)]
+    slots = [s for s in free if s not in taken]
+    return [{"controller_type": t, "controller_number": c, "controller_location": loc, "path": p}
+            for (t, c, loc), p in zip(slots, vm.isos, strict=False)]
 
 
 NO_NIC = {"legacy": False, "vlan_id": 0, "static_mac": ""}

@@ -94,12 +94,12 @@ class Importer:
 
     # -- the operations, step by step as their scripts run -------------------------------
     def compare(self, config_path: object, disk_map: dict[str, str], iso_map: dict[str, str],
-                folder: str | None, switch_map: dict[str, str] | None = None) -> dict:
+                folder: str | None, switch_map: dict[str, str] | None = None, eject: list[str] | None = None) -> dict:
         """compare_vm.ps1: Compare-VM -Register, the fixes through the report, the report again,
         then DestroySystem of the planned VM. What the clean-up could not remove is named."""
         planned = self.plan(config_path, "CompareVM")
         try:
-            self.fix(planned, disk_map, iso_map, folder, switch_map)
+            self.fix(planned, disk_map, iso_map, folder, switch_map, eject)
             inc, _ = self.check(planned)
         except OpError as e:
             raise self._with_left(e, self._clean_up(planned, "compare_vm")) from None
@@ -107,14 +107,15 @@ class Importer:
         return {"incompatibilities": inc, "left_behind": [left] if left else []}
 
     def import_vm(self, config_path: str, disk_map: dict[str, str], iso_map: dict[str, str],
-                  fixes: list[dict], folder: str | None, switch_map: dict[str, str] | None = None) -> VM:
+                  fixes: list[dict], folder: str | None, switch_map: dict[str, str] | None = None,
+                  eject: list[str] | None = None) -> VM:
         """import_vm.ps1: Set-VHD -ParentPath for each fix, then as compare, and if nothing is left
         to fix Import-VM -CompatibilityReport (the planned VM is realized); else DestroySystem."""
         with self.reg.lock:
             self.checkpoints.set_parents(fixes)
             planned = self.plan(config_path, "ImportVM")
             try:
-                self.fix(planned, disk_map, iso_map, folder, switch_map)
+                self.fix(planned, disk_map, iso_map, folder, switch_map, eject)
                 inc, checked = self.check(planned)
                 if inc:
                     raise OpError(f"Cannot register {config_path} on this host: " +
@@ -178,11 +179,12 @@ class Importer:
         return planned
 
     def fix(self, planned: dict, disk_map: dict[str, str], iso_map: dict[str, str], folder: str | None,
-            switch_map: dict[str, str] | None = None) -> None:
+            switch_map: dict[str, str] | None = None, eject: list[str] | None = None) -> None:
         """Set-VMHardDiskDrive / Set-VMDvdDrive on the report's VM for every drive whose path is
         in the maps; Set-VM -SnapshotFileLocation -SmartPagingFilePath `folder`, a folder here;
         Connect-VMNetworkAdapter of every adapter whose switch is in `switch_map` to its switch
-        here (a switch this host does not have: refused, the harsher reading)."""
+        here (a switch this host does not have: refused, the harsher reading); Set-VMDvdDrive
+        -Path $null of every drive whose image is in `eject` (Set-VMDvdDrive.md, example 2)."""
         for sw in (switch_map or {}).values():
             if sw not in self.reg.props["switches"]:
                 raise OpError(f"Connect-VMNetworkAdapter: the virtual switch '{sw}' was not found on this host.",
@@ -197,7 +199,9 @@ class Importer:
         with self.reg.lock:
             for d in planned["disks"]:
                 d["path"] = dmap.get(d["path"].lower(), d["path"])
-            planned["isos"] = [imap.get(i.lower(), i) for i in planned["isos"]]
+            gone = {e.lower() for e in eject or []}
+            planned["isos"] = [imap.get(i.lower(), i) for i in planned["isos"]
+                               if i.lower() in imap or i.lower() not in gone]
             if folder is not None:
                 planned["snapshot_location"] = planned["smart_paging_path"] = folder
             if switch_map:
@@ -219,7 +223,8 @@ class Importer:
             else:
                 chains.append(disk.read_chain(d["path"], lambda p: self.paths.local(p, "CompareVM")))
         for iso in planned["isos"]:
-            if not self._is_file(iso):
+            local = self.paths.medium(iso, self.reg.props["unc_shares"])
+            if local is None or not local.is_file():
                 inc.append(_inc(MSG_ISO, f"Could not find the ISO image '{iso}'."))
         for what, folder in (("checkpoint file location", planned["snapshot_location"]),
                              ("Smart Paging folder", planned["smart_paging_path"])):
@@ -390,6 +395,14 @@ def check_switch_map(args: dict, cmdlet: str) -> dict[str, str]:
     if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in m.items()):
         raise invalid_arg("switch_map must map switch names to switch names.", cmdlet)
     return m
+
+
+def check_eject(args: dict, cmdlet: str) -> list[str]:
+    """eject_isos of compare_vm / import_vm: the images whose drives are emptied (a list of paths)."""
+    e = args.get("eject_isos", []) or []
+    if not isinstance(e, list) or not all(isinstance(p, str) and p for p in e):
+        raise invalid_arg("eject_isos must be a list of ISO image paths.", cmdlet)
+    return e
 
 
 def check_maps(args: dict, cmdlet: str) -> tuple[dict[str, str], dict[str, str], str | None]:

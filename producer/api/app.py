@@ -46,7 +46,8 @@ HEALTH_MAX_AGE_S = 30.0  # GET /v1/hosts?health=true: how old a host's cached an
 VMS_MAX_AGE_S = 30.0  # GET /v1/hosts/{host}/vms: how old a cached list may be unless the caller says
 CURSOR_PATTERN = r"^[0-9]+(\.[0-9]+)?:[0-9a-f]*$"  # creation time and id (producer.migrations.Producer.page)
 OPTIONS = ("max_downtime", "on_exceed", "max_rounds", "not_before", "window", "keep_source_hours",
-           "destination_path", "storage_map", "switch_map", "start")  # MigrationIn's, the CLI's migrate options
+           "destination_path", "storage_map", "switch_map", "start",
+           "eject_unmovable_isos")  # MigrationIn's, the CLI's migrate options
 PROBLEM_RESPONSES = "application/problem+json: type, title, status, detail (RFC 9457)"
 
 Option = str | int | float | None
@@ -70,6 +71,7 @@ class MigrationIn:
     storage_map: list[str] | None = None  # "SRC_PREFIX=DST_PREFIX", the longest prefix wins
     switch_map: list[str] | None = None  # "SRC=DST": adapters on switch SRC connect to DST
     start: bool | None = None  # an Off or Saved VM (a cold move): start it on the destination
+    eject_unmovable_isos: bool | None = None  # empty a DVD drive whose ISO cannot go, on the destination's copy
 
 
 @dataclass

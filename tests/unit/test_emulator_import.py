@@ -349,3 +349,41 @@ def test_a_step_fault_fails_only_that_step_and_a_wildcard_never_matches_a_step(l
     assert h.faults.take("compare_vm") is None
     assert h.faults.take_step("compare_vm", "DestroySystem").action == "fail"
     assert h.faults.take_step("compare_vm", "DestroySystem") is None
+
+
+def test_a_dvd_image_on_a_share_the_host_cannot_reach_is_incompatible_until_the_report_ejects_it(lab):
+    _, make = lab
+    h1, h2 = make("hv1"), make("hv2")
+    unc = "\\\\lib01\\ISO\\win2022.iso"
+    vm = running_vm(h1, write_rate_kbps=0, iso=unc)
+    assert vm["isos"] == [unc] and vm["dvd_drives"][0]["path"] == unc
+    snap = h1.run("checkpoint_vm", {"vm_id": vm["id"], "snapshot_name": "quickmig-x"})["vm"]
+    move = Move(h1, h2)
+    for d in snap["disks"]:
+        for hp in d["chain"][1:]:
+            move.copy(hp)
+    for s in snap["snapshots"]:
+        for hp in s["files"]:
+            move.copy(hp)
+    move.copy(snap["config_path"])
+    args = move.compare_args({**snap, "isos": []})  # the library image stays where it is
+    assert incompatibilities(h2, args) == []  # hv2 reaches the lab's library share
+    assert h2.run("host_info", {"unc_paths": [unc]})["unc_reachable"] == {unc: True}
+    h2.set_props({"unc_shares": []})
+    assert h2.run("host_info", {"unc_paths": [unc]})["unc_reachable"] == {unc: False}
+    assert incompatibilities(h2, args) == [f"Could not find the ISO image '{unc}'."]
+    assert incompatibilities(h2, {**args, "eject_isos": [unc]}) == []  # Set-VMDvdDrive -Path $null
+
+
+def test_a_dvd_image_path_is_checked_as_a_unc_path_and_start_vm_needs_it_reachable(lab):
+    _, make = lab
+    h1 = make("hv1")
+    for bad in ("\\\\lib01\\ISO\\..\\x.iso", "\\\\lib01\\x.iso", "\\\\?\\C:\\x.iso", "\\\\lib01\\ISO\\a:b.iso"):
+        with expect_error("InvalidArgument"):
+            running_vm(h1, name="bad", iso=bad)
+    vm = running_vm(h1, name="off", iso="\\\\lib01\\ISO\\tools.iso", start=False)
+    h1.set_props({"unc_shares": []})
+    with expect_error("NotSpecified", "OperationFailed"):
+        h1.run("start_vm", {"vm_id": vm["id"]})
+    h1.set_props({"unc_shares": ["\\\\lib01\\ISO"]})
+    assert h1.run("start_vm", {"vm_id": vm["id"]})["vm"]["state"] == "Running"

@@ -32,6 +32,7 @@ def test_durations_and_times_parse_to_base_units():
     ({"keep_source_hours": "forever"}, "--keep-source"),
     ({"keep_source_hours": "0"}, "--keep-source"),
     ({"start": "yes"}, "--start"),
+    ({"eject_unmovable_isos": "yes"}, "--eject-unmovable-isos"),
 ])
 def test_bad_options_are_refused_with_the_option_named(raw, says):
     with pytest.raises(options.OptionError, match=says):
@@ -95,3 +96,9 @@ def test_the_downtime_copy_is_predicted_at_the_rate_the_last_switchover_measured
     rec = {"copied": [{"bytes": 80 * precopy.MiB, "seconds": 10.0, "throttled_s": 9.0}]}
     assert precopy.downtime_copy_bps(rec, {"downtime_copy_bps": 123e6}) == 123e6
     assert precopy.downtime_copy_bps(rec, {}) == precopy.unlimited_copy_bps(rec)
+
+
+def test_eject_unmovable_isos_is_kept_only_when_asked_for():
+    assert options.parse(now=NOW, eject_unmovable_isos=True) == {"eject_unmovable_isos": True}
+    assert options.parse(now=NOW, eject_unmovable_isos=False) == {} == options.parse(now=NOW)
+    assert options.Options(**options.parse(now=NOW, eject_unmovable_isos=True)).eject_unmovable_isos is True

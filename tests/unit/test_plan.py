@@ -1,7 +1,16 @@
 import pytest
 
 from workers.model.config import Config, Host
-from workers.model.file_plan import SHARED_KINDS, PathMap, downtime_files, frozen_files, layout_problems, shared_parents
+from workers.model.file_plan import (
+    SHARED_KINDS,
+    PathMap,
+    downtime_files,
+    frozen_files,
+    iso_check,
+    layout_problems,
+    shared_parents,
+    stored_isos,
+)
 from workers.model.hostpaths import HostPathError
 
 
@@ -208,3 +217,24 @@ def test_a_parent_below_a_differencing_disk_no_checkpoint_made_is_a_golden_paren
     assert kinds == {"D:\\vm\\disk0_S1.avhdx": "disk", "D:\\vm\\disk0.vhdx": "disk", "D:\\Golden\\base.vhdx": "parent",
                      "D:\\Golden\\os.vhdx": "parent", "E:\\d\\disk1.vhdx": "disk"}
     assert set(SHARED_KINDS) == {"iso", "parent"}
+
+
+def test_only_isos_in_a_storage_folder_are_copied_a_library_one_stays_and_others_are_refused_or_ejected():
+    unc, stray, bad = "\\\\lib01\\ISO\\w.iso", "C:\\Users\\x\\a.iso", "\\\\lib01\\ISO\\..\\w.iso"
+    vm = {**VM, "name": "v", "isos": [VM["isos"][0], unc, stray],
+          "dvd_drives": [{"controller_type": "SCSI", "controller_number": 0, "controller_location": 2, "path": stray}]}
+    src = CFG.host("a")
+    assert stored_isos(src, vm) == [VM["isos"][0]]
+    assert [f["path"] for f in frozen_files(vm, src) if f["kind"] == "iso"] == [VM["isos"][0]]
+    assert [f["path"] for f in PathMap(CFG, "a", "b").plan(vm) if f["kind"] == "iso"] == [VM["isos"][0]]
+    ok = iso_check(src, vm, source="a", destination="b", reachable={unc: True}, eject=False)
+    assert ok.library == [unc] and ok.ejects == []
+    assert len(ok.problems) == 1 and stray in ok.problems[0] and "--eject-unmovable-isos" in ok.problems[0]
+    far = iso_check(src, vm, source="a", destination="b", reachable={unc: False}, eject=False)
+    assert len(far.problems) == 2 and "b cannot reach" in far.problems[0] and "\\\\lib01\\ISO" in far.problems[0]
+    ejected = iso_check(src, vm, source="a", destination="b", reachable={unc: False}, eject=True)
+    assert ejected.problems == [] and ejected.ejects == [{"path": unc, "drive": ""},
+                                                         {"path": stray, "drive": "SCSI 0:2"}]
+    # a UNC path is checked as one: never asked about, never ejected, refused even with the option
+    odd = iso_check(src, {**vm, "isos": [bad]}, source="a", destination="b", reachable={bad: True}, eject=True)
+    assert odd.ejects == [] and odd.library == [] and "'..'" in odd.problems[0]

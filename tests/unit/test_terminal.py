@@ -38,3 +38,13 @@ def test_json_output_escapes_them_and_still_means_the_same_record():
     out = terminal.json_text(rec)
     assert not any(c in out for c in RAW), repr(out)
     assert json.loads(out) == rec and "é" in terminal.json_text({"v": "é"})
+
+
+def test_status_names_each_drive_the_migration_empties_on_the_destination_and_says_when_it_is_done():
+    eject = [{"path": "C:\\Users\\x\\a" + HOSTILE + ".iso", "drive": "SCSI 0:1"}]
+    before = report.summary(record(ejected_isos=eject))
+    assert "ISO to eject    C:\\Users\\x\\a" in before and "(DVD drive SCSI 0:1, on hv2)" in before
+    assert not any(c in before for c in RAW)
+    done = report.summary(record(ejected_isos=eject, state="completed"))
+    assert "ejected ISO     C:\\Users\\x\\a" in done
+    assert "ISO" not in report.summary(record(state="completed")).replace("ISO 8601", "")

@@ -68,9 +68,91 @@ def disk_kind(vm: dict, path: str) -> str:
     return "parent" if path.lower() in shared_parents(vm) else "disk"
 
 
-def frozen_files(vm: dict) -> list[dict]:
+def stored_isos(host: Host, vm: dict) -> list[str]:
+    """The VM's ISO images inside a storage folder of `host` (its source): the ones quickmig
+    copies. A library image (a UNC path) stays where it is and one anywhere else is refused or
+    ejected (`iso_problems`); neither is ever copied, nor deleted on either host."""
+    out = []
+    for iso in vm.get("isos", []):
+        try:
+            host.confine(iso)
+        except HostPathError:
+            continue
+        out.append(iso)
+    return out
+
+
+@dataclass(frozen=True)
+class IsoCheck:
+    """What pre-flight found of a VM's ISO images that are not copied: `problems` (each one
+    line: the path, the host, the fix), `ejects` (what --eject-unmovable-isos empties on the
+    destination's copy: {path, drive}), `library` (UNC images left attached as they are)."""
+    problems: list[str]
+    ejects: list[dict]
+    library: list[str]
+
+
+def _drive_of(vm: dict, path: str) -> str:
+    """The DVD drive holding `path` (VMInfo `dvd_drives`), as `SCSI 0:1`; '' if not told."""
+    for d in vm.get("dvd_drives") or []:
+        if hostpaths.same(str(d.get("path") or ""), path):
+            return f"{d.get('controller_type')} {d.get('controller_number')}:{d.get('controller_location')}"
+    return ""
+
+
+def library_isos(src: Host, vm: dict) -> list[str]:
+    """The VM's ISO images on UNC paths (library shares): the destination must reach them."""
+    return [i for i in vm.get("isos", []) if i.startswith("\\\\") and i not in stored_isos(src, vm)]
+
+
+def unc_reachable(dst_info: dict, asked: list[str]) -> dict[str, bool]:
+    """host_info's `unc_reachable` answer for the UNC paths asked about; anything but true,
+    or a path it does not answer for, counts as unreachable."""
+    said = dst_info.get("unc_reachable") or {}
+    low = {str(k).lower(): v for k, v in said.items()} if isinstance(said, dict) else {}
+    return {p: low.get(p.lower()) is True for p in asked}
+
+
+def iso_check(src: Host, vm: dict, *, source: str, destination: str, reachable: dict[str, bool],
+              eject: bool) -> IsoCheck:
+    """Each ISO image of the VM outside the source's storage folders: a UNC path the
+    destination reaches (`reachable`, its host_info answer) stays attached as it is; one it
+    cannot reach, or a local file outside every storage folder, is refused unless `eject`
+    (--eject-unmovable-isos), which empties that drive on the destination's copy."""
+    problems: list[str] = []
+    ejects: list[dict] = []
+    library: list[str] = []
+    stored = {p.lower() for p in stored_isos(src, vm)}
+    fix = "or pass --eject-unmovable-isos to empty that DVD drive on the destination's copy"
+    for iso in vm.get("isos", []):
+        if iso.lower() in stored:
+            continue
+        if iso.startswith("\\\\"):
+            bad = hostpaths.unc_problem(iso)
+            if bad:
+                problems.append(f"ISO image {iso!r} of {vm['name']} on {source} is refused: {bad}; attach it by a "
+                                f"plain UNC path (Set-VMDvdDrive -Path) or empty that DVD drive on {source} first")
+                continue
+            if reachable.get(iso):
+                library.append(iso)
+                continue
+            if not eject:
+                problems.append(f"ISO image {iso} of {vm['name']} is on {hostpaths.unc_share(iso)}, which "
+                                f"{destination} cannot reach: give {destination} access to that share, {fix}")
+                continue
+        elif not eject:
+            problems.append(f"ISO image {iso} of {vm['name']} is outside every storage folder of {source} "
+                            f"({', '.join(src.roots)}): move it into one of them and attach it from there "
+                            f"(Set-VMDvdDrive -Path), {fix}")
+            continue
+        ejects.append({"path": iso, "drive": _drive_of(vm, iso)})
+    return IsoCheck(problems, ejects, library)
+
+
+def frozen_files(vm: dict, src: Host | None = None) -> list[dict]:
     """What is read-only once our checkpoint exists: parent disks, every file of every
-    checkpoint (the VM's configuration names them all, and -Register needs them all), ISOs."""
+    checkpoint (the VM's configuration names them all, and -Register needs them all), ISOs
+    (those in a storage folder of `src`, the source, when it is given: `stored_isos`)."""
     files, seen = [], set()
 
     def add(path: str, kind: str) -> None:
@@ -84,7 +166,7 @@ def frozen_files(vm: dict) -> list[dict]:
     for snap in vm.get("snapshots", []):
         for path in checkpoint_files(snap):
             add(path, "checkpoint")
-    for iso in vm.get("isos", []):
+    for iso in (stored_isos(src, vm) if src is not None else vm.get("isos", [])):
         add(iso, "iso")
     return files
 
@@ -268,7 +350,7 @@ class PathMap:
         files = [{"path": p, "kind": disk_kind(vm, p)} for d in vm["disks"] for p in d.get("chain", [])]
         files += [{"path": p, "kind": "checkpoint"} for s in vm.get("snapshots", []) for p in checkpoint_files(s)]
         files += [{"path": p, "kind": "state"} for p in vm.get("state_files", [])]
-        files += [{"path": p, "kind": "iso"} for p in vm.get("isos", [])]
+        files += [{"path": p, "kind": "iso"} for p in stored_isos(self.src, vm)]
         seen: dict[str, str] = {}
         out = []
         for f in files:

@@ -77,6 +77,32 @@ def path_problem(path: object) -> str | None:
     return None
 
 
+def unc_problem(path: object) -> str | None:
+    """Why `path` is not a plain UNC file path `\\\\server\\share\\...\\file`, or None: a server
+    and a share present, no `\\\\?\\` or `\\\\.\\` namespace, and every component (the server's
+    and the share's too) passing the rules above (so no `..`). Read, never written: quickmig
+    only leaves such a path where it is."""
+    if not isinstance(path, str) or not path:
+        return "it is not a non-empty string"
+    if len(path) > MAX_CHARS:
+        return f"it is longer than {MAX_CHARS} characters"
+    if not path.startswith("\\\\") or path.startswith(("\\\\?\\", "\\\\.\\")):
+        return "it is not a UNC path (\\\\server\\share\\...)"
+    parts = path[2:].split("\\")
+    if len(parts) < 3:
+        return "it names no file below a server and a share (\\\\server\\share\\file)"
+    for part in parts:
+        problem = component_problem(part)
+        if problem:
+            return problem
+    return None
+
+
+def unc_share(path: str) -> str:
+    """The `\\\\server\\share` of a UNC path that passed `unc_problem`."""
+    return "\\\\" + "\\".join(path[2:].split("\\")[:2])
+
+
 def root_problem(root: object) -> str | None:
     """Why `root` cannot confine anything (it must name a folder below a drive's root)."""
     if not isinstance(root, str):

@@ -38,6 +38,7 @@ class Options:
     storage_map: list = field(default_factory=list)  # [source prefix, destination prefix] pairs
     switch_map: list = field(default_factory=list)   # [source switch, destination switch] pairs
     start: bool = False                      # a cold move (Off or Saved VM): start it on the destination
+    eject_unmovable_isos: bool = False       # empty, on the destination's copy, a DVD drive whose ISO cannot go
 
     def window_end(self) -> float | None:
         if self.window_s is None:
@@ -80,7 +81,7 @@ def moment(text: object, what: str = "--not-before") -> float:
 def parse(*, max_downtime: object = None, on_exceed: object = None, max_rounds: object = None,
           not_before: object = None, window: object = None, keep_source_hours: object = None,
           destination_path: object = None, storage_map: object = None, switch_map: object = None,
-          start: object = None, now: float | None = None) -> dict[str, Any]:
+          start: object = None, eject_unmovable_isos: object = None, now: float | None = None) -> dict[str, Any]:
     """Validate raw request options (as a caller sent them: text from the command line, or
     JSON values); returns the JSON form for the record."""
     now = time.time() if now is None else now
@@ -117,16 +118,17 @@ def parse(*, max_downtime: object = None, on_exceed: object = None, max_rounds: 
             raise OptionError(f"--keep-source must be a number of hours above 0, at most {MAX_KEEP_SOURCE_HOURS}")
         o["keep_source_hours"] = float(keep_source_hours)
     o.update(_placement(destination_path, storage_map, switch_map))
-    o.update(_start(start))
+    o.update(_flag(start, "start", "--start"))
+    o.update(_flag(eject_unmovable_isos, "eject_unmovable_isos", "--eject-unmovable-isos"))
     return o
 
 
-def _start(start: object) -> dict[str, Any]:
-    if start is None or start is False:
+def _flag(value: object, name: str, flag: str) -> dict[str, Any]:
+    if value is None or value is False:
         return {}
-    if start is not True:
-        raise OptionError("--start takes no value (true or false over the API)")
-    return {"start": True}
+    if value is not True:
+        raise OptionError(f"{flag} takes no value (true or false over the API)")
+    return {name: True}
 
 
 def _placement(destination_path: object, storage_map: object, switch_map: object) -> dict[str, Any]:

@@ -94,6 +94,8 @@ class MigrationRecord(TypedDict, total=False):
     plan: dict[str, list[dict[str, str]]]  # {"frozen": [{"path", "kind"}]}: what the base copy moves
     vm_folder: str                   # the VM's folder on the source: --destination-path keeps what is in it
     cold: str                        # a cold move: the VM's state (Off or Saved) when its files were copied
+    ejected_isos: list[dict[str, str]]  # --eject-unmovable-isos: each DVD drive emptied on the destination's
+    #                                    copy (path: the ISO image it held, drive: e.g. "SCSI 0:1"); the source keeps it
     # copying (workers.steps.transfer, downtime_copy)
     created_files: list[str]         # destination paths we created (and their .partial), for rollback
     created_folders: list[str]       # destination folders the copies created, removed by a rollback if left empty

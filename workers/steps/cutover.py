@@ -22,7 +22,7 @@ from workers.hyperv.driver import WarmProcesses
 from workers.hyperv.errors import VMNotFound
 from workers.model import network_map, options, routing, states
 from workers.model.errors import is_retryable
-from workers.model.file_plan import PathMap, chain_paths, downtime_files
+from workers.model.file_plan import PathMap, chain_paths, downtime_files, stored_isos
 from workers.model.preflight import saved_memory_bytes
 from workers.model.record import RecordNotFound, StaleState
 from workers.steps import precopy, start_action
@@ -129,7 +129,8 @@ def _import_args(cfg, rec: dict, vm: dict, pm: PathMap) -> dict:
     fixed = set(rec.get("parents_fixed") or [])  # prepare re-parented these already
     return {"config_path": pm.dest(vm["config_path"]),
             "disk_paths": pm.mapping(chain_paths(vm)),
-            "iso_paths": pm.mapping(vm.get("isos", [])),
+            "iso_paths": pm.mapping(stored_isos(cfg.host(rec["source"]), vm)),
+            "eject_isos": [e["path"] for e in rec.get("ejected_isos") or []],
             "parent_fixes": [f for f in pm.parent_fixes(vm) if f["path"] not in fixed],
             "roots": cfg.host(rec["destination"]).roots,
             "vm_folder": pm.vm_folder(vm),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from workers.engine import context
 from workers.engine.step import HardFailure, fence, resume, send, start_rollback, step_task
 from workers.model import network_map, options, preflight, routing, states
-from workers.model.file_plan import PathMap, layout_problems
+from workers.model.file_plan import PathMap, layout_problems, stored_isos
 from workers.steps.transfer import transfer
 
 
@@ -72,7 +72,8 @@ def prepare(mid: str, lg) -> None:
     report = dst.run("compare_vm", {"config_path": pm.dest(vm["config_path"]),
                                     "disk_paths": (pm.mapping([d["path"] for d in vm["disks"]]) if cold
                                                    else pm.validation_disk_paths(vm)),
-                                    "iso_paths": pm.mapping(vm.get("isos", [])),
+                                    "iso_paths": pm.mapping(stored_isos(cfg.host(rec["source"]), vm)),
+                                    "eject_isos": [e["path"] for e in rec.get("ejected_isos") or []],
                                     "vm_folder": pm.vm_folder(vm),
                                     "switch_map": _switch_changes(cfg, rec, vm)})
     left = report.get("left_behind") or []

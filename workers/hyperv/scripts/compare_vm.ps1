@@ -22,7 +22,7 @@ try {
     $report = Compare-VM -Path $configPath -Register
     $plannedId = $report.VM.Id.ToString()
     $plannedName = [string]$report.VM.Name
-    Set-QmPlannedPaths $report (ConvertTo-QmMap $Req.disk_paths) (ConvertTo-QmMap $Req.iso_paths) ([string]$Req.vm_folder) (ConvertTo-QmMap $Req.switch_map)
+    Set-QmPlannedPaths $report (ConvertTo-QmMap $Req.disk_paths) (ConvertTo-QmMap $Req.iso_paths) ([string]$Req.vm_folder) (ConvertTo-QmMap $Req.switch_map) @($Req.eject_isos)
     $report = Compare-VM -CompatibilityReport $report
     $problems = @(foreach ($i in $report.Incompatibilities) {
         [ordered]@{ message_id = [int64]$i.MessageId; message = [string]$i.Message }

@@ -73,6 +73,17 @@ if ($Req.guardians) {
         }
     })
 }
+if ($Req.unc_paths) {
+    # ISO images on library shares (UNC paths quickmig checked as such): whether this host
+    # reaches each file. Read only; a path that cannot be tested counts as unreachable.
+    $reach = [ordered]@{}
+    foreach ($p in @($Req.unc_paths)) {
+        $ok = $false
+        try { $ok = [bool](Test-Path -LiteralPath ([string]$p) -PathType Leaf) } catch { $ok = $false }
+        $reach[[string]$p] = $ok
+    }
+    $result.unc_reachable = $reach
+}
 if ($Req.compatibility_info) {
     # CheckSystemCompatibilityInfo of a VM's GetSystemCompatibilityInfo blob: whether it could
     # be quick-migrated here, without attempting it. 0 compatible, 32784 not compatible.

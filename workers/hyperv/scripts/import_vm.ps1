@@ -45,7 +45,7 @@ foreach ($fix in $Req.parent_fixes) {
 $report = Compare-VM -Path $configPath -Register
 $plannedId = $report.VM.Id.ToString()
 try {
-    Set-QmPlannedPaths $report $diskMap $isoMap ([string]$Req.vm_folder) (ConvertTo-QmMap $Req.switch_map)
+    Set-QmPlannedPaths $report $diskMap $isoMap ([string]$Req.vm_folder) (ConvertTo-QmMap $Req.switch_map) @($Req.eject_isos)
     $report = Compare-VM -CompatibilityReport $report
     $left = @(foreach ($i in $report.Incompatibilities) { [string]$i.MessageId + ': ' + [string]$i.Message })
     if ($left.Count -gt 0) {
@@ -69,7 +69,8 @@ foreach ($f in $info.state_files) { Grant-QmVMAccess $f $account '(F)' }
 foreach ($disk in $info.disks) {
     foreach ($f in $disk.chain) { Grant-QmVMAccess $f $account '(F)' }
 }
-foreach ($f in $info.isos) { Grant-QmVMAccess $f $account '(R)' }
+# only the images quickmig copied here: a library share's image (a UNC path) is not ours to change
+foreach ($f in @($isoMap.Values)) { Grant-QmVMAccess $f $account '(R)' }
 $result = [ordered]@{ vm = $info }
 
 $result | ConvertTo-Json -Compress -Depth 8

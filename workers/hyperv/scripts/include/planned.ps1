@@ -10,12 +10,16 @@ function ConvertTo-QmMap($Object) {
     $map
 }
 
-function Set-QmPlannedPaths($Report, $DiskMap, $IsoMap, [string]$Folder, $SwitchMap) {
+function Set-QmPlannedPaths($Report, $DiskMap, $IsoMap, [string]$Folder, $SwitchMap, $Eject) {
     # Fixed through the compatibility report, as Compare-VM's example 2 fixes a switch: the
     # planned VM's disks and ISO images are pointed at their copies here, its checkpoint
     # file location and Smart Paging folder (the source host's folders, kept by -Register)
     # at this host's VM folder, and each network adapter whose switch is mapped connected to
-    # this host's switch, before the report is taken again.
+    # this host's switch, before the report is taken again. A drive whose image is in $Eject
+    # (--eject-unmovable-isos) is emptied (Set-VMDvdDrive -Path $null, its example 2): the
+    # planned VM would otherwise name an image this host cannot reach.
+    $ejectSet = @{}
+    foreach ($p in @($Eject)) { if ($p) { $ejectSet[[string]$p] = $true } }
     foreach ($drive in @(Get-VMHardDiskDrive -VM $Report.VM)) {
         $old = [string]$drive.Path
         if ($old -and $DiskMap.ContainsKey($old)) {
@@ -26,6 +30,9 @@ function Set-QmPlannedPaths($Report, $DiskMap, $IsoMap, [string]$Folder, $Switch
         $old = [string]$drive.Path
         if ($old -and $IsoMap.ContainsKey($old)) {
             Set-VMDvdDrive -VMDvdDrive $drive -Path $IsoMap[$old]
+        }
+        elseif ($old -and $ejectSet.ContainsKey($old)) {
+            Set-VMDvdDrive -VMDvdDrive $drive -Path $null
         }
     }
     if ($Folder) {

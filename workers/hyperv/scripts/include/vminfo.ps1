@@ -37,7 +37,14 @@ function Get-QmVMInfo($VM) {
             controller_location = [int]$d.ControllerLocation; path = [string]$d.Path; chain = $chain
         }
     })
-    $isos = @(foreach ($dvd in @(Get-VMDvdDrive -VM $VM)) { if ($dvd.Path -like '*.iso') { [string]$dvd.Path } })
+    $dvdDrives = @(Get-VMDvdDrive -VM $VM)
+    $isos = @(foreach ($dvd in $dvdDrives) { if ($dvd.Path -like '*.iso') { [string]$dvd.Path } })
+    $dvds = @(foreach ($dvd in $dvdDrives) {
+        [ordered]@{
+            controller_type = [string]$dvd.ControllerType; controller_number = [int]$dvd.ControllerNumber
+            controller_location = [int]$dvd.ControllerLocation; path = [string]$dvd.Path
+        }
+    })
     $snapshots = @(foreach ($s in @(Get-VMSnapshot -VM $VM)) {
         $sid = $s.Id.ToString()
         $sbase = Join-Path -Path $VM.SnapshotFileLocation -ChildPath ('Snapshots\' + $sid.ToUpperInvariant())
@@ -70,7 +77,7 @@ function Get-QmVMInfo($VM) {
         checkpoint_type = [string]$VM.CheckpointType; path = [string]$VM.ConfigurationLocation
         snapshot_location = [string]$VM.SnapshotFileLocation; smart_paging_path = [string]$VM.SmartPagingFilePath
         config_path = $base + '.vmcx'; state_files = $stateFiles
-        disks = $disks; isos = $isos; snapshots = $snapshots; switches = @($switches | Select-Object -Unique)
+        disks = $disks; isos = $isos; dvd_drives = $dvds; snapshots = $snapshots; switches = @($switches | Select-Object -Unique)
         adapters = $adapters
     }
 }
