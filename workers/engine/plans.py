@@ -29,9 +29,11 @@ from collections.abc import Callable
 import redis
 
 from workers.coord.admission import Admission
+from workers.coord.group_barrier import GroupBarrier
 from workers.coord.locks import LockHeld, VMLocks
 from workers.model import keys, states
 from workers.model.record import Store, new_record
+from workers.obs import metrics
 
 RUNNING, ENDED = "running", ("completed", "failed", "stopped", "cancelled")
 FAILED_STATES = (states.FAILED, states.ROLLED_BACK)
@@ -162,11 +164,16 @@ def _advance(store: Store, locks: VMLocks, adm: Admission, plan: dict, created: 
     for g in plan["groups"]:
         blockers = [a for a in g["after"] if group_state[a] != "completed"]
         failed_before = [a for a in blockers if group_state[a] == "failed"]
+        aborted = _together_aborted(store, plan, g)
+        if group_state[g["name"]] == "completed" and g.get("switchover") == "together":
+            _note_span(g, recs)
         for m in g["members"]:
             if st[m["key"]] != "pending":
                 continue
-            if failed_before:
-                m["skipped"] = f"group {failed_before[0]} did not complete"
+            if failed_before or aborted:
+                # a together group that rolled back moves none of its members: not even those
+                # not released yet
+                m["skipped"] = f"group {failed_before[0]} did not complete" if failed_before else aborted
                 st[m["key"]] = "skipped"
                 continue
             if blockers or not releasing or running >= plan["concurrency"]:
@@ -180,6 +187,28 @@ def _advance(store: Store, locks: VMLocks, adm: Admission, plan: dict, created: 
     if _all_ended(st) or (not releasing and running == 0):
         _end(plan, st)
         _append(store.r, store.events_max_entries, event(plan, "ended"))
+
+
+def _together_aborted(store: Store, plan: dict, g: dict) -> str | None:
+    """Why a together group rolled back (None while it has not, or for another group)."""
+    if g.get("switchover") != "together" or not any(m.get("migration") for m in g["members"]):
+        return None
+    return GroupBarrier(store.r, plan["id"], g["name"], len(g["members"])).state().get("abort")
+
+
+def _note_span(g: dict, recs: dict[str, dict]) -> None:
+    """A together group that completed: its switchover span, from its first Save-VM to its
+    last start verified on the destination, into the plan's record and the histogram (once)."""
+    if g.get("switchover_span_s") is not None:
+        return
+    rs = [recs.get(m["key"]) or {} for m in g["members"]]
+    saves = [r["save_started_at"] for r in rs if r.get("save_started_at")]
+    starts = [r["verified_at"] for r in rs if r.get("verified_at")]
+    if len(saves) != len(rs) or len(starts) != len(rs):
+        return  # a record gone or from before these were noted: no span to tell
+    g["first_save_at"], g["last_start_at"] = min(saves), max(starts)
+    g["switchover_span_s"] = round(max(starts) - min(saves), 3)
+    metrics.GROUP_SWITCHOVER_SPAN.observe(g["switchover_span_s"])
 
 
 def _all_ended(st: dict[str, str]) -> bool:
@@ -198,6 +227,9 @@ def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, g: dict, 
     rec = new_record(vm=m["vm"], vm_id=m["vm_id"], source=m["source"], destination=m["destination"],
                      fence=0, options=m["options"], requester=plan.get("requested_by"))
     rec["member_of"] = {"plan": plan["id"], "group": g["name"], "member": m["key"]}
+    if g.get("switchover") == "together":
+        # its size: the cutover step waits at the group's barriers for this many members
+        rec["member_of"]["together"] = len(g["members"])
     if g.get("hooks"):
         # what workers.steps.hooks calls: URL, timeout and the secret's name (its value is read
         # from the credentials file by the worker that calls)
