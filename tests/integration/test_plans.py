@@ -301,7 +301,8 @@ def _together_plan(lab, tmp_path, prefix: str) -> tuple[dict, dict]:
     rows = TOGETHER
     names = [f"{prefix}-{i}" for i in range(1, len(rows) + 1)]
     ids = {n: lab.add_vm(n, src, write_rate_kbps=32)["id"] for n, (src, _) in zip(names, rows, strict=True)}
-    plan = _plan_file(tmp_path, f"name: {prefix}\nconcurrency: 3\non_failure: continue\ndefaults:\n  max_rounds: 1\ngroups:\n"
+    plan = _plan_file(tmp_path, f"name: {prefix}\nconcurrency: 3\non_failure: continue\n"
+                      "defaults:\n  max_rounds: 1\ngroups:\n"
                       "  - name: app\n    switchover: together\n    vms:\n"
                       + "".join(f"      - {{vm: {n}, from: {s}, to: {d}}}\n"
                                 for n, (s, d) in zip(names, rows, strict=True)))
