@@ -400,7 +400,8 @@ def status_lines(st: dict) -> list[str]:
     lines = [head]
     for g in st["groups"]:
         after = f" after {', '.join(g['after'])}" if g["after"] else ""
-        span = (f" (together, switchover span {g['switchover_span_s']:.1f} s)" if g.get("switchover_span_s") is not None
+        span = (f" (together, switchover span {g['switchover_span_s']:.1f} s, downtimes started within "
+                f"{g['downtime_spread_s']:.1f} s)" if g.get("switchover_span_s") is not None
                 else " (together)" if g.get("switchover") == "together" else "")
         lines.append(f"group {g['name']}{after}{span}:")
         if g.get("hooks"):

@@ -362,6 +362,12 @@ def test_a_together_group_switches_over_at_once_and_the_plan_records_its_span(la
     first_save = min(r["save_started_at"] for r in recs.values())
     last_start = max(r["verified_at"] for r in recs.values())
     assert g["switchover_span_s"] == pytest.approx(last_start - first_save, abs=1e-3) and g["switchover_span_s"] > 0
+    # and the spread of the members' downtimes, within its bound
+    from workers.engine.together import SPREAD_S
+    spread = max(r["save_started_at"] for r in recs.values()) - first_save
+    assert g["downtime_spread_s"] == pytest.approx(spread, abs=1e-3) and g["downtime_spread_s"] <= SPREAD_S
+    # each member's downtime includes its wait for the others, named apart
+    assert all(r["downtime_breakdown"]["group_wait"] >= 0 for r in recs.values())
     # from the emulated hosts' record: every member was imported before any started (the
     # group's point of no return), and every Save-VM came before any start
     events = [e for e in load_events(lab.dir) if e.get("vm_id") in plan["ids"].values()]
@@ -375,7 +381,8 @@ def test_a_together_group_switches_over_at_once_and_the_plan_records_its_span(la
         check = lab.verify(n)
         assert check["running_on"] == [dst] and check["integrity"] == "ok", (n, check)
     text = lab.cli("plan", "status", st["id"])
-    assert f"group app (together, switchover span {g['switchover_span_s']:.1f} s):" in text.stdout
+    assert (f"group app (together, switchover span {g['switchover_span_s']:.1f} s, downtimes started within "
+            f"{g['downtime_spread_s']:.1f} s):") in text.stdout
     m = scrape(lab)
     assert m[("quickmig_group_switchover_span_seconds_count", ())] >= 1
     assert m[("quickmig_group_switchover_span_seconds_sum", ())] >= g["switchover_span_s"] - 1e-3

@@ -226,6 +226,7 @@ def _note_span(g: dict, recs: dict[str, dict]) -> None:
         return  # a record gone or from before these were noted: no span to tell
     g["first_save_at"], g["last_start_at"] = min(saves), max(starts)
     g["switchover_span_s"] = round(max(starts) - min(saves), 3)
+    g["downtime_spread_s"] = round(max(saves) - min(saves), 3)  # its members' Save-VMs apart
     metrics.GROUP_SWITCHOVER_SPAN.observe(g["switchover_span_s"])
 
 
