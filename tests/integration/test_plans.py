@@ -319,7 +319,7 @@ def test_a_together_group_rolls_back_whole_when_one_members_import_fails(lab, tm
     # the third member's destination refuses its import, the last step before the group's point
     # of no return; its Save-VM comes late, so the other two are imported and wait, down, by then
     lab.emulator("hv1").inject_fault(op="import_vm", action="fail", message="injected: import broke", times=1)
-    lab.emulator("hv3").inject_fault(op="save_vm", action="delay", seconds=5, times=1)
+    lab.emulator("hv3").inject_fault(op="save_vm", action="delay", seconds=8, times=1)
     try:
         res, st = lab.cli_json("plan", "apply", str(plan["file"]), "--wait", "--json", timeout=300)
     finally:
@@ -332,20 +332,27 @@ def test_a_together_group_rolls_back_whole_when_one_members_import_fails(lab, tm
     assert "injected: import broke" in got["tgf-3"][1]
     for n in ("tgf-1", "tgf-2"):
         assert "group app rolled back: app/tgf-3" in got[n][1], got
-    # no member was ever started on its destination; the two that were imported there, ready to
+    # no member was ever started on its destination; those imported there, ready to
     # start, were removed from it before their sources resumed; each runs on its source, whole
     events = load_events(lab.dir)
+    imported_then_removed = 0
     for n, (src, dst) in members.items():
         vid = plan["ids"][n]
         mine = sorted((e for e in events if e.get("vm_id") == vid), key=lambda e: e["t"])
         assert not [e for e in mine if e["host"] == dst and e["event"] in ("start", "recover")]
         if n != "tgf-3":
             on_dst = [e["event"] for e in mine if e["host"] == dst and e["event"] in ("import", "remove")]
-            assert on_dst == ["import", "remove"], (n, mine)
-            removed = next(e["t"] for e in mine if e["host"] == dst and e["event"] == "remove")
-            assert [e for e in mine if e["host"] == src and e["event"] in ("start", "recover") and e["t"] > removed]
+            assert on_dst in ([], ["import", "remove"]), (n, mine)
+            imported_then_removed += on_dst == ["import", "remove"]
+            if on_dst:
+                removed = next(e["t"] for e in mine if e["host"] == dst and e["event"] == "remove")
+                assert [e for e in mine if e["host"] == src and e["event"] in ("start", "recover")
+                        and e["t"] > removed]
         check = lab.verify(n)
         assert check["running_on"] == [src] and check["integrity"] == "ok", (n, check)
+    # (a loaded machine may slow the second member past the third's late Save-VM: then only one
+    # of them was imported when the group rolled back)
+    assert imported_then_removed >= 1
     assert st["groups"][0].get("switchover_span_s") is None
 
 
