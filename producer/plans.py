@@ -105,7 +105,7 @@ def dry_run(p: Producer, plan: Plan, now: float | None = None) -> dict:
                            gate_s=ph["gate_s"], finish_s=ph["finish_s"], not_before=opts.get("not_before"),
                            window_end=window_end)
         jobs.append(job)
-        row.update(preflight={"ok": True, "problems": []}, vm_id=c["vm_id"], options=c["options"],
+        row.update(preflight={"ok": True, "problems": []}, vm_id=c["vm_id"], options=c["options"], cold=c.get("cold"),
                    copy_bytes=c["copy_bytes"], rates=c["rates"], phases=ph, job=job)
     hosts = {name: schedule.HostLimits(h.max_migrations, h.max_copies) for name, h in p.cfg.hosts.items()}
     groups = [schedule.GroupSpec(g.name, g.after, g.switchover == "together") for g in plan.groups]
@@ -223,10 +223,6 @@ def schedule_lines(out: dict) -> list[str]:
 def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
     """Check every member (its pre-flight must pass: otherwise nothing changes and the first
     problem is the refusal), store the plan and release its first members."""
-    for g in plan.groups:
-        if g.switchover == "together":
-            raise RequestError(f"group {g.name}: switchover together is predicted by plan dry-run but not "
-                               "carried out by plan apply yet; use switchover: independent")
     missing = hook_problems(p, plan)
     if missing:
         raise RequestError(missing[0])
@@ -236,6 +232,7 @@ def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
         if not row["preflight"]["ok"]:
             raise RequestError(f"{by_key[row['key']].where}: {row['vm']} would not pass its pre-flight: "
                                f"{row['preflight']['problems'][0]}")
+    together_problems(plan, dry)
     rows = {r["key"]: r for r in dry["members"]}
     now = time.time()
     record = {"id": uuid.uuid4().hex[:16], "name": plan.name, "state": plan_engine.RUNNING, "created_at": now,
@@ -249,6 +246,22 @@ def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
     plan_engine.advance(p.store, p.locks, p.admission, record["id"], wait_s=10)
     p.admit()
     return status(p, record["id"])
+
+
+def together_problems(plan: Plan, dry: dict) -> None:
+    """A together group must be able to have every member under way at once (its members wait
+    for each other at its barriers) and moves running VMs only (a cold move has no downtime
+    to line up): RequestError naming the first that cannot."""
+    stuck = next((x for x in dry["problems"] if " switches over together but can never" in x), None)
+    if stuck:
+        raise RequestError(stuck)
+    by_key = {m.key: m for m in plan.members()}
+    together = {g.name for g in plan.groups if g.switchover == "together"}
+    for row in dry["members"]:
+        cold = row.get("cold")
+        if row["group"] in together and cold:
+            raise RequestError(f"{by_key[row['key']].where}: {row['vm']} is {cold}: a group that switches over "
+                               "together moves running VMs only; move it in an independent group")
 
 
 def _member(row: dict) -> dict:
@@ -387,7 +400,10 @@ def status_lines(st: dict) -> list[str]:
     lines = [head]
     for g in st["groups"]:
         after = f" after {', '.join(g['after'])}" if g["after"] else ""
-        lines.append(f"group {g['name']}{after}:")
+        span = (f" (together, switchover span {g['switchover_span_s']:.1f} s, downtimes started within "
+                f"{g['downtime_spread_s']:.1f} s)" if g.get("switchover_span_s") is not None
+                else " (together)" if g.get("switchover") == "together" else "")
+        lines.append(f"group {g['name']}{after}{span}:")
         if g.get("hooks"):
             lines.append(f"  hooks: {hook_line(g['hooks'], st.get('on_hook_failure'))}")
         for m in g["members"]:

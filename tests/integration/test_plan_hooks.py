@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 
 class HookReceiver:
     """Accepts a POST only with a valid, fresh Quickmig-Signature (401 otherwise); then answers
-    500 on a path ending in -fail and 204 elsewhere. Keeps every signed call in arrival order."""
+    500 on a path ending in -fail or in /fail-for/VM for that VM's migration, and 204 elsewhere.
+    Keeps every signed call in arrival order."""
 
     def __init__(self, secret: bytes):
         self.secret, self.port = secret, free_port()
@@ -41,7 +42,8 @@ class HookReceiver:
                     return
                 with outer.lock:
                     outer.calls.append((self.path, time.time(), json.loads(body)))
-                self.send_response(500 if self.path.endswith("-fail") else 204)
+                vm = json.loads(body)["migration"]["vm"]
+                self.send_response(500 if self.path.endswith(("-fail", f"/fail-for/{vm}")) else 204)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -161,3 +163,46 @@ groups:
     finally:
         receiver.stop()
         lab.cfg.credentials_file.write_text(creds)
+
+
+def test_a_together_groups_member_whose_pre_cutover_hook_fails_rolls_the_group_back_before_any_downtime(
+        lab, tmp_path):
+    secret = secrets.token_hex(24)
+    receiver = HookReceiver(secret.encode())
+    creds = lab.cfg.credentials_file.read_text()
+    lab.cfg.credentials_file.write_text(creds + f'\n[hooks.t-together]\nsecret = "{secret}"\n')
+    ids = {name: lab.add_vm(name, host, write_rate_kbps=32)["id"]
+           for name, host in (("hkt-1", "hv2"), ("hkt-2", "hv3"))}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"""\
+name: hooks-together
+concurrency: 2
+on_failure: continue
+defaults: {{max_rounds: 1}}
+groups:
+  - name: app
+    switchover: together
+    hooks:
+      pre_cutover: {{url: "{receiver.url('/fail-for/hkt-2')}", secret: t-together}}
+    vms:
+      - {{vm: hkt-1, from: hv2, to: hv3}}
+      - {{vm: hkt-2, from: hv3, to: hv2}}
+""")
+    try:
+        res, st = lab.cli_json("plan", "apply", str(plan), "--wait", "--json", timeout=300)
+    finally:
+        receiver.stop()
+        lab.cfg.credentials_file.write_text(creds)
+    assert res.returncode == 1, res.stderr
+    m = {x["vm"]: x for x in st["groups"][0]["members"]}
+    assert {v: x["state"] for v, x in m.items()} == {"hkt-1": "rolled_back", "hkt-2": "rolled_back"}, m
+    assert "did not agree (HTTP 500)" in m["hkt-2"]["error"]
+    assert "group app rolled back: app/hkt-2" in m["hkt-1"]["error"], m["hkt-1"]
+    # the hook agreed for hkt-1, yet neither source VM was ever saved: no downtime began
+    assert [(c["hook"], c["ok"]) for c in m["hkt-1"]["hook_calls"]] in ([("pre_cutover", True)], [])
+    events = load_events(lab.dir)
+    for name, src in (("hkt-1", "hv2"), ("hkt-2", "hv3")):
+        mine = [e for e in events if e.get("vm_id") == ids[name]]
+        assert not any(e["event"] == "save" for e in mine), (name, "the source VM was saved: downtime began")
+        check = lab.verify(name)
+        assert check["running_on"] == [src] and check["integrity"] == "ok", (name, check)

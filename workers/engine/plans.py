@@ -29,9 +29,11 @@ from collections.abc import Callable
 import redis
 
 from workers.coord.admission import Admission
+from workers.coord.group_barrier import GroupBarrier
 from workers.coord.locks import LockHeld, VMLocks
 from workers.model import keys, states
 from workers.model.record import Store, new_record
+from workers.obs import metrics
 
 RUNNING, ENDED = "running", ("completed", "failed", "stopped", "cancelled")
 FAILED_STATES = (states.FAILED, states.ROLLED_BACK)
@@ -159,17 +161,26 @@ def _advance(store: Store, locks: VMLocks, adm: Admission, plan: dict, created: 
         group_state[g["name"]] = ("failed" if any(_failed(s) for s in ss) and all(_ended(s) for s in ss)
                                   else "completed" if all(s == states.COMPLETED for s in ss) else "open")
     releasing = not plan.get("cancelled") and not plan.get("stopped_because")
+    held = False  # a together group waiting for room for all its members holds the line behind it
     for g in plan["groups"]:
         blockers = [a for a in g["after"] if group_state[a] != "completed"]
         failed_before = [a for a in blockers if group_state[a] == "failed"]
-        for m in g["members"]:
-            if st[m["key"]] != "pending":
-                continue
-            if failed_before:
-                m["skipped"] = f"group {failed_before[0]} did not complete"
+        together = g.get("switchover") == "together"
+        bar = GroupBarrier(store.r, plan["id"], g["name"], len(g["members"])) if together else None
+        pending = [m for m in g["members"] if st[m["key"]] == "pending"]
+        aborted = _together_state(plan, g, bar, pending, recs, group_state[g["name"]] == "completed")
+        if together and pending and not (failed_before or aborted or blockers) and releasing \
+                and (held or running + len(pending) > plan["concurrency"]):
+            held = True  # its members are released all at once, in their turn
+            continue
+        for m in pending:
+            if failed_before or aborted:
+                # a together group that rolled back moves none of its members: not even those
+                # not released yet
+                m["skipped"] = f"group {failed_before[0]} did not complete" if failed_before else aborted
                 st[m["key"]] = "skipped"
                 continue
-            if blockers or not releasing or running >= plan["concurrency"]:
+            if blockers or not releasing or held or running >= plan["concurrency"]:
                 continue
             if _release(store, locks, adm, plan, g, m):
                 created.append(m["migration"])
@@ -177,9 +188,46 @@ def _advance(store: Store, locks: VMLocks, adm: Admission, plan: dict, created: 
                 running += 1
             else:
                 st[m["key"]] = "refused"
+                if bar is not None:  # a member that cannot move: none of the group does
+                    bar.abort(f"group {g['name']} rolled back: {m['key']}: {m['refused']}")
+                    aborted = m["refused"]
     if _all_ended(st) or (not releasing and running == 0):
         _end(plan, st)
         _append(store.r, store.events_max_entries, event(plan, "ended"))
+
+
+def _together_state(plan: dict, g: dict, bar: GroupBarrier | None, pending: list[dict], recs: dict[str, dict],
+                    completed: bool) -> str | None:
+    """For a together group: why it rolled back (None while it has not, or for another
+    group). A plan cancelled before the group's go rolls it back (its members waiting at
+    the first barrier too, which a cancel of each migration alone would leave waiting); a
+    group that completed gets its switchover span."""
+    if bar is None or len(pending) == len(g["members"]):
+        return None
+    if completed:
+        _note_span(g, recs)
+        return None
+    st = bar.state()
+    if "abort" not in st and plan.get("cancelled") and "go_at" not in st:
+        why = f"group {g['name']} rolled back: the plan was cancelled"
+        return why if bar.abort(why) >= 0 else None
+    return st.get("abort")
+
+
+def _note_span(g: dict, recs: dict[str, dict]) -> None:
+    """A together group that completed: its switchover span, from its first Save-VM to its
+    last start verified on the destination, into the plan's record and the histogram (once)."""
+    if g.get("switchover_span_s") is not None:
+        return
+    rs = [recs.get(m["key"]) or {} for m in g["members"]]
+    saves = [r["save_started_at"] for r in rs if r.get("save_started_at")]
+    starts = [r["verified_at"] for r in rs if r.get("verified_at")]
+    if len(saves) != len(rs) or len(starts) != len(rs):
+        return  # a record gone or from before these were noted: no span to tell
+    g["first_save_at"], g["last_start_at"] = min(saves), max(starts)
+    g["switchover_span_s"] = round(max(starts) - min(saves), 3)
+    g["downtime_spread_s"] = round(max(saves) - min(saves), 3)  # its members' Save-VMs apart
+    metrics.GROUP_SWITCHOVER_SPAN.observe(g["switchover_span_s"])
 
 
 def _all_ended(st: dict[str, str]) -> bool:
@@ -198,6 +246,9 @@ def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, g: dict, 
     rec = new_record(vm=m["vm"], vm_id=m["vm_id"], source=m["source"], destination=m["destination"],
                      fence=0, options=m["options"], requester=plan.get("requested_by"))
     rec["member_of"] = {"plan": plan["id"], "group": g["name"], "member": m["key"]}
+    if g.get("switchover") == "together":
+        # its size: the cutover step waits at the group's barriers for this many members
+        rec["member_of"]["together"] = len(g["members"])
     if g.get("hooks"):
         # what workers.steps.hooks calls: URL, timeout and the secret's name (its value is read
         # from the credentials file by the worker that calls)

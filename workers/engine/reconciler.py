@@ -25,7 +25,7 @@ import json
 import logging
 import time
 
-from workers.engine import context, plans
+from workers.engine import context, plans, together
 from workers.engine.app import RECONCILE_EVERY_S, app
 from workers.engine.step import StepClaim, admit_waiting, end, send, start_rollback
 from workers.model import keys, routing, states
@@ -157,6 +157,11 @@ def reconcile() -> dict:
                     admit_waiting()
             except Exception:
                 log.exception("[plan %s] advance failed", pid)
+        try:  # a together group waits neither forever nor for a message its last member never sent
+            for line in together.sweep():
+                log.warning("[together] %s", line)
+        except Exception:
+            log.exception("[together] sweep failed")
         waiting = waiting_ids(r)
         for mid in context.store().active_ids():
             try:

@@ -21,7 +21,7 @@ import time
 
 from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import Fenced, Heartbeat
-from workers.engine import context, markers, plans
+from workers.engine import context, markers, plans, together
 from workers.engine.app import app
 from workers.model import keys, routing, states
 from workers.model.errors import QuickmigError, is_retryable
@@ -123,11 +123,12 @@ def fence(rec: dict) -> None:
 def start_rollback(mid: str, error: str) -> None:
     """Any failure before the destination VM is verified running ends here."""
     try:
-        context.store().transition(mid, set(states.ACTIVE) - {states.FINISHING, states.ROLLING_BACK},
-                                   states.ROLLING_BACK, error=error)
+        rec = context.store().transition(mid, set(states.ACTIVE) - {states.FINISHING, states.ROLLING_BACK},
+                                         states.ROLLING_BACK, error=error)
     except StaleState:
         return
     send(routing.ROLLBACK, mid)
+    together.abort(rec, error)
 
 
 def end(mid: str, to: str, **fields) -> dict:
@@ -145,6 +146,9 @@ def end(mid: str, to: str, **fields) -> dict:
                                                   mid, rec["destination"], e)
     context.locks().release(rec["vm_id"], mid)
     forget_copy_resume(rec)
+    if to != states.COMPLETED:
+        # a member that ended any other way (cancelled, say) did not cut over: its group neither
+        together.abort(rec, rec.get("error") or to)
     if rec.get("member_of"):
         # the plan's next member queues now, before the places this one frees are handed out
         plans.advance(context.store(), context.locks(), context.admission(), rec["member_of"]["plan"])

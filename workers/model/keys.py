@@ -32,6 +32,12 @@ PLANS_RUNNING = f"{PREFIX}plans:running"
 PLAN_LOCK_TTL_S = 30
 
 
+def group_barrier(pid: str, group: str, part: str = "") -> str:
+    """A `together` group's barriers (workers.coord.group_barrier): its hash (part ""), and the
+    set of members arrived at each barrier (part "prepared" or "imported")."""
+    return f"{PREFIX}plan:{pid}:group:{group}" + (f":{part}" if part else "")
+
+
 # Sorted set of every migration id, scored by creation time (for `quickmig list`).
 # Members whose record has expired are dropped when listed.
 MIGRATIONS_INDEX = f"{PREFIX}migrations"

@@ -76,7 +76,8 @@ class MigrationRecord(TypedDict, total=False):
     error: str | None                # why it rolled back or failed, with what to do
     fence: int                       # the VM lease's fencing token
     options: dict[str, Any]          # workers.model.options, validated
-    member_of: dict[str, str]        # the plan it is a member of: plan (its id), group, member (workers.engine.plans)
+    member_of: dict[str, Any]        # the plan it is a member of: plan (its id), group, member (workers.engine.plans),
+    #                                  and `together`, its group's size, when the group switches over together
     hooks: dict[str, dict[str, Any]]  # its plan group's pre_cutover / post_cutover: url, timeout_s, secret (a
     #                                  name in the credentials file, never the secret), on_failure (post_cutover)
     hook_calls: list[dict[str, Any]]  # each call made (workers.steps.hooks): hook, url, at, seconds, ok, status,
@@ -124,7 +125,10 @@ class MigrationRecord(TypedDict, total=False):
     import_config_path: str          # the configuration imported: only the VM registered from it is ours
     start_started_at: float          # from here the guest may run on the destination
     downtime_bytes: int
-    downtime_breakdown: dict[str, float]  # save, copy, import, start
+    downtime_breakdown: dict[str, float]  # save, copy, import, start (and a together member's group_wait)
+    verified_at: float               # the VM verified running on the destination (its heartbeat)
+    group_waiting: str               # a together member's barrier it waits at: prepared, then imported
+    group_times: dict[str, float]    # a together member ready to start: its downtime's times so far
     cutover_resumed: bool            # a redelivered cutover rolled forward
     rollback_seconds: float
     paths_refused: list[str]         # created_files a rollback would not delete (not plain paths in the roots)

@@ -41,6 +41,9 @@ LAST_SWITCHOVER = Gauge("quickmig_switchover_last_seconds", "Downtime of the mos
 PREDICTED_SWITCHOVER = Histogram("quickmig_predicted_switchover_seconds",
                                  "Downtime predicted before Save-VM, for migrations that switched over",
                                  buckets=DURATION_BUCKETS)
+GROUP_SWITCHOVER_SPAN = Histogram("quickmig_group_switchover_span_seconds",
+                                  "A plan's together group that switched over: from its first Save-VM to its "
+                                  "last start verified on the destination", buckets=DURATION_BUCKETS)
 ORPHANS = Counter("quickmig_orphans_total",
                   "What the orphan sweep found a migration with no record had left on a host, and did",
                   ["kind", "action"])

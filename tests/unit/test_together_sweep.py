@@ -1,0 +1,75 @@
+"""The reconciler's pass over together groups (workers.engine.together.sweep) against a real
+redis-server: it carries on a group whose last member died before it told the others, and
+rolls back every member of a group that waited past its bound. Only the Celery sends are
+captured (the step they start is the cutover or the rollback, tested in the lab)."""
+import time
+
+import pytest
+
+from workers.coord.admission import Admission
+from workers.coord.group_barrier import PREPARED, GroupBarrier
+from workers.coord.locks import VMLocks
+from workers.engine import plans, together
+from workers.model import keys, routing, states
+from workers.model.record import Store, new_record
+
+
+@pytest.fixture
+def group(r, monkeypatch):
+    store = Store(r)
+    monkeypatch.setattr(together.context, "store", lambda: store)
+    monkeypatch.setattr(together.context, "locks", lambda: VMLocks(r))
+    monkeypatch.setattr(together.context, "admission", lambda: Admission(r, {"hv1": 2, "hv2": 2, "hv3": 2}))
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(together.app, "send_task", lambda task, args, **kw: sent.append((task, args[0])))
+    members, mids = [], []
+    for i, (src, dst) in enumerate((("hv1", "hv2"), ("hv2", "hv3"), ("hv3", "hv1")), 1):
+        rec = new_record(vm=f"vm{i}", vm_id=f"id{i}", source=src, destination=dst, fence=1)
+        rec["member_of"] = {"plan": "p1", "group": "app", "member": f"app/vm{i}", "together": 3}
+        store.create(rec)
+        mids.append(rec["id"])
+        members.append({"key": f"app/vm{i}", "vm": f"vm{i}", "migration": rec["id"]})
+    plans.create(r, {"id": "p1", "name": "p", "state": plans.RUNNING, "created_at": time.time(),
+                     "groups": [{"name": "app", "after": [], "switchover": "together", "members": members}]})
+
+    def at(mid: str, *path: str) -> None:
+        for st in path:
+            store.transition(mid, {store.get(mid)["state"]}, st)
+    return store, mids, sent, at
+
+
+def test_a_group_whose_last_member_died_before_telling_the_others_is_carried_on(r, group):
+    store, mids, sent, at = group
+    bar = GroupBarrier(r, "p1", "app", 3)
+    for mid in mids:
+        at(mid, states.SNAPSHOTTING, states.COPYING, states.PREPARING, states.CUTTING_OVER)
+    for mid in mids[:2]:
+        assert bar.arrive(PREPARED, mid, 60).what == "wait"
+        store.set(mid, group_waiting=PREPARED)
+    # the third one in passed the barrier, and its worker died before it sent anything
+    assert bar.arrive(PREPARED, mids[2], 60).what == "last"
+    assert together.sweep() and sorted(sent) == sorted((routing.CUTOVER, m) for m in mids[:2])
+    sent.clear()
+    # one whose step runs now is left to it
+    assert VMLocks(r).claim_step(mids[0])
+    together.sweep()
+    assert sent == [(routing.CUTOVER, mids[1])]
+
+
+def test_a_group_that_waited_past_its_bound_rolls_every_member_back(r, group):
+    store, mids, sent, at = group
+    at(mids[0], states.SNAPSHOTTING, states.COPYING)  # still copying
+    for mid in mids[1:]:
+        at(mid, states.SNAPSHOTTING, states.COPYING, states.PREPARING, states.CUTTING_OVER)
+        GroupBarrier(r, "p1", "app", 3).arrive(PREPARED, mid, 60)
+        store.set(mid, group_waiting=PREPARED)
+    assert together.sweep() == []  # within its bound: nothing to do
+    r.hset(keys.group_barrier("p1", "app"), "first_prepared_at", time.time() - together.PREPARED_WAIT_S - 1)
+    done = together.sweep()
+    assert done and "aborted: not every member was ready to switch over" in done[0]
+    # the one before its downtime is rolled back as a cancel does; the waiting ones get their
+    # cutover step, which sees the abort and rolls back in place
+    assert store.get(mids[0])["state"] == states.ROLLING_BACK
+    assert "group app rolled back" in store.get(mids[0])["error"]
+    assert sorted(sent) == sorted([(routing.ROLLBACK, mids[0])] + [(routing.CUTOVER, m) for m in mids[1:]])
+    assert GroupBarrier(r, "p1", "app", 3).arrive(PREPARED, mids[0], 60).what == "abort"
