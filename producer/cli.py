@@ -80,7 +80,8 @@ def cmd_migrate(args) -> int:
             if plan["rates"].get("sources"):  # an API server of an older version sends none
                 _say(f"predicted from: {report.sources(plan['rates']['sources'])}")
         return EXIT_OK
-    rec = p.enqueue(req)
+    # over the API the server decides; here, with the hosts' credentials, refuse before queueing
+    rec = p.enqueue(req, preflight=True) if isinstance(p, Producer) else p.enqueue(req)
     if not args.wait:
         if args.json:
             _print_json(rec)

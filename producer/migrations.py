@@ -199,14 +199,7 @@ class Producer:
         opts = self._options(req)
         vm = self.validate(req)
         plan = self._plan(req, opts, vm)
-        rec = {"source": req.source, "destination": req.destination, "options": opts, "vm": req.vm}
-        try:
-            full = self._driver(req.source).run("describe_vm", {"vm_id": vm["id"], "preflight": True})["vm"]
-            found, _, copy_bytes, isos = snapshot.preflight_problems(
-                self.cfg, rec, full, self._driver(req.source), self._driver(req.destination),
-                SmbEndpoint.for_host(self.cfg.host(req.source), self.cfg.credentials(req.source)))
-        except (HyperVError, SmbError) as e:
-            raise RequestError(f"cannot run the pre-flight of {req.vm!r}: {e}") from None
+        full, found, copy_bytes, isos = self._preflight(req, vm, opts)
         rates = self._measured_rates(req.source, req.destination)
         costs = precopy.remembered_costs(self.store.r, req.source, req.destination)
         sources = {**costs["sources"], "downtime_copy_bps": "this pair's last migration"}
@@ -232,6 +225,21 @@ class Producer:
                           "save_bps": round(costs["save_bps"]), "register_start_s": costs["register_start_s"],
                           "measured": sorted(rates["measured"] + costs["measured"]),
                           "measured_by": rates["measured_by"], "sources": sources}}
+
+    def _preflight(self, req: MigrationRequest, vm: dict,
+                   opts: dict) -> tuple[dict, list[str], int, file_plan.IsoCheck]:
+        """The workers' pre-flight (look-ups only), run from here with this config's host
+        credentials: the VM's pre-flight facts, the problems found, the bytes the base copy
+        moves, the ISO images' fate."""
+        rec = {"source": req.source, "destination": req.destination, "options": opts, "vm": req.vm}
+        try:
+            full = self._driver(req.source).run("describe_vm", {"vm_id": vm["id"], "preflight": True})["vm"]
+            found, _, copy_bytes, isos = snapshot.preflight_problems(
+                self.cfg, rec, full, self._driver(req.source), self._driver(req.destination),
+                SmbEndpoint.for_host(self.cfg.host(req.source), self.cfg.credentials(req.source)))
+        except (HyperVError, SmbError) as e:
+            raise RequestError(f"cannot run the pre-flight of {req.vm!r}: {e}") from None
+        return full, found, copy_bytes, isos
 
     def _measured_rates(self, source: str, destination: str) -> dict:
         """The copy rates the newest migration from `source` to `destination` that measured
@@ -267,11 +275,19 @@ class Producer:
         if found:
             raise RequestError(found[0])
 
-    def enqueue(self, req: MigrationRequest, requester: str | None = None) -> dict:
+    def enqueue(self, req: MigrationRequest, requester: str | None = None, preflight: bool = False) -> dict:
+        """Queue the migration. `preflight`: where this config holds the hosts' credentials, run
+        the workers' whole pre-flight first and refuse here, before anything is written, what it
+        would refuse (the CLI asks for it: a refusal exits 2 instead of ending rolled_back).
+        The workers run it again before the checkpoint: the hosts may change in between."""
         opts = self._options(req)
         vm = self.validate(req)
         self._placed(req, vm, opts)
         self._isos_checked(req, vm, opts)
+        if preflight and self.cfg.holds_host_credentials():
+            found = self._preflight(req, vm, opts)[1]
+            if found:
+                raise RequestError("pre-flight refused: " + "; ".join(found))
         rec = new_record(vm=req.vm, vm_id=vm["id"], source=req.source,
                          destination=req.destination, fence=0, options=opts, requester=requester)
         try:

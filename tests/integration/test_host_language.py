@@ -10,7 +10,7 @@ import pytest
 from winrm.exceptions import WSManFaultError
 from winrm.protocol import Protocol
 
-from tests.integration.test_migration import migrate
+from tests.integration.test_migration import migrate, migrate_refused
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError, InvalidVMState, VMNotFound
 from workers.model.record import Store
@@ -73,8 +73,7 @@ def test_refusals_on_a_german_lab_still_name_their_cause(de_lab):
     res = de_lab.cli("migrate", "de-nobody", "--from", "hv1", "--to", "hv2")
     assert res.returncode == 2 and "unknown VM 'de-nobody'" in res.stderr, res.stderr
     de_lab.add_vm("de-switch", "hv1", switches=["prod-net"])
-    res, rec = migrate(de_lab, "de-switch", "hv1", "hv2")
-    assert rec["state"] == "rolled_back"
+    rec = migrate_refused(de_lab, "de-switch", "hv1", "hv2")
     assert "pre-flight refused" in rec["error"] and "'prod-net'" in rec["error"], rec["error"]
 
 
@@ -83,7 +82,7 @@ def test_a_german_hosts_heartbeat_status_words_do_not_decide_a_refusal(de_lab):
     pre-flight reads its status code, so a guest without the service is refused, and one with
     it is not, on a German host as anywhere."""
     de_lab.add_vm("de-no-heartbeat", "hv1", write_rate_kbps=64, heartbeat=False)
-    res, rec = migrate(de_lab, "de-no-heartbeat", "hv1", "hv2")
+    rec = migrate_refused(de_lab, "de-no-heartbeat", "hv1", "hv2")
     assert rec["state"] == "rolled_back" and rec.get("save_started_at") is None, rec
     assert "pre-flight refused" in rec["error"] and "'Kein Kontakt', not OK" in rec["error"], rec["error"]
     assert de_lab.verify("de-no-heartbeat")["running_on"] == ["hv1"]

@@ -15,6 +15,27 @@ def migrate(lab, vm, src, dst, *extra):
     return res, rec
 
 
+def migrate_refused(lab, vm, src, dst) -> dict:
+    """A migration the pre-flight refuses, both ways it can be asked for. The CLI, holding the
+    hosts' credentials, refuses it at submit: exit 2, one line, nothing written to Redis. A
+    request that reaches the workers unchecked (as over the API or the intake) is refused by
+    their pre-flight before the checkpoint: the record it ends with is returned."""
+    from producer.migrations import MigrationRequest, Producer
+    before = lab.redis_state()
+    res = lab.cli("migrate", vm, "--from", src, "--to", dst)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "pre-flight refused: " in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Traceback" not in res.stderr and not res.stdout.strip(), res.stdout
+    assert lab.redis_state() == before
+    producer = Producer(lab.cfg)
+    mid = producer.enqueue(MigrationRequest(vm, src, dst, {}))["id"]
+    rec = producer.wait(mid, timeout_s=240)
+    assert rec["state"] == "rolled_back" and "pre-flight refused" in rec["error"], rec
+    cli_reason = res.stderr.strip().split("pre-flight refused: ", 1)[1]
+    assert rec["error"].endswith(cli_reason), (cli_reason, rec["error"])
+    return rec
+
+
 def test_a_running_vm_migrates_and_keeps_every_write(lab):
     lab.add_vm("e2e-basic", "hv1", write_rate_kbps=128)
     time.sleep(1)

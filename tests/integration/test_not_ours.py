@@ -9,7 +9,7 @@ import time
 import pytest
 
 from producer.migrations import MigrationRequest, Producer
-from tests.integration.test_migration import migrate
+from tests.integration.test_migration import migrate, migrate_refused
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.errors import HyperVError
 from workers.model.hostpaths import HostPathError
@@ -75,8 +75,7 @@ def test_a_same_id_vm_on_the_destination_is_refused_before_the_checkpoint_and_le
     vm = lab.add_vm("sameid-a", "hv1")
     replica_of(lab, vm, "hv3", "sameid-a-replica")
     before = fingerprint(lab, "hv3", "sameid-a-replica")
-    res, rec = migrate(lab, "sameid-a", "hv1", "hv3")
-    assert res.returncode == 1 and rec["state"] == "rolled_back", rec
+    rec = migrate_refused(lab, "sameid-a", "hv1", "hv3")
     for words in ("pre-flight refused", "hv3 already has a VM with the id of sameid-a", vm["id"],
                   "'sameid-a-replica'", "Hyper-V Replica", "Remove-VMReplication", "choose another destination"):
         assert words in rec["error"], rec["error"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab import orchestrator
-from tests.integration.test_migration import migrate
+from tests.integration.test_migration import migrate, migrate_refused
 from workers.model import preflight
 
 pytestmark = pytest.mark.integration
@@ -157,7 +157,7 @@ def test_a_dynamic_memory_vm_is_refused_where_its_assigned_memory_does_not_fit(l
     assert for_assigned - for_startup > 64 * MiB
     lab.emulator("hv3").set_host(free_bytes=(for_startup + for_assigned) // 2)
     try:
-        res, rec = migrate(lab, "lc-dm-big", "hv1", "hv3")
+        rec = migrate_refused(lab, "lc-dm-big", "hv1", "hv3")
     finally:
         lab.emulator("hv3").reset_host()
     assert rec["state"] == "rolled_back", rec
