@@ -5,9 +5,7 @@ itself (completed or rolled back), nothing lost, the VM on exactly one host, and
 namespaces are gone after `lab down`."""
 from __future__ import annotations
 
-import datetime
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab import nodes, orchestrator
+from lab.oplog import host_calls, node_calls
 from workers.hyperv.driver import DESTRUCTIVE_OPS
 from workers.model.keys import STEP_CLAIM_TTL_S
 
@@ -22,27 +21,11 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                  reason="network namespaces need root and iproute2 (dev.sh installs it)")]
 
-OP_LINE = re.compile(r"^(\S+ \S+) .* hyperv op=(\S+) host=(\S+) took=([0-9.]+)s outcome=(\S+)")
 IMPORT_DELAY_S = 8
 
 
-def host_ops(log: Path) -> list[tuple[float, float, str, str, str]]:
-    """(started, ended, op, host, outcome) of every host call a worker log records."""
-    found = []
-    for line in log.read_text(errors="replace").splitlines():
-        m = OP_LINE.match(line)
-        if m:
-            ended = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            found.append((ended - float(m.group(4)), ended, m.group(2), m.group(3), m.group(5)))
-    return found
-
-
-def node_ops(lab_dir: Path, node: str) -> list[tuple[float, float, str, str, str]]:
-    return sorted(op for log in (lab_dir / "logs").glob(f"worker-*-{node}.log") for op in host_ops(log))
-
-
 def saved_by(lab_dir: Path, node: str) -> list[str]:
-    return [op for _, _, op, _, _ in host_ops(lab_dir / "logs" / f"worker-cutover-{node}.log")]
+    return [c.op for c in host_calls(lab_dir / "logs" / f"worker-cutover-{node}.log")]
 
 
 def wait_end(lab, mid: str, bound_s: float) -> dict:
@@ -87,11 +70,11 @@ def test_a_node_cut_off_from_redis_mid_downtime_completes_no_destructive_step_af
         healed_at = time.time()
         time.sleep(STEP_CLAIM_TTL_S)  # what the cut-off worker does once it reaches Redis again
         assert rec["state"] in ("completed", "rolled_back"), rec.get("error")
-        taken_over = [start for start, _, op, _, _ in node_ops(lab.dir, other) if start > cut_at]
+        taken_over = [c.started for c in node_calls(lab.dir, other) if c.started > cut_at]
         assert taken_over, f"node {other} never took the migration over"
-        late = [(op, host, round(start - cut_at, 1), outcome) for start, _, op, host, outcome in node_ops(lab.dir, cut)
-                if op in DESTRUCTIVE_OPS and outcome == "ok"
-                and (start > cut_at + STEP_CLAIM_TTL_S or start > min(taken_over))]
+        late = [(c.op, c.host, round(c.started - cut_at, 1)) for c in node_calls(lab.dir, cut)
+                if c.op in DESTRUCTIVE_OPS and c.outcome == "ok"
+                and (c.started > cut_at + STEP_CLAIM_TTL_S or c.started > min(taken_over))]
         assert late == [], f"node {cut} (cut at +0 s) completed destructive calls after its claim could pass: {late}"
         check = lab.verify("part-vm")
         assert len(check["running_on"]) == 1 and check["integrity"] == "ok", check
