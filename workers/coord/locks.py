@@ -138,13 +138,13 @@ class VMLocks:
         args: list[str | int] = [token, ttl_s]
         if not self.replicas:
             return bool(self._extend(keys=ks, args=args))
-        try:
-            out = replicated(self.r, self.replicas, keys.replication_probe(mid),
-                             lambda p: self._extend(keys=ks, args=args, client=p),
-                             timeout_ms=self.replication_timeout_ms, wait_s=0)
-        except NotReplicated:
-            return False
-        return bool(out[0])
+        # not `replicated`: a heartbeat asks once and must not disconnect the pool the step's
+        # own commands are using; the next beat asks again
+        with self.r.pipeline(transaction=False) as p:
+            self._extend(keys=ks, args=args, client=p)
+            p.execute_command("WAIT", self.replicas, self.replication_timeout_ms)
+            extended, acked = p.execute()
+        return bool(extended) and int(acked) >= self.replicas
 
     def release_claim(self, mid: str, token: str) -> bool:
         return bool(self._release(keys=[keys.step_claim(mid)], args=[token]))
