@@ -85,18 +85,22 @@ class StepClaim:
         if self.token is not None:
             _held.token, _held.outbox = self.token, []
             # the local fence: no destructive host call once this claim could have lapsed
-            self.clock = lease_deadline.LeaseClock()
+            self._locks, self.clock = locks, lease_deadline.LeaseClock()
             if not locks.replicas:  # under Sentinel the first beat, replicated, confirms it
                 self.clock.confirmed(sent_at)
             self._holding = lease_deadline.holding(self.clock)
             self._holding.__enter__()
             self._beat = Heartbeat(self._extend, CLAIM_BEAT_S, f"claim-{self.mid}")
-            self._beat.__enter__()
+            try:
+                self._beat.__enter__()
+            except BaseException:
+                self._holding.__exit__(None, None, None)
+                raise
         return self
 
     def _extend(self) -> None:
         sent_at = time.monotonic()
-        if context.locks().extend_claim(self.mid, self.token):
+        if self._locks.extend_claim(self.mid, self.token):
             self.clock.confirmed(sent_at)
 
     def __exit__(self, *exc) -> None:
