@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,9 +18,21 @@ from lab.oplog import host_calls, node_calls
 from workers.hyperv.driver import DESTRUCTIVE_OPS
 from workers.model.keys import STEP_CLAIM_TTL_S
 
+
+def can_make_namespaces() -> bool:
+    """Root, iproute2, and a kernel (or container) that lets us add a network namespace."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"{nodes.PREFIX}probe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    if made:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return made
+
+
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                                 reason="network namespaces need root and iproute2 (dev.sh installs it)")]
+              pytest.mark.skipif(not can_make_namespaces(),
+                                 reason="network namespaces need root, iproute2 and CAP_SYS_ADMIN")]
 
 IMPORT_DELAY_S = 8
 
