@@ -10,6 +10,8 @@ command -v redis-server >/dev/null || need_debs+=(redis-server)
 command -v smbd >/dev/null || need_debs+=(samba)
 command -v smbclient >/dev/null || need_debs+=(smbclient)
 command -v pdbedit >/dev/null || need_debs+=(samba-common-bin)
+# `ip` and `tc`: the lab's worker nodes (`lab up --nodes`: network namespaces, veth links, tbf)
+command -v ip >/dev/null && command -v tc >/dev/null || need_debs+=(iproute2)
 command -v promtool >/dev/null || need_debs+=(prometheus)  # promtool + the server the monitoring tests run
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_debs+=(python3-venv python3-pip)
 # the Redis intake's Go example (docs/operations.md) is compiled and run by the tests:

@@ -3,12 +3,15 @@ random moment, while several migrations run, and check that nothing is lost and 
 never runs twice.
 
     python bench/chaos.py [--trials 30] [--migrations 3] [--dir DIR] [--seed N] [--bound-s 240]
-                          [--faults kill,failover] [--redis single|sentinel]
+                          [--faults kill,failover,partition] [--redis single|sentinel]
+                          [--nodes N] [--partition-s 30]
 
 `--faults`: what each trial does, picked at random among those given: `kill` (below), or
 `failover` (`SENTINEL FAILOVER`: the replica becomes the master while the old one keeps
 answering until the sentinels demote it; needs `--redis sentinel`, a lab whose Redis is a
-master and a replica under three sentinels).
+master and a replica under three sentinels), or `partition` (one worker node, chosen at
+random, is cut off from Redis but not from the hosts for --partition-s seconds, then
+healed; needs `--nodes 2` or more: every pool runs on each node, lab/nodes.py).
 
 Brings a lab up (or uses the one in --dir if it is up), creates `--migrations` VMs once,
 and in every trial migrates each of them from where it runs now to another host, all at
@@ -20,7 +23,9 @@ reconciler re-sends what was lost. After each trial, for every migration:
 - `lab verify` reports integrity ok (every acknowledged write, the memory counter, and
   the emulators' start/stop history shows no moment on two hosts);
 - exactly one host has the VM, running; no checkpoint, no .avhdx, no .partial file, no
-  file of the VM on a host that does not hold it, no VM lease or step claim left in Redis.
+  file of the VM on a host that does not hold it, no VM lease or step claim left in Redis;
+- after a partition: the cut-off node started no destructive host call between the moment
+  its step claims could have passed to another node (the cut + the claim's TTL) and the heal.
 Prints one line per trial and a table: trials, outcomes, longest recovery, violations.
 Exit status 0 when there is no violation.
 """
@@ -39,8 +44,10 @@ from pathlib import Path
 import redis
 
 from lab import orchestrator, processes
+from lab.oplog import node_calls
 from lab.verify import verify_vm
 from producer.migrations import MigrationRequest, Producer
+from workers.hyperv.driver import DESTRUCTIVE_OPS
 from workers.model import keys, states
 from workers.model.config import load_config
 from workers.model.record import RecordNotFound
@@ -49,7 +56,8 @@ POOLS = ("snapshot", "copy", "cutover")
 VM_OPTIONS = {"memory_mb": 16, "disk_mb": 24, "write_rate_kbps": 64}
 
 
-FAULTS = ("kill", "failover")
+FAULTS = ("kill", "failover", "partition")
+PARTITION_S = 30.0
 
 
 @dataclass
@@ -59,6 +67,9 @@ class Trial:
     pool: str = ""
     victim: str = ""
     kill_at: float = 0.0
+    partition_s: float = PARTITION_S
+    heal_due: float = 0.0  # when a partition is to be healed (0: none to heal)
+    healed_at: float = 0.0
     outcomes: dict = field(default_factory=dict)  # mid -> end state (or "stuck")
     recovery_s: float = 0.0
     violations: list = field(default_factory=list)
@@ -76,11 +87,16 @@ def pick_victim(lab_dir: Path, rng: random.Random) -> tuple[str, str, int]:
     """(pool, 'main'|'child', pid) of a live worker process."""
     lab = orchestrator.read_lab(lab_dir)
     pool = rng.choice(POOLS)
-    entry = lab["processes"][f"worker-{pool}"]
+    entry = lab["processes"][rng.choice(pool_processes(lab, pool))]
     kids = children(entry["pid"]) if processes.alive(entry) else []
     if kids and rng.random() < 0.5:
         return pool, "child", rng.choice(kids)
     return pool, "main", entry["pid"]
+
+
+def pool_processes(lab: dict, pool: str) -> list[str]:
+    """The names of a pool's main processes: one, or one per node (`worker-copy-n1`, ...)."""
+    return [n for n in lab["processes"] if n == f"worker-{pool}" or n.startswith(f"worker-{pool}-")]
 
 
 def sentinel(lab_dir: Path, i: int = 0) -> redis.Redis:
@@ -118,7 +134,7 @@ def wait_pools_alive(lab_dir: Path, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         lab = orchestrator.read_lab(lab_dir)
-        entries = [lab["processes"][f"worker-{p}"] for p in POOLS]
+        entries = [lab["processes"][n] for p in POOLS for n in pool_processes(lab, p)]
         if all(processes.alive(e) and children(e["pid"]) for e in entries):
             return
         time.sleep(0.3)
@@ -170,12 +186,57 @@ def inject(lab_dir: Path, t: Trial, rng: random.Random) -> None:
     if t.fault == "failover":
         t.pool, t.victim = "redis", force_failover(lab_dir)
         return
+    if t.fault == "partition":
+        node = rng.choice(orchestrator.read_lab(lab_dir)["net"]["nodes"])["name"]
+        orchestrator.partition(lab_dir, node, say=lambda *_: None)
+        t.pool, t.victim, t.heal_due = "node", node, time.time() + t.partition_s
+        return
     pool, kind, pid = pick_victim(lab_dir, rng)
     t.pool, t.victim = pool, kind
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         t.victim += " (already gone)"
+
+
+def heal(lab_dir: Path, t: Trial) -> None:
+    """Heal the trial's partition, if one is still in place."""
+    if t.heal_due:
+        orchestrator.partition(lab_dir, t.victim, heal=True, say=lambda *_: None)
+        t.heal_due, t.healed_at = 0.0, time.time()
+
+
+def partition_violations(lab_dir: Path, t: Trial) -> list[str]:
+    """Destructive host calls the cut-off node started once its claims could have passed to
+    another node (the cut + the claim's TTL) and before the heal."""
+    could_pass = t.kill_at + keys.STEP_CLAIM_TTL_S
+    return [f"node {t.victim} started {c.op} on {c.host} {c.started - t.kill_at:.1f}s after its cut "
+            f"(its claims could pass at +{keys.STEP_CLAIM_TTL_S}s; healed at +{t.healed_at - t.kill_at:.1f}s)"
+            for c in node_calls(lab_dir, t.victim)
+            if c.op in DESTRUCTIVE_OPS and c.outcome == "ok" and could_pass < c.started < t.healed_at]
+
+
+def _wait_ends(lab_dir: Path, producer, t: Trial, mids: dict, pending: set, deadline: float, say) -> None:
+    """Until every migration of the trial ended (or the deadline), healing a partition when due."""
+    while pending and time.time() < deadline:
+        if t.heal_due and time.time() >= t.heal_due:
+            heal(lab_dir, t)
+        for mid in list(pending):
+            try:
+                rec = producer.get(mid)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as e:  # a master replaced
+                say(f"    (reading {mid}: {e})")
+                break
+            except RecordNotFound:  # a failover lost it: a violation, never a crash of the bench
+                t.outcomes[mid] = "lost"
+                t.violations.append(f"{mids[mid]}: migration {mid}'s record is gone (lost in the failover)")
+                pending.discard(mid)
+                continue
+            if rec["state"] in states.ENDS:
+                t.outcomes[mid] = rec["state"]
+                t.recovery_s = max(t.recovery_s, rec["updated_at"] - t.kill_at)
+                pending.discard(mid)
+        time.sleep(0.3)
 
 
 def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Random,
@@ -194,23 +255,10 @@ def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Ran
     inject(lab_dir, t, rng)
     deadline = t.kill_at + bound_s
     pending = set(mids)
-    while pending and time.time() < deadline:
-        for mid in list(pending):
-            try:
-                rec = producer.get(mid)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as e:  # a master replaced
-                say(f"    (reading {mid}: {e})")
-                break
-            except RecordNotFound:  # a failover lost it: a violation, never a crash of the bench
-                t.outcomes[mid] = "lost"
-                t.violations.append(f"{mids[mid]}: migration {mid}'s record is gone (lost in the failover)")
-                pending.discard(mid)
-                continue
-            if rec["state"] in states.ENDS:
-                t.outcomes[mid] = rec["state"]
-                t.recovery_s = max(t.recovery_s, rec["updated_at"] - t.kill_at)
-                pending.discard(mid)
-        time.sleep(0.3)
+    try:
+        _wait_ends(lab_dir, producer, t, mids, pending, deadline, say)
+    finally:
+        heal(lab_dir, t)
     for mid in pending:
         t.outcomes[mid] = "stuck:" + producer.get(mid)["state"]
         t.violations.append(f"{mids[mid]}: migration {mid} not ended {bound_s:.0f}s after the kill")
@@ -223,6 +271,8 @@ def run_trial(lab_dir: Path, cfg, producer, vms: dict, t: Trial, rng: random.Ran
         elif out != states.ROLLED_BACK:
             t.violations.append(f"{mids[mid]}: migration {mid} ended {out}: {rec.get('error')}")
     time.sleep(0.5)  # let the guests write a little on their (new) host before verifying
+    if t.fault == "partition":
+        t.violations += partition_violations(lab_dir, t)
     r = producer.store.r
     for mid, name in mids.items():
         t.violations += check_after(lab_dir, cfg, r, name, mid)
@@ -253,7 +303,7 @@ def table(trials: list[Trial]) -> str:
 
 
 def run(lab_dir: Path, trials: int, migrations: int, seed: int, max_delay_s: float, bound_s: float,
-        say=print, faults: tuple[str, ...] = ("kill",)) -> list[Trial]:
+        say=print, faults: tuple[str, ...] = ("kill",), partition_s: float = PARTITION_S) -> list[Trial]:
     cfg = load_config(lab_dir / "quickmig.toml")
     producer = Producer(cfg)
     rng = random.Random(seed)
@@ -267,8 +317,8 @@ def run(lab_dir: Path, trials: int, migrations: int, seed: int, max_delay_s: flo
     time.sleep(1)
     done = []
     for n in range(1, trials + 1):
-        done.append(run_trial(lab_dir, cfg, producer, vms, Trial(n, fault=rng.choice(faults)), rng, max_delay_s,
-                              bound_s, say))
+        t = Trial(n, fault=rng.choice(faults), partition_s=partition_s)
+        done.append(run_trial(lab_dir, cfg, producer, vms, t, rng, max_delay_s, bound_s, say))
     return done
 
 
@@ -283,25 +333,32 @@ def main(argv=None) -> int:
     ap.add_argument("--bound-s", type=float, default=240.0,
                     help="every migration must end within this many seconds of the kill")
     ap.add_argument("--json", type=Path, default=None, help="also write the trials here")
-    ap.add_argument("--faults", default="kill", help="comma-separated, picked at random per trial: kill, failover")
+    ap.add_argument("--faults", default="kill",
+                    help="comma-separated, picked at random per trial: kill, failover, partition")
     ap.add_argument("--redis", default="single", choices=orchestrator.REDIS_MODES,
                     help="the lab's Redis (failover needs sentinel)")
+    ap.add_argument("--nodes", type=int, default=0,
+                    help="worker nodes (network namespaces, every pool on each; partition needs 2 or more)")
+    ap.add_argument("--partition-s", type=float, default=PARTITION_S,
+                    help="how long a partition lasts (longer than the step claim's TTL, so a claim can pass)")
     args = ap.parse_args(argv)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     if not faults or set(faults) - set(FAULTS):
         ap.error(f"--faults takes some of {', '.join(FAULTS)}, not {args.faults!r}")
     if "failover" in faults and args.redis != "sentinel":
         ap.error("--faults failover needs --redis sentinel")
+    if "partition" in faults and args.nodes < 2:
+        ap.error("--faults partition needs --nodes 2 or more")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     lab_dir = args.dir or Path(tempfile.mkdtemp(prefix="quickmig-chaos-"))
     started_here = not orchestrator.running(lab_dir)
     if started_here:
-        orchestrator.up(lab_dir, hosts=args.hosts, vms_per_host=0, redis_mode=args.redis)
+        orchestrator.up(lab_dir, hosts=args.hosts, vms_per_host=0, redis_mode=args.redis, node_count=args.nodes)
     t0 = time.time()
     try:
         print(f"chaos: seed {seed}, {args.trials} trials x {args.migrations} migrations, lab {lab_dir}")
         trials = run(lab_dir, args.trials, args.migrations, seed, args.max_delay_s, args.bound_s,
-                     faults=faults)
+                     faults=faults, partition_s=args.partition_s)
     finally:
         if started_here:
             orchestrator.down(lab_dir, say=lambda *_: None)

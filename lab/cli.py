@@ -25,7 +25,13 @@ def cmd_up(args) -> int:
         roots[host] = root
     orchestrator.up(Path(args.dir), args.hosts, args.vms_per_host, metrics_port=args.metrics_port,
                     max_migrations=args.max_migrations, locale=args.locale, vm_roots=roots,
-                    host_profile=args.host_profile, redis_mode=args.redis)
+                    host_profile=args.host_profile, redis_mode=args.redis, node_count=args.nodes,
+                    link_rate=args.link_rate)
+    return 0
+
+
+def cmd_partition(args) -> int:
+    orchestrator.partition(Path(args.dir), args.node, cut=args.cut, heal=args.heal)
     return 0
 
 
@@ -162,7 +168,20 @@ def register(sub, common) -> None:
     u.add_argument("--redis", default="single", choices=orchestrator.REDIS_MODES,
                    help="single: one redis-server; sentinel: a master and a replica under three sentinels "
                         "(redis-master, redis-replica, sentinel-1..3 in lab.json), so a failover can be forced")
+    u.add_argument("--nodes", type=int, default=0, metavar="N",
+                   help="run a copy of every worker pool in each of N network namespaces (needs root and "
+                        "iproute2), reaching Redis and the hosts over links the lab creates")
+    u.add_argument("--link-rate", default=None, metavar="RATE",
+                   help="with --nodes: cap each node's link, both ways (tc tbf), e.g. 1gbit or 10gbit")
     u.set_defaults(func=_guard(cmd_up, LabError))
+
+    pt = lsub.add_parser("partition", parents=[common],
+                         help="cut a node of `lab up --nodes` off from the lab's Redis (or hosts), or --heal it")
+    pt.add_argument("--dir", required=True)
+    pt.add_argument("--node", required=True, help="n1, n2, ... (lab.json: net.nodes)")
+    pt.add_argument("--from", dest="cut", default="redis", choices=("redis", "hosts"))
+    pt.add_argument("--heal", action="store_true", help="take the cut away")
+    pt.set_defaults(func=_guard(cmd_partition, LabError))
 
     d = lsub.add_parser("down", parents=[common], help="stop everything the lab started")
     d.add_argument("--dir", required=True)

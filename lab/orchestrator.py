@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from lab import processes, samba
+from lab import nodes, processes, relay, samba
 from lab.emulator import costs, hostprops, messages
 from lab.emulator.client import EmulatorClient, EmulatorClientError
 from lab.emulator.hostpaths import storage_dir
@@ -282,20 +282,9 @@ def _start_redis(lab_dir: Path, ports: dict, procs: dict, logs: Path, mode: str)
             logs / f"sentinel-{i}.log")
 
 
-def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
-       metrics_port: int | None = None, max_migrations: int = 2, locale: str = messages.DEFAULT_LOCALE,
-       vm_roots: dict[str, str] | None = None, host_profile: str = costs.FAST.name, redis_mode: str = "single",
-       orphan_sweep_s: int | None = None, say=print) -> dict:
-    """Start a lab; `locale` is the display language of every host (messages.py); `vm_roots`: a
-    host's VM folder other than D:\\VMs\\<host> (e.g. another drive, as hosts of a fleet
-    differ), by host name; `host_profile`: what each host operation costs (lab/emulator/costs.py);
-    `redis_mode`: `single` (one redis-server) or `sentinel` (a master, a replica, three sentinels);
-    `orphan_sweep_s`: sweep for orphans this often, acting on what is this old (tests)."""
-    lab_dir = Path(lab_dir).resolve()
-    alive = running(lab_dir)
-    if alive:
-        say(f"lab at {lab_dir} is already up ({len(alive)} processes); nothing changed")
-        return read_lab(lab_dir)
+def _check_options(hosts: int, locale: str, host_profile: str, redis_mode: str, node_count: int,
+                   link_rate: str | None) -> None:
+    """LabError naming what to fix, before anything starts."""
     if hosts < 2:
         raise LabError("a lab needs at least 2 hosts to migrate between")
     if locale not in messages.LOCALES:
@@ -304,6 +293,32 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         raise LabError(f"a lab host profile is one of {', '.join(sorted(costs.PROFILES))}, not {host_profile!r}")
     if redis_mode not in REDIS_MODES:
         raise LabError(f"a lab's Redis is one of {', '.join(REDIS_MODES)}, not {redis_mode!r}")
+    if node_count:
+        try:
+            nodes.plan(0, node_count, link_rate)
+        except nodes.NodesError as e:
+            raise LabError(str(e)) from None
+    elif link_rate:
+        raise LabError("--link-rate caps the links of --nodes; give --nodes too")
+
+
+def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict | None = None,
+       metrics_port: int | None = None, max_migrations: int = 2, locale: str = messages.DEFAULT_LOCALE,
+       vm_roots: dict[str, str] | None = None, host_profile: str = costs.FAST.name, redis_mode: str = "single",
+       orphan_sweep_s: int | None = None, node_count: int = 0, link_rate: str | None = None, say=print) -> dict:
+    """Start a lab; `locale` is the display language of every host (messages.py); `vm_roots`: a
+    host's VM folder other than D:\\VMs\\<host> (e.g. another drive, as hosts of a fleet
+    differ), by host name; `host_profile`: what each host operation costs (lab/emulator/costs.py);
+    `redis_mode`: `single` (one redis-server) or `sentinel` (a master, a replica, three sentinels);
+    `orphan_sweep_s`: sweep for orphans this often, acting on what is this old (tests);
+    `node_count`: put a copy of every worker pool in each of that many network namespaces
+    (lab/nodes.py), each link capped at `link_rate` (tc's units, e.g. 1gbit) if given."""
+    lab_dir = Path(lab_dir).resolve()
+    alive = running(lab_dir)
+    if alive:
+        say(f"lab at {lab_dir} is already up ({len(alive)} processes); nothing changed")
+        return read_lab(lab_dir)
+    _check_options(hosts, locale, host_profile, redis_mode, node_count, link_rate)
     names = [f"hv{i}" for i in range(1, hosts + 1)]
     unknown = set(vm_roots or {}) - set(names)
     if unknown:
@@ -315,12 +330,20 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
     logs = lab_dir / "logs"
     lab = {"dir": str(lab_dir), "hosts": names, "ports": ports, "processes": {}, "started_at": time.time(),
            "host_profile": host_profile, "redis": redis_mode}
+    if node_count:
+        lab["net"] = nodes.plan(ports["redis"], node_count, link_rate)
     procs = lab["processes"]
     env = dict(os.environ, QUICKMIG_CONFIG=str(lab_dir / "quickmig.toml"),
                PROMETHEUS_MULTIPROC_DIR=str(lab_dir / "metrics"))
     try:
         _start_redis(lab_dir, ports, procs, logs, redis_mode)
         _save(lab_dir, lab)
+        if node_count:
+            try:
+                nodes.sweep_stale()
+                nodes.setup(lab["net"])
+            except nodes.NodesError as e:
+                raise LabError(f"the nodes' network: {e}") from None
         for h in names:
             tops = [(s.share, storage_dir(lab_dir, h, i, s.share)) for i, s in enumerate(cfg.host(h).storage)]
             cred = cfg.credentials(h)
@@ -356,15 +379,9 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
         for h in names:
             samba.wait_ready(ports[h]["smb"], 20)
             emulator_client(cfg, h).wait_ready(20)
-        for pool, conc in POOLS.items():
-            log = logs / f"worker-{pool}.log"
-            procs[f"worker-{pool}"] = processes.spawn(
-                [sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "worker", "-Q", pool,
-                 "-n", f"{pool}@quickmig-lab-{ports['redis']}", "-c", str(conc), "--loglevel", "INFO"],
-                log, env=env, cwd=lab_dir)
-            _save(lab_dir, lab)
-        for pool in POOLS:
-            processes.wait_for_log(logs / f"worker-{pool}.log", " ready.", 60, procs[f"worker-{pool}"])
+        if node_count:
+            _start_relays(lab, env, logs)
+        _start_workers(lab, env, logs)
         (lab_dir / "beat").mkdir(exist_ok=True)
         procs["beat"] = processes.spawn(
             [sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "beat",
@@ -386,11 +403,72 @@ def up(lab_dir: Path, hosts: int = 2, vms_per_host: int = 1, *, vm_options: dict
     say(f"lab up at {lab_dir}: hosts {', '.join(names)} ({locale}, host profile {host_profile}), {n} VMs, "
         f"redis on 127.0.0.1:{ports['redis']}" + (f" under 3 sentinels ({redis_url(ports)})"
                                                    if redis_mode == "sentinel" else ""))
+    for node in (lab.get("net") or {}).get("nodes", []):
+        say(f"node {node['name']}: namespace {node['netns']} ({node['node_ip']}), every worker pool"
+            + (f", link capped at {link_rate}" if link_rate else ""))
     for e in endpoints["metrics"]:
         say(f"metrics ({e['serves']}): {e['url']}")
     say(f"api: {endpoints['api']} (in {lab_dir / 'endpoints.json'}), admin token in {lab_dir / 'api-token'}")
     say(f"config: {lab_dir / 'quickmig.toml'}")
     return lab
+
+
+def _start_workers(lab: dict, env: dict, logs: Path) -> None:
+    """Every pool on this machine, or (with nodes) a copy of every pool in each node's
+    namespace, its concurrency shared out among the nodes."""
+    procs, port, lab_dir = lab["processes"], lab["ports"]["redis"], Path(lab["dir"])
+    placed: list[tuple[str, list[str], str]] = []  # (name, argv prefix, celery node name)
+    for node in (lab.get("net") or {}).get("nodes", []):
+        placed.append((f"-{node['name']}", _in_netns(node["netns"]), f"-{node['name']}"))
+    if not placed:
+        placed.append(("", [], ""))
+    for pool, conc in POOLS.items():
+        for suffix, prefix, node_name in placed:
+            name = f"worker-{pool}{suffix}"
+            procs[name] = processes.spawn(
+                [*prefix, sys.executable, "-m", "celery", "-A", "workers.engine.app:app", "worker", "-Q", pool,
+                 "-n", f"{pool}@quickmig-lab-{port}{node_name}", "-c", str(max(1, conc // len(placed))),
+                 "--loglevel", "INFO"],
+                logs / f"{name}.log", env=env, cwd=lab_dir)
+            _save(lab_dir, lab)
+    for name in procs:
+        if name.startswith("worker-"):
+            processes.wait_for_log(logs / f"{name}.log", " ready.", 60, procs[name])
+
+
+def _in_netns(netns: str) -> list[str]:
+    return [shutil.which("ip") or "ip", "netns", "exec", netns]
+
+
+def _start_relays(lab: dict, env: dict, logs: Path) -> None:
+    """The relays between the nodes' loopbacks and the servers' (lab/relay.py)."""
+    net, procs, lab_dir = lab["net"], lab["processes"], Path(lab["dir"])
+    root_pairs, node_pairs = nodes.relay_pairs(net, lab["ports"], lab["hosts"])
+    started = {"relay-root": processes.spawn(
+        [sys.executable, "-m", "lab.relay", *[a for p in root_pairs for a in ("--pair", p)]],
+        logs / "relay-root.log", env=env)}
+    procs.update(started)
+    _save(lab_dir, lab)
+    for node in net["nodes"]:
+        name = f"relay-{node['name']}"
+        started[name] = procs[name] = processes.spawn(
+            [*_in_netns(node["netns"]), sys.executable, "-m", "lab.relay",
+             *[a for p in node_pairs for a in ("--pair", p)]], logs / f"{name}.log", env=env)
+        _save(lab_dir, lab)
+    for name, entry in started.items():
+        processes.wait_for_log(logs / f"{name}.log", relay.READY_LINE, 20, entry)
+
+
+def partition(lab_dir: Path, node: str, cut: str = "redis", heal: bool = False, say=print) -> None:
+    """Cut a lab node off from Redis (or its hosts), or heal it (lab/nodes.py)."""
+    lab = read_lab(Path(lab_dir).resolve())
+    if not lab or not lab.get("net"):
+        raise LabError(f"no lab with nodes at {lab_dir} (start one with `lab up --nodes N`)")
+    try:
+        nodes.partition(lab["net"], node, cut, heal)
+    except nodes.NodesError as e:
+        raise LabError(str(e)) from None
+    say(f"node {node} {'healed: it reaches' if heal else 'cut off from'} the lab's {cut}")
 
 
 def down(lab_dir: Path, say=print) -> int:
@@ -409,6 +487,8 @@ def down(lab_dir: Path, say=print) -> int:
     for name in order:
         processes.stop(lab["processes"][name])
     left = [n for n, e in lab["processes"].items() if processes.alive(e)]
+    if lab.get("net"):
+        left += nodes.teardown(lab["net"])
     if left:
         raise LabError(f"could not stop: {', '.join(left)}")
     lab_file(lab_dir).unlink()

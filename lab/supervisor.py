@@ -3,7 +3,7 @@
 Started last by `lab up`, stopped first by `lab down`. Every CHECK_EVERY_S it looks at
 the processes recorded in lab.json and restarts any supervised one that died (a worker
 pool's main process, an emulated host, the metrics exporter, beat, the HTTP API, the
-intake, the webhook deliveries), with the same command line, log and working directory, so
+intake, the webhook deliveries, a node's relay), with the same command line, log and working directory, so
 a pool is never left empty. What the dead process left in its process group (a pool's orphaned children) is
 stopped first. It exits when lab.json is gone. Production does the same with systemd (deploy/systemd,
 Restart=always).
@@ -26,7 +26,7 @@ from pathlib import Path
 from lab import orchestrator, processes
 
 CHECK_EVERY_S = 0.5
-SUPERVISED = ("worker-", "emulator-", "metrics", "beat", "api", "intake", "webhooks")
+SUPERVISED = ("worker-", "emulator-", "relay-", "metrics", "beat", "api", "intake", "webhooks")
 
 log = logging.getLogger("quickmig.lab.supervisor")
 

@@ -27,6 +27,7 @@ from workers.hyperv.errors import (
     TransportError,
     VMNotFound,
 )
+from workers.model import lease_deadline
 from workers.model.config import ConfigError, Credentials, Host
 
 PASSWORD = "s3cret-Pa55word"
@@ -328,3 +329,37 @@ def test_chunk_digests_asks_file_hash_for_a_range_and_refuses_a_bad_one_before_s
     for first, count in ((-1, 1), (0, 0), (0, chunks.MAX_RANGE + 1), (True, 1), (0, "2")):
         with pytest.raises(ValueError, match="chunk_digests needs"):
             driver.chunk_digests(path, first, count)
+
+
+def test_no_destructive_call_reaches_the_host_once_the_step_claim_could_have_lapsed():
+    """The local fence: a thread whose step claim was last confirmed longer ago than its TTL
+    less the margin sends no destructive script (the host acts only once stdin has come); a
+    read still goes, and so does every call while the confirmation is fresh."""
+    now = [100.0]
+    clock = lease_deadline.LeaseClock(ttl_s=20, margin_s=3, now=lambda: now[0])
+    clock.confirmed(100.0)
+    fresh = FakeProtocol([ok({"vm": VM})])
+    with lease_deadline.holding(clock):
+        now[0] = 116.9  # 100 + 20 * (1 - 1e-3) - 3 = 116.98
+        driver_with(fresh).save_vm(VM["id"])
+        now[0] = 117.0
+        for op, call in (("save_vm", lambda d: d.save_vm(VM["id"])),
+                         ("start_vm", lambda d: d.start_vm(VM["id"])),
+                         ("remove_vm", lambda d: d.remove_vm(VM["id"], "D:\\VMs\\hv1\\x.vmcx")),
+                         ("delete_files", lambda d: d.delete_files(["D:\\VMs\\hv1\\a.vhdx"]))):
+            late = FakeProtocol([ok({"vm": VM})])
+            with pytest.raises(lease_deadline.LeaseExpired, match=f"{op} on hv1 not started"):
+                call(driver_with(late))
+            assert late.stdin == [], op
+        read = FakeProtocol([ok({"vm": VM})])
+        assert driver_with(read).describe_vm(vm_id=VM["id"]) == {"vm": VM}
+    assert scripts.parse(fresh.sent_text())[0] == "save_vm"
+    # outside a step (no claim held) nothing is checked
+    assert driver_with(FakeProtocol([ok({"vm": VM})])).save_vm(VM["id"]) == {"vm": VM}
+
+
+def test_every_operation_is_either_a_read_or_fenced_locally():
+    """A new operation must be put on one side: only these leave a host as it was."""
+    reads = {"list_vms", "describe_vm", "host_info", "wait_heartbeat", "file_hash"}
+    assert set(scripts.OPS) - driver_mod.DESTRUCTIVE_OPS == reads
+    assert driver_mod.DESTRUCTIVE_OPS <= set(scripts.OPS)

@@ -16,7 +16,7 @@ import redis
 
 from workers.coord import redis_lua
 from workers.model import keys
-from workers.model.errors import QuickmigError, Retryable
+from workers.model.errors import Fenced, QuickmigError, Retryable
 
 _ACQUIRE = redis_lua.load("lease_acquire")
 _EXTEND_IF_HOLDER = redis_lua.load("extend_if_holder")
@@ -34,10 +34,6 @@ class LockHeld(QuickmigError):
     def __init__(self, vm_id: str, holder: str):
         self.holder = holder
         super().__init__(f"VM {vm_id} is already being migrated by {holder}")
-
-
-class Fenced(QuickmigError):
-    """Our lease or token is no longer current: another actor owns this VM now."""
 
 
 class NotReplicated(Retryable):
@@ -136,7 +132,19 @@ class VMLocks:
         return cast("str | None", self.r.get(keys.step_claim(mid)))
 
     def extend_claim(self, mid: str, token: str, ttl_s: int = keys.STEP_CLAIM_TTL_S) -> bool:
-        return bool(self._extend(keys=[keys.step_claim(mid)], args=[token, ttl_s]))
+        """Extend our claim; True once it is extended (under Sentinel: and a replica holds the
+        extension, as only that survives a failover; the local fence counts only those)."""
+        ks = [keys.step_claim(mid)]
+        args: list[str | int] = [token, ttl_s]
+        if not self.replicas:
+            return bool(self._extend(keys=ks, args=args))
+        # not `replicated`: a heartbeat asks once and must not disconnect the pool the step's
+        # own commands are using; the next beat asks again
+        with self.r.pipeline(transaction=False) as p:
+            self._extend(keys=ks, args=args, client=p)
+            p.execute_command("WAIT", self.replicas, self.replication_timeout_ms)
+            extended, acked = p.execute()
+        return bool(extended) and int(acked) >= self.replicas
 
     def release_claim(self, mid: str, token: str) -> bool:
         return bool(self._release(keys=[keys.step_claim(mid)], args=[token]))

@@ -23,7 +23,7 @@ from workers.coord.admission import Admission, admit_and_send
 from workers.coord.locks import Fenced, Heartbeat
 from workers.engine import context, markers, plans, together
 from workers.engine.app import app
-from workers.model import keys, routing, states
+from workers.model import keys, lease_deadline, routing, states
 from workers.model.errors import QuickmigError, is_retryable
 from workers.model.record import RecordNotFound, StaleState
 from workers.obs import metrics
@@ -80,18 +80,34 @@ class StepClaim:
 
     def __enter__(self) -> StepClaim:
         locks = context.locks()
+        sent_at = time.monotonic()
         self.token = locks.claim_step(self.mid)
         if self.token is not None:
             _held.token, _held.outbox = self.token, []
-            self._beat = Heartbeat(lambda: locks.extend_claim(self.mid, self.token), CLAIM_BEAT_S,
-                                   f"claim-{self.mid}")
-            self._beat.__enter__()
+            # the local fence: no destructive host call once this claim could have lapsed
+            self._locks, self.clock = locks, lease_deadline.LeaseClock()
+            if not locks.replicas:  # under Sentinel the first beat, replicated, confirms it
+                self.clock.confirmed(sent_at)
+            self._holding = lease_deadline.holding(self.clock)
+            self._holding.__enter__()
+            self._beat = Heartbeat(self._extend, CLAIM_BEAT_S, f"claim-{self.mid}")
+            try:
+                self._beat.__enter__()
+            except BaseException:
+                self._holding.__exit__(None, None, None)
+                raise
         return self
+
+    def _extend(self) -> None:
+        sent_at = time.monotonic()
+        if self._locks.extend_claim(self.mid, self.token):
+            self.clock.confirmed(sent_at)
 
     def __exit__(self, *exc) -> None:
         if self.token is None:
             return
         self._beat.__exit__()
+        self._holding.__exit__(None, None, None)
         outbox, _held.token, _held.outbox = _held.outbox, None, None
         context.locks().release_claim(self.mid, self.token)
         for task, mid in outbox:

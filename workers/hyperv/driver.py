@@ -40,7 +40,7 @@ from workers.hyperv.errors import (
     TransportError,
     error_from_stderr,
 )
-from workers.model import chunks
+from workers.model import chunks, lease_deadline
 from workers.model.config import ConfigError, Credentials, Host
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,12 @@ OP_TIMEOUT_S = {
     "hash_stream": 600,      # one range of at most 1 GiB per request
     "start_vm": 600,         # restores the memory from the saved state
 }
+
+# The operations that change a host (compare_vm too: it registers a planned VM for a moment):
+# none starts once this thread's step claim could have passed to another delivery
+# (workers.model.lease_deadline, docs/design.md section 3.3).
+DESTRUCTIVE_OPS = frozenset({"checkpoint_vm", "save_vm", "start_vm", "stop_vm", "compare_vm", "import_vm",
+                             "remove_snapshots", "remove_vm", "delete_files", "reparent_disks"})
 
 TRANSPORTS = ("basic", "ntlm", "kerberos", "credssp")
 CERT_VALIDATION = ("validate", "ignore")
@@ -409,6 +415,9 @@ class HyperVDriver:
                     # console_mode_stdin=False: stdin is a pipe we write, as Ansible's WinRM plugin does.
                     command_id = proto.run_command(shell_id, POWERSHELL_COMMAND, console_mode_stdin=False)
                 data = text.encode("utf-8")
+                if op in DESTRUCTIVE_OPS:
+                    # last moment before the host acts: the script runs once its stdin has come
+                    lease_deadline.check(f"{op} on {self.host.name}")
                 for i in range(0, len(data), SEND_CHUNK_BYTES):
                     last = i + SEND_CHUNK_BYTES >= len(data)
                     proto.send_command_input(shell_id, command_id, data[i:i + SEND_CHUNK_BYTES], end=last)

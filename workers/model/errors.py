@@ -26,3 +26,8 @@ def is_retryable(exc: BaseException) -> bool:
     """Whether trying again may help: quickmig's transient faults, and the standard library's
     connection and timeout errors raised by a library underneath."""
     return isinstance(exc, (Retryable, ConnectionError, TimeoutError))
+
+
+class Fenced(QuickmigError):
+    """Our lease, token or step claim is no longer current (or may not be): another actor may
+    own this VM now, so this delivery stops before its next destructive step and is dropped."""
