@@ -360,6 +360,6 @@ def test_no_destructive_call_reaches_the_host_once_the_step_claim_could_have_lap
 
 def test_every_operation_is_either_a_read_or_fenced_locally():
     """A new operation must be put on one side: only these leave a host as it was."""
-    reads = {"list_vms", "describe_vm", "host_info", "wait_heartbeat", "file_hash"}
+    reads = {"list_vms", "describe_vm", "host_info", "wait_heartbeat", "file_hash", "hash_stream"}
     assert set(scripts.OPS) - driver_mod.DESTRUCTIVE_OPS == reads
     assert driver_mod.DESTRUCTIVE_OPS <= set(scripts.OPS)
