@@ -8,7 +8,7 @@ delay a cutover that holds a VM down.
 from __future__ import annotations
 
 from workers.coord.locks import LeaseKeeper
-from workers.engine import context
+from workers.engine import context, markers
 from workers.engine.step import fence, resume, send, start_rollback, step_task
 from workers.model import routing, states
 from workers.steps import hooks, precopy
@@ -22,6 +22,7 @@ def copy(mid: str, lg) -> None:
         return
     with LeaseKeeper(context.locks(), rec["vm_id"], mid):
         fence(rec)  # a stale delivery must not write over files a newer migration owns
+        rec = markers.recover(rec, lg)
         transfer(rec, rec["plan"]["frozen"], lg)
         if not rec.get("cold"):  # a cold move's files were all copied: nothing writes to them
             precopy.gate(mid, lg)

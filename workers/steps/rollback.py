@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 
 from workers.coord.shared_files import SharedFiles
-from workers.engine import context
+from workers.engine import context, markers
 from workers.engine.step import RetryPolicy, end, fence, resume, step_task
 from workers.hyperv.errors import VMNotFound
 from workers.model import hostpaths, routing, states
@@ -151,6 +151,7 @@ def rollback(mid: str, lg) -> None:
         return
     t0 = time.time()
     src, dst = context.driver(rec["source"]), context.driver(rec["destination"])
+    rec = markers.recover(rec, lg)
     # an interrupted copy leaves `<file>.partial` beside the file it was making
     keep, last_use = _leave_isos(rec)
     created = [p for p in rec.get("created_files", []) if p not in keep]
