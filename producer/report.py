@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from producer import terminal
+from workers.model import finished
 from workers.model.states import ENDS
 
 PHASE_ORDER = ("snapshot", "copy", "prepare", "cutover", "finish", "rollback")
@@ -15,6 +16,11 @@ RECENT_RETRY_S = 30
 
 def _mb(n) -> str:
     return f"{(n or 0) / 2**20:.1f} MiB"
+
+
+def _kind(kind: str, n: dict) -> str:
+    shared = f", {n['shared']} shared" if n.get("shared") else ""
+    return f"{kind} {n['files']} ({_mb(n['bytes'])}{shared})"
 
 
 def phase_seconds(rec: dict) -> dict[str, float]:
@@ -53,9 +59,12 @@ def summary(rec: dict) -> str:
     total = sum(phase_seconds(rec).values())
     copied = rec.get("bytes_copied") or 0
     lines.append(f"  bytes copied    {_mb(copied)}")
-    copy_s = sum(f.get("seconds", 0) for f in rec.get("copied", []))
+    copy_s = finished.copy_seconds(rec)
     if copy_s > 0:
         lines.append(f"  throughput      {copied / copy_s / 1e6:.1f} MB/s (while copying)")
+    kinds = rec["copied_by_kind"] if "copied_by_kind" in rec else finished.copied_by_kind(rec)
+    if kinds:
+        lines.append("  files copied    " + ", ".join(_kind(k, v) for k, v in sorted(kinds.items())))
     for name, secs in phase_seconds(rec).items():
         lines.append(f"  {name:<15} {secs:.2f} s")
     if total:

@@ -97,7 +97,7 @@ def test_smbd_restarted_mid_copy_the_copy_resumes_from_its_checkpoints(fault_lab
     rec = wait_end(lab, mid)
     check = assert_clean(lab, mid, rec, "smb-vm")
     assert rec["state"] == "completed" and check["running_on"] == ["hv3"], rec["error"]
-    assert sum(f.get("bytes_reused", 0) for f in rec.get("copied", [])) > 0, rec.get("copied")
+    assert sum(k["bytes_reused"] for k in rec["copied_by_kind"].values()) > 0, rec["copied_by_kind"]
 
 
 def test_winrm_unreachable_20s_during_copy_is_retried_with_backoff(fault_lab):

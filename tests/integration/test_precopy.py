@@ -167,6 +167,8 @@ def test_keep_source_keeps_the_source_off_then_the_reaper_removes_it(lab):
     res, rec = migrate(lab, "pc-keep", "hv1", "hv2", "--keep-source", "0.0005")  # 1.8 s
     assert rec["state"] == "completed", rec["error"]
     assert rec["source_kept_until"] > rec["phases"]["finish"]["start"]
+    # the reaper deletes only the source files the record lists as copied: kept until it has
+    assert rec["copied"] and rec["plan"] and "created_files" not in rec and "copied_by_kind" not in rec
     kept = next(v for v in lab.emulator("hv1").state()["vms"] if v["name"] == "pc-keep")
     assert kept["state"] == "Off"
     assert lab.verify("pc-keep")["running_on"] == ["hv2"]  # (lab verify wants one registration: checked below)
@@ -180,6 +182,8 @@ def test_keep_source_keeps_the_source_off_then_the_reaper_removes_it(lab):
         time.sleep(0.2)
     assert all(v["name"] != "pc-keep" for v in lab.emulator("hv1").state()["vms"])
     assert not list((lab.dir / "hosts" / "hv1" / "share").glob(f"{kept['id']}*"))
+    reaped = store.get(rec["id"])
+    assert "copied" not in reaped and "plan" not in reaped and reaped["copied_by_kind"]["disk"]["files"] >= 1
     check = lab.verify("pc-keep")
     assert check["running_on"] == ["hv2"] and check["integrity"] == "ok", check
 

@@ -59,9 +59,9 @@ def test_two_migrations_bringing_the_same_new_image_copy_it_once_and_both_comple
     mids = [start(lab, vm, "hv1", "hv3") for vm in ("iso-a", "iso-b")]
     recs = [ended(lab, m) for m in mids]
     assert [r["state"] for r in recs] == ["completed", "completed"], [r["error"] for r in recs]
-    entries = sorted((iso_entry(r) for r in recs), key=lambda e: bool(e.get("shared")))
-    assert entries[0]["bytes"] == iso_on(lab, "hv3").stat().st_size and not entries[0].get("shared")
-    assert entries[1].get("shared") is True, entries  # the second found it there, verified
+    isos = sorted((r["copied_by_kind"]["iso"] for r in recs), key=lambda k: k["shared"])
+    assert isos[0]["files"] == 1 and isos[0]["bytes"] == iso_on(lab, "hv3").stat().st_size and not isos[0]["shared"]
+    assert isos[1]["files"] == isos[1]["shared"] == 1 and isos[1]["bytes"] == 0, isos  # found there, verified
     for vm in ("iso-a", "iso-b"):
         check = lab.verify(vm)
         assert check["integrity"] == "ok" and check["running_on"] == ["hv3"], check

@@ -204,8 +204,9 @@ def test_a_vm_on_a_golden_parent_with_four_disks_and_checkpoints_moves_and_the_p
     res, rec = lab.cli_json("migrate", "golden-b", "--from", "hv1", "--to", "hv2", "--wait", "--json",
                             "--timeout", "240")
     assert rec["state"] == "completed", rec.get("error")
-    [entry] = [c for c in rec["copied"] if c["path"] == golden]
-    assert entry["shared"] and entry["bytes"] == 0 and parent_there.stat().st_mtime_ns == made
+    parent = rec["copied_by_kind"]["parent"]
+    assert parent["files"] == parent["shared"] == 1 and parent["bytes"] == 0
+    assert parent_there.stat().st_mtime_ns == made
     # its last user gone, the parent went with it: none is left on hv1
     assert not (lab.dir / "hosts" / "hv1" / "share" / "Golden" / "base.vhdx").exists()
     for vm in (name, "golden-b"):
@@ -226,7 +227,8 @@ def test_a_golden_parent_quickmig_copied_goes_with_its_last_user_when_the_switch
     finally:
         lab.emulator("hv2").clear_faults()
     assert rec["state"] == "rolled_back", rec.get("error")
-    assert any(c["path"] == golden and not c.get("shared") for c in rec["copied"])  # it was copied there
+    parent = rec["copied_by_kind"]["parent"]
+    assert parent["files"] == 1 and not parent["shared"] and parent["bytes"] > 0  # it was copied there
     assert not (lab.dir / "hosts" / "hv2" / "share" / "Golden" / "solo.vhdx").exists()
     out = lab.verify("solo")
     assert out["running_on"] == ["hv1"] and out["integrity"] == "ok", out["problems"]
@@ -239,7 +241,7 @@ def test_two_vms_on_one_golden_parent_moving_at_once_copy_it_once_and_share_it(l
     finds the same disk there and shares it; both VMs run on hv2 on the one copy."""
     golden = f"{ROOTS['hv1']}\\Golden\\twin.vhdx"
     for name in ("twin-a", "twin-b"):
-        lab.add_vm(name, "hv1", golden="twin", write_rate_kbps=128)
+        assert lab.add_vm(name, "hv1", golden="twin", write_rate_kbps=128)["disks"][0]["chain"][-1] == golden
     time.sleep(0.5)
     mids = []
     for name in ("twin-a", "twin-b"):
@@ -248,8 +250,8 @@ def test_two_vms_on_one_golden_parent_moving_at_once_copy_it_once_and_share_it(l
         mids.append(res.stdout.strip())
     recs = [ended(lab, mid, deadline_s=240) for mid in mids]
     assert [r["state"] for r in recs] == ["completed", "completed"], [r.get("error") for r in recs]
-    entries = sorted((c for r in recs for c in r["copied"] if c["path"] == golden), key=lambda c: c["bytes"])
-    assert [bool(e.get("shared")) for e in entries] == [True, False] and entries[1]["bytes"] > 0
+    parents = sorted((r["copied_by_kind"]["parent"] for r in recs), key=lambda k: k["bytes"])
+    assert [p["shared"] for p in parents] == [1, 0] and parents[1]["bytes"] > 0
     for name in ("twin-a", "twin-b"):
         out = lab.verify(name)
         assert out["running_on"] == ["hv2"] and out["integrity"] == "ok", (name, out["problems"])

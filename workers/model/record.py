@@ -14,7 +14,7 @@ from typing import Any, TypedDict, cast
 
 import redis
 
-from workers.model import keys, states
+from workers.model import finished, keys, states
 from workers.model.errors import QuickmigError
 
 
@@ -57,7 +57,8 @@ class Round(TypedDict):
 class MigrationRecord(TypedDict, total=False):
     """Every field a migration record may have, who writes it, and what it means. The JSON
     in Redis is this; `quickmig status --json` prints it. Fields are added as the migration
-    goes; none is ever renamed in place (readers of older records would lose it)."""
+    goes; none is ever renamed in place (readers of older records would lose it). An ended
+    record sheds what only a running migration reads (workers.model.finished)."""
     # created by the producer (new_record)
     id: str
     vm: str
@@ -100,7 +101,9 @@ class MigrationRecord(TypedDict, total=False):
     # copying (workers.steps.transfer, downtime_copy)
     created_files: list[str]         # destination paths we created (and their .partial), for rollback
     created_folders: list[str]       # destination folders the copies created, removed by a rollback if left empty
-    copied: list[Copied]
+    copied: list[Copied]             # while active, a failed record's and a kept source's (workers.model.finished)
+    copied_by_kind: dict[str, dict[str, Any]]  # `copied` summed per kind once ended: files, shared, bytes,
+    #                                            bytes_sent, bytes_reused, seconds, throttled_s
     planned: dict[str, int]          # source path -> size, for bytes_total
     progress: Progress
     # pre-copy gate (workers.steps.precopy)
@@ -271,7 +274,9 @@ class Store:
         self.r.srem(keys.ACTIVE_SET, mid)
 
     def update(self, mid: str, change: Callable[[MigrationRecord], object]) -> MigrationRecord:
-        """Apply `change` to the record atomically (optimistic, retried on conflict)."""
+        """Apply `change` to the record atomically (optimistic, retried on conflict); returns
+        the record as `change` left it. One that has ended is stored compacted
+        (`finished.compact`), so a caller ending a migration still has what it releases."""
         key = keys.migration(mid)
         while True:
             with self.r.pipeline() as p:
@@ -288,7 +293,7 @@ class Store:
                     if rec["state"] != old:
                         self._append_event(p, rec, old)
                     if rec["state"] in states.ENDS:
-                        p.set(key, json.dumps(rec), ex=keys.RECORD_TTL_S)
+                        p.set(key, json.dumps(finished.compact(cast(dict, rec))), ex=keys.RECORD_TTL_S)
                         p.srem(keys.ACTIVE_SET, mid)
                     else:
                         p.set(key, json.dumps(rec))
