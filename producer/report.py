@@ -40,11 +40,8 @@ def sources(found: dict) -> str:
     return ", ".join(f"{SOURCE_NAMES.get(k, k)} {v}" for k, v in found.items())
 
 
-def summary(rec: dict) -> str:
-    rec = terminal.clean(rec)
-    lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
-    if rec.get("waiting") and rec["state"] not in ENDS:  # a cancel may end it while it waits
-        lines.append(f"  {rec['waiting']}")
+def _downtime_lines(rec: dict) -> list[str]:
+    lines: list[str] = []
     if rec.get("downtime_seconds") is not None:
         lines.append(f"  downtime        {rec['downtime_seconds']:.2f} s")
     if rec.get("predicted_downtime_seconds") is not None:
@@ -56,6 +53,30 @@ def summary(rec: dict) -> str:
         lines.append(f"  moved while down {_mb(rec['downtime_bytes'])}")
     if rec.get("rollback_seconds") is not None:
         lines.append(f"  rollback        {rec['rollback_seconds']:.2f} s")
+    return lines
+
+
+def _progress_lines(rec: dict) -> list[str]:
+    lines = []
+    prog = rec.get("progress")
+    if rec.get("bytes_total"):
+        lines.append(f"  bytes planned   {_mb(rec['bytes_total'])}")
+    if prog and rec["state"] in ("copying", "cutting_over"):
+        rate = prog.get("rate_bps")
+        eta = prog.get("eta_seconds")
+        lines.append(f"  progress        {_mb(prog.get('bytes_done'))} of {_mb(prog.get('bytes_total'))}"
+                     f", {rate / 1e6 if rate else 0:.1f} MB/s"
+                     f", ETA {'?' if eta is None else f'{eta:.0f} s'}"
+                     f" ({prog.get('file')})")
+    return lines
+
+
+def summary(rec: dict) -> str:
+    rec = terminal.clean(rec)
+    lines = [f"migration {rec['id']}: {rec['vm']!r} {rec['source']} -> {rec['destination']}: {rec['state']}"]
+    if rec.get("waiting") and rec["state"] not in ENDS:  # a cancel may end it while it waits
+        lines.append(f"  {rec['waiting']}")
+    lines += _downtime_lines(rec)
     total = sum(phase_seconds(rec).values())
     copied = rec.get("bytes_copied") or 0
     lines.append(f"  bytes copied    {_mb(copied)}")
@@ -69,16 +90,7 @@ def summary(rec: dict) -> str:
         lines.append(f"  {name:<15} {secs:.2f} s")
     if total:
         lines.append(f"  total           {total:.2f} s")
-    prog = rec.get("progress")
-    if rec.get("bytes_total"):
-        lines.append(f"  bytes planned   {_mb(rec['bytes_total'])}")
-    if prog and rec["state"] in ("copying", "cutting_over"):
-        rate = prog.get("rate_bps")
-        eta = prog.get("eta_seconds")
-        lines.append(f"  progress        {_mb(prog.get('bytes_done'))} of {_mb(prog.get('bytes_total'))}"
-                     f", {rate / 1e6 if rate else 0:.1f} MB/s"
-                     f", ETA {'?' if eta is None else f'{eta:.0f} s'}"
-                     f" ({prog.get('file')})")
+    lines += _progress_lines(rec)
     # --eject-unmovable-isos: emptied on the destination's copy only, once it is imported there
     label = "ejected ISO" if rec["state"] in ("finishing", "completed") else "ISO to eject"
     for e in rec.get("ejected_isos") or []:
