@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_migration import migrate
+from tests.integration.test_migration import migrate, migrate_refused
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +29,7 @@ def test_non_ascii_names_reach_quickmig_whole(lab):
     # A name the host writes back comes through as it is, and a refusal names it exactly.
     name, switch = "Prüfstand Ü-1", "Büro-Netz"
     lab.add_vm(name, "hv1", switches=[switch])
-    res, rec = migrate(lab, name, "hv1", "hv3")
-    assert rec["state"] == "rolled_back"
+    rec = migrate_refused(lab, name, "hv1", "hv3")
     assert f"hv3 has no virtual switch named '{switch}'" in rec["error"], rec["error"]
     lab.emulator("hv3").set_host(switches=["lab-switch", switch])
     try:
