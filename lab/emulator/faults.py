@@ -20,8 +20,12 @@ goes on as its script does after such a failure. "*" never matches a step.
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import asdict, dataclass
+
+log = logging.getLogger("lab.emulator.faults")
 
 ACTIONS = ("fail", "delay", "drop")
 
@@ -95,6 +99,16 @@ class FaultTable:
     def take(self, op: str) -> Fault | None:
         """The rule that applies to this run of `op` (consuming one of its `times`), if any."""
         return self._consume(op, lambda rule: rule in (op, "*"))
+
+    def take_delayed(self, op: str) -> Fault | None:
+        """`take(op)`, logged, with a delay already waited out: what is left for the caller is
+        to fail or drop the run as the fault says."""
+        fault = self.take(op)
+        if fault is not None:
+            log.warning("fault injection: %s %s (%.1fs)", fault.action, op, fault.seconds)
+            if fault.action == "delay":
+                time.sleep(fault.seconds)
+        return fault
 
     def _consume(self, name: str, matches) -> Fault | None:
         """The first rule whose op `matches`, one of its `times` used up (gone after its last)."""

@@ -73,13 +73,9 @@ def _answer(srv, roots: object, line: str) -> dict:
                 "category": "NotSpecified"}
     path, first = req.get("path"), req.get("first")
     try:
-        fault = srv.faults.take(STREAM_OP)
-        if fault is not None:
-            log.warning("fault injection: %s %s (%.1fs)", fault.action, STREAM_OP, fault.seconds)
-            if fault.action == "delay":
-                time.sleep(fault.seconds)
-            elif fault.action == "fail":
-                raise OpError(fault.message, "NotSpecified", "QuickmigInjectedFault")
+        fault = srv.faults.take_delayed(STREAM_OP)
+        if fault is not None and fault.action == "fail":
+            raise OpError(fault.message, "NotSpecified", "QuickmigInjectedFault")
         t0 = time.monotonic()
         try:
             return srv.model.hash_request(roots, req)

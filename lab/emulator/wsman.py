@@ -370,16 +370,12 @@ class EmulatorServer(ThreadingHTTPServer):
                 return
             cmd.op = op
             self._run_in_process(cmd, op)
-            fault = self.faults.take(op)
-            if fault is not None:
-                log.warning("fault injection: %s %s (%.1fs)", fault.action, op, fault.seconds)
-                if fault.action == "delay":
-                    time.sleep(fault.seconds)
-                elif fault.action == "fail":
-                    self._finish(cmd, 1, stderr=clixml_error(fault.message, "NotSpecified", "QuickmigInjectedFault"))
-                    return
-                elif fault.action == "drop":
-                    cmd.drop = True
+            fault = self.faults.take_delayed(op)
+            if fault is not None and fault.action == "fail":
+                self._finish(cmd, 1, stderr=clixml_error(fault.message, "NotSpecified", "QuickmigInjectedFault"))
+                return
+            if fault is not None and fault.action == "drop":
+                cmd.drop = True
             t0 = time.monotonic()
             work = costs.work_s(self.profile, self.model, op, args) if isinstance(args, dict) else 0.0
             try:
