@@ -86,13 +86,10 @@ def downtime_largest(rec: dict) -> int:
 
 
 def migration_bps(rec: dict) -> float:
-    """What the migration's own copies before the downtime got, on files at least half the
-    size of the downtime's largest (all of them if there are none), waits for bandwidth
-    limits taken out. Shown beside the reference, not used by the targets: see
-    reference_copy_bps."""
-    before = rec["copied_before"]
-    alike = [f for f in before if f.get("bytes", 0) >= downtime_largest(rec) / 2]
-    return unlimited_copy_bps({"copied": alike or before or rec["copied"]})
+    """What the migration's own copies before the downtime got, on files like the downtime's
+    largest (as the gate predicts it), waits for bandwidth limits taken out. Shown beside the
+    reference, not used by the targets: see reference_copy_bps."""
+    return unlimited_copy_bps({"copied": rec["copied_before"] or rec["copied"]}, downtime_largest(rec))
 
 
 def reference_copy_bps(cfg, lab_dir: Path, size: int, freed: int, source: str = "hv1",

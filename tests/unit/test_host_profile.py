@@ -57,6 +57,13 @@ def test_the_prediction_takes_a_calibration_until_a_switchover_measured_the_cost
     assert precopy.downtime_copy({}, cal) == (90e6, "calibrated 2027-01-15T08:00:00Z")
     copied = {"copied": [{"bytes": 100 * 2**20, "seconds": 1.0}]}
     assert precopy.downtime_copy(copied, cal) == (pytest.approx(100 * 2**20), "this migration")
+    # four small disks that landed fast and a memory-sized file that did not: the memory
+    # file is predicted at the rate of the files like it
+    mixed = {"copied": [*[{"bytes": 64 * 2**20, "seconds": 0.2}] * 4, {"bytes": 256 * 2**20, "seconds": 2.5}]}
+    assert precopy.downtime_copy(mixed, cal, 256 * 2**20) == (pytest.approx(256 * 2**20 / 2.5), "this migration")
+    assert precopy.downtime_copy(mixed, cal) == (pytest.approx(512 * 2**20 / 3.3), "this migration")
+    # nothing that large copied yet: every copy counts
+    assert precopy.downtime_copy(mixed, cal, 4 * 2**30)[0] == pytest.approx(512 * 2**20 / 3.3)
     # a switchover measured them: its figures win
     r.hset(keys.cutover_costs(src), mapping={"save_bps": 500e6, f"downtime_copy_bps:{dst}": 300e6})
     r.hset(keys.cutover_costs(dst), "register_start_s", 2.5)

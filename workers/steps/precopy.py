@@ -49,11 +49,16 @@ def copy_bps(rec: dict) -> float:
     return sum(f["bytes"] for f in big) / secs if secs > 0 else DEFAULT_COPY_BPS
 
 
-def unlimited_copy_bps(rec: dict) -> float:
+def unlimited_copy_bps(rec: dict, like_bytes: int = 0) -> float:
     """The same copies' throughput without their waits for the bandwidth limits: the rate of
     the downtime copy, which skips the limits. A copy keeps at least a twentieth of its time
-    (a wait counted for a stream that then sat idle must not promise an endless rate)."""
+    (a wait counted for a stream that then sat idle must not promise an endless rate).
+    `like_bytes`: count only the copies of files at least half that size when there are
+    any: a small file's rate says little of a large one's (its per-file costs, or a cache
+    that takes it whole: 64 MiB disks at 318-350 MB/s beside a 256 MiB memory file at 107
+    in one lab migration, docs/benchmarks.md)."""
     big = _big_copies(rec)
+    big = [f for f in big if f["bytes"] >= like_bytes / 2] or big
     secs = sum(max(f["seconds"] - f.get("throttled_s", 0.0), f["seconds"] / 20) for f in big)
     return sum(f["bytes"] for f in big) / secs if secs > 0 else DEFAULT_COPY_BPS
 
@@ -94,20 +99,21 @@ def remembered_costs(r, source: str, destination: str) -> dict:
     return out
 
 
-def downtime_copy_bps(rec: dict, costs: dict) -> float:
+def downtime_copy_bps(rec: dict, costs: dict, memory_bytes: int = 0) -> float:
     """The rate the downtime copy will get: as the last switchover between these hosts measured
-    it, else this migration's copies without their waits for the bandwidth limits, else (no
-    copy of this migration measured yet) as the calibration of both hosts measured SMB."""
-    return downtime_copy(rec, costs)[0]
+    it, else this migration's copies (of files like the `memory_bytes` the VM will save, when
+    it copied some) without their waits for the bandwidth limits, else (no copy of this
+    migration measured yet) as the calibration of both hosts measured SMB."""
+    return downtime_copy(rec, costs, memory_bytes)[0]
 
 
-def downtime_copy(rec: dict, costs: dict) -> tuple[float, str]:
+def downtime_copy(rec: dict, costs: dict, memory_bytes: int = 0) -> tuple[float, str]:
     """downtime_copy_bps and where it came from ("measured", "this migration", "calibrated
     <time>" or "default")."""
     if costs.get("downtime_copy_bps"):
         return costs["downtime_copy_bps"], "measured"
     if _big_copies(rec) or not costs.get("calibrated_copy_bps"):
-        rate = unlimited_copy_bps(rec)
+        rate = unlimited_copy_bps(rec, memory_bytes)
         return rate, "this migration" if _big_copies(rec) else "default"
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(costs["calibrated_at"]))
     return costs["calibrated_copy_bps"], f"calibrated {when}"
@@ -191,8 +197,9 @@ def gate(mid: str, lg) -> dict:
         since = max(now - (rec.get("checkpoint_at") or now), 1e-3)
         write_bps = max(delta - CHILD_HEADER_BYTES * len(vm["disks"]), 0) / since
         costs = fixed_costs(rec["source"], rec["destination"])
-        rate, (down_rate, down_source) = copy_bps(rec), downtime_copy(rec, costs)
-        pred = predict_s(saved_memory_bytes(vm), delta, down_rate, costs)
+        memory = saved_memory_bytes(vm)
+        rate, (down_rate, down_source) = copy_bps(rec), downtime_copy(rec, costs, memory)
+        pred = predict_s(memory, delta, down_rate, costs)
         rec = store.set(mid, predicted_downtime_seconds=round(pred, 3), guest_write_bps=round(write_bps),
                         copy_bps=round(rate), downtime_copy_bps=round(down_rate), delta_bytes=delta,
                         prediction_sources={**costs["sources"], "downtime_copy_bps": down_source},
