@@ -256,15 +256,16 @@ class Producer:
         return {"copy_bps": precopy.DEFAULT_COPY_BPS, "downtime_copy_bps": precopy.DEFAULT_COPY_BPS,
                 "measured": [], "measured_by": None}
 
-    def _isos_checked(self, req: MigrationRequest, vm: dict, opts: dict) -> None:
+    def _isos_checked(self, req: MigrationRequest, vm: dict, opts: dict, ask_destination: bool = True) -> None:
         """The ISO images quickmig does not copy (workers.model.file_plan.iso_check), refused
         here, before anything changes, where this producer can tell: a local image outside
         every storage folder always; a library image (UNC path) the destination cannot reach
-        when it holds the hosts' credentials (else the workers' pre-flight asks the destination)."""
+        when it holds the hosts' credentials and `ask_destination` (else the pre-flight asks
+        the destination, in the host_info call it makes anyway)."""
         src = self.cfg.host(req.source)
         unc = [p for p in file_plan.library_isos(src, vm) if hostpaths.unc_problem(p) is None]
         reachable = {p: True for p in unc}
-        if unc and self.cfg.holds_host_credentials():
+        if unc and ask_destination and self.cfg.holds_host_credentials():
             try:
                 info = self._driver(req.destination).run("host_info", {"unc_paths": unc})
             except HyperVError as e:
@@ -283,8 +284,11 @@ class Producer:
         opts = self._options(req)
         vm = self.validate(req)
         self._placed(req, vm, opts)
-        self._isos_checked(req, vm, opts)
-        if preflight and self.cfg.holds_host_credentials():
+        preflight = preflight and self.cfg.holds_host_credentials()
+        # a pre-flight about to run asks the destination which library images it reaches: one
+        # host_info call, not two (each a powershell.exe on a real host)
+        self._isos_checked(req, vm, opts, ask_destination=not preflight)
+        if preflight:
             found = self._preflight(req, vm, opts)[1]
             if found:
                 raise RequestError("pre-flight refused: " + "; ".join(found))

@@ -11,6 +11,8 @@ import hashlib
 
 import pytest
 
+from lab import orchestrator
+
 pytestmark = pytest.mark.integration
 
 LIBRARY_ISO = "\\\\lib01\\ISO\\win2022.iso"
@@ -115,3 +117,30 @@ def test_with_eject_unmovable_isos_the_drive_is_emptied_on_the_destination_and_t
     assert (lab.dir / "hosts" / "hv1" / "elsewhere" / "C" / "Users" / "x" / "Downloads" / "a.iso").is_file()
     out = lab.verify(name)
     assert out["integrity"] == "ok", out
+
+
+def host_info_calls(lab, host: str) -> int:
+    """host_info calls the emulated host has answered so far (its log: one line per op)."""
+    log = lab.dir / "logs" / f"emulator-{host}.log"
+    return sum(" op host_info " in line for line in log.read_text(errors="replace").splitlines())
+
+
+def test_a_library_iso_costs_the_clis_submit_no_second_look_up_on_the_destination(lab):
+    """The CLI's pre-flight at submit asks the destination which library images it reaches in
+    the host_info call it makes anyway: a VM with a library image costs no more host_info
+    calls on the destination than the same VM without one (each a powershell.exe on a real
+    host). Both VMs are on a switch hv2 lacks, so the submit ends refused (exit 2) after the
+    pre-flight, before any worker asks the hosts anything."""
+    orchestrator.set_host(lab.cfg, "hv1", {"switches": ["lab-switch", "Front"]})
+    try:
+        calls = {}
+        for name, extra in (("cost-library", {"iso": LIBRARY_ISO}), ("cost-plain", {})):
+            lab.add_vm(name, "hv1", switches=["Front"], **extra)
+            before = host_info_calls(lab, "hv2")
+            res = lab.cli("migrate", name, "--from", "hv1", "--to", "hv2")
+            assert res.returncode == 2 and "pre-flight refused: " in res.stderr, (res.stdout, res.stderr)
+            assert "Front" in res.stderr, res.stderr
+            calls[name] = host_info_calls(lab, "hv2") - before
+        assert calls["cost-plain"] >= 1 and calls["cost-library"] == calls["cost-plain"], calls
+    finally:
+        orchestrator.set_host(lab.cfg, "hv1", {"switches": ["lab-switch"]})
