@@ -45,9 +45,10 @@ from workers.smb.endpoint import SmbEndpoint
 from workers.steps.precopy import unlimited_copy_bps
 
 MiB = 2**20
+GiB = 2**30
 MODES = {"single": {"max_rounds": 0}, "pre-copy": {"max_rounds": 5}}
 REFERENCE_RUNS = 3
-GiB = 2**30
+REFERENCE_FILE = "quickmig-bench-reference"
 
 
 def settle(freed_bytes: int) -> None:
@@ -55,7 +56,6 @@ def settle(freed_bytes: int) -> None:
     once (reference_copy_bps): 1 GiB freed, a 256 MiB write 5 s later ran at 1.5 GB/s, 15 s
     and 30 s later at 102-127 MB/s (twice each, 2026-12-05)."""
     time.sleep(15 + 5 * freed_bytes / GiB)
-REFERENCE_FILE = "quickmig-bench-reference"
 
 
 def one(p: Producer, cfg, name: str, memory_mb: int, rate_mbs: float, disk_mb: int, opts: dict,
