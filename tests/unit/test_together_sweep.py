@@ -73,3 +73,28 @@ def test_a_group_that_waited_past_its_bound_rolls_every_member_back(r, group):
     assert "group app rolled back" in store.get(mids[0])["error"]
     assert sorted(sent) == sorted([(routing.ROLLBACK, mids[0])] + [(routing.CUTOVER, m) for m in mids[1:]])
     assert GroupBarrier(r, "p1", "app", 3).arrive(PREPARED, mids[0], 60).what == "abort"
+
+
+def test_the_reconciler_leaves_a_member_parked_at_its_barrier_to_the_group(r, group):
+    """A member that waits at a barrier has no task and its record does not change: the
+    reconciler used to re-send its cutover step every 30 s (and count the nudges) while the
+    group waited, up to an hour. It now leaves it to sweep(), until the barrier passes."""
+    from workers.engine import reconciler
+    store, mids, sent, at = group
+    bar = GroupBarrier(r, "p1", "app", 3)
+    for mid in mids:
+        at(mid, states.SNAPSHOTTING, states.COPYING, states.PREPARING, states.CUTTING_OVER)
+    for mid in mids[:2]:
+        assert bar.arrive(PREPARED, mid, 60).what == "wait"
+        store.set(mid, group_waiting=PREPARED)
+    deadlines = {st: 30.0 for st in states.ACTIVE}
+    later = time.time() + 600
+    for mid in mids[:2]:
+        assert reconciler.reconcile_one(mid, deadlines, 3, now=later) is None
+        assert "reconciler" not in store.get(mid)
+    assert sent == []
+    # the group passed and a member still waits (the last one's worker died before it told
+    # the others): stuck again, so re-sent
+    assert bar.arrive(PREPARED, mids[2], 60).what == "last"
+    assert reconciler.reconcile_one(mids[0], deadlines, 3, now=later) == "resent"
+    assert sent == [(routing.CUTOVER, mids[0])]

@@ -83,7 +83,7 @@ def reconcile_one(mid: str, deadlines: dict, max_nudges: int, now: float | None 
     now = time.time() if now is None else now
     if st == states.QUEUED and not context.admission().holds(mid, rec["source"]):
         return _not_admitted(rec, now, deadlines[st])
-    if _recently_active(rec, now, deadlines[st]) or mid in waiting:
+    if _recently_active(rec, now, deadlines[st]) or mid in waiting or together.parked(rec):
         return None
     with StepClaim(mid) as claim:
         if claim.token is None:

@@ -56,6 +56,21 @@ def arrive(rec: dict, phase: str) -> Verdict:
     return v
 
 
+def _passed(phase: str | None, st: dict) -> bool:
+    """Whether the barrier a member waits at (`phase`) has let the group through."""
+    return (phase == PREPARED and "go_at" in st) or (phase == IMPORTED and "start_at" in st)
+
+
+def parked(rec: dict) -> bool:
+    """A member waiting, with no task, at a barrier of its group that has neither let the group
+    through nor been aborted: not stuck. sweep() sends it on once the group passes, and rolls
+    the group back at its bounds; the reconciler's re-sends would only wake it to wait again."""
+    if not is_member(rec) or rec["state"] != states.CUTTING_OVER or rec.get("group_waiting") is None:
+        return False
+    st = barrier(rec).state()
+    return "abort" not in st and not _passed(rec["group_waiting"], st)
+
+
 def spread_exceeded(rec: dict) -> str | None:
     """Why this member must not save now: the group's go was more than SPREAD_S ago."""
     go = barrier(rec).state().get("go_at")
@@ -147,9 +162,7 @@ def sweep(now: float | None = None) -> list[str]:
                 if locks.claim_holder(mid):
                     continue
                 rec = store.get(mid)
-                phase = rec.get("group_waiting")
-                passed = (phase == PREPARED and "go_at" in st) or (phase == IMPORTED and "start_at" in st)
-                if rec["state"] == states.CUTTING_OVER and passed:
+                if rec["state"] == states.CUTTING_OVER and _passed(rec.get("group_waiting"), st):
                     app.send_task(routing.CUTOVER, args=[mid])
                     done.append(f"{pid}/{g['name']}: sent the cutover step again to {mid}")
     return done
