@@ -1,7 +1,7 @@
 """Downtime benchmark in the lab: how close each switchover comes to what its bytes allow.
 
     .venv/bin/python bench/downtime.py [--memory 64,256,1024] [--rates 0,1,8] [--disk-mb 256]
-                                       [--host-profile fast|windows] [--disks 1]
+                                       [--host-profile fast|windows] [--disks 1] [--settle-scale 1]
 
 For each VM memory size (MiB) and guest write rate (MB/s), one migration in single-round
 mode (--max-rounds 0) and one with pre-copy rounds, each a new VM in one lab. Per row:
