@@ -39,6 +39,7 @@ from lab.emulator.lifecycle import HEARTBEAT_DELAY_S
 from producer.migrations import MigrationRequest, Producer
 from workers.hyperv.driver import HyperVDriver
 from workers.hyperv.hash_stream import HashStream
+from workers.model import states
 from workers.model.config import load_config
 from workers.smb import file_copy
 from workers.smb.endpoint import SmbEndpoint
@@ -71,13 +72,13 @@ def one(p: Producer, cfg, name: str, memory_mb: int, rate_mbs: float, disk_mb: i
     # copy, so the list as cutting_over first shows it is what was copied before the downtime.
     seen: dict = {}
 
-    def look(r: dict) -> None:
-        seen.setdefault(r["state"], r.get("copied", []))
+    def look(r: dict) -> None:  # called once per state
+        if r["state"] == states.CUTTING_OVER:
+            seen["before"] = r.get("copied", [])
         if "copied" in r:
             seen["last"] = r["copied"]
     end = p.wait(rec["id"], timeout_s=1800, poll_s=0.1, on_change=look)
-    return {**end, "copied": end.get("copied", seen.get("last", [])),
-            "copied_before": seen.get("cutting_over", [])}
+    return {**end, "copied": end.get("copied", seen.get("last", [])), "copied_before": seen.get("before", [])}
 
 
 def downtime_largest(rec: dict) -> int:

@@ -38,14 +38,20 @@ def group(r, monkeypatch):
     return store, mids, sent, at
 
 
-def test_a_group_whose_last_member_died_before_telling_the_others_is_carried_on(r, group):
-    store, mids, sent, at = group
+def two_of_three_waiting(r, store, mids, at) -> GroupBarrier:
+    """Every member cutting over, the first two waiting at `prepared` for the third."""
     bar = GroupBarrier(r, "p1", "app", 3)
     for mid in mids:
         at(mid, states.SNAPSHOTTING, states.COPYING, states.PREPARING, states.CUTTING_OVER)
     for mid in mids[:2]:
         assert bar.arrive(PREPARED, mid, 60).what == "wait"
         store.set(mid, group_waiting=PREPARED)
+    return bar
+
+
+def test_a_group_whose_last_member_died_before_telling_the_others_is_carried_on(r, group):
+    store, mids, sent, at = group
+    bar = two_of_three_waiting(r, store, mids, at)
     # the third one in passed the barrier, and its worker died before it sent anything
     assert bar.arrive(PREPARED, mids[2], 60).what == "last"
     assert together.sweep() and sorted(sent) == sorted((routing.CUTOVER, m) for m in mids[:2])
@@ -81,12 +87,7 @@ def test_the_reconciler_leaves_a_member_parked_at_its_barrier_to_the_group(r, gr
     group waited, up to an hour. It now leaves it to sweep(), until the barrier passes."""
     from workers.engine import reconciler
     store, mids, sent, at = group
-    bar = GroupBarrier(r, "p1", "app", 3)
-    for mid in mids:
-        at(mid, states.SNAPSHOTTING, states.COPYING, states.PREPARING, states.CUTTING_OVER)
-    for mid in mids[:2]:
-        assert bar.arrive(PREPARED, mid, 60).what == "wait"
-        store.set(mid, group_waiting=PREPARED)
+    bar = two_of_three_waiting(r, store, mids, at)
     deadlines = {st: 30.0 for st in states.ACTIVE}
     later = time.time() + 600
     for mid in mids[:2]:

@@ -99,17 +99,17 @@ def remembered_costs(r, source: str, destination: str) -> dict:
     return out
 
 
-def downtime_copy_bps(rec: dict, costs: dict, memory_bytes: int = 0) -> float:
+def downtime_copy_bps(rec: dict, costs: dict) -> float:
     """The rate the downtime copy will get: as the last switchover between these hosts measured
-    it, else this migration's copies (of files like the `memory_bytes` the VM will save, when
-    it copied some) without their waits for the bandwidth limits, else (no copy of this
-    migration measured yet) as the calibration of both hosts measured SMB."""
-    return downtime_copy(rec, costs, memory_bytes)[0]
+    it, else this migration's copies without their waits for the bandwidth limits, else (no
+    copy of this migration measured yet) as the calibration of both hosts measured SMB."""
+    return downtime_copy(rec, costs)[0]
 
 
 def downtime_copy(rec: dict, costs: dict, memory_bytes: int = 0) -> tuple[float, str]:
     """downtime_copy_bps and where it came from ("measured", "this migration", "calibrated
-    <time>" or "default")."""
+    <time>" or "default"). `memory_bytes`: what the VM will save; this migration's copies of
+    files like it count, when it copied some (unlimited_copy_bps)."""
     if costs.get("downtime_copy_bps"):
         return costs["downtime_copy_bps"], "measured"
     if _big_copies(rec) or not costs.get("calibrated_copy_bps"):
