@@ -5,8 +5,12 @@ using one fails here instead of being rendered wrongly.
 Supported: `resources` (files, or folders holding a kustomization.yaml), `namespace`,
 `labels` (pairs set on metadata.labels only, as kustomize does without includeSelectors),
 `images` (newName, newTag, digest), `configMapGenerator` and `secretGenerator` with `files`
-(`KEY=PATH` or `PATH`) and `generatorOptions: {disableNameSuffixHash: true}` (a name hash
-would need every reference rewritten), and `patches` given by `path`, one patch per file as
+(`KEY=PATH` or `PATH`), `namespace` and `behavior` (`create`, the default, refuses a name a
+resource already generated; `merge` puts its keys over the resource's; `replace` keeps only
+its own; both need the generator to name the namespace the resource's object is in, since
+kustomize matches them by namespace too and versions differ on an unnamed one),
+`generatorOptions: {disableNameSuffixHash: true}` (a name hash would need every reference
+rewritten), and `patches` given by `path`, one patch per file as
 kustomize requires (strategic merge: maps merged; the lists below merged by their key, as
 Kubernetes' patch strategy says for those fields; any other list replaced, and every list of
 a custom resource, which kustomize patches as a JSON merge patch).
@@ -50,11 +54,11 @@ def render(folder: Path) -> list[dict]:
     if (k.get("configMapGenerator") or k.get("secretGenerator")) and opts != {"disableNameSuffixHash": True}:
         raise KustomizeError(f"{kfile}: generators need generatorOptions: {{disableNameSuffixHash: true}}")
     for gen in k.get("configMapGenerator", []):
-        objs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]},
-                     "data": {key: p.read_text() for key, p in _files(folder, gen)}})
+        _generate(objs, gen, kfile, {"apiVersion": "v1", "kind": "ConfigMap"},
+                  {key: p.read_text() for key, p in _files(folder, gen)})
     for gen in k.get("secretGenerator", []):
-        objs.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": gen["name"]},
-                     "data": {key: base64.b64encode(p.read_bytes()).decode() for key, p in _files(folder, gen)}})
+        _generate(objs, gen, kfile, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"},
+                  {key: base64.b64encode(p.read_bytes()).decode() for key, p in _files(folder, gen)})
     for patch in k.get("patches", []):
         if set(patch) != {"path"}:
             raise KustomizeError(f"{kfile}: only patches given by path are implemented: {patch}")
@@ -75,9 +79,31 @@ def render(folder: Path) -> list[dict]:
     return objs
 
 
+def _generate(objs: list[dict], gen: dict, kfile: Path, head: dict, data: dict) -> None:
+    behavior = gen.get("behavior", "create")
+    same = [o for o in objs if o["kind"] == head["kind"] and o["metadata"]["name"] == gen["name"]]
+    if behavior == "create":
+        if same:
+            raise KustomizeError(f"{kfile}: {head['kind']} {gen['name']} already exists in a resource "
+                                 "(behavior: merge or replace)")
+        meta = {"name": gen["name"], **({"namespace": gen["namespace"]} if "namespace" in gen else {})}
+        objs.append({**head, "metadata": meta, "data": data})
+    elif behavior in ("merge", "replace"):
+        if len(same) != 1:
+            raise KustomizeError(f"{kfile}: behavior {behavior} needs one {head['kind']} {gen['name']} "
+                                 f"from a resource, found {len(same)}")
+        if same[0]["metadata"].get("namespace") != gen.get("namespace"):
+            raise KustomizeError(f"{kfile}: generator {gen['name']} must name the namespace of the object it "
+                                 f"merges into: namespace: {same[0]['metadata'].get('namespace')}")
+        same[0]["data"] = ({**same[0]["data"], **data} if behavior == "merge" else data)
+    else:
+        raise KustomizeError(f"{kfile}: generator {gen['name']}: behavior {behavior!r} is not create, merge "
+                             "or replace")
+
+
 def _files(folder: Path, gen: dict) -> list[tuple[str, Path]]:
-    if set(gen) - {"name", "files"}:
-        raise KustomizeError(f"generator {gen['name']}: only name and files are implemented")
+    if set(gen) - {"name", "namespace", "files", "behavior"}:
+        raise KustomizeError(f"generator {gen['name']}: only name, namespace, files and behavior are implemented")
     out = []
     for f in gen["files"]:
         key, _, rel = f.rpartition("=")

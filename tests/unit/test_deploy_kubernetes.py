@@ -20,6 +20,7 @@ import pytest
 from tests.kustomize import KustomizeError, render
 from workers.hyperv import driver
 from workers.model import config as config_mod
+from workers.model import redis_endpoint
 from workers.model import routing
 from workers.steps import cutover
 
@@ -27,21 +28,24 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 DATA = ROOT / "tests" / "data"
 KUBERNETES_VERSION = "1.33.0"
-OVERLAYS = ["lab", "production"]
+OVERLAYS = ["lab", "production", "sentinel"]
 CRD_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): "keda_scaledobject.schema.json",
                ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda_triggerauthentication.schema.json",
                ("monitoring.coreos.com/v1", "PodMonitor"): "prometheus_podmonitor.schema.json"}
 SECRET_FILES = {"winrm-password": "w", "smb-password": "s", "redis-username": "quickmig", "redis-password": "r",
-                "redis-ca.pem": "-----BEGIN CERTIFICATE-----\n"}
+                "redis-ca.pem": "-----BEGIN CERTIFICATE-----\n", "redis-sentinel-username": "quickmig-sentinel",
+                "redis-sentinel-password": "sp"}
 POOLS = {f"quickmig-worker-{q}": q for q in routing.QUEUES}
 
 
 def overlay_tree(tmp_path: Path, name: str) -> Path:
-    """A copy of deploy/kubernetes with placeholder files where an operator puts the secrets."""
+    """A copy of deploy/kubernetes with placeholder files where an operator puts the secrets
+    (in every overlay's secrets/: one overlay may build on another)."""
     tree = tmp_path / "kubernetes"
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("README.md", ".gitignore"))
-    for n, text in SECRET_FILES.items():
-        (tree / "overlays" / name / "secrets" / n).write_text(text)
+    for secrets in (tree / "overlays").glob("*/secrets"):
+        for n, text in SECRET_FILES.items():
+            (secrets / n).write_text(text)
     return tree / "overlays" / name
 
 
@@ -156,11 +160,27 @@ def _queue_of(d: dict) -> str | None:
     return cmd[cmd.index("-Q") + 1] if "-Q" in cmd else None
 
 
+# KEDA's Redis scalers' defaults for what the manifests may leave out
+KEDA_REDIS_DEFAULTS = {"databaseIndex": "0", "enableTLS": "false"}
+
+
+def _redis_of(objs: list[dict]) -> tuple[dict, set[int]]:
+    """The trigger type and metadata KEDA needs to read the Redis that quickmig.toml's
+    redis_url names, and the ports a pod reaches it on (a sentinel's, then the master's)."""
+    url = config_mod.tomllib.loads(by_kind(objs, "ConfigMap")["quickmig-config"]["data"]["quickmig.toml"])["redis_url"]
+    if redis_endpoint.is_sentinel(url):
+        t = redis_endpoint.parse_sentinel(url)
+        return ({"type": "redis-sentinel", "addresses": ",".join(f"{h}:{p}" for h, p in t.sentinels),
+                 "sentinelMaster": t.service, "databaseIndex": str(t.db), "enableTLS": str(t.tls).lower()},
+                {p for _, p in t.sentinels} | {6379})  # the master's port the sentinels name: the default
+    parts = urlsplit(url)
+    return ({"type": "redis", "address": parts.netloc.rpartition("@")[2], "databaseIndex": parts.path.strip("/") or "0",
+             "enableTLS": str(parts.scheme == "rediss").lower()}, {parts.port or 6379})
+
+
 def _scaling_problems(objs: list[dict], deps: dict[str, dict]) -> list[str]:
     out = []
-    toml = config_mod.tomllib.loads(by_kind(objs, "ConfigMap")["quickmig-config"]["data"]["quickmig.toml"])
-    url = urlsplit(toml["redis_url"])
-    db = (url.path.strip("/") or "0")
+    want, ports = _redis_of(objs)
     scaled = by_kind(objs, "ScaledObject")
     for name, so in scaled.items():
         target = deps.get(so["spec"]["scaleTargetRef"]["name"])
@@ -169,18 +189,21 @@ def _scaling_problems(objs: list[dict], deps: dict[str, dict]) -> list[str]:
             continue
         for t in so["spec"]["triggers"]:
             md = t["metadata"]
-            if t["type"] != "redis" or md.get("listName") != _queue_of(target):
+            if md.get("listName") != _queue_of(target):
                 out.append(f"ScaledObject/{name}: watches {md.get('listName')!r}, the pool consumes "
                            f"{_queue_of(target)!r}")
             if md.get("listName") not in routing.QUEUES:
                 out.append(f"ScaledObject/{name}: {md.get('listName')!r} is not one of quickmig's queues")
-            if md.get("address") != url.netloc.rpartition("@")[2] or md.get("databaseIndex", "0") != db:
-                out.append(f"ScaledObject/{name}: Redis {md.get('address')} db {md.get('databaseIndex')} is not "
-                           f"redis_url's {url.netloc} db {db}")
-            if (md.get("enableTLS") == "true") != (url.scheme == "rediss"):
-                out.append(f"ScaledObject/{name}: enableTLS does not follow redis_url's scheme {url.scheme}")
+            if t["type"] != want["type"]:
+                out.append(f"ScaledObject/{name}: a {t['type']} trigger, redis_url needs {want['type']}")
+            for k, v in want.items():
+                if k != "type" and md.get(k, KEDA_REDIS_DEFAULTS.get(k)) != v:
+                    out.append(f"ScaledObject/{name}: {k} {md.get(k)!r} is not redis_url's {v!r}")
     if sorted(_queue_of(deps[n]) for n in scaled if n in deps) != sorted(routing.QUEUES):
         out.append(f"ScaledObjects scale {sorted(scaled)}, not one per pool {sorted(routing.QUEUES)}")
+    egress = {p["port"] for rule in by_kind(objs, "NetworkPolicy")["quickmig-egress"]["spec"]["egress"]
+              for p in rule.get("ports", [])}
+    out += [f"NetworkPolicy/quickmig-egress: Redis port {p} (redis_url) not admitted" for p in sorted(ports - egress)]
     return out
 
 
@@ -280,6 +303,13 @@ def test_the_overlay_s_config_and_secrets_load_as_a_worker_reads_them(rendered, 
     cfg = config_mod.load_config(tmp_path / "quickmig.toml")
     cfg.check_credentials()
     assert cfg.redis_credentials() == ("quickmig", "r")
+    # KEDA logs in as quickmig does: the Secret keys its TriggerAuthentication names hold
+    # the user and password credentials.toml gives quickmig, to Redis and to the sentinels
+    secret = {k: (secrets / k).read_text() for k in by_kind(objs, "Secret")["quickmig-credentials"]["data"]}
+    keda = {r["parameter"]: secret[r["key"]]
+            for r in by_kind(objs, "TriggerAuthentication")["quickmig-redis"]["spec"]["secretTargetRef"]}
+    assert (keda.get("username"), keda.get("password")) == cfg.redis_credentials()
+    assert (keda.get("sentinelUsername"), keda.get("sentinelPassword")) == cfg.redis_target()[1]
 
 
 def test_a_broken_manifest_is_caught(tmp_path):
@@ -300,8 +330,9 @@ def test_a_broken_manifest_is_caught(tmp_path):
                for p in broken(lambda o: so(o)["spec"]["triggers"][0]["metadata"].update(listLength=2)))
     assert any("'cutover'" in p for p in broken(lambda o: so(o)["spec"]["triggers"][0]["metadata"].update(
         listName="cutover")))
-    assert any("databaseIndex" not in p and "db" in p for p in broken(
+    assert any("databaseIndex '1' is not redis_url's '0'" in p for p in broken(
         lambda o: so(o)["spec"]["triggers"][0]["metadata"].update(databaseIndex="1")))
+    assert any("enableTLS" in p for p in broken(lambda o: so(o)["spec"]["triggers"][0]["metadata"].pop("enableTLS")))
     assert any("no Secret" in p for p in broken(
         lambda o: pod_spec(deps(o)["quickmig-beat"])["volumes"][1]["secret"].update(secretName="nope")))
     assert any("selector" in p for p in broken(
@@ -317,6 +348,45 @@ def test_a_broken_manifest_is_caught(tmp_path):
         lambda o: by_kind(o, "PodMonitor")["quickmig-node"]["spec"]["podMetricsEndpoints"][0].update(port="metrics")))
     assert any("8780" in p for p in broken(
         lambda o: pod_spec(deps(o)["quickmig-api"])["containers"][0]["ports"][0].update(containerPort=8080)))
+
+
+def test_a_sentinel_overlay_that_disagrees_with_redis_url_is_caught(tmp_path):
+    objs = render(overlay_tree(tmp_path, "sentinel"))
+    assert all_problems(objs) == []
+
+    def broken(change) -> list[str]:
+        bad = copy.deepcopy(objs)
+        change(bad)
+        return all_problems(bad)
+
+    md = lambda o: by_kind(o, "ScaledObject")["quickmig-worker-cutover"]["spec"]["triggers"][0]  # noqa: E731
+    assert any("a redis trigger, redis_url needs redis-sentinel" in p for p in broken(lambda o: md(o).update(
+        type="redis")))
+    assert any("sentinelMaster 'mymaster'" in p for p in broken(lambda o: md(o)["metadata"].update(
+        sentinelMaster="mymaster")))
+    assert any("addresses" in p for p in broken(lambda o: md(o)["metadata"].update(
+        addresses="sentinel-1.example:26379")))
+    egress = lambda o: by_kind(o, "NetworkPolicy")["quickmig-egress"]["spec"]["egress"][1]["ports"]  # noqa: E731
+    assert any("port 26379" in p for p in broken(lambda o: egress(o).pop(1)))
+
+
+def test_the_renderer_merges_and_replaces_generated_objects_as_kustomize_does(tmp_path):
+    overlay = overlay_tree(tmp_path, "sentinel")
+    objs = render(overlay)
+    cm = by_kind(objs, "ConfigMap")["quickmig-config"]["data"]
+    assert list(cm) == ["quickmig.toml"] and "rediss+sentinel://" in cm["quickmig.toml"]
+    data = by_kind(objs, "Secret")["quickmig-credentials"]["data"]
+    assert {"winrm-password", "redis-ca.pem", "redis-sentinel-password"} <= set(data)  # production's and its own
+    assert b"sentinel_password_file" in base64.b64decode(data["credentials.toml"])  # its own over production's
+    assert len([o for o in objs if o["kind"] == "Secret"]) == 1
+    k = overlay / "kustomization.yaml"
+    text = k.read_text()
+    k.write_text(text.replace("    behavior: merge\n", ""))
+    with pytest.raises(KustomizeError, match="already exists"):
+        render(overlay)
+    k.write_text(text.replace("    namespace: quickmig\n    behavior: merge", "    behavior: merge"))
+    with pytest.raises(KustomizeError, match="namespace: quickmig"):
+        render(overlay)
 
 
 def test_the_renderer_refuses_what_it_does_not_implement(tmp_path):
