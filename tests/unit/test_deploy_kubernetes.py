@@ -1,4 +1,4 @@
-"""deploy/kubernetes/: both overlays render (tests/kustomize.py), every object passes the
+"""deploy/kubernetes/: every overlay renders (tests/kustomize.py), every object passes the
 Kubernetes schemas of KUBERNETES_VERSION (kubernetes-validate, offline, strict), the KEDA and
 PodMonitor objects their CRDs' schemas (tests/data/), and the objects agree with each other
 and with the code: names referenced exist, selectors select, KEDA watches the queues the
@@ -20,8 +20,7 @@ import pytest
 from tests.kustomize import KustomizeError, render
 from workers.hyperv import driver
 from workers.model import config as config_mod
-from workers.model import redis_endpoint
-from workers.model import routing
+from workers.model import redis_endpoint, routing
 from workers.steps import cutover
 
 ROOT = Path(__file__).resolve().parents[2]
