@@ -4,6 +4,7 @@ $ProgressPreference = 'SilentlyContinue'
 $Req = @'
 __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
+# quickmig-include: chunks
 
 # The copy engine verifies a copy with this digest, computed where the file landed, instead
 # of reading the whole file back over SMB. 'sha256-chunks-8MiB' is the copy engine's digest
@@ -32,7 +33,7 @@ if ($Req.scheme -eq 'sha256') {
     $whole = New-Object System.Security.Cryptography.SHA256Cng
     $stream = [System.IO.File]::Open($Req.path, [System.IO.FileMode]::Open, [System.IO.FileAccess]::Read, [System.IO.FileShare]::ReadWrite)
     try {
-        $digest = -join ($whole.ComputeHash($stream) | ForEach-Object { $_.ToString('x2') })
+        $digest = ConvertTo-QmHex ($whole.ComputeHash($stream))
     } finally {
         $stream.Dispose()
     }
@@ -45,20 +46,15 @@ if ($Req.scheme -eq 'sha256') {
     try {
         if ($ranged) { [void]$stream.Seek([long]$Req.first * $block, [System.IO.SeekOrigin]::Begin) }
         while (-not $ranged -or $chunks.Count -lt $Req.count) {
-            $filled = 0  # Read may return less than asked before the end: fill the whole block
-            while ($filled -lt $block) {
-                $n = $stream.Read($buffer, $filled, $block - $filled)
-                if ($n -le 0) { break }
-                $filled += $n
-            }
+            $filled = Read-QmBlock $stream $buffer
             if ($filled -eq 0) { break }
             $chunk = $inner.ComputeHash($buffer, 0, $filled)
-            if ($ranged) { $chunks.Add((-join ($chunk | ForEach-Object { $_.ToString('x2') }))) }
+            if ($ranged) { $chunks.Add((ConvertTo-QmHex $chunk)) }
             [void]$outer.TransformBlock($chunk, 0, $chunk.Length, $null, 0)
             if ($filled -lt $block) { break }
         }
         [void]$outer.TransformFinalBlock([byte[]]::new(0), 0, 0)
-        $digest = -join ($outer.Hash | ForEach-Object { $_.ToString('x2') })
+        $digest = ConvertTo-QmHex $outer.Hash
     } finally {
         $stream.Dispose()
     }

@@ -5,6 +5,7 @@ $Req = @'
 __QUICKMIG_ARGS__
 '@ | ConvertFrom-Json
 # quickmig-include: hostpaths
+# quickmig-include: chunks
 
 # One process answers every check of a switchover's downtime copy: it is started before
 # the VM is saved, and each range to hash then costs a line on stdin and a line on stdout,
@@ -46,14 +47,9 @@ while ($qmRequests.MoveNext()) {
         try {
             [void]$stream.Seek([long]$one.first * $block, [System.IO.SeekOrigin]::Begin)
             while ($chunks.Count -lt $one.count) {
-                $filled = 0  # Read may return less than asked before the end: fill the whole block
-                while ($filled -lt $block) {
-                    $n = $stream.Read($buffer, $filled, $block - $filled)
-                    if ($n -le 0) { break }
-                    $filled += $n
-                }
+                $filled = Read-QmBlock $stream $buffer
                 if ($filled -eq 0) { break }
-                $chunks.Add((-join ($inner.ComputeHash($buffer, 0, $filled) | ForEach-Object { $_.ToString('x2') })))
+                $chunks.Add((ConvertTo-QmHex ($inner.ComputeHash($buffer, 0, $filled))))
                 if ($filled -lt $block) { break }
             }
         } finally {
