@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
+import itertools
 import json
 import os
 import secrets
@@ -482,10 +483,12 @@ def down(lab_dir: Path, say=print) -> int:
     if "supervisor" in lab["processes"]:
         processes.stop(lab["processes"]["supervisor"])
         lab = read_lab(lab_dir) or lab  # it may have restarted something just before it stopped
-    order = sorted(lab["processes"], key=lambda n: (n != "supervisor", not n.startswith(("worker", "beat")),
-                                                    n.startswith(("redis", "sentinel"))))
-    for name in order:
-        processes.stop(lab["processes"][name])
+    def phase(n: str) -> tuple[bool, bool, bool]:
+        return n != "supervisor", not n.startswith(("worker", "beat")), n.startswith(("redis", "sentinel"))
+    order = sorted(lab["processes"], key=phase)
+    # the processes of one phase stop together: a worker finishing its task does not hold up the next
+    for _, names in itertools.groupby(order, key=phase):
+        processes.stop_all([lab["processes"][n] for n in names])
     left = [n for n, e in lab["processes"].items() if processes.alive(e)]
     if lab.get("net"):
         left += nodes.teardown(lab["net"])

@@ -53,27 +53,40 @@ def _group_alive(pgid: int) -> bool:
 
 def stop(entry: dict, timeout_s: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL what is left after the timeout."""
-    pid = entry["pid"]
-    if alive(entry):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-    elif not _group_alive(pid):
-        return
+    stop_all([entry], timeout_s)
+
+
+def stop_all(entries: list[dict], timeout_s: float = 10.0) -> None:
+    """stop() for several process groups at once: every one gets its SIGTERM first and they
+    share the deadline, so stopping them takes as long as the slowest, not the sum."""
+    groups = []
+    for entry in entries:
+        pid = entry["pid"]
+        if alive(entry):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        elif not _group_alive(pid):
+            continue
+        groups.append(pid)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _group_alive(pid):
-        _reap(pid)
+    while time.monotonic() < deadline and any(map(_group_alive, groups)):
+        for pid in groups:
+            _reap(pid)
         time.sleep(0.1)
-    if _group_alive(pid):
+    left = [pid for pid in groups if _group_alive(pid)]
+    for pid in left:
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        while _group_alive(pid) and time.monotonic() < deadline + 5:
+    while any(map(_group_alive, left)) and time.monotonic() < deadline + 5:
+        for pid in left:
             _reap(pid)
-            time.sleep(0.05)
-    _reap(pid)
+        time.sleep(0.05)
+    for pid in groups:
+        _reap(pid)
 
 
 def _reap(pid: int) -> None:
