@@ -311,14 +311,20 @@ def test_the_overlay_s_config_and_secrets_load_as_a_worker_reads_them(rendered, 
     assert (keda.get("sentinelUsername"), keda.get("sentinelPassword")) == cfg.redis_target()[1]
 
 
-def test_a_broken_manifest_is_caught(tmp_path):
-    objs = render(overlay_tree(tmp_path, "production"))
+def breaker(objs: list[dict]):
+    """The objects pass every check; breaker(objs)(change) is what the checks find in a copy of
+    them after `change`."""
     assert all_problems(objs) == []
 
     def broken(change) -> list[str]:
         bad = copy.deepcopy(objs)
         change(bad)
         return all_problems(bad)
+    return broken
+
+
+def test_a_broken_manifest_is_caught(tmp_path):
+    broken = breaker(render(overlay_tree(tmp_path, "production")))
 
     deps = lambda o: by_kind(o, "Deployment")  # noqa: E731
     assert any("replicas" in p for p in broken(lambda o: deps(o)["quickmig-api"]["spec"].update(replicas="two")))
@@ -350,13 +356,7 @@ def test_a_broken_manifest_is_caught(tmp_path):
 
 
 def test_a_sentinel_overlay_that_disagrees_with_redis_url_is_caught(tmp_path):
-    objs = render(overlay_tree(tmp_path, "sentinel"))
-    assert all_problems(objs) == []
-
-    def broken(change) -> list[str]:
-        bad = copy.deepcopy(objs)
-        change(bad)
-        return all_problems(bad)
+    broken = breaker(render(overlay_tree(tmp_path, "sentinel")))
 
     md = lambda o: by_kind(o, "ScaledObject")["quickmig-worker-cutover"]["spec"]["triggers"][0]  # noqa: E731
     assert any("a redis trigger, redis_url needs redis-sentinel" in p for p in broken(lambda o: md(o).update(
