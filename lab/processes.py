@@ -42,13 +42,25 @@ def alive(entry: dict) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    return bool(_live_groups({pgid}))
+
+
+def _live_groups(pgids: set[int]) -> set[int]:
+    """Which of these process groups still have a member that is not a zombie. A zombie has
+    exited: signalling it succeeds, but it waits only for its parent (init, for a lab process
+    whose launcher has exited) to reap it, which on some machines takes seconds."""
+    live = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone while we looked
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            live.add(int(fields[2]))
+    return live
 
 
 def stop(entry: dict, timeout_s: float = 10.0) -> None:
@@ -71,17 +83,17 @@ def stop_all(entries: list[dict], timeout_s: float = 10.0) -> None:
             continue
         groups.append(pid)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(map(_group_alive, groups)):
+    while time.monotonic() < deadline and _live_groups(set(groups)):
         for pid in groups:
             _reap(pid)
         time.sleep(0.1)
-    left = [pid for pid in groups if _group_alive(pid)]
+    left = _live_groups(set(groups))
     for pid in left:
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    while any(map(_group_alive, left)) and time.monotonic() < deadline + 5:
+    while _live_groups(left) and time.monotonic() < deadline + 5:
         for pid in left:
             _reap(pid)
         time.sleep(0.05)
