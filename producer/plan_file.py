@@ -40,7 +40,7 @@ _FLAG_FIELD = {"--max-downtime": "max_downtime", "--on-exceed": "on_exceed", "--
                "--destination-path": "destination_path", "--storage-map": "storage_map",
                "--switch-map": "switch_map", "--eject-unmovable-isos": "eject_unmovable_isos"}
 PLAN_FIELDS = ("name", "concurrency", "on_failure", "on_hook_failure", "defaults", "window", "hooks", "groups")
-GROUP_FIELDS = ("name", "vms", "after", "switchover", "hooks")
+GROUP_FIELDS = ("name", "vms", "after", "switchover", "prepared_wait", "hooks")
 HOOK_KINDS = ("pre_cutover", "post_cutover")
 HOOK_FIELDS = ("url", "timeout_s", "secret")
 HOOK_TIMEOUT_S_DEFAULT = 10.0
@@ -56,6 +56,9 @@ WINDOW_FIELDS = ("not_before", "duration")
 VM_FIELDS = ("vm", "from", "to", *OPTION_FIELDS)
 ON_FAILURE = ("continue", "stop")
 SWITCHOVER = ("independent", "together")
+# a together group's own bound on its wait at `prepared` (docs/plans.md, "Bounds") is at most
+# this: well inside the life of the group's barrier in Redis (workers.coord.group_barrier.TTL_S)
+PREPARED_WAIT_MAX_S = 48 * 3600.0
 DEFAULT_CONCURRENCY = 4
 DEFAULT_ON_FAILURE = "stop"  # the safer reading: a failure stops what has not started yet
 MAX_CONCURRENCY = 1000
@@ -89,6 +92,8 @@ class Group:
     members: tuple[Member, ...]
     # pre_cutover / post_cutover -> {url, timeout_s, secret}: the group's own, else the plan's
     hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # a together group's bound on its wait at `prepared` (None: workers.engine.together's default)
+    prepared_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -343,6 +348,18 @@ class _Checker:
                         f"{', '.join(earlier) or 'none'})")
                 raise self.fail((*path, "after", j), what)
         switchover = self.choice(g.get("switchover", "independent"), (*path, "switchover"), SWITCHOVER)
+        prepared_wait_s = None
+        if "prepared_wait" in g:
+            if switchover != "together":
+                raise self.fail((*path, "prepared_wait"), "bounds the wait of a group that switches over "
+                                                          "together; add switchover: together or drop it")
+            try:
+                prepared_wait_s = options_mod.duration_s(g["prepared_wait"], "prepared_wait")
+            except options_mod.OptionError as e:
+                raise self.fail((*path, "prepared_wait"), _plain(str(e))) from None
+            if prepared_wait_s > PREPARED_WAIT_MAX_S:
+                raise self.fail((*path, "prepared_wait"), f"must be at most {PREPARED_WAIT_MAX_S // 3600:g}h: the "
+                                                          "members keep their checkpoints and places while they wait")
         hooks = {**plan_hooks, **self.hooks(g.get("hooks"), (*path, "hooks"))}
         vms = g["vms"]
         if not isinstance(vms, list) or not vms:
@@ -350,7 +367,7 @@ class _Checker:
         members = tuple(self.member(v, (*path, "vms", j), name, defaults, window, seen_vms)
                         for j, v in enumerate(vms))
         return Group(name=name, switchover=switchover, after=tuple(dict.fromkeys(after)), members=members,
-                     hooks=hooks)
+                     hooks=hooks, prepared_wait_s=prepared_wait_s)
 
     def member(self, raw: Any, path: tuple, group: str, defaults: dict, window: dict | None,
                seen_vms: dict[tuple[str, str], str]) -> Member:

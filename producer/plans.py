@@ -18,6 +18,7 @@ from producer.migrations import MigrationRequest, Producer, RequestError
 from producer.plan_file import Member, Plan
 from workers.coord.throttle import Throttle
 from workers.engine import plans as plan_engine
+from workers.engine import together
 from workers.model import states
 from workers.model.record import RecordNotFound
 from workers.steps.precopy import DEFAULT_COPY_BPS
@@ -108,7 +109,8 @@ def dry_run(p: Producer, plan: Plan, now: float | None = None) -> dict:
         row.update(preflight={"ok": True, "problems": []}, vm_id=c["vm_id"], options=c["options"], cold=c.get("cold"),
                    copy_bytes=c["copy_bytes"], rates=c["rates"], phases=ph, job=job)
     hosts = {name: schedule.HostLimits(h.max_migrations, h.max_copies) for name, h in p.cfg.hosts.items()}
-    groups = [schedule.GroupSpec(g.name, g.after, g.switchover == "together") for g in plan.groups]
+    groups = [schedule.GroupSpec(g.name, g.after, g.switchover == "together",
+                                 g.prepared_wait_s or together.PREPARED_WAIT_S) for g in plan.groups]
     res = schedule.simulate(jobs, groups, hosts, plan.concurrency, global_bps=limits["global"],
                             pair_bps=pair_bps, start=now)
     refused = [r for r in out_members if not r.get("preflight", {}).get("ok", True)]
@@ -240,6 +242,7 @@ def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
               "on_hook_failure": plan.on_hook_failure,
               "predicted_finish": dry["predicted_finish"],
               "groups": [{"name": g.name, "after": list(g.after), "switchover": g.switchover, "hooks": g.hooks,
+                          **({"prepared_wait_s": g.prepared_wait_s} if g.prepared_wait_s is not None else {}),
                           "members": [_member(rows[m.key]) for m in g.members]} for g in plan.groups]}
     r = p.store.r
     plan_engine.create(r, record, p.store.events_max_entries)
@@ -250,16 +253,17 @@ def apply(p: Producer, plan: Plan, requester: str | None = None) -> dict:
 
 def together_problems(plan: Plan, dry: dict) -> None:
     """A together group must be able to have every member under way at once (its members wait
-    for each other at its barriers) and moves running VMs only (a cold move has no downtime
-    to line up): RequestError naming the first that cannot."""
-    stuck = next((x for x in dry["problems"] if " switches over together but can never" in x), None)
+    for each other at its barriers), is predicted to have them ready within the time it waits
+    for them (or it would roll back after all their copies), and moves running VMs only (a
+    cold move has no downtime to line up): RequestError naming the first that cannot."""
+    stuck = next((x for x in dry["problems"] if " switches over together but " in x), None)
     if stuck:
         raise RequestError(stuck)
     by_key = {m.key: m for m in plan.members()}
-    together = {g.name for g in plan.groups if g.switchover == "together"}
+    together_groups = {g.name for g in plan.groups if g.switchover == "together"}
     for row in dry["members"]:
         cold = row.get("cold")
-        if row["group"] in together and cold:
+        if row["group"] in together_groups and cold:
             raise RequestError(f"{by_key[row['key']].where}: {row['vm']} is {cold}: a group that switches over "
                                "together moves running VMs only; move it in an independent group")
 

@@ -65,6 +65,8 @@ class GroupSpec:
     name: str
     after: tuple[str, ...]
     together: bool
+    # a together group rolls back when its members are ready further apart than this (None: not checked)
+    prepared_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,11 @@ class _Sim:
                 self.on_event(what, j)
 
 
+def _span(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02}m" if s >= 3600 else f"{s // 60}m{s % 60:02}s"
+
+
 def simulate(jobs: list[Job], groups: list[GroupSpec], hosts: dict[str, HostLimits], concurrency: int, *,
              global_bps: float | None = None, pair_bps: dict[tuple[str, str], float] | None = None,
              start: float = 0.0) -> Result:
@@ -300,6 +307,14 @@ def simulate(jobs: list[Job], groups: list[GroupSpec], hosts: dict[str, HostLimi
             entry["switchover_span"] = (max(j.cutover_end for j in cuts if j.cutover_end is not None)
                                         - min(j.cutover_start for j in cuts if j.cutover_start is not None))
         res.groups[g.name] = entry
+        readies = [j.ready for j in ms if j.ready is not None]
+        if g.together and g.prepared_wait_s is not None and len(readies) == len(ms) > 1 \
+                and max(readies) - min(readies) > g.prepared_wait_s:
+            res.problems.append(
+                f"group {g.name} switches over together but its members are predicted ready "
+                f"{_span(max(readies) - min(readies))} apart, more than the {_span(g.prepared_wait_s)} it waits at "
+                "prepared: it would roll back with every VM still on its source (set the group's prepared_wait "
+                "above that, or put the slow members in a group of their own)")
     finishes = [j.finish for j in jobs if j.finish is not None]
     res.finish = max(finishes) if finishes and len(finishes) == len(jobs) else None
     res.problems += [f"{j.key}: {j.problem}" for j in jobs if j.problem]

@@ -303,7 +303,7 @@ def _together_plan(lab, tmp_path, prefix: str) -> tuple[dict, dict]:
     ids = {n: lab.add_vm(n, src, write_rate_kbps=32)["id"] for n, (src, _) in zip(names, rows, strict=True)}
     plan = _plan_file(tmp_path, f"name: {prefix}\nconcurrency: 3\non_failure: continue\n"
                       "defaults:\n  max_rounds: 1\ngroups:\n"
-                      "  - name: app\n    switchover: together\n    vms:\n"
+                      "  - name: app\n    switchover: together\n    prepared_wait: 2h\n    vms:\n"
                       + "".join(f"      - {{vm: {n}, from: {s}, to: {d}}}\n"
                                 for n, (s, d) in zip(names, rows, strict=True)))
     return {n: r for n, r in zip(names, rows, strict=True)}, {"file": plan, "ids": ids}
@@ -365,6 +365,8 @@ def test_a_together_group_switches_over_at_once_and_the_plan_records_its_span(la
     assert st["state"] == "completed" and st["counts"] == {"completed": 3}, st
     g = st["groups"][0]
     recs = _records(lab, st)
+    # each member waited at `prepared` with the group's own bound, from the plan file
+    assert {r["member_of"].get("prepared_wait_s") for r in recs.values()} == {7200.0}
     # the span: the group's first Save-VM to its last start verified on the destination
     first_save = min(r["save_started_at"] for r in recs.values())
     last_start = max(r["verified_at"] for r in recs.values())

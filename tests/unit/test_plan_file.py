@@ -52,6 +52,15 @@ def test_a_plan_reads_the_same_from_yaml_and_json_with_overrides_over_defaults()
 def test_defaults_when_left_out():
     p = plan_file.parse("name: p\ngroups: [{name: g, vms: [{vm: a, from: hv1, to: hv2}]}]", hosts=HOSTS)
     assert (p.concurrency, p.on_failure, p.groups[0].switchover) == (4, "stop", "independent")
+    assert p.groups[0].prepared_wait_s is None
+
+
+def test_a_together_group_may_wait_longer_for_its_members_within_the_barriers_life():
+    from workers.coord.group_barrier import TTL_S
+    p = plan_file.parse("name: p\ngroups: [{name: g, switchover: together, prepared_wait: 6h, "
+                        "vms: [{vm: a, from: hv1, to: hv2}, {vm: b, from: hv1, to: hv3}]}]", hosts=HOSTS)
+    assert p.groups[0].prepared_wait_s == 6 * 3600
+    assert plan_file.PREPARED_WAIT_MAX_S * 2 <= TTL_S  # a waiting group's barrier outlives its bound
 
 
 def test_the_shared_window_is_every_members_window():
@@ -82,6 +91,15 @@ BAD = [
      "line 4 (groups[0].after[0]): names 'web', which is not a group before this one", False),
     ("name: p\ngroups:\n  - name: g\n    switchover: all\n    vms: [{vm: a, from: hv1, to: hv2}]\n",
      "line 4 (groups[0].switchover): must be one of independent, together", True),
+    ("name: p\ngroups:\n  - name: g\n    prepared_wait: 2h\n    vms: [{vm: a, from: hv1, to: hv2}]\n",
+     "line 4 (groups[0].prepared_wait): bounds the wait of a group that switches over together; add "
+     "switchover: together or drop it", True),
+    ("name: p\ngroups:\n  - name: g\n    switchover: together\n    prepared_wait: soon\n"
+     "    vms: [{vm: a, from: hv1, to: hv2}]\n",
+     "line 5 (groups[0].prepared_wait): prepared_wait must be a duration such as 90s, 15m or 2h", True),
+    ("name: p\ngroups:\n  - name: g\n    switchover: together\n    prepared_wait: 3d\n"
+     "    vms: [{vm: a, from: hv1, to: hv2}]\n",
+     "line 5 (groups[0].prepared_wait): must be at most 48h", False),
     ("name: p\ngroups:\n  - name: g\n    vms: [{vm: a, from: hv1, to: hv2}]\n"
      "  - name: g\n    vms: [{vm: b, from: hv1, to: hv2}]\n",
      "line 5 (groups[1].name): group 'g' is named twice", False),

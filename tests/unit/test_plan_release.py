@@ -41,6 +41,17 @@ def advance(r, parts, pid):
     return plans.advance(*parts, pid)
 
 
+def test_a_together_groups_members_carry_its_size_and_its_own_bound(r, parts):
+    pid = make_plan(r, [("app", [], ["m1", "m2"])])
+    plan = plans.load(r, pid)
+    plan["groups"][0].update(switchover="together", prepared_wait_s=5400.0)
+    plans.save(r, plan)
+    advance(r, parts, pid)
+    for mid in released(r, pid).values():
+        of = json.loads(r.get(keys.migration(mid)))["member_of"]
+        assert (of["together"], of["prepared_wait_s"]) == (2, 5400.0)
+
+
 def test_members_queue_in_file_order_within_concurrency_and_a_group_waits_for_its_after(r, parts):
     pid = make_plan(r, [("a", [], ["a1", "a2", "a3"]), ("b", ["a"], ["b1"])])
     first = advance(r, parts, pid)

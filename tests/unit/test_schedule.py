@@ -93,6 +93,22 @@ def test_a_together_group_cuts_over_at_once_when_its_slowest_member_is_ready():
     assert indep["x"].cutover_start < indep["y"].cutover_start
 
 
+def test_a_together_group_whose_members_are_ready_further_apart_than_it_waits_is_a_problem():
+    # 10 MB and 36.01 GB at 10 MB/s: ready an hour apart
+    jobs = [job("x", "a", "b", group="app", mb=10), job("y", "c", "d", group="app", mb=36_010)]
+    apart = by_key(simulate(jobs, [GroupSpec("app", (), True)], hosts(), 10))
+    gap = apart["y"].ready - apart["x"].ready
+    assert 3590 < gap < 3610
+
+    def problems(wait_s):
+        fresh = [job("x", "a", "b", group="app", mb=10), job("y", "c", "d", group="app", mb=36_010)]
+        return simulate(fresh, [GroupSpec("app", (), True, wait_s)], hosts(), 10).problems
+    said = problems(1800.0)
+    assert len(said) == 1 and said[0].startswith("group app switches over together but its members are "
+                                                 "predicted ready 1h00m apart, more than the 30m00s it waits")
+    assert problems(2 * 3600.0) == [] and problems(None) == []
+
+
 def test_a_together_group_larger_than_the_hosts_allow_is_reported_not_waited_for():
     jobs = [job(f"m{i}", "a", "bcd"[i], group="app") for i in range(3)]
     res = simulate(jobs, [GroupSpec("app", (), True)], hosts(max_migrations=2), 10)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from workers.coord.admission import Admission
-from workers.coord.group_barrier import PREPARED, GroupBarrier
+from workers.coord.group_barrier import IMPORTED, PREPARED, GroupBarrier
 from workers.coord.locks import VMLocks
 from workers.engine import plans, together
 from workers.model import keys, routing, states
@@ -79,6 +79,32 @@ def test_a_group_that_waited_past_its_bound_rolls_every_member_back(r, group):
     assert "group app rolled back" in store.get(mids[0])["error"]
     assert sorted(sent) == sorted([(routing.ROLLBACK, mids[0])] + [(routing.CUTOVER, m) for m in mids[1:]])
     assert GroupBarrier(r, "p1", "app", 3).arrive(PREPARED, mids[0], 60).what == "abort"
+
+
+def test_a_group_with_its_own_prepared_wait_is_rolled_back_by_that_bound_not_the_default(r, group):
+    store, mids, sent, at = group
+    plan = plans.load(r, "p1")
+    plan["groups"][0]["prepared_wait_s"] = 3 * 3600.0
+    plans.save(r, plan)
+    two_of_three_waiting(r, store, mids, at)
+    r.hset(keys.group_barrier("p1", "app"), "first_prepared_at", time.time() - together.PREPARED_WAIT_S - 1)
+    assert together.sweep() == [] and sent == []  # past the default hour, within its three
+    r.hset(keys.group_barrier("p1", "app"), "first_prepared_at", time.time() - 3 * 3600.0 - 1)
+    done = together.sweep()
+    assert done and "within 10800 s of the first" in done[0]
+
+
+def test_a_member_arrives_with_its_groups_bound(r, group, monkeypatch):
+    store, mids, sent, at = group
+    bounds = []
+    monkeypatch.setattr(GroupBarrier, "arrive", lambda self, phase, mid, bound_s: bounds.append(bound_s) or
+                        together.Verdict("wait"))
+    rec = store.get(mids[0])
+    together.arrive(rec, PREPARED)
+    rec["member_of"]["prepared_wait_s"] = 7200.0
+    together.arrive(rec, PREPARED)
+    together.arrive(rec, IMPORTED)
+    assert bounds == [together.PREPARED_WAIT_S, 7200.0, together.IMPORTED_WAIT_S]
 
 
 def test_the_reconciler_leaves_a_member_parked_at_its_barrier_to_the_group(r, group):

@@ -249,6 +249,8 @@ def _release(store: Store, locks: VMLocks, adm: Admission, plan: dict, g: dict, 
     if g.get("switchover") == "together":
         # its size: the cutover step waits at the group's barriers for this many members
         rec["member_of"]["together"] = len(g["members"])
+        if g.get("prepared_wait_s"):
+            rec["member_of"]["prepared_wait_s"] = g["prepared_wait_s"]
     if g.get("hooks"):
         # what workers.steps.hooks calls: URL, timeout and the secret's name (its value is read
         # from the credentials file by the worker that calls)

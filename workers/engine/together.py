@@ -24,8 +24,9 @@ log = logging.getLogger("quickmig.together")
 
 # How long a group waits at each barrier before it rolls back. At `prepared` every member still
 # runs on its source, so the bound only has to cover the slowest member's copy catching up with
-# the first; at `imported` the members are down, so it is short: from the group's go, the time
-# the cutover pool needs to save, copy the rest of and import every member.
+# the first (a plan's group may set its own: `prepared_wait`, for members whose copies differ by
+# hours); at `imported` the members are down, so it is short: from the group's go, the time the
+# cutover pool needs to save, copy the rest of and import every member.
 PREPARED_WAIT_S = 3600.0
 IMPORTED_WAIT_S = 300.0
 # A member whose Save-VM would start more than this after the group's go rolls the group back:
@@ -34,6 +35,11 @@ SPREAD_S = 120.0
 
 # before the downtime a member is rolled back as `quickmig cancel` does
 _BEFORE_DOWNTIME = {states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING}
+
+
+def prepared_wait_s(group: dict) -> float:
+    """The bound on the wait at `prepared` of a plan's group (or a member's member_of)."""
+    return float(group.get("prepared_wait_s") or PREPARED_WAIT_S)
 
 
 def is_member(rec: dict) -> bool:
@@ -47,7 +53,7 @@ def barrier(rec: dict) -> GroupBarrier:
 
 def arrive(rec: dict, phase: str) -> Verdict:
     """Arrive at `phase`; the last member in sends the cutover step to the others."""
-    bound = PREPARED_WAIT_S if phase == PREPARED else IMPORTED_WAIT_S
+    bound = prepared_wait_s(rec["member_of"]) if phase == PREPARED else IMPORTED_WAIT_S
     v = barrier(rec).arrive(phase, rec["id"], bound)
     if v.what == "last":
         _send_to_others(rec["member_of"], rec["id"])
@@ -151,7 +157,7 @@ def sweep(now: float | None = None) -> list[str]:
             if not mids:
                 continue
             bar = GroupBarrier(r, pid, g["name"], len(g["members"]))
-            why = bar.overdue(now, PREPARED_WAIT_S, IMPORTED_WAIT_S)
+            why = bar.overdue(now, prepared_wait_s(g), IMPORTED_WAIT_S)
             if why and bar.abort(f"group {g['name']} rolled back: {why}") == 1:
                 done.append(f"{pid}/{g['name']}: aborted: {why}")
             st = bar.state()
