@@ -41,10 +41,6 @@ def alive(entry: dict) -> bool:
         return False
 
 
-def _group_alive(pgid: int) -> bool:
-    return bool(_live_groups({pgid}))
-
-
 def _live_groups(pgids: set[int]) -> set[int]:
     """Which of these process groups still have a member that is not a zombie. A zombie has
     exited: signalling it succeeds, but it waits only for its parent (init, for a lab process
@@ -71,7 +67,8 @@ def stop(entry: dict, timeout_s: float = 10.0) -> None:
 def stop_all(entries: list[dict], timeout_s: float = 10.0) -> None:
     """stop() for several process groups at once: every one gets its SIGTERM first and they
     share the deadline, so stopping them takes as long as the slowest, not the sum."""
-    groups = []
+    live = _live_groups({e["pid"] for e in entries})
+    groups = set()
     for entry in entries:
         pid = entry["pid"]
         if alive(entry):
@@ -79,26 +76,29 @@ def stop_all(entries: list[dict], timeout_s: float = 10.0) -> None:
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
-        elif not _group_alive(pid):
+        elif pid not in live:  # leader gone: only what it left in its group, if anything
             continue
-        groups.append(pid)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _live_groups(set(groups)):
-        for pid in groups:
-            _reap(pid)
-        time.sleep(0.1)
-    left = _live_groups(set(groups))
+        groups.add(pid)
+    left = _wait_for(groups, time.monotonic() + timeout_s, every_s=0.1)
     for pid in left:
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    while _live_groups(left) and time.monotonic() < deadline + 5:
-        for pid in left:
-            _reap(pid)
-        time.sleep(0.05)
+    _wait_for(left, time.monotonic() + 5, every_s=0.05)
     for pid in groups:
         _reap(pid)
+
+
+def _wait_for(groups: set[int], deadline: float, every_s: float) -> set[int]:
+    """Reap our own and wait until none of `groups` lives or the deadline; those still living."""
+    left = _live_groups(groups)
+    while left and time.monotonic() < deadline:
+        for pid in left:
+            _reap(pid)
+        time.sleep(every_s)
+        left = _live_groups(left)
+    return left
 
 
 def _reap(pid: int) -> None:

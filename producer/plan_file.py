@@ -92,7 +92,7 @@ class Group:
     members: tuple[Member, ...]
     # pre_cutover / post_cutover -> {url, timeout_s, secret}: the group's own, else the plan's
     hooks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # a together group's bound on its wait at `prepared` (None: workers.engine.together's default)
+    # a together group's bound on its wait at `prepared` (None: the default, workers.engine.together.prepared_wait_s)
     prepared_wait_s: float | None = None
 
 

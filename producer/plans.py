@@ -110,7 +110,7 @@ def dry_run(p: Producer, plan: Plan, now: float | None = None) -> dict:
                    copy_bytes=c["copy_bytes"], rates=c["rates"], phases=ph, job=job)
     hosts = {name: schedule.HostLimits(h.max_migrations, h.max_copies) for name, h in p.cfg.hosts.items()}
     groups = [schedule.GroupSpec(g.name, g.after, g.switchover == "together",
-                                 g.prepared_wait_s or together.PREPARED_WAIT_S) for g in plan.groups]
+                                 together.prepared_wait_s(g.prepared_wait_s)) for g in plan.groups]
     res = schedule.simulate(jobs, groups, hosts, plan.concurrency, global_bps=limits["global"],
                             pair_bps=pair_bps, start=now)
     refused = [r for r in out_members if not r.get("preflight", {}).get("ok", True)]

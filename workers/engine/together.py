@@ -37,9 +37,9 @@ SPREAD_S = 120.0
 _BEFORE_DOWNTIME = {states.QUEUED, states.SNAPSHOTTING, states.COPYING, states.PREPARING}
 
 
-def prepared_wait_s(group: dict) -> float:
-    """The bound on the wait at `prepared` of a plan's group (or a member's member_of)."""
-    return float(group.get("prepared_wait_s") or PREPARED_WAIT_S)
+def prepared_wait_s(own: float | None) -> float:
+    """The bound on a group's wait at `prepared`: its own `prepared_wait`, else the default."""
+    return float(own or PREPARED_WAIT_S)
 
 
 def is_member(rec: dict) -> bool:
@@ -53,7 +53,7 @@ def barrier(rec: dict) -> GroupBarrier:
 
 def arrive(rec: dict, phase: str) -> Verdict:
     """Arrive at `phase`; the last member in sends the cutover step to the others."""
-    bound = prepared_wait_s(rec["member_of"]) if phase == PREPARED else IMPORTED_WAIT_S
+    bound = prepared_wait_s(rec["member_of"].get("prepared_wait_s")) if phase == PREPARED else IMPORTED_WAIT_S
     v = barrier(rec).arrive(phase, rec["id"], bound)
     if v.what == "last":
         _send_to_others(rec["member_of"], rec["id"])
@@ -157,7 +157,7 @@ def sweep(now: float | None = None) -> list[str]:
             if not mids:
                 continue
             bar = GroupBarrier(r, pid, g["name"], len(g["members"]))
-            why = bar.overdue(now, prepared_wait_s(g), IMPORTED_WAIT_S)
+            why = bar.overdue(now, prepared_wait_s(g.get("prepared_wait_s")), IMPORTED_WAIT_S)
             if why and bar.abort(f"group {g['name']} rolled back: {why}") == 1:
                 done.append(f"{pid}/{g['name']}: aborted: {why}")
             st = bar.state()
